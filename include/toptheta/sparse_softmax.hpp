@@ -1,0 +1,93 @@
+#pragma once
+/// \file sparse_softmax.hpp
+/// Thresholded softmax stage: weights of the kept keys of one row, with softmax-denominator
+/// compensation (DESIGN.md section 2, inference step 4; docs/semantics.md).
+///
+/// exp is evaluated only where the variant needs it: over the kept keys for pre-softmax without
+/// SDC or with exp-threshold / calibrated SDC, over the whole row for exact SDC and dense rows.
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "detail/softmax_math.hpp"
+#include "options.hpp"
+#include "row_select.hpp"
+#include "types.hpp"
+
+namespace toptheta {
+
+/// Compensation parameters of a row.
+template <class Acc>
+struct RowWeightParams {
+  Placement placement = Placement::kPreSoftmax;
+  SdcMode sdc = SdcMode::kNone;
+  Acc sdc_scale = 1;
+  Acc theta = 0;      ///< threshold in the logit domain for exp-threshold SDC
+  Acc sdc_term = 0;   ///< calibrated C(l, h, L)
+};
+
+/// Writes w[i], the weight of key kept[i], for a row selected by select_row(); returns sum_i w[i].
+/// `scratch` must still hold what select_row() left there.
+template <class Acc>
+Acc row_weights(const Acc* s, Index L, const RowSelection<Acc>& sel, const std::int32_t* kept,
+                const RowWeightParams<Acc>& p, const Acc* scratch, Acc* w) {
+  const Index n = sel.count;
+  const Acc M = sel.row_max;
+  if (sel.masked || sel.mean_v || n == 0) return 0;
+  if (!sel.thresholded) {  // dense softmax, kept = 0..L-1
+    Acc z = 0;
+    for (Index j = 0; j < L; ++j) z += (w[j] = std::exp(s[j] - M));
+    const Acc inv = Acc(1) / z;
+    for (Index j = 0; j < L; ++j) w[j] *= inv;
+    return 1;
+  }
+  Acc sum = 0;
+  if (p.placement == Placement::kPostSoftmax) {  // w_j = p_j, no renormalisation
+    if (sel.probs_in_scratch) {
+      for (Index i = 0; i < n; ++i) sum += (w[i] = scratch[kept[i]]);
+    } else {
+      Acc z = 0;
+      for (Index j = 0; j < L; ++j) z += std::exp(s[j] - M);
+      const Acc inv = Acc(1) / z;
+      for (Index i = 0; i < n; ++i) sum += (w[i] = std::exp(s[kept[i]] - M) * inv);
+    }
+    return sum;
+  }
+  if (p.sdc == SdcMode::kNone) {  // renormalise over the kept set around its own max
+    Acc mk = -std::numeric_limits<Acc>::infinity();
+    for (Index i = 0; i < n; ++i) mk = s[kept[i]] > mk ? s[kept[i]] : mk;
+    for (Index i = 0; i < n; ++i) sum += (w[i] = detail::exp_shifted(s[kept[i]], mk));
+    const Acc inv = sum > 0 ? Acc(1) / sum : Acc(0);
+    for (Index i = 0; i < n; ++i) w[i] *= inv;
+    return sum > 0 ? Acc(1) : Acc(0);
+  }
+  Acc d_kept = 0;
+  for (Index i = 0; i < n; ++i) d_kept += (w[i] = std::exp(s[kept[i]] - M));
+  Acc d_dropped = 0;
+  switch (p.sdc) {
+    case SdcMode::kExact: {  // sum over the complement of the (sorted) kept list
+      Index i = 0;
+      for (Index j = 0; j < L; ++j) {
+        if (i < n && kept[i] == j) {
+          ++i;
+          continue;
+        }
+        d_dropped += detail::exp_shifted(s[j], M);
+      }
+      break;
+    }
+    case SdcMode::kExpThreshold:
+      d_dropped = p.theta == -std::numeric_limits<Acc>::infinity()
+                      ? Acc(0)
+                      : Acc(L - n) * std::exp(p.theta - M);
+      break;
+    case SdcMode::kCalibrated: d_dropped = p.sdc_term; break;
+    case SdcMode::kNone: break;
+  }
+  const Acc inv = Acc(1) / (d_kept + p.sdc_scale * d_dropped);
+  for (Index i = 0; i < n; ++i) sum += (w[i] *= inv);
+  return sum;
+}
+
+}  // namespace toptheta
