@@ -181,7 +181,6 @@ void run_item(const AttentionArgs<T>& a, const AttentionOptions& o, const CallPl
               ThreadScratch<acc_t<T>>& ts) {
   using Acc = acc_t<T>;
   const Index G = p.G, d = p.d, L = p.L;
-  const Index nrows = t1 - t0;
   const Index Lmax = p.P + t1;  // longest row of the block
   const Acc scale = a.scale > 0 ? Acc(a.scale) : Acc(1) / std::sqrt(Acc(d));
   const Acc neg_inf = -std::numeric_limits<Acc>::infinity();
