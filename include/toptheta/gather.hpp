@@ -8,12 +8,18 @@
 /// reads, instead of one read per query head.
 
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 
 #include "detail/dot.hpp"
+#include "detail/simd.hpp"
 #include "types.hpp"
 
 namespace toptheta {
+
+/// V rows gathered per step: their converted copies stay in L1 while every head of the group
+/// accumulates them.
+inline constexpr Index kGatherTile = 32;
 
 /// Inputs of one group row: G heads' kept lists / weights and what to do with them.
 template <class Acc>
@@ -33,7 +39,7 @@ struct GatherScratch {
   std::uint8_t* mark;    ///< L bytes, all zero on entry and on exit
   std::int32_t* uni;     ///< L indices
   Acc* wc;               ///< L * G compact weights
-  Acc* vbuf;             ///< d values
+  Acc* tile;             ///< kGatherTile * d values (converted V rows)
 };
 
 /// Writes the union of the kept lists to s.uni (ascending) and returns its size.
@@ -78,18 +84,19 @@ Index gather_group_row(const GroupRow<Acc>& row, MatrixView<const T> v, Acc* con
     }
   }
   for (Index h = 0; h < G; ++h) std::memset(out[h], 0, sizeof(Acc) * std::size_t(d));
-  for (Index u = 0; u < nu; ++u) {
-    const T* vr = v.row(s.uni[u]);
-    const Acc* vv;
-    if constexpr (std::is_same_v<T, Acc>) {
-      vv = vr;
-    } else {
-      detail::load_row(vr, d, s.vbuf);
-      vv = s.vbuf;
+  const Acc* rows[kGatherTile];
+  for (Index u0 = 0; u0 < nu; u0 += kGatherTile) {
+    const Index n = std::min(kGatherTile, nu - u0);
+    for (Index u = 0; u < n; ++u) {
+      const T* vr = v.row(s.uni[u0 + u]);
+      if constexpr (std::is_same_v<T, Acc>) {
+        rows[u] = vr;
+      } else {
+        detail::load_row(vr, d, s.tile + u * d);
+        rows[u] = s.tile + u * d;
+      }
     }
-    const Acc* wu = s.wc + u * G;
-    for (Index h = 0; h < G; ++h)
-      if (wu[h] != Acc(0)) detail::axpy(wu[h], vv, out[h], d);
+    for (Index h = 0; h < G; ++h) detail::accumulate_rows(out[h], rows, s.wc + u0 * G + h, G, n, d);
   }
   if (row.vbar)
     for (Index h = 0; h < G; ++h)

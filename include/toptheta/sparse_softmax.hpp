@@ -11,6 +11,7 @@
 #include <limits>
 
 #include "detail/softmax_math.hpp"
+#include "detail/vexp.hpp"
 #include "options.hpp"
 #include "row_select.hpp"
 #include "types.hpp"
@@ -28,16 +29,15 @@ struct RowWeightParams {
 };
 
 /// Writes w[i], the weight of key kept[i], for a row selected by select_row(); returns sum_i w[i].
-/// `scratch` must still hold what select_row() left there.
+/// `scratch` (L values) must still hold what select_row() left there; exact SDC clobbers it.
 template <class Acc>
 Acc row_weights(const Acc* s, Index L, const RowSelection<Acc>& sel, const std::int32_t* kept,
-                const RowWeightParams<Acc>& p, const Acc* scratch, Acc* w) {
+                const RowWeightParams<Acc>& p, Acc* scratch, Acc* w) {
   const Index n = sel.count;
   const Acc M = sel.row_max;
   if (sel.masked || sel.mean_v || n == 0) return 0;
   if (!sel.thresholded) {  // dense softmax, kept = 0..L-1
-    Acc z = 0;
-    for (Index j = 0; j < L; ++j) z += (w[j] = std::exp(s[j] - M));
+    const Acc z = detail::exp_shifted_row(s, L, M, w);
     const Acc inv = Acc(1) / z;
     for (Index j = 0; j < L; ++j) w[j] *= inv;
     return 1;
@@ -47,10 +47,9 @@ Acc row_weights(const Acc* s, Index L, const RowSelection<Acc>& sel, const std::
     if (sel.probs_in_scratch) {
       for (Index i = 0; i < n; ++i) sum += (w[i] = scratch[kept[i]]);
     } else {
-      Acc z = 0;
-      for (Index j = 0; j < L; ++j) z += std::exp(s[j] - M);
+      const Acc z = detail::exp_shifted_row(s, L, M, scratch);
       const Acc inv = Acc(1) / z;
-      for (Index i = 0; i < n; ++i) sum += (w[i] = std::exp(s[kept[i]] - M) * inv);
+      for (Index i = 0; i < n; ++i) sum += (w[i] = scratch[kept[i]] * inv);
     }
     return sum;
   }
@@ -67,14 +66,11 @@ Acc row_weights(const Acc* s, Index L, const RowSelection<Acc>& sel, const std::
   Acc d_dropped = 0;
   switch (p.sdc) {
     case SdcMode::kExact: {  // sum over the complement of the (sorted) kept list
-      Index i = 0;
-      for (Index j = 0; j < L; ++j) {
-        if (i < n && kept[i] == j) {
-          ++i;
-          continue;
-        }
-        d_dropped += detail::exp_shifted(s[j], M);
-      }
+      detail::exp_shifted_row(s, L, M, scratch);
+      for (Index i = 0; i < n; ++i) scratch[kept[i]] = 0;
+      Acc lane[16] = {};
+      for (Index j = 0; j < L; ++j) lane[j & 15] += scratch[j];
+      for (Index l = 0; l < 16; ++l) d_dropped += lane[l];
       break;
     }
     case SdcMode::kExpThreshold:

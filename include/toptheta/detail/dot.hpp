@@ -1,30 +1,34 @@
 #pragma once
 /// \file detail/dot.hpp
-/// Dot products and axpy between an accumulation-type vector and a storage-type row.
+/// Dot products and axpy in the accumulation type.
+///
+/// The dot product keeps 16 independent partial sums (one vector register of floats) and adds
+/// them in a fixed tree, so the compiler vectorises it without -ffast-math and the result does
+/// not depend on the instruction set or the thread count.
 
 #include "convert.hpp"
 
 namespace toptheta::detail {
 
-/// sum_i a[i] * (Acc)b[i]; four partial sums so the compiler vectorises without -ffast-math.
-template <class Acc, class T>
-inline Acc dot(const Acc* TOPTHETA_RESTRICT a, const T* TOPTHETA_RESTRICT b, Index n) {
-  Acc s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+inline constexpr Index kDotLanes = 16;
+
+/// sum_i a[i] * b[i] over the accumulation type.
+template <class Acc>
+inline Acc dot(const Acc* TOPTHETA_RESTRICT a, const Acc* TOPTHETA_RESTRICT b, Index n) {
+  Acc lane[kDotLanes] = {};
   Index i = 0;
-  for (; i + 4 <= n; i += 4) {
-    s0 += a[i] * to_acc<Acc>(b[i]);
-    s1 += a[i + 1] * to_acc<Acc>(b[i + 1]);
-    s2 += a[i + 2] * to_acc<Acc>(b[i + 2]);
-    s3 += a[i + 3] * to_acc<Acc>(b[i + 3]);
-  }
-  for (; i < n; ++i) s0 += a[i] * to_acc<Acc>(b[i]);
-  return (s0 + s1) + (s2 + s3);
+  for (; i + kDotLanes <= n; i += kDotLanes)
+    for (Index l = 0; l < kDotLanes; ++l) lane[l] += a[i + l] * b[i + l];
+  for (Index l = 0; i < n; ++i, ++l) lane[l & (kDotLanes - 1)] += a[i] * b[i];
+  for (Index w = kDotLanes / 2; w > 0; w /= 2)
+    for (Index l = 0; l < w; ++l) lane[l] += lane[l + w];
+  return lane[0];
 }
 
-/// y[i] += w * (Acc)x[i].
-template <class Acc, class T>
-inline void axpy(Acc w, const T* TOPTHETA_RESTRICT x, Acc* TOPTHETA_RESTRICT y, Index n) {
-  for (Index i = 0; i < n; ++i) y[i] += w * to_acc<Acc>(x[i]);
+/// y[i] += w * x[i].
+template <class Acc>
+inline void axpy(Acc w, const Acc* TOPTHETA_RESTRICT x, Acc* TOPTHETA_RESTRICT y, Index n) {
+  for (Index i = 0; i < n; ++i) y[i] += w * x[i];
 }
 
 }  // namespace toptheta::detail

@@ -10,6 +10,7 @@
 #include <limits>
 
 #include "../types.hpp"
+#include "vexp.hpp"
 
 namespace toptheta::detail {
 
@@ -30,11 +31,7 @@ inline Acc exp_shifted(Acc s, Acc m) {
 /// p_j = exp(s_j - m) / sum exp(s - m); all zero when m is -inf. Returns the denominator.
 template <class Acc>
 Acc softmax_probs(const Acc* s, Index L, Acc m, Acc* p) {
-  Acc z = 0;
-  for (Index j = 0; j < L; ++j) {
-    p[j] = exp_shifted(s[j], m);
-    z += p[j];
-  }
+  const Acc z = exp_shifted_row(s, L, m, p);
   if (z > 0) {
     const Acc inv = Acc(1) / z;
     for (Index j = 0; j < L; ++j) p[j] *= inv;

@@ -1,0 +1,46 @@
+# Settings for toptheta's OWN targets (tests, benchmarks, examples, tools, fuzzers).
+# Never applied to the INTERFACE target toptheta::toptheta, so consumers inherit none of it.
+#
+#   toptheta_configure_target(<target>)
+#
+# adds, PRIVATE to <target>:
+#   - warnings: -Wall -Wextra -Wpedantic (GCC/Clang), /W4 (MSVC);
+#   - -march=native when TOPTHETA_NATIVE is ON and the compiler accepts it;
+#   - OpenMP::OpenMP_CXX when TOPTHETA_USE_OPENMP is ON and OpenMP was found;
+#   - C++ extensions off (the C++17 requirement itself comes from toptheta::toptheta).
+# It does NOT link toptheta::toptheta; do that yourself.
+
+include_guard(GLOBAL)
+
+include(CheckCXXCompilerFlag)
+
+if(TOPTHETA_USE_OPENMP)
+  find_package(OpenMP COMPONENTS CXX)
+  if(OpenMP_CXX_FOUND)
+    message(STATUS "toptheta: OpenMP ${OpenMP_CXX_VERSION} found, used by our own targets")
+  else()
+    message(STATUS "toptheta: OpenMP not found, our own targets run single-threaded")
+  endif()
+endif()
+
+if(TOPTHETA_NATIVE AND NOT MSVC)
+  check_cxx_compiler_flag(-march=native TOPTHETA_COMPILER_HAS_MARCH_NATIVE)
+endif()
+
+function(toptheta_configure_target tgt)
+  if(NOT TARGET ${tgt})
+    message(FATAL_ERROR "toptheta_configure_target: '${tgt}' is not a target")
+  endif()
+  if(MSVC)
+    target_compile_options(${tgt} PRIVATE /W4 /permissive-)
+  else()
+    target_compile_options(${tgt} PRIVATE -Wall -Wextra -Wpedantic)
+  endif()
+  if(TOPTHETA_NATIVE AND TOPTHETA_COMPILER_HAS_MARCH_NATIVE)
+    target_compile_options(${tgt} PRIVATE -march=native)
+  endif()
+  if(TOPTHETA_USE_OPENMP AND TARGET OpenMP::OpenMP_CXX)
+    target_link_libraries(${tgt} PRIVATE OpenMP::OpenMP_CXX)
+  endif()
+  set_target_properties(${tgt} PROPERTIES CXX_EXTENSIONS OFF)
+endfunction()

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Quick start, part 2: the whole test suite, as CI runs it (.ci/run calls this script).
+#   1. installs the missing Debian packages (apt-get, as root or through sudo); clang and
+#      libclang-rt-14-dev for the fuzzers are attempted but optional;
+#   2. `release` preset: configure, build, ctest (unit tests + packaging tests);
+#   3. `dev` preset: the same under AddressSanitizer + UndefinedBehaviorSanitizer;
+#   4. scripts/fuzz.sh, when it exists.
+# Prints a summary and exits non-zero if any step failed (later steps still run).
+#
+# Environment:
+#   TOPTHETA_SKIP_DEV=1   skip step 3 (the sanitizer build) when iterating locally. CI never sets it.
+# Usage: ./scripts/test.sh
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+
+JOBS=2
+declare -a SUMMARY=()
+FAILED=0
+
+# step NAME CMD...: runs CMD, records PASS/FAIL and the time taken. Returns CMD's status.
+step() {
+  local name=$1
+  shift
+  local t0=$SECONDS rc=0
+  toptheta_log "$name: $*"
+  "$@" || rc=$?
+  local dt=$((SECONDS - t0))
+  if [[ $rc -eq 0 ]]; then
+    SUMMARY+=("PASS  ${name} (${dt}s)")
+  else
+    SUMMARY+=("FAIL  ${name} (${dt}s, exit ${rc})")
+    FAILED=1
+  fi
+  return "$rc"
+}
+
+skip() { SUMMARY+=("SKIP  $1"); }
+
+# run_preset PRESET: configure, build and test one preset; stops at the first failing step.
+run_preset() {
+  local p=$1
+  step "configure $p" cmake --preset "$p" || { skip "build $p"; skip "test $p"; return 1; }
+  step "build $p" cmake --build --preset "$p" -j"$JOBS" || { skip "test $p"; return 1; }
+  step "test $p" ctest --preset "$p" --output-on-failure -j"$JOBS"
+}
+
+toptheta_install_packages
+toptheta_try_install_packages "${TOPTHETA_DEB_FUZZ_PACKAGES[@]}" ||
+  toptheta_warn "fuzzing packages unavailable; scripts/fuzz.sh may skip or fail"
+
+run_preset release || true
+
+if [[ ${TOPTHETA_SKIP_DEV:-0} == 1 ]]; then
+  skip "dev (ASan+UBSan): TOPTHETA_SKIP_DEV=1"
+else
+  export ASAN_OPTIONS=detect_leaks=1
+  export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+  run_preset dev || true
+  unset ASAN_OPTIONS UBSAN_OPTIONS
+fi
+
+if [[ -f scripts/fuzz.sh ]]; then
+  step "fuzz" bash scripts/fuzz.sh || true
+else
+  skip "fuzz: scripts/fuzz.sh not present"
+fi
+
+echo
+toptheta_log "Summary"
+for line in "${SUMMARY[@]}"; do
+  echo "  $line"
+done
+if [[ $FAILED -ne 0 ]]; then
+  echo "RESULT: FAILED"
+  exit 1
+fi
+echo "RESULT: all steps passed"
