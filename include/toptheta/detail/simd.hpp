@@ -9,6 +9,7 @@
 /// Summation order is fixed by the code, never by the thread count.
 
 #include <cstdint>
+#include <limits>
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -28,6 +29,60 @@ inline float hsum8(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 #endif
+
+/// max_i a[i] (a holds no NaN), -inf for n = 0.
+inline float max_value(const float* a, Index n) {
+  float m = -std::numeric_limits<float>::infinity();
+  Index i = 0;
+#if defined(TOPTHETA_SIMD_AVX2)
+  if (n >= 16) {
+    __m256 m0 = _mm256_set1_ps(m), m1 = m0;
+    for (; i + 16 <= n; i += 16) {
+      m0 = _mm256_max_ps(m0, _mm256_loadu_ps(a + i));
+      m1 = _mm256_max_ps(m1, _mm256_loadu_ps(a + i + 8));
+    }
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, _mm256_max_ps(m0, m1));
+    for (float x : lanes) m = x > m ? x : m;
+  }
+#endif
+  for (; i < n; ++i) m = a[i] > m ? a[i] : m;
+  return m;
+}
+inline double max_value(const double* a, Index n) {
+  double m = -std::numeric_limits<double>::infinity();
+  for (Index i = 0; i < n; ++i) m = a[i] > m ? a[i] : m;
+  return m;
+}
+
+/// Writes the indices j < n with a[j] > theta (strict) to out, ascending; returns the count.
+/// Blocks of 8 without a survivor cost one compare and one branch.
+inline Index indices_above(const float* a, Index n, float theta, std::int32_t* out) {
+  Index c = 0, j = 0;
+#if defined(TOPTHETA_SIMD_AVX2)
+  const __m256 tv = _mm256_set1_ps(theta);
+  for (; j + 8 <= n; j += 8) {
+    unsigned mask = unsigned(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(a + j), tv, _CMP_GT_OQ)));
+    while (mask) {
+      out[c++] = static_cast<std::int32_t>(j + __builtin_ctz(mask));
+      mask &= mask - 1;
+    }
+  }
+#endif
+  for (; j < n; ++j) {
+    out[c] = static_cast<std::int32_t>(j);
+    c += a[j] > theta;
+  }
+  return c;
+}
+inline Index indices_above(const double* a, Index n, double theta, std::int32_t* out) {
+  Index c = 0;
+  for (Index j = 0; j < n; ++j) {
+    out[c] = static_cast<std::int32_t>(j);
+    c += a[j] > theta;
+  }
+  return c;
+}
 
 /// Prefetches the cache lines of a row of n elements into L2 (no-op where unsupported).
 template <class T>

@@ -10,6 +10,7 @@
 #include <limits>
 
 #include "../types.hpp"
+#include "simd.hpp"
 #include "vexp.hpp"
 
 namespace toptheta::detail {
@@ -17,9 +18,7 @@ namespace toptheta::detail {
 /// max_j s_j, or -inf for an empty / fully masked row.
 template <class Acc>
 Acc row_max(const Acc* s, Index L) {
-  Acc m = -std::numeric_limits<Acc>::infinity();
-  for (Index j = 0; j < L; ++j) m = s[j] > m ? s[j] : m;
-  return m;
+  return max_value(s, L);
 }
 
 /// exp(s - m), defined as 0 when m is -inf (fully masked row).
