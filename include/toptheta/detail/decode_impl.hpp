@@ -50,7 +50,6 @@ DecodePlan make_decode_plan(const AttentionArgs<T>& a, const AttentionOptions& o
 
 template <class Acc>
 struct DecodeThread {
-  Acc* kbuf;           // (d)
   Acc* tile;           // (kGatherTile, d) converted V rows
   Acc* sel;            // (L) selection scratch
   std::int32_t* kept;  // (G, L)
@@ -86,7 +85,6 @@ struct DecodeBuffers {
     threads = ar.take<DecodeThread<Acc>>(p.threads);
     for (int i = 0; i < p.threads; ++i) {
       DecodeThread<Acc> t{};
-      t.kbuf = ar.take<Acc>(d);
       t.tile = ar.take<Acc>(kGatherTile * d);
       t.sel = ar.take<Acc>(L);
       t.kept = ar.take<std::int32_t>(p.G * L);
@@ -106,29 +104,26 @@ std::size_t decode_workspace(const AttentionArgs<T>& a, const AttentionOptions& 
   return ar.used();
 }
 
-/// Phase A for tokens [j0, j1).
+/// Phase A for tokens [j0, j1), two tokens at a time (each query load serves both keys).
 template <class T>
 void decode_scores(const AttentionArgs<T>& a, const DecodePlan& p, const DecodeBuffers<acc_t<T>>& b,
-                   Index j0, Index j1, acc_t<T>* kbuf) {
+                   Index j0, Index j1) {
   using Acc = acc_t<T>;
   const Acc neg_inf = -std::numeric_limits<Acc>::infinity();
   const Index G = p.G, d = p.d, L = p.L;
-  Acc sc[kMaxGroup];
-  for (Index j = j0; j < j1; ++j) {
-    const Acc bias = a.bias.empty() ? Acc(0) : Acc(a.bias(0, j));
+  Acc sc0[kMaxGroup], sc1[kMaxGroup];
+  for (Index j = j0; j < j1; j += 2) {
+    const bool pair = j + 1 < j1;
     for (Index g = 0; g < p.Hkv; ++g) {
-      const T* kr = a.k.row(j, g);
-      const Acc* kv;
-      if constexpr (std::is_same_v<T, Acc>) {
-        kv = kr;
-      } else {
-        load_row(kr, d, kbuf);
-        kv = kbuf;
-      }
-      dot_group(b.q + g * G * d, G, kv, d, sc);
-      for (Index hh = 0; hh < G; ++hh) {
-        const Acc x = sc[hh] + bias;
-        b.s[(g * G + hh) * L + j] = std::isnan(x) ? neg_inf : x;
+      dot_group2(b.q + g * G * d, G, a.k.row(j, g), pair ? a.k.row(j + 1, g) : nullptr, d, sc0,
+                 sc1);
+      for (int e = 0; e < (pair ? 2 : 1); ++e) {
+        const Acc* sc = e ? sc1 : sc0;
+        const Acc bias = a.bias.empty() ? Acc(0) : Acc(a.bias(0, j + e));
+        for (Index hh = 0; hh < G; ++hh) {
+          const Acc x = sc[hh] + bias;
+          b.s[(g * G + hh) * L + j + e] = std::isnan(x) ? neg_inf : x;
+        }
       }
     }
   }
@@ -153,7 +148,14 @@ void decode_select(const RowContext<Acc>& cx, const DecodePlan& p, const DecodeB
   Index total = 0;
   for (Index hh = 0; hh < G; ++hh) total += counts[hh];
   Index nu = 0;
-  if (total > 0) {
+  if (total == G * L) {  // every head kept every key (dense rows): the union is 0..L-1
+    for (Index j = 0; j < L; ++j) uni[j] = static_cast<std::int32_t>(j);
+    for (Index hh = 0; hh < G; ++hh) {
+      const Acc* w = ts.w + hh * L;
+      for (Index j = 0; j < L; ++j) wc[j * G + hh] = w[j];
+    }
+    nu = L;
+  } else if (total > 0) {
     for (Index hh = 0; hh < G; ++hh)
       for (Index i = 0; i < counts[hh]; ++i) ts.mark[ts.kept[hh * L + i]] = 1;
     for (Index j = 0; j < L; ++j) {
@@ -180,7 +182,7 @@ void decode_select(const RowContext<Acc>& cx, const DecodePlan& p, const DecodeB
 }
 
 /// Phase C for chunk c = tokens [j0, j1): partial[c] = sum over the unions in the chunk, in
-/// tiles of kGatherTile tokens walked with all groups together.
+/// tiles of tokens walked with all groups together.
 template <class T>
 void decode_gather(const AttentionArgs<T>& a, const DecodePlan& p,
                    const DecodeBuffers<acc_t<T>>& b, Index c, Index j0, Index j1,
@@ -200,8 +202,12 @@ void decode_gather(const AttentionArgs<T>& a, const DecodePlan& p,
   Acc* part = b.partial + c * p.Hq * d;
   std::fill(part, part + p.Hq * d, Acc(0));
   const Acc* rows[kGatherTile];
-  for (Index t0 = j0; t0 < j1; t0 += kGatherTile) {
-    const Index t1 = std::min(j1, t0 + kGatherTile);
+  // Tiles of 8 tokens: all groups of a tile touch the same few token rows, which keeps an
+  // interleaved cache streaming; the converted rows stay in L1 for the G heads.
+  constexpr Index kTileTokens = 8;
+  static_assert(kTileTokens <= kGatherTile, "rows[] holds one tile");
+  for (Index t0 = j0; t0 < j1; t0 += kTileTokens) {
+    const Index t1 = std::min(j1, t0 + kTileTokens);
     for (Index g = 0; g < p.Hkv; ++g) {
       const std::int32_t* uni = b.uni + g * L;
       Index e = pos[g];
@@ -273,7 +279,7 @@ Status run_decode(const AttentionArgs<T>& a, const AttentionOptions& o, Workspac
 #endif
     for (Index c = 0; c < p.num_chunks; ++c) {
       chunk_range(c, &j0, &j1);
-      decode_scores(a, p, b, j0, j1, ts.kbuf);
+      decode_scores(a, p, b, j0, j1);
     }
 #if TOPTHETA_HAS_OPENMP
 #pragma omp for schedule(static)

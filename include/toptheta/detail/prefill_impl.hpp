@@ -58,7 +58,7 @@ struct PrefillScratch {
   Acc* w;              // (R, L) compact weights
   std::int32_t* kept;  // (R, L) kept indices
   Acc* sel;            // (L) selection scratch
-  Acc* kbuf;           // (d) converted key row
+  Acc* dots;           // (2, R) scores of two keys against the block's queries
   Acc* vrun;           // (d) running V sum
   Acc* vbar;           // (d)
   GatherScratch<Acc> gather;
@@ -82,7 +82,7 @@ struct PrefillBuffers {
       t.w = ar.take<Acc>(R * L);
       t.kept = ar.take<std::int32_t>(R * L);
       t.sel = ar.take<Acc>(L);
-      t.kbuf = ar.take<Acc>(d);
+      t.dots = ar.take<Acc>(2 * R);
       t.vrun = ar.take<Acc>(d);
       t.vbar = ar.take<Acc>(d);
       t.gather.mark = ar.take<std::uint8_t>(L);
@@ -133,27 +133,28 @@ void prefill_item(const AttentionArgs<T>& a, const RowContext<acc_t<T>>& cx,
       load_row(a.q.row(t, g * G + hh), d, qr);
       for (Index i = 0; i < d; ++i) qr[i] *= cx.scale;
     }
+  // Scores, two keys at a time; the block's queries are contiguous rows, so one dot_group2
+  // serves every row that sees the first key (causal: row t sees keys j <= P + t).
   const MatrixView<const T> kh = a.k.head(g);
-  for (Index j = 0; j < Lmax; ++j) {
-    const T* kr = kh.row(j);
-    const Acc* kv;
-    if constexpr (std::is_same_v<T, Acc>) {
-      kv = kr;
-    } else {
-      load_row(kr, d, ts.kbuf);
-      kv = ts.kbuf;
-    }
-    const Index tfirst = std::max<Index>(t0, j - p.P);  // causal: j <= P + t
+  Acc* sc0 = ts.dots;
+  Acc* sc1 = ts.dots + p.rows_per_item;
+  for (Index j = 0; j < Lmax; j += 2) {
+    const bool pair = j + 1 < Lmax;
+    const Index tfirst = std::max<Index>(t0, j - p.P);  // first row that sees key j
     if (tfirst >= t1) continue;
-    // The block's queries are contiguous rows: one dot_group over all rows that see key j.
-    Acc* sc = ts.sel;  // free until the rows are processed
-    dot_group(ts.q + (tfirst - t0) * G * d, (t1 - tfirst) * G, kv, d, sc);
-    for (Index t = tfirst; t < t1; ++t) {
-      const Acc bias = a.bias.empty() ? Acc(0) : Acc(a.bias(t, j));
-      for (Index hh = 0; hh < G; ++hh) {
-        const Index r = (t - t0) * G + hh;
-        const Acc x = sc[r - (tfirst - t0) * G] + bias;
-        ts.s[r * L + j] = std::isnan(x) ? neg_inf : x;
+    const Index r0 = (tfirst - t0) * G;
+    dot_group2(ts.q + r0 * d, (t1 - tfirst) * G, kh.row(j), pair ? kh.row(j + 1) : nullptr, d,
+               sc0, sc1);
+    for (int e = 0; e < (pair ? 2 : 1); ++e) {
+      const Index jj = j + e;
+      const Acc* sc = e ? sc1 : sc0;
+      for (Index t = std::max<Index>(tfirst, jj - p.P); t < t1; ++t) {
+        const Acc bias = a.bias.empty() ? Acc(0) : Acc(a.bias(t, jj));
+        for (Index hh = 0; hh < G; ++hh) {
+          const Index r = (t - t0) * G + hh;
+          const Acc x = sc[r - r0] + bias;
+          ts.s[r * L + jj] = std::isnan(x) ? neg_inf : x;
+        }
       }
     }
   }

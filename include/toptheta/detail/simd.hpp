@@ -2,8 +2,8 @@
 /// \file detail/simd.hpp
 /// The two inner loops of attention, with an AVX2+FMA path (chosen at compile time) and a
 /// portable one:
-/// - `dot_group`: the G dot products of one key row with the G queries of a KV group, sharing
-///   each load of the key;
+/// - `dot_group2`: the dot products of one or two key rows with the G queries of a KV group,
+///   sharing every load, keys converted from fp16/bf16 in registers;
 /// - `accumulate_rows`: out += sum_u w_u * row_u over a short list of rows, with the output
 ///   block held in registers while the rows stream through.
 /// Summation order is fixed by the code, never by the thread count.
@@ -16,19 +16,14 @@
 #define TOPTHETA_SIMD_AVX2 1
 #endif
 
+#include <type_traits>
+
+#include <Eigen/Core>
+
 #include "../types.hpp"
 
 namespace toptheta::detail {
 
-#if defined(TOPTHETA_SIMD_AVX2)
-inline float hsum8(__m256 v) {
-  const __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
-  __m128 s = _mm_add_ps(lo, hi);
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-#endif
 
 /// max_i a[i] (a holds no NaN), -inf for n = 0.
 inline float max_value(const float* a, Index n) {
@@ -97,61 +92,119 @@ inline void prefetch_row(const T* row, Index n) {
 #endif
 }
 
-/// out[h] = sum_i q[h * d + i] * k[i] for h < G (q: G rows of d, contiguous).
-inline void dot_group(const float* TOPTHETA_RESTRICT q, Index G, const float* TOPTHETA_RESTRICT k,
-                      Index d, float* TOPTHETA_RESTRICT out) {
 #if defined(TOPTHETA_SIMD_AVX2)
-  if (d % 8 == 0) {
+/// Eight consecutive elements of a key row as floats (fp16 via F16C, bf16 via a shift).
+template <class T>
+inline __m256 load8(const T* p) {
+  using U = std::remove_const_t<T>;
+  if constexpr (std::is_same_v<U, float>) {
+    return _mm256_loadu_ps(p);
+  } else if constexpr (std::is_same_v<U, Eigen::half>) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  } else {
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+  }
+}
+
+/// [sum(a0), ..., sum(a7)]: eight horizontal sums in one register.
+inline __m256 hsum8x8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 a4, __m256 a5,
+                      __m256 a6, __m256 a7) {
+  const __m256 t0 = _mm256_hadd_ps(a0, a1), t1 = _mm256_hadd_ps(a2, a3);
+  const __m256 t2 = _mm256_hadd_ps(a4, a5), t3 = _mm256_hadd_ps(a6, a7);
+  const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+  // u0 = [s0 s1 s2 s3 | s0' s1' s2' s3'] (partial sums of the low/high halves of a0..a3).
+  const __m256 lo = _mm256_permute2f128_ps(u0, u1, 0x20), hi = _mm256_permute2f128_ps(u0, u1, 0x31);
+  return _mm256_add_ps(lo, hi);
+}
+#endif
+
+/// Dot products of one or two key rows with G query rows, sharing every load:
+/// out0[h] = q_h . k0 and, when k1 is not null, out1[h] = q_h . k1 (q: G rows of d floats,
+/// contiguous; keys in their storage type, converted in registers).
+template <class T>
+inline void dot_group2(const float* TOPTHETA_RESTRICT q, Index G, const T* k0, const T* k1,
+                       Index d, float* TOPTHETA_RESTRICT out0, float* TOPTHETA_RESTRICT out1) {
+#if defined(TOPTHETA_SIMD_AVX2)
+  using U = std::remove_const_t<T>;
+  constexpr bool kVec = std::is_same_v<U, float> || std::is_same_v<U, Eigen::bfloat16> ||
+                        std::is_same_v<U, Eigen::half>;
+  if (kVec && d % 8 == 0) {
+    const T* k1p = k1 ? k1 : k0;
     Index h = 0;
     for (; h + 4 <= G; h += 4) {
       const float* q0 = q + h * d;
       __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
       for (Index i = 0; i < d; i += 8) {
-        const __m256 kv = _mm256_loadu_ps(k + i);
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + i), kv, a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + d + i), kv, a1);
-        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + 2 * d + i), kv, a2);
-        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + 3 * d + i), kv, a3);
+        const __m256 x = load8(k0 + i), y = load8(k1p + i);
+        const __m256 v0 = _mm256_loadu_ps(q0 + i), v1 = _mm256_loadu_ps(q0 + d + i);
+        const __m256 v2 = _mm256_loadu_ps(q0 + 2 * d + i), v3 = _mm256_loadu_ps(q0 + 3 * d + i);
+        a0 = _mm256_fmadd_ps(v0, x, a0);
+        a1 = _mm256_fmadd_ps(v1, x, a1);
+        a2 = _mm256_fmadd_ps(v2, x, a2);
+        a3 = _mm256_fmadd_ps(v3, x, a3);
+        b0 = _mm256_fmadd_ps(v0, y, b0);
+        b1 = _mm256_fmadd_ps(v1, y, b1);
+        b2 = _mm256_fmadd_ps(v2, y, b2);
+        b3 = _mm256_fmadd_ps(v3, y, b3);
       }
-      out[h] = hsum8(a0);
-      out[h + 1] = hsum8(a1);
-      out[h + 2] = hsum8(a2);
-      out[h + 3] = hsum8(a3);
+      alignas(32) float r[8];
+      _mm256_store_ps(r, hsum8x8(a0, a1, a2, a3, b0, b1, b2, b3));
+      for (int l = 0; l < 4; ++l) out0[h + l] = r[l];
+      if (k1)
+        for (int l = 0; l < 4; ++l) out1[h + l] = r[4 + l];
     }
     for (; h < G; ++h) {
       const float* q0 = q + h * d;
-      __m256 a0 = _mm256_setzero_ps();
-      for (Index i = 0; i < d; i += 8)
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + i), _mm256_loadu_ps(k + i), a0);
-      out[h] = hsum8(a0);
+      __m256 a0 = _mm256_setzero_ps(), b0 = a0;
+      for (Index i = 0; i < d; i += 8) {
+        const __m256 v0 = _mm256_loadu_ps(q0 + i);
+        a0 = _mm256_fmadd_ps(v0, load8(k0 + i), a0);
+        b0 = _mm256_fmadd_ps(v0, load8(k1p + i), b0);
+      }
+      const __m256 z = _mm256_setzero_ps();
+      alignas(32) float r[8];
+      _mm256_store_ps(r, hsum8x8(a0, b0, z, z, z, z, z, z));
+      out0[h] = r[0];
+      if (k1) out1[h] = r[1];
     }
     return;
   }
 #endif
-  for (Index h = 0; h < G; ++h) {
-    const float* q0 = q + h * d;
-    float lane[8] = {};
-    Index i = 0;
-    for (; i + 8 <= d; i += 8)
-      for (Index l = 0; l < 8; ++l) lane[l] += q0[i + l] * k[i + l];
-    float tail = 0;
-    for (; i < d; ++i) tail += q0[i] * k[i];
-    out[h] = ((lane[0] + lane[4]) + (lane[1] + lane[5])) + ((lane[2] + lane[6]) + (lane[3] + lane[7])) +
-             tail;
+  for (int which = 0; which < (k1 ? 2 : 1); ++which) {
+    const T* k = which ? k1 : k0;
+    float* out = which ? out1 : out0;
+    for (Index h = 0; h < G; ++h) {
+      const float* q0 = q + h * d;
+      float lane[8] = {};
+      Index i = 0;
+      for (; i + 8 <= d; i += 8)
+        for (Index l = 0; l < 8; ++l) lane[l] += q0[i + l] * static_cast<float>(k[i + l]);
+      float tail = 0;
+      for (; i < d; ++i) tail += q0[i] * static_cast<float>(k[i]);
+      out[h] = ((lane[0] + lane[4]) + (lane[1] + lane[5])) +
+               ((lane[2] + lane[6]) + (lane[3] + lane[7])) + tail;
+    }
   }
 }
 
-inline void dot_group(const double* TOPTHETA_RESTRICT q, Index G,
-                      const double* TOPTHETA_RESTRICT k, Index d, double* TOPTHETA_RESTRICT out) {
-  for (Index h = 0; h < G; ++h) {
-    const double* q0 = q + h * d;
-    double lane[4] = {};
-    Index i = 0;
-    for (; i + 4 <= d; i += 4)
-      for (Index l = 0; l < 4; ++l) lane[l] += q0[i + l] * k[i + l];
-    double tail = 0;
-    for (; i < d; ++i) tail += q0[i] * k[i];
-    out[h] = (lane[0] + lane[2]) + (lane[1] + lane[3]) + tail;
+inline void dot_group2(const double* TOPTHETA_RESTRICT q, Index G, const double* k0,
+                       const double* k1, Index d, double* TOPTHETA_RESTRICT out0,
+                       double* TOPTHETA_RESTRICT out1) {
+  for (int which = 0; which < (k1 ? 2 : 1); ++which) {
+    const double* k = which ? k1 : k0;
+    double* out = which ? out1 : out0;
+    for (Index h = 0; h < G; ++h) {
+      const double* q0 = q + h * d;
+      double lane[4] = {};
+      Index i = 0;
+      for (; i + 4 <= d; i += 4)
+        for (Index l = 0; l < 4; ++l) lane[l] += q0[i + l] * k[i + l];
+      double tail = 0;
+      for (; i < d; ++i) tail += q0[i] * k[i];
+      out[h] = (lane[0] + lane[2]) + (lane[1] + lane[3]) + tail;
+    }
   }
 }
 
