@@ -21,6 +21,7 @@ int main() {
   for (float& x : v_cache) x = normal(rng);
   for (float& x : q) x = 2.f * normal(rng);
 
+  // [readme:decode]
   AttentionArgs<float> args;
   args.q = HeadsView<const float>::token_major(q.data(), 1, Hq, d);          // (1, Hq, d)
   args.k = HeadsView<const float>::token_major(k_cache.data(), L, Hkv, d);   // (L, Hkv, d)
@@ -36,6 +37,7 @@ int main() {
     std::fprintf(stderr, "decode failed: %s\n", st.to_string().c_str());
     return 1;
   }
+  // [/readme:decode]
   const std::vector<float> dense_out = out;
 
   AttentionOptions topk = dense;

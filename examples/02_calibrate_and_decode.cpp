@@ -79,6 +79,7 @@ int main() {
     for (Index h = 0; h < kHq; ++h) syn.query(h, cq.data() + h * kD);
 
   auto calibrate = [&](Placement placement, const ThresholdTable* sdc_from) {
+    // [readme:calibrate]
     CalibrationOptions co;
     co.num_layers = 1;
     co.num_heads = kHq;
@@ -96,7 +97,8 @@ int main() {
       Status st = decode(args, o);
       if (!st.ok()) std::fprintf(stderr, "calibration: %s\n", st.to_string().c_str());
     }
-    return cal.finalize();
+    return cal.finalize();  // theta(l, h, L) = mean + lambda * std of the (k+1)-th largest
+    // [/readme:calibrate]
   };
   const ThresholdTable pre_theta = calibrate(Placement::kPreSoftmax, nullptr);
   const ThresholdTable pre_table = calibrate(Placement::kPreSoftmax, &pre_theta);  // + SDC terms
@@ -133,6 +135,7 @@ int main() {
   std::printf("%-32s %12s %12s %14s %12s\n", "variant", "kept frac", "V rows read",
               "kept/row", "rel. error");
   for (const Variant& var : variants) {
+    // [readme:toptheta]
     AttentionOptions o;
     o.mode = var.mode;
     o.k = kK;
@@ -141,7 +144,8 @@ int main() {
     o.vmc = var.vmc;
     o.thresholds = var.placement == Placement::kPreSoftmax ? &pre_table : &post_table;
     AttentionStats stats;
-    o.stats = &stats;
+    o.stats = &stats;  // stats.kept_fraction(), stats.vrows_fraction()
+    // [/readme:toptheta]
     AttentionOptions dense_opt;
     std::vector<std::byte> ws(std::max(workspace_size(args, o), workspace_size(args, dense_opt)));
     const Workspace w{ws.data(), ws.size()};
