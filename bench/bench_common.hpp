@@ -1,0 +1,303 @@
+#pragma once
+/// \file bench_common.hpp
+/// Shared pieces of the toptheta benchmark suite (toptheta-bench): shapes, the synthetic
+/// attention inputs, a double-precision reference for validation, and helpers.
+///
+/// Benchmark names (issue 6), registered programmatically so they are exact:
+///   decode/<dense|topk|toptheta|toptheta_dense_fallback>/L:<n>/dtype:<f32|f16|bf16>/
+///          layout:<token|head>/threads:<n>
+///   prefill/<dense|topk|toptheta>/T:<n>/dtype:<...>/threads:<n>
+///   probe/read_bandwidth/threads:<n>
+/// Every benchmark measures wall time (UseRealTime); bench_main.cpp strips the "/real_time"
+/// suffix Google Benchmark would append, so reported names are exactly the ones above.
+///
+/// Synthetic inputs (DESIGN.md section 5 shapes: d = 128, Hq = 32, Hkv = 8):
+/// - keys and values are i.i.d. ~N(0, 1) per element (Irwin-Hall approximation, counter-based
+///   hash, so the inputs are a pure function of (L, token, head, dim) and identical across
+///   dtypes and layouts up to storage rounding);
+/// - every query head h has a fixed unit direction u_h; a query is
+///   sqrt(d) * (c u_h + sqrt(1 - c^2) z), z a random unit vector, so an ordinary key scores
+///   ~N(0, 1) after the 1/sqrt(d) scale;
+/// - per query head, 16 "strong" keys (score ~ +9.8) and L/256 "medium" keys (~ +4.2) carry
+///   +beta u_h; token 0 is an attention sink for the whole KV group (~ +5.6); the last 32
+///   tokens get a mild recency bump (up to ~ +2). So top-k / Top-θ at k = 64 keep a small
+///   fraction of a row and the union over a GQA group of 4 heads is < 4 * 64 rows.
+
+#include <benchmark/benchmark.h>
+
+#include <toptheta/attention.hpp>
+#include <toptheta/calibrator.hpp>
+#include <toptheta/stats.hpp>
+#include <toptheta/threshold_table.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace ttbench {
+
+using toptheta::Index;
+
+// ---- shapes ------------------------------------------------------------------------------
+inline constexpr Index kD = 128;     // head dim
+inline constexpr Index kHq = 32;     // query heads
+inline constexpr Index kHkv = 8;     // KV heads
+inline constexpr Index kG = kHq / kHkv;
+inline constexpr Index kTopK = 64;   // budget of top-k and Top-θ
+inline constexpr double kLambda = 0.1;  // theta = mean + lambda * std (paper runs)
+inline constexpr int kCalibrationQueries = 8;  // decode queries used to calibrate Top-θ
+/// Decode iterations rotate over copies of the KV cache ("layers") so that the working set is
+/// at least this many bytes (4x the 32 MiB LLC): small L is then DRAM-bound, as in a model
+/// where every layer's cache is cold when it is read.
+inline constexpr std::size_t kMinWorkingSetBytes = std::size_t(128) << 20;
+
+enum class Layout { kToken, kHead };
+inline const char* layout_name(Layout l) { return l == Layout::kToken ? "token" : "head"; }
+
+enum class Mode { kDense, kTopK, kTopTheta, kFallback };
+inline const char* mode_name(Mode m) {
+  switch (m) {
+    case Mode::kDense: return "dense";
+    case Mode::kTopK: return "topk";
+    case Mode::kTopTheta: return "toptheta";
+    case Mode::kFallback: return "toptheta_dense_fallback";
+  }
+  return "?";
+}
+inline toptheta::AttentionMode attention_mode(Mode m) {
+  switch (m) {
+    case Mode::kDense: return toptheta::AttentionMode::kDense;
+    case Mode::kTopK: return toptheta::AttentionMode::kTopK;
+    default: return toptheta::AttentionMode::kTopTheta;
+  }
+}
+
+inline int max_threads() {
+#if defined(_OPENMP)
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+// ---- counter-based random numbers ----------------------------------------------------------
+inline std::uint64_t mix64(std::uint64_t x) {  // SplitMix64 finaliser
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+/// ~N(0, 1): Irwin-Hall sum of four 16-bit uniforms of one hash, rescaled to unit variance.
+inline float gauss(std::uint64_t key) {
+  const std::uint64_t h = mix64(key);
+  const float s = float(h & 0xFFFF) + float((h >> 16) & 0xFFFF) + float((h >> 32) & 0xFFFF) +
+                  float(h >> 48);
+  return (s * (1.0f / 65536.0f) - 2.0f) * 1.7320508f;  // var(sum of 4 U(0,1)) = 1/3
+}
+inline std::uint64_t stream_key(std::uint64_t stream, std::uint64_t index) {
+  return mix64(stream * 0x632BE59BD9B4E019ull) ^ index;
+}
+
+/// (Hq, d) unit directions u_h.
+inline const std::vector<float>& head_directions() {
+  static const std::vector<float> u = [] {
+    std::vector<float> r(std::size_t(kHq * kD));
+    for (Index h = 0; h < kHq; ++h) {
+      double n2 = 0;
+      for (Index i = 0; i < kD; ++i) {
+        const float x = gauss(stream_key(101, std::uint64_t(h * kD + i)));
+        r[std::size_t(h * kD + i)] = x;
+        n2 += double(x) * x;
+      }
+      const float inv = float(1.0 / std::sqrt(n2));
+      for (Index i = 0; i < kD; ++i) r[std::size_t(h * kD + i)] *= inv;
+    }
+    return r;
+  }();
+  return u;
+}
+/// (Hkv, d) unit group directions w_g = normalise(sum of u_h over the group).
+inline const std::vector<float>& group_directions() {
+  static const std::vector<float> w = [] {
+    const auto& u = head_directions();
+    std::vector<float> r(std::size_t(kHkv * kD), 0.0f);
+    for (Index g = 0; g < kHkv; ++g) {
+      double n2 = 0;
+      for (Index i = 0; i < kD; ++i) {
+        float s = 0;
+        for (Index hh = 0; hh < kG; ++hh) s += u[std::size_t((g * kG + hh) * kD + i)];
+        r[std::size_t(g * kD + i)] = s;
+        n2 += double(s) * s;
+      }
+      const float inv = float(1.0 / std::sqrt(n2));
+      for (Index i = 0; i < kD; ++i) r[std::size_t(g * kD + i)] *= inv;
+    }
+    return r;
+  }();
+  return w;
+}
+
+/// One query token (Hq, d) for `seed`: sqrt(d) * (c u_h + sqrt(1 - c^2) z_h), |z_h| = 1.
+template <class T>
+void make_query(std::uint64_t seed, T* q /* (Hq, d) */) {
+  constexpr float c = 0.7f;
+  const float s = std::sqrt(1.0f - c * c);
+  const auto& u = head_directions();
+  const float root_d = std::sqrt(float(kD));
+  for (Index h = 0; h < kHq; ++h) {
+    float z[kD];
+    double n2 = 0;
+    for (Index i = 0; i < kD; ++i) {
+      z[i] = gauss(stream_key(202 + seed * 7919, std::uint64_t(h * kD + i)));
+      n2 += double(z[i]) * z[i];
+    }
+    const float inv = float(1.0 / std::sqrt(n2));
+    for (Index i = 0; i < kD; ++i)
+      q[h * kD + i] = T(root_d * (c * u[std::size_t(h * kD + i)] + s * z[i] * inv));
+  }
+}
+
+/// Element offset of (token t, KV head g) in a cache of `L` tokens with the given layout.
+inline std::size_t kv_offset(Layout layout, Index L, Index t, Index g) {
+  return layout == Layout::kToken ? std::size_t((t * kHkv + g) * kD) : std::size_t((g * L + t) * kD);
+}
+
+/// Fills K and V ((L, Hkv, d) in `layout`, storage T) with the synthetic attention inputs.
+template <class T>
+void fill_kv(T* k, T* v, Index L, Layout layout) {
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static)
+#endif
+  for (Index t = 0; t < L; ++t)
+    for (Index g = 0; g < kHkv; ++g) {
+      const std::size_t o = kv_offset(layout, L, t, g);
+      const std::uint64_t base = std::uint64_t((t * kHkv + g) * kD);
+      for (Index i = 0; i < kD; ++i) {
+        k[o + std::size_t(i)] = T(gauss(stream_key(1, base + std::uint64_t(i))));
+        v[o + std::size_t(i)] = T(gauss(stream_key(2, base + std::uint64_t(i))));
+      }
+    }
+  // Planted structure: k_t += beta * direction, applied in float and stored back.
+  auto add = [&](Index t, Index g, float beta, const float* dir) {
+    T* row = k + kv_offset(layout, L, t, g);
+    for (Index i = 0; i < kD; ++i) row[i] = T(float(row[i]) + beta * dir[i]);
+  };
+  const auto& u = head_directions();
+  const auto& w = group_directions();
+  for (Index g = 0; g < kHkv; ++g) {
+    const float* wg = w.data() + g * kD;
+    add(0, g, 16.0f, wg);  // attention sink
+    for (Index t = std::max<Index>(1, L - 32); t < L; ++t)  // mild recency
+      add(t, g, 6.0f * std::exp(-float(L - 1 - t) / 8.0f), wg);
+    for (Index hh = 0; hh < kG; ++hh) {
+      const Index h = g * kG + hh;
+      const float* uh = u.data() + h * kD;
+      for (Index r = 0; r < 16; ++r)  // strong keys of head h
+        add(Index(mix64(stream_key(303, std::uint64_t(h * 1000 + r))) % std::uint64_t(L)), g,
+            14.0f, uh);
+      const Index medium = std::max<Index>(4, L / 256);
+      for (Index r = 0; r < medium; ++r)
+        add(Index(mix64(stream_key(304, std::uint64_t(h * 1000000 + r))) % std::uint64_t(L)), g,
+            6.0f, uh);
+    }
+  }
+}
+
+/// (Hkv, d) float sums of V rows 0..L-1 (the running sum a KV cache keeps).
+template <class T>
+std::vector<float> v_sums(const toptheta::HeadsView<const T>& v) {
+  std::vector<float> s(std::size_t(v.heads * v.dim), 0.0f);
+  for (Index g = 0; g < v.heads; ++g) {
+    float* acc = s.data() + g * v.dim;
+    for (Index t = 0; t < v.tokens; ++t) {
+      const T* r = v.row(t, g);
+      for (Index i = 0; i < v.dim; ++i) acc[i] += float(r[i]);
+    }
+  }
+  return s;
+}
+
+// ---- validation ------------------------------------------------------------------------------
+/// Double-precision dense attention of query row `t` (length len) and head h; returns
+/// |out - ref|_2 / |ref|_2 for that head's output row `out` (d floats).
+template <class T>
+double reference_row_error(const toptheta::HeadsView<const T>& q, const toptheta::HeadsView<const T>& k,
+                           const toptheta::HeadsView<const T>& v, Index t, Index len, Index h,
+                           const float* out) {
+  const Index d = q.dim, g = h / (q.heads / k.heads);
+  const double scale = 1.0 / std::sqrt(double(d));
+  std::vector<double> s(static_cast<std::size_t>(len));
+  double m = -INFINITY;
+  for (Index j = 0; j < len; ++j) {
+    double acc = 0;
+    for (Index i = 0; i < d; ++i) acc += double(float(q(t, h, i))) * double(float(k(j, g, i)));
+    s[std::size_t(j)] = acc * scale;
+    m = std::max(m, s[std::size_t(j)]);
+  }
+  double z = 0;
+  for (auto& x : s) z += (x = std::exp(x - m));
+  std::vector<double> o(std::size_t(d), 0.0);
+  for (Index j = 0; j < len; ++j)
+    for (Index i = 0; i < d; ++i) o[std::size_t(i)] += s[std::size_t(j)] / z * double(float(v(j, g, i)));
+  double num = 0, den = 0;
+  for (Index i = 0; i < d; ++i) {
+    num += (double(out[i]) - o[std::size_t(i)]) * (double(out[i]) - o[std::size_t(i)]);
+    den += o[std::size_t(i)] * o[std::size_t(i)];
+  }
+  return std::sqrt(num / std::max(den, 1e-300));
+}
+
+/// |a - b|_2 / |b|_2.
+inline double relative_error(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    den += double(b[i]) * b[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-300));
+}
+
+/// A workspace buffer sized for (args, options).
+struct WorkspaceBuffer {
+  std::vector<std::byte> bytes;
+  template <class T>
+  toptheta::Workspace get(const toptheta::AttentionArgs<T>& a, const toptheta::AttentionOptions& o) {
+    const std::size_t need = std::max<std::size_t>(toptheta::workspace_size(a, o), 1);
+    if (bytes.size() < need) bytes.resize(need);
+    return {bytes.data(), bytes.size()};
+  }
+};
+
+/// Result of a benchmark's validation (outside the timed loop), kept so that repetitions and
+/// Google Benchmark's repeated calls of the same function validate only once.
+struct Validation {
+  double bytes = 0;  // bytes touched per call
+  std::vector<std::pair<std::string, double>> counters;
+  std::string error;  // non-empty: skip the benchmark with this message
+};
+
+/// Type-erased owner for the per-configuration input caches.
+struct CachedInputs {
+  virtual ~CachedInputs() = default;
+  std::map<std::string, Validation> validated;  // by benchmark configuration
+};
+
+// ---- registration (called from main in this order) -----------------------------------------
+void register_probe_benchmarks();
+void register_decode_benchmarks();
+void register_prefill_benchmarks();
+/// Frees the probe's 1 GiB buffer (called when the decode / prefill inputs are built).
+void release_probe_buffer();
+
+}  // namespace ttbench

@@ -1,0 +1,223 @@
+/// \file bench_prefill.cpp
+/// prefill/<dense|topk|toptheta>/T:<n>/dtype:<t>/threads:<n>
+///
+/// Causal prefill of T new tokens with no earlier cache (L = T), d = 128, Hq = 32, Hkv = 8,
+/// token-major (interleaved) Q/K/V. Keys and values as in decode (bench_common.hpp); row t's
+/// query is drawn from the same distribution as the decode queries. Top-θ thresholds (k = 64)
+/// are calibrated with one kCalibrate prefill over the same K/V with other queries (one sample
+/// per (head, row length)), and the benchmark runs a different query set.
+///
+/// Counters: `flops` (rate) = dense-equivalent multiply-adds of QK^T and PV under the causal
+/// mask, 2 * d * T(T+1)/2 * Hq * 2 per call, whatever the mode (so flops ratios are speed
+/// ratios); bytes_per_second over the Q + K + V bytes; `kept_frac`, `vrows_frac`, `rel_err`
+/// (sparse modes, against the dense output), `ref_err` (dense rows 0, T/2, T-1 of heads 0 and
+/// Hq-1 against a double reference), `bit_identical` (threads > 1).
+
+#include "bench_common.hpp"
+
+#include <map>
+
+namespace ttbench {
+namespace {
+
+using toptheta::HeadsView;
+
+template <class T>
+struct PrefillSet : CachedInputs {
+  Index T_ = 0;
+  std::vector<T> q, qcal, k, v;  // (T, Hq, d), (T, Hq, d), (T, Hkv, d) x 2, token-major
+  std::unique_ptr<toptheta::ThresholdTable> table;
+  std::vector<float> dense_out;  // (T, Hq, d)
+
+  toptheta::AttentionArgs<T> args(const std::vector<T>& query, float* out) const {
+    toptheta::AttentionArgs<T> a;
+    a.q = HeadsView<const T>::token_major(query.data(), T_, kHq, kD);
+    a.k = HeadsView<const T>::token_major(k.data(), T_, kHkv, kD);
+    a.v = HeadsView<const T>::token_major(v.data(), T_, kHkv, kD);
+    a.out = HeadsView<float>::token_major(out, T_, kHq, kD);
+    return a;
+  }
+};
+
+std::map<std::pair<Index, std::string>, std::unique_ptr<CachedInputs>>& prefill_cache() {
+  static std::map<std::pair<Index, std::string>, std::unique_ptr<CachedInputs>> c;
+  return c;
+}
+
+template <class T>
+PrefillSet<T>& prefill_set(Index Tn) {
+  auto& cache = prefill_cache();
+  const auto key = std::make_pair(Tn, std::string(toptheta::dtype_name<T>()));
+  auto it = cache.find(key);
+  if (it != cache.end()) return *static_cast<PrefillSet<T>*>(it->second.get());
+  cache.clear();
+  release_probe_buffer();
+  auto s = std::make_unique<PrefillSet<T>>();
+  s->T_ = Tn;
+  const std::size_t qn = std::size_t(Tn * kHq * kD), kn = std::size_t(Tn * kHkv * kD);
+  s->q.resize(qn);
+  s->qcal.resize(qn);
+  s->k.resize(kn);
+  s->v.resize(kn);
+  fill_kv(s->k.data(), s->v.data(), Tn, Layout::kToken);
+  for (Index t = 0; t < Tn; ++t) {
+    make_query(std::uint64_t(1000000 + t), s->q.data() + t * kHq * kD);
+    make_query(std::uint64_t(2000000 + t), s->qcal.data() + t * kHq * kD);
+  }
+  PrefillSet<T>& ref = *s;
+  cache[key] = std::move(s);
+  return ref;
+}
+
+template <class T>
+toptheta::Status calibrate(PrefillSet<T>& s) {
+  toptheta::CalibrationOptions co;
+  co.num_layers = 1;
+  co.num_heads = kHq;
+  co.default_k = kTopK;
+  co.placement = toptheta::Placement::kPreSoftmax;
+  co.lambda = kLambda;
+  co.model_id = "toptheta-bench synthetic prefill";
+  toptheta::Calibrator cal(co);
+  TOPTHETA_RETURN_IF_ERROR(cal.validate());
+  toptheta::AttentionOptions o;
+  o.mode = toptheta::AttentionMode::kCalibrate;
+  o.calibrator = &cal;
+  o.threads = max_threads();
+  std::vector<float> out(s.q.size());
+  WorkspaceBuffer wb;
+  const auto a = s.args(s.qcal, out.data());
+  TOPTHETA_RETURN_IF_ERROR(toptheta::prefill(a, o, wb.get(a, o)));
+  s.table = std::make_unique<toptheta::ThresholdTable>(cal.finalize());
+  return {};
+}
+
+template <class T>
+toptheta::Status ensure_dense_out(PrefillSet<T>& s) {
+  if (!s.dense_out.empty()) return {};
+  std::vector<float> out(s.q.size());
+  toptheta::AttentionOptions o;
+  o.threads = max_threads();
+  WorkspaceBuffer wb;
+  const auto a = s.args(s.q, out.data());
+  TOPTHETA_RETURN_IF_ERROR(toptheta::prefill(a, o, wb.get(a, o)));
+  s.dense_out = std::move(out);
+  return {};
+}
+
+struct PrefillConfig {
+  Mode mode;
+  Index T;
+  int threads;
+};
+
+template <class T>
+Validation validate_prefill(PrefillSet<T>& s, const PrefillConfig& cfg,
+                            toptheta::AttentionOptions o, const toptheta::AttentionArgs<T>& a,
+                            toptheta::Workspace ws, std::vector<float>& out) {
+  Validation v;
+  auto fail = [&](const std::string& m) {
+    v.error = m;
+    return v;
+  };
+  toptheta::AttentionStats stats;
+  o.stats = &stats;
+  toptheta::Status st = toptheta::prefill(a, o, ws);
+  o.stats = nullptr;
+  if (!st.ok()) return fail(st.to_string());
+  v.bytes = double(s.q.size() + s.k.size() + s.v.size()) * double(sizeof(T));
+  v.counters = {{"kept_frac", stats.kept_fraction()},
+                {"vrows_frac", cfg.mode == Mode::kDense ? 1.0 : stats.vrows_fraction()},
+                {"kept_per_row", toptheta::AttentionStats::ratio(stats.elements_kept, stats.rows)}};
+  if (cfg.mode == Mode::kDense) {
+    double err = 0;
+    for (Index t : {Index(0), cfg.T / 2, cfg.T - 1})
+      for (Index h : {Index(0), kHq - 1})
+        err = std::max(err, reference_row_error(a.q, a.k, a.v, t, t + 1, h,
+                                                out.data() + (t * kHq + h) * kD));
+    v.counters.emplace_back("ref_err", err);
+    if (!(err < 1e-3)) return fail("dense prefill disagrees with the double reference");
+    if (s.dense_out.empty()) s.dense_out = out;
+  } else {
+    st = ensure_dense_out(s);
+    if (!st.ok()) return fail(st.to_string());
+    v.counters.emplace_back("rel_err", relative_error(out, s.dense_out));
+  }
+  if (cfg.threads > 1) {
+    std::vector<float> out1(out.size());
+    auto a1 = a;
+    a1.out = HeadsView<float>::token_major(out1.data(), cfg.T, kHq, kD);
+    toptheta::AttentionOptions o1 = o;
+    o1.threads = 1;
+    WorkspaceBuffer wb1;
+    st = toptheta::prefill(a1, o1, wb1.get(a1, o1));
+    if (!st.ok()) return fail(st.to_string());
+    v.counters.emplace_back(
+        "bit_identical",
+        std::memcmp(out.data(), out1.data(), out.size() * sizeof(float)) == 0 ? 1.0 : 0.0);
+  }
+  return v;
+}
+
+template <class T>
+void bm_prefill(benchmark::State& state, PrefillConfig cfg) {
+  PrefillSet<T>& s = prefill_set<T>(cfg.T);
+  toptheta::AttentionOptions o;
+  o.mode = attention_mode(cfg.mode);
+  o.k = kTopK;
+  o.threads = cfg.threads;
+  if (cfg.mode == Mode::kTopTheta) {
+    if (!s.table) {
+      const toptheta::Status st = calibrate(s);
+      if (!st.ok()) return state.SkipWithError(("calibration: " + st.to_string()).c_str());
+    }
+    o.thresholds = s.table.get();
+  }
+  std::vector<float> out(s.q.size());
+  const auto a = s.args(s.q, out.data());
+  WorkspaceBuffer wb;
+  const toptheta::Workspace ws = wb.get(a, o);
+
+  const std::string key = std::string(mode_name(cfg.mode)) + "/" + std::to_string(cfg.threads);
+  auto it = s.validated.find(key);
+  if (it == s.validated.end())
+    it = s.validated.emplace(key, validate_prefill(s, cfg, o, a, ws, out)).first;
+  const Validation& v = it->second;
+  if (!v.error.empty()) return state.SkipWithError(v.error.c_str());
+  for (const auto& c : v.counters) state.counters[c.first] = c.second;
+
+  const double Tn = double(cfg.T);
+  const double flops = 2.0 * double(kD) * (Tn * (Tn + 1) / 2) * double(kHq) * 2.0;
+  for (auto _ : state) {
+    (void)toptheta::prefill(a, o, ws);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  state.counters["flops"] =
+      benchmark::Counter(flops * double(state.iterations()), benchmark::Counter::kIsRate);
+  state.SetBytesProcessed(std::int64_t(v.bytes * double(state.iterations())));
+}
+
+template <class T>
+void register_one(Mode mode, Index Tn, int threads) {
+  const std::string name = std::string("prefill/") + mode_name(mode) + "/T:" + std::to_string(Tn) +
+                           "/dtype:" + toptheta::dtype_name<T>() + "/threads:" +
+                           std::to_string(threads);
+  const PrefillConfig cfg{mode, Tn, threads};
+  benchmark::RegisterBenchmark(name.c_str(), [cfg](benchmark::State& s) { bm_prefill<T>(s, cfg); })
+      ->UseRealTime()
+      ->Unit(benchmark::kMillisecond);
+}
+
+}  // namespace
+
+void register_prefill_benchmarks() {
+  for (Index Tn : {Index(1024), Index(4096)})
+    for (int t : {1, 2})
+      for (Mode m : {Mode::kDense, Mode::kTopK, Mode::kTopTheta}) register_one<float>(m, Tn, t);
+  // Half storage at the smaller size only (keeps the full suite under ~10 minutes).
+  for (int t : {1, 2})
+    for (Mode m : {Mode::kDense, Mode::kTopK, Mode::kTopTheta}) register_one<Eigen::half>(m, 1024, t);
+}
+
+}  // namespace ttbench

@@ -1,0 +1,168 @@
+#pragma once
+/// \file io/format_options.hpp
+/// Options of the threshold file readers and writers (docs/threshold-format.md). Users include
+/// `io/threshold_file.hpp`, which includes this header.
+
+#include <algorithm>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "../options.hpp"
+#include "../status.hpp"
+#include "../threshold_table.hpp"
+#include "../types.hpp"
+#include "text_codec.hpp"
+
+namespace toptheta {
+
+/// On-disk representation of a ThresholdTable.
+enum class ThresholdFormat {
+  kAuto,       ///< loading only: detect from the content (native magic line vs `L<l>_H<h>:` lines)
+  kNative,     ///< versioned toptheta format with metadata (docs/threshold-format.md)
+  kReference,  ///< the authors' th.txt (+ optional sdc.txt) of `kostyanoob/top-theta-attention`
+};
+
+inline const char* to_string(ThresholdFormat f) {
+  switch (f) {
+    case ThresholdFormat::kAuto: return "auto";
+    case ThresholdFormat::kNative: return "native";
+    case ThresholdFormat::kReference: return "reference";
+  }
+  return "?";
+}
+/// Parses "auto", "native", "reference"; false on an unknown name.
+inline bool parse(const std::string& s, ThresholdFormat& out) {
+  if (s == "auto") out = ThresholdFormat::kAuto;
+  else if (s == "native") out = ThresholdFormat::kNative;
+  else if (s == "reference") out = ThresholdFormat::kReference;
+  else return false;
+  return true;
+}
+
+/// What a loader checks, and what it assumes for the authors' format (which carries no metadata).
+struct LoadOptions {
+  /// Native format: the file's placement must equal it (error otherwise).
+  /// Authors' format: the placement given to the loaded table (default: pre-softmax).
+  std::optional<Placement> expected_placement;
+  /// Native format: the file must declare exactly this many layers / heads (0 = don't check).
+  /// Authors' format: the table's shape (indices beyond are errors); 0 = infer from the largest
+  /// layer / head index in the file.
+  Index expected_layers = 0;
+  Index expected_heads = 0;
+  /// kAuto detects the format from the content.
+  ThresholdFormat format = ThresholdFormat::kAuto;
+  /// Authors' format only: path of an sdc.txt to merge into the table (empty = no SDC terms).
+  /// Ignored for native files, which carry their SDC terms inline.
+  std::string sdc_path;
+};
+
+/// How to save a table.
+struct SaveOptions {
+  ThresholdFormat format = ThresholdFormat::kNative;  ///< kAuto is treated as kNative
+  /// Authors' format only: where sdc.txt goes when the table has SDC terms; empty = a file named
+  /// `sdc.txt` in the directory of the th.txt path. Nothing is written when no entry has one.
+  std::string sdc_path;
+};
+
+namespace detail {
+
+/// Rejects tables a threshold file cannot represent faithfully (so that every saved file loads):
+/// an invalid table, shapes beyond the loader limits, lengths or k beyond kMaxThresholdLength.
+inline Status check_writable(const ThresholdTable& t) {
+  TOPTHETA_RETURN_IF_ERROR(t.validate());
+  if (t.num_layers() > kMaxThresholdLayers || t.num_heads() > kMaxThresholdHeads ||
+      t.num_layers() * t.num_heads() > kMaxThresholdSlots)
+    return Status::invalid_argument("table shape " + shape_string(t.num_layers(), t.num_heads()) +
+                                    " exceeds the file limits (" +
+                                    std::to_string(kMaxThresholdLayers) + " layers, " +
+                                    std::to_string(kMaxThresholdHeads) + " heads, " +
+                                    std::to_string(kMaxThresholdSlots) + " layer-head pairs)");
+  for (Index l = 0; l < t.num_layers(); ++l) {
+    if (t.k(l) > kMaxThresholdLength)
+      return Status::invalid_argument("k of layer " + std::to_string(l) + " exceeds " +
+                                      std::to_string(kMaxThresholdLength));
+    for (Index h = 0; h < t.num_heads(); ++h) {
+      const auto& v = t.entries(l, h);
+      if (!v.empty() && v.back().length > kMaxThresholdLength)
+        return Status::invalid_argument("length " + std::to_string(v.back().length) +
+                                        " exceeds " + std::to_string(kMaxThresholdLength));
+    }
+  }
+  return {};
+}
+
+/// Collects the entries of a file before they go into a ThresholdTable: O(1) per entry for input
+/// sorted by length within each (layer, head) (what every writer emits), O(n log n) otherwise,
+/// so a crafted file cannot make loading quadratic. Duplicates are found immediately in sorted
+/// input and by install() otherwise.
+class EntryCollector {
+ public:
+  explicit EntryCollector(Index slots) : slots_(static_cast<std::size_t>(slots)) {}
+
+  /// Adds an entry of line `line` to slot `slot` (layer * heads + head). Returns the line of an
+  /// earlier entry with the same length when it is detected here, else 0.
+  Index add(Index slot, const ThresholdEntry& e, Index line) {
+    Slot& s = slots_[static_cast<std::size_t>(slot)];
+    if (!s.items.empty() && s.sorted) {
+      const Item& last = s.items.back();
+      if (last.entry.length == e.length) return last.line;
+      if (last.entry.length > e.length) s.sorted = false;
+    }
+    s.items.push_back({e, line});
+    return 0;
+  }
+
+  /// Duplicate not detected by add(), if any: the one whose later occurrence has the smallest
+  /// line number. Returns false when there is none.
+  bool find_duplicate(Index* slot, Index* length, Index* line, Index* first_line) {
+    bool found = false;
+    for (std::size_t i = 0; i < slots_.size(); ++i) {
+      Slot& s = slots_[i];
+      if (s.sorted) continue;
+      std::sort(s.items.begin(), s.items.end(), [](const Item& a, const Item& b) {
+        return a.entry.length != b.entry.length ? a.entry.length < b.entry.length : a.line < b.line;
+      });
+      s.sorted = true;
+      for (std::size_t j = 1; j < s.items.size(); ++j)
+        if (s.items[j].entry.length == s.items[j - 1].entry.length &&
+            (!found || s.items[j].line < *line)) {
+          found = true;
+          *slot = Index(i);
+          *length = s.items[j].entry.length;
+          *line = s.items[j].line;
+          *first_line = s.items[j - 1].line;
+        }
+    }
+    return found;
+  }
+
+  /// Moves the entries into `t` (shape `slots` = layers * heads). Call after find_duplicate()
+  /// returned false.
+  void install(ThresholdTable* t) {
+    const Index heads = t->num_heads();
+    for (std::size_t i = 0; i < slots_.size(); ++i) {
+      Slot& s = slots_[i];
+      if (!s.sorted)
+        std::sort(s.items.begin(), s.items.end(),
+                  [](const Item& a, const Item& b) { return a.entry.length < b.entry.length; });
+      for (const Item& it : s.items)
+        (void)t->set(Index(i) / heads, Index(i) % heads, it.entry);  // appends: O(log n)
+      s.items = {};
+    }
+  }
+
+ private:
+  struct Item {
+    ThresholdEntry entry;
+    Index line;
+  };
+  struct Slot {
+    std::vector<Item> items;
+    bool sorted = true;
+  };
+  std::vector<Slot> slots_;
+};
+
+}  // namespace detail
+}  // namespace toptheta

@@ -1,0 +1,324 @@
+#pragma once
+/// \file io/native_format.hpp
+/// The native, versioned threshold text format (docs/threshold-format.md, "Native format"):
+///
+///     toptheta-thresholds 1
+///     placement pre
+///     layers 2
+///     heads 2
+///     k 64 64
+///     lambda 0.1
+///     calibration_rows 1000
+///     model my-model            (optional)
+///     notes free text           (optional)
+///     entries 3
+///     0 0 65 0.8125 12
+///     0 1 65 -inf 12 0.25       (layer head length theta samples [sdc])
+///     1 0 70 1.5 3
+///     end
+///
+/// Doubles are written as the shortest decimal that reads back bit-identically.
+/// Parsing is O(file size) for entries sorted by length within each (layer, head), which is how
+/// the writer emits them, O(n log n) otherwise; it never reads outside the given text.
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "../options.hpp"
+#include "../status.hpp"
+#include "../threshold_table.hpp"
+#include "format_options.hpp"
+#include "text_codec.hpp"
+
+namespace toptheta {
+
+/// First word of a native threshold file.
+inline constexpr const char* kNativeThresholdMagic = "toptheta-thresholds";
+/// The native format version this library writes and reads.
+inline constexpr int kNativeThresholdVersion = 1;
+
+/// Serialises `table` in the native format (after `table.validate()` and the file limits).
+/// `out` is untouched on error.
+inline Status format_native_thresholds(const ThresholdTable& table, std::string* out) {
+  TOPTHETA_RETURN_IF_ERROR(detail::check_writable(table));
+  const ThresholdMetadata& md = table.metadata();
+  const std::pair<const char*, const std::string*> texts[] = {{"model", &md.model_id},
+                                                              {"notes", &md.notes}};
+  for (const auto& kv : texts) {
+    const std::string problem = detail::check_line_bytes(std::string(kv.first) + " " + *kv.second);
+    if (!problem.empty())
+      return Status::invalid_argument(std::string(kv.first) + " text cannot be written: " + problem);
+  }
+  std::string s;
+  s.reserve(256 + table.size() * 40);
+  s += kNativeThresholdMagic;
+  s += " " + std::to_string(kNativeThresholdVersion) + "\n";
+  s += "# Top-theta attention thresholds; format: docs/threshold-format.md\n";
+  s += "placement ";
+  s += to_string(md.placement);
+  s += "\nlayers " + std::to_string(table.num_layers());
+  s += "\nheads " + std::to_string(table.num_heads());
+  s += "\nk";
+  for (Index l = 0; l < table.num_layers(); ++l) s += " " + std::to_string(table.k(l));
+  s += "\nlambda ";
+  detail::append_double(&s, md.lambda);
+  s += "\ncalibration_rows " + std::to_string(md.calibration_rows) + "\n";
+  if (!md.model_id.empty()) s += "model " + md.model_id + "\n";
+  if (!md.notes.empty()) s += "notes " + md.notes + "\n";
+  s += "entries " + std::to_string(table.size()) + "\n";
+  s += "# layer head length theta samples [sdc]\n";
+  for (Index l = 0; l < table.num_layers(); ++l)
+    for (Index h = 0; h < table.num_heads(); ++h)
+      for (const ThresholdEntry& e : table.entries(l, h)) {
+        s += std::to_string(l);
+        s += ' ';
+        s += std::to_string(h);
+        s += ' ';
+        s += std::to_string(e.length);
+        s += ' ';
+        detail::append_double(&s, e.theta);
+        s += ' ';
+        s += std::to_string(e.samples);
+        if (e.has_sdc()) {
+          s += ' ';
+          detail::append_double(&s, e.sdc);
+        }
+        s += '\n';
+      }
+  s += "end\n";
+  *out = std::move(s);
+  return {};
+}
+
+/// Parses a native threshold file held in `text`; `name` prefixes error messages
+/// (`name:line: problem`). Validates everything (docs/threshold-format.md, "Validation") and
+/// checks `opts.expected_placement` / `expected_layers` / `expected_heads`. On success `*out`
+/// holds the table; on error `*out` is untouched.
+inline Status parse_native_thresholds(std::string_view text, const std::string& name,
+                                      ThresholdTable* out, const LoadOptions& opts = {}) {
+  using detail::NumberParse;
+  using detail::quote_token;
+  detail::LineScanner sc(text);
+  std::string_view line;
+  Index ln = 0;
+  const bool unterminated = !text.empty() && text.back() != '\n';
+  const auto fail = [&](StatusCode code, Index at, std::string m) {
+    if (unterminated && at == ln && at == sc.line_no() && sc.next_offset() >= text.size())
+      m += " (the file ends inside this line without a line break: truncated?)";
+    return detail::file_error(code, name, at, m);
+  };
+  const auto bad = [&](Index at, std::string m) { return fail(StatusCode::kDataLoss, at, std::move(m)); };
+  const auto num_error = [&](NumberParse r, std::string_view tok, const std::string& what) {
+    return bad(ln, std::string(r == NumberParse::kOverflow ? "number out of range "
+                                                           : "malformed number ") +
+                       quote_token(tok) + " for " + what);
+  };
+  std::vector<std::string_view> f;
+
+  // --- format line
+  if (!sc.next(&line, &ln))
+    return bad(0, "empty file: expected '" + std::string(kNativeThresholdMagic) + " " +
+                      std::to_string(kNativeThresholdVersion) + "' as the first line");
+  std::string problem = detail::check_line_bytes(line);
+  if (!problem.empty()) return bad(ln, problem);
+  detail::split_fields(line, &f);
+  if (f.empty() || f[0] != kNativeThresholdMagic)
+    return bad(ln, "missing format line: expected '" + std::string(kNativeThresholdMagic) + " " +
+                       std::to_string(kNativeThresholdVersion) + "' as the first line");
+  if (f.size() != 2)
+    return bad(ln, "the format line must be '" + std::string(kNativeThresholdMagic) + " <version>'");
+  std::uint64_t version = 0;
+  if (!detail::parse_uint(f[1], std::uint64_t(1) << 62, &version))
+    return bad(ln, "malformed format version " + quote_token(f[1]));
+  if (version != std::uint64_t(kNativeThresholdVersion))
+    return bad(ln, "unsupported format version " + std::to_string(version) +
+                       " (this library reads version " + std::to_string(kNativeThresholdVersion) + ")");
+
+  // --- header
+  enum Key { kPlacement, kLayers, kHeads, kK, kLambda, kRows, kModel, kNotes, kNumKeys };
+  static const char* const key_names[kNumKeys] = {"placement", "layers", "heads", "k",
+                                                  "lambda", "calibration_rows", "model", "notes"};
+  Index key_line[kNumKeys] = {};
+  Placement placement = Placement::kPreSoftmax;
+  Index layers = 0, heads = 0;
+  std::vector<Index> ks;
+  double lambda = 0.0;
+  std::uint64_t rows = 0;
+  std::string model, notes;
+  std::uint64_t declared = 0;
+  Index entries_line = 0;
+  while (sc.next(&line, &ln)) {
+    problem = detail::check_line_bytes(line);
+    if (!problem.empty()) return bad(ln, problem);
+    if (detail::is_blank_or_comment(line)) continue;
+    detail::split_fields(line, &f);
+    const std::string_view key = f[0];
+    if (key == "entries") {
+      if (f.size() != 2) return bad(ln, "'entries' takes one value: the number of entry lines");
+      if (!detail::parse_uint(f[1], std::uint64_t(1) << 62, &declared))
+        return num_error(NumberParse::kMalformed, f[1], "'entries'");
+      entries_line = ln;
+      break;
+    }
+    int k = 0;
+    while (k < kNumKeys && key != key_names[k]) ++k;
+    if (k == kNumKeys) {
+      if (key == "end") return bad(ln, "'end' before the 'entries' line");
+      if ((key[0] >= '0' && key[0] <= '9') || key[0] == '-')
+        return bad(ln, "entry line before the 'entries' line (the header is incomplete)");
+      return bad(ln, "unknown header key " + quote_token(key));
+    }
+    if (key_line[k] != 0)
+      return bad(ln, "duplicate header key '" + std::string(key_names[k]) + "' (first on line " +
+                         std::to_string(key_line[k]) + ")");
+    key_line[k] = ln;
+    const std::string kname = key_names[k];
+    if (k == kModel || k == kNotes) {
+      // The value is the rest of the line after the key and one blank, verbatim.
+      std::size_t p = 0;
+      while (p < line.size() && detail::is_blank(line[p])) ++p;
+      p += key.size();
+      if (p < line.size()) ++p;
+      (k == kModel ? model : notes) = std::string(line.substr(p));
+      continue;
+    }
+    if (k != kK && f.size() != 2) return bad(ln, "'" + kname + "' takes exactly one value");
+    if (k == kPlacement) {
+      if (!parse(std::string(f[1]), placement))
+        return bad(ln, "unknown placement " + quote_token(f[1]) + " (expected pre or post)");
+      if (opts.expected_placement && *opts.expected_placement != placement)
+        return fail(StatusCode::kInvalidArgument, ln,
+                    std::string("placement '") + to_string(placement) +
+                        "' contradicts the expected placement '" +
+                        to_string(*opts.expected_placement) + "'");
+    } else if (k == kLayers || k == kHeads) {
+      const Index limit = k == kLayers ? kMaxThresholdLayers : kMaxThresholdHeads;
+      std::uint64_t v = 0;
+      if (!detail::parse_uint(f[1], ~std::uint64_t(0), &v)) return num_error(NumberParse::kMalformed, f[1], "'" + kname + "'");
+      if (v < 1 || v > std::uint64_t(limit))
+        return bad(ln, "'" + kname + "' must be in [1, " + std::to_string(limit) + "], got " +
+                           std::to_string(v));
+      (k == kLayers ? layers : heads) = Index(v);
+      const Index expected = k == kLayers ? opts.expected_layers : opts.expected_heads;
+      if (expected > 0 && expected != Index(v))
+        return fail(StatusCode::kInvalidArgument, ln,
+                    "the file has " + std::to_string(v) + " " + kname + " but " +
+                        std::to_string(expected) + " are expected");
+    } else if (k == kK) {
+      if (f.size() < 2) return bad(ln, "'k' needs one value per layer");
+      for (std::size_t i = 1; i < f.size(); ++i) {
+        std::uint64_t v = 0;
+        if (!detail::parse_uint(f[i], ~std::uint64_t(0), &v))
+          return num_error(NumberParse::kMalformed, f[i], "k of layer " + std::to_string(i - 1));
+        if (v < 1 || v > std::uint64_t(kMaxThresholdLength))
+          return bad(ln, "k of layer " + std::to_string(i - 1) + " must be in [1, " +
+                             std::to_string(kMaxThresholdLength) + "], got " + std::to_string(v));
+        ks.push_back(Index(v));
+      }
+    } else if (k == kLambda) {
+      const NumberParse r = detail::parse_double(f[1], &lambda);
+      if (r != NumberParse::kOk) return num_error(r, f[1], "'lambda'");
+      if (!std::isfinite(lambda)) return bad(ln, "'lambda' must be finite, got " + quote_token(f[1]));
+    } else if (k == kRows) {
+      if (!detail::parse_uint(f[1], ~std::uint64_t(0), &rows))
+        return num_error(NumberParse::kMalformed, f[1], "'calibration_rows'");
+    }
+  }
+  if (entries_line == 0)
+    return bad(ln > 0 ? ln : 1, "truncated file: the header has no 'entries' line");
+  for (int k = kPlacement; k <= kRows; ++k)
+    if (key_line[k] == 0)
+      return bad(entries_line, "missing header line '" + std::string(key_names[k]) +
+                                   "' before 'entries'");
+  if (Index(ks.size()) != layers)
+    return bad(key_line[kK], "'k' has " + std::to_string(ks.size()) + " values but 'layers' is " +
+                                 std::to_string(layers));
+  if (layers * heads > kMaxThresholdSlots)
+    return bad(key_line[kHeads], "layers x heads = " + std::to_string(layers * heads) +
+                                     " exceeds the limit " + std::to_string(kMaxThresholdSlots));
+
+  ThresholdTable t(layers, heads, 1);
+  for (Index l = 0; l < layers; ++l) (void)t.set_k(l, ks[static_cast<std::size_t>(l)]);
+  t.metadata().placement = placement;
+  t.metadata().lambda = lambda;
+  t.metadata().calibration_rows = rows;
+  t.metadata().model_id = std::move(model);
+  t.metadata().notes = std::move(notes);
+
+  // --- entries
+  detail::EntryCollector entries(layers * heads);
+  const auto duplicate_message = [](Index l, Index h, Index L, Index first) {
+    return "duplicate entry for layer " + std::to_string(l) + ", head " + std::to_string(h) +
+           ", length " + std::to_string(L) + " (first on line " + std::to_string(first) + ")";
+  };
+  std::uint64_t seen = 0;
+  bool ended = false;
+  while (sc.next(&line, &ln)) {
+    problem = detail::check_line_bytes(line);
+    if (!problem.empty()) return bad(ln, problem);
+    if (detail::is_blank_or_comment(line)) continue;
+    detail::split_fields(line, &f);
+    if (ended) return bad(ln, "unexpected content after the 'end' line");
+    if (f[0] == "end") {
+      if (f.size() != 1) return bad(ln, "'end' takes no values");
+      if (seen != declared)
+        return bad(ln, "truncated entries: 'entries' on line " + std::to_string(entries_line) +
+                           " declares " + std::to_string(declared) + " but " +
+                           std::to_string(seen) + " precede 'end'");
+      ended = true;
+      continue;
+    }
+    if (seen == declared)
+      return bad(ln, "more entry lines than the " + std::to_string(declared) +
+                         " declared by 'entries' on line " + std::to_string(entries_line));
+    if (f.size() != 5 && f.size() != 6)
+      return bad(ln, "an entry is 'layer head length theta samples [sdc]', got " +
+                         std::to_string(f.size()) + " fields");
+    Index l = 0, h = 0, L = 0;
+    if (!detail::parse_int(f[0], &l)) return num_error(NumberParse::kMalformed, f[0], "layer");
+    if (!detail::parse_int(f[1], &h)) return num_error(NumberParse::kMalformed, f[1], "head");
+    if (!detail::parse_int(f[2], &L)) return num_error(NumberParse::kMalformed, f[2], "length");
+    if (l < 0 || l >= layers)
+      return fail(StatusCode::kOutOfRange, ln,
+                  "layer " + std::to_string(l) + " out of range [0, " + std::to_string(layers) + ")");
+    if (h < 0 || h >= heads)
+      return fail(StatusCode::kOutOfRange, ln,
+                  "head " + std::to_string(h) + " out of range [0, " + std::to_string(heads) + ")");
+    if (L <= 0) return bad(ln, "non-positive length " + std::to_string(L));
+    if (L > kMaxThresholdLength)
+      return bad(ln, "length " + std::to_string(L) + " exceeds " + std::to_string(kMaxThresholdLength));
+    ThresholdEntry e;
+    e.length = L;
+    NumberParse r = detail::parse_double(f[3], &e.theta);
+    if (r != NumberParse::kOk) return num_error(r, f[3], "theta");
+    if (std::isnan(e.theta) || (std::isinf(e.theta) && e.theta > 0))
+      return bad(ln, "non-finite theta " + quote_token(f[3]) + " (only -inf is allowed)");
+    if (!detail::parse_uint(f[4], ~std::uint64_t(0), &e.samples))
+      return num_error(NumberParse::kMalformed, f[4], "samples");
+    if (f.size() == 6) {
+      r = detail::parse_double(f[5], &e.sdc);
+      if (r != NumberParse::kOk) return num_error(r, f[5], "sdc");
+      if (!std::isfinite(e.sdc) || e.sdc < 0)
+        return bad(ln, "SDC term must be finite and non-negative, got " + quote_token(f[5]));
+    }
+    const Index first = entries.add(l * heads + h, e, ln);
+    if (first != 0) return bad(ln, duplicate_message(l, h, L, first));
+    ++seen;
+  }
+  if (!ended)
+    return bad(ln, "truncated file: no 'end' line (" + std::to_string(seen) + " of " +
+                       std::to_string(declared) + " declared entries read)");
+  Index dslot = 0, dlen = 0, dline = 0, dfirst = 0;
+  if (entries.find_duplicate(&dslot, &dlen, &dline, &dfirst))
+    return bad(dline, duplicate_message(dslot / heads, dslot % heads, dlen, dfirst));
+  entries.install(&t);
+  const Status s = t.validate();
+  if (!s.ok()) return detail::file_error(StatusCode::kDataLoss, name, 0, s.message());
+  *out = std::move(t);
+  return {};
+}
+
+}  // namespace toptheta

@@ -1,0 +1,156 @@
+#pragma once
+/// \file io/threshold_file.hpp
+/// Loading and saving `ThresholdTable`s (DESIGN.md section 7; the formats are specified in
+/// docs/threshold-format.md):
+/// - the native, versioned text format with metadata (io/native_format.hpp);
+/// - the authors' `th.txt` / `sdc.txt` of `kostyanoob/top-theta-attention` (io/reference_format.hpp).
+///
+/// Loading validates everything and fails with a Status whose message is
+/// `<file>:<line>: <problem>` (`<file>: <problem>` for whole-file problems); it never reads
+/// outside its input. Codes: kDataLoss for malformed content, kOutOfRange for a layer/head index
+/// outside the declared or expected shape, kInvalidArgument for a file that contradicts
+/// LoadOptions, kNotFound / kIoError from the file system. Saving is atomic (io/atomic_write.hpp).
+///
+/// Example:
+///
+///     toptheta::ThresholdTable table = calibrator.finalize();
+///     TOPTHETA_RETURN_IF_ERROR(toptheta::save_thresholds("model.thresholds", table));
+///     toptheta::LoadOptions opts;
+///     opts.expected_placement = toptheta::Placement::kPreSoftmax;
+///     opts.expected_layers = 32;
+///     opts.expected_heads = 32;
+///     TOPTHETA_RETURN_IF_ERROR(toptheta::load_thresholds("model.thresholds", &table, opts));
+
+#include <cstring>
+#include <string>
+#include <string_view>
+
+#include "../status.hpp"
+#include "../threshold_table.hpp"
+#include "atomic_write.hpp"
+#include "format_options.hpp"
+#include "native_format.hpp"
+#include "reference_format.hpp"
+#include "text_codec.hpp"
+
+namespace toptheta {
+
+/// kNative when `text` starts with `toptheta-thresholds`, kReference when its first non-blank,
+/// non-comment line starts with `L<digit>`, otherwise kAuto (not recognised).
+inline ThresholdFormat detect_threshold_format(std::string_view text) {
+  const std::string_view magic = kNativeThresholdMagic;
+  if (text.substr(0, magic.size()) == magic) return ThresholdFormat::kNative;
+  if (detail::looks_like_reference(text)) return ThresholdFormat::kReference;
+  return ThresholdFormat::kAuto;
+}
+
+/// Parses a threshold file held in memory (`name` prefixes error messages), in `opts.format` or
+/// the detected format. For the authors' format only th.txt content is parsed here
+/// (`opts.sdc_path` is ignored; see parse_reference_thresholds() to merge an sdc.txt text).
+/// On error `*out` is untouched.
+inline Status parse_thresholds(std::string_view text, const std::string& name, ThresholdTable* out,
+                               const LoadOptions& opts = {}) {
+  ThresholdFormat fmt = opts.format;
+  if (fmt == ThresholdFormat::kAuto) fmt = detect_threshold_format(text);
+  if (fmt == ThresholdFormat::kNative) return parse_native_thresholds(text, name, out, opts);
+  if (fmt == ThresholdFormat::kReference) return parse_reference_thresholds(text, name, out, opts);
+  // Not recognised: report binary data or the first meaningful line.
+  detail::LineScanner sc(text);
+  std::string_view line;
+  Index ln = 0;
+  while (sc.next(&line, &ln)) {
+    const std::string problem = detail::check_line_bytes(line);
+    if (!problem.empty()) return detail::file_error(StatusCode::kDataLoss, name, ln, problem);
+    if (detail::is_blank_or_comment(line)) continue;
+    return detail::file_error(StatusCode::kDataLoss, name, ln,
+                              "unrecognised format: expected '" + std::string(kNativeThresholdMagic) +
+                                  " <version>' as the first line (native) or lines "
+                                  "'L<layer>_H<head>:<length> theta n_samples k' (authors' th.txt)");
+  }
+  return detail::file_error(StatusCode::kDataLoss, name, 0, "empty file: no thresholds");
+}
+
+/// Loads the threshold file at `path` in `opts.format` or the detected format (see
+/// parse_thresholds(); for the authors' format `opts.sdc_path`, when set, names an sdc.txt to
+/// merge, and it is an error for a native file). `*format`, when given, receives the format
+/// used (kAuto when it was not recognised). On error `*out` is untouched.
+inline Status load_thresholds(const std::string& path, ThresholdTable* out,
+                              const LoadOptions& opts = {}, ThresholdFormat* format = nullptr) {
+  if (format) *format = opts.format;
+  std::string text;
+  TOPTHETA_RETURN_IF_ERROR(read_file(path, &text, kMaxThresholdFileBytes));
+  LoadOptions o = opts;
+  if (o.format == ThresholdFormat::kAuto) o.format = detect_threshold_format(text);
+  if (format) *format = o.format;
+  if (o.format == ThresholdFormat::kReference) {
+    std::string sdc;
+    if (!o.sdc_path.empty())
+      TOPTHETA_RETURN_IF_ERROR(read_file(o.sdc_path, &sdc, kMaxThresholdFileBytes));
+    return parse_reference_thresholds(text, path, out, o, sdc, o.sdc_path);
+  }
+  if (o.format == ThresholdFormat::kNative && !o.sdc_path.empty())
+    return Status::invalid_argument(path + ": an SDC file applies only to the authors' format; "
+                                    "native files carry their SDC terms inline");
+  return parse_thresholds(text, path, out, o);
+}
+
+/// Where save_thresholds() puts sdc.txt for the authors' format: `opts.sdc_path`, or `sdc.txt`
+/// in the directory of `path`.
+inline std::string reference_sdc_path(const std::string& path, const SaveOptions& opts = {}) {
+  if (!opts.sdc_path.empty()) return opts.sdc_path;
+  const std::size_t slash = path.find_last_of('/');
+  return slash == std::string::npos ? std::string("sdc.txt") : path.substr(0, slash + 1) + "sdc.txt";
+}
+
+/// Saves `table` atomically. Native (default, also for kAuto): one file at `path`. Authors'
+/// format: th.txt at `path`, and when any entry has an SDC term, sdc.txt at
+/// reference_sdc_path(path, opts); each file is replaced atomically on its own.
+inline Status save_thresholds(const std::string& path, const ThresholdTable& table,
+                              const SaveOptions& opts = {}) {
+  if (opts.format == ThresholdFormat::kReference) {
+    std::string th, sdc;
+    TOPTHETA_RETURN_IF_ERROR(format_reference_thresholds(table, &th, &sdc));
+    const std::string sdc_path = reference_sdc_path(path, opts);
+    if (!sdc.empty() && sdc_path == path)
+      return Status::invalid_argument(path + ": th.txt and sdc.txt would be the same file");
+    TOPTHETA_RETURN_IF_ERROR(write_file_atomic(path, th));
+    if (!sdc.empty()) TOPTHETA_RETURN_IF_ERROR(write_file_atomic(sdc_path, sdc));
+    return {};
+  }
+  std::string text;
+  TOPTHETA_RETURN_IF_ERROR(format_native_thresholds(table, &text));
+  return write_file_atomic(path, text);
+}
+
+/// save_thresholds() in format `format` with default options.
+inline Status save_thresholds(const std::string& path, const ThresholdTable& table,
+                              ThresholdFormat format) {
+  SaveOptions o;
+  o.format = format;
+  return save_thresholds(path, table, o);
+}
+
+/// True when `a` and `b` hold the same shape, budgets, metadata and entries, comparing doubles
+/// by bit pattern (so -0 != 0, and NaN SDC terms of the same pattern are equal).
+inline bool thresholds_identical(const ThresholdTable& a, const ThresholdTable& b) {
+  const auto same = [](double x, double y) { return std::memcmp(&x, &y, sizeof x) == 0; };
+  if (a.num_layers() != b.num_layers() || a.num_heads() != b.num_heads()) return false;
+  if (a.layer_k() != b.layer_k()) return false;
+  const ThresholdMetadata &ma = a.metadata(), &mb = b.metadata();
+  if (ma.placement != mb.placement || !same(ma.lambda, mb.lambda) ||
+      ma.calibration_rows != mb.calibration_rows || ma.model_id != mb.model_id ||
+      ma.notes != mb.notes)
+    return false;
+  for (Index l = 0; l < a.num_layers(); ++l)
+    for (Index h = 0; h < a.num_heads(); ++h) {
+      const auto &va = a.entries(l, h), &vb = b.entries(l, h);
+      if (va.size() != vb.size()) return false;
+      for (std::size_t i = 0; i < va.size(); ++i)
+        if (va[i].length != vb[i].length || !same(va[i].theta, vb[i].theta) ||
+            va[i].samples != vb[i].samples || !same(va[i].sdc, vb[i].sdc))
+          return false;
+    }
+  return true;
+}
+
+}  // namespace toptheta

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Builds toptheta-bench (the `bench` CMake preset, into build/bench), runs the benchmark suite
+# and writes docs/performance.md plus docs/img/speedup_vs_L.png (scripts/perf_report.py).
+#
+#   scripts/perf_report.sh [--no-build] [perf_report.py options]
+#
+# perf_report.py options (see scripts/perf_report.py --help):
+#   --quick                  L <= 16k, prefill T = 1024, 1 repetition, 0.1 s min time
+#   --repetitions N          default 3 (medians are reported)
+#   --min-time S             --benchmark_min_time, default 0.3
+#   --filter REGEX           --benchmark_filter (overrides --quick's)
+#   --fma-peak-per-core G    fp32 FMA peak in GFLOP/s per core, default 112
+#   --from-json FILE         re-render a previous run without running anything
+# Environment: JOBS (build parallelism, default 2).
+#
+# Run it on an otherwise idle machine: the suite measures memory bandwidth and the page compares
+# against the probe's floor. The full suite takes several minutes.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+
+build=1
+args=()
+for a in "$@"; do
+  case "$a" in
+    --no-build) build=0 ;;
+    --from-json | --from-json=*) build=0; args+=("$a") ;;
+    -h | --help)
+      sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+      exec python3 scripts/perf_report.py --help
+      ;;
+    *) args+=("$a") ;;
+  esac
+done
+
+command -v python3 >/dev/null 2>&1 || toptheta_die "python3 is required"
+if ! command -v gnuplot >/dev/null 2>&1; then
+  toptheta_try_install_packages gnuplot-nox ||
+    toptheta_warn "gnuplot not available: docs/img/speedup_vs_L.png will not be drawn"
+fi
+
+if [[ $build -eq 1 ]]; then
+  toptheta_log "Configuring and building the bench preset (build/bench)"
+  cmake --preset bench >/dev/null
+  cmake --build --preset bench -j"${JOBS:-2}" --target toptheta-bench
+fi
+
+toptheta_log "Running the benchmarks and writing docs/performance.md"
+exec python3 scripts/perf_report.py "${args[@]}"
