@@ -58,7 +58,11 @@ struct PrefillScratch {
   Acc* w;              // (R, L) compact weights
   std::int32_t* kept;  // (R, L) kept indices
   Acc* sel;            // (L) selection scratch
-  Acc* dots;           // (2, R) scores of two keys against the block's queries
+  Acc* dots;           // (R, kKeyTile) scores of a key tile against the block's queries
+  Acc* kt;             // (d, kKeyTile) transposed key tile
+  const Acc** wrows;   // (R) weight rows of the dense P V product
+  const Acc** wtile;   // (R) the same, offset to the current V tile
+  Acc** outs;          // (R) output rows
   Acc* vrun;           // (d) running V sum
   Acc* vbar;           // (d)
   GatherScratch<Acc> gather;
@@ -82,7 +86,11 @@ struct PrefillBuffers {
       t.w = ar.take<Acc>(R * L);
       t.kept = ar.take<std::int32_t>(R * L);
       t.sel = ar.take<Acc>(L);
-      t.dots = ar.take<Acc>(2 * R);
+      t.dots = ar.take<Acc>(R * kKeyTile);
+      t.kt = ar.take<Acc>(d * kKeyTile);
+      t.wrows = ar.take<const Acc*>(R);
+      t.wtile = ar.take<const Acc*>(R);
+      t.outs = ar.take<Acc*>(R);
       t.vrun = ar.take<Acc>(d);
       t.vbar = ar.take<Acc>(d);
       t.gather.mark = ar.take<std::uint8_t>(L);
@@ -117,6 +125,44 @@ void compute_v_prefix(const AttentionArgs<T>& a, const PrefillPlan& p, acc_t<T>*
   }
 }
 
+/// out(t, h) = sum_j w_r[j] v_j for the dense rows t in [t0, td) of group g (weights stored
+/// densely in ts.w): V rows are converted once per tile of kGatherTile and every weight row of
+/// the block streams over them (weighted_rows microkernel).
+template <class T>
+void dense_rows_product(const AttentionArgs<T>& a, const PrefillPlan& p, Index t0, Index td,
+                        Index g, const PrefillScratch<acc_t<T>>& ts) {
+  using Acc = acc_t<T>;
+  const Index G = p.G, d = p.d, L = p.L;
+  const Index n = (td - t0) * G, Ld = p.P + td;
+  const Acc** wrows = ts.wrows;
+  Acc** outs = ts.outs;
+  for (Index t = t0; t < td; ++t)
+    for (Index hh = 0; hh < G; ++hh) {
+      const Index r = (t - t0) * G + hh;
+      Acc* w = ts.w + r * L;
+      std::fill(w + p.P + t + 1, w + Ld, Acc(0));  // keys the causal row does not see
+      wrows[r] = w;
+      outs[r] = a.out.row(t, g * G + hh);
+      std::fill(outs[r], outs[r] + d, Acc(0));
+    }
+  const MatrixView<const T> vh = a.v.head(g);
+  const Acc* rows[kGatherTile];
+  const Acc** wtile = ts.wtile;
+  for (Index j0 = 0; j0 < Ld; j0 += kGatherTile) {
+    const Index nj = std::min(kGatherTile, Ld - j0);
+    for (Index j = 0; j < nj; ++j) {
+      if constexpr (std::is_same_v<T, Acc>) {
+        rows[j] = vh.row(j0 + j);
+      } else {
+        load_row(vh.row(j0 + j), d, ts.gather.tile + j * d);
+        rows[j] = ts.gather.tile + j * d;
+      }
+    }
+    for (Index r = 0; r < n; ++r) wtile[r] = wrows[r] + j0;
+    weighted_rows(wtile, n, rows, nj, d, outs);
+  }
+}
+
 /// One work item: query rows [t0, t1) of KV group g.
 template <class T>
 void prefill_item(const AttentionArgs<T>& a, const RowContext<acc_t<T>>& cx,
@@ -133,27 +179,26 @@ void prefill_item(const AttentionArgs<T>& a, const RowContext<acc_t<T>>& cx,
       load_row(a.q.row(t, g * G + hh), d, qr);
       for (Index i = 0; i < d; ++i) qr[i] *= cx.scale;
     }
-  // Scores, two keys at a time; the block's queries are contiguous rows, so one dot_group2
-  // serves every row that sees the first key (causal: row t sees keys j <= P + t).
+  // Scores in tiles of kKeyTile keys: the tile is transposed once and every row of the block
+  // that sees its first key runs the outer-product microkernel (causal: row t sees j <= P + t).
   const MatrixView<const T> kh = a.k.head(g);
-  Acc* sc0 = ts.dots;
-  Acc* sc1 = ts.dots + p.rows_per_item;
-  for (Index j = 0; j < Lmax; j += 2) {
-    const bool pair = j + 1 < Lmax;
+  const T* keys[kKeyTile];
+  for (Index j = 0; j < Lmax; j += kKeyTile) {
+    const Index nk = std::min(kKeyTile, Lmax - j);
     const Index tfirst = std::max<Index>(t0, j - p.P);  // first row that sees key j
-    if (tfirst >= t1) continue;
     const Index r0 = (tfirst - t0) * G;
-    dot_group2(ts.q + r0 * d, (t1 - tfirst) * G, kh.row(j), pair ? kh.row(j + 1) : nullptr, d,
-               sc0, sc1);
-    for (int e = 0; e < (pair ? 2 : 1); ++e) {
-      const Index jj = j + e;
-      const Acc* sc = e ? sc1 : sc0;
-      for (Index t = std::max<Index>(tfirst, jj - p.P); t < t1; ++t) {
-        const Acc bias = a.bias.empty() ? Acc(0) : Acc(a.bias(t, jj));
-        for (Index hh = 0; hh < G; ++hh) {
-          const Index r = (t - t0) * G + hh;
-          const Acc x = sc[r - r0] + bias;
-          ts.s[r * L + jj] = std::isnan(x) ? neg_inf : x;
+    for (Index c = 0; c < nk; ++c) keys[c] = kh.row(j + c);
+    transpose_key_tile(keys, nk, d, ts.kt);
+    score_rows(ts.q + r0 * d, (t1 - tfirst) * G, ts.kt, d, ts.dots);
+    for (Index t = tfirst; t < t1; ++t) {
+      const Index ncols = std::min(nk, p.P + t + 1 - j);  // keys of the tile row t sees
+      for (Index hh = 0; hh < G; ++hh) {
+        const Index r = (t - t0) * G + hh;
+        const Acc* src = ts.dots + (r - r0) * kKeyTile;
+        Acc* dst = ts.s + r * L + j;
+        for (Index c = 0; c < ncols; ++c) {
+          const Acc x = src[c] + (a.bias.empty() ? Acc(0) : Acc(a.bias(t, j + c)));
+          dst[c] = std::isnan(x) ? neg_inf : x;
         }
       }
     }
@@ -167,13 +212,18 @@ void prefill_item(const AttentionArgs<T>& a, const RowContext<acc_t<T>>& cx,
   Index counts[kMaxGroup];
   Acc coeff[kMaxGroup];
   Acc* out_ptrs[kMaxGroup];
+  // Rows that are not thresholded (L_t <= k_l, or dense mode) form a prefix [t0, td) of the
+  // block; their weight rows are dense and go through one blocked P V product below.
+  Index td = t0;
   for (Index t = t0; t < t1; ++t) {
     const Index Lt = p.P + t + 1;
+    const bool dense_row = cx.sel_mode == AttentionMode::kDense || Lt <= cx.k;
     if (vsum_block) {
       add_v_rows(a.v, g, Lt - 1, 1, ts.vrun);
       const Acc inv = Acc(1) / Acc(Lt);
       for (Index i = 0; i < d; ++i) ts.vbar[i] = ts.vrun[i] * inv;
     }
+    Index nonzero = 0;
     for (Index hh = 0; hh < G; ++hh) {
       const Index r = (t - t0) * G + hh;
       const Index h = g * G + hh;
@@ -184,9 +234,18 @@ void prefill_item(const AttentionArgs<T>& a, const RowContext<acc_t<T>>& cx,
       counts[hh] = hr.count;
       coeff[hh] = hr.vbar_coeff;
       out_ptrs[hh] = a.out.row(t, h);
+      nonzero += hr.count > 0;
+      if (dense_row && hr.count == 0)  // fully masked: a zero weight row
+        std::fill(ts.w + r * L, ts.w + r * L + Lt, Acc(0));
     }
-    GroupRow<Acc> gr{G, Lt, kept_ptrs, w_ptrs, counts, coeff, vsum_block ? ts.vbar : nullptr};
-    const Index nu = gather_group_row<Acc, T>(gr, vh, out_ptrs, ts.gather);
+    Index nu;
+    if (dense_row) {
+      td = t + 1;
+      nu = nonzero ? Lt : 0;
+    } else {
+      GroupRow<Acc> gr{G, Lt, kept_ptrs, w_ptrs, counts, coeff, vsum_block ? ts.vbar : nullptr};
+      nu = gather_group_row<Acc, T>(gr, vh, out_ptrs, ts.gather);
+    }
 #ifndef TOPTHETA_NO_STATS
     ts.sink.counters->vrows_total += std::uint64_t(Lt);
     ts.sink.counters->vrows_read += std::uint64_t(nu);
@@ -194,6 +253,7 @@ void prefill_item(const AttentionArgs<T>& a, const RowContext<acc_t<T>>& cx,
     (void)nu;
 #endif
   }
+  if (td > t0) dense_rows_product(a, p, t0, td, g, ts);
 }
 
 template <class T>

@@ -59,7 +59,7 @@ template <class Acc>
 Index select_topk(const Acc* a, Index L, Index k, Acc* scratch, std::int32_t* out, Acc* kth,
                   Acc* next) {
   TOPTHETA_ASSERT(k >= 1 && k <= L, "select_topk: k out of [1, L]");
-  if (k < L && L >= 8 * (k + 1) && L >= 1024) {
+  if (k < L && L >= 8 * (k + 1) && L >= 256) {
     const Index buckets = k + 1, size = L / buckets;
     Acc bound = std::numeric_limits<Acc>::infinity();
     for (Index b = 0; b < buckets; ++b) {

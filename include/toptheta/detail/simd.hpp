@@ -4,6 +4,8 @@
 /// portable one:
 /// - `dot_group2`: the dot products of one or two key rows with the G queries of a KV group,
 ///   sharing every load, keys converted from fp16/bf16 in registers;
+/// - `score_rows`: a block of query rows against a transposed tile of 16 keys (prefill);
+/// - `weighted_rows`: dense rows of weights times V rows (prefill's dense P V);
 /// - `accumulate_rows`: out += sum_u w_u * row_u over a short list of rows, with the output
 ///   block held in registers while the rows stream through.
 /// Summation order is fixed by the code, never by the thread count.
@@ -206,6 +208,130 @@ inline void dot_group2(const double* TOPTHETA_RESTRICT q, Index G, const double*
       out[h] = (lane[0] + lane[2]) + (lane[1] + lane[3]) + tail;
     }
   }
+}
+
+/// Keys per score tile of the prefill microkernel.
+inline constexpr Index kKeyTile = 16;
+
+/// kt[i * kKeyTile + c] = key c, element i (c < nk; columns nk..15 zero): a transposed key tile.
+template <class T, class Acc>
+inline void transpose_key_tile(const T* const* keys, Index nk, Index d, Acc* kt) {
+  for (Index i = 0; i < d; ++i)
+    for (Index c = 0; c < kKeyTile; ++c)
+      kt[i * kKeyTile + c] = c < nk ? static_cast<Acc>(static_cast<float>(keys[c][i])) : Acc(0);
+}
+template <class Acc>
+inline void transpose_key_tile(const double* const* keys, Index nk, Index d, Acc* kt) {
+  for (Index i = 0; i < d; ++i)
+    for (Index c = 0; c < kKeyTile; ++c) kt[i * kKeyTile + c] = c < nk ? keys[c][i] : 0.0;
+}
+
+/// out[m * kKeyTile + c] = q_m . key_c for M query rows (stride d) against a transposed key tile:
+/// an outer-product microkernel (one key-vector load and one query broadcast feed 2M FMAs).
+template <int M>
+inline void score_tile(const float* q, const float* kt, Index d, float* out) {
+#if defined(TOPTHETA_SIMD_AVX2)
+  __m256 acc0[M], acc1[M];
+  for (int m = 0; m < M; ++m) acc0[m] = acc1[m] = _mm256_setzero_ps();
+  for (Index i = 0; i < d; ++i) {
+    const __m256 k0 = _mm256_loadu_ps(kt + i * kKeyTile), k1 = _mm256_loadu_ps(kt + i * kKeyTile + 8);
+    for (int m = 0; m < M; ++m) {
+      const __m256 qb = _mm256_broadcast_ss(q + m * d + i);
+      acc0[m] = _mm256_fmadd_ps(qb, k0, acc0[m]);
+      acc1[m] = _mm256_fmadd_ps(qb, k1, acc1[m]);
+    }
+  }
+  for (int m = 0; m < M; ++m) {
+    _mm256_storeu_ps(out + m * kKeyTile, acc0[m]);
+    _mm256_storeu_ps(out + m * kKeyTile + 8, acc1[m]);
+  }
+#else
+  for (int m = 0; m < M; ++m)
+    for (Index c = 0; c < kKeyTile; ++c) out[m * kKeyTile + c] = 0.f;
+  for (Index i = 0; i < d; ++i)
+    for (int m = 0; m < M; ++m)
+      for (Index c = 0; c < kKeyTile; ++c)
+        out[m * kKeyTile + c] += q[m * d + i] * kt[i * kKeyTile + c];
+#endif
+}
+template <int M>
+inline void score_tile(const double* q, const double* kt, Index d, double* out) {
+  for (int m = 0; m < M; ++m)
+    for (Index c = 0; c < kKeyTile; ++c) out[m * kKeyTile + c] = 0.0;
+  for (Index i = 0; i < d; ++i)
+    for (int m = 0; m < M; ++m)
+      for (Index c = 0; c < kKeyTile; ++c)
+        out[m * kKeyTile + c] += q[m * d + i] * kt[i * kKeyTile + c];
+}
+
+/// Scores of rows [0, n) (stride d) against a transposed key tile, six rows at a time.
+template <class Acc>
+inline void score_rows(const Acc* q, Index n, const Acc* kt, Index d, Acc* out) {
+  Index m = 0;
+  for (; m + 6 <= n; m += 6) score_tile<6>(q + m * d, kt, d, out + m * kKeyTile);
+  switch (n - m) {
+    case 5: score_tile<5>(q + m * d, kt, d, out + m * kKeyTile); break;
+    case 4: score_tile<4>(q + m * d, kt, d, out + m * kKeyTile); break;
+    case 3: score_tile<3>(q + m * d, kt, d, out + m * kKeyTile); break;
+    case 2: score_tile<2>(q + m * d, kt, d, out + m * kKeyTile); break;
+    case 1: score_tile<1>(q + m * d, kt, d, out + m * kKeyTile); break;
+    default: break;
+  }
+}
+
+/// outs[m][c0, c0 + 16) += sum_{j < nj} w[m][j] * rows[j][c0, c0 + 16) for M output rows:
+/// the dense P V product of prefill as an outer-product microkernel (one V load feeds M FMAs).
+template <int M>
+inline void weighted_rows_tile(const float* const* w, const float* const* rows, Index nj, Index c0,
+                               float* const* outs) {
+#if defined(TOPTHETA_SIMD_AVX2)
+  __m256 acc0[M], acc1[M];
+  for (int m = 0; m < M; ++m) {
+    acc0[m] = _mm256_loadu_ps(outs[m] + c0);
+    acc1[m] = _mm256_loadu_ps(outs[m] + c0 + 8);
+  }
+  for (Index j = 0; j < nj; ++j) {
+    const __m256 v0 = _mm256_loadu_ps(rows[j] + c0), v1 = _mm256_loadu_ps(rows[j] + c0 + 8);
+    for (int m = 0; m < M; ++m) {
+      const __m256 wb = _mm256_broadcast_ss(w[m] + j);
+      acc0[m] = _mm256_fmadd_ps(wb, v0, acc0[m]);
+      acc1[m] = _mm256_fmadd_ps(wb, v1, acc1[m]);
+    }
+  }
+  for (int m = 0; m < M; ++m) {
+    _mm256_storeu_ps(outs[m] + c0, acc0[m]);
+    _mm256_storeu_ps(outs[m] + c0 + 8, acc1[m]);
+  }
+#else
+  for (Index j = 0; j < nj; ++j)
+    for (int m = 0; m < M; ++m)
+      for (Index c = c0; c < c0 + 16; ++c) outs[m][c] += w[m][j] * rows[j][c];
+#endif
+}
+
+/// outs[m][0, d) += sum_{j < nj} w[m][j] * rows[j][0, d) for n output rows (any n, any d).
+template <class Acc>
+inline void weighted_rows(const Acc* const* w, Index n, const Acc* const* rows, Index nj, Index d,
+                          Acc* const* outs) {
+  Index c0 = 0;
+  if constexpr (std::is_same_v<Acc, float>) {
+    for (; c0 + 16 <= d; c0 += 16) {
+      Index m = 0;
+      for (; m + 6 <= n; m += 6) weighted_rows_tile<6>(w + m, rows, nj, c0, outs + m);
+      switch (n - m) {
+        case 5: weighted_rows_tile<5>(w + m, rows, nj, c0, outs + m); break;
+        case 4: weighted_rows_tile<4>(w + m, rows, nj, c0, outs + m); break;
+        case 3: weighted_rows_tile<3>(w + m, rows, nj, c0, outs + m); break;
+        case 2: weighted_rows_tile<2>(w + m, rows, nj, c0, outs + m); break;
+        case 1: weighted_rows_tile<1>(w + m, rows, nj, c0, outs + m); break;
+        default: break;
+      }
+    }
+  }
+  if (c0 < d)
+    for (Index m = 0; m < n; ++m)
+      for (Index j = 0; j < nj; ++j)
+        for (Index c = c0; c < d; ++c) outs[m][c] += w[m][j] * rows[j][c];
 }
 
 /// out[0..d) += sum_{u < n} w[u * w_stride] * rows[u][0..d), rows with zero weight skipped.
