@@ -50,11 +50,11 @@ RowSelection<Acc> select_row(const Acc* s, Index L, const RowSelectParams<Acc>& 
                              std::int32_t* kept) {
   RowSelection<Acc> r;
   r.row_max = detail::row_max(s, L);
-  if (r.row_max == -std::numeric_limits<Acc>::infinity()) {
+  r.thresholded = p.mode != AttentionMode::kDense && L > p.k;
+  if (r.row_max == -std::numeric_limits<Acc>::infinity()) {  // fully masked: output 0
     r.masked = true;
     return r;
   }
-  r.thresholded = p.mode != AttentionMode::kDense && L > p.k;
   if (!r.thresholded) {
     for (Index j = 0; j < L; ++j) kept[j] = static_cast<std::int32_t>(j);
     r.count = L;
