@@ -48,6 +48,10 @@ run_preset() {
 }
 
 toptheta_install_packages
+
+# ctest runs test binaries in parallel and each uses OpenMP: let idle OpenMP threads sleep instead
+# of spinning, or two processes on two cores starve each other.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 toptheta_try_install_packages "${TOPTHETA_DEB_FUZZ_PACKAGES[@]}" ||
   toptheta_warn "fuzzing packages unavailable; scripts/fuzz.sh may skip or fail"
 

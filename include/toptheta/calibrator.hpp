@@ -99,6 +99,8 @@ class Calibrator {
     LengthAcc& acc = ha.per_length[static_cast<std::size_t>(L)];
     // tau = (k+1)-th largest: exactly k values are strictly greater (absent ties).
     const double tau = double(detail::kth_largest(a, L, kl + 1, scratch));
+    // A row with at most k finite values (masked padding) has no threshold to learn from.
+    if (!std::isfinite(tau)) return;
     acc.add(tau);
     if (opts_.sdc_thresholds) {
       const double theta = opts_.sdc_thresholds->lookup(layer, head, L).theta;

@@ -64,7 +64,7 @@ Acc row_weights(const Acc* s, Index L, const RowSelection<Acc>& sel, const std::
   Acc d_kept = 0;
   for (Index i = 0; i < n; ++i) d_kept += (w[i] = std::exp(s[kept[i]] - M));
   Acc d_dropped = 0;
-  switch (p.sdc) {
+  if (p.sdc_scale != Acc(0)) switch (p.sdc) {
     case SdcMode::kExact: {  // sum over the complement of the (sorted) kept list
       detail::exp_shifted_row(s, L, M, scratch);
       for (Index i = 0; i < n; ++i) scratch[kept[i]] = 0;
@@ -74,14 +74,22 @@ Acc row_weights(const Acc* s, Index L, const RowSelection<Acc>& sel, const std::
       break;
     }
     case SdcMode::kExpThreshold:
-      d_dropped = p.theta == -std::numeric_limits<Acc>::infinity()
+      d_dropped = (L == n || p.theta == -std::numeric_limits<Acc>::infinity())
                       ? Acc(0)
                       : Acc(L - n) * std::exp(p.theta - M);
       break;
     case SdcMode::kCalibrated: d_dropped = p.sdc_term; break;
     case SdcMode::kNone: break;
   }
-  const Acc inv = Acc(1) / (d_kept + p.sdc_scale * d_dropped);
+  const Acc denom = d_kept + (p.sdc_scale != Acc(0) ? p.sdc_scale * d_dropped : Acc(0));
+  if (!(denom > Acc(0))) {
+    // Every kept exp(s - M) underflowed (cap_k dropped the row maximum) and nothing is
+    // compensated: fall back to renormalising over the kept set, as with SDC none.
+    RowWeightParams<Acc> none = p;
+    none.sdc = SdcMode::kNone;
+    return row_weights(s, L, sel, kept, none, scratch, w);
+  }
+  const Acc inv = Acc(1) / denom;  // denom = +inf (huge D~) gives zero weights, never NaN
   for (Index i = 0; i < n; ++i) sum += (w[i] *= inv);
   return sum;
 }

@@ -109,7 +109,6 @@ template <class T>
 void decode_scores(const AttentionArgs<T>& a, const DecodePlan& p, const DecodeBuffers<acc_t<T>>& b,
                    Index j0, Index j1) {
   using Acc = acc_t<T>;
-  const Acc neg_inf = -std::numeric_limits<Acc>::infinity();
   const Index G = p.G, d = p.d, L = p.L;
   Acc sc0[kMaxGroup], sc1[kMaxGroup];
   for (Index j = j0; j < j1; j += 2) {
@@ -122,7 +121,7 @@ void decode_scores(const AttentionArgs<T>& a, const DecodePlan& p, const DecodeB
         const Acc bias = a.bias.empty() ? Acc(0) : Acc(a.bias(0, j + e));
         for (Index hh = 0; hh < G; ++hh) {
           const Acc x = sc[hh] + bias;
-          b.s[(g * G + hh) * L + j + e] = std::isnan(x) ? neg_inf : x;
+          b.s[(g * G + hh) * L + j + e] = sanitize_score(x);
         }
       }
     }
@@ -243,8 +242,9 @@ Status run_decode(const AttentionArgs<T>& a, const AttentionOptions& o, Workspac
   DecodeBuffers<Acc> b(ar, p);
   if (ar.overflowed() || ws.data == nullptr)
     return Status::invalid_argument("workspace of " + std::to_string(ws.bytes) +
-                                    " bytes is smaller than workspace_size() = " +
-                                    std::to_string(decode_workspace(a, o)));
+                                    " bytes is smaller than this call needs (" +
+                                    std::to_string(decode_workspace(a, o)) +
+                                    " bytes); size it with workspace_size()");
   const RowContext<Acc> cx = RowContext<Acc>::make(a, o);
   const Index G = p.G, d = p.d, L = p.L;
   for (Index h = 0; h < p.Hq; ++h) {

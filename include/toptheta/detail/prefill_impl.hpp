@@ -171,7 +171,6 @@ void prefill_item(const AttentionArgs<T>& a, const RowContext<acc_t<T>>& cx,
   using Acc = acc_t<T>;
   const Index G = p.G, d = p.d, L = p.L;
   const Index Lmax = p.P + t1;  // longest row of the block
-  const Acc neg_inf = -std::numeric_limits<Acc>::infinity();
 
   for (Index t = t0; t < t1; ++t)  // scaled queries, row r = (t - t0) * G + hh
     for (Index hh = 0; hh < G; ++hh) {
@@ -198,7 +197,7 @@ void prefill_item(const AttentionArgs<T>& a, const RowContext<acc_t<T>>& cx,
         Acc* dst = ts.s + r * L + j;
         for (Index c = 0; c < ncols; ++c) {
           const Acc x = src[c] + (a.bias.empty() ? Acc(0) : Acc(a.bias(t, j + c)));
-          dst[c] = std::isnan(x) ? neg_inf : x;
+          dst[c] = sanitize_score(x);
         }
       }
     }
@@ -272,8 +271,9 @@ Status run_prefill(const AttentionArgs<T>& a, const AttentionOptions& o, Workspa
   PrefillBuffers<Acc> b(ar, p);
   if (ar.overflowed() || ws.data == nullptr)
     return Status::invalid_argument("workspace of " + std::to_string(ws.bytes) +
-                                    " bytes is smaller than workspace_size() = " +
-                                    std::to_string(prefill_workspace(a, o)));
+                                    " bytes is smaller than this call needs (" +
+                                    std::to_string(prefill_workspace(a, o)) +
+                                    " bytes); size it with workspace_size()");
   for (int i = 0; i < p.threads; ++i) {
     zero_sink(b.threads[i].sink, p.Hq);
     std::memset(b.threads[i].gather.mark, 0, std::size_t(p.L));

@@ -3,7 +3,7 @@
 /// Scalar softmax helpers shared by the kernels, the calibrator and the reference code paths.
 ///
 /// Conventions for non-finite scores: NaN scores are replaced by -inf when scores are computed
-/// (a NaN key behaves like a masked key); a row whose maximum is -inf (every key masked) has all
+/// (a NaN key behaves like a masked key), +inf scores by the largest finite value; a row whose maximum is -inf (every key masked) has all
 /// probabilities 0 and produces a zero output.
 
 #include <cmath>
@@ -14,6 +14,14 @@
 #include "vexp.hpp"
 
 namespace toptheta::detail {
+
+/// A score as the kernels use it: NaN becomes -inf (a masked key), +inf the largest finite value
+/// (so a row maximum is always finite or -inf and s - M is never inf - inf).
+template <class Acc>
+inline Acc sanitize_score(Acc x) {
+  if (std::isnan(x)) return -std::numeric_limits<Acc>::infinity();
+  return x == std::numeric_limits<Acc>::infinity() ? std::numeric_limits<Acc>::max() : x;
+}
 
 /// max_j s_j, or -inf for an empty / fully masked row.
 template <class Acc>

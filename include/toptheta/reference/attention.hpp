@@ -1,0 +1,381 @@
+#pragma once
+/// \file reference/attention.hpp
+/// Deliberately naive double-precision attention oracle: a straight transcription of DESIGN.md
+/// section 2 and docs/semantics.md. Test-only: not included by the umbrella header.
+///
+/// Every row (token t, query head h) is computed from scratch: scores over j < L_t, selection,
+/// weights, output; no tiling, no online softmax, no shared work between heads. Inputs are read
+/// through the same strided views as the kernels and converted to double
+/// (`double(float(x))` for half / bfloat16). Output is (T, Hq, d), packed, in double.
+///
+/// Complexity O(T * Hq * L * (d + log L)); meant for test shapes only.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+#include "../attention_args.hpp"
+#include "../calibrator.hpp"
+#include "../options.hpp"
+#include "../stats.hpp"
+#include "../status.hpp"
+#include "../threshold_table.hpp"
+#include "../types.hpp"
+#include "calibration.hpp"
+
+namespace toptheta::reference {
+
+inline constexpr double kInf = std::numeric_limits<double>::infinity();
+
+/// Storage element -> double, rounding half / bfloat16 through float exactly like the kernels.
+template <class T>
+double to_double(T x) {
+  using U = std::remove_const_t<T>;
+  if constexpr (std::is_same_v<U, double>)
+    return x;
+  else
+    return static_cast<double>(static_cast<float>(x));
+}
+
+/// What the oracle decided for one (token, query head) row.
+struct RowRecord {
+  Index token = 0;
+  Index head = 0;
+  Index length = 0;          ///< L_t
+  bool thresholded = false;  ///< sparse mode and L_t > k_l
+  bool empty = false;        ///< thresholded Top-theta row where nothing passed
+  bool mean_v = false;       ///< output is vbar (mean-V empty-row policy)
+  bool masked = false;       ///< max_j s_j == -inf: output 0
+  double theta = std::numeric_limits<double>::quiet_NaN();  ///< Top-theta: looked-up theta;
+                                                            ///< top-k: (k_l+1)-th largest score
+  std::vector<std::int32_t> kept;  ///< kept indices, ascending (dense rows: all j < L_t)
+  std::vector<double> weights;     ///< w_j for each kept index (mean-V rows: empty)
+  double weight_sum = 0.0;
+  /// Smallest |a_j - theta| over j (Top-theta rows), to judge how borderline a row is.
+  double theta_margin = kInf;
+  /// Top-k rows: (k-th largest score) - ((k+1)-th largest score); 0 means a tie at the boundary.
+  double topk_gap = kInf;
+};
+
+struct Result {
+  Status status;
+  Index tokens = 0, heads = 0, dim = 0;
+  std::vector<double> out;      ///< (T, Hq, d) packed
+  std::vector<RowRecord> rows;  ///< (T, Hq), index t * Hq + h; empty unless recorded
+  AttentionStats stats;         ///< per-head counters enabled
+  double at(Index t, Index h, Index i) const {
+    return out[static_cast<std::size_t>((t * heads + h) * dim + i)];
+  }
+  const RowRecord& row(Index t, Index h) const {
+    return rows[static_cast<std::size_t>(t * heads + h)];
+  }
+};
+
+struct ReferenceOptions {
+  bool record_rows = true;
+  /// kCalibrate mode: observations go here (the oracle of the kernel's Calibrator).
+  Calibration* calibration = nullptr;
+  /// The call being modelled is `prefill` (args.v_sum then covers rows 0..P-1) even when
+  /// T == 1. With T > 1 the call is always a prefill; with T == 1 and this false, a decode
+  /// (args.v_sum covers rows 0..L-1).
+  bool prefill_call = false;
+};
+
+/// The scale the semantics prescribe: 1/sqrt(d) when 0 is given.
+template <class T>
+double effective_scale(const AttentionArgs<T>& args) {
+  return args.scale == 0.0 ? 1.0 / std::sqrt(double(args.q.dim)) : args.scale;
+}
+
+/// Scores s_j, j < L_t = P + t + 1, of (token t, query head h); NaN scores become -inf.
+template <class T>
+std::vector<double> scores(const AttentionArgs<T>& args, Index t, Index h) {
+  const Index Tq = args.q.tokens, Hq = args.q.heads, d = args.q.dim;
+  const Index L = args.k.tokens, Hkv = args.k.heads;
+  const Index P = L - Tq;
+  const Index Lt = P + t + 1;
+  const Index g = h / (Hq / Hkv);
+  const double scale = effective_scale(args);
+  std::vector<double> s(static_cast<std::size_t>(Lt));
+  for (Index j = 0; j < Lt; ++j) {
+    double dot = 0.0;
+    for (Index i = 0; i < d; ++i) dot += to_double(args.q(t, h, i)) * to_double(args.k(j, g, i));
+    double x = scale * dot;
+    if (!args.bias.empty()) x += double(args.bias(t, j));
+    if (std::isnan(x)) x = -kInf;
+    s[static_cast<std::size_t>(j)] = x;
+  }
+  return s;
+}
+
+/// Dense probabilities p_j = exp(s_j - M) / Z (all 0 for a fully masked row).
+inline std::vector<double> softmax(const std::vector<double>& s) {
+  double M = -kInf;
+  for (double x : s) M = std::max(M, x);
+  std::vector<double> p(s.size(), 0.0);
+  if (M == -kInf) return p;
+  double z = 0.0;
+  for (std::size_t j = 0; j < s.size(); ++j) z += (p[j] = std::exp(s[j] - M));
+  for (double& x : p) x /= z;
+  return p;
+}
+
+/// vbar_{L_t}: mean of V rows 0..L_t-1 of KV head g. Uses the caller's running sum where the
+/// kernel would (decode: rows 0..L-1; prefill: rows 0..P-1 plus the new rows up to L_t).
+template <class T>
+std::vector<double> v_mean(const AttentionArgs<T>& args, Index t, Index g, bool prefill_call) {
+  const Index Tq = args.q.tokens, d = args.q.dim, L = args.k.tokens;
+  const Index P = L - Tq;
+  const Index Lt = P + t + 1;
+  std::vector<double> m(static_cast<std::size_t>(d), 0.0);
+  Index from = 0;
+  if (args.v_sum) {
+    const Index stride = args.v_sum_stride ? args.v_sum_stride : d;
+    for (Index i = 0; i < d; ++i)
+      m[static_cast<std::size_t>(i)] = double(args.v_sum[g * stride + i]);
+    from = (Tq == 1 && !prefill_call)
+               ? Lt
+               : P;  // decode: the sum covers every row; prefill: rows 0..P-1
+  }
+  for (Index j = from; j < Lt; ++j)
+    for (Index i = 0; i < d; ++i) m[static_cast<std::size_t>(i)] += to_double(args.v(j, g, i));
+  for (double& x : m) x /= double(Lt);
+  return m;
+}
+
+/// Placement values a_j of (t, h) for a placement.
+template <class T>
+std::vector<double> placement_values(const AttentionArgs<T>& args, Index t, Index h, Placement pl) {
+  std::vector<double> s = scores(args, t, h);
+  return pl == Placement::kPreSoftmax ? s : softmax(s);
+}
+
+/// The k largest scores, ties to the lower index; ascending indices.
+inline std::vector<std::int32_t> topk_indices(const std::vector<double>& s, Index k) {
+  std::vector<std::int32_t> idx(s.size());
+  std::iota(idx.begin(), idx.end(), 0);
+  std::stable_sort(idx.begin(), idx.end(),
+                   [&](std::int32_t a, std::int32_t b) { return s[a] > s[b]; });
+  idx.resize(static_cast<std::size_t>(std::min<Index>(k, Index(s.size()))));
+  std::sort(idx.begin(), idx.end());
+  return idx;
+}
+
+/// Whether the call is the decode form (q.tokens == 1) is irrelevant here: decode is prefill with
+/// T = 1. Returns `validate(args, opt)`'s error in `status` without computing anything.
+template <class T>
+Result attention(const AttentionArgs<T>& args, const AttentionOptions& opt,
+                 const ReferenceOptions& ropt = {}) {
+  Result r;
+  r.status = validate(args, opt);
+  if (!r.status.ok()) return r;
+  const Index Tq = args.q.tokens, Hq = args.q.heads, d = args.q.dim;
+  const Index L = args.k.tokens, Hkv = args.k.heads;
+  const Index P = L - Tq;
+  const Index G = Hq / Hkv;
+  r.tokens = Tq;
+  r.heads = Hq;
+  r.dim = d;
+  r.out.assign(static_cast<std::size_t>(Tq * Hq * d), 0.0);
+  r.stats.enable_per_head(Hq);
+  if (ropt.record_rows) r.rows.resize(static_cast<std::size_t>(Tq * Hq));
+
+  // Budget, sparsity, placement for this call.
+  Index kl = opt.k;
+  bool sparse = false;
+  Placement placement = opt.placement;
+  switch (opt.mode) {
+    case AttentionMode::kDense:
+      kl = opt.k;
+      break;
+    case AttentionMode::kTopK:
+      kl = opt.k;
+      sparse = true;
+      break;
+    case AttentionMode::kTopTheta:
+      kl = opt.thresholds->k(args.layer);
+      sparse = true;
+      break;
+    case AttentionMode::kCalibrate:
+      kl = opt.calibrator->k(args.layer);
+      sparse = opt.calibrator->options().tac == TacMode::kOn;
+      placement = opt.calibrator->placement();
+      break;
+  }
+  const bool topk_select =
+      opt.mode == AttentionMode::kTopK || opt.mode == AttentionMode::kCalibrate;
+
+  for (Index t = 0; t < Tq; ++t) {
+    const Index Lt = P + t + 1;
+    std::vector<std::vector<bool>> group_union(
+        static_cast<std::size_t>(Hkv), std::vector<bool>(static_cast<std::size_t>(Lt), false));
+    for (Index h = 0; h < Hq; ++h) {
+      const Index g = h / G;
+      RowRecord rec;
+      rec.token = t;
+      rec.head = h;
+      rec.length = Lt;
+      const std::vector<double> s = scores(args, t, h);
+      const std::vector<double> p = softmax(s);
+      double M = -kInf;
+      for (double x : s) M = std::max(M, x);
+      const std::vector<double>& a = placement == Placement::kPreSoftmax ? s : p;
+
+      if (opt.mode == AttentionMode::kCalibrate && ropt.calibration && Lt > kl)
+        ropt.calibration->observe(args.layer, h, a, s);
+
+      rec.thresholded = sparse && Lt > kl;
+      rec.masked = (M == -kInf);
+      std::vector<bool> keep(static_cast<std::size_t>(Lt), false);
+      std::vector<double> w(static_cast<std::size_t>(Lt), 0.0);
+      double theta = std::numeric_limits<double>::quiet_NaN();
+
+      if (rec.masked) {
+        // Fully masked: output 0, nothing kept, never empty.
+      } else if (!rec.thresholded) {
+        for (Index j = 0; j < Lt; ++j) {
+          keep[static_cast<std::size_t>(j)] = true;
+          w[static_cast<std::size_t>(j)] = p[static_cast<std::size_t>(j)];
+        }
+      } else {
+        // 1. selection
+        if (topk_select) {
+          for (std::int32_t j : topk_indices(s, kl)) keep[static_cast<std::size_t>(j)] = true;
+          std::vector<double> sorted = s;
+          std::sort(sorted.begin(), sorted.end(), std::greater<double>());
+          theta = sorted[static_cast<std::size_t>(kl)];  // (k_l + 1)-th largest score
+          rec.topk_gap =
+              sorted[static_cast<std::size_t>(kl - 1)] - sorted[static_cast<std::size_t>(kl)];
+        } else {
+          const ThresholdLookup lk = opt.thresholds->lookup(args.layer, h, Lt, opt.lookup);
+          theta = lk.theta;
+          bool any = false;
+          for (Index j = 0; j < Lt; ++j) {
+            const double aj = a[static_cast<std::size_t>(j)];
+            keep[static_cast<std::size_t>(j)] = aj > theta;
+            any = any || aj > theta;
+            rec.theta_margin = std::min(rec.theta_margin, std::abs(aj - theta));
+          }
+          // 2. empty row
+          if (!any) {
+            rec.empty = true;
+            if (opt.empty_row == EmptyRowPolicy::kKeepMax) {
+              Index am = 0;
+              for (Index j = 1; j < Lt; ++j)
+                if (s[static_cast<std::size_t>(j)] > s[static_cast<std::size_t>(am)]) am = j;
+              keep[static_cast<std::size_t>(am)] = true;
+            } else {
+              rec.mean_v = true;
+            }
+          }
+        }
+        // 3. cap_k: keep the cap_k largest indices.
+        if (opt.cap_k > 0) {
+          Index n = 0;
+          for (Index j = Lt - 1; j >= 0; --j)
+            if (keep[static_cast<std::size_t>(j)]) {
+              if (n >= opt.cap_k)
+                keep[static_cast<std::size_t>(j)] = false;
+              else
+                ++n;
+            }
+        }
+        // 4. weights
+        if (!rec.mean_v) {
+          Index n_kept = 0;
+          for (bool b : keep) n_kept += b;
+          if (placement == Placement::kPostSoftmax) {
+            for (Index j = 0; j < Lt; ++j)
+              if (keep[static_cast<std::size_t>(j)])
+                w[static_cast<std::size_t>(j)] = p[static_cast<std::size_t>(j)];
+          } else if (opt.sdc == SdcMode::kNone) {
+            double Mk = -kInf;
+            for (Index j = 0; j < Lt; ++j)
+              if (keep[static_cast<std::size_t>(j)])
+                Mk = std::max(Mk, s[static_cast<std::size_t>(j)]);
+            double z = 0.0;
+            for (Index j = 0; j < Lt; ++j)
+              if (keep[static_cast<std::size_t>(j)])
+                z += std::exp(s[static_cast<std::size_t>(j)] - Mk);
+            for (Index j = 0; j < Lt; ++j)
+              if (keep[static_cast<std::size_t>(j)])
+                w[static_cast<std::size_t>(j)] = std::exp(s[static_cast<std::size_t>(j)] - Mk) / z;
+          } else {
+            double D = 0.0;
+            for (Index j = 0; j < Lt; ++j)
+              if (keep[static_cast<std::size_t>(j)])
+                D += std::exp(s[static_cast<std::size_t>(j)] - M);
+            double Dt = 0.0;
+            switch (opt.sdc) {
+              case SdcMode::kNone:
+                break;
+              case SdcMode::kExact:
+                for (Index j = 0; j < Lt; ++j)
+                  if (!keep[static_cast<std::size_t>(j)])
+                    Dt += std::exp(s[static_cast<std::size_t>(j)] - M);
+                break;
+              case SdcMode::kExpThreshold:
+                Dt = double(Lt - n_kept) * std::exp(theta - M);
+                break;
+              case SdcMode::kCalibrated:
+                Dt = opt.thresholds->lookup(args.layer, h, Lt, opt.lookup).sdc;
+                break;
+            }
+            const double den = D + opt.sdc_scale * Dt;
+            for (Index j = 0; j < Lt; ++j)
+              if (keep[static_cast<std::size_t>(j)])
+                w[static_cast<std::size_t>(j)] = std::exp(s[static_cast<std::size_t>(j)] - M) / den;
+          }
+        }
+      }
+      rec.theta = theta;
+
+      // 5. output
+      double* o = &r.out[static_cast<std::size_t>((t * Hq + h) * d)];
+      double wsum = 0.0;
+      for (Index j = 0; j < Lt; ++j) {
+        if (!keep[static_cast<std::size_t>(j)]) continue;
+        const double wj = w[static_cast<std::size_t>(j)];
+        wsum += wj;
+        rec.kept.push_back(static_cast<std::int32_t>(j));
+        rec.weights.push_back(wj);
+        for (Index i = 0; i < d; ++i) o[i] += wj * to_double(args.v(j, g, i));
+      }
+      rec.weight_sum = wsum;
+      if (rec.mean_v) {
+        const std::vector<double> vb = v_mean(args, t, g, ropt.prefill_call);
+        for (Index i = 0; i < d; ++i) o[i] = vb[static_cast<std::size_t>(i)];
+      } else if (rec.thresholded && !rec.masked && opt.vmc == VmcMode::kOn) {
+        const std::vector<double> vb = v_mean(args, t, g, ropt.prefill_call);
+        for (Index i = 0; i < d; ++i) o[i] += (1.0 - wsum) * vb[static_cast<std::size_t>(i)];
+      }
+
+      // statistics, per (row, query head)
+      const Index kept = Index(rec.kept.size());
+      r.stats.rows += 1;
+      r.stats.elements_total += std::uint64_t(Lt);
+      r.stats.elements_kept += std::uint64_t(kept);
+      r.stats.elements_topk += std::uint64_t(std::min(kl, Lt));
+      r.stats.thresholded_rows += rec.thresholded;
+      r.stats.empty_rows += rec.empty;
+      if (rec.thresholded) r.stats.elements_kept_thresholded += std::uint64_t(kept);
+      r.stats.kept_per_head[static_cast<std::size_t>(h)] += std::uint64_t(kept);
+      r.stats.total_per_head[static_cast<std::size_t>(h)] += std::uint64_t(Lt);
+      for (std::int32_t j : rec.kept)
+        group_union[static_cast<std::size_t>(g)][static_cast<std::size_t>(j)] = true;
+      if (ropt.record_rows) r.rows[static_cast<std::size_t>(t * Hq + h)] = std::move(rec);
+    }
+    // statistics, per (row, KV head)
+    for (Index g = 0; g < Hkv; ++g) {
+      r.stats.vrows_total += std::uint64_t(Lt);
+      for (bool b : group_union[static_cast<std::size_t>(g)]) r.stats.vrows_read += b;
+    }
+  }
+  return r;
+}
+
+}  // namespace toptheta::reference

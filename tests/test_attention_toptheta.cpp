@@ -1,0 +1,558 @@
+// Top-theta and top-k with every compensation variant against the double-precision oracle:
+//   placement pre / post x SDC none / exact / exp-threshold / calibrated x VMC off / on x
+//   cap_k {0, small} x empty-row policy keep-max / mean-V, for decode and prefill.
+// Each variant runs on one shape of the foundation grid (rotating L, d, heads, storage type,
+// layout, k). Statistics are compared exactly.
+//
+// Thresholds: make_margin_table() (tests/test_util.hpp) gives every row its own theta, placed
+// halfway between two consecutive distinct placement values a_j (computed by the oracle in
+// double) whose gap is at least 16x the kernel's rounding of a_j; about 15% of the rows get a
+// theta above every value (empty rows) and 5% theta = -inf. Without that margin, float-vs-double
+// rounding of a_j would flip borderline keeps and the comparison would test nothing.
+// The table covers two layers; the call's layer has budget k, the other one holds decoy entries
+// (theta = -inf) so that a kernel reading the wrong layer fails.
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "test_util.hpp"
+#include "toptheta/attention.hpp"
+#include "toptheta/kv_cache.hpp"
+#include "toptheta/reference/attention.hpp"
+
+namespace {
+
+using namespace toptheta;
+using namespace toptheta::testing;
+
+constexpr Index kLs[] = {1, 2, 3, 17, 64, 255, 1024};
+constexpr Index kDs[] = {8, 64, 128};
+constexpr Index kHeads[][2] = {{1, 1}, {4, 1}, {8, 4}, {32, 8}};
+
+struct Variant {
+  AttentionMode mode = AttentionMode::kTopTheta;
+  Placement placement = Placement::kPreSoftmax;
+  SdcMode sdc = SdcMode::kNone;
+  VmcMode vmc = VmcMode::kOff;
+  Index cap_k = 0;
+  EmptyRowPolicy empty = EmptyRowPolicy::kKeepMax;
+  bool prefill = false;
+  // shape
+  Index L = 64, d = 8, Hq = 1, Hkv = 1, k = 4, T = 1;
+  Dtype dtype = Dtype::kF32;
+  Layout layout = Layout::kTokenMajor;
+  bool discrete = true;
+  bool give_vsum = false;
+  std::uint64_t seed = 1;
+};
+
+std::string variant_name(const Variant& v) {
+  std::string s = std::string(to_string(v.mode)) + "_" + to_string(v.placement) + "_sdc" +
+                  (v.sdc == SdcMode::kNone           ? "none"
+                   : v.sdc == SdcMode::kExact        ? "exact"
+                   : v.sdc == SdcMode::kExpThreshold ? "expth"
+                                                     : "calib") +
+                  (v.vmc == VmcMode::kOn ? "_vmc" : "_novmc") + "_cap" + std::to_string(v.cap_k) +
+                  (v.empty == EmptyRowPolicy::kKeepMax ? "_keepmax" : "_meanv") +
+                  (v.prefill ? "_prefill" : "_decode") + "_L" + std::to_string(v.L) + "_d" +
+                  std::to_string(v.d) + "_Hq" + std::to_string(v.Hq) + "_Hkv" +
+                  std::to_string(v.Hkv) + "_k" + std::to_string(v.k) + "_T" + std::to_string(v.T) +
+                  "_" + to_string(v.dtype) + "_" + to_string(v.layout) +
+                  (v.discrete ? "_disc" : "_cont");
+  return s;
+}
+
+std::vector<Variant> make_variants() {
+  std::vector<Variant> out;
+  int i = 0;
+  for (AttentionMode mode : {AttentionMode::kTopTheta, AttentionMode::kTopK})
+    for (Placement pl : {Placement::kPreSoftmax, Placement::kPostSoftmax})
+      for (SdcMode sdc :
+           {SdcMode::kNone, SdcMode::kExact, SdcMode::kExpThreshold, SdcMode::kCalibrated})
+        for (VmcMode vmc : {VmcMode::kOff, VmcMode::kOn})
+          for (Index cap : {Index(0), Index(3)})
+            for (EmptyRowPolicy er : {EmptyRowPolicy::kKeepMax, EmptyRowPolicy::kMeanV})
+              for (bool pre : {false, true}) {
+                // Top-k has no calibrated SDC term (rejected by validate() for pre-softmax) and
+                // never has empty rows (the policy is irrelevant).
+                if (mode == AttentionMode::kTopK && pl == Placement::kPreSoftmax &&
+                    sdc == SdcMode::kCalibrated)
+                  continue;
+                if (mode == AttentionMode::kTopK && er == EmptyRowPolicy::kMeanV) continue;
+                Variant v;
+                v.mode = mode;
+                v.placement = pl;
+                v.sdc = sdc;
+                v.vmc = vmc;
+                v.cap_k = cap;
+                v.empty = er;
+                v.prefill = pre;
+                // Shape: walk the L x d x heads grid with a stride coprime to its size (84).
+                const int g = (i * 37) % 84;
+                v.L = kLs[g / 12];
+                v.d = kDs[(g / 4) % 3];
+                v.Hq = kHeads[g % 4][0];
+                v.Hkv = kHeads[g % 4][1];
+                const Index ks[] = {1, 4, 64, v.L};
+                v.k = ks[(i / 3) % 4];
+                if (v.k == 64 && v.L > 1000) v.k = 16;  // keep the rare non-empty check affordable
+                v.dtype = kAllDtypes[i % 4];
+                v.layout = (i / 2) % 2 ? Layout::kHeadMajor : Layout::kTokenMajor;
+                v.discrete = mode == AttentionMode::kTopK || (i % 3 != 2);
+                v.give_vsum = (i / 5) % 2 == 1;
+                v.seed = 7000 + std::uint64_t(i);
+                if (pre) {
+                  const double budget = 6e6;
+                  v.T = std::clamp<Index>(Index(budget / double(v.L * v.Hq * v.d)), 1, v.L);
+                  if (v.T == v.L && i % 2 && v.L > 2) v.T = v.L / 2;
+                }
+                out.push_back(v);
+                ++i;
+              }
+  return out;
+}
+
+template <class T>
+void run_variant(const Variant& v) {
+  ProblemSpec sp;
+  sp.T = v.T;
+  sp.P = v.L - v.T;
+  sp.Hq = v.Hq;
+  sp.Hkv = v.Hkv;
+  sp.d = v.d;
+  sp.layout = v.layout;
+  sp.discrete = v.discrete;
+  sp.scale = v.discrete ? (v.d == 64 ? 0.0 : pow2_scale(v.d)) : 0.0;
+  sp.q_sigma = 2.0;  // peakier than N(0,1) scores: a realistic spread of probabilities
+  sp.seed = v.seed;
+  Problem<T> p = make_problem<T>(sp);
+  p.layer = 1;
+  if (v.give_vsum) p.set_vsum(v.prefill);
+
+  AttentionOptions opt;
+  opt.mode = v.mode;
+  opt.placement = v.placement;
+  opt.sdc = v.sdc;
+  opt.sdc_scale = v.sdc == SdcMode::kCalibrated ? 0.75 : 1.0;
+  opt.vmc = v.vmc;
+  opt.cap_k = v.cap_k;
+  opt.empty_row = v.empty;
+  opt.k = v.k;
+  ThresholdTable table;
+  if (v.mode == AttentionMode::kTopTheta) {
+    Rng rng(v.seed * 31 + 5);
+    ThetaPlan plan;
+    plan.p_empty = 0.15;
+    plan.p_neg_inf = 0.05;
+    plan.target_lo = 1;
+    plan.target_hi = 2 * v.k + 2;
+    plan.with_sdc = true;
+    table = make_margin_table(p, v.placement, v.k, plan, rng);
+    opt.thresholds = &table;
+  }
+  AttentionStats stats;
+  stats.enable_per_head(v.Hq);
+  opt.stats = &stats;
+  const auto args = p.args();
+  WorkspaceBuffer ws(workspace_size(args, opt));
+  const Status st = v.prefill ? prefill(args, opt, ws.get()) : decode(args, opt, ws.get());
+  ASSERT_TRUE(st.ok()) << st.to_string();
+  reference::ReferenceOptions ro;
+  ro.prefill_call = v.prefill;
+  const reference::Result ref = reference::attention(args, opt, ro);
+  ASSERT_TRUE(ref.status.ok()) << ref.status.to_string();
+  // Score error plus the rounding of theta and of exp(theta - M) (exp-threshold SDC) to float.
+  const double u = unit_roundoff<T>();
+  const double serr = problem_score_error(p) + 4 * u * (p.score_magnitude() + 1);
+  const double tol = output_tolerance<T>(p.length(), serr, p.max_abs_v());
+  EXPECT_TRUE(outputs_close(ref, p.out.view, tol));
+  EXPECT_TRUE(stats_equal(ref.stats, stats));
+  EXPECT_TRUE(p.out_padding_intact());
+  // The variant exercised what it claims (over the whole suite: thresholded and empty rows).
+  if (v.mode == AttentionMode::kTopTheta && v.L > v.k) {
+    EXPECT_GT(ref.stats.thresholded_rows, 0u);
+  }
+}
+
+class TopThetaVariants : public ::testing::TestWithParam<Variant> {};
+TEST_P(TopThetaVariants, MatchesOracle) {
+  const Variant v = GetParam();
+  dispatch(v.dtype, [&](auto tag) { run_variant<typename decltype(tag)::type>(v); });
+}
+INSTANTIATE_TEST_SUITE_P(All, TopThetaVariants, ::testing::ValuesIn(make_variants()),
+                         [](const auto& info) { return variant_name(info.param); });
+
+TEST(TopThetaVariantCoverage, EveryAxisValueAppears) {
+  const auto vs = make_variants();
+  for (Dtype dt : kAllDtypes) {
+    bool f = false;
+    for (const auto& v : vs) f = f || (v.dtype == dt && v.mode == AttentionMode::kTopTheta);
+    EXPECT_TRUE(f) << to_string(dt);
+  }
+  for (Index L : kLs) {
+    bool f = false;
+    for (const auto& v : vs) f = f || (v.L == L && v.mode == AttentionMode::kTopTheta);
+    EXPECT_TRUE(f) << "L " << L;
+  }
+  for (Index d : kDs) {
+    bool f = false;
+    for (const auto& v : vs) f = f || v.d == d;
+    EXPECT_TRUE(f) << "d " << d;
+  }
+  for (const auto& hk : kHeads) {
+    bool f = false;
+    for (const auto& v : vs) f = f || (v.Hq == hk[0] && v.Hkv == hk[1]);
+    EXPECT_TRUE(f);
+  }
+  // 64 Top-theta variants x 2 calls; 14 top-k variants x 2 x 2.
+  EXPECT_EQ(vs.size(), 128u + 56u);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Targeted cases: hand-checkable rows, lookups of absent lengths, KvCache and prefill = decodes.
+// ---------------------------------------------------------------------------------------------
+
+// A single row by hand: scores [2, 0, 1, -1] (q . k with d = 1 and scale 1), theta = 0.5 keeps
+// {0, 2}; checks every weight formula of DESIGN.md section 2 step 4 and VMC / mean-V / keep-max.
+TEST(TopThetaByHand, WeightFormulas) {
+  const Index L = 4;
+  std::vector<float> kbuf{2, 0, 1, -1}, qbuf{1};
+  // V = identity rows padded to d = 4: output = weights (plus VMC * vbar with vbar = 1/4 each).
+  std::vector<float> vbuf(16, 0.0f);
+  for (Index j = 0; j < L; ++j) vbuf[std::size_t(j * 4 + j)] = 1.0f;
+  // d must match between q/k and v, so embed: q = (1,0,0,0), k_j = (s_j,0,0,0).
+  std::vector<float> q4{1, 0, 0, 0}, k4(16, 0.0f);
+  for (Index j = 0; j < L; ++j) k4[std::size_t(j * 4)] = kbuf[std::size_t(j)];
+  std::vector<float> out(4, -1);
+  AttentionArgs<float> a;
+  a.q = HeadsView<const float>::token_major(q4.data(), 1, 1, 4);
+  a.k = HeadsView<const float>::token_major(k4.data(), L, 1, 4);
+  a.v = HeadsView<const float>::token_major(vbuf.data(), L, 1, 4);
+  a.out = HeadsView<float>::token_major(out.data(), 1, 1, 4);
+  a.scale = 1.0;
+  ThresholdTable t(1, 1, 1);
+  t.metadata().placement = Placement::kPreSoftmax;
+  ThresholdEntry e;
+  e.length = L;
+  e.theta = 0.5;
+  e.sdc = 2.0;
+  ASSERT_TRUE(t.set(0, 0, e).ok());
+  AttentionOptions o;
+  o.mode = AttentionMode::kTopTheta;
+  o.thresholds = &t;
+  const double e2 = std::exp(2.0), e1 = std::exp(1.0), e0 = 1.0, em1 = std::exp(-1.0);
+  auto expect_out = [&](std::vector<double> want, const char* what) {
+    ASSERT_TRUE(decode(a, o).ok()) << what;
+    for (int i = 0; i < 4; ++i)
+      EXPECT_NEAR(out[std::size_t(i)], want[std::size_t(i)], 1e-6) << what << " i=" << i;
+  };
+  // pre, no SDC: renormalised over {0, 2}.
+  expect_out({e2 / (e2 + e1), 0, e1 / (e2 + e1), 0}, "pre none");
+  // pre, exact SDC: dense probabilities of the kept elements.
+  const double Z = e2 + e0 + e1 + em1;
+  o.sdc = SdcMode::kExact;
+  expect_out({e2 / Z, 0, e1 / Z, 0}, "pre exact");
+  // exp-threshold: D~ = 2 * exp(0.5 - 2) (in units of exp(-M), M = 2).
+  o.sdc = SdcMode::kExpThreshold;
+  {
+    const double den = 1.0 + std::exp(-1.0) + 2.0 * std::exp(0.5 - 2.0);
+    expect_out({1.0 / den, 0, std::exp(-1.0) / den, 0}, "pre exp-threshold");
+  }
+  // calibrated with sdc_scale 0.5: D~ = 0.5 * 2.0.
+  o.sdc = SdcMode::kCalibrated;
+  o.sdc_scale = 0.5;
+  {
+    const double den = 1.0 + std::exp(-1.0) + 1.0;
+    expect_out({1.0 / den, 0, std::exp(-1.0) / den, 0}, "pre calibrated");
+    // + VMC: (1 - sum w) * vbar, vbar = (1/4, 1/4, 1/4, 1/4).
+    o.vmc = VmcMode::kOn;
+    const double w0 = 1.0 / den, w2 = std::exp(-1.0) / den, r = (1 - w0 - w2) / 4;
+    expect_out({w0 + r, r, w2 + r, r}, "pre calibrated + VMC");
+  }
+  // Empty row (theta above the max): keep-max keeps index 0 -> one-hot; mean-V -> vbar.
+  e.theta = 3.0;
+  ASSERT_TRUE(t.set(0, 0, e).ok());
+  o.sdc = SdcMode::kNone;
+  o.vmc = VmcMode::kOff;
+  expect_out({1, 0, 0, 0}, "empty keep-max");
+  o.empty_row = EmptyRowPolicy::kMeanV;
+  expect_out({0.25, 0.25, 0.25, 0.25}, "empty mean-V");
+  o.vmc = VmcMode::kOn;
+  expect_out({0.25, 0.25, 0.25, 0.25}, "empty mean-V + VMC");
+  // post placement: w = p for p > theta. p = (e2, e0, e1, em1) / Z.
+  t.metadata().placement = Placement::kPostSoftmax;
+  o.placement = Placement::kPostSoftmax;
+  o.vmc = VmcMode::kOff;
+  o.sdc = SdcMode::kExact;  // ignored for post
+  e.theta = 0.2;            // keeps p0 = 0.64, p2 = 0.24
+  ASSERT_TRUE(t.set(0, 0, e).ok());
+  expect_out({e2 / Z, 0, e1 / Z, 0}, "post");
+  o.vmc = VmcMode::kOn;
+  {
+    const double r = (1 - (e2 + e1) / Z) / 4;
+    expect_out({e2 / Z + r, r, e1 / Z + r, r}, "post + VMC");
+  }
+  // cap_k = 1 keeps the most recent kept index (2), not the largest score.
+  o.vmc = VmcMode::kOff;
+  o.cap_k = 1;
+  expect_out({0, 0, e1 / Z, 0}, "post cap_k 1");
+}
+
+// keep_j = a_j > theta is strict: with discrete (exact) scores and theta equal to a score that
+// occurs in the row, the keys at theta are dropped. Also: keep-max on ties keeps the first max.
+template <class T>
+void strict_case(bool prefill_call) {
+  ProblemSpec sp;
+  sp.T = prefill_call ? 16 : 1;
+  sp.P = 47;
+  sp.Hq = 4;
+  sp.Hkv = 2;
+  sp.d = 64;
+  sp.discrete = true;
+  sp.seed = 61;
+  Problem<T> p = make_problem<T>(sp);
+  ThresholdTable t(1, 4, 2);
+  const auto args = p.args();
+  for (Index r = 0; r < sp.T; ++r)
+    for (Index h = 0; h < 4; ++h) {
+      std::vector<double> s = reference::scores(args, r, h);
+      std::sort(s.begin(), s.end(), std::greater<double>());
+      ThresholdEntry e;
+      e.length = sp.P + r + 1;
+      e.theta = s[std::size_t((r + h) % 6)];  // exactly a score of the row (ties likely)
+      ASSERT_TRUE(t.set(0, h, e).ok());
+    }
+  for (SdcMode sdc : {SdcMode::kNone, SdcMode::kExact, SdcMode::kExpThreshold}) {
+    AttentionOptions o;
+    o.mode = AttentionMode::kTopTheta;
+    o.thresholds = &t;
+    o.sdc = sdc;
+    AttentionStats st;
+    o.stats = &st;
+    p.clear_out();
+    ASSERT_TRUE((prefill_call ? prefill(args, o) : decode(args, o)).ok());
+    reference::ReferenceOptions ro;
+    ro.prefill_call = prefill_call;
+    const auto ref = reference::attention(args, o, ro);
+    EXPECT_TRUE(outputs_close(ref, p.out.view,
+                              problem_tolerance(p) + 16 * unit_roundoff<T>() * p.max_abs_v()))
+        << to_string(sdc);
+    EXPECT_TRUE(stats_equal(ref.stats, st)) << to_string(sdc);
+    // Rows whose theta is the maximum score are empty (keep-max keeps one element).
+    EXPECT_GT(ref.stats.empty_rows, 0u);
+  }
+}
+TEST(TopThetaStrict, ThetaEqualToAScoreIsNotKeptDecode) { strict_case<float>(false); }
+TEST(TopThetaStrict, ThetaEqualToAScoreIsNotKeptPrefill) { strict_case<Eigen::half>(true); }
+
+TEST(TopThetaStrict, KeepMaxTiesKeepTheFirstMaximum) {
+  // Scores [1, 2, 2, 0, 2]: theta = 5 empties the row; keep-max keeps index 1.
+  const Index L = 5;
+  std::vector<double> q{1, 0, 0, 0, 0}, k(25, 0.0), v(25, 0.0), out(5, -1.0);
+  const double sc[] = {1, 2, 2, 0, 2};
+  for (Index j = 0; j < L; ++j) {
+    k[std::size_t(j * 5)] = sc[j];
+    v[std::size_t(j * 5 + j)] = 1.0;
+  }
+  AttentionArgs<double> a;
+  a.q = HeadsView<const double>::token_major(q.data(), 1, 1, 5);
+  a.k = HeadsView<const double>::token_major(k.data(), L, 1, 5);
+  a.v = HeadsView<const double>::head_major(v.data(), L, 1, 5);
+  a.out = HeadsView<double>::token_major(out.data(), 1, 1, 5);
+  a.scale = 1.0;
+  for (Placement pl : {Placement::kPreSoftmax, Placement::kPostSoftmax}) {
+    ThresholdTable t(1, 1, 1);
+    t.metadata().placement = pl;
+    ThresholdEntry e;
+    e.length = L;
+    e.theta = 5.0;
+    ASSERT_TRUE(t.set(0, 0, e).ok());
+    AttentionOptions o;
+    o.mode = AttentionMode::kTopTheta;
+    o.placement = pl;
+    o.thresholds = &t;
+    AttentionStats st;
+    o.stats = &st;
+    ASSERT_TRUE(decode(a, o).ok());
+    const double want1 = pl == Placement::kPreSoftmax
+                             ? 1.0
+                             : std::exp(2.0) / (std::exp(1.0) + 3 * std::exp(2.0) + 1.0);
+    for (Index i = 0; i < 5; ++i)
+      EXPECT_NEAR(out[std::size_t(i)], i == 1 ? want1 : 0.0, 1e-12) << to_string(pl);
+    EXPECT_EQ(st.empty_rows, 1u);
+    EXPECT_EQ(st.elements_kept, 1u);
+    EXPECT_EQ(st.vrows_read, 1u);
+  }
+}
+
+// Lookups of lengths absent from the table (nearest, ties to the smaller, clamping; linear).
+// Pre-softmax discrete scores are multiples of D = scale / 16; thetas at (n + 1/2) D are never
+// borderline, and entries on a line of slope D interpolate onto that half-lattice too.
+template <class T>
+void absent_lengths_case(LookupPolicy pol, bool prefill_call) {
+  ProblemSpec sp;
+  sp.T = prefill_call ? 40 : 1;
+  sp.P = prefill_call ? 60 : 99;
+  sp.Hq = 8;
+  sp.Hkv = 4;
+  sp.d = 64;  // scale 1/8, D = 1/128
+  sp.discrete = true;
+  sp.seed = 91;
+  Problem<T> p = make_problem<T>(sp);
+  const double D = 1.0 / 128;
+  ThresholdTable t(1, 8, 4);
+  Rng rng(92);
+  std::uniform_int_distribution<int> off(-30, 150);
+  for (Index h = 0; h < 8; ++h) {
+    const int c = off(rng);  // theta(L) = (c - L + 1/2) D on the line; only some lengths present
+    for (Index L : {5, 50, 64, 70, 90, 98, 130}) {
+      ThresholdEntry e;
+      e.length = L;
+      e.theta = (double(c) - double(L) + 0.5) * D;
+      ASSERT_TRUE(t.set(0, h, e).ok());
+    }
+  }
+  AttentionOptions o;
+  o.mode = AttentionMode::kTopTheta;
+  o.thresholds = &t;
+  o.lookup = pol;
+  o.vmc = VmcMode::kOn;
+  o.sdc = SdcMode::kExact;
+  AttentionStats st;
+  o.stats = &st;
+  const auto args = p.args();
+  ASSERT_TRUE((prefill_call ? prefill(args, o) : decode(args, o)).ok());
+  reference::ReferenceOptions ro;
+  ro.prefill_call = prefill_call;
+  const auto ref = reference::attention(args, o, ro);
+  EXPECT_TRUE(outputs_close(ref, p.out.view,
+                            problem_tolerance(p) + 8 * unit_roundoff<T>() * p.max_abs_v()));
+  EXPECT_TRUE(stats_equal(ref.stats, st));
+}
+
+TEST(TopThetaLookup, NearestDecode) { absent_lengths_case<float>(LookupPolicy::kNearest, false); }
+TEST(TopThetaLookup, NearestPrefill) {
+  absent_lengths_case<Eigen::half>(LookupPolicy::kNearest, true);
+}
+TEST(TopThetaLookup, LinearDecode) { absent_lengths_case<double>(LookupPolicy::kLinear, false); }
+TEST(TopThetaLookup, LinearPrefill) {
+  absent_lengths_case<Eigen::bfloat16>(LookupPolicy::kLinear, true);
+}
+
+// Prefill equals the sequence of decodes with an owning KvCache supplying the running V sum.
+template <class T>
+void toptheta_prefill_vs_decodes(Placement pl, SdcMode sdc, EmptyRowPolicy er, Layout layout,
+                                 std::uint64_t seed) {
+  using Acc = acc_t<T>;
+  ProblemSpec sp;
+  sp.T = 50;
+  sp.P = 30;
+  sp.Hq = 8;
+  sp.Hkv = 2;
+  sp.d = 8;
+  sp.layout = layout;
+  sp.discrete = true;
+  sp.scale = pow2_scale(8);
+  sp.seed = seed;
+  Problem<T> p = make_problem<T>(sp);
+  Rng rng(seed + 1);
+  ThetaPlan plan;
+  plan.target_hi = 12;
+  plan.with_sdc = true;
+  ThresholdTable table = make_margin_table(p, pl, 6, plan, rng, 1);
+  AttentionOptions o;
+  o.mode = AttentionMode::kTopTheta;
+  o.placement = pl;
+  o.sdc = sdc;
+  o.vmc = VmcMode::kOn;
+  o.empty_row = er;
+  o.cap_k = 5;
+  o.thresholds = &table;
+  AttentionStats s1, s2;
+  o.stats = &s1;
+  ASSERT_TRUE(prefill(p.args(), o).ok());
+
+  KvCacheOptions co;
+  co.num_kv_heads = sp.Hkv;
+  co.head_dim = sp.d;
+  co.capacity = sp.L() + 10;
+  co.layout = layout == Layout::kTokenMajor ? KvLayout::kTokenMajor : KvLayout::kHeadMajor;
+  KvCache<T> cache(co);
+  ASSERT_TRUE(
+      cache.append(p.k.cview().slice_tokens(0, sp.P), p.v.cview().slice_tokens(0, sp.P)).ok());
+  HeadsBuffer<Acc> out2 = make_heads<Acc>(sp.T, sp.Hq, sp.d, Layout::kHeadMajor, Acc(0));
+  o.stats = &s2;
+  for (Index t = 0; t < sp.T; ++t) {
+    ASSERT_TRUE(
+        cache.append(p.k.cview().slice_tokens(sp.P + t, 1), p.v.cview().slice_tokens(sp.P + t, 1))
+            .ok());
+    AttentionArgs<T> a;
+    a.q = p.q.cview().slice_tokens(t, 1);
+    a.k = cache.keys();
+    a.v = cache.values();
+    a.out = out2.view.slice_tokens(t, 1);
+    a.v_sum = cache.v_sum();
+    a.scale = sp.scale;
+    ASSERT_TRUE(decode(a, o).ok());
+  }
+  EXPECT_TRUE(views_close(p.out.view, out2.view,
+                          2 * problem_tolerance(p) + 16 * unit_roundoff<T>() * p.max_abs_v()));
+  EXPECT_TRUE(stats_equal(s1, s2));
+}
+
+TEST(TopThetaPrefillVsDecodes, PreExactKeepMax) {
+  toptheta_prefill_vs_decodes<float>(Placement::kPreSoftmax, SdcMode::kExact,
+                                     EmptyRowPolicy::kKeepMax, Layout::kTokenMajor, 41);
+}
+TEST(TopThetaPrefillVsDecodes, PreExpThresholdMeanV) {
+  toptheta_prefill_vs_decodes<Eigen::half>(Placement::kPreSoftmax, SdcMode::kExpThreshold,
+                                           EmptyRowPolicy::kMeanV, Layout::kHeadMajor, 42);
+}
+TEST(TopThetaPrefillVsDecodes, PreCalibratedKeepMax) {
+  toptheta_prefill_vs_decodes<double>(Placement::kPreSoftmax, SdcMode::kCalibrated,
+                                      EmptyRowPolicy::kKeepMax, Layout::kHeadMajor, 43);
+}
+TEST(TopThetaPrefillVsDecodes, PostMeanV) {
+  toptheta_prefill_vs_decodes<Eigen::bfloat16>(Placement::kPostSoftmax, SdcMode::kNone,
+                                               EmptyRowPolicy::kMeanV, Layout::kTokenMajor, 44);
+}
+
+// A caller-supplied V sum is used as given (not recomputed): a deliberately shifted sum moves
+// the mean-V output by shift / L.
+TEST(TopThetaVSum, CallerSumIsUsed) {
+  ProblemSpec sp;
+  sp.T = 1;
+  sp.P = 19;
+  sp.Hq = 2;
+  sp.Hkv = 1;
+  sp.d = 8;
+  sp.discrete = true;
+  sp.scale = pow2_scale(8);
+  Problem<float> p = make_problem<float>(sp);
+  p.set_vsum(false);
+  for (Index i = 0; i < 8; ++i) p.vsum[std::size_t(i)] += 20.0f;  // +1 on the mean (L = 20)
+  ThresholdTable t(1, 2, 4);  // theta above everything: empty rows
+  ThresholdEntry e;
+  e.length = 20;
+  e.theta = 1e6;
+  ASSERT_TRUE(t.set(0, 0, e).ok());
+  ASSERT_TRUE(t.set(0, 1, e).ok());
+  AttentionOptions o;
+  o.mode = AttentionMode::kTopTheta;
+  o.thresholds = &t;
+  o.empty_row = EmptyRowPolicy::kMeanV;
+  ASSERT_TRUE(decode(p.args(), o).ok());
+  const auto ref = reference::attention(p.args(), o);
+  EXPECT_TRUE(outputs_close(ref, p.out.view, 1e-5));
+  for (Index i = 0; i < 8; ++i) {
+    double m = 0;
+    for (Index j = 0; j < 20; ++j) m += double(p.v.view(j, 0, i));
+    EXPECT_NEAR(double(p.out.view(0, 0, i)), m / 20 + 1.0, 1e-5);
+  }
+}
+
+}  // namespace

@@ -1,0 +1,680 @@
+// Calibration: the kernels' kCalibrate mode (TAC on / off) against the reference calibration
+// (reference/calibration.hpp: every tau stored, two-pass mean / population std), and the
+// properties of DESIGN.md section 2 / issue 3:
+//  - calibrating on a single row keeps exactly k on that row;
+//  - theta = -inf reproduces dense attention;
+//  - pre-softmax + exact SDC yields the dense probabilities of the kept elements;
+//  - VMC with all V rows equal returns that row;
+//  - a table calibrated on rows from fixed per-head distributions keeps k +- 15% on fresh rows;
+//  - merge(calibrate(A), calibrate(B)) == calibrate(A u B) (theta within 1e-12 relative);
+//  - the sampling fraction is seeded and reproducible;
+//  - memory does not grow with the number of rows observed (counting global operator new).
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "test_util.hpp"
+#include "toptheta/attention.hpp"
+#include "toptheta/calibrator.hpp"
+#include "toptheta/reference/attention.hpp"
+#include "toptheta/reference/calibration.hpp"
+
+#include "counting_allocator.hpp"
+
+namespace {
+
+using namespace toptheta;
+using namespace toptheta::testing;
+
+/// Same shape, k, placement, lengths and sample counts; theta (and SDC terms) within
+/// abs_tol + rel_tol * |value|.
+::testing::AssertionResult tables_close(const ThresholdTable& want, const ThresholdTable& got,
+                                        double rel_tol, double abs_tol) {
+  if (want.num_layers() != got.num_layers() || want.num_heads() != got.num_heads())
+    return ::testing::AssertionFailure() << "shapes differ";
+  if (want.placement() != got.placement())
+    return ::testing::AssertionFailure() << "placements differ";
+  if (want.metadata().calibration_rows != got.metadata().calibration_rows)
+    return ::testing::AssertionFailure() << "calibration_rows " << want.metadata().calibration_rows
+                                         << " vs " << got.metadata().calibration_rows;
+  for (Index l = 0; l < want.num_layers(); ++l) {
+    if (want.k(l) != got.k(l)) return ::testing::AssertionFailure() << "k differs at layer " << l;
+    for (Index h = 0; h < want.num_heads(); ++h) {
+      const auto& a = want.entries(l, h);
+      const auto& b = got.entries(l, h);
+      if (a.size() != b.size())
+        return ::testing::AssertionFailure() << "layer " << l << " head " << h << ": " << a.size()
+                                             << " vs " << b.size() << " entries";
+      for (std::size_t i = 0; i < a.size(); ++i) {
+        const std::string where = "layer " + std::to_string(l) + " head " + std::to_string(h) +
+                                  " L " + std::to_string(a[i].length);
+        if (a[i].length != b[i].length || a[i].samples != b[i].samples)
+          return ::testing::AssertionFailure()
+                 << where << ": length/samples " << a[i].length << "/" << a[i].samples << " vs "
+                 << b[i].length << "/" << b[i].samples;
+        if (!(std::abs(a[i].theta - b[i].theta) <= abs_tol + rel_tol * std::abs(a[i].theta)))
+          return ::testing::AssertionFailure()
+                 << where << ": theta " << a[i].theta << " vs " << b[i].theta;
+        if (a[i].has_sdc() != b[i].has_sdc())
+          return ::testing::AssertionFailure() << where << ": SDC presence";
+        if (a[i].has_sdc() &&
+            !(std::abs(a[i].sdc - b[i].sdc) <= abs_tol + rel_tol * std::abs(a[i].sdc)))
+          return ::testing::AssertionFailure()
+                 << where << ": sdc " << a[i].sdc << " vs " << b[i].sdc;
+      }
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
+CalibrationOptions cal_options(Index layers, Index heads, Index k, Placement pl, TacMode tac,
+                               double lambda = 0.1) {
+  CalibrationOptions c;
+  c.num_layers = layers;
+  c.num_heads = heads;
+  c.default_k = k;
+  c.placement = pl;
+  c.tac = tac;
+  c.lambda = lambda;
+  return c;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernel kCalibrate vs reference calibration.
+// ---------------------------------------------------------------------------------------------
+
+struct CalCase {
+  Placement placement;
+  TacMode tac;
+  Dtype dtype;
+  bool discrete;
+  bool with_sdc;  // second pass accumulating SDC terms with the first pass's table
+  std::string name;
+};
+
+template <class T>
+void calibrate_vs_reference(const CalCase& c) {
+  const Index Hq = 8, Hkv = 2, d = 64, k = 6;
+  CalibrationOptions co = cal_options(2, Hq, k, c.placement, c.tac, 0.1);
+  co.layer_k = {k, k + 10};  // layer 1 (used below) has k_l = k + 10
+  Calibrator cal(co);
+  ASSERT_TRUE(cal.validate().ok());
+  reference::Calibration rcal(co);
+  const Index kl = k + 10;
+  // Several calls: prefills with P = 0 and P > 0, decodes at repeated lengths (several samples
+  // per (h, L), so std > 0).
+  struct CallShape {
+    Index tokens, past;
+  };
+  const CallShape calls[] = {{40, 0}, {25, 10}, {1, 30}, {1, 30},
+                             {1, 30}, {1, 63},  {1, 63}, {12, 28}};
+  double serr = 0;
+  std::uint64_t seed = 500;
+  auto run_call = [&](Calibrator& kc, reference::Calibration& rc, const CallShape& cs,
+                      std::uint64_t sd) {
+    ProblemSpec sp;
+    sp.T = cs.tokens;
+    sp.P = cs.past;
+    sp.Hq = Hq;
+    sp.Hkv = Hkv;
+    sp.d = d;
+    sp.discrete = c.discrete;
+    sp.q_sigma = 1.5;
+    sp.layout = sd % 2 ? Layout::kHeadMajor : Layout::kTokenMajor;
+    sp.seed = sd;
+    Problem<T> p = make_problem<T>(sp);
+    p.layer = 1;
+    serr = std::max(serr, problem_score_error(p));
+    AttentionOptions o;
+    o.mode = AttentionMode::kCalibrate;
+    o.calibrator = &kc;
+    o.vmc = VmcMode::kOn;
+    o.sdc = SdcMode::kExact;
+    AttentionStats st;
+    o.stats = &st;
+    const bool pre = cs.tokens > 1;
+    const auto args = p.args();
+    const Status s = pre ? prefill(args, o) : decode(args, o);
+    ASSERT_TRUE(s.ok()) << s.to_string();
+    reference::ReferenceOptions ro;
+    ro.calibration = &rc;
+    ro.prefill_call = pre;
+    const auto ref = reference::attention(args, o, ro);
+    // Output: exact top-k (TAC on) or dense (TAC off), with the options' SDC / VMC.
+    EXPECT_TRUE(outputs_close(ref, p.out.view, problem_tolerance(p))) << c.name << " " << sp.name();
+    EXPECT_TRUE(stats_equal(ref.stats, st)) << c.name;
+  };
+  for (const auto& cs : calls) run_call(cal, rcal, cs, seed++);
+  const ThresholdTable got = cal.finalize();
+  const ThresholdTable want = rcal.finalize();
+  EXPECT_TRUE(got.validate().ok());
+  // Rows with L <= k_l are never observed.
+  for (Index h = 0; h < Hq; ++h)
+    for (const auto& e : got.entries(1, h)) EXPECT_GT(e.length, kl);
+  EXPECT_EQ(got.size(), want.size());
+  EXPECT_GT(got.size(), 0u);
+  EXPECT_EQ(got.metadata().lambda, 0.1);
+  // theta tolerance: taus are placement values computed in float; pre: |d tau| <= serr (0 for
+  // discrete data: taus exact and equal; then only mean/std rounding, ~1e-15 relative);
+  // post: relative 2 serr + gamma_L + exp/division ulps. The std term can amplify by (1 + lambda).
+  const double u = unit_roundoff<T>();
+  const double rel =
+      c.placement == Placement::kPreSoftmax ? 1e-12 : 4 * (2 * serr + gamma_n(80, u) + 8 * u);
+  const double abs_tol = c.placement == Placement::kPreSoftmax ? 4 * serr + 1e-12 : 0.0;
+  EXPECT_TRUE(tables_close(want, got, rel, abs_tol)) << c.name;
+
+  if (c.with_sdc) {
+    // Second pass: SDC terms C(l, h, L) with the first pass's thresholds (the same table object
+    // for kernel and oracle, so keep decisions agree).
+    CalibrationOptions co2 = co;
+    co2.sdc_thresholds = &got;
+    Calibrator cal2(co2);
+    reference::Calibration rcal2(co2);
+    seed = 500;
+    for (const auto& cs : calls) run_call(cal2, rcal2, cs, seed++);
+    const ThresholdTable got2 = cal2.finalize();
+    const ThresholdTable want2 = rcal2.finalize();
+    EXPECT_TRUE(got2.has_sdc());
+    // SDC terms are sums of up to L exp() in float: relative gamma_L + 2 serr + exp ulps.
+    const double rel2 = std::max(rel, 4 * (2 * serr + gamma_n(80, u) + 8 * u));
+    EXPECT_TRUE(tables_close(want2, got2, rel2, abs_tol + 1e-12)) << c.name << " (SDC pass)";
+  }
+}
+
+class CalibrateMode : public ::testing::TestWithParam<CalCase> {};
+TEST_P(CalibrateMode, MatchesReferenceCalibration) {
+  const CalCase c = GetParam();
+  dispatch(c.dtype, [&](auto tag) { calibrate_vs_reference<typename decltype(tag)::type>(c); });
+}
+INSTANTIATE_TEST_SUITE_P(
+    All, CalibrateMode,
+    ::testing::Values(
+        CalCase{Placement::kPreSoftmax, TacMode::kOn, Dtype::kF32, true, true, "pre_tac_f32"},
+        CalCase{Placement::kPreSoftmax, TacMode::kOff, Dtype::kF16, true, true, "pre_notac_f16"},
+        CalCase{Placement::kPostSoftmax, TacMode::kOn, Dtype::kBF16, true, true, "post_tac_bf16"},
+        CalCase{Placement::kPostSoftmax, TacMode::kOff, Dtype::kF64, false, true, "post_notac_f64"},
+        CalCase{Placement::kPreSoftmax, TacMode::kOn, Dtype::kF64, false, true, "pre_tac_f64_cont"},
+        CalCase{Placement::kPostSoftmax, TacMode::kOn, Dtype::kF32, false, false,
+                "post_tac_f32_cont"}),
+    [](const auto& info) { return info.param.name; });
+
+// The convenience observers follow the same rules as the oracle.
+TEST(CalibratorObserve, ScoresAndCausalBlockMatchReference) {
+  for (Placement pl : {Placement::kPreSoftmax, Placement::kPostSoftmax}) {
+    const CalibrationOptions co = cal_options(1, 2, 3, pl, TacMode::kOn, 0.5);
+    Calibrator cal(co);
+    reference::Calibration rc(co);
+    Rng rng(5);
+    std::normal_distribution<double> nd;
+    const Index T = 20, P = 5, cols = P + T;
+    std::vector<float> block(std::size_t(T * (cols + 2)));
+    for (int rep = 0; rep < 3; ++rep) {
+      for (auto& x : block) x = float(nd(rng));
+      for (Index h = 0; h < 2; ++h) {
+        cal.observe_causal_block(0, h, MatrixView<const float>{block.data(), T, cols, cols + 2}, P);
+        for (Index i = 0; i < T; ++i) {
+          std::vector<double> s(std::size_t(P + i + 1));
+          for (Index j = 0; j <= P + i; ++j)
+            s[std::size_t(j)] = block[std::size_t(i * (cols + 2) + j)];
+          rc.observe_scores(0, h, s);
+        }
+      }
+      std::vector<float> row(40);
+      for (auto& x : row) x = float(nd(rng));
+      cal.observe_scores(0, 1, row.data(), 40);
+      rc.observe_scores(0, 1, std::vector<double>(row.begin(), row.end()));
+    }
+    const double rel = pl == Placement::kPreSoftmax ? 1e-12 : 1e-5;
+    EXPECT_TRUE(tables_close(rc.finalize(), cal.finalize(), rel, 1e-12)) << to_string(pl);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Properties.
+// ---------------------------------------------------------------------------------------------
+
+// Calibrating on a single row (lambda irrelevant: std = 0) and running Top-theta on the same row
+// keeps exactly k per head (continuous data: no ties).
+template <class T>
+void single_row_keeps_k(Placement pl, bool prefill_call) {
+  const Index k = 8;
+  ProblemSpec sp;
+  sp.T = prefill_call ? 30 : 1;
+  sp.P = prefill_call ? 20 : 199;
+  sp.Hq = 8;
+  sp.Hkv = 4;
+  sp.d = 64;
+  sp.q_sigma = 1.5;
+  sp.seed = 71;
+  Problem<T> p = make_problem<T>(sp);
+  Calibrator cal(cal_options(1, sp.Hq, k, pl, TacMode::kOn, 0.1));
+  AttentionOptions o;
+  o.mode = AttentionMode::kCalibrate;
+  o.calibrator = &cal;
+  const auto args = p.args();
+  ASSERT_TRUE((prefill_call ? prefill(args, o) : decode(args, o)).ok());
+  const ThresholdTable table = cal.finalize();
+  AttentionOptions t;
+  t.mode = AttentionMode::kTopTheta;
+  t.placement = pl;
+  t.thresholds = &table;
+  AttentionStats st;
+  st.enable_per_head(sp.Hq);
+  t.stats = &st;
+  ASSERT_TRUE((prefill_call ? prefill(args, t) : decode(args, t)).ok());
+  EXPECT_EQ(st.empty_rows, 0u);
+  EXPECT_EQ(st.thresholded_rows, std::uint64_t(sp.Hq * sp.T));
+  EXPECT_EQ(st.elements_kept_thresholded, std::uint64_t(k) * st.thresholded_rows) << to_string(pl);
+  if (!prefill_call) {
+    for (Index h = 0; h < sp.Hq; ++h)
+      EXPECT_EQ(st.kept_per_head[std::size_t(h)], std::uint64_t(k)) << "head " << h;
+  }
+}
+TEST(CalibratorProperty, SingleRowKeepsExactlyKPreDecode) {
+  single_row_keeps_k<float>(Placement::kPreSoftmax, false);
+}
+TEST(CalibratorProperty, SingleRowKeepsExactlyKPostDecode) {
+  single_row_keeps_k<Eigen::half>(Placement::kPostSoftmax, false);
+}
+TEST(CalibratorProperty, SingleRowKeepsExactlyKPrePrefill) {
+  single_row_keeps_k<double>(Placement::kPreSoftmax, true);
+}
+TEST(CalibratorProperty, SingleRowKeepsExactlyKPostPrefill) {
+  single_row_keeps_k<Eigen::bfloat16>(Placement::kPostSoftmax, true);
+}
+
+// theta = -inf keeps every key: Top-theta equals dense for every compensation variant.
+template <class T>
+void neg_inf_is_dense(bool prefill_call) {
+  ProblemSpec sp;
+  sp.T = prefill_call ? 33 : 1;
+  sp.P = prefill_call ? 40 : 120;
+  sp.Hq = 8;
+  sp.Hkv = 2;
+  sp.d = 128;
+  sp.seed = 72;
+  sp.layout = Layout::kHeadMajor;
+  Problem<T> p = make_problem<T>(sp);
+  const auto args = p.args();
+  AttentionOptions dense;
+  ASSERT_TRUE((prefill_call ? prefill(args, dense) : decode(args, dense)).ok());
+  HeadsBuffer<acc_t<T>> dense_out =
+      make_heads<acc_t<T>>(sp.T, sp.Hq, sp.d, Layout::kTokenMajor, acc_t<T>(0));
+  for (Index t = 0; t < sp.T; ++t)
+    for (Index h = 0; h < sp.Hq; ++h)
+      for (Index i = 0; i < sp.d; ++i) dense_out.view(t, h, i) = p.out.view(t, h, i);
+  for (Placement pl : {Placement::kPreSoftmax, Placement::kPostSoftmax})
+    for (bool explicit_entries : {true, false}) {
+      ThresholdTable table(1, sp.Hq, 4);
+      table.metadata().placement = pl;
+      if (explicit_entries)  // else: heads without entries look up -inf
+        for (Index h = 0; h < sp.Hq; ++h)
+          for (Index L = 1; L <= sp.L(); ++L) {
+            ThresholdEntry e;
+            e.length = L;
+            e.theta = -std::numeric_limits<double>::infinity();
+            e.sdc = 0.0;
+            ASSERT_TRUE(table.set(0, h, e).ok());
+          }
+      for (SdcMode sdc :
+           {SdcMode::kNone, SdcMode::kExact, SdcMode::kExpThreshold, SdcMode::kCalibrated})
+        for (VmcMode vmc : {VmcMode::kOff, VmcMode::kOn}) {
+          if (sdc == SdcMode::kCalibrated && (!explicit_entries || pl == Placement::kPostSoftmax))
+            continue;
+          AttentionOptions o;
+          o.mode = AttentionMode::kTopTheta;
+          o.placement = pl;
+          o.sdc = sdc;
+          o.vmc = vmc;
+          o.thresholds = &table;
+          AttentionStats st;
+          o.stats = &st;
+          p.clear_out();
+          ASSERT_TRUE((prefill_call ? prefill(args, o) : decode(args, o)).ok());
+          EXPECT_TRUE(views_close(HeadsView<acc_t<T>>(p.out.view), dense_out.view,
+                                  2 * problem_tolerance(p)))
+              << to_string(pl) << " " << to_string(sdc) << " vmc " << (vmc == VmcMode::kOn);
+          EXPECT_EQ(st.elements_kept, st.elements_total);
+        }
+    }
+}
+TEST(CalibratorProperty, NegInfThetaIsDenseDecode) { neg_inf_is_dense<float>(false); }
+TEST(CalibratorProperty, NegInfThetaIsDensePrefill) { neg_inf_is_dense<Eigen::half>(true); }
+
+// Pre-softmax + exact SDC: weights are the dense probabilities of the kept keys. With V rows
+// e_j (identity, L <= d) the output is the weight vector.
+template <class T>
+void exact_sdc_is_dense_probabilities(bool prefill_call, AttentionMode mode) {
+  using Acc = acc_t<T>;
+  ProblemSpec sp;
+  sp.T = prefill_call ? 40 : 1;
+  sp.P = prefill_call ? 60 : 99;  // L = 100 <= d
+  sp.Hq = 4;
+  sp.Hkv = 2;
+  sp.d = 128;
+  sp.discrete = true;
+  sp.scale = pow2_scale(128);
+  sp.seed = 73;
+  Problem<T> p = make_problem<T>(sp);
+  fill_view(p.v, [](Index j, Index, Index i) { return j == i ? 1.0 : 0.0; });
+  const auto args = p.args();
+  AttentionOptions dense;
+  ASSERT_TRUE((prefill_call ? prefill(args, dense) : decode(args, dense)).ok());
+  std::vector<double> probs;
+  for (Index t = 0; t < sp.T; ++t)
+    for (Index h = 0; h < sp.Hq; ++h)
+      for (Index i = 0; i < sp.d; ++i) probs.push_back(double(p.out.view(t, h, i)));
+  Rng rng(74);
+  ThetaPlan plan;
+  plan.target_hi = 20;
+  const ThresholdTable table = make_margin_table(p, Placement::kPreSoftmax, 8, plan, rng, 1);
+  AttentionOptions o;
+  o.mode = mode;
+  o.k = 8;
+  o.sdc = SdcMode::kExact;
+  o.thresholds = &table;
+  p.clear_out();
+  ASSERT_TRUE((prefill_call ? prefill(args, o) : decode(args, o)).ok());
+  reference::ReferenceOptions ro;
+  ro.prefill_call = prefill_call;
+  const auto ref = reference::attention(args, o, ro);
+  const double tol = 64 * unit_roundoff<T>();
+  Index checked = 0;
+  for (Index t = 0; t < sp.T; ++t)
+    for (Index h = 0; h < sp.Hq; ++h) {
+      const auto& rec = ref.row(t, h);
+      std::vector<char> kept(std::size_t(sp.d), 0);
+      for (auto j : rec.kept) kept[std::size_t(j)] = 1;
+      for (Index i = 0; i < sp.d; ++i) {
+        const double want =
+            kept[std::size_t(i)] ? probs[std::size_t((t * sp.Hq + h) * sp.d + i)] : 0.0;
+        EXPECT_NEAR(double(p.out.view(t, h, i)), want, tol)
+            << "t " << t << " h " << h << " i " << i;
+      }
+      checked += rec.thresholded && !rec.empty;
+    }
+  EXPECT_GT(checked, 0);
+  (void)sizeof(Acc);
+}
+TEST(CalibratorProperty, PreExactSdcGivesDenseProbabilitiesDecode) {
+  exact_sdc_is_dense_probabilities<float>(false, AttentionMode::kTopTheta);
+}
+TEST(CalibratorProperty, PreExactSdcGivesDenseProbabilitiesPrefill) {
+  exact_sdc_is_dense_probabilities<double>(true, AttentionMode::kTopTheta);
+}
+TEST(CalibratorProperty, PreExactSdcGivesDenseProbabilitiesTopk) {
+  exact_sdc_is_dense_probabilities<Eigen::half>(true, AttentionMode::kTopK);
+}
+
+// VMC with all V rows equal returns that row, for every selection / compensation variant.
+template <class T>
+void vmc_equal_rows(bool prefill_call) {
+  ProblemSpec sp;
+  sp.T = prefill_call ? 24 : 1;
+  sp.P = prefill_call ? 40 : 80;
+  sp.Hq = 8;
+  sp.Hkv = 4;
+  sp.d = 8;
+  sp.discrete = true;
+  sp.scale = pow2_scale(8);
+  sp.seed = 75;
+  Problem<T> p = make_problem<T>(sp);
+  std::vector<double> c(std::size_t(4 * 8));
+  Rng rng(76);
+  std::normal_distribution<double> nd;
+  for (auto& x : c) x = double(T(nd(rng)));
+  fill_view(p.v, [&](Index, Index g, Index i) { return c[std::size_t(g * 8 + i)]; });
+  const auto args = p.args();
+  for (Placement pl : {Placement::kPreSoftmax, Placement::kPostSoftmax}) {
+    Rng trng(77);
+    ThetaPlan plan;
+    plan.with_sdc = true;
+    plan.p_empty = 0.2;
+    const ThresholdTable table = make_margin_table(p, pl, 4, plan, trng, 1);
+    for (AttentionMode mode : {AttentionMode::kTopK, AttentionMode::kTopTheta})
+      for (SdcMode sdc :
+           {SdcMode::kNone, SdcMode::kExact, SdcMode::kExpThreshold, SdcMode::kCalibrated})
+        for (EmptyRowPolicy er : {EmptyRowPolicy::kKeepMax, EmptyRowPolicy::kMeanV})
+          for (Index cap : {Index(0), Index(2)}) {
+            if (mode == AttentionMode::kTopK && sdc == SdcMode::kCalibrated &&
+                pl == Placement::kPreSoftmax)
+              continue;
+            AttentionOptions o;
+            o.mode = mode;
+            o.k = 4;
+            o.placement = pl;
+            o.sdc = sdc;
+            o.sdc_scale = 1.5;
+            o.vmc = VmcMode::kOn;
+            o.empty_row = er;
+            o.cap_k = cap;
+            o.thresholds = &table;
+            p.clear_out();
+            ASSERT_TRUE((prefill_call ? prefill(args, o) : decode(args, o)).ok());
+            for (Index t = 0; t < sp.T; ++t)
+              for (Index h = 0; h < sp.Hq; ++h)
+                for (Index i = 0; i < 8; ++i)
+                  ASSERT_NEAR(
+                      double(p.out.view(t, h, i)), c[std::size_t((h / 2) * 8 + i)],
+                      64 * unit_roundoff<T>() * (1 + std::abs(c[std::size_t((h / 2) * 8 + i)])))
+                      << to_string(mode) << " " << to_string(pl) << " " << to_string(sdc) << " "
+                      << to_string(er) << " cap " << cap << " t " << t << " h " << h;
+          }
+  }
+}
+TEST(CalibratorProperty, VmcWithEqualVRowsReturnsThatRowDecode) { vmc_equal_rows<float>(false); }
+TEST(CalibratorProperty, VmcWithEqualVRowsReturnsThatRowPrefill) {
+  vmc_equal_rows<Eigen::bfloat16>(true);
+}
+
+// Rows from fixed per-head distributions: head h has queries q = mu_h + N(0, I) * sigma_h, keys
+// N(0, I). A table calibrated on such rows keeps k +- 15% on average on fresh rows.
+TEST(CalibratorProperty, KeepsAboutKOnFreshRowsFromTheSameDistributions) {
+  const Index Hq = 4, Hkv = 2, d = 64, k = 16;
+  const Index lengths[] = {96, 200, 384};
+  const int rows_per_length = 40;
+  const double mu[] = {0.0, 0.3, 0.0, -0.2};
+  const double sig[] = {1.0, 1.5, 2.5, 0.7};
+  for (Placement pl : {Placement::kPreSoftmax, Placement::kPostSoftmax}) {
+    Calibrator cal(cal_options(1, Hq, k, pl, TacMode::kOn, 0.1));
+    Rng rng(80);
+    std::normal_distribution<double> nd;
+    auto run = [&](AttentionOptions o, Index L) {
+      ProblemSpec sp;
+      sp.T = 1;
+      sp.P = L - 1;
+      sp.Hq = Hq;
+      sp.Hkv = Hkv;
+      sp.d = d;
+      sp.seed = rng();
+      Problem<float> p = make_problem<float>(sp);
+      o.threads = 1;  // many tiny calls: keep OpenMP start-up out of the runtime
+      fill_view(p.q, [&](Index, Index h, Index) { return mu[h] + sig[h] * nd(rng); });
+      ASSERT_TRUE(decode(p.args(), o).ok());
+    };
+    AttentionOptions co;
+    co.mode = AttentionMode::kCalibrate;
+    co.calibrator = &cal;
+    for (Index L : lengths)
+      for (int r = 0; r < rows_per_length; ++r) run(co, L);
+    const ThresholdTable table = cal.finalize();
+    AttentionStats st;
+    st.enable_per_head(Hq);
+    AttentionOptions to;
+    to.mode = AttentionMode::kTopTheta;
+    to.placement = pl;
+    to.thresholds = &table;
+    to.stats = &st;
+    for (Index L : lengths)
+      for (int r = 0; r < rows_per_length; ++r) run(to, L);
+    const double rows = double(rows_per_length) * 3;
+    for (Index h = 0; h < Hq; ++h) {
+      const double mean_kept = double(st.kept_per_head[std::size_t(h)]) / rows;
+      EXPECT_GT(mean_kept, 0.85 * k) << to_string(pl) << " head " << h;
+      EXPECT_LT(mean_kept, 1.15 * k) << to_string(pl) << " head " << h;
+    }
+    EXPECT_NEAR(st.kept_per_thresholded_row(), double(k), 0.15 * k);
+  }
+}
+
+// merge(calibrate(A), calibrate(B)) == calibrate(A u B): theta and SDC terms within 1e-12 relative.
+TEST(CalibratorMerge, EqualsCalibratingTheUnion) {
+  for (Placement pl : {Placement::kPreSoftmax, Placement::kPostSoftmax})
+    for (bool with_sdc : {false, true}) {
+      ThresholdTable sdc_table(2, 4, 5);
+      sdc_table.metadata().placement = pl;
+      for (Index l = 0; l < 2; ++l)
+        for (Index h = 0; h < 4; ++h) {
+          ThresholdEntry e;
+          e.length = 30;
+          e.theta = pl == Placement::kPreSoftmax ? 0.5 : 0.03;
+          ASSERT_TRUE(sdc_table.set(l, h, e).ok());
+        }
+      CalibrationOptions co = cal_options(2, 4, 5, pl, TacMode::kOn, 0.3);
+      if (with_sdc) co.sdc_thresholds = &sdc_table;
+      Calibrator a(co), b(co), all(co);
+      auto feed = [&](Calibrator& c1, Calibrator& c2, std::uint64_t seed, Index T, Index P,
+                      Index layer) {
+        ProblemSpec sp;
+        sp.T = T;
+        sp.P = P;
+        sp.Hq = 4;
+        sp.Hkv = 1;
+        sp.d = 8;
+        sp.seed = seed;
+        Problem<float> p = make_problem<float>(sp);
+        p.layer = layer;
+        AttentionOptions o;
+        o.mode = AttentionMode::kCalibrate;
+        o.calibrator = &c1;
+        ASSERT_TRUE((T > 1 ? prefill(p.args(), o) : decode(p.args(), o)).ok());
+        o.calibrator = &c2;
+        ASSERT_TRUE((T > 1 ? prefill(p.args(), o) : decode(p.args(), o)).ok());
+      };
+      for (std::uint64_t s = 0; s < 6; ++s) feed(a, all, 100 + s, s % 2 ? 1 : 20, 25, Index(s % 2));
+      for (std::uint64_t s = 0; s < 9; ++s)
+        feed(b, all, 200 + s, s % 3 ? 1 : 15, 25 + Index(s % 2), Index(s % 2));
+      ASSERT_TRUE(a.merge(b).ok());
+      EXPECT_EQ(a.rows_used(), all.rows_used());
+      EXPECT_TRUE(tables_close(all.finalize(), a.finalize(), 1e-12, 1e-300))
+          << to_string(pl) << " sdc " << with_sdc;
+    }
+}
+
+TEST(CalibratorMerge, RejectsIncompatibleCalibrators) {
+  Calibrator a(cal_options(2, 4, 5, Placement::kPreSoftmax, TacMode::kOn));
+  EXPECT_FALSE(
+      a.merge(Calibrator(cal_options(3, 4, 5, Placement::kPreSoftmax, TacMode::kOn))).ok());
+  EXPECT_FALSE(
+      a.merge(Calibrator(cal_options(2, 8, 5, Placement::kPreSoftmax, TacMode::kOn))).ok());
+  EXPECT_FALSE(
+      a.merge(Calibrator(cal_options(2, 4, 6, Placement::kPreSoftmax, TacMode::kOn))).ok());
+  EXPECT_FALSE(
+      a.merge(Calibrator(cal_options(2, 4, 5, Placement::kPostSoftmax, TacMode::kOn))).ok());
+  ThresholdTable t(2, 4, 5);
+  CalibrationOptions with = cal_options(2, 4, 5, Placement::kPreSoftmax, TacMode::kOn);
+  with.sdc_thresholds = &t;
+  EXPECT_FALSE(a.merge(Calibrator(with)).ok());
+  EXPECT_TRUE(
+      a.merge(Calibrator(cal_options(2, 4, 5, Placement::kPreSoftmax, TacMode::kOff))).ok());
+}
+
+// The sampling fraction is seeded: the same seed reproduces the table bit for bit, another seed
+// samples other rows, and about the requested fraction of rows is used.
+TEST(CalibratorSampling, SeededAndReproducible) {
+  auto calibrate = [](double fraction, std::uint64_t seed) {
+    CalibrationOptions co = cal_options(1, 4, 4, Placement::kPreSoftmax, TacMode::kOn, 0.1);
+    co.sample_fraction = fraction;
+    co.seed = seed;
+    Calibrator cal(co);
+    EXPECT_TRUE(cal.validate().ok());
+    for (std::uint64_t s = 0; s < 40; ++s) {
+      ProblemSpec sp;
+      sp.T = 30;
+      sp.P = 10;
+      sp.Hq = 4;
+      sp.Hkv = 2;
+      sp.d = 8;
+      sp.seed = 900 + s;
+      Problem<float> p = make_problem<float>(sp);
+      AttentionOptions o;
+      o.mode = AttentionMode::kCalibrate;
+      o.calibrator = &cal;
+      o.threads = 1;
+      EXPECT_TRUE(prefill(p.args(), o).ok());
+    }
+    return cal;
+  };
+  const Calibrator full = calibrate(1.0, 1);
+  const Calibrator a1 = calibrate(0.5, 7), a2 = calibrate(0.5, 7), b = calibrate(0.5, 8);
+  const std::uint64_t eligible = full.rows_used();
+  EXPECT_EQ(eligible, 40u * 30u * 4u);  // every row has L >= 11 > k = 4
+  EXPECT_TRUE(tables_close(a1.finalize(), a2.finalize(), 0.0, 0.0));
+  EXPECT_EQ(a1.rows_used(), a2.rows_used());
+  // ~Binomial(4800, 0.5): +-6 sigma = +-208.
+  EXPECT_NEAR(double(a1.rows_used()), 0.5 * double(eligible), 208.0);
+  EXPECT_NEAR(double(b.rows_used()), 0.5 * double(eligible), 208.0);
+  EXPECT_FALSE(tables_close(a1.finalize(), b.finalize(), 0.0, 0.0))
+      << "another seed samples the same rows";
+  const Calibrator c = calibrate(0.1, 7);
+  EXPECT_NEAR(double(c.rows_used()), 0.1 * double(eligible),
+              6 * std::sqrt(0.09 * double(eligible)));
+  // Invalid fractions are rejected.
+  for (double f : {0.0, -0.5, 1.5, std::numeric_limits<double>::quiet_NaN()}) {
+    CalibrationOptions co = cal_options(1, 4, 4, Placement::kPreSoftmax, TacMode::kOn);
+    co.sample_fraction = f;
+    EXPECT_FALSE(Calibrator(co).validate().ok()) << f;
+  }
+}
+
+// Memory does not grow with the rows observed: after the first row of each length, 100k more
+// rows allocate nothing and the table has one entry per (head, distinct length).
+TEST(CalibratorMemory, ConstantInTheNumberOfRows) {
+  const Index heads = 2;
+  Calibrator cal(cal_options(1, heads, 8, Placement::kPreSoftmax, TacMode::kOn, 0.1));
+  const Index lengths[] = {16, 40, 64, 65};
+  std::vector<float> row(64 + 1), scratch(64 + 1);
+  Rng rng(3);
+  std::normal_distribution<float> nd;
+  for (auto& x : row) x = nd(rng);
+  for (Index h = 0; h < heads; ++h)
+    for (Index L : lengths)
+      cal.observe_row<float>(0, h, row.data(), L, row.data(), 3.0f, scratch.data());
+  const long long before = allocation_count();
+  for (int r = 0; r < 100000; ++r) {
+    row[std::size_t(r % 64)] = nd(rng);
+    const Index L = lengths[r % 4];
+    cal.observe_row<float>(0, r % heads, row.data(), L, row.data(), 3.0f, scratch.data());
+  }
+  EXPECT_EQ(allocation_count() - before, 0) << "observe_row allocated";
+  EXPECT_EQ(cal.rows_used(), 100000u + 8u);
+  const ThresholdTable t = cal.finalize();
+  EXPECT_EQ(t.size(), std::size_t(heads) * 4u);
+  // The kernels' calibration mode does not allocate either once a workspace is given.
+  ProblemSpec sp;
+  sp.T = 1;
+  sp.P = 63;
+  sp.Hq = heads;
+  sp.Hkv = 1;
+  sp.d = 8;
+  Problem<float> p = make_problem<float>(sp);
+  AttentionOptions o;
+  o.mode = AttentionMode::kCalibrate;
+  o.calibrator = &cal;
+  o.threads = 1;
+  WorkspaceBuffer ws(workspace_size(p.args(), o));
+  ASSERT_TRUE(decode(p.args(), o, ws.get()).ok());
+  const long long before2 = allocation_count();
+  for (int r = 0; r < 1000; ++r) ASSERT_TRUE(decode(p.args(), o, ws.get()).ok());
+  EXPECT_EQ(allocation_count() - before2, 0) << "kCalibrate decode allocated";
+  EXPECT_EQ(cal.finalize().size(), std::size_t(heads) * 4u);
+}
+
+}  // namespace

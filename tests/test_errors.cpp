@@ -1,0 +1,302 @@
+// Data-dependent errors come back as a non-ok Status (never an abort): shape and stride
+// mismatches name both the offending and the required shape; bad option combinations (Top-theta
+// without a table, placement mismatch, calibrated SDC without SDC terms, ...) and a workspace that
+// is too small are rejected. A rejected call writes nothing.
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "test_util.hpp"
+#include "toptheta/attention.hpp"
+#include "toptheta/calibrator.hpp"
+
+namespace {
+
+using namespace toptheta;
+using namespace toptheta::testing;
+
+Problem<float> base_problem(Index T = 3, Index P = 5) {
+  ProblemSpec sp;
+  sp.T = T;
+  sp.P = P;
+  sp.Hq = 4;
+  sp.Hkv = 2;
+  sp.d = 8;
+  sp.seed = 1;
+  return make_problem<float>(sp);
+}
+
+bool contains(const std::string& s, const std::string& sub) {
+  return s.find(sub) != std::string::npos;
+}
+
+/// Runs both entry points (decode only when T == 1) and checks they fail with a message
+/// containing every string in `needles`, without touching the output.
+void expect_rejected(Problem<float>& p, const AttentionArgs<float>& args, const AttentionOptions& o,
+                     std::initializer_list<std::string> needles, const char* what) {
+  SCOPED_TRACE(what);
+  p.clear_out();
+  const Status s = prefill(args, o);
+  EXPECT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.to_string();
+  for (const auto& n : needles)
+    EXPECT_TRUE(contains(s.message(), n)) << "message '" << s.message() << "' lacks '" << n << "'";
+  EXPECT_EQ(workspace_size(args, o), 0u);
+  if (args.q.tokens == 1) {
+    const Status d = decode(args, o);
+    EXPECT_FALSE(d.ok());
+  }
+  // Nothing was written (out may be a wrong-shaped view; check the buffer of p).
+  EXPECT_TRUE(p.out_padding_intact());
+  for (Index t = 0; t < p.out.view.tokens; ++t)
+    for (Index h = 0; h < p.out.view.heads; ++h)
+      for (Index i = 0; i < p.out.view.dim; ++i) ASSERT_EQ(p.out.view(t, h, i), p.out_fill);
+}
+
+TEST(ErrorsShape, KeyDimMismatchNamesBothShapes) {
+  auto p = base_problem();
+  auto a = p.args();
+  a.k.dim = 7;
+  expect_rejected(p, a, AttentionOptions{}, {shape_string(a.k), shape_string(8, 2, 8)}, "k dim");
+}
+
+TEST(ErrorsShape, ValueTokensMismatchNamesBothShapes) {
+  auto p = base_problem();
+  auto a = p.args();
+  a.v.tokens = 7;
+  expect_rejected(p, a, AttentionOptions{}, {shape_string(a.v), shape_string(8, 2, 8)}, "v tokens");
+}
+
+TEST(ErrorsShape, ValueHeadsMismatchNamesBothShapes) {
+  auto p = base_problem();
+  auto a = p.args();
+  a.v.heads = 1;
+  expect_rejected(p, a, AttentionOptions{}, {shape_string(a.v), shape_string(8, 2, 8)}, "v heads");
+}
+
+TEST(ErrorsShape, OutputShapeMismatchNamesBothShapes) {
+  auto p = base_problem();
+  auto a = p.args();
+  a.out.heads = 2;
+  expect_rejected(p, a, AttentionOptions{}, {shape_string(a.out), shape_string(3, 4, 8)},
+                  "out heads");
+  a = p.args();
+  a.out.tokens = 2;
+  expect_rejected(p, a, AttentionOptions{}, {shape_string(a.out), shape_string(3, 4, 8)},
+                  "out tokens");
+}
+
+TEST(ErrorsShape, QueryHeadsNotAMultipleOfKvHeads) {
+  auto p = base_problem();
+  auto a = p.args();
+  a.q.heads = 3;
+  a.out.heads = 3;
+  expect_rejected(p, a, AttentionOptions{}, {shape_string(a.q), shape_string(a.k)}, "Hq % Hkv");
+}
+
+TEST(ErrorsShape, FewerKeysThanQueries) {
+  auto p = base_problem(3, 5);
+  auto a = p.args();
+  a.k.tokens = 2;
+  a.v.tokens = 2;
+  expect_rejected(p, a, AttentionOptions{}, {shape_string(a.k), shape_string(a.q)}, "L < T");
+}
+
+TEST(ErrorsShape, BiasShapeMismatchNamesBothShapes) {
+  auto p = base_problem();
+  p.set_bias([](Index, Index) { return 0.0f; });
+  auto a = p.args();
+  a.bias.cols = 5;  // < L = 8
+  expect_rejected(p, a, AttentionOptions{}, {shape_string(3, 5), shape_string(3, 8)}, "bias cols");
+  a = p.args();
+  a.bias.rows = 2;
+  expect_rejected(p, a, AttentionOptions{}, {shape_string(2, 8), shape_string(3, 8)}, "bias rows");
+}
+
+TEST(ErrorsShape, OverlappingStridesAndMissingData) {
+  auto p = base_problem();
+  auto a = p.args();
+  a.k.token_stride = 4;  // < d, and head_stride < d as well
+  a.k.head_stride = 4;
+  expect_rejected(p, a, AttentionOptions{}, {"overlapping"}, "overlapping k");
+  a = p.args();
+  a.v.data = nullptr;
+  expect_rejected(p, a, AttentionOptions{}, {"v"}, "null v");
+  a = p.args();
+  a.k.token_stride = -3;
+  expect_rejected(p, a, AttentionOptions{}, {"negative"}, "negative stride");
+}
+
+TEST(ErrorsShape, DecodeTakesOneToken) {
+  auto p = base_problem(3, 5);
+  const Status s = decode(p.args(), AttentionOptions{});
+  EXPECT_FALSE(s.ok());
+  EXPECT_TRUE(contains(s.message(), shape_string(p.args().q))) << s.message();
+}
+
+TEST(ErrorsShape, EmptyQuery) {
+  auto p = base_problem();
+  auto a = p.args();
+  a.q.tokens = 0;
+  a.out.tokens = 0;
+  EXPECT_FALSE(prefill(a, AttentionOptions{}).ok());
+}
+
+TEST(ErrorsOptions, BadScalars) {
+  auto p = base_problem();
+  auto a = p.args();
+  for (double sc :
+       {-1.0, std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity()}) {
+    a.scale = sc;
+    expect_rejected(p, a, AttentionOptions{}, {"scale"}, "scale");
+  }
+  a = p.args();
+  AttentionOptions o;
+  o.cap_k = -1;
+  expect_rejected(p, a, o, {"cap_k"}, "cap_k");
+  o = AttentionOptions{};
+  o.sdc_scale = -0.5;
+  expect_rejected(p, a, o, {"sdc_scale"}, "sdc_scale");
+  o.sdc_scale = std::numeric_limits<double>::quiet_NaN();
+  expect_rejected(p, a, o, {"sdc_scale"}, "sdc_scale NaN");
+  o = AttentionOptions{};
+  o.mode = AttentionMode::kTopK;
+  o.k = 0;
+  expect_rejected(p, a, o, {"k"}, "top-k k = 0");
+}
+
+TEST(ErrorsOptions, TopKWithCalibratedSdcIsRejected) {
+  auto p = base_problem();
+  AttentionOptions o;
+  o.mode = AttentionMode::kTopK;
+  o.sdc = SdcMode::kCalibrated;
+  expect_rejected(p, p.args(), o, {"calibrated"}, "top-k calibrated SDC");
+}
+
+TEST(ErrorsOptions, TopThetaWithoutTable) {
+  auto p = base_problem();
+  AttentionOptions o;
+  o.mode = AttentionMode::kTopTheta;
+  expect_rejected(p, p.args(), o, {"table"}, "no table");
+}
+
+TEST(ErrorsOptions, TopThetaPlacementMismatch) {
+  auto p = base_problem();
+  ThresholdTable t(1, 4, 2);
+  t.metadata().placement = Placement::kPostSoftmax;
+  AttentionOptions o;
+  o.mode = AttentionMode::kTopTheta;
+  o.placement = Placement::kPreSoftmax;
+  o.thresholds = &t;
+  expect_rejected(p, p.args(), o, {"post", "pre"}, "placement mismatch");
+  o.placement = Placement::kPostSoftmax;
+  EXPECT_TRUE(prefill(p.args(), o).ok());
+}
+
+TEST(ErrorsOptions, TopThetaTableShapeMismatch) {
+  auto p = base_problem();
+  AttentionOptions o;
+  o.mode = AttentionMode::kTopTheta;
+  ThresholdTable wrong_heads(1, 8, 2);
+  o.thresholds = &wrong_heads;
+  expect_rejected(p, p.args(), o, {shape_string(1, 8)}, "table heads");
+  ThresholdTable t(2, 4, 2);
+  o.thresholds = &t;
+  auto a = p.args();
+  a.layer = 2;
+  expect_rejected(p, a, o, {shape_string(2, 4), "layer 2"}, "table layer");
+  a.layer = -1;
+  expect_rejected(p, a, o, {"layer -1"}, "negative layer");
+}
+
+TEST(ErrorsOptions, CalibratedSdcWithoutSdcTerms) {
+  auto p = base_problem();
+  ThresholdTable t(1, 4, 2);
+  ThresholdEntry e;
+  e.length = 8;
+  e.theta = 0.0;
+  for (Index h = 0; h < 4; ++h) ASSERT_TRUE(t.set(0, h, e).ok());
+  AttentionOptions o;
+  o.mode = AttentionMode::kTopTheta;
+  o.sdc = SdcMode::kCalibrated;
+  o.thresholds = &t;
+  expect_rejected(p, p.args(), o, {"SDC"}, "no SDC terms");
+  // An empty table has no SDC terms either.
+  ThresholdTable empty(1, 4, 2);
+  o.thresholds = &empty;
+  expect_rejected(p, p.args(), o, {"SDC"}, "empty table");
+  // With terms it works; with post-softmax placement the SDC mode is ignored (no error).
+  e.sdc = 0.5;
+  for (Index h = 0; h < 4; ++h) ASSERT_TRUE(t.set(0, h, e).ok());
+  o.thresholds = &t;
+  EXPECT_TRUE(prefill(p.args(), o).ok());
+}
+
+TEST(ErrorsOptions, CalibrationModeErrors) {
+  auto p = base_problem();
+  AttentionOptions o;
+  o.mode = AttentionMode::kCalibrate;
+  expect_rejected(p, p.args(), o, {"calibrator"}, "no calibrator");
+  CalibrationOptions co;
+  co.num_layers = 1;
+  co.num_heads = 2;  // the problem has 4 query heads
+  Calibrator wrong(co);
+  o.calibrator = &wrong;
+  expect_rejected(p, p.args(), o, {shape_string(1, 2)}, "calibrator heads");
+  co.num_heads = 4;
+  Calibrator cal(co);
+  o.calibrator = &cal;
+  o.sdc = SdcMode::kCalibrated;
+  expect_rejected(p, p.args(), o, {"calibrat"}, "calibrated SDC while calibrating");
+  o.sdc = SdcMode::kExact;
+  EXPECT_TRUE(prefill(p.args(), o).ok());
+}
+
+TEST(ErrorsWorkspace, TooSmallOrNullIsRejected) {
+  auto p = base_problem(1, 30);
+  for (AttentionMode m : {AttentionMode::kDense, AttentionMode::kTopK}) {
+    AttentionOptions o;
+    o.mode = m;
+    o.k = 4;
+    o.vmc = VmcMode::kOn;
+    const auto a = p.args();
+    const std::size_t need = workspace_size(a, o);
+    ASSERT_GT(need, 0u);
+    WorkspaceBuffer ws(need);
+    p.clear_out();
+    // workspace_size() is an upper bound (for T = 1 it covers decode and prefill); a workspace of
+    // a few bytes is too small for either.
+    Status s = decode(a, o, ws.get(16));
+    EXPECT_FALSE(s.ok());
+    EXPECT_TRUE(contains(s.message(), "workspace") && contains(s.message(), "16")) << s.message();
+    EXPECT_TRUE(p.out_padding_intact());
+    s = prefill(a, o, ws.get(0));
+    EXPECT_FALSE(s.ok());
+    s = decode(a, o, Workspace{nullptr, need});
+    EXPECT_FALSE(s.ok());
+    for (Index h = 0; h < 4; ++h)
+      for (Index i = 0; i < 8; ++i)
+        EXPECT_EQ(p.out.view(0, h, i), p.out_fill) << "written despite the error";
+    EXPECT_TRUE(decode(a, o, ws.get(need)).ok());
+    EXPECT_TRUE(prefill(a, o, ws.get(need)).ok());
+  }
+  // Prefill: workspace_size() is exactly what prefill measures, one byte less is rejected.
+  auto pp = base_problem(20, 30);
+  AttentionOptions o;
+  o.mode = AttentionMode::kTopK;
+  o.k = 4;
+  const std::size_t need = workspace_size(pp.args(), o);
+  WorkspaceBuffer ws(need);
+  pp.clear_out();
+  const Status s = prefill(pp.args(), o, ws.get(need / 2));
+  EXPECT_FALSE(s.ok());
+  EXPECT_TRUE(contains(s.message(), std::to_string(need)))
+      << "names the required size: " << s.message();
+  EXPECT_TRUE(pp.out_padding_intact());
+  EXPECT_TRUE(prefill(pp.args(), o, ws.get(need)).ok());
+}
+
+}  // namespace
