@@ -116,13 +116,13 @@ ThresholdTable scenario_table(const Problem<T>& p, Placement pl, ThetaKind kind,
   return t;
 }
 
-// KERNEL DISAGREEMENTS found by this test (reported to the lead; the oracle, a literal
-// transcription of the formulas, is non-finite in the same cases, so only finiteness is checked):
-//  (1) pre-softmax SDC with cap_k > 0 and huge logit spreads: cap_k can drop the row maximum,
-//      every kept exp(s_j - M) underflows to 0 and D + sdc_scale * D~ == 0 (exp-threshold with
-//      exp(theta - M) == 0, or sdc_scale == 0) -> w = 0 / 0 = NaN.
-//  (2) exp-threshold SDC with sdc_scale == 0 and theta - M beyond exp's range (theta above every
-//      score, e.g. an empty row): sdc_scale * D~ = 0 * inf = NaN.
+// Cases this test found and docs/semantics.md now defines (the oracle, a literal transcription
+// of the formulas, is non-finite in some of them, so only finiteness is checked here):
+//  (1) pre-softmax SDC with cap_k > 0 and huge logit spreads: cap_k can drop the row maximum and
+//      every kept exp(s_j - M) underflows, so D + sdc_scale * D~ == 0: the row falls back to
+//      SDC none;
+//  (2) exp-threshold SDC with sdc_scale == 0 and theta - M beyond exp's range: the D~ term is
+//      dropped instead of computing 0 * inf.
 // DESIGN.md section 2 says "Never NaN".
 template <class T>
 void no_nan_everywhere() {
