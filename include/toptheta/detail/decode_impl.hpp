@@ -111,8 +111,11 @@ void decode_scores(const AttentionArgs<T>& a, const DecodePlan& p, const DecodeB
   using Acc = acc_t<T>;
   const Index G = p.G, d = p.d, L = p.L;
   Acc sc0[kMaxGroup], sc1[kMaxGroup];
+  constexpr Index kPrefetchTokens = 16;  // ~16 token rows ahead keep enough reads in flight
   for (Index j = j0; j < j1; j += 2) {
     const bool pair = j + 1 < j1;
+    for (Index jp = j + kPrefetchTokens; jp < std::min(j + kPrefetchTokens + 2, j1); ++jp)
+      for (Index g = 0; g < p.Hkv; ++g) prefetch_row(a.k.row(jp, g), d);
     for (Index g = 0; g < p.Hkv; ++g) {
       dot_group2(b.q + g * G * d, G, a.k.row(j, g), pair ? a.k.row(j + 1, g) : nullptr, d, sc0,
                  sc1);
@@ -188,12 +191,13 @@ void decode_gather(const AttentionArgs<T>& a, const DecodePlan& p,
                    acc_t<T>* tile) {
   using Acc = acc_t<T>;
   const Index G = p.G, d = p.d, L = p.L;
-  Index pos[kMaxKv], end[kMaxKv];
+  Index pos[kMaxKv], end[kMaxKv], pf[kMaxKv];
   bool any = false;
   for (Index g = 0; g < p.Hkv; ++g) {
     const std::int32_t* uni = b.uni + g * L;
     pos[g] = std::lower_bound(uni, uni + b.nuni[g], std::int32_t(j0)) - uni;
     end[g] = std::lower_bound(uni, uni + b.nuni[g], std::int32_t(j1)) - uni;
+    pf[g] = pos[g];
     any = any || pos[g] < end[g];
   }
   b.touched[c] = any;
@@ -213,10 +217,10 @@ void decode_gather(const AttentionArgs<T>& a, const DecodePlan& p,
       while (e < end[g] && uni[e] < t1) ++e;
       const Index n = e - pos[g];
       if (n == 0) continue;
-      // Software prefetch of the next rows of this group's union (random rows defeat the
-      // hardware prefetcher; the next tile is read in a few microseconds).
+      // Software prefetch of the next union rows of this group (random rows defeat the
+      // hardware prefetcher); each row is prefetched once, kGatherTile entries ahead.
       const Index pf_end = std::min(e + kGatherTile, b.nuni[g]);
-      for (Index u = e; u < pf_end; ++u) prefetch_row(a.v.row(uni[u], g), d);
+      for (; pf[g] < pf_end; ++pf[g]) prefetch_row(a.v.row(uni[pf[g]], g), d);
       for (Index u = 0; u < n; ++u) {
         const T* vr = a.v.row(uni[pos[g] + u], g);
         if constexpr (std::is_same_v<T, Acc>) {
