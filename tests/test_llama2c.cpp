@@ -1,0 +1,405 @@
+// End-to-end tests on a real trained model: karpathy's stories260K (llama2.c format) from
+// ../shared/models (TOPTHETA_SHARED_DIR/models). Every test that needs the files skips with a
+// message when they are absent.
+//
+// Sequences are sampled from the dense model at temperature 1 with fixed seeds; the calibration
+// set (seed kCalSeed) and the held-out set (seed kEvalSeed) are disjoint. They use the model's
+// full context (512 tokens): the fraction of V rows read at a fixed k falls with the context
+// length, and at 256 tokens it sits right at the 15% bound (docs/results.md).
+// The sanitizer (Debug) build uses fewer sequences of the same sets; the criteria are the same.
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../examples/llama2c/eval.hpp"
+#include "../examples/llama2c/model.hpp"
+#include "../examples/llama2c/tokenizer.hpp"
+
+namespace {
+
+using llama2c::AttentionSetup;
+using llama2c::Model;
+using llama2c::Runner;
+using llama2c::Sequence;
+using llama2c::Tokenizer;
+using toptheta::Index;
+using toptheta::Status;
+using toptheta::StatusCode;
+
+#ifdef NDEBUG
+constexpr int kSequences = 16;  // per set
+#else
+constexpr int kSequences = 4;  // ASan + UBSan at -O1: same sets, fewer sequences
+#endif
+constexpr int kSeqLen = 512;
+constexpr std::uint64_t kCalSeed = 1001;
+constexpr std::uint64_t kEvalSeed = 2002;
+
+const std::string& models_dir() {
+  static const std::string d = std::string(TOPTHETA_SHARED_DIR) + "/models";
+  return d;
+}
+std::string model_path() { return models_dir() + "/stories260K.bin"; }
+std::string tokenizer_path() { return models_dir() + "/tok512.bin"; }
+bool have_models() {
+  return std::filesystem::exists(model_path()) && std::filesystem::exists(tokenizer_path());
+}
+
+#define SKIP_WITHOUT_MODEL()                                                                   \
+  do {                                                                                         \
+    if (!have_models())                                                                        \
+      GTEST_SKIP() << "model files not found: " << model_path() << " and " << tokenizer_path() \
+                   << " (see ../shared/models/README.md for how to get them)";                 \
+  } while (0)
+
+/// Loaded once for the whole suite; samples and thresholds are computed on first use.
+struct Shared {
+  Model model;
+  Tokenizer tok;
+  std::vector<Sequence> cal, held_out;
+  std::unique_ptr<toptheta::ThresholdTable> post16;  // post-softmax, k = 16, TAC on, lambda 0.1
+};
+
+Shared& shared() {
+  static Shared* s = [] {
+    auto* p = new Shared;
+    Status st = Model::load(model_path(), &p->model);
+    if (!st.ok()) ADD_FAILURE() << st.to_string();
+    st = Tokenizer::load(tokenizer_path(), p->model.config().vocab_size, &p->tok);
+    if (!st.ok()) ADD_FAILURE() << st.to_string();
+    return p;
+  }();
+  return *s;
+}
+
+const std::vector<Sequence>& calibration_set() {
+  Shared& s = shared();
+  if (s.cal.empty()) {
+    Status st = llama2c::sample_sequences(s.model, kSequences, kSeqLen, kCalSeed, 1.0f, &s.cal);
+    EXPECT_TRUE(st.ok()) << st.to_string();
+  }
+  return s.cal;
+}
+const std::vector<Sequence>& held_out_set() {
+  Shared& s = shared();
+  if (s.held_out.empty()) {
+    Status st =
+        llama2c::sample_sequences(s.model, kSequences, kSeqLen, kEvalSeed, 1.0f, &s.held_out);
+    EXPECT_TRUE(st.ok()) << st.to_string();
+  }
+  return s.held_out;
+}
+const toptheta::ThresholdTable& post16_thresholds() {
+  Shared& s = shared();
+  if (!s.post16) {
+    toptheta::CalibrationOptions co;
+    co.default_k = 16;
+    co.placement = toptheta::Placement::kPostSoftmax;
+    co.lambda = 0.1;
+    co.tac = toptheta::TacMode::kOn;
+    s.post16 = std::make_unique<toptheta::ThresholdTable>();
+    Status st = llama2c::calibrate(s.model, calibration_set(), co, /*sdc_terms=*/false,
+                                   AttentionSetup::dense(), s.post16.get());
+    EXPECT_TRUE(st.ok()) << st.to_string();
+  }
+  return *s.post16;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+TEST(Llama2cModel, GreedyFromBosReproducesKnownTokens) {
+  SKIP_WITHOUT_MODEL();
+  const Shared& s = shared();
+  const Sequence expected = {1,   403, 407, 261, 378, 432, 383, 286, 261, 376, 298,
+                             315, 421, 395, 317, 426, 338, 401, 396, 267, 337, 410,
+                             408, 419, 292, 411, 322, 265, 282, 295, 433, 426};
+  Sequence out;
+  // Greedy: the prompt is BOS alone (decode kernel for every step).
+  const Status st = llama2c::generate(s.model, {llama2c::kBos}, int(expected.size()) - 1, 0.0f, 1,
+                                      AttentionSetup::dense(), &out);
+  ASSERT_TRUE(st.ok()) << st.to_string();
+  EXPECT_EQ(out, expected);
+  EXPECT_EQ(s.tok.decode(out),
+            "Once upon a time, there was a little girl named Lily. She loved to play outside in "
+            "the park.");
+}
+
+TEST(Llama2cTokenizer, EncodeDecodeKnownText) {
+  SKIP_WITHOUT_MODEL();
+  const Tokenizer& tok = shared().tok;
+  const std::string text = "Once upon a time, there was a little girl named Lily.";
+  const Sequence ids = tok.encode(text, /*bos=*/true);
+  const Sequence expected = {1,   403, 407, 261, 378, 432, 383, 286,
+                             261, 376, 298, 315, 421, 395, 317, 426};
+  EXPECT_EQ(ids, expected);
+  EXPECT_EQ(tok.decode(ids), text);
+  // Byte fallback: a code point absent from the 512-token vocabulary round-trips as bytes.
+  const std::string odd = "Zoë ☃";
+  EXPECT_EQ(tok.decode(tok.encode(odd, true)), odd);
+  EXPECT_EQ(tok.decode(tok.encode("", true)), "");
+}
+
+TEST(Llama2cModel, DensePerplexityOnSampledText) {
+  SKIP_WITHOUT_MODEL();
+  llama2c::EvalResult r;
+  const Status st = llama2c::evaluate(shared().model, held_out_set(), AttentionSetup::dense(), &r);
+  ASSERT_TRUE(st.ok()) << st.to_string();
+  // The model's validation loss is 1.297 nats (perplexity 3.66).
+  EXPECT_GE(r.dense_perplexity, 3.3);
+  EXPECT_LE(r.dense_perplexity, 4.0);
+  EXPECT_DOUBLE_EQ(r.perplexity, r.dense_perplexity);
+  EXPECT_EQ(r.kl_mean, 0.0);
+  EXPECT_EQ(r.top1_agreement, 1.0);
+  EXPECT_EQ(r.total.kept_fraction(), 1.0);
+  EXPECT_EQ(r.predictions, std::uint64_t(held_out_set().size()) * (kSeqLen - 1));
+}
+
+TEST(Llama2cModel, TopThetaPostVmcK16CostsUnderOnePercentReadingUnder15PercentOfV) {
+  SKIP_WITHOUT_MODEL();
+  const auto& cal = calibration_set();
+  const auto& ev = held_out_set();
+  for (const Sequence& a : cal)
+    for (const Sequence& b : ev) ASSERT_NE(a, b) << "calibration and held-out sets overlap";
+  const toptheta::ThresholdTable& table = post16_thresholds();
+  ASSERT_FALSE(table.empty());
+  AttentionSetup s;
+  s.options.mode = toptheta::AttentionMode::kTopTheta;
+  s.options.placement = toptheta::Placement::kPostSoftmax;
+  s.options.vmc = toptheta::VmcMode::kOn;
+  s.options.thresholds = &table;
+  llama2c::EvalResult r;
+  const Status st = llama2c::evaluate(shared().model, ev, s, &r);
+  ASSERT_TRUE(st.ok()) << st.to_string();
+  const double dppl = r.perplexity / r.dense_perplexity - 1.0;
+  std::printf(
+      "[ llama2c  ] post+VMC k=16: ppl %.4f dense %.4f (%+.3f%%), KL %.5f, top-1 %.2f%%, "
+      "kept %.2f%%, V rows %.2f%%, kept/row %.2f, empty %.3f%%\n",
+      r.perplexity, r.dense_perplexity, 100 * dppl, r.kl_mean, 100 * r.top1_agreement,
+      100 * r.total.kept_fraction(), 100 * r.total.vrows_fraction(),
+      r.total.kept_per_thresholded_row(), 100 * r.total.empty_row_fraction());
+  EXPECT_LT(dppl, 0.01);
+  EXPECT_LT(r.total.vrows_fraction(), 0.15);
+  // It really is sparse and really differs from dense.
+  EXPECT_GT(r.total.thresholded_rows, 0u);
+  EXPECT_LT(r.total.kept_fraction(), 0.15);
+  EXPECT_GT(r.kl_mean, 0.0);
+  EXPECT_GT(r.top1_agreement, 0.9);
+}
+
+/// Logits of `seq` by one prefill call and by token-by-token decode must agree.
+void expect_decode_matches_prefill(const AttentionSetup& setup, const Sequence& seq,
+                                   const char* what) {
+  const Model& m = shared().model;
+  const int V = m.config().vocab_size;
+  Runner r(m);
+  std::vector<float> pre, step;
+  std::vector<toptheta::AttentionStats> st_pre(std::size_t(m.config().n_layers)),
+      st_dec(std::size_t(m.config().n_layers));
+  AttentionSetup sp = setup, sd = setup;
+  sp.layer_stats = &st_pre;
+  sd.layer_stats = &st_dec;
+  Status s = r.forward(seq.data(), Index(seq.size()), sp, &pre, llama2c::Kernel::kPrefill);
+  ASSERT_TRUE(s.ok()) << s.to_string();
+  r.reset();
+  float max_diff = 0.0f;
+  for (std::size_t t = 0; t < seq.size(); ++t) {
+    s = r.forward(&seq[t], 1, sd, &step);  // decode kernel
+    ASSERT_TRUE(s.ok()) << s.to_string();
+    for (int j = 0; j < V; ++j)
+      max_diff = std::max(
+          max_diff, std::abs(step[std::size_t(j)] - pre[t * std::size_t(V) + std::size_t(j)]));
+  }
+  // Logits are O(10); both paths sum in float in different orders.
+  EXPECT_LT(max_diff, 2e-3f) << what;
+  toptheta::AttentionStats a, b;
+  for (const auto& x : st_pre) a.merge(x);
+  for (const auto& x : st_dec) b.merge(x);
+  EXPECT_EQ(a.elements_total, b.elements_total) << what;
+  EXPECT_NEAR(double(a.elements_kept), double(b.elements_kept), 1e-4 * double(a.elements_kept))
+      << what;
+  EXPECT_NEAR(double(a.vrows_read), double(b.vrows_read), 1e-4 * double(a.vrows_read)) << what;
+  std::printf("[ llama2c  ] %-28s max |logit diff| %.2e, kept %.2f%% / %.2f%%\n", what, max_diff,
+              100 * a.kept_fraction(), 100 * b.kept_fraction());
+}
+
+TEST(Llama2cModel, DecodeAndPrefillGiveTheSameLogits) {
+  SKIP_WITHOUT_MODEL();
+  Sequence seq = held_out_set()[0];
+#ifndef NDEBUG
+  seq.resize(160);
+#endif
+  expect_decode_matches_prefill(AttentionSetup::dense(), seq, "dense");
+  AttentionSetup topk;
+  topk.options.mode = toptheta::AttentionMode::kTopK;
+  topk.options.k = 16;
+  topk.options.sdc = toptheta::SdcMode::kExact;
+  topk.options.vmc = toptheta::VmcMode::kOn;
+  expect_decode_matches_prefill(topk, seq, "top-k 16 pre+exact SDC+VMC");
+  AttentionSetup tt;
+  tt.options.mode = toptheta::AttentionMode::kTopTheta;
+  tt.options.placement = toptheta::Placement::kPostSoftmax;
+  tt.options.vmc = toptheta::VmcMode::kOn;
+  tt.options.thresholds = &post16_thresholds();
+  expect_decode_matches_prefill(tt, seq, "top-theta 16 post+VMC");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loader errors.
+
+class Llama2cLoader : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() /
+           ("toptheta_llama2c_test_" +
+            std::to_string(::testing::UnitTest::GetInstance()->random_seed()) + "_" +
+            std::to_string(reinterpret_cast<std::uintptr_t>(this)));
+    std::filesystem::create_directories(dir_);
+  }
+  void TearDown() override {
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+  static std::vector<char> read_all(const std::string& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::vector<char>(std::istreambuf_iterator<char>(in), {});
+  }
+  std::string write(const std::string& name, const std::vector<char>& bytes) {
+    const std::string p = (dir_ / name).string();
+    std::ofstream o(p, std::ios::binary);
+    o.write(bytes.data(), std::streamsize(bytes.size()));
+    return p;
+  }
+  /// Loads `bytes` from a file and expects an error with `code` whose message contains
+  /// `needle` (and the file name).
+  void expect_rejected(const std::string& name, const std::vector<char>& bytes, StatusCode code,
+                       const std::string& needle) {
+    const std::string p = write(name, bytes);
+    Model m;
+    const Status s = Model::load(p, &m);
+    ASSERT_FALSE(s.ok()) << name << " was accepted";
+    EXPECT_EQ(s.code(), code) << name << ": " << s.to_string();
+    EXPECT_NE(s.message().find(needle), std::string::npos)
+        << name << ": message '" << s.message() << "' lacks '" << needle << "'";
+    EXPECT_NE(s.message().find(p), std::string::npos) << name << ": message lacks the path";
+  }
+  static void set_i32(std::vector<char>* b, int field, std::int32_t v) {
+    std::memcpy(b->data() + 4 * field, &v, 4);
+  }
+  std::filesystem::path dir_;
+};
+
+TEST_F(Llama2cLoader, RejectsTruncatedAndCorruptedCheckpoints) {
+  SKIP_WITHOUT_MODEL();
+  const std::vector<char> good = read_all(model_path());
+  ASSERT_EQ(good.size(), 1056540u);
+  {
+    Model m;
+    const Status s = Model::load(write("good.bin", good), &m);
+    ASSERT_TRUE(s.ok()) << s.to_string();
+    EXPECT_EQ(m.config().kv_dim(), 32);
+    EXPECT_TRUE(m.config().shared_classifier);
+  }
+  {
+    Model m;
+    const std::string p = (dir_ / "missing.bin").string();
+    const Status s = Model::load(p, &m);
+    EXPECT_EQ(s.code(), StatusCode::kNotFound);
+    EXPECT_NE(s.message().find(p), std::string::npos) << s.message();
+  }
+  expect_rejected("empty.bin", {}, StatusCode::kDataLoss, "shorter than the 28-byte header");
+  expect_rejected("header_cut.bin", std::vector<char>(good.begin(), good.begin() + 20),
+                  StatusCode::kDataLoss, "shorter than the 28-byte header");
+  expect_rejected("header_only.bin", std::vector<char>(good.begin(), good.begin() + 28),
+                  StatusCode::kDataLoss, "truncated");
+  expect_rejected("truncated_1.bin", std::vector<char>(good.begin(), good.end() - 1),
+                  StatusCode::kDataLoss, "truncated");
+  expect_rejected("truncated_half.bin",
+                  std::vector<char>(good.begin(), good.begin() + std::ptrdiff_t(good.size() / 2)),
+                  StatusCode::kDataLoss, "truncated");
+  {
+    std::vector<char> b = good;
+    b.push_back('x');
+    expect_rejected("trailing.bin", b, StatusCode::kDataLoss, "trailing data");
+  }
+  {
+    std::vector<char> b = good;
+    set_i32(&b, 0, -64);  // dim
+    expect_rejected("neg_dim.bin", b, StatusCode::kDataLoss, "dim = -64 is out of range");
+  }
+  {
+    std::vector<char> b = good;
+    set_i32(&b, 3, 7);  // n_heads does not divide dim 64
+    expect_rejected("heads7.bin", b, StatusCode::kDataLoss, "not a multiple of n_heads");
+  }
+  {
+    std::vector<char> b = good;
+    set_i32(&b, 4, 3);  // n_kv_heads does not divide n_heads 8
+    expect_rejected("kv3.bin", b, StatusCode::kDataLoss, "not a multiple of n_kv_heads");
+  }
+  {
+    std::vector<char> b = good;
+    set_i32(&b, 2, 0x41414141);  // n_layers overwritten with text
+    expect_rejected("garbage_layers.bin", b, StatusCode::kDataLoss, "n_layers");
+  }
+  {
+    std::vector<char> b = good;
+    set_i32(&b, 5, -512);  // unshared classifier: the file would need 512 x 64 more floats
+    expect_rejected("unshared.bin", b, StatusCode::kDataLoss, "truncated");
+  }
+  {
+    std::vector<char> b = good;
+    set_i32(&b, 6, 1024);  // longer RoPE tables than the file holds
+    expect_rejected("seq_len.bin", b, StatusCode::kDataLoss, "implies");
+  }
+  {
+    std::vector<char> b = good;
+    const float nan = std::nanf("");
+    // First element of wq: after the header, the embedding (512 x 64) and rms_att (5 x 64).
+    std::memcpy(b.data() + 28 + 4 * (512 * 64 + 5 * 64), &nan, 4);
+    expect_rejected("nan_wq.bin", b, StatusCode::kDataLoss, "tensor wq holds a non-finite value");
+  }
+  {
+    std::vector<char> b = good;
+    const float inf = INFINITY;
+    std::memcpy(b.data() + good.size() - 8 * 4096 - 4, &inf, 4);  // inside w3 of the last layer
+    expect_rejected("inf_w.bin", b, StatusCode::kDataLoss, "non-finite");
+  }
+}
+
+TEST_F(Llama2cLoader, RejectsBadTokenizerAndTokenFiles) {
+  SKIP_WITHOUT_MODEL();
+  const std::vector<char> good = read_all(tokenizer_path());
+  Tokenizer t;
+  EXPECT_TRUE(Tokenizer::load(write("tok.bin", good), 512, &t).ok());
+  Status s = Tokenizer::load(write("tok_cut.bin", std::vector<char>(good.begin(), good.end() - 3)),
+                             512, &t);
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss);
+  EXPECT_NE(s.message().find("truncated"), std::string::npos) << s.message();
+  s = Tokenizer::load(write("tok_small_vocab.bin", good), 500, &t);
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss);
+  EXPECT_NE(s.message().find("trailing bytes"), std::string::npos) << s.message();
+
+  std::vector<Sequence> seqs;
+  auto text = [](const std::string& x) { return std::vector<char>(x.begin(), x.end()); };
+  EXPECT_TRUE(llama2c::read_token_file(write("ok.tok", text("1 2 3\n# comment\n\n1 400\n")), 512,
+                                       512, &seqs)
+                  .ok());
+  EXPECT_EQ(seqs.size(), 2u);
+  s = llama2c::read_token_file(write("nobos.tok", text("1 2\n5 6 7\n")), 512, 512, &seqs);
+  EXPECT_NE(s.message().find(":2: a sequence must start with BOS"), std::string::npos)
+      << s.message();
+  s = llama2c::read_token_file(write("range.tok", text("1 512\n")), 512, 512, &seqs);
+  EXPECT_NE(s.message().find(":1: token id 512 outside"), std::string::npos) << s.message();
+  s = llama2c::read_token_file(write("word.tok", text("1 x2\n")), 512, 512, &seqs);
+  EXPECT_NE(s.message().find("'x2' is not an integer"), std::string::npos) << s.message();
+}
+
+}  // namespace
