@@ -46,6 +46,8 @@ struct AttentionOptions {
   /// threshold table and kCalibrate from the calibrator.
   Index k = 64;
   /// Placement for kTopK and kTopTheta (must match the table's). kCalibrate uses the calibrator's.
+  /// The struct defaults describe the plain top-k baseline (pre-softmax, renormalised, no VMC);
+  /// `toptheta_options(table)` returns the recommended Top-θ variant.
   Placement placement = Placement::kPreSoftmax;
   SdcMode sdc = SdcMode::kNone;    ///< pre-softmax only; ignored for post-softmax placement
   double sdc_scale = 1.0;          ///< D + sdc_scale * D~
@@ -58,6 +60,23 @@ struct AttentionOptions {
   AttentionStats* stats = nullptr;             ///< optional; counts are added
   int threads = 0;                 ///< 0: OpenMP default (1 without OpenMP)
 };
+
+/// The library's recommended Top-θ variant for a calibrated table: post-softmax placement
+/// (taken from the table) with VMC, no SDC, keep-max empty rows. Chosen from the real-model
+/// evaluation (docs/results.md): post-softmax + VMC had the lowest perplexity cost at every k
+/// from 4 to 64 while reading the fewest V rows among the Top-θ variants, needs no SDC terms,
+/// and its rows almost never come out empty. Pre-softmax tables get exact SDC + VMC, the best
+/// pre-softmax variant.
+inline AttentionOptions toptheta_options(const ThresholdTable& table) {
+  AttentionOptions o;
+  o.mode = AttentionMode::kTopTheta;
+  o.thresholds = &table;
+  o.placement = table.placement();
+  o.sdc = table.placement() == Placement::kPreSoftmax ? SdcMode::kExact : SdcMode::kNone;
+  o.vmc = VmcMode::kOn;
+  o.empty_row = EmptyRowPolicy::kKeepMax;
+  return o;
+}
 
 namespace detail {
 

@@ -38,7 +38,7 @@ struct CalibrationOptions {
   Index num_heads = 0;                 ///< query heads per layer
   Index default_k = 64;                ///< k_l for layers without an override
   std::vector<Index> layer_k;          ///< optional per-layer k (size num_layers), overrides default_k
-  Placement placement = Placement::kPreSoftmax;
+  Placement placement = Placement::kPostSoftmax;  ///< the library's default (docs/results.md)
   double lambda = 0.1;                 ///< theta = mean + lambda * std ("sigma" in the paper)
   double sample_fraction = 1.0;        ///< in (0, 1]: fraction of eligible rows used (seeded)
   std::uint64_t seed = 0;              ///< seed of the row sampling

@@ -21,6 +21,17 @@ namespace toptheta::detail {
 inline constexpr Index kMaxGroup = 256;  // query heads per KV head
 inline constexpr Index kMaxKv = 256;     // KV heads
 
+/// Multiply-adds a thread must get before a call goes parallel: below it, opening an OpenMP
+/// region costs more than it saves (a few microseconds per call, much more on busy cores).
+inline constexpr double kMinMacsPerThread = 1 << 18;
+
+/// Threads for a call of `macs` multiply-adds split into `items` independent pieces. The split
+/// itself never depends on this number, so results stay bit-identical.
+inline int call_threads(int requested, double macs, Index items) {
+  const Index by_work = std::max<Index>(1, Index(macs / kMinMacsPerThread));
+  return int(std::max<Index>(1, std::min({Index(resolve_threads(requested)), items, by_work})));
+}
+
 /// Integer counters of one thread; merged into AttentionStats after the parallel region.
 struct StatCounters {
   std::uint64_t rows, thresholded_rows, empty_rows, elements_total, elements_kept, elements_topk,

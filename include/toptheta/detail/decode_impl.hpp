@@ -41,7 +41,7 @@ DecodePlan make_decode_plan(const AttentionArgs<T>& a, const AttentionOptions& o
   p.chunk = std::max<Index>(256, (p.L + 63) / 64);
   p.num_chunks = std::max<Index>(1, (p.L + p.chunk - 1) / p.chunk);
   const Index work = std::max(p.num_chunks, p.Hkv);
-  p.threads = int(std::max<Index>(1, std::min<Index>(resolve_threads(o.threads), work)));
+  p.threads = call_threads(o.threads, 2.0 * double(p.L) * double(p.Hq) * double(p.d), work);
   p.need_vbar = o.mode != AttentionMode::kDense &&
                 (o.vmc == VmcMode::kOn || o.empty_row == EmptyRowPolicy::kMeanV);
   p.per_head_stats = o.stats && !o.stats->kept_per_head.empty();

@@ -44,7 +44,8 @@ PrefillPlan make_prefill_plan(const AttentionArgs<T>& a, const AttentionOptions&
   p.rows_per_item = p.block_rows * p.G;
   const bool calibrate = o.mode == AttentionMode::kCalibrate;
   p.num_items = calibrate ? p.Hkv : p.num_blocks * p.Hkv;
-  p.threads = int(std::max<Index>(1, std::min<Index>(resolve_threads(o.threads), p.num_items)));
+  const double rows_x_keys = double(p.T) * (double(p.P) + 0.5 * double(p.T + 1));
+  p.threads = call_threads(o.threads, 2.0 * rows_x_keys * double(p.Hq) * double(p.d), p.num_items);
   p.need_vbar = o.mode != AttentionMode::kDense &&
                 (o.vmc == VmcMode::kOn || o.empty_row == EmptyRowPolicy::kMeanV);
   p.per_head_stats = o.stats && !o.stats->kept_per_head.empty();
