@@ -13,6 +13,7 @@
 #include "../row_select.hpp"
 #include "../sparse_softmax.hpp"
 #include "../stats.hpp"
+#include "../workspace.hpp"
 #include "convert.hpp"
 #include "softmax_math.hpp"
 
@@ -151,6 +152,13 @@ void add_v_rows(const HeadsView<const T>& v, Index g, Index first, Index count, 
     const T* r = v.row(j, g);
     for (Index i = 0; i < v.dim; ++i) acc[i] += to_acc<Acc>(r[i]);
   }
+}
+
+/// The error for a workspace smaller than the `need` bytes a call carves from it.
+inline Status workspace_too_small(const Workspace& ws, std::size_t need) {
+  return Status::invalid_argument("workspace of " + std::to_string(ws.bytes) +
+                                  " bytes is smaller than this call needs (" +
+                                  std::to_string(need) + " bytes); size it with workspace_size()");
 }
 
 /// Adds per-thread counters into the caller's AttentionStats.

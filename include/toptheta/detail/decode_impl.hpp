@@ -245,10 +245,7 @@ Status run_decode(const AttentionArgs<T>& a, const AttentionOptions& o, Workspac
   Arena ar(ws);
   DecodeBuffers<Acc> b(ar, p);
   if (ar.overflowed() || ws.data == nullptr)
-    return Status::invalid_argument("workspace of " + std::to_string(ws.bytes) +
-                                    " bytes is smaller than this call needs (" +
-                                    std::to_string(decode_workspace(a, o)) +
-                                    " bytes); size it with workspace_size()");
+    return workspace_too_small(ws, decode_workspace(a, o));
   const RowContext<Acc> cx = RowContext<Acc>::make(a, o);
   const Index G = p.G, d = p.d, L = p.L;
   for (Index h = 0; h < p.Hq; ++h) {

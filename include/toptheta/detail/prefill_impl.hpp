@@ -271,10 +271,7 @@ Status run_prefill(const AttentionArgs<T>& a, const AttentionOptions& o, Workspa
   Arena ar(ws);
   PrefillBuffers<Acc> b(ar, p);
   if (ar.overflowed() || ws.data == nullptr)
-    return Status::invalid_argument("workspace of " + std::to_string(ws.bytes) +
-                                    " bytes is smaller than this call needs (" +
-                                    std::to_string(prefill_workspace(a, o)) +
-                                    " bytes); size it with workspace_size()");
+    return workspace_too_small(ws, prefill_workspace(a, o));
   for (int i = 0; i < p.threads; ++i) {
     zero_sink(b.threads[i].sink, p.Hq);
     std::memset(b.threads[i].gather.mark, 0, std::size_t(p.L));
