@@ -300,4 +300,16 @@ void register_prefill_benchmarks();
 /// Frees the probe's 1 GiB buffer (called when the decode / prefill inputs are built).
 void release_probe_buffer();
 
+/// Calibration options shared by the decode and prefill benchmarks (one layer, k = kTopK).
+inline toptheta::CalibrationOptions calibration_options(const char* model_id) {
+  toptheta::CalibrationOptions co;
+  co.num_layers = 1;
+  co.num_heads = kHq;
+  co.default_k = kTopK;
+  co.placement = toptheta::Placement::kPreSoftmax;
+  co.lambda = kLambda;
+  co.model_id = model_id;
+  return co;
+}
+
 }  // namespace ttbench

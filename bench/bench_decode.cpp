@@ -97,14 +97,7 @@ DecodeSet<T>& decode_set(Index L, Layout layout) {
 /// Top-θ thresholds at k = 64 from kCalibrate decodes of queries 1..8 on copy 0.
 template <class T>
 toptheta::Status calibrate(DecodeSet<T>& s) {
-  toptheta::CalibrationOptions co;
-  co.num_layers = 1;
-  co.num_heads = kHq;
-  co.default_k = kTopK;
-  co.placement = toptheta::Placement::kPreSoftmax;
-  co.lambda = kLambda;
-  co.model_id = "toptheta-bench synthetic decode";
-  toptheta::Calibrator cal(co);
+  toptheta::Calibrator cal(calibration_options("toptheta-bench synthetic decode"));
   TOPTHETA_RETURN_IF_ERROR(cal.validate());
   toptheta::AttentionOptions o;
   o.mode = toptheta::AttentionMode::kCalibrate;

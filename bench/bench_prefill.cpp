@@ -71,14 +71,7 @@ PrefillSet<T>& prefill_set(Index Tn) {
 
 template <class T>
 toptheta::Status calibrate(PrefillSet<T>& s) {
-  toptheta::CalibrationOptions co;
-  co.num_layers = 1;
-  co.num_heads = kHq;
-  co.default_k = kTopK;
-  co.placement = toptheta::Placement::kPreSoftmax;
-  co.lambda = kLambda;
-  co.model_id = "toptheta-bench synthetic prefill";
-  toptheta::Calibrator cal(co);
+  toptheta::Calibrator cal(calibration_options("toptheta-bench synthetic prefill"));
   TOPTHETA_RETURN_IF_ERROR(cal.validate());
   toptheta::AttentionOptions o;
   o.mode = toptheta::AttentionMode::kCalibrate;

@@ -29,9 +29,6 @@ namespace {
 using namespace toptheta;
 using namespace toptheta::testing;
 
-constexpr Index kLs[] = {1, 2, 3, 17, 64, 255, 1024};
-constexpr Index kDs[] = {8, 64, 128};
-constexpr Index kHeads[][2] = {{1, 1}, {4, 1}, {8, 4}, {32, 8}};
 
 struct Variant {
   AttentionMode mode = AttentionMode::kTopTheta;

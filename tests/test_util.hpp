@@ -25,6 +25,11 @@
 
 namespace toptheta::testing {
 
+/// The foundation issue's grid: row lengths, head dims and (Hq, Hkv) pairs.
+constexpr Index kLs[] = {1, 2, 3, 17, 64, 255, 1024};
+constexpr Index kDs[] = {8, 64, 128};
+constexpr Index kHeads[][2] = {{1, 1}, {4, 1}, {8, 4}, {32, 8}};
+
 using Rng = std::mt19937_64;
 
 enum class Layout { kTokenMajor, kHeadMajor };
