@@ -30,10 +30,10 @@ namespace detail {
 
 template <class T>
 Status check_call(const AttentionArgs<T>& a, const AttentionOptions& o, bool is_decode) {
-  TOPTHETA_RETURN_IF_ERROR(validate(a, o));
   if (is_decode && a.q.tokens != 1)
     return Status::invalid_argument("decode takes one query token, q has shape " +
                                     shape_string(a.q) + "; use prefill for several");
+  TOPTHETA_RETURN_IF_ERROR(validate(a, o));
   if (a.q.heads / a.k.heads > kMaxGroup || a.k.heads > kMaxKv)
     return Status::invalid_argument("at most 256 KV heads and 256 query heads per KV head, got " +
                                     shape_string(a.q) + " over " + shape_string(a.k));

@@ -7,6 +7,7 @@
 /// Hkv KV heads (Hq a multiple of Hkv; query head h uses KV head h / (Hq / Hkv)), head dim d.
 
 #include <cmath>
+#include <cstdint>
 #include <string>
 
 #include "calibrator.hpp"
@@ -80,56 +81,175 @@ inline AttentionOptions toptheta_options(const ThresholdTable& table) {
 
 namespace detail {
 
+/// Elements spanned by a view: one past the largest offset it addresses (0 when empty), or -1
+/// when that does not fit an Index.
 template <class T>
+Index view_extent(const HeadsView<T>& v) {
+  if (v.tokens <= 0 || v.heads <= 0 || v.dim <= 0) return 0;
+  constexpr Index kMax = Index(1) << 60;
+  const Index nt = v.tokens - 1, nh = v.heads - 1;
+  if ((v.token_stride > 0 && nt > kMax / v.token_stride) ||
+      (v.head_stride > 0 && nh > kMax / v.head_stride) || v.dim > kMax)
+    return -1;
+  return nt * v.token_stride + nh * v.head_stride + v.dim;
+}
+
+/// Checks one view against its required shape and its strides: no negative strides, and the
+/// `dim`-element rows of distinct (token, head) pairs never overlap, i.e. one stride is at least
+/// `dim` and the other spans all rows of the first (nested layouts: token-major, head-major,
+/// padded or not). Messages name the argument, its shape and the required one.
+template <class T>
+Status check_view_strides(const char* name, const HeadsView<T>& v, Index dim);
+
+/// `why()` explains the required shape; it is called (and a message built) only on error, so a
+/// valid call allocates nothing.
+template <class T, class Why>
 Status check_heads_view(const char* name, const HeadsView<T>& v, Index tokens, Index heads,
-                        Index dim) {
-  if (v.tokens != tokens || v.heads != heads || v.dim != dim)
+                        Index dim, Why&& why) {
+  if (v.tokens != tokens || v.heads != heads || v.dim != dim) {
+    const std::string w = why();
     return Status::invalid_argument(std::string(name) + " has shape " + shape_string(v) +
-                                    " but " + shape_string(tokens, heads, dim) + " is required");
+                                    " but " + shape_string(tokens, heads, dim) + " is required" +
+                                    (w.empty() ? "" : " (" + w + ")"));
+  }
+  return check_view_strides(name, v, dim);
+}
+
+template <class T>
+Status check_view_strides(const char* name, const HeadsView<T>& v, Index dim) {
+  const Index tokens = v.tokens, heads = v.heads;
+  auto fail = [&](const char* what) {
+    return Status::invalid_argument(
+        std::string(name) + what + " (token_stride " + std::to_string(v.token_stride) +
+        ", head_stride " + std::to_string(v.head_stride) + ", dim " + std::to_string(dim) +
+        ", shape " + shape_string(v) + ")");
+  };
   if (tokens > 0 && heads > 0 && dim > 0 && v.data == nullptr)
-    return Status::invalid_argument(std::string(name) + " has no data");
-  if (v.token_stride < 0 || v.head_stride < 0)
-    return Status::invalid_argument(std::string(name) + " has negative strides");
-  // Rows of one token must not overlap each other (heads), and tokens of one head must not either.
-  if (heads > 1 && v.head_stride < dim && v.token_stride < dim)
-    return Status::invalid_argument(std::string(name) + " has overlapping rows (token_stride " +
-                                    std::to_string(v.token_stride) + ", head_stride " +
-                                    std::to_string(v.head_stride) + ", dim " +
-                                    std::to_string(dim) + ")");
-  if (tokens > 1 && v.token_stride < dim && v.head_stride < dim)
-    return Status::invalid_argument(std::string(name) + " has overlapping rows");
+    return fail(" has no data (null pointer)");
+  if (v.token_stride < 0 || v.head_stride < 0) return fail(" has negative strides");
+  // Strides of extents of one element are never used; the rest must nest without overlap.
+  Index s_small = 0, n_small = 1, s_big = 0, n_big = 1;
+  const bool many_t = tokens > 1, many_h = heads > 1;
+  if (many_t && many_h) {
+    const bool t_inner = v.token_stride <= v.head_stride;
+    s_small = t_inner ? v.token_stride : v.head_stride;
+    n_small = t_inner ? tokens : heads;
+    s_big = t_inner ? v.head_stride : v.token_stride;
+    n_big = t_inner ? heads : tokens;
+  } else if (many_t || many_h) {
+    s_small = many_t ? v.token_stride : v.head_stride;
+    n_small = many_t ? tokens : heads;
+  }
+  if (n_small > 1 && s_small < dim)
+    return fail(" has overlapping rows: a stride is smaller than dim");
+  if (n_big > 1 && s_big < s_small * (n_small - 1) + dim)
+    return fail(" has overlapping rows: the outer stride does not span the inner rows");
+  if (view_extent(v) < 0) return fail(" spans more memory than an index can address");
   return {};
+}
+
+/// True when the byte ranges [a, a + na) and [b, b + nb) intersect.
+inline bool ranges_overlap(const void* a, std::size_t na, const void* b, std::size_t nb) {
+  if (!a || !b || na == 0 || nb == 0) return false;
+  const auto x = reinterpret_cast<std::uintptr_t>(a), y = reinterpret_cast<std::uintptr_t>(b);
+  return x < y + nb && y < x + na;
+}
+
+/// The value most of the four agree on; ties go to the first (the cache's).
+inline Index majority(Index first, Index b, Index c, Index e) {
+  const Index vals[4] = {first, b, c, e};
+  Index best = first, best_n = 0;
+  for (Index x : vals) {
+    Index n = 0;
+    for (Index y : vals) n += (x == y);
+    if (n > best_n) best = x, best_n = n;
+  }
+  return best;
 }
 
 }  // namespace detail
 
-/// Validates the shapes of `args` for a call with T = args.q.tokens new tokens, and the options.
-/// Every message names the offending shape and the expected one.
+/// Validates the shapes, strides and options of a call with T = args.q.tokens new tokens.
+///
+/// The cache `k` fixes L and Hkv; head_dim d is the value most of q, k, v and out agree on (so
+/// the one view that differs is the one named); `q` fixes T and Hq, which `out` must match.
+/// Every message names the argument at fault, its shape and the required one.
+/// Returns `StatusCode::kInvalidArgument` on any error, ok otherwise.
 template <class T>
 Status validate(const AttentionArgs<T>& args, const AttentionOptions& opt) {
-  const Index Tq = args.q.tokens, Hq = args.q.heads, d = args.q.dim;
+  static_assert(kIsStorageType<T>,
+                "toptheta: AttentionArgs<T> stores float, double, Eigen::half or Eigen::bfloat16 "
+                "(other element types, e.g. integers, are not supported)");
+  using Acc = acc_t<T>;
+  const Index Tq = args.q.tokens, Hq = args.q.heads;
   const Index L = args.k.tokens, Hkv = args.k.heads;
+  const Index d = detail::majority(args.k.dim, args.q.dim, args.v.dim, args.out.dim);
   if (Tq < 1) return Status::invalid_argument("q has no tokens: " + shape_string(args.q));
-  if (Hq < 1 || d < 1) return Status::invalid_argument("q has shape " + shape_string(args.q));
-  if (Hkv < 1 || Hq % Hkv != 0)
+  if (Hq < 1) return Status::invalid_argument("q has no heads: " + shape_string(args.q));
+  if (d < 1)
+    return Status::invalid_argument("head_dim must be >= 1: q " + shape_string(args.q) + ", k " +
+                                    shape_string(args.k));
+  if (Hkv < 1)
+    return Status::invalid_argument("k has no KV heads: " + shape_string(args.k));
+  if (Hq % Hkv != 0)
     return Status::invalid_argument("query heads " + std::to_string(Hq) +
                                     " are not a multiple of KV heads " + std::to_string(Hkv) +
                                     " (q " + shape_string(args.q) + ", k " +
                                     shape_string(args.k) + ")");
+  TOPTHETA_RETURN_IF_ERROR(detail::check_heads_view(
+      "q", args.q, Tq, Hq, d, [&] { return "head_dim " + std::to_string(d) + " of k, v, out"; }));
   if (L < Tq)
     return Status::invalid_argument("k " + shape_string(args.k) + " holds fewer tokens than q " +
                                     shape_string(args.q) + " (the new tokens must be in the cache)");
   if (L > Index(INT32_MAX))
     return Status::invalid_argument("sequence too long: " + std::to_string(L));
-  TOPTHETA_RETURN_IF_ERROR(detail::check_heads_view("q", args.q, Tq, Hq, d));
-  TOPTHETA_RETURN_IF_ERROR(detail::check_heads_view("k", args.k, L, Hkv, d));
-  TOPTHETA_RETURN_IF_ERROR(detail::check_heads_view("v", args.v, L, Hkv, d));
-  TOPTHETA_RETURN_IF_ERROR(detail::check_heads_view("out", args.out, Tq, Hq, d));
-  if (!args.bias.empty() && (args.bias.rows != Tq || args.bias.cols < L))
-    return Status::invalid_argument("bias has shape " + shape_string(args.bias.rows, args.bias.cols) +
-                                    " but " + shape_string(Tq, L) + " is required");
+  TOPTHETA_RETURN_IF_ERROR(detail::check_heads_view(
+      "k", args.k, L, Hkv, d, [&] { return "head_dim " + std::to_string(d) + " of q, v, out"; }));
+  TOPTHETA_RETURN_IF_ERROR(detail::check_heads_view(
+      "v", args.v, L, Hkv, d, [&] { return "the shape of k " + shape_string(args.k); }));
+  TOPTHETA_RETURN_IF_ERROR(detail::check_heads_view(
+      "out", args.out, Tq, Hq, d, [&] { return "the tokens and heads of q " + shape_string(args.q); }));
+  if (!args.bias.empty() || args.bias.rows != 0 || args.bias.cols != 0) {
+    if (args.bias.rows != Tq || args.bias.cols < L)
+      return Status::invalid_argument("bias has shape " +
+                                      shape_string(args.bias.rows, args.bias.cols) + " but " +
+                                      shape_string(Tq, L) + " is required");
+    if (args.bias.data == nullptr)
+      return Status::invalid_argument("bias has shape " + shape_string(Tq, L) + " but no data");
+    if (Tq > 1 && args.bias.row_stride < args.bias.cols)
+      return Status::invalid_argument("bias row_stride " + std::to_string(args.bias.row_stride) +
+                                      " is smaller than its " + std::to_string(args.bias.cols) +
+                                      " columns (rows would overlap)");
+  }
+  if (args.v_sum_stride < 0 || (args.v_sum_stride > 0 && Hkv > 1 && args.v_sum_stride < d))
+    return Status::invalid_argument("v_sum_stride " + std::to_string(args.v_sum_stride) +
+                                    " must be 0 (= d) or >= d = " + std::to_string(d));
+  // The output is written: it must not share memory with anything the call reads.
+  const std::size_t out_bytes = std::size_t(detail::view_extent(args.out)) * sizeof(Acc);
+  const struct {
+    const char* name;
+    const void* p;
+    std::size_t n;
+  } inputs[] = {
+      {"q", args.q.data, std::size_t(detail::view_extent(args.q)) * sizeof(T)},
+      {"k", args.k.data, std::size_t(detail::view_extent(args.k)) * sizeof(T)},
+      {"v", args.v.data, std::size_t(detail::view_extent(args.v)) * sizeof(T)},
+      {"v_sum", args.v_sum,
+       args.v_sum ? std::size_t((Hkv - 1) * (args.v_sum_stride > 0 ? args.v_sum_stride : d) + d) *
+                        sizeof(Acc)
+                  : 0},
+      {"bias", args.bias.data,
+       args.bias.data ? std::size_t((args.bias.rows - 1) * args.bias.row_stride + args.bias.cols) *
+                            sizeof(float)
+                      : 0},
+  };
+  for (const auto& in : inputs)
+    if (detail::ranges_overlap(args.out.data, out_bytes, in.p, in.n))
+      return Status::invalid_argument(std::string("out overlaps ") + in.name +
+                                      ": the output must not alias an input");
   if (!(std::isfinite(args.scale) && args.scale >= 0))
-    return Status::invalid_argument("scale must be finite and >= 0 (0 = 1/sqrt(d))");
+    return Status::invalid_argument("scale must be finite and >= 0 (0 = 1/sqrt(d)), got " +
+                                    std::to_string(args.scale));
   if (opt.cap_k < 0) return Status::invalid_argument("cap_k must be >= 0");
   if (!std::isfinite(opt.sdc_scale) || opt.sdc_scale < 0)
     return Status::invalid_argument("sdc_scale must be finite and >= 0");
@@ -167,6 +287,7 @@ Status validate(const AttentionArgs<T>& args, const AttentionOptions& opt) {
             " query heads");
       if (opt.sdc == SdcMode::kCalibrated)
         return Status::invalid_argument("calibrated SDC cannot be used while calibrating");
+      TOPTHETA_RETURN_IF_ERROR(opt.calibrator->validate());
       break;
     }
   }

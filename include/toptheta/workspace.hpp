@@ -3,6 +3,7 @@
 /// Caller-provided scratch memory. Kernels never allocate once given a workspace of at least
 /// `workspace_size(args, options)` bytes (see attention.hpp).
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 
@@ -21,6 +22,11 @@ namespace detail {
 inline constexpr std::size_t kWorkspaceAlign = 64;
 
 /// Bump allocator over a Workspace. `measure` mode (null base) only counts bytes.
+///
+/// The kernels measure first (null base) and compare the measure with the caller's workspace
+/// before they carve anything, so a workspace that is too small is rejected before a byte is
+/// written. As a second line of defence `take` returns null once a request would pass the end of
+/// a real buffer (and every later request too), never a pointer outside it.
 class Arena {
  public:
   Arena() = default;
@@ -29,23 +35,31 @@ class Arena {
   template <class U>
   U* take(Index count) {
     const std::size_t bytes = sizeof(U) * static_cast<std::size_t>(count < 0 ? 0 : count);
+    if (!base_) {  // measuring: assume the worst padding, so real use never exceeds the measure
+      used_ += kWorkspaceAlign + bytes;
+      return nullptr;
+    }
+    if (overflowed_) return nullptr;
     const std::uintptr_t start = reinterpret_cast<std::uintptr_t>(base_) + used_;
-    // Measuring (null base) assumes the worst padding, so real use never exceeds the measure.
-    const std::size_t pad = base_ ? (kWorkspaceAlign - start % kWorkspaceAlign) % kWorkspaceAlign
-                                  : kWorkspaceAlign;
-    const std::size_t need = pad + bytes;
-    U* p = base_ ? reinterpret_cast<U*>(base_ + used_ + pad) : nullptr;
-    used_ += need;
+    const std::size_t pad = (kWorkspaceAlign - start % kWorkspaceAlign) % kWorkspaceAlign;
+    if (pad + bytes > capacity_ - std::min(used_, capacity_)) {
+      overflowed_ = true;
+      return nullptr;
+    }
+    U* p = reinterpret_cast<U*>(base_ + used_ + pad);
+    used_ += pad + bytes;
     return p;
   }
   /// Bytes taken so far, including alignment padding.
   std::size_t used() const { return used_; }
-  bool overflowed() const { return base_ != nullptr && used_ > capacity_; }
+  /// True when a request did not fit a real buffer (its pointer was null).
+  bool overflowed() const { return overflowed_; }
 
  private:
   std::byte* base_ = nullptr;
   std::size_t capacity_ = 0;
   std::size_t used_ = 0;
+  bool overflowed_ = false;
 };
 
 }  // namespace detail

@@ -242,10 +242,12 @@ template <class T>
 Status run_decode(const AttentionArgs<T>& a, const AttentionOptions& o, Workspace ws) {
   using Acc = acc_t<T>;
   const DecodePlan p = make_decode_plan(a, o);
+  // Checked before anything is carved or written: the measure assumes the worst alignment.
+  const std::size_t need = decode_workspace(a, o);
+  if (ws.data == nullptr || ws.bytes < need) return workspace_too_small(ws, need);
   Arena ar(ws);
   DecodeBuffers<Acc> b(ar, p);
-  if (ar.overflowed() || ws.data == nullptr)
-    return workspace_too_small(ws, decode_workspace(a, o));
+  TOPTHETA_ASSERT(!ar.overflowed(), "decode: workspace measure and carve disagree");
   const RowContext<Acc> cx = RowContext<Acc>::make(a, o);
   const Index G = p.G, d = p.d, L = p.L;
   for (Index h = 0; h < p.Hq; ++h) {

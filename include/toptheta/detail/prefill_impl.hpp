@@ -159,8 +159,22 @@ void dense_rows_product(const AttentionArgs<T>& a, const PrefillPlan& p, Index t
         rows[j] = ts.gather.tile + j * d;
       }
     }
-    for (Index r = 0; r < n; ++r) wtile[r] = wrows[r] + j0;
-    weighted_rows(wtile, n, rows, nj, d, outs);
+    // A V row with a zero weight must not reach an output (0 * NaN = NaN): the microkernel runs
+    // over runs of finite rows, and a non-finite row is added only where its weight is non-zero.
+    Index a0 = 0;
+    for (Index j = 0; j <= nj; ++j) {
+      if (j < nj && row_is_finite(rows[j], d)) continue;
+      if (j > a0) {
+        for (Index r = 0; r < n; ++r) wtile[r] = wrows[r] + j0 + a0;
+        weighted_rows(wtile, n, rows + a0, j - a0, d, outs);
+      }
+      if (j < nj)
+        for (Index r = 0; r < n; ++r) {
+          const Acc wr = wrows[r][j0 + j];
+          if (wr != Acc(0)) axpy(wr, rows[j], outs[r], d);
+        }
+      a0 = j + 1;
+    }
   }
 }
 
@@ -268,10 +282,12 @@ template <class T>
 Status run_prefill(const AttentionArgs<T>& a, const AttentionOptions& o, Workspace ws) {
   using Acc = acc_t<T>;
   const PrefillPlan p = make_prefill_plan(a, o);
+  // Checked before anything is carved or written: the measure assumes the worst alignment.
+  const std::size_t need = prefill_workspace(a, o);
+  if (ws.data == nullptr || ws.bytes < need) return workspace_too_small(ws, need);
   Arena ar(ws);
   PrefillBuffers<Acc> b(ar, p);
-  if (ar.overflowed() || ws.data == nullptr)
-    return workspace_too_small(ws, prefill_workspace(a, o));
+  TOPTHETA_ASSERT(!ar.overflowed(), "prefill: workspace measure and carve disagree");
   for (int i = 0; i < p.threads; ++i) {
     zero_sink(b.threads[i].sink, p.Hq);
     std::memset(b.threads[i].gather.mark, 0, std::size_t(p.L));

@@ -343,6 +343,9 @@ Result attention(const AttentionArgs<T>& args, const AttentionOptions& opt,
         wsum += wj;
         rec.kept.push_back(static_cast<std::int32_t>(j));
         rec.weights.push_back(wj);
+        // A V row with weight exactly 0 never reaches the output (docs/semantics.md,
+        // "Non-finite values"): 0 * NaN would otherwise poison it.
+        if (wj == 0.0) continue;
         for (Index i = 0; i < d; ++i) o[i] += wj * to_double(args.v(j, g, i));
       }
       rec.weight_sum = wsum;
