@@ -5,7 +5,9 @@
 #
 # adds, PRIVATE to <target>:
 #   - warnings: -Wall -Wextra -Wpedantic (GCC/Clang), /W4 (MSVC);
-#   - -march=native when TOPTHETA_NATIVE is ON and the compiler accepts it;
+#   - the instruction-set flags: TOPTHETA_ARCH_FLAGS when set (e.g. "-mavx2 -mfma", or "none"
+#     for the compiler's baseline), otherwise -march=native when TOPTHETA_NATIVE is ON and the
+#     compiler accepts it;
 #   - OpenMP::OpenMP_CXX when TOPTHETA_USE_OPENMP is ON and OpenMP was found;
 #   - C++ extensions off (the C++17 requirement itself comes from toptheta::toptheta).
 # It does NOT link toptheta::toptheta; do that yourself.
@@ -23,7 +25,16 @@ if(TOPTHETA_USE_OPENMP)
   endif()
 endif()
 
-if(TOPTHETA_NATIVE AND NOT MSVC)
+set(TOPTHETA_ARCH_FLAGS "" CACHE STRING
+    "Instruction-set flags of our own targets instead of -march=native (\"none\": no flags)")
+if(TOPTHETA_ARCH_FLAGS STREQUAL "none")
+  set(_toptheta_arch_flags "")
+elseif(TOPTHETA_ARCH_FLAGS)
+  separate_arguments(_toptheta_arch_flags UNIX_COMMAND "${TOPTHETA_ARCH_FLAGS}")
+endif()
+if(TOPTHETA_ARCH_FLAGS)
+  message(STATUS "toptheta: instruction-set flags of our own targets: '${TOPTHETA_ARCH_FLAGS}'")
+elseif(TOPTHETA_NATIVE AND NOT MSVC)
   check_cxx_compiler_flag(-march=native TOPTHETA_COMPILER_HAS_MARCH_NATIVE)
 endif()
 
@@ -36,7 +47,11 @@ function(toptheta_configure_target tgt)
   else()
     target_compile_options(${tgt} PRIVATE -Wall -Wextra -Wpedantic)
   endif()
-  if(TOPTHETA_NATIVE AND TOPTHETA_COMPILER_HAS_MARCH_NATIVE)
+  if(TOPTHETA_ARCH_FLAGS)
+    if(_toptheta_arch_flags)
+      target_compile_options(${tgt} PRIVATE ${_toptheta_arch_flags})
+    endif()
+  elseif(TOPTHETA_NATIVE AND TOPTHETA_COMPILER_HAS_MARCH_NATIVE)
     target_compile_options(${tgt} PRIVATE -march=native)
   endif()
   if(TOPTHETA_USE_OPENMP AND TARGET OpenMP::OpenMP_CXX)

@@ -19,11 +19,13 @@ TOPTHETA_DEB_PACKAGES=(
   nlohmann-json3-dev
 )
 
-# Optional packages for the fuzzers (libFuzzer ships with clang's compiler-rt).
+# Optional packages for the fuzzers (libFuzzer ships with clang's compiler-rt) and the
+# ThreadSanitizer run (LLVM's OpenMP runtime and its Archer tool).
 # shellcheck disable=SC2034  # used by scripts/test.sh
 TOPTHETA_DEB_FUZZ_PACKAGES=(
   clang
   libclang-rt-14-dev
+  libomp-14-dev
 )
 
 if [[ -t 1 ]]; then

@@ -3,8 +3,13 @@
 #   1. installs the missing Debian packages (apt-get, as root or through sudo); clang and
 #      libclang-rt-14-dev for the fuzzers are attempted but optional;
 #   2. `release` preset: configure, build, ctest (unit tests + packaging tests);
-#   3. `dev` preset: the same under AddressSanitizer + UndefinedBehaviorSanitizer;
-#   4. scripts/fuzz.sh, when it exists.
+#   3. `dev` preset: the same under AddressSanitizer + UndefinedBehaviorSanitizer (includes the
+#      2,000-configuration randomized differential sweep, tests/test_sweep.cpp);
+#   4. `portable` and `avx2-nof16c` presets: the kernel tests (ctest label "kernel") built without
+#      -march (plain -O2) and with -mavx2 -mfma but no F16C, as consumers may build them;
+#   5. `tsan` preset: the threaded kernel tests under ThreadSanitizer (clang + LLVM OpenMP with its
+#      Archer tool; skipped with a note when clang or libomp-14-dev is missing);
+#   6. scripts/fuzz.sh, when it exists.
 # Prints a summary and exits non-zero if any step failed (later steps still run).
 #
 # Environment:
@@ -40,6 +45,7 @@ step() {
 skip() { SUMMARY+=("SKIP  $1"); }
 
 # run_preset PRESET: configure, build and test one preset; stops at the first failing step.
+# (The build and test presets of the same name select the targets and tests.)
 run_preset() {
   local p=$1
   step "configure $p" cmake --preset "$p" || { skip "build $p"; skip "test $p"; return 1; }
@@ -64,6 +70,15 @@ else
   export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
   run_preset dev || true
   unset ASAN_OPTIONS UBSAN_OPTIONS
+fi
+
+run_preset portable || true
+run_preset avx2-nof16c || true
+
+if command -v clang++ >/dev/null 2>&1 && [[ -f /usr/lib/llvm-14/lib/libarcher.so ]]; then
+  run_preset tsan || true
+else
+  skip "tsan: needs clang++ and libomp-14-dev (LLVM OpenMP with the Archer tool)"
 fi
 
 if [[ -f scripts/fuzz.sh ]]; then

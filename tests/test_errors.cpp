@@ -8,6 +8,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "test_util.hpp"
 #include "toptheta/attention.hpp"
@@ -135,6 +136,92 @@ TEST(ErrorsShape, DecodeTakesOneToken) {
   const Status s = decode(p.args(), AttentionOptions{});
   EXPECT_FALSE(s.ok());
   EXPECT_TRUE(contains(s.message(), shape_string(p.args().q))) << s.message();
+  // A 2-token q with a 1-token out is a decode mistake, not an output-shape mistake.
+  auto p2 = base_problem(2, 5);
+  auto a = p2.args();
+  a.out.tokens = 1;
+  const Status s2 = decode(a, AttentionOptions{});
+  EXPECT_FALSE(s2.ok());
+  EXPECT_TRUE(contains(s2.message(), "decode takes one query token")) << s2.message();
+  EXPECT_TRUE(contains(s2.message(), "q has shape")) << s2.message();
+}
+
+// A wrong q is reported as q (the views that agree fix head_dim), not as out.
+TEST(ErrorsShape, WrongQueryIsNamedAsQuery) {
+  auto p = base_problem();
+  auto a = p.args();
+  a.q.dim = 6;
+  expect_rejected(p, a, AttentionOptions{}, {"q has shape", shape_string(a.q), shape_string(3, 4, 8)},
+                  "q dim");
+  // k is the odd one out: named as k with the head_dim the others agree on.
+  a = p.args();
+  a.k.dim = 6;
+  expect_rejected(p, a, AttentionOptions{}, {"k has shape", shape_string(8, 2, 8)}, "k dim");
+  // out differs from q: named as out, with q's shape beside it.
+  a = p.args();
+  a.out.heads = 8;
+  expect_rejected(p, a, AttentionOptions{}, {"out has shape", shape_string(a.q)}, "out heads");
+}
+
+TEST(ErrorsShape, InconsistentStrides) {
+  auto p = base_problem();
+  // Head-major cache whose capacity (head_stride / d) is smaller than its tokens: heads overlap.
+  auto a = p.args();
+  a.k = HeadsView<const float>::head_major(a.k.data, a.k.tokens, a.k.heads, a.k.dim, 5);
+  expect_rejected(p, a, AttentionOptions{}, {"k has overlapping rows", "head_stride 40"},
+                  "head-major capacity < tokens");
+  // Token-major with a token stride that does not cover the heads.
+  a = p.args();
+  a.v.token_stride = a.v.head_stride;  // = dim + pad, < Hkv * head_stride
+  expect_rejected(p, a, AttentionOptions{}, {"v has overlapping rows"}, "token stride too small");
+  // Every head in the same place.
+  a = p.args();
+  a.q.head_stride = 0;
+  expect_rejected(p, a, AttentionOptions{}, {"q has overlapping rows"}, "head stride 0");
+  // A stride of a size-1 extent is never used and may be anything non-negative.
+  auto p1 = base_problem(1, 5);
+  a = p1.args();
+  a.q.token_stride = 0;
+  a.out.token_stride = 0;
+  EXPECT_TRUE(prefill(a, AttentionOptions{}).ok());
+}
+
+TEST(ErrorsShape, OutputAliasingAnInputIsRejected) {
+  auto p = base_problem(1, 5);
+  auto a = p.args();
+  // out pointing into the V cache.
+  std::vector<float> kv(std::size_t(6 * 2 * 8 + 64), 0.5f);
+  a.k = HeadsView<const float>::token_major(kv.data(), 6, 2, 8);
+  a.v = HeadsView<const float>::token_major(kv.data(), 6, 2, 8);  // k == v is allowed (read-only)
+  EXPECT_TRUE(decode(a, AttentionOptions{}).ok());
+  auto b = a;
+  b.out = HeadsView<float>::token_major(kv.data() + 8, 1, 4, 8);
+  const Status s = decode(b, AttentionOptions{});
+  EXPECT_FALSE(s.ok());
+  EXPECT_TRUE(contains(s.message(), "out overlaps k")) << s.message();
+  std::vector<float> qbuf(64, 0.25f);
+  b = a;
+  b.q = HeadsView<const float>::token_major(qbuf.data(), 1, 4, 8);
+  b.out = HeadsView<float>::token_major(qbuf.data() + 16, 1, 4, 8);
+  const Status s2 = decode(b, AttentionOptions{});
+  EXPECT_TRUE(contains(s2.message(), "out overlaps q")) << s2.message();
+}
+
+TEST(ErrorsShape, RunningSumAndBiasStrides) {
+  auto p = base_problem();
+  p.set_vsum(true);
+  auto a = p.args();
+  a.v_sum_stride = -1;
+  expect_rejected(p, a, AttentionOptions{}, {"v_sum_stride"}, "negative v_sum stride");
+  a.v_sum_stride = 4;  // < d with 2 KV heads: the heads' sums overlap
+  expect_rejected(p, a, AttentionOptions{}, {"v_sum_stride 4"}, "short v_sum stride");
+  p.set_bias([](Index, Index) { return 0.0f; });
+  a = p.args();
+  a.bias.row_stride = 3;
+  expect_rejected(p, a, AttentionOptions{}, {"bias row_stride 3"}, "bias stride");
+  a = p.args();
+  a.bias.data = nullptr;
+  expect_rejected(p, a, AttentionOptions{}, {"bias", "no data"}, "bias without data");
 }
 
 TEST(ErrorsShape, EmptyQuery) {

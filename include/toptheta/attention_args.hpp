@@ -22,6 +22,9 @@ namespace toptheta {
 /// Buffers of one attention call. All views are non-owning and strided; nothing is copied.
 template <class T>
 struct AttentionArgs {
+  static_assert(kIsStorageType<T>,
+                "toptheta: AttentionArgs<T> stores float, double, Eigen::half or Eigen::bfloat16 "
+                "(other element types, e.g. integers, are not supported)");
   using Acc = acc_t<T>;
   HeadsView<const T> q;    ///< (T, Hq, d) new queries (T = 1 for decode)
   HeadsView<const T> k;    ///< (L, Hkv, d) keys, the T new ones last

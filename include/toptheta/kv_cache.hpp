@@ -31,6 +31,10 @@ struct KvCacheOptions {
 
 template <class T>
 class KvCache {
+  static_assert(kIsStorageType<T>,
+                "toptheta: KvCache<T> stores float, double, Eigen::half or Eigen::bfloat16 "
+                "(other element types, e.g. integers, are not supported)");
+
  public:
   using Acc = acc_t<T>;
 

@@ -102,7 +102,13 @@ inline __m256 load8(const T* p) {
   if constexpr (std::is_same_v<U, float>) {
     return _mm256_loadu_ps(p);
   } else if constexpr (std::is_same_v<U, Eigen::half>) {
+#if defined(__F16C__)
     return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+#else  // AVX2 + FMA without F16C: convert in software
+    alignas(32) float f[8];
+    for (int i = 0; i < 8; ++i) f[i] = static_cast<float>(p[i]);
+    return _mm256_load_ps(f);
+#endif
   } else {
     const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));

@@ -1,0 +1,233 @@
+// Non-finite values that carry zero weight never reach an output (docs/semantics.md,
+// "Non-finite values"). For every storage type, decode and prefill, every mode and placement
+// (and each SDC / VMC / empty-row setting of Top-theta), NaN, +Inf and -Inf are injected into
+//  - K and V rows of keys masked by a -inf bias (for every row of the call), and
+//  - V rows that no query head of the KV group keeps in any row of the call (selection),
+// and the output must be bit-identical to the run with finite values there, and match the
+// oracle on the injected input. V rows enter the V mean of VMC / mean-V by definition, so in
+// those configurations the caller's running V sum (computed from the finite values) covers them:
+// the kernel must then not read them either. Also the handed case `prefill_masked_nan_v`.
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "test_util.hpp"
+#include "toptheta/attention.hpp"
+#include "toptheta/calibrator.hpp"
+#include "toptheta/reference/attention.hpp"
+
+namespace {
+
+using namespace toptheta;
+using namespace toptheta::testing;
+
+struct Config {
+  AttentionMode mode;
+  Placement placement;
+  SdcMode sdc = SdcMode::kNone;
+  VmcMode vmc = VmcMode::kOff;
+  EmptyRowPolicy empty = EmptyRowPolicy::kKeepMax;
+};
+
+std::string name(const Config& c) {
+  return std::string(to_string(c.mode)) + "/" + to_string(c.placement) + "/sdc-" +
+         to_string(c.sdc) + (c.vmc == VmcMode::kOn ? "/vmc" : "") + "/" + to_string(c.empty);
+}
+
+std::vector<Config> configs() {
+  std::vector<Config> cs;
+  for (Placement pl : {Placement::kPreSoftmax, Placement::kPostSoftmax}) {
+    cs.push_back({AttentionMode::kDense, pl});
+    cs.push_back({AttentionMode::kCalibrate, pl});
+    for (VmcMode vmc : {VmcMode::kOff, VmcMode::kOn}) {
+      cs.push_back({AttentionMode::kTopK, pl, SdcMode::kExact, vmc});
+      for (SdcMode sdc :
+           {SdcMode::kNone, SdcMode::kExact, SdcMode::kExpThreshold, SdcMode::kCalibrated})
+        for (EmptyRowPolicy er : {EmptyRowPolicy::kKeepMax, EmptyRowPolicy::kMeanV}) {
+          if (pl == Placement::kPostSoftmax && sdc != SdcMode::kNone) continue;
+          cs.push_back({AttentionMode::kTopTheta, pl, sdc, vmc, er});
+        }
+    }
+  }
+  return cs;
+}
+
+template <class T>
+T nonfinite(int which) {
+  const float v[3] = {std::numeric_limits<float>::quiet_NaN(),
+                      std::numeric_limits<float>::infinity(),
+                      -std::numeric_limits<float>::infinity()};
+  return static_cast<T>(v[which % 3]);
+}
+
+template <class Acc>
+std::vector<Acc> output_of(const HeadsView<Acc>& out) {
+  std::vector<Acc> r;
+  for (Index t = 0; t < out.tokens; ++t)
+    for (Index h = 0; h < out.heads; ++h)
+      for (Index i = 0; i < out.dim; ++i) r.push_back(out(t, h, i));
+  return r;
+}
+
+template <class T>
+void run_case(bool prefill_call, const Config& c, std::uint64_t seed) {
+  using Acc = acc_t<T>;
+  SCOPED_TRACE(std::string(dtype_name<T>()) + (prefill_call ? " prefill " : " decode ") + name(c) +
+               " seed " + std::to_string(seed));
+  ProblemSpec sp;
+  sp.T = prefill_call ? 12 : 1;
+  sp.P = prefill_call ? 36 : 59;
+  sp.Hq = 4;
+  sp.Hkv = 2;
+  sp.d = 16;
+  sp.q_sigma = 2.0;
+  sp.layout = seed % 2 ? Layout::kHeadMajor : Layout::kTokenMajor;
+  sp.seed = seed;
+  Problem<T> p = make_problem<T>(sp);
+  const Index L = p.length(), P = sp.P;
+  // Masked columns: every 7th key, and one of the new tokens (a future key for earlier rows).
+  std::set<Index> masked;
+  for (Index j = 3; j < L; j += 7) masked.insert(j);
+  masked.insert(L - 2);
+  p.set_bias([&](Index, Index j) {
+    return masked.count(j) ? -std::numeric_limits<float>::infinity() : 0.0f;
+  });
+  const bool uses_vbar =
+      c.mode != AttentionMode::kDense &&
+      (c.vmc == VmcMode::kOn || c.empty == EmptyRowPolicy::kMeanV);
+  if (uses_vbar) p.set_vsum(prefill_call);  // from the finite values
+
+  Rng rng(seed * 7 + 1);
+  ThetaPlan plan;
+  plan.with_sdc = true;
+  plan.target_hi = 12;
+  const Index k = 6;
+  const ThresholdTable table = make_margin_table(p, c.placement, k, plan, rng);
+  CalibrationOptions co;
+  co.num_layers = 2;
+  co.num_heads = sp.Hq;
+  co.default_k = k;
+  co.placement = c.placement;
+  AttentionOptions o;
+  o.mode = c.mode;
+  o.k = k;
+  o.placement = c.placement;
+  o.sdc = c.sdc;
+  o.vmc = c.vmc;
+  o.empty_row = c.empty;
+  o.thresholds = &table;
+
+  auto run = [&](Calibrator& cal) {
+    o.calibrator = &cal;
+    p.clear_out();
+    const auto args = p.args();
+    WorkspaceBuffer ws(workspace_size(args, o));
+    const Status st = prefill_call ? prefill(args, o, ws.get()) : decode(args, o, ws.get());
+    EXPECT_TRUE(st.ok()) << st.to_string();
+    return output_of(p.out.view);
+  };
+  Calibrator cal_clean(co), cal_injected(co);
+  const std::vector<Acc> clean = run(cal_clean);
+  reference::ReferenceOptions ro;
+  ro.prefill_call = prefill_call;
+  const reference::Result ref_clean = reference::attention(p.args(), o, ro);
+  ASSERT_TRUE(ref_clean.status.ok());
+
+  // Zero-weight V rows per KV group: kept by no head of the group in any row of the call.
+  std::vector<std::vector<bool>> read(2, std::vector<bool>(std::size_t(L), false));
+  for (Index t = 0; t < sp.T; ++t)
+    for (Index h = 0; h < sp.Hq; ++h)
+      for (std::int32_t j : ref_clean.row(t, h).kept) read[std::size_t(h / 2)][std::size_t(j)] = true;
+  // With a V mean the running sum must cover the injected rows: decode's covers 0..L-1,
+  // prefill's 0..P-1 (the kernel adds P.. itself).
+  const Index v_limit = uses_vbar && prefill_call ? P : L;
+  int which = 0, injected_v = 0;
+  for (Index j = 0; j < L; ++j)
+    for (Index g = 0; g < sp.Hkv; ++g) {
+      if (masked.count(j))
+        for (Index i = 0; i < sp.d; ++i) p.k.view(j, g, i) = nonfinite<T>(which++);
+      const bool zero_weight = masked.count(j) || !read[std::size_t(g)][std::size_t(j)];
+      if (zero_weight && j < v_limit) {
+        for (Index i = 0; i < sp.d; ++i) p.v.view(j, g, i) = nonfinite<T>(which++);
+        ++injected_v;
+      }
+    }
+  ASSERT_GT(injected_v, 0);
+  const std::vector<Acc> injected = run(cal_injected);
+  ASSERT_EQ(clean.size(), injected.size());
+  for (std::size_t i = 0; i < clean.size(); ++i) {
+    ASSERT_TRUE(std::isfinite(double(injected[i]))) << "element " << i << " is non-finite";
+    ASSERT_EQ(std::memcmp(&clean[i], &injected[i], sizeof(Acc)), 0)
+        << "element " << i << ": " << clean[i] << " (finite inputs) vs " << injected[i];
+  }
+  const reference::Result ref = reference::attention(p.args(), o, ro);
+  ASSERT_TRUE(ref.status.ok());
+  for (double x : ref.out) ASSERT_TRUE(std::isfinite(x)) << "the oracle lets a NaN through";
+  for (std::size_t i = 0; i < ref.out.size(); ++i)
+    ASSERT_EQ(ref.out[i], ref_clean.out[i]) << "oracle element " << i;
+  const double tol = output_tolerance<T>(L, problem_score_error(p) + 1e-6, p.max_abs_v()) + 1e-5;
+  EXPECT_TRUE(outputs_close(ref, p.out.view, tol));
+}
+
+template <class T>
+class NonFinite : public ::testing::Test {};
+using StorageTypes = ::testing::Types<float, double, Eigen::half, Eigen::bfloat16>;
+TYPED_TEST_SUITE(NonFinite, StorageTypes);
+
+TYPED_TEST(NonFinite, DecodeZeroWeightRowsNeverReachTheOutput) {
+  std::uint64_t seed = 1;
+  for (const Config& c : configs()) run_case<TypeParam>(false, c, seed++);
+}
+
+TYPED_TEST(NonFinite, PrefillZeroWeightRowsNeverReachTheOutput) {
+  std::uint64_t seed = 100;
+  for (const Config& c : configs()) run_case<TypeParam>(true, c, seed++);
+}
+
+// Handed case prefill_masked_nan_v: key 0 masked by a -inf bias, its V row NaN. Decode and
+// prefill both give the value of the only unmasked key, 2.
+TEST(NonFiniteHanded, PrefillMaskedNanV) {
+  float q[1] = {1.f}, k[2] = {1.f, 0.5f}, v[2] = {std::numeric_limits<float>::quiet_NaN(), 2.f};
+  float bias[2] = {-std::numeric_limits<float>::infinity(), 0.f};
+  for (bool use_prefill : {false, true}) {
+    float out[1] = {-1.f};
+    AttentionArgs<float> a;
+    a.q = HeadsView<const float>::token_major(q, 1, 1, 1);
+    a.k = HeadsView<const float>::token_major(k, 2, 1, 1);
+    a.v = HeadsView<const float>::token_major(v, 2, 1, 1);
+    a.out = HeadsView<float>::token_major(out, 1, 1, 1);
+    a.bias = MatrixView<const float>{bias, 1, 2, 2};
+    const AttentionOptions o;  // dense
+    const Status s = use_prefill ? prefill(a, o) : decode(a, o);
+    ASSERT_TRUE(s.ok()) << s.to_string();
+    EXPECT_EQ(out[0], 2.f) << (use_prefill ? "prefill" : "decode");
+    const reference::Result ref = reference::attention(a, o);
+    ASSERT_TRUE(ref.status.ok());
+    EXPECT_EQ(ref.out[0], 2.0) << "oracle";
+  }
+}
+
+// A causal prefill: the V row of the last new token is NaN; every earlier row must stay finite
+// (for them it is a future token), only the last row sees it.
+TEST(NonFiniteHanded, FutureTokenNanVOnlyReachesTheRowsThatSeeIt) {
+  const Index T = 5, d = 4;
+  std::vector<float> q(T * d, 0.5f), k(T * d, 0.25f), v(T * d, 1.f), out(T * d, -1.f);
+  for (Index i = 0; i < d; ++i) v[std::size_t((T - 1) * d + i)] = std::numeric_limits<float>::quiet_NaN();
+  AttentionArgs<float> a;
+  a.q = HeadsView<const float>::token_major(q.data(), T, 1, d);
+  a.k = HeadsView<const float>::token_major(k.data(), T, 1, d);
+  a.v = HeadsView<const float>::token_major(v.data(), T, 1, d);
+  a.out = HeadsView<float>::token_major(out.data(), T, 1, d);
+  ASSERT_TRUE(prefill(a, AttentionOptions{}).ok());
+  for (Index t = 0; t + 1 < T; ++t)
+    for (Index i = 0; i < d; ++i) EXPECT_EQ(out[std::size_t(t * d + i)], 1.f) << "row " << t;
+  EXPECT_TRUE(std::isnan(out[std::size_t((T - 1) * d)])) << "the last row does read the NaN row";
+}
+
+}  // namespace
