@@ -19,8 +19,12 @@
 #include <string>
 #include <vector>
 
-#include "../examples/llama2c/eval.hpp"
+#include "../examples/llama2c/calibration.hpp"
+#include "../examples/llama2c/evaluation.hpp"
+#include "../examples/llama2c/generation.hpp"
 #include "../examples/llama2c/model.hpp"
+#include "../examples/llama2c/sampling.hpp"
+#include "../examples/llama2c/token_file.hpp"
 #include "../examples/llama2c/tokenizer.hpp"
 
 namespace {

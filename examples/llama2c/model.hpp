@@ -1,22 +1,10 @@
 #pragma once
 /// \file model.hpp
-/// A llama2.c-format LLaMA checkpoint and its forward pass, with attention through toptheta's
+/// A llama2.c checkpoint in memory and its forward pass, with attention through toptheta's
 /// `decode` (one new token) and `prefill` (several new tokens) kernels.
 ///
-/// Checkpoint format (karpathy/llama2.c `run.c`, "version 0"): 7 int32 header fields
-/// `dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len` (a negative vocab_size
-/// means the classifier is stored separately instead of being shared with the embedding), then
-/// float32 tensors, all row-major `(out, in)`:
-///
-///     token_embedding (vocab, dim)       rms_att (layers, dim)
-///     wq (layers, dim, dim)              wk (layers, kv_dim, dim)     wv (layers, kv_dim, dim)
-///     wo (layers, dim, dim)              rms_ffn (layers, dim)
-///     w1 (layers, hidden, dim)           w2 (layers, dim, hidden)     w3 (layers, hidden, dim)
-///     rms_final (dim)                    freq_cis_real, freq_cis_imag (seq_len, head_dim / 2):
-///     skipped wcls (vocab, dim)                  only when vocab_size < 0 in the header
-///
-/// with `head_dim = dim / n_heads` and `kv_dim = head_dim * n_kv_heads`. The loader checks every
-/// header field, the exact file size and that every weight is finite.
+/// The checkpoint formats (versions 0, 1 and 2 of llama2.c's export.py) are described and read
+/// in checkpoint.hpp; every version ends up as the same float32 weights here.
 ///
 /// Forward pass: RMSNorm (eps 1e-5), RoPE rotating adjacent pairs (x[2i], x[2i+1]) within each
 /// head with frequency 10000^(-2i / head_dim), grouped-query attention (query head h reads KV
@@ -37,90 +25,14 @@
 #include <utility>
 #include <vector>
 
+#include "checkpoint.hpp"
+
 namespace llama2c {
 
 using toptheta::Index;
 using toptheta::Status;
 
-/// The 7 header fields of a checkpoint.
-struct Config {
-  int dim = 0;
-  int hidden_dim = 0;
-  int n_layers = 0;
-  int n_heads = 0;
-  int n_kv_heads = 0;
-  int vocab_size = 0;  ///< always positive here; see `shared_classifier`
-  int seq_len = 0;     ///< maximum context
-  bool shared_classifier = true;
-
-  int head_dim() const { return dim / n_heads; }
-  int kv_dim() const { return head_dim() * n_kv_heads; }
-  std::string to_string() const {
-    return "dim=" + std::to_string(dim) + " hidden_dim=" + std::to_string(hidden_dim) +
-           " n_layers=" + std::to_string(n_layers) + " n_heads=" + std::to_string(n_heads) +
-           " n_kv_heads=" + std::to_string(n_kv_heads) +
-           " vocab_size=" + std::to_string(shared_classifier ? vocab_size : -vocab_size) +
-           " seq_len=" + std::to_string(seq_len);
-  }
-};
-
-namespace detail {
-
-inline constexpr std::size_t kHeaderBytes = 7 * sizeof(std::int32_t);
-
-/// Checks the header fields; on success `*floats` is the number of float32 values that follow.
-inline Status check_header(const std::int32_t h[7], Config* c, std::uint64_t* floats) {
-  static const char* const names[7] = {"dim",        "hidden_dim", "n_layers", "n_heads",
-                                       "n_kv_heads", "vocab_size", "seq_len"};
-  constexpr std::int64_t kMaxField = 1 << 20;  // generous; rules out garbage headers
-  for (int i = 0; i < 7; ++i) {
-    const std::int64_t v = i == 5 ? std::int64_t(h[i]) * (h[i] < 0 ? -1 : 1) : h[i];
-    if (v <= 0 || v > kMaxField)
-      return Status::data_loss("header field " + std::string(names[i]) + " = " +
-                               std::to_string(h[i]) + " is out of range (expected " +
-                               (i == 5 ? "0 < |vocab_size|" : std::string("0 < ") + names[i]) +
-                               " <= " + std::to_string(kMaxField) + ")");
-  }
-  c->dim = h[0];
-  c->hidden_dim = h[1];
-  c->n_layers = h[2];
-  c->n_heads = h[3];
-  c->n_kv_heads = h[4];
-  c->shared_classifier = h[5] > 0;
-  c->vocab_size = h[5] > 0 ? h[5] : -h[5];
-  c->seq_len = h[6];
-  if (c->dim % c->n_heads != 0)
-    return Status::data_loss("header: dim " + std::to_string(c->dim) +
-                             " is not a multiple of n_heads " + std::to_string(c->n_heads));
-  if (c->n_kv_heads > c->n_heads || c->n_heads % c->n_kv_heads != 0)
-    return Status::data_loss("header: n_heads " + std::to_string(c->n_heads) +
-                             " is not a multiple of n_kv_heads " + std::to_string(c->n_kv_heads));
-  if (c->head_dim() % 2 != 0)
-    return Status::data_loss("header: head dim " + std::to_string(c->head_dim()) +
-                             " is odd (RoPE rotates pairs)");
-  const std::uint64_t dim = std::uint64_t(c->dim), hid = std::uint64_t(c->hidden_dim),
-                      nl = std::uint64_t(c->n_layers), kv = std::uint64_t(c->kv_dim()),
-                      voc = std::uint64_t(c->vocab_size), sl = std::uint64_t(c->seq_len),
-                      hd = std::uint64_t(c->head_dim());
-  std::uint64_t n = voc * dim;                // token embedding
-  n += nl * dim;                              // rms_att
-  n += nl * dim * dim + 2 * nl * kv * dim;    // wq, wk, wv
-  n += nl * dim * dim;                        // wo
-  n += nl * dim;                              // rms_ffn
-  n += 3 * nl * hid * dim;                    // w1, w2, w3
-  n += dim;                                   // rms_final
-  n += sl * hd;                               // freq_cis_real + freq_cis_imag (hd/2 each)
-  if (!c->shared_classifier) n += voc * dim;  // wcls
-  // Each field is <= 2^20, so n < 2^63; keep the byte count (4 n + 28) from wrapping.
-  if (n > (std::uint64_t(1) << 56))
-    return Status::data_loss("header (" + c->to_string() + ") implies an implausibly large file");
-  *floats = n;
-  return {};
-}
-
-}  // namespace detail
-
-/// A loaded checkpoint: configuration and weights (owned, float32). Movable, not copyable.
+/// A loaded checkpoint: header and weights (owned, float32). Movable, not copyable.
 class Model {
  public:
   Model() = default;
@@ -129,9 +41,10 @@ class Model {
   Model(Model&&) = default;
   Model& operator=(Model&&) = default;
 
-  /// Loads a llama2.c checkpoint. Fails with a message naming the file when it cannot be read,
-  /// when a header field is out of range or inconsistent, when the file size differs from the
-  /// size the header implies (truncated or trailing data), or when a weight is not finite.
+  /// Loads a llama2.c checkpoint of version 0, 1 or 2 (checkpoint.hpp). Fails with a message
+  /// naming the file when it cannot be read, when the format or version is unknown, when a
+  /// header field is out of range or inconsistent, when the file size differs from the size the
+  /// header implies (truncated or trailing data), or when a weight is not finite.
   static Status load(const std::string& path, Model* out) {
     std::error_code ec;
     const std::uintmax_t size = std::filesystem::file_size(path, ec);
@@ -152,118 +65,57 @@ class Model {
   /// Same as load() for a checkpoint held in memory.
   static Status from_bytes(const unsigned char* bytes, std::size_t size, Model* out) {
     Model m;
-    std::uint64_t floats = 0;
-    TOPTHETA_RETURN_IF_ERROR(m.read_header(bytes, size, &floats));
-    m.data_.resize(static_cast<std::size_t>(floats));
-    std::memcpy(m.data_.data(), bytes + detail::kHeaderBytes, m.data_.size() * sizeof(float));
-    TOPTHETA_RETURN_IF_ERROR(m.bind());
+    TOPTHETA_RETURN_IF_ERROR(parse_checkpoint_header(
+        bytes, std::min<std::size_t>(size, kVersionedHeaderBytes), size, &m.header_));
+    ByteSource src(bytes, size, m.header_.header_bytes);
+    TOPTHETA_RETURN_IF_ERROR(read_weights(m.header_, src, &m.data_, &m.off_));
     *out = std::move(m);
     return {};
   }
 
-  const Config& config() const { return config_; }
+  const Config& config() const { return header_.config; }
+  /// Format version (0, 1, 2), group size (version 2) and size of the file it came from.
+  const CheckpointHeader& header() const { return header_; }
 
-  // Tensor accessors (see the file comment for shapes). Layer tensors take the layer index.
-  const float* token_embedding() const { return ptr(off_.emb); }
-  const float* rms_att(int l) const { return ptr(off_.rms_att) + std::size_t(l) * dsz(); }
-  const float* wq(int l) const { return ptr(off_.wq) + std::size_t(l) * dsz() * dsz(); }
-  const float* wk(int l) const { return ptr(off_.wk) + std::size_t(l) * kvsz() * dsz(); }
-  const float* wv(int l) const { return ptr(off_.wv) + std::size_t(l) * kvsz() * dsz(); }
-  const float* wo(int l) const { return ptr(off_.wo) + std::size_t(l) * dsz() * dsz(); }
-  const float* rms_ffn(int l) const { return ptr(off_.rms_ffn) + std::size_t(l) * dsz(); }
-  const float* w1(int l) const { return ptr(off_.w1) + std::size_t(l) * hsz() * dsz(); }
-  const float* w2(int l) const { return ptr(off_.w2) + std::size_t(l) * dsz() * hsz(); }
-  const float* w3(int l) const { return ptr(off_.w3) + std::size_t(l) * hsz() * dsz(); }
-  const float* rms_final() const { return ptr(off_.rms_final); }
-  const float* classifier() const { return ptr(off_.wcls); }
+  /// A whole tensor (all layers, see checkpoint.hpp for shapes); the classifier aliases the
+  /// embedding when shared.
+  const float* tensor(Tensor t) const { return data_.data() + off_[std::size_t(t)]; }
+
+  // Tensor accessors (see checkpoint.hpp for shapes). Layer tensors take the layer index.
+  const float* token_embedding() const { return tensor(Tensor::kEmbedding); }
+  const float* rms_att(int l) const { return layer(Tensor::kRmsAtt, l); }
+  const float* wq(int l) const { return layer(Tensor::kWq, l); }
+  const float* wk(int l) const { return layer(Tensor::kWk, l); }
+  const float* wv(int l) const { return layer(Tensor::kWv, l); }
+  const float* wo(int l) const { return layer(Tensor::kWo, l); }
+  const float* rms_ffn(int l) const { return layer(Tensor::kRmsFfn, l); }
+  const float* w1(int l) const { return layer(Tensor::kW1, l); }
+  const float* w2(int l) const { return layer(Tensor::kW2, l); }
+  const float* w3(int l) const { return layer(Tensor::kW3, l); }
+  const float* rms_final() const { return tensor(Tensor::kRmsFinal); }
+  const float* classifier() const { return tensor(Tensor::kClassifier); }
 
  private:
-  struct Offsets {
-    std::size_t emb = 0, rms_att = 0, wq = 0, wk = 0, wv = 0, wo = 0, rms_ffn = 0, w1 = 0, w2 = 0,
-                w3 = 0, rms_final = 0, rope = 0, wcls = 0;
-  };
-  std::size_t dsz() const { return std::size_t(config_.dim); }
-  std::size_t kvsz() const { return std::size_t(config_.kv_dim()); }
-  std::size_t hsz() const { return std::size_t(config_.hidden_dim); }
-  const float* ptr(std::size_t off) const { return data_.data() + off; }
-
-  /// Checks the header at `bytes` against the total file size; `*floats` gets the number of
-  /// float32 values after the header.
-  Status read_header(const unsigned char* bytes, std::uint64_t size, std::uint64_t* floats) {
-    if (size < detail::kHeaderBytes)
-      return Status::data_loss("file is " + std::to_string(size) +
-                               " bytes, shorter than the 28-byte header");
-    std::int32_t h[7];
-    std::memcpy(h, bytes, sizeof h);
-    TOPTHETA_RETURN_IF_ERROR(detail::check_header(h, &config_, floats));
-    const std::uint64_t expected = detail::kHeaderBytes + *floats * sizeof(float);
-    if (size != expected)
-      return Status::data_loss(
-          "file is " + std::to_string(size) + " bytes but its header (" + config_.to_string() +
-          ") implies " + std::to_string(expected) + " bytes: " +
-          (size < expected ? "the file is truncated"
-                           : "there is trailing data (or a corrupted header)"));
-    return {};
+  const float* layer(Tensor t, int l) const {
+    return tensor(t) + std::size_t(l) * std::size_t(tensor_layer_size(config(), t));
   }
+
   /// Reads a checkpoint of `size` bytes from `f` (positioned at its start).
   Status read(std::FILE* f, std::uint64_t size) {
-    unsigned char header[detail::kHeaderBytes] = {};
-    const std::size_t got = std::fread(header, 1, sizeof header, f);
-    if (got < sizeof header && std::ferror(f)) return Status::io_error("read error");
-    std::uint64_t floats = 0;
-    TOPTHETA_RETURN_IF_ERROR(read_header(header, got < sizeof header ? got : size, &floats));
-    data_.resize(static_cast<std::size_t>(floats));
-    if (std::fread(data_.data(), sizeof(float), data_.size(), f) != data_.size())
-      return Status::io_error("read error (the file changed while being read?)");
-    return bind();
-  }
-  /// Computes the tensor offsets and checks that every weight (not the skipped RoPE tables) is
-  /// finite.
-  Status bind() {
-    const std::size_t d = dsz(), kv = kvsz(), hid = hsz(), nl = std::size_t(config_.n_layers),
-                      voc = std::size_t(config_.vocab_size);
-    struct Tensor {
-      const char* name;
-      std::size_t* off;
-      std::size_t size;
-      bool check;
-    };
-    const Tensor tensors[] = {
-        {"token_embedding", &off_.emb, voc * d, true},
-        {"rms_att", &off_.rms_att, nl * d, true},
-        {"wq", &off_.wq, nl * d * d, true},
-        {"wk", &off_.wk, nl * kv * d, true},
-        {"wv", &off_.wv, nl * kv * d, true},
-        {"wo", &off_.wo, nl * d * d, true},
-        {"rms_ffn", &off_.rms_ffn, nl * d, true},
-        {"w1", &off_.w1, nl * hid * d, true},
-        {"w2", &off_.w2, nl * d * hid, true},
-        {"w3", &off_.w3, nl * hid * d, true},
-        {"rms_final", &off_.rms_final, d, true},
-        {"freq_cis (skipped)", &off_.rope,
-         std::size_t(config_.seq_len) * std::size_t(config_.head_dim()), false},
-        {"wcls", &off_.wcls, config_.shared_classifier ? 0 : voc * d, true},
-    };
-    std::size_t off = 0;
-    for (const Tensor& t : tensors) {
-      *t.off = off;
-      if (t.check)
-        for (std::size_t i = 0; i < t.size; ++i)
-          if (!std::isfinite(data_[off + i]))
-            return Status::data_loss(
-                "tensor " + std::string(t.name) + " holds a non-finite value (" +
-                std::to_string(data_[off + i]) + ") at element " + std::to_string(i) +
-                " (file offset " + std::to_string(detail::kHeaderBytes + (off + i) * 4) +
-                "): corrupted checkpoint");
-      off += t.size;
-    }
-    if (config_.shared_classifier) off_.wcls = off_.emb;
-    return {};
+    unsigned char header[kVersionedHeaderBytes] = {};
+    const std::size_t want = std::size_t(std::min<std::uint64_t>(size, sizeof header));
+    if (std::fread(header, 1, want, f) != want)
+      return Status::io_error("read error in the header (the file changed while being read?)");
+    TOPTHETA_RETURN_IF_ERROR(parse_checkpoint_header(header, want, size, &header_));
+    if (std::fseek(f, long(header_.header_bytes), SEEK_SET) != 0)
+      return Status::io_error("seek error after the header");
+    ByteSource src(f, header_.header_bytes);
+    return read_weights(header_, src, &data_, &off_);
   }
 
-  Config config_;
+  CheckpointHeader header_;
   std::vector<float> data_;
-  Offsets off_;
+  TensorOffsets off_{};
 };
 
 /// How every layer's attention runs in a forward pass.

@@ -1,0 +1,344 @@
+#pragma once
+/// \file cli_options.hpp
+/// The options of every `toptheta-llama2c` subcommand, one typed struct per subcommand, and
+/// their registration with CLI11. Registration only declares the flags; checks that need the
+/// model (layer indices, threshold shapes) happen in commands.hpp.
+
+#include <CLI/CLI.hpp>
+
+#include <toptheta/toptheta.hpp>
+
+#include <cstdint>
+#include <cstdlib>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace llama2c {
+
+using toptheta::Index;
+
+/// `--layer-k l:k,l:k,...`: per-layer budgets. The syntax is checked while parsing the command
+/// line; the layer indices against the model later.
+struct LayerBudgets {
+  std::vector<std::pair<long, long>> items;  ///< (layer, k), in the order given
+
+  bool empty() const { return items.empty(); }
+
+  /// Parses `spec`; returns an error message, empty on success.
+  static std::string parse(const std::string& spec, LayerBudgets* out) {
+    LayerBudgets b;
+    std::size_t start = 0;
+    while (start <= spec.size()) {
+      const std::size_t comma = spec.find(',', start);
+      const std::string item =
+          spec.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+      const auto colon = item.find(':');
+      if (colon == std::string::npos) return "'" + item + "' is not of the form layer:k";
+      const std::string ls = item.substr(0, colon), ks = item.substr(colon + 1);
+      char* e1 = nullptr;
+      char* e2 = nullptr;
+      const long l = std::strtol(ls.c_str(), &e1, 10);
+      const long k = std::strtol(ks.c_str(), &e2, 10);
+      if (ls.empty() || ks.empty() || *e1 != '\0' || *e2 != '\0')
+        return "'" + item + "' is not of the form layer:k";
+      if (l < 0) return "layer " + ls + " is negative";
+      if (k < 1) return "k must be >= 1 in '" + item + "'";
+      for (const auto& p : b.items)
+        if (p.first == l) return "layer " + ls + " given twice";
+      b.items.emplace_back(l, k);
+      if (comma == std::string::npos) break;
+      start = comma + 1;
+    }
+    *out = std::move(b);
+    return {};
+  }
+
+  /// Budgets of `n_layers` layers (`default_k` where none is given); fails (message in
+  /// `*error`) when a layer index is outside the model.
+  bool resolve(int n_layers, Index default_k, std::vector<Index>* out, std::string* error) const {
+    std::vector<Index> k(std::size_t(n_layers), default_k);
+    for (const auto& p : items) {
+      if (p.first >= n_layers) {
+        *error = "--layer-k: layer " + std::to_string(p.first) + " outside [0, " +
+                 std::to_string(n_layers) + ") (the model has " + std::to_string(n_layers) +
+                 " layers)";
+        return false;
+      }
+      k[std::size_t(p.first)] = Index(p.second);
+    }
+    *out = std::move(k);
+    return true;
+  }
+};
+
+/// Where the sequences of calibrate and eval come from.
+struct SequenceOptions {
+  std::string tokens_file;  ///< --tokens
+  int sample_sequences = 0;  ///< --sample-sequences (0: not given)
+  int seq_len = 256;
+  std::uint64_t seed = 1;
+  std::string save_tokens;  ///< --save-tokens (empty: none)
+};
+
+/// Attention flags of generate and eval.
+struct AttentionFlags {
+  toptheta::AttentionMode mode = toptheta::AttentionMode::kDense;
+  Index k = 16;
+  bool k_given = false;  ///< --k was on the command line
+  LayerBudgets layer_k;
+  std::string thresholds;
+  std::string sdc_file;
+  std::optional<toptheta::Placement> placement;  ///< unset: the table's (toptheta) or pre
+  toptheta::SdcMode sdc = toptheta::SdcMode::kNone;
+  double sdc_scale = 1.0;
+  bool vmc = false;
+  Index cap_k = 0;
+  toptheta::EmptyRowPolicy empty_row = toptheta::EmptyRowPolicy::kKeepMax;
+  toptheta::LookupPolicy lookup = toptheta::LookupPolicy::kNearest;
+  int threads = 1;
+};
+
+struct GenerateOptions {
+  std::string model;
+  std::string tokenizer;
+  std::string prompt;
+  int steps = 256;
+  double temperature = 1.0;
+  std::uint64_t seed = 42;
+  AttentionFlags attention;
+};
+
+struct CalibrateOptions {
+  std::string model;
+  SequenceOptions sequences;
+  Index k = 16;
+  LayerBudgets layer_k;
+  toptheta::Placement placement = toptheta::Placement::kPostSoftmax;
+  double sigma = 0.1;
+  bool tac = true;
+  double sample_fraction = 1.0;
+  bool sdc_terms = false;
+  std::string out;
+  toptheta::ThresholdFormat format = toptheta::ThresholdFormat::kNative;
+  int threads = 1;
+};
+
+struct EvalOptions {
+  std::string model;
+  SequenceOptions sequences;
+  AttentionFlags attention;
+  bool json = false;
+};
+
+namespace cli {
+
+/// An option holding one of `names`, stored into `*target` with toptheta::parse.
+template <class E>
+CLI::Option* add_choice(CLI::App* app, const std::string& flag, E* target,
+                        std::vector<std::string> names, const std::string& help) {
+  return app
+      ->add_option_function<std::string>(
+          flag, [target](const std::string& s) { (void)toptheta::parse(s, *target); }, help)
+      ->check(CLI::IsMember(std::move(names)))
+      ->default_str(toptheta::to_string(*target));
+}
+
+inline CLI::Option* add_layer_k(CLI::App* app, LayerBudgets* target, const std::string& help) {
+  return app
+      ->add_option_function<std::string>(
+          "--layer-k", [target](const std::string& s) { (void)LayerBudgets::parse(s, target); },
+          help)
+      ->check(CLI::Validator(
+          [](std::string& s) {
+            LayerBudgets b;
+            return LayerBudgets::parse(s, &b);
+          },
+          "l:k,l:k,..."));
+}
+
+inline void add_model(CLI::App* app, std::string* model) {
+  app->add_option("--model", *model,
+                  "llama2.c checkpoint (.bin): version 0 (legacy), 1 (float32) or 2 (int8 Q8_0) "
+                  "of llama2.c export.py")
+      ->required()
+      ->check(CLI::ExistingFile);
+}
+
+inline void add_sequences(CLI::App* app, SequenceOptions* o) {
+  auto* tok = app->add_option("--tokens", o->tokens_file,
+                              "Token file: one sequence per line, space-separated token ids, "
+                              "BOS (1) first, at most the model's context")
+                  ->check(CLI::ExistingFile);
+  auto* ns = app->add_option("--sample-sequences", o->sample_sequences,
+                             "Instead of --tokens: draw N sequences from the dense model at "
+                             "temperature 1 (decode kernel)")
+                 ->check(CLI::PositiveNumber);
+  tok->excludes(ns);
+  app->add_option("--seq-len", o->seq_len,
+                  "Tokens per sampled sequence, BOS included (with --sample-sequences)")
+      ->capture_default_str()
+      ->check(CLI::Range(2, 1 << 20));
+  app->add_option("--seed", o->seed,
+                  "Seed of the sampled sequences; sequence i uses mix(seed, i), so the first n "
+                  "sequences are the same for any N. Use different seeds for calibration and "
+                  "evaluation sets (they must be disjoint)")
+      ->capture_default_str();
+  app->add_option("--save-tokens", o->save_tokens,
+                  "Also write the sequences used to this token file (reusable with --tokens)");
+}
+
+inline void add_attention(CLI::App* app, AttentionFlags* o, bool attention_required) {
+  auto* a = add_choice(app, "--attention", &o->mode, {"dense", "topk", "toptheta"},
+                       "Attention: dense (exact), topk (the k largest scores per row) or "
+                       "toptheta (calibrated thresholds from --thresholds)");
+  if (attention_required) a->required();
+  app->add_option_function<Index>(
+         "--k",
+         [o](const Index& k) {
+           o->k = k;
+           o->k_given = true;
+         },
+         "Budget k per row for topk (rows with L <= k are dense). For toptheta the budgets come "
+         "from the threshold file; --k, if given, must match them")
+      ->default_str(std::to_string(o->k))
+      ->check(CLI::PositiveNumber);
+  add_layer_k(app, &o->layer_k,
+              "Per-layer budgets overriding --k, e.g. 0:64,1:64 (the paper keeps layers 0 and 1 "
+              "at a larger k); for toptheta they must match the threshold file");
+  app->add_option("--thresholds", o->thresholds,
+                  "Threshold file for toptheta: native format, or the authors' th.txt (detected "
+                  "from the content)")
+      ->check(CLI::ExistingFile);
+  app->add_option("--sdc-file", o->sdc_file,
+                  "The authors' sdc.txt with calibrated SDC terms, merged into a th.txt given by "
+                  "--thresholds (native files carry their SDC terms inline)")
+      ->check(CLI::ExistingFile);
+  app->add_option_function<std::string>(
+         "--placement",
+         [o](const std::string& s) {
+           toptheta::Placement p{};
+           (void)toptheta::parse(s, p);
+           o->placement = p;
+         },
+         "Compare with theta before (pre: raw scores) or after (post: softmax probabilities) "
+         "the softmax. Default: the threshold file's placement for toptheta (the authors' "
+         "th.txt records none: it loads as pre unless given here), pre for topk")
+      ->check(CLI::IsMember({"pre", "post"}));
+  add_choice(app, "--sdc", &o->sdc, {"none", "exact", "exp-threshold", "calibrated"},
+             "Softmax-denominator compensation (pre-softmax only): none (renormalise over the "
+             "kept set), exact (add the dropped exp-sum), exp-threshold (dropped count x "
+             "exp(theta - max)), calibrated (C(l,h,L) from the threshold file)");
+  app->add_option("--sdc-scale", o->sdc_scale, "Scale of the SDC term: D + scale * D~")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app->add_flag("--vmc", o->vmc,
+                "V-mean compensation: add (1 - sum of kept weights) * mean(V[0:L]) to the output "
+                "of thresholded rows");
+  app->add_option("--cap-k", o->cap_k,
+                  "Keep at most N elements per thresholded row (the most recent); 0 = no cap")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  add_choice(app, "--empty-row", &o->empty_row, {"keep-max", "mean-v"},
+             "Thresholded row where nothing passes: keep-max (keep the row maximum) or mean-v "
+             "(output the mean of V, i.e. uniform attention)");
+  add_choice(app, "--lookup", &o->lookup, {"nearest", "linear"},
+             "theta for a row length absent from the table: nearest calibrated length, or "
+             "linear interpolation");
+  app->add_option("--threads", o->threads, "Threads of the attention kernels (0 = OpenMP default)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+}
+
+/// `generate`: text from a prompt.
+inline CLI::App* add_generate(CLI::App* app, GenerateOptions* o) {
+  auto* gen = app->add_subcommand(
+      "generate",
+      "Generate text from a prompt, then print the fraction of attention elements kept and of V "
+      "rows read");
+  add_model(gen, &o->model);
+  gen->add_option("--tokenizer", o->tokenizer, "llama2.c tokenizer (.bin), e.g. tok512.bin")
+      ->required()
+      ->check(CLI::ExistingFile);
+  gen->add_option("--prompt", o->prompt,
+                  "Text to continue (BOS is prepended); empty: start from BOS");
+  gen->add_option("--steps", o->steps,
+                  "Maximum number of new tokens (generation also stops at a story boundary, "
+                  "BOS/EOS, or at the model's context)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  gen->add_option("--temperature", o->temperature, "Sampling temperature; 0 = greedy")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  gen->add_option("--seed", o->seed, "Seed of the sampler")->capture_default_str();
+  add_attention(gen, &o->attention, /*attention_required=*/false);
+  return gen;
+}
+
+/// `calibrate`: thresholds from sequences.
+inline CLI::App* add_calibrate(CLI::App* app, CalibrateOptions* o) {
+  auto* cal = app->add_subcommand(
+      "calibrate",
+      "Calibrate Top-theta thresholds theta(layer, head, L) on sequences and save them");
+  add_model(cal, &o->model);
+  add_sequences(cal, &o->sequences);
+  cal->add_option("--k", o->k, "Budget k: theta is set so that about k elements of a row pass")
+      ->required()
+      ->check(CLI::PositiveNumber);
+  add_layer_k(cal, &o->layer_k,
+              "Per-layer budgets overriding --k, e.g. 0:64,1:64 (paper style: layers 0 and 1 "
+              "keep a larger k)");
+  add_choice(cal, "--placement", &o->placement, {"pre", "post"},
+             "Calibrate thresholds on raw scores (pre) or softmax probabilities (post; the "
+             "recommended variant with --vmc at evaluation, see docs/results.md)");
+  cal->add_option("--sigma", o->sigma,
+                  "lambda of theta = mean(tau) + lambda * std(tau) over the calibration rows")
+      ->capture_default_str();
+  cal->add_option_function<std::string>(
+         "--tac", [o](const std::string& s) { o->tac = s == "on"; },
+         "Top-k at calibration: thresholded rows output exact top-k while calibrating, so later "
+         "layers are calibrated on sparsified activations (paper setting)")
+      ->default_str("on")
+      ->check(CLI::IsMember({"on", "off"}));
+  cal->add_option("--sample-fraction", o->sample_fraction,
+                  "Fraction of eligible rows used, sampled with --seed, in (0, 1] (1 = all)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0))
+      ->check(CLI::Validator(
+          [](std::string& s) {
+            return std::strtod(s.c_str(), nullptr) > 0.0 ? std::string()
+                                                         : std::string("must be in (0, 1]");
+          },
+          "(0, 1]"));
+  cal->add_flag("--sdc-terms", o->sdc_terms,
+                "Second pass: also calibrate the SDC terms C(l, h, L) (for --sdc calibrated)");
+  cal->add_option("--out", o->out, "Output threshold file (written atomically)")->required();
+  add_choice(cal, "--format", &o->format, {"native", "reference"},
+             "native (versioned, with metadata) or reference (the authors' th.txt, plus sdc.txt "
+             "in the same directory with --sdc-terms)");
+  cal->add_option("--threads", o->threads, "Threads of the attention kernels (0 = OpenMP default)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  return cal;
+}
+
+/// `eval`: teacher-forced dense vs sparse.
+inline CLI::App* add_eval(CLI::App* app, EvalOptions* o) {
+  auto* ev = app->add_subcommand(
+      "eval",
+      "Teacher-forced evaluation (prefill kernel) of dense vs sparse attention on the same "
+      "sequences: perplexity, dense perplexity, KL(dense || sparse), top-1 agreement, kept "
+      "fractions, per-layer breakdown");
+  add_model(ev, &o->model);
+  add_sequences(ev, &o->sequences);
+  add_attention(ev, &o->attention, /*attention_required=*/true);
+  ev->add_flag("--json", o->json,
+               "Print one JSON object on stdout with the keys perplexity, dense_perplexity, "
+               "kl_mean, top1_agreement, attention_kept_fraction, vrows_read_fraction, "
+               "kept_per_row_mean, empty_row_fraction, per_layer");
+  return ev;
+}
+
+}  // namespace cli
+}  // namespace llama2c

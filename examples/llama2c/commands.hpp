@@ -1,0 +1,400 @@
+#pragma once
+/// \file commands.hpp
+/// The `toptheta-llama2c` subcommands: each takes its options struct (cli_options.hpp) whole and
+/// returns a CommandStatus; nothing here exits the process.
+///
+/// Exit statuses (CommandStatus::exit_code):
+///   0  success;
+///   1  runtime failure: an output file or stdout cannot be written, the forward pass or an
+///      attention kernel fails on inputs that passed validation, the machine runs out of memory;
+///   2  usage or input error: a bad option (CLI11 parse errors too), an unreadable, malformed or
+///      mismatching model, tokenizer, token file or threshold file, a threshold table whose shape
+///      or budgets do not fit the model, sequences or a prompt that do not fit the model.
+/// Each command validates every input before it computes anything, so the phase an error comes
+/// from decides its status.
+
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "calibration.hpp"
+#include "cli_options.hpp"
+#include "evaluation.hpp"
+#include "generation.hpp"
+#include "model.hpp"
+#include "sampling.hpp"
+#include "token_file.hpp"
+#include "tokenizer.hpp"
+
+namespace llama2c {
+
+/// The outcome of a command or of one of its steps.
+class CommandStatus {
+ public:
+  enum Exit : int { kOk = 0, kRuntime = 1, kInput = 2 };
+
+  CommandStatus() = default;
+  static CommandStatus input(std::string message) { return {kInput, std::move(message)}; }
+  static CommandStatus runtime(std::string message) { return {kRuntime, std::move(message)}; }
+  /// `s` as an input error (ok stays ok); `context` prefixes the message.
+  static CommandStatus input(const toptheta::Status& s, const std::string& context = "") {
+    return from(kInput, s, context);
+  }
+  static CommandStatus runtime(const toptheta::Status& s, const std::string& context = "") {
+    return from(kRuntime, s, context);
+  }
+
+  bool ok() const { return exit_ == kOk; }
+  int exit_code() const { return int(exit_); }
+  const std::string& message() const { return message_; }
+
+ private:
+  CommandStatus(Exit e, std::string m) : exit_(e), message_(std::move(m)) {}
+  static CommandStatus from(Exit e, const toptheta::Status& s, const std::string& context) {
+    if (s.ok()) return {};
+    return {e, context.empty() ? s.to_string() : context + ": " + s.to_string()};
+  }
+  Exit exit_ = kOk;
+  std::string message_;
+};
+
+#define LLAMA2C_TRY(expr)                            \
+  do {                                               \
+    ::llama2c::CommandStatus llama2c_status_ = (expr); \
+    if (!llama2c_status_.ok()) return llama2c_status_; \
+  } while (0)
+
+namespace cmd {
+
+/// A one-line progress bar on stderr, drawn only when stderr is a terminal.
+class ProgressBar {
+ public:
+  explicit ProgressBar(std::string label)
+      : label_(std::move(label)),
+        enabled_(isatty(STDERR_FILENO) == 1),
+        start_(std::chrono::steady_clock::now()) {}
+  ~ProgressBar() { finish(); }
+  ProgressBar(const ProgressBar&) = delete;
+  ProgressBar& operator=(const ProgressBar&) = delete;
+  void operator()(std::size_t done, std::size_t total) {
+    if (!enabled_ || total == 0) return;
+    constexpr int kWidth = 30;
+    const int filled = int(double(done) / double(total) * kWidth);
+    const double secs =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    std::fprintf(stderr, "\r%s [%s%s] %zu/%zu %.1fs", label_.c_str(),
+                 std::string(std::size_t(filled), '#').c_str(),
+                 std::string(std::size_t(kWidth - filled), ' ').c_str(), done, total, secs);
+    std::fflush(stderr);
+    drawn_ = true;
+  }
+  ProgressFn fn() {
+    return [this](std::size_t d, std::size_t t) { (*this)(d, t); };
+  }
+  void finish() {
+    if (drawn_) std::fputc('\n', stderr);
+    drawn_ = false;
+  }
+
+ private:
+  std::string label_;
+  bool enabled_;
+  bool drawn_ = false;
+  std::chrono::steady_clock::time_point start_;
+};
+
+inline std::string join(const std::vector<Index>& v) {
+  std::string s;
+  for (std::size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
+  return s;
+}
+
+/// Everything printed goes through stdout; a write error there (full disk, closed pipe) is a
+/// runtime failure.
+inline CommandStatus flush_stdout() {
+  std::cout.flush();
+  const bool bad_stream = !std::cout;
+  if (std::fflush(stdout) != 0 || std::ferror(stdout) || bad_stream)
+    return CommandStatus::runtime("cannot write to standard output");
+  return {};
+}
+
+inline CommandStatus load_model(const std::string& path, Model* m) {
+  return CommandStatus::input(Model::load(path, m));
+}
+
+/// The sequences of calibrate / eval: read (input errors) or sampled (the sample size is an
+/// input; the sampling itself runs the model); saved with --save-tokens (runtime errors).
+inline CommandStatus load_sequences(const SequenceOptions& o, const Model& model, int threads,
+                                    std::vector<Sequence>* seqs) {
+  const Config& c = model.config();
+  if (!o.tokens_file.empty()) {
+    LLAMA2C_TRY(CommandStatus::input(
+        read_token_file(o.tokens_file, c.vocab_size, c.seq_len, seqs)));
+  } else if (o.sample_sequences > 0) {
+    if (o.seq_len < 2 || o.seq_len > c.seq_len)
+      return CommandStatus::input("--seq-len " + std::to_string(o.seq_len) + " outside [2, " +
+                                  std::to_string(c.seq_len) + "] (the model's context)");
+    ProgressBar bar("sampling   ");
+    LLAMA2C_TRY(CommandStatus::runtime(
+        sample_sequences(model, o.sample_sequences, o.seq_len, o.seed, 1.0f, seqs,
+                         AttentionSetup::dense(threads), bar.fn()),
+        "sampling"));
+  } else {
+    return CommandStatus::input(
+        "give either --tokens FILE or --sample-sequences N (with --seq-len and --seed)");
+  }
+  if (!o.save_tokens.empty())
+    LLAMA2C_TRY(CommandStatus::runtime(write_token_file(o.save_tokens, *seqs), "--save-tokens"));
+  return {};
+}
+
+/// The attention setup of generate / eval, with its threshold table (which must outlive the
+/// setup). Every error is an input error.
+inline CommandStatus make_attention(const AttentionFlags& f, const Model& model,
+                                    toptheta::ThresholdTable* table, AttentionSetup* out) {
+  const Config& c = model.config();
+  AttentionSetup s;
+  toptheta::AttentionOptions& o = s.options;
+  o.mode = f.mode;
+  o.sdc = f.sdc;
+  o.empty_row = f.empty_row;
+  o.lookup = f.lookup;
+  o.sdc_scale = f.sdc_scale;
+  o.vmc = f.vmc ? toptheta::VmcMode::kOn : toptheta::VmcMode::kOff;
+  o.cap_k = f.cap_k;
+  o.threads = f.threads;
+  o.k = f.k;
+  if (f.placement) o.placement = *f.placement;
+  const bool sparse = o.mode != toptheta::AttentionMode::kDense;
+  if (!sparse && (!f.thresholds.empty() || !f.layer_k.empty() || f.vmc ||
+                  f.sdc != toptheta::SdcMode::kNone))
+    return CommandStatus::input("--attention dense takes no --thresholds, --layer-k, --sdc or --vmc");
+  std::string err;
+  if (o.mode == toptheta::AttentionMode::kTopK) {
+    if (!f.thresholds.empty())
+      return CommandStatus::input("--thresholds is for --attention toptheta");
+    if (!f.layer_k.empty() && !f.layer_k.resolve(c.n_layers, f.k, &s.layer_k, &err))
+      return CommandStatus::input(err);
+  }
+  if (o.mode == toptheta::AttentionMode::kTopTheta) {
+    if (f.thresholds.empty()) return CommandStatus::input("--attention toptheta needs --thresholds FILE");
+    toptheta::LoadOptions lo;
+    if (f.placement) lo.expected_placement = *f.placement;
+    lo.expected_layers = c.n_layers;
+    lo.expected_heads = c.n_heads;
+    lo.sdc_path = f.sdc_file;
+    LLAMA2C_TRY(CommandStatus::input(toptheta::load_thresholds(f.thresholds, table, lo)));
+    if (!f.sdc_file.empty() && !table->has_sdc())
+      return CommandStatus::input(
+          "--sdc-file: '" + f.sdc_file + "' gave no SDC terms to '" + f.thresholds +
+          "' (native threshold files carry them inline; --sdc-file is for the authors' th.txt)");
+    if (!f.placement) o.placement = table->placement();
+    if (o.sdc == toptheta::SdcMode::kCalibrated &&
+        o.placement == toptheta::Placement::kPreSoftmax && !table->has_sdc())
+      return CommandStatus::input("--sdc calibrated: '" + f.thresholds +
+                                  "' has no SDC terms (calibrate with --sdc-terms; "
+                                  "for the authors' th.txt pass their sdc.txt with --sdc-file)");
+    std::vector<Index> want(std::size_t(c.n_layers), f.k);
+    if (!f.layer_k.empty() && !f.layer_k.resolve(c.n_layers, f.k, &want, &err))
+      return CommandStatus::input(err);
+    if (f.k_given || !f.layer_k.empty())
+      for (int l = 0; l < c.n_layers; ++l)
+        if (table->k(l) != want[std::size_t(l)])
+          return CommandStatus::input(
+              "--k/--layer-k ask for k = " + std::to_string(want[std::size_t(l)]) +
+              " at layer " + std::to_string(l) + " but '" + f.thresholds +
+              "' was calibrated with k = " + std::to_string(table->k(l)) +
+              " (recalibrate, or drop --k/--layer-k to use the file's budgets)");
+    o.thresholds = table;
+  }
+  *out = std::move(s);
+  return {};
+}
+
+inline std::string describe(const Model& model, const AttentionSetup& s) {
+  const auto& o = s.options;
+  std::string d = toptheta::to_string(o.mode);
+  if (o.mode == toptheta::AttentionMode::kDense) return d;
+  d += std::string(" ") + toptheta::to_string(o.placement) + "-softmax";
+  if (o.placement == toptheta::Placement::kPreSoftmax)
+    d += std::string(", sdc ") + toptheta::to_string(o.sdc);
+  d += o.vmc == toptheta::VmcMode::kOn ? ", vmc" : ", no vmc";
+  if (o.mode == toptheta::AttentionMode::kTopTheta)
+    d += std::string(", empty rows ") + toptheta::to_string(o.empty_row);
+  if (o.cap_k > 0) d += ", cap " + std::to_string(o.cap_k);
+  d += ", k per layer " + join(layer_budgets(model, s));
+  return d;
+}
+
+inline nlohmann::json stats_json(const toptheta::AttentionStats& s) {
+  return {{"attention_kept_fraction", s.kept_fraction()},
+          {"vrows_read_fraction", s.vrows_fraction()},
+          {"kept_per_row_mean", s.kept_per_thresholded_row()},
+          {"empty_row_fraction", s.empty_row_fraction()}};
+}
+
+}  // namespace cmd
+
+// ---------------------------------------------------------------------------------------------
+
+/// `generate`: encodes the prompt, generates, prints the text and the attention statistics.
+inline CommandStatus run_generate(const GenerateOptions& o) {
+  Model model;
+  LLAMA2C_TRY(cmd::load_model(o.model, &model));
+  const Config& c = model.config();
+  Tokenizer tok;
+  LLAMA2C_TRY(CommandStatus::input(Tokenizer::load(o.tokenizer, c.vocab_size, &tok)));
+  toptheta::ThresholdTable table;
+  AttentionSetup setup;
+  LLAMA2C_TRY(cmd::make_attention(o.attention, model, &table, &setup));
+  const Sequence in = tok.encode(o.prompt, /*bos=*/true);
+  if (Index(in.size()) > c.seq_len)
+    return CommandStatus::input("--prompt: " + std::to_string(in.size()) +
+                                " tokens (BOS included) exceed the model's context of " +
+                                std::to_string(c.seq_len));
+  std::vector<toptheta::AttentionStats> stats(std::size_t(c.n_layers));
+  setup.layer_stats = &stats;
+  Sequence out;
+  LLAMA2C_TRY(CommandStatus::runtime(
+      generate(model, in, o.steps, float(o.temperature), o.seed, setup, &out), "generation"));
+  std::cout << tok.decode(out) << "\n\n";
+  toptheta::AttentionStats total;
+  for (const auto& s : stats) total.merge(s);
+  std::cout.flush();
+  std::printf("attention: %s\n", cmd::describe(model, setup).c_str());
+  std::printf("tokens: %zu (prompt %zu)\n", out.size(), in.size());
+  std::printf("attention elements kept: %.2f%%\n", 100.0 * total.kept_fraction());
+  std::printf("V rows read:             %.2f%%\n", 100.0 * total.vrows_fraction());
+  return cmd::flush_stdout();
+}
+
+/// `calibrate`: thresholds (and with --sdc-terms the SDC terms, calibrate_thresholds_then_sdc)
+/// saved to --out.
+inline CommandStatus run_calibrate(const CalibrateOptions& o) {
+  Model model;
+  LLAMA2C_TRY(cmd::load_model(o.model, &model));
+  const Config& c = model.config();
+  toptheta::CalibrationOptions co;
+  co.default_k = o.k;
+  std::string err;
+  if (!o.layer_k.empty() && !o.layer_k.resolve(c.n_layers, o.k, &co.layer_k, &err))
+    return CommandStatus::input(err);
+  co.placement = o.placement;
+  co.lambda = o.sigma;
+  co.sample_fraction = o.sample_fraction;
+  co.seed = o.sequences.seed;
+  co.tac = o.tac ? toptheta::TacMode::kOn : toptheta::TacMode::kOff;
+  co.model_id = o.model.substr(o.model.find_last_of('/') + 1);
+  co.num_layers = c.n_layers;
+  co.num_heads = c.n_heads;
+  LLAMA2C_TRY(CommandStatus::input(toptheta::Calibrator(co).validate(), "calibration options"));
+  std::vector<Sequence> seqs;
+  LLAMA2C_TRY(cmd::load_sequences(o.sequences, model, o.threads, &seqs));
+  std::size_t longest = 0, tokens = 0;
+  for (const auto& s : seqs) {
+    longest = std::max(longest, s.size());
+    tokens += s.size();
+  }
+  const std::vector<Index> ks =
+      co.layer_k.empty() ? std::vector<Index>(std::size_t(c.n_layers), o.k) : co.layer_k;
+  const Index min_k = *std::min_element(ks.begin(), ks.end());
+  if (Index(longest) <= min_k)
+    return CommandStatus::input("the longest sequence has " + std::to_string(longest) +
+                                " tokens, not more than k = " + std::to_string(min_k) +
+                                ": calibration needs rows longer than k (longer sequences or a "
+                                "smaller k)");
+  AttentionSetup output;  // TAC output: plain top-k (no SDC, no VMC)
+  output.options.threads = o.threads;
+  toptheta::ThresholdTable table;
+  {
+    cmd::ProgressBar bar("calibrating");
+    const toptheta::Status s = calibrate(model, seqs, co, o.sdc_terms, output, &table, bar.fn());
+    // kFailedPrecondition: the inputs (sequences, k, --sample-fraction) gave no row to calibrate.
+    if (s.code() == toptheta::StatusCode::kFailedPrecondition)
+      return CommandStatus::input(s, "calibration");
+    LLAMA2C_TRY(CommandStatus::runtime(s, "calibration"));
+  }
+  toptheta::SaveOptions so;
+  so.format = o.format;
+  LLAMA2C_TRY(CommandStatus::runtime(toptheta::save_thresholds(o.out, table, so), "--out"));
+  std::printf(
+      "calibrated %s-softmax thresholds on %zu sequences (%zu tokens), k per layer %s, "
+      "sigma %g, TAC %s%s\n",
+      toptheta::to_string(o.placement), seqs.size(), tokens, cmd::join(ks).c_str(), o.sigma,
+      o.tac ? "on" : "off", o.sdc_terms ? ", with SDC terms" : "");
+  std::printf("%zu entries from %llu rows written to %s (%s format)\n", table.size(),
+              static_cast<unsigned long long>(table.metadata().calibration_rows), o.out.c_str(),
+              toptheta::to_string(o.format));
+  return cmd::flush_stdout();
+}
+
+/// `eval`: teacher-forced dense vs sparse, printed as text or JSON.
+inline CommandStatus run_eval(const EvalOptions& o) {
+  Model model;
+  LLAMA2C_TRY(cmd::load_model(o.model, &model));
+  toptheta::ThresholdTable table;
+  AttentionSetup setup;
+  LLAMA2C_TRY(cmd::make_attention(o.attention, model, &table, &setup));
+  std::vector<Sequence> seqs;
+  LLAMA2C_TRY(cmd::load_sequences(o.sequences, model, o.attention.threads, &seqs));
+  EvalResult r;
+  {
+    cmd::ProgressBar bar("evaluating ");
+    LLAMA2C_TRY(CommandStatus::runtime(evaluate(model, seqs, setup, &r, bar.fn()), "evaluation"));
+  }
+  if (o.json) {
+    nlohmann::json j;
+    j["perplexity"] = r.perplexity;
+    j["dense_perplexity"] = r.dense_perplexity;
+    j["kl_mean"] = r.kl_mean;
+    j["top1_agreement"] = r.top1_agreement;
+    j["attention_kept_fraction"] = r.total.kept_fraction();
+    j["vrows_read_fraction"] = r.total.vrows_fraction();
+    j["kept_per_row_mean"] = r.total.kept_per_thresholded_row();
+    j["empty_row_fraction"] = r.total.empty_row_fraction();
+    nlohmann::json layers = nlohmann::json::array();
+    for (std::size_t l = 0; l < r.per_layer.size(); ++l) {
+      nlohmann::json e = cmd::stats_json(r.per_layer[l]);
+      e["layer"] = l;
+      e["k"] = r.layer_k[l];
+      layers.push_back(e);
+    }
+    j["per_layer"] = layers;
+    std::cout << j.dump() << "\n";
+    return cmd::flush_stdout();
+  }
+  std::size_t tokens = 0;
+  for (const auto& s : seqs) tokens += s.size();
+  std::printf("sequences:                %zu (%zu tokens, %llu predictions)\n", seqs.size(), tokens,
+              static_cast<unsigned long long>(r.predictions));
+  std::printf("attention:                %s\n", cmd::describe(model, setup).c_str());
+  std::printf("perplexity:               %.4f (dense %.4f, %+.3f%%)\n", r.perplexity,
+              r.dense_perplexity, 100.0 * (r.perplexity / r.dense_perplexity - 1.0));
+  std::printf("KL(dense || sparse):      %.6f nats per token\n", r.kl_mean);
+  std::printf("top-1 agreement:          %.2f%%\n", 100.0 * r.top1_agreement);
+  std::printf("attention elements kept:  %.2f%% of causal attention elements\n",
+              100.0 * r.total.kept_fraction());
+  std::printf("V rows read (decode):     %.2f%% (union over the query heads of a KV group)\n",
+              100.0 * r.total.vrows_fraction());
+  std::printf("kept per thresholded row: %.2f\n", r.total.kept_per_thresholded_row());
+  std::printf("empty thresholded rows:   %.3f%%\n", 100.0 * r.total.empty_row_fraction());
+  std::printf("per layer:\n  layer     k    kept%%  vrows%%  kept/row  empty%%\n");
+  for (std::size_t l = 0; l < r.per_layer.size(); ++l) {
+    const auto& s = r.per_layer[l];
+    std::printf("  %5zu %5lld  %6.2f  %6.2f  %8.2f  %6.3f\n", l,
+                static_cast<long long>(r.layer_k[l]), 100.0 * s.kept_fraction(),
+                100.0 * s.vrows_fraction(), s.kept_per_thresholded_row(),
+                100.0 * s.empty_row_fraction());
+  }
+  return cmd::flush_stdout();
+}
+
+}  // namespace llama2c

@@ -1,0 +1,43 @@
+#pragma once
+/// \file generation.hpp
+/// Text generation: the prompt through the prefill kernel, then token by token through decode.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model.hpp"
+#include "sampling.hpp"
+#include "sequence.hpp"
+#include "tokenizer.hpp"
+
+namespace llama2c {
+
+/// Generates up to `steps` tokens after `prompt` (which starts with BOS). The prompt runs
+/// through the prefill kernel (decode when it is one token), every new token through decode.
+/// Stops early at BOS or EOS when `stop_at_boundary`, or at the context limit.
+inline Status generate(const Model& model, const Sequence& prompt, int steps, float temperature,
+                       std::uint64_t seed, const AttentionSetup& setup, Sequence* out,
+                       bool stop_at_boundary = true) {
+  const Config& c = model.config();
+  if (prompt.empty()) return Status::invalid_argument("generate: empty prompt (BOS missing)");
+  if (Index(prompt.size()) > c.seq_len)
+    return Status::invalid_argument("generate: prompt of " + std::to_string(prompt.size()) +
+                                    " tokens exceeds the context " + std::to_string(c.seq_len));
+  Runner runner(model);
+  Rng rng(seed);
+  std::vector<float> logits;
+  *out = prompt;
+  TOPTHETA_RETURN_IF_ERROR(runner.forward(prompt.data(), Index(prompt.size()), setup, &logits));
+  for (int step = 0; step < steps; ++step) {
+    const float* last = logits.data() + logits.size() - std::size_t(c.vocab_size);
+    const std::int32_t next = sample_token(last, c.vocab_size, temperature, rng);
+    if (stop_at_boundary && (next == kBos || next == kEos)) break;
+    out->push_back(next);
+    if (Index(out->size()) >= c.seq_len) break;
+    TOPTHETA_RETURN_IF_ERROR(runner.forward(&out->back(), 1, setup, &logits));
+  }
+  return {};
+}
+
+}  // namespace llama2c
