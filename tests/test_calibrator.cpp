@@ -15,6 +15,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
+#include <functional>
 #include <limits>
 #include <new>
 #include <string>
@@ -154,7 +155,20 @@ void calibrate_vs_reference(const CalCase& c) {
   for (const auto& cs : calls) run_call(cal, rcal, cs, seed++);
   const ThresholdTable got = cal.finalize();
   const ThresholdTable want = rcal.finalize();
-  EXPECT_TRUE(got.validate().ok());
+  // Only layer 1 was observed: layer 0 got no eligible rows, so the table is incomplete and the
+  // checked finalize() says which heads.
+  EXPECT_TRUE(got.validate_entries().ok());
+  EXPECT_NE(got.validate().message().find("layer 0 heads 0-7 ("), std::string::npos)
+      << got.validate().message();
+  ThresholdTable checked(1, 1, 123);
+  const Status fs = cal.finalize(&checked);
+  EXPECT_EQ(fs.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(fs.message().find("calibration gave no thresholds for 8 of 16 (layer, head) pairs of "
+                              "the (2 x 8) (layers x heads) calibrator: layer 0 heads 0-7 (no "
+                              "eligible rows"),
+            std::string::npos)
+      << fs.message();
+  EXPECT_EQ(checked.k(0), 123) << "output modified on error";
   // Rows with L <= k_l are never observed.
   for (Index h = 0; h < Hq; ++h)
     for (const auto& e : got.entries(1, h)) EXPECT_GT(e.length, kl);
@@ -173,9 +187,14 @@ void calibrate_vs_reference(const CalCase& c) {
   if (c.with_sdc) {
     // Second pass: SDC terms C(l, h, L) with the first pass's thresholds (the same table object
     // for kernel and oracle, so keep decisions agree).
+    // Layer 0 (never observed) is declared dense so that the SDC table is complete.
+    ThresholdTable sdc_table = got;
+    for (Index h = 0; h < Hq; ++h) ASSERT_TRUE(sdc_table.set_dense(0, h).ok());
     CalibrationOptions co2 = co;
-    co2.sdc_thresholds = &got;
+    co2.sdc_thresholds = &sdc_table;
     Calibrator cal2(co2);
+    const Status v2 = cal2.validate();
+    ASSERT_TRUE(v2.ok()) << v2.message();
     reference::Calibration rcal2(co2);
     seed = 500;
     for (const auto& cs : calls) run_call(cal2, rcal2, cs, seed++);
@@ -314,7 +333,10 @@ void neg_inf_is_dense(bool prefill_call) {
     for (bool explicit_entries : {true, false}) {
       ThresholdTable table(1, sp.Hq, 4);
       table.metadata().placement = pl;
-      if (explicit_entries)  // else: heads without entries look up -inf
+      if (!explicit_entries) {  // heads declared dense look up -inf
+        for (Index h = 0; h < sp.Hq; ++h) ASSERT_TRUE(table.set_dense(0, h).ok());
+      }
+      if (explicit_entries)
         for (Index h = 0; h < sp.Hq; ++h)
           for (Index L = 1; L <= sp.L(); ++L) {
             ThresholdEntry e;
@@ -675,6 +697,141 @@ TEST(CalibratorMemory, ConstantInTheNumberOfRows) {
   for (int r = 0; r < 1000; ++r) ASSERT_TRUE(decode(p.args(), o, ws.get()).ok());
   EXPECT_EQ(allocation_count() - before2, 0) << "kCalibrate decode allocated";
   EXPECT_EQ(cal.finalize().size(), std::size_t(heads) * 4u);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Options validation and the checked finalize().
+// ---------------------------------------------------------------------------------------------
+
+/// A complete 2 x 4 table for the SDC pass (one entry per head).
+ThresholdTable sdc_pass_table(Placement pl) {
+  ThresholdTable t(2, 4, 5);
+  t.metadata().placement = pl;
+  for (Index l = 0; l < 2; ++l)
+    for (Index h = 0; h < 4; ++h) {
+      ThresholdEntry e;
+      e.length = 30;
+      e.theta = 0.5;
+      EXPECT_TRUE(t.set(l, h, e).ok());
+    }
+  return t;
+}
+
+// Each option a caller can get wrong is rejected with a message naming the field and the value.
+TEST(CalibratorOptions, EveryFieldIsValidatedByName) {
+  const CalibrationOptions good = cal_options(2, 4, 5, Placement::kPreSoftmax, TacMode::kOn, 0.1);
+  ASSERT_TRUE(Calibrator(good).validate().ok());
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double inf = std::numeric_limits<double>::infinity();
+  const ThresholdTable sdc_ok = sdc_pass_table(Placement::kPreSoftmax);
+  const ThresholdTable sdc_post = sdc_pass_table(Placement::kPostSoftmax);
+  const ThresholdTable sdc_shape(3, 4, 5);
+  ThresholdTable sdc_incomplete(2, 4, 5);
+  {
+    ThresholdEntry e;
+    e.length = 30;
+    for (Index h = 0; h < 4; ++h) ASSERT_TRUE(sdc_incomplete.set(0, h, e).ok());
+    ASSERT_TRUE(sdc_incomplete.set(1, 0, e).ok());
+  }
+  struct Case {
+    std::function<void(CalibrationOptions&)> change;
+    std::string want;
+  };
+  const std::vector<Case> cases = {
+      {[](auto& o) { o.num_layers = 0; }, "CalibrationOptions::num_layers must be >= 1, got 0"},
+      {[](auto& o) { o.num_layers = -3; }, "CalibrationOptions::num_layers must be >= 1, got -3"},
+      {[](auto& o) { o.num_heads = 0; }, "CalibrationOptions::num_heads must be >= 1, got 0"},
+      {[](auto& o) {
+         o.num_layers = Index(1) << 40;
+         o.num_heads = Index(1) << 40;
+       },
+       "CalibrationOptions::num_layers x num_heads = 1099511627776 x 1099511627776 exceeds"},
+      {[](auto& o) { o.default_k = 0; }, "CalibrationOptions::default_k must be >= 1, got 0"},
+      {[](auto& o) { o.layer_k = {5, 5, 5}; },
+       "CalibrationOptions::layer_k has 3 values but num_layers is 2"},
+      {[](auto& o) { o.layer_k = {5}; }, "CalibrationOptions::layer_k has 1 values but num_layers is 2"},
+      {[](auto& o) { o.layer_k = {5, 0}; }, "CalibrationOptions::layer_k[1] must be >= 1, got 0"},
+      {[](auto& o) { o.layer_k = {-2, 5}; }, "CalibrationOptions::layer_k[0] must be >= 1, got -2"},
+      {[&](auto& o) { o.lambda = nan; }, "CalibrationOptions::lambda must be finite and >= 0, got nan"},
+      {[&](auto& o) { o.lambda = -0.5; },
+       "CalibrationOptions::lambda must be finite and >= 0, got -0.5"},
+      {[&](auto& o) { o.lambda = inf; }, "CalibrationOptions::lambda must be finite and >= 0, got inf"},
+      {[&](auto& o) { o.sample_fraction = nan; },
+       "CalibrationOptions::sample_fraction must be in (0, 1], got nan"},
+      {[](auto& o) { o.sample_fraction = 0.0; },
+       "CalibrationOptions::sample_fraction must be in (0, 1], got 0"},
+      {[](auto& o) { o.sample_fraction = -0.25; },
+       "CalibrationOptions::sample_fraction must be in (0, 1], got -0.25"},
+      {[](auto& o) { o.sample_fraction = 1.5; },
+       "CalibrationOptions::sample_fraction must be in (0, 1], got 1.5"},
+      {[&](auto& o) { o.sdc_thresholds = &sdc_shape; },
+       "CalibrationOptions::sdc_thresholds has (layers x heads) (3 x 4) but the calibrator has (2 x "
+       "4)"},
+      {[&](auto& o) { o.sdc_thresholds = &sdc_post; },
+       "CalibrationOptions::sdc_thresholds holds post-softmax thresholds but the calibrator's "
+       "placement is pre-softmax"},
+      {[&](auto& o) { o.sdc_thresholds = &sdc_incomplete; },
+       "CalibrationOptions::sdc_thresholds: threshold table (layers x heads) (2 x 4) is "
+       "incomplete: 3 of 8 (layer, head) pairs have no thresholds: layer 1 heads 1-3"},
+  };
+  for (const Case& c : cases) {
+    CalibrationOptions o = good;
+    c.change(o);
+    const Status s = Calibrator(o).validate();
+    EXPECT_FALSE(s.ok()) << c.want;
+    EXPECT_EQ(s.message().rfind(c.want, 0), 0u) << "want: " << c.want << "\ngot:  " << s.message();
+  }
+  // Valid variations: layer_k overrides an unused default_k; lambda 0; fraction 1; a complete
+  // SDC table of the same placement.
+  CalibrationOptions o = good;
+  o.layer_k = {3, 9};
+  o.default_k = 0;
+  o.lambda = 0.0;
+  o.sample_fraction = 1.0;
+  o.sdc_thresholds = &sdc_ok;
+  EXPECT_TRUE(Calibrator(o).validate().ok()) << Calibrator(o).validate().message();
+}
+
+TEST(CalibratorFinalize, CheckedFinalizeReportsHeadsWithoutEligibleRows) {
+  // Rows of length 6 with k = 5: eligible. Head 2 of layer 1 sees only rows of length 5 (never
+  // thresholded), head 3 of layer 1 nothing.
+  Calibrator cal(cal_options(2, 4, 5, Placement::kPreSoftmax, TacMode::kOn, 0.1));
+  ThresholdTable out(1, 1, 99);
+  Status s = cal.finalize(&out);
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("calibration gave no thresholds for 8 of 8 (layer, head) pairs of the "
+                             "(2 x 4) (layers x heads) calibrator: layer 0 heads 0-3; layer 1 "
+                             "heads 0-3 (no eligible rows: a row counts when its length L > k_l"),
+            std::string::npos)
+      << s.message();
+  EXPECT_FALSE(cal.finalize().validate().ok()) << "an empty table never validates";
+  const float row[6] = {0.5f, -1.0f, 2.0f, 0.25f, 1.0f, -0.5f};
+  for (Index l = 0; l < 2; ++l)
+    for (Index h = 0; h < 4; ++h) {
+      if (l == 1 && h == 3) continue;
+      cal.observe_scores(l, h, row, (l == 1 && h == 2) ? 5 : 6);
+    }
+  s = cal.finalize(&out);
+  EXPECT_NE(s.message().find("no thresholds for 2 of 8 (layer, head) pairs of the (2 x 4) (layers "
+                             "x heads) calibrator: layer 1 heads 2-3 ("),
+            std::string::npos)
+      << s.message();
+  EXPECT_EQ(out.k(0), 99) << "output modified on error";
+  // The unchecked finalize() gives the same table, which fails validate() naming the heads.
+  const ThresholdTable t = cal.finalize();
+  EXPECT_NE(t.validate().message().find("layer 1 heads 2-3"), std::string::npos);
+  // Feeding the missing heads completes it.
+  cal.observe_scores(1, 2, row, 6);
+  cal.observe_scores(1, 3, row, 6);
+  s = cal.finalize(&out);
+  ASSERT_TRUE(s.ok()) << s.message();
+  EXPECT_TRUE(out.validate().ok());
+  EXPECT_EQ(out.size(), 8u);
+  EXPECT_TRUE(tables_close(cal.finalize(), out, 0.0, 0.0));
+  // Invalid options are reported before anything else.
+  CalibrationOptions bad = cal_options(2, 4, 5, Placement::kPreSoftmax, TacMode::kOn, -1.0);
+  EXPECT_NE(Calibrator(bad).finalize(&out).message().find("CalibrationOptions::lambda"),
+            std::string::npos);
 }
 
 }  // namespace

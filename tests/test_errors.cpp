@@ -273,6 +273,7 @@ TEST(ErrorsOptions, TopThetaWithoutTable) {
 TEST(ErrorsOptions, TopThetaPlacementMismatch) {
   auto p = base_problem();
   ThresholdTable t(1, 4, 2);
+  for (Index h = 0; h < 4; ++h) ASSERT_TRUE(t.set_dense(0, h).ok());  // complete, no thresholds
   t.metadata().placement = Placement::kPostSoftmax;
   AttentionOptions o;
   o.mode = AttentionMode::kTopTheta;
@@ -313,6 +314,7 @@ TEST(ErrorsOptions, CalibratedSdcWithoutSdcTerms) {
   expect_rejected(p, p.args(), o, {"SDC"}, "no SDC terms");
   // An empty table has no SDC terms either.
   ThresholdTable empty(1, 4, 2);
+  for (Index h = 0; h < 4; ++h) ASSERT_TRUE(empty.set_dense(0, h).ok());  // complete, no entries
   o.thresholds = &empty;
   expect_rejected(p, p.args(), o, {"SDC"}, "empty table");
   // With terms it works; with post-softmax placement the SDC mode is ignored (no error).

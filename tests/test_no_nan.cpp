@@ -224,6 +224,7 @@ TYPED_TEST(NoNaN, FullyMaskedRowsAreZero) {
   using T = TypeParam;
   Problem<T> p = scenario_problem<T>(Scenario::kFullyMasked, true, 400);
   ThresholdTable table(1, 4, 4);
+  for (Index h = 0; h < 4; ++h) ASSERT_TRUE(table.set_dense(0, h).ok());  // keeps every score
   for (AttentionMode mode : {AttentionMode::kDense, AttentionMode::kTopK, AttentionMode::kTopTheta})
     for (VmcMode vmc : {VmcMode::kOff, VmcMode::kOn})
       for (EmptyRowPolicy er : {EmptyRowPolicy::kKeepMax, EmptyRowPolicy::kMeanV}) {

@@ -1,6 +1,8 @@
 // Threshold files (io/threshold_file.hpp): number round trips, the native and the authors'
 // formats, validation against the malformed corpus (tests/data/thresholds/malformed/MANIFEST),
-// atomic saves, Calibrator output, and the fuzz seed corpus as a regression test.
+// completeness (incomplete and empty tables never load or save; dense heads declared on
+// purpose; LoadOptions::missing_heads), UTF-8 byte-order marks, atomic saves, Calibrator output,
+// and the fuzz seed corpus as a regression test.
 
 #include <gtest/gtest.h>
 
@@ -107,6 +109,9 @@ TEST(NativeFormat, GoldenText) {
   e.sdc = 0.25;
   ASSERT_TRUE(t.set(1, 1, e).ok());
   std::string text;
+  EXPECT_FALSE(format_native_thresholds(t, &text).ok()) << "incomplete: heads (0, 1), (1, 0)";
+  ASSERT_TRUE(t.set_dense(0, 1).ok());
+  ASSERT_TRUE(t.set_dense(1, 0).ok());
   ASSERT_TRUE(format_native_thresholds(t, &text).ok());
   EXPECT_EQ(text,
             "toptheta-thresholds 1\n"
@@ -118,6 +123,8 @@ TEST(NativeFormat, GoldenText) {
             "lambda 0.1\n"
             "calibration_rows 10\n"
             "model tiny\n"
+            "dense_heads 0 1\n"
+            "dense_heads 1 0\n"
             "entries 2\n"
             "# layer head length theta samples [sdc]\n"
             "0 0 5 0.5 3\n"
@@ -209,13 +216,63 @@ TEST(NativeFormat, UnsortedEntriesLoadWithoutQuadraticCost) {
   EXPECT_TRUE(same_entries(t, r));
 }
 
-TEST(NativeFormat, EmptyTableRoundTrips) {
+TEST(NativeFormat, EmptyOrIncompleteTablesNeverSave) {
+  TempDir dir;
   ThresholdTable t(3, 2, 5);
+  std::string text = "unchanged";
+  Status s = format_native_thresholds(t, &text);
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("(3 x 2) is empty: all 6 (layer, head) pairs have no thresholds"),
+            std::string::npos)
+      << s.message();
+  EXPECT_EQ(text, "unchanged");
+  for (ThresholdFormat f : {ThresholdFormat::kNative, ThresholdFormat::kReference}) {
+    s = save_thresholds(dir.file("t"), t, f);
+    EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition) << to_string(f);
+    EXPECT_EQ(s.message().rfind(dir.file("t") + ": cannot save: threshold table", 0), 0u)
+        << s.message();
+  }
+  ThresholdEntry e;
+  e.length = 9;
+  ASSERT_TRUE(t.set(2, 1, e).ok());
+  s = save_thresholds(dir.file("t"), t);
+  EXPECT_NE(s.message().find("5 of 6 (layer, head) pairs have no thresholds: layer 0 heads 0-1; "
+                             "layer 1 heads 0-1; layer 2 head 0"),
+            std::string::npos)
+      << s.message();
+  EXPECT_TRUE(dir.list().empty()) << "nothing is written";
+}
+
+TEST(NativeFormat, DenseHeadsRoundTrip) {
+  ThresholdTable t = special_table(3);  // 2 x 3, every head has entries
+  ThresholdTable d(2, 5, 4);            // two more heads per layer, declared dense
+  for (Index l = 0; l < 2; ++l) {
+    ASSERT_TRUE(d.set_k(l, t.k(l)).ok());
+    for (Index h = 0; h < 3; ++h)
+      for (const ThresholdEntry& e : t.entries(l, h)) ASSERT_TRUE(d.set(l, h + (h > 0), e).ok());
+    ASSERT_TRUE(d.set_dense(l, 1).ok());
+    ASSERT_TRUE(d.set_dense(l, 4).ok());
+  }
+  d.metadata() = t.metadata();
   std::string text;
-  ASSERT_TRUE(format_native_thresholds(t, &text).ok());
+  ASSERT_TRUE(format_native_thresholds(d, &text).ok());
+  EXPECT_NE(text.find("\ndense_heads 0 1 4\ndense_heads 1 1 4\nentries "), std::string::npos)
+      << text.substr(0, 400);
   ThresholdTable back;
-  ASSERT_TRUE(parse_native_thresholds(text, "empty", &back).ok());
-  EXPECT_TRUE(thresholds_identical(t, back));
+  const Status s = parse_native_thresholds(text, "mem", &back);
+  ASSERT_TRUE(s.ok()) << s.message();
+  EXPECT_TRUE(thresholds_identical(d, back));
+  EXPECT_TRUE(back.is_dense(1, 4));
+  // Dense heads are part of the identity of a table.
+  ThresholdTable other = back;
+  ASSERT_TRUE(other.set_dense(1, 4, false).ok());
+  EXPECT_FALSE(thresholds_identical(back, other));
+  // The sample file.
+  ThresholdTable sample;
+  ASSERT_TRUE(load_thresholds(threshold_data_dir() + "/valid/dense_heads.toptheta", &sample).ok());
+  EXPECT_EQ(sample.describe_heads(true), "layer 0 heads 1-2; layer 1 heads 0, 3");
+  EXPECT_EQ(sample.size(), 4u);
+  EXPECT_TRUE(sample.validate().ok());
 }
 
 TEST(NativeFormat, ChecksCallerExpectations) {
@@ -240,6 +297,9 @@ TEST(NativeFormat, ChecksCallerExpectations) {
 
 TEST(NativeFormat, RefusesToWriteWhatCannotBeRead) {
   ThresholdTable t(1, 1, 4);
+  ThresholdEntry one;
+  one.length = 5;
+  ASSERT_TRUE(t.set(0, 0, one).ok());
   std::string text = "unchanged";
   t.metadata().model_id = "two\nlines";
   Status s = format_native_thresholds(t, &text);
@@ -273,6 +333,11 @@ TEST(ReferenceFormat, WritesTheAuthorsLayout) {
   ThresholdTable t(2, 2, 64);
   ASSERT_TRUE(t.set_k(1, 32).ok());
   ThresholdEntry e;
+  e.length = 70;
+  e.theta = 0.5;
+  e.samples = 2;
+  ASSERT_TRUE(t.set(0, 0, e).ok());
+  ASSERT_TRUE(t.set(1, 0, e).ok());
   e.length = 1219;
   e.theta = 0.0002257227897644043;
   e.samples = 4;
@@ -288,8 +353,10 @@ TEST(ReferenceFormat, WritesTheAuthorsLayout) {
   std::string th, sdc;
   ASSERT_TRUE(format_reference_thresholds(t, &th, &sdc).ok());
   EXPECT_EQ(th,
+            "L0_H0:70 0.5 2 64\n"
             "L0_H1:65 -3.4028234663852886e+38 1 64\n"
             "L0_H1:66 0.1 1 64\n"
+            "L1_H0:70 0.5 2 32\n"
             "L1_H1:1219 0.0002257227897644043 4 32\n");
   EXPECT_EQ(sdc,
             "L0_H1:65 1e-05 1\n"
@@ -344,7 +411,8 @@ TEST(ReferenceFormat, SdcPathAndNoSdcFile) {
 }
 
 TEST(ReferenceFormat, ShapeInferredOrExpected) {
-  const std::string th = "L0_H2:5 0.5 3 4\nL1_H0:6 -1.5 2 8\n";
+  const std::string th = "L0_H0:5 0.5 3 4\nL0_H1:5 0.5 3 4\nL0_H2:5 0.5 3 4\n"
+                         "L1_H0:6 -1.5 2 8\nL1_H1:6 -1.5 2 8\nL1_H2:6 -1.5 2 8\n";
   ThresholdTable t;
   ASSERT_TRUE(parse_reference_thresholds(th, "th", &t).ok());
   EXPECT_EQ(t.num_layers(), 2);
@@ -354,13 +422,28 @@ TEST(ReferenceFormat, ShapeInferredOrExpected) {
   EXPECT_EQ(t.placement(), Placement::kPreSoftmax);
   LoadOptions o;
   o.expected_layers = 2;
-  o.expected_heads = 8;
+  o.expected_heads = 3;
   o.expected_placement = Placement::kPostSoftmax;
   ASSERT_TRUE(parse_reference_thresholds(th, "th", &t, o).ok());
-  EXPECT_EQ(t.num_heads(), 8);
+  EXPECT_EQ(t.num_heads(), 3);
   EXPECT_EQ(t.placement(), Placement::kPostSoftmax);
-  o.expected_layers = 3;  // layer 2 has no entries: its k is unknown
+  o.expected_heads = 8;  // heads 3..7 have no thresholds
   Status s = parse_reference_thresholds(th, "th", &t, o);
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("th: threshold table (layers x heads) (2 x 8) is incomplete: 10 of 16 "
+                             "(layer, head) pairs have no thresholds: layer 0 heads 3-7; layer 1 "
+                             "heads 3-7 ("),
+            std::string::npos)
+      << s.message();
+  o.expected_heads = 0;  // a gap in the inferred shape: head 1 of layer 1
+  s = parse_reference_thresholds("L0_H0:5 0.5 3 4\nL0_H1:5 0.5 3 4\nL1_H0:6 -1.5 2 8\n", "th", &t, o);
+  EXPECT_NE(s.message().find("1 of 4 (layer, head) pairs have no thresholds: layer 1 head 1; the "
+                             "head count is inferred from the largest indices in the file ("),
+            std::string::npos)
+      << s.message();
+  o.expected_heads = 3;
+  o.expected_layers = 3;  // layer 2 has no entries: its k is unknown
+  s = parse_reference_thresholds(th, "th", &t, o);
   EXPECT_EQ(s.message(), "th: layer 2 has no entries, so its k is unknown (the authors' format "
                          "stores k only on entry lines)");
   o.expected_layers = Index(1) << 40;  // refused before anything is allocated
@@ -372,15 +455,110 @@ TEST(ReferenceFormat, ShapeInferredOrExpected) {
 TEST(ReferenceFormat, RefusesTablesItCannotRepresent) {
   std::string th = "x", sdc = "y";
   ThresholdTable empty(1, 1, 4);
-  EXPECT_FALSE(format_reference_thresholds(empty, &th, &sdc).ok());
+  EXPECT_NE(format_reference_thresholds(empty, &th, &sdc).message().find("is empty"),
+            std::string::npos);
   ThresholdTable gap(2, 1, 4);
   ThresholdEntry e;
   e.length = 9;
   ASSERT_TRUE(gap.set(1, 0, e).ok());
-  const Status s = format_reference_thresholds(gap, &th, &sdc);
-  EXPECT_NE(s.message().find("layer 0 has no entries"), std::string::npos) << s.message();
+  Status s = format_reference_thresholds(gap, &th, &sdc);
+  EXPECT_NE(s.message().find("no thresholds: layer 0 head 0"), std::string::npos) << s.message();
+  // Dense heads: valid, but the authors' format cannot declare them.
+  ASSERT_TRUE(gap.set_dense(0, 0).ok());
+  ASSERT_TRUE(gap.validate().ok());
+  s = format_reference_thresholds(gap, &th, &sdc);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("the authors' format cannot declare dense heads (layer 0 head 0)"),
+            std::string::npos)
+      << s.message();
   EXPECT_EQ(th, "x");
   EXPECT_EQ(sdc, "y");
+}
+
+// The handed case: an authors' th.txt with thresholds for query head 0 only, loaded for an
+// 8-head model, was accepted and ran heads 1..7 dense. Now both formats reject it the same way,
+// and running those heads dense takes an explicit LoadOptions::missing_heads.
+TEST(ReferenceFormat, MissingHeadsAreAnErrorInEveryFormat) {
+  const std::string dir = threshold_data_dir() + "/malformed/";
+  LoadOptions o;
+  o.expected_layers = 5;
+  o.expected_heads = 8;
+  const std::string want =
+      "threshold table (layers x heads) (5 x 8) is incomplete: 35 of 40 (layer, head) pairs have "
+      "no thresholds: layer 0 heads 1-7; layer 1 heads 1-7; layer 2 heads 1-7; layer 3 heads "
+      "1-7; layer 4 heads 1-7 (";
+  for (const char* name : {"authors_missing_heads.th.txt", "missing_heads.toptheta"}) {
+    ThresholdTable t(1, 1, 123);
+    Status s = load_thresholds(dir + name, &t, o);
+    EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition) << name;
+    EXPECT_EQ(s.message().rfind(dir + name + ": " + want, 0), 0u) << s.message();
+    EXPECT_EQ(t.k(0), 123) << "output modified on error";
+    // Explicit opt-in: the missing heads are declared dense in the loaded table.
+    o.missing_heads = MissingHeads::kDense;
+    s = load_thresholds(dir + name, &t, o);
+    ASSERT_TRUE(s.ok()) << s.message();
+    EXPECT_TRUE(t.validate().ok());
+    EXPECT_EQ(t.num_dense_heads(), 35u);
+    EXPECT_EQ(t.describe_heads(true),
+              "layer 0 heads 1-7; layer 1 heads 1-7; layer 2 heads 1-7; layer 3 heads 1-7; layer 4 "
+              "heads 1-7");
+    EXPECT_EQ(t.lookup(3, 5, 64).theta, -std::numeric_limits<double>::infinity());
+    EXPECT_EQ(t.lookup(3, 0, 64).theta, 0.5);
+    // Inspection: loaded as it is, incomplete.
+    o.missing_heads = MissingHeads::kKeepEmpty;
+    ASSERT_TRUE(load_thresholds(dir + name, &t, o).ok());
+    EXPECT_EQ(t.num_missing_heads(), 35u);
+    EXPECT_EQ(t.num_dense_heads(), 0u);
+    EXPECT_FALSE(t.validate().ok());
+    EXPECT_TRUE(t.validate_entries().ok());
+    o.missing_heads = MissingHeads::kError;
+  }
+  // Names of the option values.
+  MissingHeads m = MissingHeads::kError;
+  EXPECT_TRUE(parse("dense", m));
+  EXPECT_EQ(m, MissingHeads::kDense);
+  EXPECT_TRUE(parse("keep-empty", m));
+  EXPECT_EQ(std::string(to_string(m)), "keep-empty");
+  EXPECT_FALSE(parse("silent", m));
+}
+
+// A UTF-8 byte-order mark (written by some editors) is skipped in both formats; line numbers in
+// errors count as if it were not there.
+TEST(ThresholdFile, Utf8ByteOrderMarkIsSkipped) {
+  const std::string valid = threshold_data_dir() + "/valid/";
+  const std::string bom = "\xef\xbb\xbf";
+  EXPECT_EQ(read_all(valid + "bom/th.txt").substr(0, 3), bom);  // the handed files have one
+  EXPECT_EQ(read_all(valid + "bom.toptheta").substr(0, 3), bom);
+  ThresholdTable t;
+  ThresholdFormat fmt = ThresholdFormat::kAuto;
+  Status s = load_thresholds(valid + "bom/th.txt", &t, {}, &fmt);
+  ASSERT_TRUE(s.ok()) << s.message();
+  EXPECT_EQ(fmt, ThresholdFormat::kReference);
+  EXPECT_EQ(t.k(0), 1);
+  EXPECT_EQ(t.lookup(0, 0, 2).theta, 0.5);
+  s = load_thresholds(valid + "bom.toptheta", &t, {}, &fmt);
+  ASSERT_TRUE(s.ok()) << s.message();
+  EXPECT_EQ(fmt, ThresholdFormat::kNative);
+  EXPECT_EQ(t.lookup(0, 0, 3).theta, 0.5);
+  // Detection and the forced formats skip it too; the sdc.txt of a pair as well.
+  EXPECT_EQ(detect_threshold_format(bom + "toptheta-thresholds 1\n"), ThresholdFormat::kNative);
+  EXPECT_EQ(detect_threshold_format(bom + "L0_H0:2 0.5 1 1\n"), ThresholdFormat::kReference);
+  LoadOptions o;
+  o.format = ThresholdFormat::kReference;
+  ASSERT_TRUE(parse_thresholds(bom + "L0_H0:2 0.5 1 1\n", "th", &t, o).ok());
+  ASSERT_TRUE(parse_reference_thresholds(bom + "L0_H0:2 0.5 1 1\n", "th", &t, {},
+                                         bom + "L0_H0:2 0.25 1\n", "sdc")
+                  .ok());
+  EXPECT_EQ(t.lookup(0, 0, 2).sdc, 0.25);
+  // Line numbers: an error on line 3 is reported on line 3.
+  s = parse_thresholds(bom + "L0_H0:2 0.5 1 1\n\nL0_H0:3 x 1 1\n", "th", &t);
+  EXPECT_EQ(s.message(), "th:3: malformed number 'x' for theta");
+  // A BOM anywhere else is not skipped, and a lone BOM is an empty file.
+  s = parse_thresholds("L0_H0:2 0.5 1 1\n" + bom + "L0_H0:3 0.5 1 1\n", "th", &t);
+  EXPECT_EQ(s.message(), "th:2: malformed key '\\xef\\xbb\\xbfL0_H0:3': expected "
+                         "L<layer>_H<head>:<length>");
+  s = parse_thresholds(bom, "f", &t);
+  EXPECT_EQ(s.message(), "f: empty file: no thresholds");
 }
 
 TEST(ThresholdFile, DetectsTheFormat) {
@@ -421,7 +599,8 @@ TEST(ThresholdFile, ValidSamplesLoad) {
   EXPECT_EQ(ref.k(0), 64);
   EXPECT_EQ(ref.entries(1, 1).back().theta, 0.0002257227897644043);
 
-  for (const char* name : {"special_values.toptheta", "crlf.toptheta", "no_entries.toptheta"}) {
+  for (const char* name :
+       {"special_values.toptheta", "crlf.toptheta", "dense_heads.toptheta", "bom.toptheta"}) {
     s = load_thresholds(dir + "/" + name, &native);
     EXPECT_TRUE(s.ok()) << name << ": " << s.to_string();
   }
@@ -452,7 +631,7 @@ std::vector<MalformedCase> read_manifest(const std::string& dir) {
       while (std::getline(opts, kv, ',')) {
         const std::string k = kv.substr(0, kv.find('=')), v = kv.substr(kv.find('=') + 1);
         if (k == "placement") {
-          Placement p;
+          Placement p = Placement::kPreSoftmax;
           EXPECT_TRUE(parse(v, p)) << kv;
           c.options.expected_placement = p;
         } else if (k == "layers") {

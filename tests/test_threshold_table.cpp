@@ -1,17 +1,21 @@
 // ThresholdTable: lookup rules (nearest with ties to the smaller length, clamping below and
 // beyond the calibrated range, opt-in linear interpolation), set / replace, per-layer k,
-// validate() and shape errors.
+// validate() and shape errors, completeness (missing heads listed compactly, empty tables,
+// dense heads declared on purpose) and the kernels' per-call check_layer().
 
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <limits>
+#include <string>
 
+#include "counting_allocator.hpp"
 #include "toptheta/threshold_table.hpp"
 
 namespace {
 
 using namespace toptheta;
+using toptheta::testing::allocation_count;
 
 ThresholdEntry entry(Index L, double theta, double sdc = std::numeric_limits<double>::quiet_NaN()) {
   ThresholdEntry e;
@@ -77,8 +81,9 @@ TEST(ThresholdTableLookup, SingleEntryServesEveryLength) {
       EXPECT_EQ(t.lookup(0, 0, L, pol).theta, -0.25);
 }
 
-TEST(ThresholdTableLookup, EmptyHeadKeepsEverything) {
-  const ThresholdTable t = three_entries();
+TEST(ThresholdTableLookup, DenseHeadKeepsEverything) {
+  ThresholdTable t = three_entries();
+  ASSERT_TRUE(t.set_dense(0, 0).ok());
   EXPECT_EQ(t.lookup(0, 0, 10).theta, -std::numeric_limits<double>::infinity());
   EXPECT_TRUE(std::isnan(t.lookup(0, 0, 10).sdc));
 }
@@ -139,10 +144,21 @@ TEST(ThresholdTableK, PerLayerBudgets) {
   EXPECT_EQ(t.set_k(0, 0).code(), StatusCode::kInvalidArgument);
 }
 
+/// three_entries() with one entry in every other (layer, head): complete.
+ThresholdTable complete_table() {
+  ThresholdTable t = three_entries();
+  for (Index l = 0; l < 2; ++l)
+    for (Index h = 0; h < 3; ++h)
+      if (t.entries(l, h).empty()) {
+        EXPECT_TRUE(t.set(l, h, entry(12, 0.5, 0.25)).ok());
+      }
+  return t;
+}
+
 TEST(ThresholdTableValidate, Errors) {
   EXPECT_FALSE(ThresholdTable().validate().ok());
   EXPECT_FALSE(ThresholdTable(0, 4).validate().ok());
-  ThresholdTable t = three_entries();
+  ThresholdTable t = complete_table();
   EXPECT_TRUE(t.validate().ok());
   EXPECT_TRUE(t.has_sdc());
   t.metadata().lambda = std::numeric_limits<double>::infinity();
@@ -165,12 +181,151 @@ TEST(ThresholdTableValidate, Errors) {
 }
 
 TEST(ThresholdTableValidate, CheckShapeNamesBothShapes) {
-  const ThresholdTable t(2, 3, 8);
+  const ThresholdTable t = complete_table();
   EXPECT_TRUE(t.check_shape(2, 3).ok());
   const Status s = t.check_shape(4, 3);
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("(2 x 3)"), std::string::npos) << s.message();
   EXPECT_NE(s.message().find("(4 x 3)"), std::string::npos) << s.message();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Completeness: a (layer, head) without entries is an error unless declared dense.
+// ---------------------------------------------------------------------------------------------
+
+/// A layers x heads table with one entry for each (layer, head) where `has(l, h)`.
+template <class Pred>
+ThresholdTable table_where(Index layers, Index heads, Pred has) {
+  ThresholdTable t(layers, heads, 4);
+  for (Index l = 0; l < layers; ++l)
+    for (Index h = 0; h < heads; ++h)
+      if (has(l, h)) {
+        EXPECT_TRUE(t.set(l, h, entry(16, 0.5)).ok());
+      }
+  return t;
+}
+
+TEST(ThresholdTableComplete, EmptyTableNeverValidates) {
+  const ThresholdTable t(2, 4, 8);
+  const Status s = t.validate();
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("threshold table (layers x heads) (2 x 4) is empty: all 8 (layer, "
+                             "head) pairs have no thresholds: layer 0 heads 0-3; layer 1 heads 0-3"),
+            std::string::npos)
+      << s.message();
+  EXPECT_FALSE(t.check_shape(2, 4).ok());
+  EXPECT_FALSE(t.check_complete().ok());
+  EXPECT_TRUE(t.validate_entries().ok());  // nothing wrong besides completeness
+  EXPECT_EQ(t.num_missing_heads(), 8u);
+}
+
+TEST(ThresholdTableComplete, MissingHeadsAreNamedWithCountAndShape) {
+  // The handed case: thresholds for query head 0 only.
+  const ThresholdTable t = table_where(2, 8, [](Index, Index h) { return h == 0; });
+  const Status s = t.validate();
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("threshold table (layers x heads) (2 x 8) is incomplete: 14 of 16 "
+                             "(layer, head) pairs have no thresholds: layer 0 heads 1-7; layer 1 "
+                             "heads 1-7 ("),
+            std::string::npos)
+      << s.message();
+  EXPECT_NE(s.message().find("set_dense()"), std::string::npos) << s.message();  // the remedy
+  // check_shape() adds the model's shape.
+  const Status m = t.check_shape(2, 8);
+  EXPECT_NE(m.message().find("heads 1-7; the model has (layers x heads) (2 x 8)"),
+            std::string::npos)
+      << m.message();
+  // Gaps, single heads, one layer complete.
+  const ThresholdTable g = table_where(
+      2, 8, [](Index l, Index h) { return l == 1 || !(h == 1 || (h >= 3 && h <= 5) || h == 7); });
+  EXPECT_NE(g.validate().message().find("5 of 16 (layer, head) pairs have no thresholds: layer 0 "
+                                        "heads 1, 3-5, 7 ("),
+            std::string::npos)
+      << g.validate().message();
+  const ThresholdTable one = table_where(3, 4, [](Index l, Index h) { return l != 2 || h != 3; });
+  EXPECT_NE(one.validate().message().find("1 of 12 (layer, head) pairs have no thresholds: layer 2 "
+                                          "head 3 ("),
+            std::string::npos)
+      << one.validate().message();
+}
+
+TEST(ThresholdTableComplete, HugeListsAreTruncated) {
+  // 40 layers x 64 heads, odd heads missing: 1280 pairs in 32 ranges per layer.
+  const ThresholdTable t = table_where(40, 64, [](Index, Index h) { return h % 2 == 0; });
+  const std::string m = t.validate().message();
+  EXPECT_NE(m.find("1280 of 2560 (layer, head) pairs have no thresholds: layer 0 heads 1, 3, 5, 7, "
+                   "9, 11, 13, 15 (+24 more heads); layer 1 heads 1, 3,"),
+            std::string::npos)
+      << m;
+  EXPECT_NE(m.find("layer 7 heads 1, 3, 5, 7, 9, 11, 13, 15 (+24 more heads); ... and 32 more layers"),
+            std::string::npos)
+      << m;
+  EXPECT_EQ(m.find("layer 8 "), std::string::npos) << m;
+  EXPECT_LT(m.size(), 1200u);
+}
+
+TEST(ThresholdTableComplete, DenseHeadsAreExplicit) {
+  ThresholdTable t = table_where(2, 4, [](Index, Index h) { return h < 2; });
+  EXPECT_FALSE(t.validate().ok());
+  EXPECT_FALSE(t.set_dense(0, 0).ok()) << "a head with entries cannot be declared dense";
+  EXPECT_EQ(t.set_dense(2, 0).code(), StatusCode::kOutOfRange);
+  for (Index l = 0; l < 2; ++l)
+    for (Index h = 2; h < 4; ++h) ASSERT_TRUE(t.set_dense(l, h).ok());
+  const Status s = t.validate();
+  EXPECT_TRUE(s.ok()) << s.message();
+  EXPECT_TRUE(t.check_shape(2, 4).ok());
+  EXPECT_TRUE(t.is_dense(1, 3));
+  EXPECT_FALSE(t.is_dense(1, 1));
+  EXPECT_FALSE(t.is_dense(5, 0));
+  EXPECT_EQ(t.num_dense_heads(), 4u);
+  EXPECT_EQ(t.num_missing_heads(), 0u);
+  EXPECT_EQ(t.describe_heads(true), "layer 0 heads 2-3; layer 1 heads 2-3");
+  EXPECT_EQ(t.describe_heads(false), "");
+  EXPECT_EQ(t.lookup(1, 3, 100).theta, -std::numeric_limits<double>::infinity());
+  // Adding thresholds to a dense head needs the declaration removed first.
+  const Status add = t.set(1, 3, entry(16, 0.5));
+  EXPECT_FALSE(add.ok());
+  EXPECT_NE(add.message().find("layer 1 head 3 is declared dense"), std::string::npos)
+      << add.message();
+  ASSERT_TRUE(t.set_dense(1, 3, false).ok());
+  EXPECT_FALSE(t.validate().ok());
+  ASSERT_TRUE(t.set(1, 3, entry(16, 0.5)).ok());
+  EXPECT_TRUE(t.validate().ok());
+  // A table whose every head is declared dense is valid (nothing is silent about it).
+  ThresholdTable all(1, 2, 4);
+  ASSERT_TRUE(all.set_dense(0, 0).ok());
+  ASSERT_TRUE(all.set_dense(0, 1).ok());
+  EXPECT_TRUE(all.validate().ok());
+}
+
+TEST(ThresholdTableComplete, CheckLayerForTheKernels) {
+  ThresholdTable t = table_where(3, 8, [](Index l, Index h) { return l != 1 || h < 5; });
+  ASSERT_TRUE(t.set_dense(1, 7).ok());
+  EXPECT_TRUE(t.check_layer(0, 8).ok());
+  EXPECT_TRUE(t.check_layer(2, 8).ok());
+  const Status s = t.check_layer(1, 8);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(s.message(),
+            "threshold table (layers x heads) (3 x 8) has no thresholds for layer 1 heads 5-6 (2 of "
+            "the layer's 8 query heads; none is declared dense)");
+  for (const auto& [layer, heads] : {std::pair<Index, Index>{3, 8}, {-1, 8}, {0, 4}}) {
+    const Status w = t.check_layer(layer, heads);
+    EXPECT_EQ(w.code(), StatusCode::kInvalidArgument) << layer << " " << heads;
+    EXPECT_NE(w.message().find("(3 x 8) does not cover layer " + std::to_string(layer) + " with " +
+                               std::to_string(heads) + " query heads"),
+              std::string::npos)
+        << w.message();
+  }
+  // Success allocates nothing (the kernels call it on every call).
+  const long long before = allocation_count();
+  for (int i = 0; i < 1000; ++i) {
+    if (!t.check_layer(0, 8).ok()) ADD_FAILURE();
+    if (!t.check_layer(2, 8).ok()) ADD_FAILURE();
+  }
+  EXPECT_EQ(allocation_count() - before, 0);
 }
 
 }  // namespace

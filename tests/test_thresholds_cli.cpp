@@ -1,11 +1,14 @@
 // The toptheta-thresholds command line (tools/thresholds_cli.hpp), run in-process: help on every
-// subcommand, info on both formats, convert round trips, diff and its exit status, and the
-// one-line error contract.
+// subcommand, info on both formats (dense and empty heads listed), convert round trips, diff,
+// the exit statuses (0 success, 1 runtime failure, 2 usage or input error, 3 diff beyond
+// --tolerance), warnings about the placement the authors' format cannot store, and the one-line
+// error contract.
 
 #include <gtest/gtest.h>
 
 #if __has_include(<CLI/CLI.hpp>)
 
+#include <filesystem>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -35,8 +38,12 @@ CliResult run_cli(std::vector<std::string> args) {
 
 std::string valid(const std::string& name) { return threshold_data_dir() + "/valid/" + name; }
 
-void expect_one_line_error(const CliResult& r, const std::string& fragment) {
-  EXPECT_EQ(r.status, 2);
+std::string malformed(const std::string& name) {
+  return threshold_data_dir() + "/malformed/" + name;
+}
+
+void expect_one_line_error(const CliResult& r, const std::string& fragment, int status = 2) {
+  EXPECT_EQ(r.status, status) << r.err;
   EXPECT_EQ(r.err.rfind("toptheta-thresholds: error: ", 0), 0u) << r.err;
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
   EXPECT_NE(r.err.find(fragment), std::string::npos) << r.err;
@@ -131,7 +138,8 @@ TEST(ThresholdsCli, DiffReportsDifferencesAndHonoursTolerance) {
       << r.out;
   EXPECT_NE(r.out.find("result:              different"), std::string::npos) << r.out;
   r = run_cli({"diff", valid("calibrated.toptheta"), dir.file("u.toptheta"), "--tolerance", "1"});
-  EXPECT_EQ(r.status, 1) << r.out;  // entries only in B
+  EXPECT_EQ(r.status, 3) << r.out;  // entries only in B
+  EXPECT_TRUE(r.err.empty()) << r.err;
   EXPECT_NE(r.out.find("exceeds --tolerance"), std::string::npos) << r.out;
 
   // Only a theta change: within a loose tolerance, beyond a tight one.
@@ -147,7 +155,7 @@ TEST(ThresholdsCli, DiffReportsDifferencesAndHonoursTolerance) {
   EXPECT_EQ(run_cli({"diff", valid("calibrated.toptheta"), dir.file("w.toptheta"), "--tolerance",
                      "1e-4"})
                 .status,
-            1);
+            3);
 }
 
 TEST(ThresholdsCli, ErrorsAreOneLineWithNonZeroStatus) {
@@ -168,13 +176,185 @@ TEST(ThresholdsCli, ErrorsAreOneLineWithNonZeroStatus) {
   const std::string bin = threshold_data_dir() + "/malformed/gzip_garbage.toptheta";
   expect_one_line_error(run_cli({"info", bin}), "binary data");
   TempDir dir;
-  expect_one_line_error(run_cli({"convert", valid("no_entries.toptheta"), dir.file("th.txt"),
+  expect_one_line_error(run_cli({"convert", malformed("no_entries.toptheta"), dir.file("th.txt"),
                                  "--to", "reference"}),
-                        "without entries");
+                        "no_entries.toptheta: threshold table (layers x heads) (2 x 3) is empty");
   expect_one_line_error(run_cli({"convert", valid("crlf.toptheta"), dir.file("a/b/c"), "--to",
                                  "native"}),
-                        "No such file or directory");
+                        "No such file or directory", 1);
   EXPECT_TRUE(dir.list().empty());
+}
+
+// 0 success, 2 usage or input error, 1 runtime failure, 3 diff beyond --tolerance.
+TEST(ThresholdsCli, ExitStatuses) {
+  TempDir dir;
+  // 0: every subcommand on good input, nothing on stderr for a native pre-softmax file.
+  for (std::vector<std::string> args :
+       {std::vector<std::string>{"info", valid("crlf.toptheta")},
+        {"convert", valid("crlf.toptheta"), dir.file("ok.toptheta"), "--to", "native"},
+        {"diff", valid("crlf.toptheta"), valid("crlf.toptheta"), "--tolerance", "0"}}) {
+    const CliResult r = run_cli(args);
+    EXPECT_EQ(r.status, 0) << args[0] << ": " << r.err;
+    EXPECT_TRUE(r.err.empty()) << r.err;
+  }
+  // 2: usage errors.
+  expect_one_line_error(run_cli({"info", valid("crlf.toptheta"), "--bogus"}), "--bogus");
+  expect_one_line_error(run_cli({"info", valid("crlf.toptheta"), "--missing-heads", "silent"}),
+                        "--missing-heads");
+  expect_one_line_error(run_cli({"info", valid("crlf.toptheta"), "--heads", "0"}), "--heads");
+  // 2: input errors: missing, unreadable (a directory), malformed, incomplete input.
+  expect_one_line_error(run_cli({"convert", dir.file("nope"), dir.file("x"), "--to", "native"}),
+                        dir.file("nope") + ": cannot open: No such file or directory");
+  expect_one_line_error(run_cli({"diff", dir.path(), valid("crlf.toptheta")}), dir.path() + ": ");
+  expect_one_line_error(run_cli({"diff", valid("crlf.toptheta"), malformed("theta_nan.toptheta")}),
+                        "theta_nan.toptheta:9: non-finite theta 'nan'");
+  for (const char* sub : {"info", "convert", "diff"}) {
+    std::vector<std::string> args = {sub, malformed("missing_heads.toptheta")};
+    if (std::string(sub) == "convert") args.insert(args.end(), {dir.file("y"), "--to", "native"});
+    if (std::string(sub) == "diff") args.push_back(valid("crlf.toptheta"));
+    expect_one_line_error(run_cli(args),
+                          "missing_heads.toptheta: threshold table (layers x heads) (5 x 8) is "
+                          "incomplete: 35 of 40 (layer, head) pairs have no thresholds: layer 0 "
+                          "heads 1-7;");
+  }
+  // 2: a table the output format cannot hold (dense heads in the authors' format).
+  expect_one_line_error(run_cli({"convert", valid("dense_heads.toptheta"), dir.file("th.txt"), "--to",
+                                 "reference", "--placement", "post"}),
+                        dir.file("th.txt") + ": cannot save: the authors' format cannot declare "
+                                             "dense heads (layer 0 heads 1-2; layer 1 heads 0, 3)");
+  // 1: the output cannot be written (a directory in the way; a missing directory).
+  ASSERT_TRUE(std::filesystem::create_directory(dir.file("occupied")));
+  expect_one_line_error(run_cli({"convert", valid("crlf.toptheta"), dir.file("occupied"), "--to",
+                                 "native"}),
+                        "cannot rename", 1);
+  expect_one_line_error(run_cli({"convert", valid("crlf.toptheta"), dir.file("no/dir/t.txt"), "--to",
+                                 "reference"}),
+                        "No such file or directory", 1);
+  // 3: diff beyond --tolerance (covered with entries in DiffReportsDifferencesAndHonoursTolerance);
+  // here a placement difference.
+  const CliResult d = run_cli({"diff", valid("crlf.toptheta"), valid("special_values.toptheta"),
+                               "--tolerance", "100"});
+  EXPECT_EQ(d.status, 3) << d.err;
+  EXPECT_NE(d.out.find("placement:           differs (A pre, B post)"), std::string::npos) << d.out;
+  EXPECT_EQ(dir.list(), (std::vector<std::string>{"occupied", "ok.toptheta"}));
+}
+
+// info summarises a table with empty heads (listing them), then fails like a strict load; dense
+// heads are listed; --missing-heads dense is the explicit opt-in.
+TEST(ThresholdsCli, InfoListsEmptyAndDenseHeads) {
+  const std::string th = malformed("authors_missing_heads.th.txt");
+  CliResult r = run_cli({"info", th, "--layers", "5", "--heads", "8"});
+  EXPECT_EQ(r.status, 2);
+  for (const char* want :
+       {"layers:            5\n", "heads:             8\n", "entries:           5\n",
+        "dense heads:       none\n",
+        "empty heads:       35 of 40 have no thresholds (incomplete): layer 0 heads 1-7; layer 1 "
+        "heads 1-7; layer 2 heads 1-7; layer 3 heads 1-7; layer 4 heads 1-7\n",
+        "lengths:           64..64"})
+    EXPECT_NE(r.out.find(want), std::string::npos) << want << "\n" << r.out;
+  expect_one_line_error(r, "authors_missing_heads.th.txt: threshold table (layers x heads) (5 x 8) "
+                           "is incomplete: 35 of 40");
+
+  r = run_cli({"info", th, "--layers", "5", "--heads", "8", "--missing-heads", "dense"});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_TRUE(r.err.empty()) << r.err;
+  EXPECT_NE(r.out.find("dense heads:       35 of 40 declared dense: layer 0 heads 1-7; layer 1"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("empty heads:       none\n"), std::string::npos) << r.out;
+
+  // Without the model's shape the head count is inferred (1) and the output says so.
+  r = run_cli({"info", th});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("heads:             1 (inferred from the largest index; see --heads)"),
+            std::string::npos)
+      << r.out;
+
+  r = run_cli({"info", valid("dense_heads.toptheta")});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("dense heads:       4 of 8 declared dense: layer 0 heads 1-2; layer 1 "
+                       "heads 0, 3\n"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("empty heads:       none\n"), std::string::npos) << r.out;
+
+  r = run_cli({"info", malformed("no_entries.toptheta")});
+  EXPECT_NE(r.out.find("empty heads:       6 of 6 have no thresholds (incomplete): layer 0 heads "
+                       "0-2; layer 1 heads 0-2"),
+            std::string::npos)
+      << r.out;
+  expect_one_line_error(r, "(2 x 3) is empty");
+
+  // An incomplete authors' file becomes a complete native file only with the explicit option.
+  TempDir dir;
+  const std::string out = dir.file("t.toptheta");
+  expect_one_line_error(run_cli({"convert", th, out, "--to", "native", "--heads", "8", "--placement",
+                                 "pre"}),
+                        "is incomplete");
+  EXPECT_TRUE(dir.list().empty());
+  r = run_cli({"convert", th, out, "--to", "native", "--heads", "8", "--placement", "pre",
+               "--missing-heads", "dense"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_TRUE(r.err.empty()) << r.err;
+  EXPECT_NE(read_all(out).find("dense_heads 4 1-7\n"), std::string::npos) << read_all(out);
+}
+
+// The authors' format stores no placement: loading one without --placement says what was
+// assumed; writing post-softmax thresholds to it warns that the placement is lost.
+TEST(ThresholdsCli, PlacementWarnings) {
+  TempDir dir;
+  const std::string authors = valid("authors/th.txt");
+  CliResult r = run_cli({"convert", authors, dir.file("a.toptheta"), "--to", "native"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.err, "toptheta-thresholds: warning: " + authors +
+                       ": the authors' format stores no placement; assumed pre-softmax (pass "
+                       "--placement post for post-softmax thresholds)\n");
+  r = run_cli({"convert", authors, dir.file("b.toptheta"), "--to", "native", "--placement", "pre"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_TRUE(r.err.empty()) << r.err;  // stated, not assumed
+  r = run_cli({"diff", authors, valid("calibrated.toptheta")});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.err.find("warning: " + authors + ": the authors' format stores no placement; "
+                       "assumed pre-softmax"),
+            std::string::npos)
+      << r.err;
+  // info states it in the placement row (and needs no warning).
+  r = run_cli({"info", authors});
+  EXPECT_NE(r.out.find("placement:         pre (assumed: the authors' format does not store it; "
+                       "see --placement)"),
+            std::string::npos)
+      << r.out;
+  EXPECT_TRUE(r.err.empty()) << r.err;
+
+  // Post-softmax to the authors' format: a warning naming the output; the file is written.
+  const std::string th = dir.file("th.txt");
+  r = run_cli({"convert", valid("special_values.toptheta"), th, "--to", "reference"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.err, "toptheta-thresholds: warning: " + th +
+                       ": the authors' format cannot store the placement; these are post-softmax "
+                       "thresholds, so load the file with --placement post "
+                       "(LoadOptions::expected_placement) or it will be read as pre-softmax\n");
+  EXPECT_FALSE(read_all(th).empty());
+  // Pre-softmax: nothing to warn about.
+  r = run_cli({"convert", valid("crlf.toptheta"), dir.file("th2.txt"), "--to", "reference"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_TRUE(r.err.empty()) << r.err;
+}
+
+// Files with a UTF-8 byte-order mark load in the tool too (the handed inputs).
+TEST(ThresholdsCli, Utf8ByteOrderMark) {
+  CliResult r = run_cli({"info", valid("bom/th.txt"), "--placement", "pre"});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("format:            reference (authors' th.txt)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("entries:           1\n"), std::string::npos) << r.out;
+  r = run_cli({"info", valid("bom.toptheta")});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("format:            native (version 1)"), std::string::npos) << r.out;
+  // The handed native twin holds no entries: it is now read (not "unrecognised") and rejected as
+  // empty.
+  r = run_cli({"info", malformed("utf8_bom_empty_table.toptheta")});
+  expect_one_line_error(r, "utf8_bom_empty_table.toptheta: threshold table (layers x heads) (1 x 1) "
+                           "is empty");
 }
 
 }  // namespace

@@ -7,9 +7,12 @@
 ///     toptheta-thresholds convert IN OUT --to native|reference [--sdc FILE] [--sdc-out FILE]
 ///     toptheta-thresholds diff A B [--tolerance X] [--sdc-a FILE] [--sdc-b FILE]
 ///
-/// Exit status: 0 success (also for `diff` of different files without --tolerance); 1 `diff`
-/// found differences beyond --tolerance; 2 any error, reported as one line
-/// `toptheta-thresholds: error: ...` on the error stream.
+/// Exit status: 0 success (also for `diff` of different files without --tolerance); 2 a usage or
+/// input error (bad option, missing / unreadable / malformed / incomplete input file, a table the
+/// output format cannot hold); 1 a runtime failure (the output cannot be written, out of memory);
+/// 3 `diff` found differences beyond --tolerance. Errors are one line
+/// `toptheta-thresholds: error: ...` on the error stream; warnings are lines
+/// `toptheta-thresholds: warning: ...` there (exit status unchanged).
 ///
 /// Unlike the library headers this file uses exceptions (CLI11 reports parse errors with them).
 
@@ -44,12 +47,19 @@ inline std::string pad(std::string s, std::size_t width, bool right = true) {
   return right ? std::string(width - s.size(), ' ') + s : s + std::string(width - s.size(), ' ');
 }
 
+/// Exit statuses.
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitRuntime = 1;
+inline constexpr int kExitUsage = 2;
+inline constexpr int kExitDiffers = 3;
+
 /// Options shared by the subcommands that load files.
 struct InputOptions {
   std::string placement;  // "" = not given
   Index layers = 0;
   Index heads = 0;
   std::string from = "auto";
+  std::string missing_heads = "error";
 };
 
 inline void add_input_options(CLI::App* sub, InputOptions* o) {
@@ -65,12 +75,19 @@ inline void add_input_options(CLI::App* sub, InputOptions* o) {
       ->check(CLI::Range(Index(1), kMaxThresholdHeads));
   sub->add_option("--from", o->from, "input format (default: detected from the content)")
       ->check(CLI::IsMember({"auto", "native", "reference"}));
+  sub->add_option("--missing-heads", o->missing_heads,
+                  "(layer, head) pairs without thresholds that the file does not declare dense: "
+                  "'error' (default) or 'dense' (declare them dense: they keep every score)")
+      ->check(CLI::IsMember({"error", "dense"}));
 }
 
 /// Loads `path` (with an optional authors' sdc.txt); returns the detected format in `*fmt`.
+/// `keep_empty` loads incomplete tables as they are (for `info`).
 inline Status load(const std::string& path, const std::string& sdc, const InputOptions& in,
-                   ThresholdTable* out, ThresholdFormat* fmt) {
+                   ThresholdTable* out, ThresholdFormat* fmt, bool keep_empty = false) {
   LoadOptions o;
+  (void)parse(in.missing_heads, o.missing_heads);
+  if (keep_empty && o.missing_heads == MissingHeads::kError) o.missing_heads = MissingHeads::kKeepEmpty;
   if (!in.placement.empty()) {
     Placement p = Placement::kPreSoftmax;
     (void)parse(in.placement, p);
@@ -83,6 +100,12 @@ inline Status load(const std::string& path, const std::string& sdc, const InputO
   return load_thresholds(path, out, o, fmt);
 }
 
+/// The warning for an authors' file whose placement was not given: the format does not store it.
+inline std::string assumed_placement_warning(const std::string& path, const ThresholdTable& t) {
+  return path + ": the authors' format stores no placement; assumed " + to_string(t.placement()) +
+         "-softmax (pass --placement post for post-softmax thresholds)";
+}
+
 /// Value at index floor(p / 100 * (n - 1)) of the sorted values ("lower" percentile).
 inline double percentile(const std::vector<double>& sorted, int p) {
   const std::size_t n = sorted.size();
@@ -90,7 +113,8 @@ inline double percentile(const std::vector<double>& sorted, int p) {
 }
 
 inline void print_info(std::ostream& out, const std::string& path, ThresholdFormat fmt,
-                       const ThresholdTable& t, bool placement_given) {
+                       const ThresholdTable& t, const InputOptions& in) {
+  const bool placement_given = !in.placement.empty();
   const ThresholdMetadata& md = t.metadata();
   const bool native = fmt == ThresholdFormat::kNative;
   Index min_len = std::numeric_limits<Index>::max(), max_len = 0;
@@ -112,9 +136,23 @@ inline void print_info(std::ostream& out, const std::string& path, ThresholdForm
                        (native || placement_given ? ""
                                                   : " (assumed: the authors' format does not "
                                                     "store it; see --placement)"));
-  row("layers", std::to_string(t.num_layers()));
-  row("heads", std::to_string(t.num_heads()));
+  const auto inferred = [&](Index given, const char* option) {
+    return native || given > 0 ? std::string()
+                               : std::string(" (inferred from the largest index; see ") + option +
+                                     ")";
+  };
+  row("layers", std::to_string(t.num_layers()) + inferred(in.layers, "--layers"));
+  row("heads", std::to_string(t.num_heads()) + inferred(in.heads, "--heads"));
   row("entries", std::to_string(t.size()));
+  const std::size_t pairs = std::size_t(t.num_layers()) * std::size_t(t.num_heads());
+  const std::size_t n_dense = t.num_dense_heads(), n_empty = t.num_missing_heads();
+  row("dense heads", n_dense == 0 ? std::string("none")
+                                  : std::to_string(n_dense) + " of " + std::to_string(pairs) +
+                                        " declared dense: " + t.describe_heads(true));
+  row("empty heads", n_empty == 0 ? std::string("none")
+                                  : std::to_string(n_empty) + " of " + std::to_string(pairs) +
+                                        " have no thresholds (incomplete): " +
+                                        t.describe_heads(false));
   row("lengths", t.empty() ? std::string("-")
                            : std::to_string(min_len) + ".." + std::to_string(max_len));
   row("lambda", native ? detail::format_double(md.lambda) : std::string("- (not stored)"));
@@ -233,15 +271,19 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
                "authors' th.txt/sdc.txt; see docs/threshold-format.md).",
                "toptheta-thresholds"};
   app.require_subcommand(1);
+  app.footer("Exit status: 0 success; 1 runtime failure (e.g. the output cannot be written); 2 "
+             "usage or input error (bad option; missing, unreadable, malformed or incomplete "
+             "input); 3 diff --tolerance exceeded.");
   app.set_version_flag("--version", std::string(kVersionString));
 
   std::string info_file, info_sdc;
   InputOptions info_in;
   CLI::App* info = app.add_subcommand("info", "Summarise a threshold file");
-  info->footer("Prints layers, heads, entries, length range, placement, lambda, calibration rows, "
-               "SDC terms, and per layer: k, entries, length range and theta percentiles p0 p10 "
-               "p50 p90 p100 over all heads and lengths (value at index floor(p/100*(n-1)) of "
-               "the sorted thetas).");
+  info->footer("Prints layers, heads, entries, dense heads, empty heads, length range, "
+               "placement, lambda, calibration rows, SDC terms, and per layer: k, entries, length "
+               "range and theta percentiles p0 p10 p50 p90 p100 over all heads and lengths (value at index floor(p/100*(n-1)) of "
+               "the sorted thetas). A table with empty heads (no thresholds, not declared dense) "
+               "is summarised, then reported as an error (exit 2).");
   info->add_option("file", info_file, "threshold file (native, or authors' th.txt)")->required();
   info->add_option("--sdc", info_sdc, "authors' sdc.txt to merge (authors' format only)");
   add_input_options(info, &info_in);
@@ -251,7 +293,9 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
   CLI::App* convert = app.add_subcommand(
       "convert", "Convert between the native format and the authors' th.txt/sdc.txt");
   convert->footer("Outputs are written atomically (temporary file + rename). The authors' format "
-                  "keeps no placement, lambda, calibration rows, model or notes.");
+                  "keeps no placement, lambda, calibration rows, model, notes or dense heads: "
+                  "converting post-softmax thresholds to it warns, and so does reading an "
+                  "authors' file without --placement (pre-softmax is assumed).");
   convert->add_option("input", conv_in, "input threshold file")->required();
   convert->add_option("output", conv_out, "output file (the th.txt path for --to reference)")
       ->required();
@@ -271,22 +315,33 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
   diff->footer("Prints the max absolute and relative theta difference over the common (layer, "
                "head, length) entries (relative: |a-b| / max(|a|,|b|)), the number of entries "
                "only in A and only in B, and shape / k / placement / sample-count / SDC "
-               "differences. Exits 0 even when the files differ, unless --tolerance is given.");
+               "differences. Exits 0 even when the files differ, unless --tolerance is given (then 3).");
   diff->add_option("a", diff_a, "first threshold file")->required();
   diff->add_option("b", diff_b, "second threshold file")->required();
   diff->add_option("--sdc-a", diff_sdc_a, "authors' sdc.txt for A");
   diff->add_option("--sdc-b", diff_sdc_b, "authors' sdc.txt for B");
   diff->add_option("--tolerance", tolerance,
-                   "exit with status 1 when the max absolute theta difference exceeds X, or when "
+                   "exit with status 3 when the max absolute theta difference exceeds X, or when "
                    "shape, k, placement or the set of entries differ")
       ->check(CLI::NonNegativeNumber);
   add_input_options(diff, &diff_in);
 
-  const auto fail = [&](const std::string& msg) {
-    std::string m = msg;
+  const auto one_line = [](std::string m) {
     std::replace(m.begin(), m.end(), '\n', ' ');
-    err << "toptheta-thresholds: error: " << m << "\n";
-    return 2;
+    return m;
+  };
+  // Usage and input errors: exit 2. Runtime failures: exit 1.
+  const auto fail = [&](const std::string& msg, int status = kExitUsage) {
+    err << "toptheta-thresholds: error: " << one_line(msg) << "\n";
+    return status;
+  };
+  const auto warn = [&](const std::string& msg) {
+    err << "toptheta-thresholds: warning: " << one_line(msg) << "\n";
+  };
+  // A failed save: the file system refusing the write is a runtime failure, anything else (a
+  // table the format cannot hold, conflicting paths) an input error.
+  const auto save_failed = [&](const Status& s) {
+    return fail(s.message(), s.code() == StatusCode::kIoError ? kExitRuntime : kExitUsage);
   };
 
   if (argc > 1 && argv[1][0] != '-' && std::string(argv[1]) != "info" &&
@@ -307,25 +362,38 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
 
   try {
     if (info->parsed()) {
+      // Incomplete tables are loaded as they are, summarised (their empty heads listed), and
+      // then reported as the error a strict load gives.
       ThresholdTable t;
       ThresholdFormat fmt = ThresholdFormat::kAuto;
-      const Status s = load(info_file, info_sdc, info_in, &t, &fmt);
+      const Status s = load(info_file, info_sdc, info_in, &t, &fmt, /*keep_empty=*/true);
       if (!s.ok()) return fail(s.message());
-      print_info(out, info_file, fmt, t, !info_in.placement.empty());
-      return 0;
+      print_info(out, info_file, fmt, t, info_in);
+      if (t.num_missing_heads() > 0) {
+        ThresholdTable strict;
+        const Status e = load(info_file, info_sdc, info_in, &strict, &fmt);
+        return fail(e.ok() ? info_file + ": " + t.check_complete().message() : e.message());
+      }
+      return kExitOk;
     }
     if (convert->parsed()) {
-      ThresholdTable t;
-      ThresholdFormat fmt = ThresholdFormat::kAuto;
-      Status s = load(conv_in, conv_sdc, conv_opts, &t, &fmt);
-      if (!s.ok()) return fail(s.message());
       SaveOptions so;
       (void)parse(conv_to, so.format);
       so.sdc_path = conv_sdc_out;
       if (so.format != ThresholdFormat::kReference && !conv_sdc_out.empty())
         return fail("--sdc-out applies only to --to reference");
-      s = save_thresholds(conv_out, t, so);
+      ThresholdTable t;
+      ThresholdFormat fmt = ThresholdFormat::kAuto;
+      Status s = load(conv_in, conv_sdc, conv_opts, &t, &fmt);
       if (!s.ok()) return fail(s.message());
+      if (fmt == ThresholdFormat::kReference && conv_opts.placement.empty())
+        warn(assumed_placement_warning(conv_in, t));
+      s = save_thresholds(conv_out, t, so);
+      if (!s.ok()) return save_failed(s);
+      if (so.format == ThresholdFormat::kReference && t.placement() == Placement::kPostSoftmax)
+        warn(conv_out + ": the authors' format cannot store the placement; these are post-softmax "
+             "thresholds, so load the file with --placement post "
+             "(LoadOptions::expected_placement) or it will be read as pre-softmax");
       out << "wrote " << conv_out << " (" << to_string(so.format) << ", " << t.size()
           << " entries)";
       bool any_sdc = false;
@@ -335,7 +403,7 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
       if (so.format == ThresholdFormat::kReference && any_sdc)
         out << " and " << reference_sdc_path(conv_out, so);
       out << "\n";
-      return 0;
+      return kExitOk;
     }
     if (diff->parsed()) {
       ThresholdTable a, b;
@@ -344,6 +412,10 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
       if (!s.ok()) return fail(s.message());
       s = load(diff_b, diff_sdc_b, diff_in, &b, &fb);
       if (!s.ok()) return fail(s.message());
+      if (diff_in.placement.empty()) {
+        if (fa == ThresholdFormat::kReference) warn(assumed_placement_warning(diff_a, a));
+        if (fb == ThresholdFormat::kReference) warn(assumed_placement_warning(diff_b, b));
+      }
       const DiffResult r = compare(a, b);
       const auto row = [&](const char* key, const std::string& v) {
         out << pad(std::string(key) + ":", 21, false) << v << "\n";
@@ -386,12 +458,12 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
       row("result", identical ? "identical thresholds" : "different");
       if (tolerance >= 0.0 && (structural || r.max_abs > tolerance)) {
         out << "exceeds --tolerance " << fmt_g(tolerance, 17) << "\n";
-        return 1;
+        return kExitDiffers;
       }
-      return 0;
+      return kExitOk;
     }
   } catch (const std::exception& e) {  // e.g. std::bad_alloc
-    return fail(e.what());
+    return fail(e.what(), kExitRuntime);
   }
   return fail("no subcommand");
 }

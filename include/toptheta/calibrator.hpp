@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <limits>
 #include <string>
 #include <vector>
@@ -52,25 +53,61 @@ class Calibrator {
  public:
   Calibrator() = default;
   explicit Calibrator(CalibrationOptions options) : opts_(std::move(options)) {
-    if (opts_.num_layers > 0 && opts_.num_heads > 0)
-      heads_.resize(static_cast<std::size_t>(opts_.num_layers * opts_.num_heads));
+    if (shape_ok()) heads_.resize(static_cast<std::size_t>(opts_.num_layers * opts_.num_heads));
   }
 
-  /// Checks the options (shapes, k >= 1, sample fraction, finite lambda, SDC table shape).
+  /// Largest num_layers x num_heads a calibrator accepts.
+  static constexpr Index kMaxPairs = Index(1) << 24;
+
+  /// Checks every option; the message names the field at fault (`CalibrationOptions::<field>`)
+  /// and its value: num_layers / num_heads >= 1 (and layers x heads <= kMaxPairs); default_k >= 1
+  /// when layer_k is empty, else layer_k has num_layers values, each >= 1; lambda finite and
+  /// >= 0; sample_fraction in (0, 1]; sdc_thresholds, when set, a valid and complete table with
+  /// the calibrator's shape and placement. Call it before observing rows.
   Status validate() const {
-    if (opts_.num_layers <= 0 || opts_.num_heads <= 0)
-      return Status::invalid_argument("calibrator needs layers and heads, got " +
-                                      shape_string(opts_.num_layers, opts_.num_heads));
-    if (!opts_.layer_k.empty() && Index(opts_.layer_k.size()) != opts_.num_layers)
-      return Status::invalid_argument("layer_k has " + std::to_string(opts_.layer_k.size()) +
-                                      " entries for " + std::to_string(opts_.num_layers) + " layers");
-    for (Index l = 0; l < opts_.num_layers; ++l)
-      if (k(l) < 1) return Status::invalid_argument("layer " + std::to_string(l) + " has k < 1");
+    const auto bad = [](const std::string& field, const std::string& m) {
+      return Status::invalid_argument("CalibrationOptions::" + field + " " + m);
+    };
+    if (opts_.num_layers < 1)
+      return bad("num_layers", "must be >= 1, got " + std::to_string(opts_.num_layers));
+    if (opts_.num_heads < 1)
+      return bad("num_heads", "must be >= 1, got " + std::to_string(opts_.num_heads));
+    if (!shape_ok())
+      return bad("num_layers", "x num_heads = " + std::to_string(opts_.num_layers) + " x " +
+                                   std::to_string(opts_.num_heads) + " exceeds " +
+                                   std::to_string(kMaxPairs) + " (layer, head) pairs");
+    if (opts_.layer_k.empty()) {
+      if (opts_.default_k < 1)
+        return bad("default_k", "must be >= 1, got " + std::to_string(opts_.default_k));
+    } else {
+      if (Index(opts_.layer_k.size()) != opts_.num_layers)
+        return bad("layer_k", "has " + std::to_string(opts_.layer_k.size()) +
+                                  " values but num_layers is " + std::to_string(opts_.num_layers) +
+                                  " (one k per layer, or leave it empty to use default_k)");
+      for (std::size_t l = 0; l < opts_.layer_k.size(); ++l)
+        if (opts_.layer_k[l] < 1)
+          return bad("layer_k[" + std::to_string(l) + "]",
+                     "must be >= 1, got " + std::to_string(opts_.layer_k[l]));
+    }
+    if (!(std::isfinite(opts_.lambda) && opts_.lambda >= 0.0))
+      return bad("lambda", "must be finite and >= 0, got " + number(opts_.lambda));
     if (!(opts_.sample_fraction > 0.0 && opts_.sample_fraction <= 1.0))
-      return Status::invalid_argument("sample_fraction must be in (0, 1]");
-    if (!std::isfinite(opts_.lambda)) return Status::invalid_argument("lambda is not finite");
-    if (opts_.sdc_thresholds)
-      TOPTHETA_RETURN_IF_ERROR(opts_.sdc_thresholds->check_shape(opts_.num_layers, opts_.num_heads));
+      return bad("sample_fraction", "must be in (0, 1], got " + number(opts_.sample_fraction));
+    if (opts_.sdc_thresholds) {
+      const ThresholdTable& t = *opts_.sdc_thresholds;
+      if (t.num_layers() != opts_.num_layers || t.num_heads() != opts_.num_heads)
+        return bad("sdc_thresholds", "has (layers x heads) " +
+                                         shape_string(t.num_layers(), t.num_heads()) +
+                                         " but the calibrator has " +
+                                         shape_string(opts_.num_layers, opts_.num_heads));
+      if (t.placement() != opts_.placement)
+        return bad("sdc_thresholds", std::string("holds ") + to_string(t.placement()) +
+                                         "-softmax thresholds but the calibrator's placement is " +
+                                         to_string(opts_.placement) +
+                                         "-softmax (the SDC pass compares the same values with them)");
+      const Status v = t.validate();
+      if (!v.ok()) return Status(v.code(), "CalibrationOptions::sdc_thresholds: " + v.message());
+    }
     return {};
   }
 
@@ -165,7 +202,30 @@ class Calibrator {
     return n;
   }
 
-  /// The calibrated table: one entry per (layer, head, L) with at least one sample.
+  /// The calibrated table, checked: validate() of the options, and every (layer, head) must have
+  /// received at least one eligible row. Otherwise fails (kFailedPrecondition) naming the pairs
+  /// that got none, and `*out` is untouched. Heads meant to keep every score can be declared
+  /// dense on the result of finalize() with ThresholdTable::set_dense() instead.
+  Status finalize(ThresholdTable* out) const {
+    TOPTHETA_RETURN_IF_ERROR(validate());
+    ThresholdTable t = finalize();
+    const std::size_t missing = t.num_missing_heads();
+    if (missing > 0)
+      return Status::failed_precondition(
+          "calibration gave no thresholds for " + std::to_string(missing) + " of " +
+          std::to_string(opts_.num_layers * opts_.num_heads) + " (layer, head) pairs of the " +
+          shape_string(opts_.num_layers, opts_.num_heads) + " (layers x heads) calibrator: " +
+          t.describe_heads(false) +
+          " (no eligible rows: a row counts when its length L > k_l, its (k_l+1)-th largest value "
+          "is finite and it is sampled; observe longer or more rows, or use a smaller k)");
+    *out = std::move(t);
+    return {};
+  }
+
+  /// The calibrated table, unchecked: one entry per (layer, head, L) with at least one sample. A
+  /// (layer, head) that received no eligible row has no entries, so the table is incomplete and
+  /// fails validate(), saving and the kernels' check; prefer finalize(ThresholdTable*), which
+  /// reports such pairs.
   ThresholdTable finalize() const {
     ThresholdTable t(opts_.num_layers, opts_.num_heads, opts_.default_k);
     for (Index l = 0; l < opts_.num_layers; ++l) (void)t.set_k(l, k(l));
@@ -223,6 +283,17 @@ class Calibrator {
 
   std::size_t slot(Index layer, Index head) const {
     return static_cast<std::size_t>(layer * opts_.num_heads + head);
+  }
+  bool shape_ok() const {
+    return opts_.num_layers > 0 && opts_.num_heads > 0 && opts_.num_layers <= kMaxPairs &&
+           opts_.num_heads <= kMaxPairs / opts_.num_layers;
+  }
+  static std::string number(double v) {
+    if (std::isnan(v)) return "nan";
+    if (std::isinf(v)) return v < 0 ? "-inf" : "inf";
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.17g", v);
+    return buf;
   }
   bool sampled(Index layer, Index head, Index L, std::uint64_t row_id) const {
     // SplitMix64 of (seed, layer, head, L, row): a deterministic, order-independent coin.

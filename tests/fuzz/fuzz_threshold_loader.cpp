@@ -1,11 +1,13 @@
 // libFuzzer target for the threshold file loaders (io/threshold_file.hpp).
 //
 // Every input is parsed several ways: format detection without expectations, forced native with
-// expectations, forced authors' format, and (when the input contains a line "--- sdc") as an
-// authors' th.txt + sdc.txt pair split at that line. The loaders must never crash or read out of
-// bounds (ASan/UBSan), errors must be one-line messages, and whatever loads must validate, save
-// in the native format and load back bit-identically, and (when representable) do the same
-// through the authors' format.
+// expectations, forced authors' format, detection with missing heads declared dense
+// (LoadOptions::missing_heads = kDense) and kept empty (kKeepEmpty), and (when the input
+// contains a line "--- sdc") as an authors' th.txt + sdc.txt pair split at that line. The loaders must never crash or read out of
+// bounds (ASan/UBSan), errors must be one-line messages, and whatever loads must validate (be
+// complete), save in the native format and load back bit-identically, and (when representable)
+// do the same through the authors' format. A table loaded with kKeepEmpty must pass
+// validate_entries(), and must validate exactly when it has no empty heads.
 //
 // Build with libFuzzer:   clang++ -fsanitize=fuzzer,address,undefined ... (scripts/fuzz.sh)
 // Without libFuzzer:      -DTOPTHETA_FUZZ_STANDALONE adds a main() that runs every file (or
@@ -62,7 +64,7 @@ inline void check_loaded(const ThresholdTable& t) {
 }
 
 inline void run_one(std::string_view text) {
-  LoadOptions variants[4];
+  LoadOptions variants[5];
   variants[1].format = ThresholdFormat::kNative;
   variants[1].expected_placement = Placement::kPreSoftmax;
   variants[1].expected_layers = 2;
@@ -72,11 +74,26 @@ inline void run_one(std::string_view text) {
   variants[3].format = ThresholdFormat::kReference;
   variants[3].expected_layers = 2;
   variants[3].expected_heads = 2;
+  variants[4].missing_heads = MissingHeads::kDense;
   for (const LoadOptions& o : variants) {
     ThresholdTable t;
     const Status s = parse_thresholds(text, "fuzz", &t, o);
     if (s.ok()) check_loaded(t);
     else check_error(s);
+  }
+  {
+    LoadOptions keep;
+    keep.missing_heads = MissingHeads::kKeepEmpty;
+    ThresholdTable t;
+    const Status s = parse_thresholds(text, "fuzz", &t, keep);
+    if (s.ok()) {
+      require(t.validate_entries().ok(), "table loaded with kKeepEmpty has invalid entries");
+      require(t.validate().ok() == (t.num_missing_heads() == 0),
+              "kKeepEmpty: validate() disagrees with num_missing_heads()");
+      if (t.num_missing_heads() == 0) check_loaded(t);
+    } else {
+      check_error(s);
+    }
   }
   const std::string_view sep = "\n--- sdc\n";
   const std::size_t at = text.find(sep);

@@ -40,6 +40,31 @@ inline bool parse(const std::string& s, ThresholdFormat& out) {
   return true;
 }
 
+/// What a loader does with (layer, head) pairs that have no entries and are not declared dense.
+enum class MissingHeads {
+  kError,      ///< default: the load fails, naming the pairs (an incomplete table never loads)
+  kDense,      ///< declare them dense in the loaded table (they keep every score): explicit opt-in
+  kKeepEmpty,  ///< inspection only: load them as they are; the table then fails validate() and
+               ///< the kernels' check_layer(), and the writers refuse it
+};
+
+inline const char* to_string(MissingHeads m) {
+  switch (m) {
+    case MissingHeads::kError: return "error";
+    case MissingHeads::kDense: return "dense";
+    case MissingHeads::kKeepEmpty: return "keep-empty";
+  }
+  return "?";
+}
+/// Parses "error", "dense", "keep-empty"; false on an unknown name.
+inline bool parse(const std::string& s, MissingHeads& out) {
+  if (s == "error") out = MissingHeads::kError;
+  else if (s == "dense") out = MissingHeads::kDense;
+  else if (s == "keep-empty") out = MissingHeads::kKeepEmpty;
+  else return false;
+  return true;
+}
+
 /// What a loader checks, and what it assumes for the authors' format (which carries no metadata).
 struct LoadOptions {
   /// Native format: the file's placement must equal it (error otherwise).
@@ -55,6 +80,8 @@ struct LoadOptions {
   /// Authors' format only: path of an sdc.txt to merge into the table (empty = no SDC terms).
   /// Ignored for native files, which carry their SDC terms inline.
   std::string sdc_path;
+  /// (layer, head) pairs without entries and not declared dense: an error by default.
+  MissingHeads missing_heads = MissingHeads::kError;
 };
 
 /// How to save a table.
@@ -68,7 +95,8 @@ struct SaveOptions {
 namespace detail {
 
 /// Rejects tables a threshold file cannot represent faithfully (so that every saved file loads):
-/// an invalid table, shapes beyond the loader limits, lengths or k beyond kMaxThresholdLength.
+/// an invalid table (including an incomplete or empty one), shapes beyond the loader limits,
+/// lengths or k beyond kMaxThresholdLength.
 inline Status check_writable(const ThresholdTable& t) {
   TOPTHETA_RETURN_IF_ERROR(t.validate());
   if (t.num_layers() > kMaxThresholdLayers || t.num_heads() > kMaxThresholdHeads ||
@@ -90,6 +118,24 @@ inline Status check_writable(const ThresholdTable& t) {
     }
   }
   return {};
+}
+
+/// The last step of every loader: applies `opts.missing_heads` to the parsed table `t` (whose
+/// entries passed validate_entries()) and checks completeness. `shape_note` is appended to an
+/// incompleteness message (e.g. where the shape came from). Errors are `name: ...` with the
+/// code of ThresholdTable::check_complete() (kFailedPrecondition).
+inline Status finish_loaded_table(ThresholdTable* t, const LoadOptions& opts,
+                                  const std::string& name, const std::string& shape_note) {
+  if (opts.missing_heads == MissingHeads::kKeepEmpty) return {};
+  if (opts.missing_heads == MissingHeads::kDense) {
+    for (Index l = 0; l < t->num_layers(); ++l)
+      for (Index h = 0; h < t->num_heads(); ++h)
+        if (t->entries(l, h).empty()) (void)t->set_dense(l, h);
+    return {};
+  }
+  const Status s = t->check_complete(shape_note);
+  if (s.ok()) return s;
+  return Status(s.code(), name + ": " + s.message());
 }
 
 /// Collects the entries of a file before they go into a ThresholdTable: O(1) per entry for input

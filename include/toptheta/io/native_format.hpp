@@ -11,11 +11,14 @@
 ///     calibration_rows 1000
 ///     model my-model            (optional)
 ///     notes free text           (optional)
+///     dense_heads 1 1           (optional, one line per layer: heads declared dense)
 ///     entries 3
 ///     0 0 65 0.8125 12
 ///     0 1 65 -inf 12 0.25       (layer head length theta samples [sdc])
 ///     1 0 70 1.5 3
 ///     end
+///
+/// Every (layer, head) needs entries or a `dense_heads` declaration (see ThresholdTable).
 ///
 /// Doubles are written as the shortest decimal that reads back bit-identically.
 /// Parsing is O(file size) for entries sorted by length within each (layer, head), which is how
@@ -68,6 +71,17 @@ inline Status format_native_thresholds(const ThresholdTable& table, std::string*
   s += "\ncalibration_rows " + std::to_string(md.calibration_rows) + "\n";
   if (!md.model_id.empty()) s += "model " + md.model_id + "\n";
   if (!md.notes.empty()) s += "notes " + md.notes + "\n";
+  for (Index l = 0; l < table.num_layers(); ++l) {
+    std::string heads;
+    for (Index h = 0; h < table.num_heads(); ++h) {
+      if (!table.is_dense(l, h) || (h > 0 && table.is_dense(l, h - 1))) continue;
+      Index last = h;
+      while (last + 1 < table.num_heads() && table.is_dense(l, last + 1)) ++last;
+      heads += " " + std::to_string(h);
+      if (last > h) heads += "-" + std::to_string(last);
+    }
+    if (!heads.empty()) s += "dense_heads " + std::to_string(l) + heads + "\n";
+  }
   s += "entries " + std::to_string(table.size()) + "\n";
   s += "# layer head length theta samples [sdc]\n";
   for (Index l = 0; l < table.num_layers(); ++l)
@@ -94,9 +108,11 @@ inline Status format_native_thresholds(const ThresholdTable& table, std::string*
 }
 
 /// Parses a native threshold file held in `text`; `name` prefixes error messages
-/// (`name:line: problem`). Validates everything (docs/threshold-format.md, "Validation") and
-/// checks `opts.expected_placement` / `expected_layers` / `expected_heads`. On success `*out`
-/// holds the table; on error `*out` is untouched.
+/// (`name:line: problem`). Validates everything (docs/threshold-format.md, "Validation"),
+/// checks `opts.expected_placement` / `expected_layers` / `expected_heads`, and applies
+/// `opts.missing_heads` to (layer, head) pairs without entries that 'dense_heads' does not declare
+/// (an error by default). A leading UTF-8 byte-order mark is skipped. On success `*out` holds the
+/// table; on error `*out` is untouched.
 inline Status parse_native_thresholds(std::string_view text, const std::string& name,
                                       ThresholdTable* out, const LoadOptions& opts = {}) {
   using detail::NumberParse;
@@ -150,6 +166,10 @@ inline Status parse_native_thresholds(std::string_view text, const std::string& 
   std::string model, notes;
   std::uint64_t declared = 0;
   Index entries_line = 0;
+  struct DenseRange {
+    Index layer, first, last, line;
+  };
+  std::vector<DenseRange> dense;  // from 'dense_heads' lines, checked once the shape is known
   while (sc.next(&line, &ln)) {
     problem = detail::check_line_bytes(line);
     if (!problem.empty()) return bad(ln, problem);
@@ -162,6 +182,29 @@ inline Status parse_native_thresholds(std::string_view text, const std::string& 
         return num_error(NumberParse::kMalformed, f[1], "'entries'");
       entries_line = ln;
       break;
+    }
+    if (key == "dense_heads") {
+      // dense_heads <layer> <head>|<first>-<last> ...
+      if (f.size() < 3)
+        return bad(ln, "'dense_heads' takes a layer and at least one head or range "
+                       "'<first>-<last>' of heads declared dense");
+      Index l = 0;
+      if (!detail::parse_int(f[1], &l)) return num_error(NumberParse::kMalformed, f[1], "layer");
+      for (std::size_t i = 2; i < f.size(); ++i) {
+        const std::string_view tok = f[i];
+        const std::size_t dash = tok.find('-', 1);
+        Index a = 0, b = 0;
+        if (dash == std::string_view::npos) {
+          if (!detail::parse_int(tok, &a)) return num_error(NumberParse::kMalformed, tok, "head");
+          b = a;
+        } else if (!detail::parse_int(tok.substr(0, dash), &a) ||
+                   !detail::parse_int(tok.substr(dash + 1), &b) || b < a) {
+          return bad(ln, "malformed head range " + quote_token(tok) +
+                             " in 'dense_heads' (expected <head> or <first>-<last>, first <= last)");
+        }
+        dense.push_back({l, a, b, ln});
+      }
+      continue;
     }
     int k = 0;
     while (k < kNumKeys && key != key_names[k]) ++k;
@@ -242,6 +285,28 @@ inline Status parse_native_thresholds(std::string_view text, const std::string& 
 
   ThresholdTable t(layers, heads, 1);
   for (Index l = 0; l < layers; ++l) (void)t.set_k(l, ks[static_cast<std::size_t>(l)]);
+  std::vector<Index> dense_line(static_cast<std::size_t>(layers), 0);  // per layer, 0 = none
+  for (const DenseRange& d : dense) {
+    if (d.layer < 0 || d.layer >= layers)
+      return fail(StatusCode::kOutOfRange, d.line,
+                  "'dense_heads': layer " + std::to_string(d.layer) + " out of range [0, " +
+                      std::to_string(layers) + ")");
+    Index& first_line = dense_line[static_cast<std::size_t>(d.layer)];
+    if (first_line != 0 && first_line != d.line)
+      return bad(d.line, "duplicate 'dense_heads' line for layer " + std::to_string(d.layer) +
+                             " (first on line " + std::to_string(first_line) + ")");
+    first_line = d.line;
+    if (d.first < 0 || d.last >= heads)
+      return fail(StatusCode::kOutOfRange, d.line,
+                  "'dense_heads': head " + std::to_string(d.first < 0 ? d.first : d.last) +
+                      " out of range [0, " + std::to_string(heads) + ")");
+    for (Index h = d.first; h <= d.last; ++h) {
+      if (t.is_dense(d.layer, h))
+        return bad(d.line, "'dense_heads' lists head " + std::to_string(h) + " of layer " +
+                               std::to_string(d.layer) + " twice");
+      (void)t.set_dense(d.layer, h);
+    }
+  }
   t.metadata().placement = placement;
   t.metadata().lambda = lambda;
   t.metadata().calibration_rows = rows;
@@ -304,6 +369,11 @@ inline Status parse_native_thresholds(std::string_view text, const std::string& 
       if (!std::isfinite(e.sdc) || e.sdc < 0)
         return bad(ln, "SDC term must be finite and non-negative, got " + quote_token(f[5]));
     }
+    if (t.is_dense(l, h))
+      return bad(ln, "entry for layer " + std::to_string(l) + " head " + std::to_string(h) +
+                         ", which 'dense_heads' on line " +
+                         std::to_string(dense_line[static_cast<std::size_t>(l)]) +
+                         " declares dense (a dense head has no thresholds)");
     const Index first = entries.add(l * heads + h, e, ln);
     if (first != 0) return bad(ln, duplicate_message(l, h, L, first));
     ++seen;
@@ -315,8 +385,9 @@ inline Status parse_native_thresholds(std::string_view text, const std::string& 
   if (entries.find_duplicate(&dslot, &dlen, &dline, &dfirst))
     return bad(dline, duplicate_message(dslot / heads, dslot % heads, dlen, dfirst));
   entries.install(&t);
-  const Status s = t.validate();
+  const Status s = t.validate_entries();
   if (!s.ok()) return detail::file_error(StatusCode::kDataLoss, name, 0, s.message());
+  TOPTHETA_RETURN_IF_ERROR(detail::finish_loaded_table(&t, opts, name, std::string()));
   *out = std::move(t);
   return {};
 }

@@ -8,8 +8,8 @@
 ///
 /// e.g. `L31_H31:1219 0.0002257227897644043 4 64`. Fields are separated by one space, lines end
 /// with '\n'; all layers share one file. The files carry no placement, lambda or row count: the
-/// placement comes from `LoadOptions::expected_placement` (default pre-softmax), lambda and
-/// calibration_rows load as 0.
+/// placement comes from `LoadOptions::expected_placement` (default pre-softmax: callers should
+/// say so when they assume it), lambda and calibration_rows load as 0.
 ///
 /// The writer emits exactly the authors' layout (single spaces, no comments, entries sorted by
 /// layer, head, length) with shortest round-trip decimals, which Python's `float()` reads back
@@ -68,23 +68,20 @@ inline bool looks_like_reference(std::string_view text) {
 }  // namespace detail
 
 /// Serialises `table` as the authors' th.txt text into `*th` and sdc.txt text into `*sdc` (empty
-/// when no entry has an SDC term; entries without one are left out of sdc.txt). Fails for a
-/// table without entries, or with a layer without entries (the format stores k only on entry
-/// lines). Heads or layers past the last one with entries are not representable: load such files
-/// with `LoadOptions::expected_layers/heads`. Outputs are untouched on error.
+/// when no entry has an SDC term; entries without one are left out of sdc.txt). Fails for an
+/// invalid (incomplete, empty) table and for a table with dense heads (the format cannot declare
+/// them). Every other valid table has entries in its last (layer, head), so its shape reads back
+/// without `LoadOptions::expected_layers/heads`. The format stores no placement: load a
+/// post-softmax table with `expected_placement`. Outputs are untouched on error.
 inline Status format_reference_thresholds(const ThresholdTable& table, std::string* th,
                                           std::string* sdc) {
   TOPTHETA_RETURN_IF_ERROR(detail::check_writable(table));
-  if (table.empty())
-    return Status::invalid_argument("the authors' format cannot represent a table without entries");
-  for (Index l = 0; l < table.num_layers(); ++l) {
-    bool any = false;
-    for (Index h = 0; h < table.num_heads() && !any; ++h) any = !table.entries(l, h).empty();
-    if (!any)
-      return Status::invalid_argument("layer " + std::to_string(l) +
-                                      " has no entries; the authors' format stores k only on "
-                                      "entry lines");
-  }
+  if (table.num_dense_heads() > 0)
+    return Status::invalid_argument(
+        "the authors' format cannot declare dense heads (" + table.describe_heads(true) +
+        "): save in the native format, or load the exported file with missing heads as dense");
+  // A complete table without dense heads has entries for every (layer, head): every layer's k
+  // and the shape are representable.
   std::string t, c;
   t.reserve(table.size() * 40);
   for (Index l = 0; l < table.num_layers(); ++l)
@@ -109,7 +106,9 @@ inline Status format_reference_thresholds(const ThresholdTable& table, std::stri
 /// Parses the authors' th.txt held in `th_text` (`th_name` prefixes messages) and, when
 /// `sdc_text` is not empty, their sdc.txt (`sdc_name`). Shape: `opts.expected_layers/heads` when
 /// given (larger indices are errors), else one more than the largest index seen. Every layer
-/// needs at least one entry and one consistent k. Each sdc.txt line must match a th.txt entry;
+/// needs at least one entry and one consistent k; every (layer, head) needs entries unless
+/// `opts.missing_heads` says otherwise (the format cannot declare dense heads). A leading UTF-8
+/// byte-order mark is skipped in both texts. Each sdc.txt line must match a th.txt entry;
 /// th.txt entries without one keep a NaN SDC term. sdc.txt sample counts are read but not kept.
 /// On error `*out` is untouched.
 inline Status parse_reference_thresholds(std::string_view th_text, const std::string& th_name,
@@ -305,8 +304,16 @@ inline Status parse_reference_thresholds(std::string_view th_text, const std::st
     e.sdc = c;
     (void)t.set(l, h, e);
   }
-  const Status s = t.validate();
+  const Status s = t.validate_entries();
   if (!s.ok()) return detail::file_error(StatusCode::kDataLoss, th_name, 0, s.message());
+  std::string shape_note;
+  if (opts.expected_layers <= 0 || opts.expected_heads <= 0)
+    shape_note = std::string("; the ") +
+                 (opts.expected_layers <= 0 && opts.expected_heads <= 0 ? "layer and head counts are"
+                  : opts.expected_layers <= 0                            ? "layer count is"
+                                                                         : "head count is") +
+                 " inferred from the largest indices in the file";
+  TOPTHETA_RETURN_IF_ERROR(detail::finish_loaded_table(&t, opts, th_name, shape_note));
   *out = std::move(t);
   return {};
 }

@@ -82,11 +82,24 @@ inline std::string quote_token(std::string_view tok) {
   return q;
 }
 
+/// The UTF-8 encoding of U+FEFF, which some editors write at the start of a text file.
+inline constexpr std::string_view kUtf8Bom = "\xef\xbb\xbf";
+
+/// True when `text` starts with a UTF-8 byte-order mark.
+inline bool has_utf8_bom(std::string_view text) { return text.substr(0, 3) == kUtf8Bom; }
+
+/// `text` without a leading UTF-8 byte-order mark.
+inline std::string_view strip_utf8_bom(std::string_view text) {
+  return has_utf8_bom(text) ? text.substr(3) : text;
+}
+
 /// Splits `text` into lines at '\n'; one trailing '\r' is removed from each line. A final line
-/// without '\n' is still a line; an empty text has no lines. Never reads outside `text`.
+/// without '\n' is still a line; an empty text has no lines. A UTF-8 byte-order mark at the
+/// start of `text` is skipped (it is not part of line 1, so line numbers are unchanged; columns
+/// of line 1 count from after it). Never reads outside `text`.
 class LineScanner {
  public:
-  explicit LineScanner(std::string_view text) : text_(text) {}
+  explicit LineScanner(std::string_view text) : text_(text), pos_(has_utf8_bom(text) ? 3 : 0) {}
 
   /// The next line and its 1-based number; false at the end of the text.
   bool next(std::string_view* line, Index* line_no) {

@@ -36,8 +36,10 @@
 namespace toptheta {
 
 /// kNative when `text` starts with `toptheta-thresholds`, kReference when its first non-blank,
-/// non-comment line starts with `L<digit>`, otherwise kAuto (not recognised).
+/// non-comment line starts with `L<digit>`, otherwise kAuto (not recognised). A leading UTF-8
+/// byte-order mark is skipped.
 inline ThresholdFormat detect_threshold_format(std::string_view text) {
+  text = detail::strip_utf8_bom(text);
   const std::string_view magic = kNativeThresholdMagic;
   if (text.substr(0, magic.size()) == magic) return ThresholdFormat::kNative;
   if (detail::looks_like_reference(text)) return ThresholdFormat::kReference;
@@ -45,7 +47,7 @@ inline ThresholdFormat detect_threshold_format(std::string_view text) {
 }
 
 /// Parses a threshold file held in memory (`name` prefixes error messages), in `opts.format` or
-/// the detected format. For the authors' format only th.txt content is parsed here
+/// the detected format (a leading UTF-8 byte-order mark is skipped in every format). For the authors' format only th.txt content is parsed here
 /// (`opts.sdc_path` is ignored; see parse_reference_thresholds() to merge an sdc.txt text).
 /// On error `*out` is untouched.
 inline Status parse_thresholds(std::string_view text, const std::string& name, ThresholdTable* out,
@@ -54,7 +56,13 @@ inline Status parse_thresholds(std::string_view text, const std::string& name, T
   if (fmt == ThresholdFormat::kAuto) fmt = detect_threshold_format(text);
   if (fmt == ThresholdFormat::kNative) return parse_native_thresholds(text, name, out, opts);
   if (fmt == ThresholdFormat::kReference) return parse_reference_thresholds(text, name, out, opts);
-  // Not recognised: report binary data or the first meaningful line.
+  // Not recognised: report UTF-16, binary data or the first meaningful line.
+  if (text.size() >= 2 && ((text[0] == '\xff' && text[1] == '\xfe') ||
+                           (text[0] == '\xfe' && text[1] == '\xff')))
+    return detail::file_error(StatusCode::kDataLoss, name, 1,
+                              std::string("binary data: UTF-16 byte-order mark 0x") +
+                                  (text[0] == '\xff' ? "fffe" : "feff") +
+                                  " (threshold files are UTF-8 text; re-save the file as UTF-8)");
   detail::LineScanner sc(text);
   std::string_view line;
   Index ln = 0;
@@ -104,12 +112,19 @@ inline std::string reference_sdc_path(const std::string& path, const SaveOptions
 
 /// Saves `table` atomically. Native (default, also for kAuto): one file at `path`. Authors'
 /// format: th.txt at `path`, and when any entry has an SDC term, sdc.txt at
-/// reference_sdc_path(path, opts); each file is replaced atomically on its own.
+/// reference_sdc_path(path, opts); each file is replaced atomically on its own. A table the
+/// format cannot hold (invalid, incomplete or empty; dense heads in the authors' format) is
+/// refused with `path: cannot save: <reason>` and nothing is written; kIoError means the file
+/// system refused the write.
 inline Status save_thresholds(const std::string& path, const ThresholdTable& table,
                               const SaveOptions& opts = {}) {
+  // A table the format cannot hold: `path: cannot save: <reason>`, nothing written.
+  const auto cannot = [&](const Status& s) {
+    return s.ok() ? s : Status(s.code(), path + ": cannot save: " + s.message());
+  };
   if (opts.format == ThresholdFormat::kReference) {
     std::string th, sdc;
-    TOPTHETA_RETURN_IF_ERROR(format_reference_thresholds(table, &th, &sdc));
+    TOPTHETA_RETURN_IF_ERROR(cannot(format_reference_thresholds(table, &th, &sdc)));
     const std::string sdc_path = reference_sdc_path(path, opts);
     if (!sdc.empty() && sdc_path == path)
       return Status::invalid_argument(path + ": th.txt and sdc.txt would be the same file");
@@ -118,7 +133,7 @@ inline Status save_thresholds(const std::string& path, const ThresholdTable& tab
     return {};
   }
   std::string text;
-  TOPTHETA_RETURN_IF_ERROR(format_native_thresholds(table, &text));
+  TOPTHETA_RETURN_IF_ERROR(cannot(format_native_thresholds(table, &text)));
   return write_file_atomic(path, text);
 }
 
@@ -130,7 +145,7 @@ inline Status save_thresholds(const std::string& path, const ThresholdTable& tab
   return save_thresholds(path, table, o);
 }
 
-/// True when `a` and `b` hold the same shape, budgets, metadata and entries, comparing doubles
+/// True when `a` and `b` hold the same shape, budgets, metadata, dense heads and entries, comparing doubles
 /// by bit pattern (so -0 != 0, and NaN SDC terms of the same pattern are equal).
 inline bool thresholds_identical(const ThresholdTable& a, const ThresholdTable& b) {
   const auto same = [](double x, double y) { return std::memcmp(&x, &y, sizeof x) == 0; };
@@ -143,6 +158,7 @@ inline bool thresholds_identical(const ThresholdTable& a, const ThresholdTable& 
     return false;
   for (Index l = 0; l < a.num_layers(); ++l)
     for (Index h = 0; h < a.num_heads(); ++h) {
+      if (a.is_dense(l, h) != b.is_dense(l, h)) return false;
       const auto &va = a.entries(l, h), &vb = b.entries(l, h);
       if (va.size() != vb.size()) return false;
       for (std::size_t i = 0; i < va.size(); ++i)
