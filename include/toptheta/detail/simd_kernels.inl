@@ -214,6 +214,61 @@ struct Ops {
     }
   }
 
+  /// One block of accumulate_rows: NH heads x NV vectors of columns starting at c0 (the last
+  /// vector holds `last` columns), accumulators in registers.
+  template <int NH, int NV, class T, class Acc>
+  TT_ATTR static void accumulate_block(Acc* acc, Index d, Index c0, int last,
+                                       const T* const* rows, const Acc* w, Index w_u, Index w_h,
+                                       Index n) {
+    using V = Vec<Acc>;
+    constexpr int W = V::W;
+    V a[NH][NV];
+    for (int hb = 0; hb < NH; ++hb)
+      for (int v = 0; v < NV; ++v) {
+        const Acc* p = acc + hb * d + c0 + v * W;
+        a[hb][v] = v + 1 < NV || last == W ? V::load(p) : V::load_n(p, last);
+      }
+    for (Index u = 0; u < n; ++u) {
+      const T* r = rows[u] + c0;
+      V x[NV];
+      for (int v = 0; v < NV; ++v)
+        x[v] = v + 1 < NV || last == W ? V::template load_cvt<T>(r + v * W)
+                                       : V::template load_cvt_n<T>(r + v * W, last);
+      const Acc* wu = w + u * w_u;
+      for (int hb = 0; hb < NH; ++hb) {
+        const Acc wv = wu[hb * w_h];
+        const V ww = V::set1(wv);
+        if constexpr (V::kFreeMaskedFma) {
+          // A zero weight never lets its row into the sum: a masked FMA, no branch (sparse
+          // gathers weigh a union of keys whose weights are zero for some heads at random).
+          const auto m = V::ne(ww, V::zero());
+          for (int v = 0; v < NV; ++v) a[hb][v] = V::fma_masked(ww, x[v], a[hb][v], m);
+        } else {
+          if (wv == Acc(0)) continue;
+          for (int v = 0; v < NV; ++v) a[hb][v] = V::fma(ww, x[v], a[hb][v]);
+        }
+      }
+    }
+    for (int hb = 0; hb < NH; ++hb)
+      for (int v = 0; v < NV; ++v) {
+        Acc* p = acc + hb * d + c0 + v * W;
+        if (v + 1 < NV || last == W) a[hb][v].store(p);
+        else a[hb][v].store_n(p, last);
+      }
+  }
+
+  template <int NH, class T, class Acc>
+  TT_ATTR static void accumulate_heads(Acc* acc, Index d, Index c0, int nv, int last,
+                                       const T* const* rows, const Acc* w, Index w_u, Index w_h,
+                                       Index n) {
+    switch (nv) {
+      case 1: accumulate_block<NH, 1>(acc, d, c0, last, rows, w, w_u, w_h, n); break;
+      case 2: accumulate_block<NH, 2>(acc, d, c0, last, rows, w, w_u, w_h, n); break;
+      case 3: accumulate_block<NH, 3>(acc, d, c0, last, rows, w, w_u, w_h, n); break;
+      default: accumulate_block<NH, 4>(acc, d, c0, last, rows, w, w_u, w_h, n); break;
+    }
+  }
+
   /// acc[h * d + i] += sum_u w[u * w_u + h * w_h] * rows[u][i] for h < G, i < d, rows in
   /// order. A (row, head) pair whose weight is exactly 0 is skipped: its row never enters that
   /// head's sum (a non-finite value there cannot reach the output).
@@ -222,47 +277,19 @@ struct Ops {
                                       const Acc* w, Index w_u, Index w_h, Index n) {
     using V = Vec<Acc>;
     constexpr int W = V::W;
-    constexpr int CB = W >= 4 ? 4 : 8;  // vectors of columns per block
-    constexpr int HB = 4;               // heads per block
-    for (Index c0 = 0; c0 < d; c0 += Index(CB) * W) {
-      const Index cols = d - c0 < Index(CB) * W ? d - c0 : Index(CB) * W;
+    constexpr Index kCols = 4 * W;  // columns per block: 4 vectors
+    for (Index c0 = 0; c0 < d; c0 += kCols) {
+      const Index cols = d - c0 < kCols ? d - c0 : kCols;
       const int nv = int((cols + W - 1) / W);
       const int last = int(cols - Index(nv - 1) * W);
-      for (Index h0 = 0; h0 < G; h0 += HB) {
-        const int nh = int(G - h0 < HB ? G - h0 : HB);
-        V a[HB][CB];
-        for (int hb = 0; hb < HB; ++hb)
-          for (int v = 0; v < CB; ++v) {
-            if (hb < nh && v < nv) {
-              Acc* p = acc + (h0 + hb) * d + c0 + v * W;
-              a[hb][v] = v + 1 < nv ? V::load(p) : V::load_n(p, last);
-            } else {
-              a[hb][v] = V::zero();
-            }
-          }
-        for (Index u = 0; u < n; ++u) {
-          const T* r = rows[u] + c0;
-          V x[CB];
-          for (int v = 0; v < CB; ++v)
-            x[v] = v < nv ? (v + 1 < nv ? V::template load_cvt<T>(r + v * W)
-                                        : V::template load_cvt_n<T>(r + v * W, last))
-                          : V::zero();
-          const Acc* wu = w + u * w_u + h0 * w_h;
-          for (int hb = 0; hb < HB; ++hb) {
-            if (hb >= nh) break;
-            const Acc wv = wu[hb * w_h];
-            if (wv == Acc(0)) continue;
-            const V ww = V::set1(wv);
-            for (int v = 0; v < CB; ++v)
-              if (v < nv) a[hb][v] = V::fma(ww, x[v], a[hb][v]);
-          }
-        }
-        for (int hb = 0; hb < nh; ++hb)
-          for (int v = 0; v < nv; ++v) {
-            Acc* p = acc + (h0 + hb) * d + c0 + v * W;
-            if (v + 1 < nv) a[hb][v].store(p);
-            else a[hb][v].store_n(p, last);
-          }
+      Index h0 = 0;
+      for (; h0 + 4 <= G; h0 += 4)
+        accumulate_heads<4>(acc + h0 * d, d, c0, nv, last, rows, w + h0 * w_h, w_u, w_h, n);
+      switch (G - h0) {
+        case 3: accumulate_heads<3>(acc + h0 * d, d, c0, nv, last, rows, w + h0 * w_h, w_u, w_h, n); break;
+        case 2: accumulate_heads<2>(acc + h0 * d, d, c0, nv, last, rows, w + h0 * w_h, w_u, w_h, n); break;
+        case 1: accumulate_heads<1>(acc + h0 * d, d, c0, nv, last, rows, w + h0 * w_h, w_u, w_h, n); break;
+        default: break;
       }
     }
   }

@@ -19,6 +19,8 @@ namespace toptheta::detail {
 #define TT_A TOPTHETA_ATTR_AVX2 inline
 
 struct VecAvx2 {
+  /// True when a masked fused multiply-add costs what a plain one does.
+  static constexpr bool kFreeMaskedFma = false;
   static constexpr int W = 8;
   using Mask = std::uint32_t;  ///< bit i: lane i
   __m256 r;

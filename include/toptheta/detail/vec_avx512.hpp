@@ -20,6 +20,8 @@ namespace toptheta::detail {
 #define TT_A TOPTHETA_ATTR_AVX512 inline
 
 struct VecAvx512 {
+  /// True when a masked fused multiply-add costs what a plain one does.
+  static constexpr bool kFreeMaskedFma = true;
   static constexpr int W = 16;
   using Mask = __mmask16;
   __m512 r;

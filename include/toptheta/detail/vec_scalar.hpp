@@ -53,6 +53,8 @@ inline Acc to_acc(T x) {
 /// One lane of Acc (float or double).
 template <class Acc>
 struct VecScalar {
+  /// True when a masked fused multiply-add costs what a plain one does.
+  static constexpr bool kFreeMaskedFma = false;
   static constexpr int W = 1;
   using Mask = std::uint32_t;  ///< bit 0: the lane
   Acc r;

@@ -96,7 +96,11 @@ class PrefillCall {
         w.o = ar.take<Acc>(M_ * d);
         w.state = ar.take<Acc>(9 * Mp);
         w.keep = ar.take<std::uint64_t>(N);
+        w.rows_any = ar.take<std::uint64_t>(N);
         w.unions = ar.take<Index>(R_);
+        w.pend_n = ar.take<Index>(R_);
+        w.pend_key = ar.take<std::int32_t>(R_ * kPending);
+        w.pend_w = ar.take<Acc>(R_ * kPending * G);
         w.wc = ar.take<Acc>(N * G);
       } else {
         w.s = ar.take<Acc>(M_ * (L + kKeyTile));
@@ -157,6 +161,10 @@ class PrefillCall {
     Acc* state = nullptr; // (9, Mp) flash row state
     std::uint64_t* keep = nullptr;  // (N) kept-row bits per key
     Index* unions = nullptr;        // (R) union sizes of the block's rows
+    std::uint64_t* rows_any = nullptr;  // (N) rows keeping each key of the tile
+    Index* pend_n = nullptr;            // (R) queued kept keys per row
+    std::int32_t* pend_key = nullptr;   // (R, kPending)
+    Acc* pend_w = nullptr;              // (R, kPending, G)
     Acc* vsum = nullptr;  // (d) running V sum
     Acc* vbar = nullptr;  // (d)
     Acc* s = nullptr;     // stored: (M, L + N) score rows
@@ -200,6 +208,11 @@ class PrefillCall {
   /// finished (bias, NaN), causally masked (-inf where key > P + t).
   void score_tile(Index t0, Index t1, Index g, Index j0, Index n, Worker& w) const {
     const Index G = G_, d = d_, Mp = Mp_;
+    // The next tile's keys and values stream in while this one is computed.
+    for (Index u = j0 + kKeyTile; u < std::min(P_ + t1, j0 + 2 * kKeyTile); ++u) {
+      prefetch_row(k_.row(u, g), d);
+      if (flash_) prefetch_row(v_.row(u, g), d);
+    }
     for (Index u = 0; u < n; ++u) Ops::convert_row(k_.row(j0 + u, g), d, w.kf + u * d);
     Ops::qk_tile(w.qt, Mp, d, w.kf, d, n, w.st);
     if (!a_.bias.empty()) {
@@ -255,7 +268,7 @@ class PrefillCall {
       }
     }
     std::fill(w.o, w.o + M * d, Acc(0));
-    for (Index r = 0; r < rows; ++r) w.unions[r] = 0;
+    for (Index r = 0; r < rows; ++r) w.unions[r] = w.pend_n[r] = 0;
     const bool want_drop = sparse && o_.sdc == SdcMode::kExact;
     const bool want_best = sparse && o_.empty_row == EmptyRowPolicy::kKeepMax;
     const std::uint64_t gmask = G >= 64 ? ~std::uint64_t(0) : (std::uint64_t(1) << G) - 1;
@@ -273,22 +286,48 @@ class PrefillCall {
         flash_pv_dense(j0, n, g, M, w);
         continue;
       }
-      // Union of the kept keys over the group's heads, per row.
-      Index pairs = 0;
-      for (Index u = 0; u < n; ++u)
+      if (rescale)  // pending weights are relative to the old maxima too
         for (Index r = 0; r < rows; ++r)
-          if ((w.keep[u] >> (r * G)) & gmask) {
-            ++w.unions[r];
-            ++pairs;
+          for (Index hh = 0; hh < G; ++hh) {
+            const Acc al = alpha[r * G + hh];
+            if (al == Acc(1)) continue;
+            Acc* pw = w.pend_w + r * kPending * G + hh;
+            for (Index i = 0; i < w.pend_n[r]; ++i) pw[i * G] *= al;
           }
+
+      // Union of the kept keys over the group's heads, per row: rows_any[u] bit r.
+      Index pairs = 0;
+      for (Index u = 0; u < n; ++u) {
+        std::uint64_t any = 0;
+        for (Index r = 0; r < rows; ++r) any |= std::uint64_t(((w.keep[u] >> (r * G)) & gmask) != 0) << r;
+        w.rows_any[u] = any;
+        pairs += __builtin_popcountll(any);
+      }
       if (pairs == 0) continue;
       if (2 * pairs * G >= n * M) {
+        for (Index u = 0; u < n; ++u)
+          for (std::uint64_t any = w.rows_any[u]; any; any &= any - 1) ++w.unions[__builtin_ctzll(any)];
         flash_pv_dense(j0, n, g, M, w);
       } else {
         flash_pv_sparse(j0, n, g, rows, w);
       }
     }
+    for (Index r = 0; r < rows; ++r) flush_pending(r, g, w);
     flash_finish(b, g, t0, t1, w);
+  }
+
+  /// Kept V rows of a block row are gathered in batches of kPending (their exp-weights stay
+  /// relative to the running maxima, rescaled with the output), so the (G, d) accumulators are
+  /// loaded and stored once per batch rather than once per key tile.
+  static constexpr Index kPending = 32;
+
+  void flush_pending(Index r, Index g, Worker& w) {
+    const Index n = w.pend_n[r];
+    if (n == 0) return;
+    const T* vrows[kPending];
+    for (Index i = 0; i < n; ++i) vrows[i] = v_.row(w.pend_key[r * kPending + i], g);
+    Ops::accumulate_rows(w.o + r * G_ * d_, G_, d_, vrows, w.pend_w + r * kPending * G_, G_, 1, n);
+    w.pend_n[r] = 0;
   }
 
   /// O += P^T V for the whole tile (V converted once; non-finite rows only where weighted).
@@ -315,21 +354,25 @@ class PrefillCall {
     Ops::pv_tile(w.o, d, M, d, w.st, Mp, w.vf, ldv_, n);
   }
 
-  /// O rows of each block row += the kept V rows of the tile, read from the cache once per row.
+  /// Queues the tile's kept keys of each block row (union over the group's heads) with their
+  /// weights; a full queue is gathered (flush_pending).
   void flash_pv_sparse(Index j0, Index n, Index g, Index rows, Worker& w) {
-    const Index G = G_, d = d_, Mp = Mp_;
-    const T* vrows[kKeyTile];
-    const std::uint64_t gmask = G >= 64 ? ~std::uint64_t(0) : (std::uint64_t(1) << G) - 1;
-    for (Index r = 0; r < rows; ++r) {
-      Index c = 0;
-      for (Index u = 0; u < n; ++u) {
-        if (!((w.keep[u] >> (r * G)) & gmask)) continue;
-        vrows[c] = v_.row(j0 + u, g);
-        for (Index hh = 0; hh < G; ++hh) w.wc[c * G + hh] = w.st[u * Mp + r * G + hh];
-        ++c;
+    const Index G = G_, Mp = Mp_;
+    for (Index u = 0; u < n; ++u) {
+      std::uint64_t any = w.rows_any[u];
+      while (any) {
+        const Index r = Index(__builtin_ctzll(any));
+        any &= any - 1;
+        ++w.unions[r];
+        if (w.pend_n[r] == kPending) flush_pending(r, g, w);
+        const Index i = w.pend_n[r]++;
+        w.pend_key[r * kPending + i] = std::int32_t(j0 + u);
+        if (r == 0 || !((w.rows_any[u] << (64 - r)) != 0)) prefetch_row(v_.row(j0 + u, g), d_);
+        Acc* pw = w.pend_w + (r * kPending + i) * G;
+        for (Index hh = 0; hh < G; ++hh) pw[hh] = w.st[u * Mp + r * G + hh];
       }
-      if (c) Ops::accumulate_rows(w.o + r * G * d, G, d, vrows, w.wc, G, 1, c);
     }
+    (void)rows;
   }
 
   void flash_finish(Index b, Index g, Index t0, Index t1, Worker& w) {
