@@ -215,7 +215,7 @@ TEST(TopThetaVariantCoverage, EveryAxisValueAppears) {
 // ---------------------------------------------------------------------------------------------
 
 // A single row by hand: scores [2, 0, 1, -1] (q . k with d = 1 and scale 1), theta = 0.5 keeps
-// {0, 2}; checks every weight formula of DESIGN.md section 2 step 4 and VMC / mean-V / keep-max.
+// {0, 2}; checks every weight formula of semantics §5-§6 and VMC / mean-V / keep-max.
 TEST(TopThetaByHand, WeightFormulas) {
   const Index L = 4;
   std::vector<float> kbuf{2, 0, 1, -1}, qbuf{1};

@@ -1,6 +1,6 @@
 // Calibration: the kernels' kCalibrate mode (TAC on / off) against the reference calibration
 // (reference/calibration.hpp: every tau stored, two-pass mean / population std), and the
-// properties of DESIGN.md section 2 / issue 3:
+// properties of semantics §8:
 //  - calibrating on a single row keeps exactly k on that row;
 //  - theta = -inf reproduces dense attention;
 //  - pre-softmax + exact SDC yields the dense probabilities of the kept elements;

@@ -1,4 +1,4 @@
-// No allocation in the hot path once a workspace is given (DESIGN.md section 3): the global
+// No allocation in the hot path once a workspace is given (semantics §11; attention.hpp): the global
 // operator new / new[] are replaced by counting versions (tests/counting_allocator.hpp) and the
 // count must not change across decode(args, opt, ws) / prefill(args, opt, ws) calls, for every
 // mode and variant and every storage type, with a preallocated statistics object (per-head

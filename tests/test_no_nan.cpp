@@ -1,4 +1,4 @@
-// No variant ever yields NaN or inf output (DESIGN.md section 2: "Never NaN"): every mode
+// No variant ever yields NaN or inf output (semantics §4: "Never NaN"): every mode
 // (dense, top-k, Top-theta, calibration with TAC on / off) x placement x SDC x sdc_scale x VMC x
 // empty-row policy x cap_k, decode and prefill, on inputs built to break naive code:
 // fully masked rows, partially -inf rows, a single unmasked key, huge logits, NaN keys, thresholds
@@ -123,7 +123,7 @@ ThresholdTable scenario_table(const Problem<T>& p, Placement pl, ThetaKind kind,
 //      SDC none;
 //  (2) exp-threshold SDC with sdc_scale == 0 and theta - M beyond exp's range: the D~ term is
 //      dropped instead of computing 0 * inf.
-// DESIGN.md section 2 says "Never NaN".
+// semantics §4 says "Never NaN".
 template <class T>
 void no_nan_everywhere() {
   long calls = 0;

@@ -1,4 +1,4 @@
-// Results are bit-identical for threads = 1, 2, 3 (DESIGN.md section 3): outputs (memcmp of
+// Results are bit-identical for threads = 1, 2, 3 (semantics §11; attention.hpp): outputs (memcmp of
 // every element), statistics and calibrated tables, for every mode, decode and prefill (several
 // query blocks and KV groups so that work items really spread over threads), every storage type.
 // Skipped when the tests are built without OpenMP (the kernels then ignore `threads`).

@@ -3,8 +3,8 @@
 /// Attention entry points: `decode` (one new token) and `prefill` (T new tokens, causal) for
 /// the dense, top-k and Top-θ modes and for calibration, and `workspace_size`.
 ///
-/// What they compute is fixed by docs/semantics.md (Top-θ: arXiv 2502.08363, section 3; SDC:
-/// section 3.3; VMC: section 3.4). How: kernels/decode.hpp and kernels/prefill.hpp, on the
+/// What they compute is fixed by docs/semantics.md (Top-θ thresholding §4, SDC §5, VMC §6, after
+/// arXiv 2502.08363). How: kernels/decode.hpp and kernels/prefill.hpp, on the
 /// SIMD path of detail/isa.hpp (the fastest the CPU runs, or `AttentionOptions::isa`).
 ///
 /// Memory traffic of a decode step: all of K plus the union of the kept V rows of each KV group.

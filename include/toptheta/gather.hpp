@@ -1,7 +1,7 @@
 #pragma once
 /// \file gather.hpp
-/// Sparse V-gather + V-mean compensation stage (docs/semantics.md, "Weights" and "VMC"; paper
-/// section 3.4, VMC: o += (1 - sum_j w_j) * vbar_L). One implementation, used by decode and
+/// Sparse V-gather + V-mean compensation stage (semantics §6 and §7; the paper's VMC:
+/// o += (1 - sum_j w_j) * vbar_L). One implementation, used by decode and
 /// prefill alike:
 ///  - `kept_union` / `compact_weights`: the kept lists of the G query heads of one KV group
 ///    merged into their union U (ascending) and a |U| x G weight matrix;
@@ -11,8 +11,7 @@
 ///  - `VbarSetup`: the V mean vbar_L from the caller's running sum of the rows before the new
 ///    tokens plus the new rows (or, when the caller asked for it, a sum over the cache);
 ///  - `add_vmc`: out_h += coeff_h * vbar.
-/// A weight that is exactly zero never lets its V row into a sum (docs/semantics.md,
-/// "Non-finite values").
+/// A weight that is exactly zero never lets its V row into a sum (semantics §7).
 
 #include <algorithm>
 #include <cstdint>

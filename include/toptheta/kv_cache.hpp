@@ -1,7 +1,8 @@
 #pragma once
 /// \file kv_cache.hpp
-/// The running V sum that V-mean compensation needs (paper section 3.4, VMC: vbar_L = mean of
-/// V rows 0..L-1), kept at O(d) per appended token, and a small owning KV cache that keeps it.
+/// The running V sum that V-mean compensation needs (semantics §6; the paper's VMC:
+/// vbar_L = mean of V rows 0..L-1), kept at O(d) per appended token, and a small owning KV
+/// cache that keeps it.
 ///
 /// `AttentionArgs::v_sum` is the sum of the V rows **before the call's new tokens**; the kernel
 /// adds the new rows. An engine with its own cache keeps a `RunningVSum` and, per layer and step:

@@ -3,7 +3,7 @@
 /// Everything that selects what an attention call computes: the enumerations of the variants
 /// (each with one name table, used by `to_string`, `parse` and the command-line tools) and
 /// `AttentionOptions`, the options of `decode` / `prefill`. What each option computes is fixed
-/// by docs/semantics.md; the paper's terms are in brackets (arXiv 2502.08363).
+/// by docs/semantics.md ("semantics §N"), which cites the paper (arXiv 2502.08363).
 
 #include <cstdint>
 #include <map>
@@ -23,17 +23,17 @@ struct AttentionStats;
 enum class AttentionMode {
   kDense,      ///< all keys, exact softmax attention
   kTopK,       ///< the k largest scores per row, ties to the lower index (the baseline)
-  kTopTheta,   ///< a_j > theta(layer, head, L), theta calibrated offline (paper section 3)
+  kTopTheta,   ///< a_j > theta(layer, head, L), theta calibrated offline (semantics §4)
   kCalibrate,  ///< observe rows into a Calibrator; output is top-k (TAC) or dense
 };
 
-/// Where the threshold is compared (paper section 3.1): raw scores or dense probabilities.
+/// Where the threshold is compared (semantics §2): raw scores or dense probabilities.
 enum class Placement {
   kPreSoftmax,   ///< a_j = s_j
   kPostSoftmax,  ///< a_j = p_j = softmax(s)_j
 };
 
-/// Softmax-denominator compensation, pre-softmax placement only (paper section 3.3, SDC).
+/// Softmax-denominator compensation, pre-softmax placement only (semantics §5, the paper's SDC).
 enum class SdcMode {
   kNone,          ///< renormalise over the kept set
   kExact,         ///< D~ = sum over dropped keys of exp(s_j - M)
@@ -41,7 +41,7 @@ enum class SdcMode {
   kCalibrated,    ///< D~ = the table's offline term C(l, h, L)
 };
 
-/// V-mean compensation (paper section 3.4, VMC): add (1 - sum_j w_j) * mean(V[0:L]).
+/// V-mean compensation (semantics §6, the paper's VMC): add (1 - sum_j w_j) * mean(V[0:L]).
 enum class VmcMode { kOff, kOn };
 
 /// What a thresholded Top-θ row does when no score passes.

@@ -1,7 +1,7 @@
 #pragma once
 /// \file row_select.hpp
-/// Selection stage: which keys of one score row are kept (docs/semantics.md, "Selection"; paper
-/// section 3, Top-θ: keep a_j > theta; the top-k baseline; empty rows; cap_k).
+/// Selection stage: which keys of one score row are kept (semantics §4: Top-θ thresholding
+/// a_j > theta of arXiv 2502.08363, the top-k baseline, empty rows, cap_k).
 ///
 /// `select_row` works on one row `s[0..L)` of scores in the accumulation type and writes the
 /// kept indices in ascending order. O(L), no allocation. `Ops` is the SIMD path

@@ -1,7 +1,7 @@
 #pragma once
 /// \file sparse_softmax.hpp
 /// Sparse softmax stage: the weights of the kept keys of one row, with softmax-denominator
-/// compensation (docs/semantics.md, "Weights"; paper section 3.3, SDC:
+/// compensation (semantics §5; the paper's softmax-denominator compensation, SDC:
 /// w_j = exp(s_j - M) / (D + sdc_scale * D~), D = sum over kept of exp(s_j - M)).
 ///
 /// exp is evaluated only where the variant needs it: over the kept keys for pre-softmax without

@@ -1,6 +1,6 @@
 #pragma once
 /// \file stats.hpp
-/// Statistics stage: how sparse a call was (docs/semantics.md, "Statistics").
+/// Statistics stage: how sparse a call was (semantics §9).
 ///
 /// `AttentionCounts` are the integer counters a kernel accumulates (per thread, then merged);
 /// `AttentionStats` adds the optional per-query-head breakdown and the ratios. Fractions are

@@ -106,7 +106,7 @@ struct Ops {
   }
 
   /// s[i] = sanitize(s[i] + bias[i]) for i < n (bias may be null): NaN becomes -inf (a masked
-  /// key), +inf the largest finite value (docs/semantics.md, "Non-finite values").
+  /// key), +inf the largest finite value (semantics §2).
   template <class Acc>
   TT_ATTR static void finish_scores(Acc* s, const float* bias, Index n) {
     using V = Vec<Acc>;

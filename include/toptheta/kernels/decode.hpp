@@ -10,7 +10,7 @@
 /// - **single pass** (dense attention; rows that are not thresholded, L <= k_l; Top-θ with
 ///   pre-softmax placement and no cap_k): each chunk computes its scores, its softmax partials
 ///   (chunk max, kept and dropped exp sums, kept counts), selects the kept keys by comparing
-///   with theta (no row-wide dependency: paper section 3) and accumulates the exp-weighted V
+///   with theta (no row-wide dependency, semantics §4) and accumulates the exp-weighted V
 ///   rows of the group's kept union while the chunk is hot. A final step per head combines the
 ///   chunks flash-decoding style (rescale by exp(m_c - M)), applies SDC, empty-row policy and
 ///   VMC. K and the kept V rows are each read once.

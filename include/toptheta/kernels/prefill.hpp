@@ -11,7 +11,7 @@
 ///   sums for SDC, kept counts, first maximum), and the exp-weights of the kept keys multiply
 ///   the V tile (Ops::pv_tile, or a gather of the kept rows when few are kept). No score block
 ///   is stored or re-read. Top-θ selection is a per-score comparison with theta(l, h, L_t)
-///   (paper section 3), so it fits the tile loop; the dense rows are the same loop with
+///   (semantics §4), so it fits the tile loop; the dense rows are the same loop with
 ///   theta = -inf.
 /// - **stored** (top-k, post-softmax Top-θ, calibration, cap_k): a block's score rows are stored
 ///   (at most ~4 MiB per worker), then each row runs the row pipeline (row_pipeline.hpp) and the

@@ -1,7 +1,7 @@
 #pragma once
 /// \file reference/attention.hpp
-/// Deliberately naive double-precision attention oracle: a straight transcription of DESIGN.md
-/// section 2 and docs/semantics.md. Test-only: not included by the umbrella header.
+/// Deliberately naive double-precision attention oracle: a straight transcription of
+/// docs/semantics.md. Test-only: not included by the umbrella header.
 ///
 /// Every row (token t, query head h) is computed from scratch: scores over j < L_t, selection,
 /// weights, output; no tiling, no online softmax, no shared work between heads. Inputs are read
@@ -341,8 +341,7 @@ Result attention(const AttentionArgs<T>& args, const AttentionOptions& opt,
         wsum += wj;
         rec.kept.push_back(static_cast<std::int32_t>(j));
         rec.weights.push_back(wj);
-        // A V row with weight exactly 0 never reaches the output (docs/semantics.md,
-        // "Non-finite values"): 0 * NaN would otherwise poison it.
+        // A V row with weight exactly 0 never reaches the output (semantics §7): 0 * NaN would otherwise poison it.
         if (wj == 0.0) continue;
         for (Index i = 0; i < d; ++i) o[i] += wj * to_double(args.v(j, g, i));
       }
