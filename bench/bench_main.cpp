@@ -1,7 +1,8 @@
 /// \file bench_main.cpp
-/// main() of toptheta-bench: registers the probe, decode and prefill benchmarks (in that order)
-/// and runs them with Google Benchmark's usual flags (--benchmark_filter, --benchmark_min_time,
-/// --benchmark_repetitions, --benchmark_format, --benchmark_out, ...).
+/// main() of toptheta-bench and toptheta-bench-portable: registers the probe, decode and prefill
+/// benchmarks (in that order) and runs them with Google Benchmark's usual flags
+/// (--benchmark_filter, --benchmark_min_time, --benchmark_repetitions, --benchmark_format,
+/// --benchmark_out, ...).
 ///
 /// Every benchmark measures wall time (UseRealTime: the kernels run their own OpenMP threads),
 /// for which Google Benchmark appends "/real_time" to the instance name. The reporters below
@@ -15,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include <toptheta/detail/isa.hpp>
 #include <toptheta/version.hpp>
 
 namespace {
@@ -66,7 +68,19 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("toptheta_version", TOPTHETA_VERSION_STRING);
   benchmark::AddCustomContext("openmp_max_threads", std::to_string(ttbench::max_threads()));
   benchmark::AddCustomContext(
-      "shapes", "d=128 Hq=32 Hkv=8 k=64 lambda=0.1 pre-softmax, SDC none, VMC off, keep-max");
+      "shapes", "d=128 Hq=32 Hkv=8 k=64 lambda=0.1 (decode_dim varies d)");
+  benchmark::AddCustomContext(
+      "variants",
+      "dense; topk: pre-softmax, renormalised, no VMC; toptheta: toptheta_options(post table) = "
+      "post-softmax + VMC (running V sum), keep-max (recommended); toptheta_pre: "
+      "toptheta_options(pre table) = pre-softmax + exact SDC + VMC (running V sum), keep-max; "
+      "toptheta_dense_fallback: recommended options, post table with every head declared dense");
+#if defined(TOPTHETA_BENCH_PORTABLE)
+  benchmark::AddCustomContext("binary", "portable");
+#else
+  benchmark::AddCustomContext("binary", "native");
+#endif
+  // Instruction-set flags the binary was compiled with (the kernels dispatch at run time anyway).
 #if defined(__AVX512F__)
   benchmark::AddCustomContext("simd", "avx512");
 #elif defined(__AVX2__)
@@ -74,6 +88,10 @@ int main(int argc, char** argv) {
 #else
   benchmark::AddCustomContext("simd", "baseline");
 #endif
+  toptheta::Isa isa = toptheta::Isa::kScalar;
+  const toptheta::Status ist = toptheta::resolve_isa(toptheta::Isa::kAuto, &isa);
+  benchmark::AddCustomContext("runtime_isa", ist.ok() ? toptheta::to_string(isa) : ist.to_string());
+  benchmark::AddCustomContext("fma_probe_isa", ttbench::fma_probe_isa());
 
   ExactNameReporter display(benchmark::CreateDefaultDisplayReporter());  // static, not owned
   benchmark::JSONReporter json;

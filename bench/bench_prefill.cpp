@@ -1,11 +1,15 @@
 /// \file bench_prefill.cpp
-/// prefill/<dense|topk|toptheta>/T:<n>/dtype:<t>/threads:<n>
+/// prefill/<dense|topk|toptheta|toptheta_pre>/T:<n>/dtype:<t>/threads:<n>
 ///
 /// Causal prefill of T new tokens with no earlier cache (L = T), d = 128, Hq = 32, Hkv = 8,
 /// token-major (interleaved) Q/K/V. Keys and values as in decode (bench_common.hpp); row t's
-/// query is drawn from the same distribution as the decode queries. Top-θ thresholds (k = 64)
-/// are calibrated with one kCalibrate prefill over the same K/V with other queries (one sample
-/// per (head, row length)), and the benchmark runs a different query set.
+/// query is drawn from the same distribution as the decode queries. The Top-θ tables (k = 64,
+/// post-softmax for `toptheta`, pre-softmax for `toptheta_pre`) are calibrated with one
+/// kCalibrate prefill over the same K/V with other queries (one sample per (head, row length)),
+/// and the benchmark runs a different query set. Modes as in decode: `toptheta` is the
+/// recommended toptheta_options(post table) (post-softmax + VMC), `toptheta_pre` is
+/// toptheta_options(pre table) (pre-softmax + exact SDC + VMC); `args.v_sum` is the running V
+/// sum of the rows before the new tokens, i.e. zero here (no earlier cache).
 ///
 /// Counters: `flops` (rate) = dense-equivalent multiply-adds of QK^T and PV under the causal
 /// mask, 2 * d * T(T+1)/2 * Hq * 2 per call, whatever the mode (so flops ratios are speed
@@ -26,7 +30,8 @@ template <class T>
 struct PrefillSet : CachedInputs {
   Index T_ = 0;
   std::vector<T> q, qcal, k, v;  // (T, Hq, d), (T, Hq, d), (T, Hkv, d) x 2, token-major
-  std::unique_ptr<toptheta::ThresholdTable> table;
+  toptheta::RunningVSum<T> vsum{kHkv, kD};  // rows before the new tokens: none
+  Tables tables;
   std::vector<float> dense_out;  // (T, Hq, d)
 
   toptheta::AttentionArgs<T> args(const std::vector<T>& query, float* out) const {
@@ -35,22 +40,23 @@ struct PrefillSet : CachedInputs {
     a.k = HeadsView<const T>::token_major(k.data(), T_, kHkv, kD);
     a.v = HeadsView<const T>::token_major(v.data(), T_, kHkv, kD);
     a.out = HeadsView<float>::token_major(out, T_, kHq, kD);
+    a.v_sum = vsum.data();
+    a.v_sum_stride = vsum.stride();
     return a;
   }
 };
 
-std::map<std::pair<Index, std::string>, std::unique_ptr<CachedInputs>>& prefill_cache() {
-  static std::map<std::pair<Index, std::string>, std::unique_ptr<CachedInputs>> c;
-  return c;
+std::pair<std::string, std::unique_ptr<CachedInputs>>& prefill_slot() {
+  static std::pair<std::string, std::unique_ptr<CachedInputs>> slot;
+  return slot;
 }
 
 template <class T>
 PrefillSet<T>& prefill_set(Index Tn) {
-  auto& cache = prefill_cache();
-  const auto key = std::make_pair(Tn, std::string(toptheta::dtype_name<T>()));
-  auto it = cache.find(key);
-  if (it != cache.end()) return *static_cast<PrefillSet<T>*>(it->second.get());
-  cache.clear();
+  auto& slot = prefill_slot();
+  const std::string key = std::to_string(Tn) + "/" + toptheta::dtype_name<T>();
+  if (slot.second && slot.first == key) return *static_cast<PrefillSet<T>*>(slot.second.get());
+  slot.second.reset();
   release_probe_buffer();
   auto s = std::make_unique<PrefillSet<T>>();
   s->T_ = Tn;
@@ -65,24 +71,23 @@ PrefillSet<T>& prefill_set(Index Tn) {
     make_query(std::uint64_t(2000000 + t), s->qcal.data() + t * kHq * kD);
   }
   PrefillSet<T>& ref = *s;
-  cache[key] = std::move(s);
+  slot = {key, std::move(s)};
   return ref;
 }
 
 template <class T>
-toptheta::Status calibrate(PrefillSet<T>& s) {
-  toptheta::Calibrator cal(calibration_options("toptheta-bench synthetic prefill"));
-  TOPTHETA_RETURN_IF_ERROR(cal.validate());
-  toptheta::AttentionOptions o;
-  o.mode = toptheta::AttentionMode::kCalibrate;
-  o.calibrator = &cal;
-  o.threads = max_threads();
-  std::vector<float> out(s.q.size());
-  WorkspaceBuffer wb;
-  const auto a = s.args(s.qcal, out.data());
-  TOPTHETA_RETURN_IF_ERROR(toptheta::prefill(a, o, wb.get(a, o)));
-  s.table = std::make_unique<toptheta::ThresholdTable>(cal.finalize());
-  return {};
+toptheta::Status ensure_table(PrefillSet<T>& s, toptheta::Placement p) {
+  auto& slot = p == toptheta::Placement::kPostSoftmax ? s.tables.post : s.tables.pre;
+  if (slot) return {};
+  return calibrate_table(
+      p, "toptheta-bench synthetic prefill",
+      [&](const toptheta::AttentionOptions& o) -> toptheta::Status {
+        std::vector<float> out(s.q.size());
+        WorkspaceBuffer wb;
+        const auto a = s.args(s.qcal, out.data());
+        return toptheta::prefill(a, o, wb.get(a, o, false));
+      },
+      &slot);
 }
 
 template <class T>
@@ -93,7 +98,7 @@ toptheta::Status ensure_dense_out(PrefillSet<T>& s) {
   o.threads = max_threads();
   WorkspaceBuffer wb;
   const auto a = s.args(s.q, out.data());
-  TOPTHETA_RETURN_IF_ERROR(toptheta::prefill(a, o, wb.get(a, o)));
+  TOPTHETA_RETURN_IF_ERROR(toptheta::prefill(a, o, wb.get(a, o, false)));
   s.dense_out = std::move(out);
   return {};
 }
@@ -121,7 +126,8 @@ Validation validate_prefill(PrefillSet<T>& s, const PrefillConfig& cfg,
   v.bytes = double(s.q.size() + s.k.size() + s.v.size()) * double(sizeof(T));
   v.counters = {{"kept_frac", stats.kept_fraction()},
                 {"vrows_frac", cfg.mode == Mode::kDense ? 1.0 : stats.vrows_fraction()},
-                {"kept_per_row", toptheta::AttentionStats::ratio(stats.elements_kept, stats.rows)}};
+                {"kept_per_row", toptheta::AttentionStats::ratio(stats.elements_kept, stats.rows)},
+                {"empty_frac", stats.empty_row_fraction()}};
   if (cfg.mode == Mode::kDense) {
     double err = 0;
     for (Index t : {Index(0), cfg.T / 2, cfg.T - 1})
@@ -143,7 +149,7 @@ Validation validate_prefill(PrefillSet<T>& s, const PrefillConfig& cfg,
     toptheta::AttentionOptions o1 = o;
     o1.threads = 1;
     WorkspaceBuffer wb1;
-    st = toptheta::prefill(a1, o1, wb1.get(a1, o1));
+    st = toptheta::prefill(a1, o1, wb1.get(a1, o1, false));
     if (!st.ok()) return fail(st.to_string());
     v.counters.emplace_back(
         "bit_identical",
@@ -155,21 +161,18 @@ Validation validate_prefill(PrefillSet<T>& s, const PrefillConfig& cfg,
 template <class T>
 void bm_prefill(benchmark::State& state, PrefillConfig cfg) {
   PrefillSet<T>& s = prefill_set<T>(cfg.T);
-  toptheta::AttentionOptions o;
-  o.mode = attention_mode(cfg.mode);
-  o.k = kTopK;
-  o.threads = cfg.threads;
-  if (cfg.mode == Mode::kTopTheta) {
-    if (!s.table) {
-      const toptheta::Status st = calibrate(s);
-      if (!st.ok()) return state.SkipWithError(("calibration: " + st.to_string()).c_str());
-    }
-    o.thresholds = s.table.get();
+  state.SetLabel(mode_label(cfg.mode));
+  toptheta::Placement p;
+  if (needs_table(cfg.mode, &p)) {
+    const toptheta::Status st = ensure_table(s, p);
+    if (!st.ok()) return state.SkipWithError(("calibration: " + st.to_string()).c_str());
   }
+  toptheta::AttentionOptions o = mode_options(cfg.mode, s.tables);
+  o.threads = cfg.threads;
   std::vector<float> out(s.q.size());
   const auto a = s.args(s.q, out.data());
   WorkspaceBuffer wb;
-  const toptheta::Workspace ws = wb.get(a, o);
+  const toptheta::Workspace ws = wb.get(a, o, false);
 
   const std::string key = std::string(mode_name(cfg.mode)) + "/" + std::to_string(cfg.threads);
   auto it = s.validated.find(key);
@@ -202,15 +205,21 @@ void register_one(Mode mode, Index Tn, int threads) {
       ->Unit(benchmark::kMillisecond);
 }
 
+template <class T>
+void register_dtype(Index Tn) {
+  for (int t : {1, 2})
+    for (Mode m : {Mode::kDense, Mode::kTopK, Mode::kTopTheta, Mode::kTopThetaPre})
+      register_one<T>(m, Tn, t);
+}
+
 }  // namespace
 
 void register_prefill_benchmarks() {
-  for (Index Tn : {Index(1024), Index(4096)})
-    for (int t : {1, 2})
-      for (Mode m : {Mode::kDense, Mode::kTopK, Mode::kTopTheta}) register_one<float>(m, Tn, t);
-  // Half storage at the smaller size only (keeps the full suite under ~10 minutes).
-  for (int t : {1, 2})
-    for (Mode m : {Mode::kDense, Mode::kTopK, Mode::kTopTheta}) register_one<Eigen::half>(m, 1024, t);
+  // Order: T, dtype, threads, mode -- one input set per (T, dtype).
+  for (Index Tn : {Index(1024), Index(4096)}) {
+    register_dtype<float>(Tn);
+    register_dtype<Eigen::half>(Tn);
+  }
 }
 
 }  // namespace ttbench

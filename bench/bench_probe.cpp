@@ -1,15 +1,26 @@
 /// \file bench_probe.cpp
-/// probe/read_bandwidth/threads:<n>: STREAM-like sequential read of a 1 GiB float buffer (32x the
-/// LLC), summed with 64 independent lanes so the adds never limit it. Every run of the suite
-/// states its own floor: floor time of a decode = bytes it touches / this bandwidth (same
-/// thread count).
+/// Machine probes, so that every run states its own floors and peaks:
+///
+/// - probe/read_bandwidth/threads:<n>: STREAM-like sequential read of a 1 GiB float buffer (32x
+///   a 32 MiB LLC), summed with 64 independent lanes so the adds never limit it. Floor time of a
+///   decode = bytes it touches / this bandwidth (same thread count).
+/// - probe/fma_peak/threads:<n>: register-resident fused multiply-adds on the widest SIMD path
+///   the CPU runs (AVX-512, else AVX2 + FMA, else scalar; the label and the `lanes` counter say
+///   which), 12 independent chains per thread so latency never limits it. `flops` (rate) is the
+///   FLOP/s (2 per lane per FMA) of all threads: prefill GFLOP/s are compared with it. The SIMD
+///   functions carry target attributes (as include/toptheta/detail/isa.hpp), so the probe
+///   measures the same peak in the -march=native and the portable binary.
 
 #include "bench_common.hpp"
+
+#include <toptheta/detail/isa.hpp>
 
 #include <cstdlib>
 
 namespace ttbench {
 namespace {
+
+// ---- read bandwidth ----------------------------------------------------------------------------
 
 constexpr std::size_t kProbeBytes = std::size_t(1) << 30;
 constexpr std::size_t kChunk = std::size_t(1) << 16;  // floats per OpenMP work unit (256 KiB)
@@ -75,15 +86,133 @@ void bm_read_bandwidth(benchmark::State& state, int threads) {
   state.counters["bytes"] = double(bytes);
 }
 
+// ---- FMA peak ----------------------------------------------------------------------------------
+
+constexpr int kChains = 12;                     // independent FMA chains per thread
+constexpr std::int64_t kFmaIters = 1 << 20;     // loop trips per thread and call
+
+// a_j <- a_j * m + c on 12 registers; the chains start apart so that no two are the same value
+// (the compiler may not merge them) and converge to c / (1 - m) = 1 (no overflow, no denormals).
+#define TTB_FMA_BODY(VEC, SET1, FMA, ADD)                                                  \
+  const VEC m = SET1(0.999f), c = SET1(0.001f);                                              \
+  VEC a0 = SET1(1.00f), a1 = SET1(1.01f), a2 = SET1(1.02f), a3 = SET1(1.03f);               \
+  VEC a4 = SET1(1.04f), a5 = SET1(1.05f), a6 = SET1(1.06f), a7 = SET1(1.07f);               \
+  VEC a8 = SET1(1.08f), a9 = SET1(1.09f), a10 = SET1(1.10f), a11 = SET1(1.11f);             \
+  for (std::int64_t i = 0; i < n; ++i) {                                                     \
+    a0 = FMA(a0, m, c);                                                                      \
+    a1 = FMA(a1, m, c);                                                                      \
+    a2 = FMA(a2, m, c);                                                                      \
+    a3 = FMA(a3, m, c);                                                                      \
+    a4 = FMA(a4, m, c);                                                                      \
+    a5 = FMA(a5, m, c);                                                                      \
+    a6 = FMA(a6, m, c);                                                                      \
+    a7 = FMA(a7, m, c);                                                                      \
+    a8 = FMA(a8, m, c);                                                                      \
+    a9 = FMA(a9, m, c);                                                                      \
+    a10 = FMA(a10, m, c);                                                                    \
+    a11 = FMA(a11, m, c);                                                                    \
+  }                                                                                          \
+  const VEC s = ADD(ADD(ADD(ADD(a0, a1), ADD(a2, a3)), ADD(ADD(a4, a5), ADD(a6, a7))),       \
+                    ADD(ADD(a8, a9), ADD(a10, a11)));
+
+#if defined(TOPTHETA_COMPILE_AVX512)
+TOPTHETA_ATTR_AVX512 float fma_loop_avx512(std::int64_t n) {
+  TTB_FMA_BODY(__m512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps)
+  return _mm512_reduce_add_ps(s);
+}
+#endif
+
+#if defined(TOPTHETA_COMPILE_AVX2)
+TOPTHETA_ATTR_AVX2 float fma_loop_avx2(std::int64_t n) {
+  TTB_FMA_BODY(__m256, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps)
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, s);
+  float r = 0;
+  for (float x : lanes) r += x;
+  return r;
+}
+#endif
+
+inline float scalar_fma(float a, float m, float c) { return a * m + c; }
+inline float scalar_set1(float x) { return x; }
+inline float scalar_add(float a, float b) { return a + b; }
+float fma_loop_scalar(std::int64_t n) {
+  TTB_FMA_BODY(float, scalar_set1, scalar_fma, scalar_add)
+  return s;
+}
+#undef TTB_FMA_BODY
+
+struct FmaPath {
+  toptheta::Isa isa;
+  int lanes;
+  float (*loop)(std::int64_t);
+};
+
+/// The widest path this CPU runs, of those the probe has.
+const FmaPath& fma_path() {
+  static const FmaPath p = [] {
+#if defined(TOPTHETA_COMPILE_AVX512)
+    if (toptheta::isa_supported(toptheta::Isa::kAvx512))
+      return FmaPath{toptheta::Isa::kAvx512, 16, fma_loop_avx512};
+#endif
+#if defined(TOPTHETA_COMPILE_AVX2)
+    if (toptheta::isa_supported(toptheta::Isa::kAvx2))
+      return FmaPath{toptheta::Isa::kAvx2, 8, fma_loop_avx2};
+#endif
+    return FmaPath{toptheta::Isa::kScalar, 1, fma_loop_scalar};
+  }();
+  return p;
+}
+
+float run_fma(const FmaPath& p, int threads) {
+  float total = 0;
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(threads) reduction(+ : total)
+#endif
+  total += p.loop(kFmaIters);
+  (void)threads;
+  return total;
+}
+
+void bm_fma_peak(benchmark::State& state, int threads) {
+  const FmaPath& p = fma_path();
+  int team = 1;
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(threads)
+#pragma omp single
+  team = omp_get_num_threads();
+#endif
+  for (auto _ : state) {
+    float s = run_fma(p, threads);
+    benchmark::DoNotOptimize(s);
+  }
+  const double flops_per_call = double(team) * double(kFmaIters) * kChains * p.lanes * 2.0;
+  state.counters["flops"] =
+      benchmark::Counter(flops_per_call * double(state.iterations()), benchmark::Counter::kIsRate);
+  state.counters["lanes"] = p.lanes;
+  state.counters["team"] = team;
+  state.SetLabel(std::string(toptheta::to_string(p.isa)) + ", " + std::to_string(p.lanes) +
+                 " float lanes");
+}
+
 }  // namespace
 
 void release_probe_buffer() { probe_slot().reset(); }
+
+const char* fma_probe_isa() { return toptheta::to_string(fma_path().isa); }
 
 void register_probe_benchmarks() {
   for (int threads : {1, 2}) {
     const std::string name = "probe/read_bandwidth/threads:" + std::to_string(threads);
     benchmark::RegisterBenchmark(name.c_str(),
                                  [threads](benchmark::State& s) { bm_read_bandwidth(s, threads); })
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+  }
+  for (int threads : {1, 2}) {
+    const std::string name = "probe/fma_peak/threads:" + std::to_string(threads);
+    benchmark::RegisterBenchmark(name.c_str(),
+                                 [threads](benchmark::State& s) { bm_fma_peak(s, threads); })
         ->UseRealTime()
         ->Unit(benchmark::kMillisecond);
   }

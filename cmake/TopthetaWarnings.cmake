@@ -1,7 +1,7 @@
 # Settings for toptheta's OWN targets (tests, benchmarks, examples, tools, fuzzers).
 # Never applied to the INTERFACE target toptheta::toptheta, so consumers inherit none of it.
 #
-#   toptheta_configure_target(<target>)
+#   toptheta_configure_target(<target> [NO_ARCH])
 #
 # adds, PRIVATE to <target>:
 #   - warnings: -Wall -Wextra -Wpedantic (GCC/Clang), /W4 (MSVC); warnings are errors
@@ -12,7 +12,8 @@
 #     our code;
 #   - the instruction-set flags: TOPTHETA_ARCH_FLAGS when set (e.g. "-mavx2 -mfma", or "none"
 #     for the compiler's baseline), otherwise -march=native when TOPTHETA_NATIVE is ON and the
-#     compiler accepts it;
+#     compiler accepts it; with NO_ARCH, none of them (the target is built for the compiler's
+#     baseline, as a consumer's plain -O2 build: e.g. toptheta-bench-portable);
 #   - OpenMP::OpenMP_CXX when TOPTHETA_USE_OPENMP is ON and OpenMP was found;
 #   - C++ extensions off (the C++17 requirement itself comes from toptheta::toptheta).
 # It does NOT link toptheta::toptheta; do that yourself.
@@ -53,6 +54,10 @@ if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU"
 endif()
 
 function(toptheta_configure_target tgt)
+  cmake_parse_arguments(PARSE_ARGV 1 _tt "NO_ARCH" "" "")
+  if(_tt_UNPARSED_ARGUMENTS)
+    message(FATAL_ERROR "toptheta_configure_target: unknown arguments '${_tt_UNPARSED_ARGUMENTS}'")
+  endif()
   if(NOT TARGET ${tgt})
     message(FATAL_ERROR "toptheta_configure_target: '${tgt}' is not a target")
   endif()
@@ -67,7 +72,9 @@ function(toptheta_configure_target tgt)
   if(TOPTHETA_WERROR)
     set_target_properties(${tgt} PROPERTIES COMPILE_WARNING_AS_ERROR ON)
   endif()
-  if(TOPTHETA_ARCH_FLAGS)
+  if(_tt_NO_ARCH)
+    # no instruction-set flags at all
+  elseif(TOPTHETA_ARCH_FLAGS)
     if(_toptheta_arch_flags)
       target_compile_options(${tgt} PRIVATE ${_toptheta_arch_flags})
     endif()

@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
-# Builds toptheta-bench (the `bench` CMake preset, into build/bench), runs the benchmark suite
-# and writes docs/performance.md plus docs/img/speedup_vs_L.png (scripts/perf_report.py).
+# Builds toptheta-bench and toptheta-bench-portable (the `bench` CMake preset, into build/bench),
+# runs the benchmark suite and writes docs/performance.md plus docs/img/speedup_vs_L.png
+# (scripts/perf_report.py).
 #
 #   scripts/perf_report.sh [--no-build] [perf_report.py options]
 #
 # perf_report.py options (see scripts/perf_report.py --help):
-#   --quick                  L <= 16k, prefill T = 1024, 1 repetition, 0.1 s min time
+#   --quick                  smoke run: decode L in {1k, 16k}, prefill T = 1024, probes, head dims,
+#                            SIMD paths; 1 repetition, 0.05 s min time; the page goes to
+#                            build/bench/perf/performance-quick.md (docs/ stays untouched)
+#   --out FILE, --img FILE   where the page and the plot go
 #   --repetitions N          default 3 (medians are reported)
 #   --min-time S             --benchmark_min_time, default 0.3
-#   --filter REGEX           --benchmark_filter (overrides --quick's)
-#   --fma-peak-per-core G    fp32 FMA peak in GFLOP/s per core, default 112
+#   --filter REGEX           --benchmark_filter of the main run (overrides --quick's)
+#   --no-portable            skip the portable-vs-native comparison runs
 #   --from-json FILE         re-render a previous run without running anything
 # Environment: JOBS (build parallelism, default 2).
 #
 # Run it on an otherwise idle machine: the suite measures memory bandwidth and the page compares
-# against the probe's floor. The full suite takes several minutes.
+# against the probe's floor. The full suite takes about a quarter of an hour.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -28,7 +32,7 @@ for a in "$@"; do
     --no-build) build=0 ;;
     --from-json | --from-json=*) build=0; args+=("$a") ;;
     -h | --help)
-      sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+      sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
       exec python3 scripts/perf_report.py --help
       ;;
     *) args+=("$a") ;;
@@ -44,7 +48,7 @@ fi
 if [[ $build -eq 1 ]]; then
   toptheta_log "Configuring and building the bench preset (build/bench)"
   cmake --preset bench >/dev/null
-  cmake --build --preset bench -j"${JOBS:-2}" --target toptheta-bench
+  cmake --build --preset bench -j"${JOBS:-2}" --target toptheta-bench toptheta-bench-portable
 fi
 
 toptheta_log "Running the benchmarks and writing docs/performance.md"
