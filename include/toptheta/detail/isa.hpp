@@ -52,7 +52,32 @@
 #define TOPTHETA_COMPILE_NEON 1
 #endif
 
+/// Full unrolling of a loop with a compile-time trip count (the register-blocked SIMD kernels):
+/// GCC at -O2 leaves such loops rolled and their accumulators in memory otherwise.
+#if defined(__clang__)
+#define TOPTHETA_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define TOPTHETA_UNROLL _Pragma("GCC unroll 64")
+#else
+#define TOPTHETA_UNROLL
+#endif
+
+#if defined(TOPTHETA_COMPILE_AVX2)
+#include <cpuid.h>
+#endif
+
 namespace toptheta {
+
+namespace detail {
+#if defined(TOPTHETA_COMPILE_AVX2)
+/// CPUID leaf 1, ECX bit 29 (F16C); Clang's __builtin_cpu_supports does not know "f16c".
+inline bool cpu_has_f16c() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
+  return (c >> 29) & 1u;
+}
+#endif
+}  // namespace detail
 
 /// True when this build compiled the path `isa` (kAuto: always).
 constexpr bool isa_compiled(Isa isa) {
@@ -92,7 +117,7 @@ inline bool isa_supported(Isa isa) {
 #if defined(TOPTHETA_COMPILE_AVX2)
       __builtin_cpu_init();
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-             __builtin_cpu_supports("f16c") && __builtin_cpu_supports("bmi2");
+             detail::cpu_has_f16c() && __builtin_cpu_supports("bmi2");
 #else
       return false;
 #endif

@@ -183,25 +183,34 @@ struct Ops {
     const int rem = int(d % W);
     for (Index u0 = 0; u0 < n; u0 += KB) {
       const T* kp[KB];
+      TOPTHETA_UNROLL
       for (int kb = 0; kb < KB; ++kb) kp[kb] = keys[u0 + kb < n ? u0 + kb : n - 1];
       for (Index h0 = 0; h0 < G; h0 += HB) {
         const Acc* qp[HB];
+        TOPTHETA_UNROLL
         for (int hb = 0; hb < HB; ++hb) qp[hb] = q + (h0 + hb < G ? h0 + hb : G - 1) * d;
         V acc[W];
+        TOPTHETA_UNROLL
         for (int a = 0; a < W; ++a) acc[a] = V::zero();
         for (Index i = 0; i < full; i += W) {
           V kv[KB];
+          TOPTHETA_UNROLL
           for (int kb = 0; kb < KB; ++kb) kv[kb] = V::template load_cvt<T>(kp[kb] + i);
+          TOPTHETA_UNROLL
           for (int hb = 0; hb < HB; ++hb) {
             const V qv = V::load(qp[hb] + i);
+            TOPTHETA_UNROLL
             for (int kb = 0; kb < KB; ++kb) acc[hb * KB + kb] = V::fma(qv, kv[kb], acc[hb * KB + kb]);
           }
         }
         if (rem) {
           V kv[KB];
+          TOPTHETA_UNROLL
           for (int kb = 0; kb < KB; ++kb) kv[kb] = V::template load_cvt_n<T>(kp[kb] + full, rem);
+          TOPTHETA_UNROLL
           for (int hb = 0; hb < HB; ++hb) {
             const V qv = V::load_n(qp[hb] + full, rem);
+            TOPTHETA_UNROLL
             for (int kb = 0; kb < KB; ++kb) acc[hb * KB + kb] = V::fma(qv, kv[kb], acc[hb * KB + kb]);
           }
         }
@@ -223,7 +232,9 @@ struct Ops {
     using V = Vec<Acc>;
     constexpr int W = V::W;
     V a[NH][NV];
+    TOPTHETA_UNROLL
     for (int hb = 0; hb < NH; ++hb)
+      TOPTHETA_UNROLL
       for (int v = 0; v < NV; ++v) {
         const Acc* p = acc + hb * d + c0 + v * W;
         a[hb][v] = v + 1 < NV || last == W ? V::load(p) : V::load_n(p, last);
@@ -231,10 +242,12 @@ struct Ops {
     for (Index u = 0; u < n; ++u) {
       const T* r = rows[u] + c0;
       V x[NV];
+      TOPTHETA_UNROLL
       for (int v = 0; v < NV; ++v)
         x[v] = v + 1 < NV || last == W ? V::template load_cvt<T>(r + v * W)
                                        : V::template load_cvt_n<T>(r + v * W, last);
       const Acc* wu = w + u * w_u;
+      TOPTHETA_UNROLL
       for (int hb = 0; hb < NH; ++hb) {
         const Acc wv = wu[hb * w_h];
         const V ww = V::set1(wv);
@@ -242,14 +255,18 @@ struct Ops {
           // A zero weight never lets its row into the sum: a masked FMA, no branch (sparse
           // gathers weigh a union of keys whose weights are zero for some heads at random).
           const auto m = V::ne(ww, V::zero());
+          TOPTHETA_UNROLL
           for (int v = 0; v < NV; ++v) a[hb][v] = V::fma_masked(ww, x[v], a[hb][v], m);
         } else {
           if (wv == Acc(0)) continue;
+          TOPTHETA_UNROLL
           for (int v = 0; v < NV; ++v) a[hb][v] = V::fma(ww, x[v], a[hb][v]);
         }
       }
     }
+    TOPTHETA_UNROLL
     for (int hb = 0; hb < NH; ++hb)
+      TOPTHETA_UNROLL
       for (int v = 0; v < NV; ++v) {
         Acc* p = acc + hb * d + c0 + v * W;
         if (v + 1 < NV || last == W) a[hb][v].store(p);
@@ -332,17 +349,24 @@ struct Ops {
     using V = Vec<Acc>;
     constexpr int W = V::W;
     V acc[KU][MV];
+    TOPTHETA_UNROLL
     for (int k = 0; k < KU; ++k)
+      TOPTHETA_UNROLL
       for (int v = 0; v < MV; ++v) acc[k][v] = V::zero();
     for (Index i = 0; i < d; ++i) {
       V qv[MV];
+      TOPTHETA_UNROLL
       for (int v = 0; v < MV; ++v) qv[v] = V::load(Qt + i * Mp + v * W);
+      TOPTHETA_UNROLL
       for (int k = 0; k < KU; ++k) {
         const V kb = V::set1(K[k * ldk + i]);
+        TOPTHETA_UNROLL
         for (int v = 0; v < MV; ++v) acc[k][v] = V::fma(kb, qv[v], acc[k][v]);
       }
     }
+    TOPTHETA_UNROLL
     for (int k = 0; k < KU; ++k)
+      TOPTHETA_UNROLL
       for (int v = 0; v < MV; ++v) acc[k][v].store(St + k * Mp + v * W);
   }
 
@@ -373,20 +397,27 @@ struct Ops {
     using V = Vec<Acc>;
     constexpr int W = V::W;
     V acc[MR][CV];
+    TOPTHETA_UNROLL
     for (int r = 0; r < MR; ++r)
+      TOPTHETA_UNROLL
       for (int v = 0; v < CV; ++v) {
         Acc* p = O + r * ldo + c0 + v * W;
         acc[r][v] = v + 1 < CV ? V::load(p) : V::load_n(p, last);
       }
     for (Index u = 0; u < n; ++u) {
       V x[CV];
+      TOPTHETA_UNROLL
       for (int v = 0; v < CV; ++v) x[v] = V::load(Vf + u * ldv + c0 + v * W);
+      TOPTHETA_UNROLL
       for (int r = 0; r < MR; ++r) {
         const V pb = V::set1(Pt[u * Mp + r]);
+        TOPTHETA_UNROLL
         for (int v = 0; v < CV; ++v) acc[r][v] = V::fma(pb, x[v], acc[r][v]);
       }
     }
+    TOPTHETA_UNROLL
     for (int r = 0; r < MR; ++r)
+      TOPTHETA_UNROLL
       for (int v = 0; v < CV; ++v) {
         Acc* p = O + r * ldo + c0 + v * W;
         if (v + 1 < CV) acc[r][v].store(p);
