@@ -454,8 +454,21 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
       // then reported as the error a strict load gives.
       ThresholdTable t;
       ThresholdFormat fmt = ThresholdFormat::kAuto;
+      // A file with several tables: list their k, summarise --k or the smallest.
+      std::string tables_line;
+      if (info_in.k == 0 && info_sdc.empty()) {
+        ThresholdSet set;
+        LoadOptions lo;
+        lo.missing_heads = MissingHeads::kKeepEmpty;
+        if (load_threshold_set(info_file, &set, lo).ok() && set.size() > 1) {
+          info_in.k = set.tables().front().nominal_k();
+          tables_line = std::to_string(set.size()) + " (k = " + set.ks_text() +
+                        "); this summary: k = " + std::to_string(info_in.k) + " (choose with --k)";
+        }
+      }
       const Status s = load(info_file, info_sdc, info_in, &t, &fmt, /*keep_empty=*/true);
       if (!s.ok()) return fail(s.message());
+      if (!tables_line.empty()) out << pad("tables:", 19, false) << tables_line << "\n";
       print_info(out, info_file, fmt, t, info_in);
       if (t.num_missing_heads() > 0) {
         ThresholdTable strict;
