@@ -409,9 +409,8 @@ inline Status parse_native_thresholds(std::string_view text, const std::string& 
   if (!s.ok()) return detail::file_error(StatusCode::kDataLoss, name, 0, s.message());
   TOPTHETA_RETURN_IF_ERROR(detail::finish_loaded_table(&t, opts, name, std::string()));
   if (opts.k != 0 && t.nominal_k() != opts.k)
-    return Status::invalid_argument(name + ": the file holds a table for k = " +
-                                    std::to_string(t.nominal_k()) + ", not k = " +
-                                    std::to_string(opts.k));
+    return Status::invalid_argument(name + ": no table for k = " + std::to_string(opts.k) +
+                                    " (the file holds k = " + std::to_string(t.nominal_k()) + ")");
   *out = std::move(t);
   return {};
 }
