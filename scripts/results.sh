@@ -21,8 +21,8 @@
 #
 # Usage: scripts/results.sh [--quick]
 #   --quick: 2 held-out sequences per set, k in {32, 64} (stories: {8, 16}), calibration sizes
-#            {4, 8}: a check of the pipeline in a few minutes, written to build/results/quick and
-#            docs/results-quick.md (docs/results.md is untouched).
+#            {4, 8}: a check of the pipeline in a few minutes, written to build/results/quick
+#            (report: build/results/quick/results.md; docs/ is untouched).
 # Needs: a release build (build/release/bin/toptheta-llama2c and toptheta-thresholds, or
 # LLAMA2C_BIN / THRESHOLDS_BIN), the models in ../shared/models, python3, gnuplot
 # (Debian: gnuplot-nox). Every run is single-threaded and sequential (a shared machine): about
@@ -45,8 +45,8 @@ if [[ $QUICK == 1 ]]; then
   S_K_LIST="8 16"
   CAL_COUNTS="4 8"
   S_N=16
-  OUT_MD=docs/results-quick.md
-  IMG=build/results/quick/img
+  OUT_MD=$WORK/results.md
+  IMG=$WORK/img
 else
   WORK=${WORK:-build/results/full}
   N_EVAL=16

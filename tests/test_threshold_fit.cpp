@@ -15,6 +15,8 @@
 #include <toptheta/io/threshold_file.hpp>
 #include <toptheta/threshold_fit.hpp>
 
+#include "counting_allocator.hpp"
+
 #include <cmath>
 #include <cstdint>
 #include <random>
@@ -105,6 +107,18 @@ TEST(FitCurve, ZeroSlopesClampAndSdcTermsClampOutsideTheKnots) {
   const double mid = t.lookup(0, 0, 141).theta;  // sqrt(100 * 200) = 141.4: halfway in ln L
   EXPECT_NEAR(mid, 1.0 + (std::log(141.0) - std::log(100.0)) / std::log(2.0), 1e-12);
   EXPECT_TRUE(t.has_sdc());
+}
+
+TEST(CompactTable, LookupDoesNotAllocate) {
+  CompactFitOptions o;
+  o.min_bucket_samples = 4;
+  ThresholdTable t = one_curve_table(Placement::kPostSoftmax,
+                                     fit_curve(linear_buckets(2.0, 0.2, 33, 2048, 2), true, 0.1, false, o));
+  double sum = 0;
+  const long long before = toptheta::testing::allocation_count();
+  for (Index L = 1; L <= 8192; ++L) sum += t.lookup(0, 0, L, LookupPolicy::kLinear).theta;
+  EXPECT_EQ(toptheta::testing::allocation_count(), before);
+  EXPECT_GT(sum, 0.0);
 }
 
 TEST(CompactTable, RejectsBadCurves) {
