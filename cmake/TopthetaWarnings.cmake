@@ -4,7 +4,12 @@
 #   toptheta_configure_target(<target>)
 #
 # adds, PRIVATE to <target>:
-#   - warnings: -Wall -Wextra -Wpedantic (GCC/Clang), /W4 (MSVC);
+#   - warnings: -Wall -Wextra -Wpedantic (GCC/Clang), /W4 (MSVC); warnings are errors
+#     (COMPILE_WARNING_AS_ERROR) when TOPTHETA_WERROR is ON;
+#   - with GCC < 13 on x86, a forced include of cmake/compat/gcc_pr105593_immintrin.h, which
+#     silences GCC bug 105593 (-Wmaybe-uninitialized inside GCC's own AVX-512 intrinsics, hundreds
+#     of times per build through Eigen with -march=native) without turning the warning off for
+#     our code;
 #   - the instruction-set flags: TOPTHETA_ARCH_FLAGS when set (e.g. "-mavx2 -mfma", or "none"
 #     for the compiler's baseline), otherwise -march=native when TOPTHETA_NATIVE is ON and the
 #     compiler accepts it;
@@ -38,6 +43,15 @@ elseif(TOPTHETA_NATIVE AND NOT MSVC)
   check_cxx_compiler_flag(-march=native TOPTHETA_COMPILER_HAS_MARCH_NATIVE)
 endif()
 
+# GCC bug 105593: see cmake/compat/gcc_pr105593_immintrin.h. Fixed in GCC 13.
+set(_toptheta_pr105593_header "")
+if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU"
+   AND CMAKE_CXX_COMPILER_VERSION VERSION_LESS 13
+   AND CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64|i[3-6]86)$")
+  set(_toptheta_pr105593_header
+      "${CMAKE_CURRENT_LIST_DIR}/compat/gcc_pr105593_immintrin.h")
+endif()
+
 function(toptheta_configure_target tgt)
   if(NOT TARGET ${tgt})
     message(FATAL_ERROR "toptheta_configure_target: '${tgt}' is not a target")
@@ -46,6 +60,12 @@ function(toptheta_configure_target tgt)
     target_compile_options(${tgt} PRIVATE /W4 /permissive-)
   else()
     target_compile_options(${tgt} PRIVATE -Wall -Wextra -Wpedantic)
+  endif()
+  if(_toptheta_pr105593_header)
+    target_compile_options(${tgt} PRIVATE "SHELL:-include \"${_toptheta_pr105593_header}\"")
+  endif()
+  if(TOPTHETA_WERROR)
+    set_target_properties(${tgt} PROPERTIES COMPILE_WARNING_AS_ERROR ON)
   endif()
   if(TOPTHETA_ARCH_FLAGS)
     if(_toptheta_arch_flags)

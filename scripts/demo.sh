@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Quick start, part 1: installs the missing Debian packages (apt-get, as root or through sudo),
-# builds the `release` preset and runs the demo:
-#   - the llama2.c Top-theta demo (scripts/demo_llama2c.sh) when ../shared/models/stories260K.bin
-#     is present,
-#   - otherwise examples/02_calibrate_and_decode, or examples/01_dense_decode.
-# Usage: ./scripts/demo.sh
+# builds the `demo` preset (Release; no tests, benchmarks or tools) and, of it, only the program
+# the demo runs:
+#   - the llama2.c Top-theta demo (scripts/demo_llama2c.sh, target toptheta-llama2c) when
+#     ../shared/models/stories260K.bin and tok512.bin are present,
+#   - otherwise examples/02_calibrate_and_decode (synthetic data).
+# Usage: ./scripts/demo.sh     (MODELS=<dir> looks for the llama2.c files elsewhere)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -13,20 +14,27 @@ source scripts/lib.sh
 
 toptheta_install_packages
 
-toptheta_log "Configuring and building (preset: release)"
-cmake --preset release
-cmake --build --preset release -j2
-
-bin=build/release/bin
-if [[ -f ../shared/models/stories260K.bin && -f scripts/demo_llama2c.sh ]]; then
-  toptheta_log "Running the llama2.c demo (scripts/demo_llama2c.sh)"
-  exec bash scripts/demo_llama2c.sh
-elif [[ -x $bin/02_calibrate_and_decode ]]; then
-  toptheta_log "Running $bin/02_calibrate_and_decode"
-  exec "$bin/02_calibrate_and_decode"
-elif [[ -x $bin/01_dense_decode ]]; then
-  toptheta_log "Running $bin/01_dense_decode"
-  exec "$bin/01_dense_decode"
+MODELS=${MODELS:-../shared/models}
+if [[ -f $MODELS/stories260K.bin && -f $MODELS/tok512.bin ]]; then
+  target=toptheta-llama2c
 else
-  toptheta_die "no demo binary found in $bin (expected 02_calibrate_and_decode or 01_dense_decode)"
+  target=02_calibrate_and_decode
 fi
+bin=build/demo/bin
+
+t0=$SECONDS
+toptheta_log "Configuring and building $target (preset: demo)"
+cmake --preset demo
+cmake --build --preset demo -j2 --target "$target"
+toptheta_log "Built $target in $((SECONDS - t0)) s"
+
+t0=$SECONDS
+if [[ $target == toptheta-llama2c ]]; then
+  toptheta_log "Running the llama2.c demo (scripts/demo_llama2c.sh)"
+  LLAMA2C_BIN=$bin/toptheta-llama2c WORK=build/demo/demo-llama2c MODELS=$MODELS \
+    bash scripts/demo_llama2c.sh
+else
+  toptheta_log "Running $bin/$target (llama2.c models not found in $MODELS, see README.md)"
+  "$bin/$target"
+fi
+toptheta_log "Demo ran in $((SECONDS - t0)) s"

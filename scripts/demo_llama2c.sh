@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The real-model demo (run by scripts/demo.sh after the release build when
+# The real-model demo (run by scripts/demo.sh after the demo build when
 # ../shared/models/stories260K.bin exists): Top-θ attention on karpathy's stories260K.
 #   1. calibrate post-softmax thresholds at k = 16 on 32 sequences sampled from the dense model;
 #   2. evaluate dense vs Top-θ (post-softmax + VMC, the library's recommended variant, see
@@ -8,19 +8,24 @@
 #      and of V rows read.
 # Takes about 10 seconds.
 #
-# Environment: LLAMA2C_BIN [build/release/bin/toptheta-llama2c], MODELS [../shared/models],
-#              WORK [build/release/demo-llama2c], K [16]
+# Environment: LLAMA2C_BIN [build/demo/bin/toptheta-llama2c, else build/release/bin/...],
+#              MODELS [../shared/models], WORK [<LLAMA2C_BIN>/../../demo-llama2c], K [16]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-BIN=${LLAMA2C_BIN:-build/release/bin/toptheta-llama2c}
+if [[ -z ${LLAMA2C_BIN:-} ]]; then
+  LLAMA2C_BIN=build/demo/bin/toptheta-llama2c
+  [[ -x $LLAMA2C_BIN || ! -x build/release/bin/toptheta-llama2c ]] ||
+    LLAMA2C_BIN=build/release/bin/toptheta-llama2c
+fi
+BIN=$LLAMA2C_BIN
 MODELS=${MODELS:-../shared/models}
-WORK=${WORK:-build/release/demo-llama2c}
+WORK=${WORK:-$(dirname "$(dirname "$BIN")")/demo-llama2c}
 K=${K:-16}
 MODEL=$MODELS/stories260K.bin
 TOKENIZER=$MODELS/tok512.bin
 
-[[ -x $BIN ]] || { echo "demo_llama2c.sh: $BIN not found; build the release preset first" >&2; exit 1; }
+[[ -x $BIN ]] || { echo "demo_llama2c.sh: $BIN not found; run scripts/demo.sh (or build the demo or release preset) first" >&2; exit 1; }
 for f in "$MODEL" "$TOKENIZER"; do
   [[ -f $f ]] || {
     echo "demo_llama2c.sh: $f not found. Get stories260K.bin and tok512.bin from" \

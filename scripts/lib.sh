@@ -6,11 +6,13 @@
 # toptheta_try_install_packages PKG...   same, but only warns on failure (optional packages).
 
 # Debian 12 packages needed to configure, build and test everything in the `release` and `dev`
-# presets (compiler, build tools, Eigen, GoogleTest/GoogleMock, Google Benchmark, CLI11, JSON).
+# presets (compiler, build tools, Eigen, GoogleTest/GoogleMock, Google Benchmark, CLI11, JSON;
+# pkg-config for the Packaging.PkgConfig test).
 TOPTHETA_DEB_PACKAGES=(
   cmake
   ninja-build
   g++
+  pkg-config
   libeigen3-dev
   libgtest-dev
   libgmock-dev

@@ -136,6 +136,7 @@ void run_variant(const Variant& v) {
   opt.sdc = v.sdc;
   opt.sdc_scale = v.sdc == SdcMode::kCalibrated ? 0.75 : 1.0;
   opt.vmc = v.vmc;
+  opt.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
   opt.cap_k = v.cap_k;
   opt.empty_row = v.empty;
   opt.k = v.k;
@@ -267,6 +268,7 @@ TEST(TopThetaByHand, WeightFormulas) {
     expect_out({1.0 / den, 0, std::exp(-1.0) / den, 0}, "pre calibrated");
     // + VMC: (1 - sum w) * vbar, vbar = (1/4, 1/4, 1/4, 1/4).
     o.vmc = VmcMode::kOn;
+    o.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
     const double w0 = 1.0 / den, w2 = std::exp(-1.0) / den, r = (1 - w0 - w2) / 4;
     expect_out({w0 + r, r, w2 + r, r}, "pre calibrated + VMC");
   }
@@ -275,26 +277,31 @@ TEST(TopThetaByHand, WeightFormulas) {
   ASSERT_TRUE(t.set(0, 0, e).ok());
   o.sdc = SdcMode::kNone;
   o.vmc = VmcMode::kOff;
+  o.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
   expect_out({1, 0, 0, 0}, "empty keep-max");
   o.empty_row = EmptyRowPolicy::kMeanV;
   expect_out({0.25, 0.25, 0.25, 0.25}, "empty mean-V");
   o.vmc = VmcMode::kOn;
+  o.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
   expect_out({0.25, 0.25, 0.25, 0.25}, "empty mean-V + VMC");
   // post placement: w = p for p > theta. p = (e2, e0, e1, em1) / Z.
   t.metadata().placement = Placement::kPostSoftmax;
   o.placement = Placement::kPostSoftmax;
   o.vmc = VmcMode::kOff;
+  o.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
   o.sdc = SdcMode::kExact;  // ignored for post
   e.theta = 0.2;            // keeps p0 = 0.64, p2 = 0.24
   ASSERT_TRUE(t.set(0, 0, e).ok());
   expect_out({e2 / Z, 0, e1 / Z, 0}, "post");
   o.vmc = VmcMode::kOn;
+  o.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
   {
     const double r = (1 - (e2 + e1) / Z) / 4;
     expect_out({e2 / Z + r, r, e1 / Z + r, r}, "post + VMC");
   }
   // cap_k = 1 keeps the most recent kept index (2), not the largest score.
   o.vmc = VmcMode::kOff;
+  o.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
   o.cap_k = 1;
   expect_out({0, 0, e1 / Z, 0}, "post cap_k 1");
 }
@@ -418,6 +425,7 @@ void absent_lengths_case(LookupPolicy pol, bool prefill_call) {
   o.thresholds = &t;
   o.lookup = pol;
   o.vmc = VmcMode::kOn;
+  o.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
   o.sdc = SdcMode::kExact;
   AttentionStats st;
   o.stats = &st;
@@ -466,6 +474,7 @@ void toptheta_prefill_vs_decodes(Placement pl, SdcMode sdc, EmptyRowPolicy er, L
   o.placement = pl;
   o.sdc = sdc;
   o.vmc = VmcMode::kOn;
+  o.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
   o.empty_row = er;
   o.cap_k = 5;
   o.thresholds = &table;

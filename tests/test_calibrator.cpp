@@ -137,6 +137,7 @@ void calibrate_vs_reference(const CalCase& c) {
     o.mode = AttentionMode::kCalibrate;
     o.calibrator = &kc;
     o.vmc = VmcMode::kOn;
+    o.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
     o.sdc = SdcMode::kExact;
     AttentionStats st;
     o.stats = &st;
@@ -355,6 +356,7 @@ void neg_inf_is_dense(bool prefill_call) {
           o.placement = pl;
           o.sdc = sdc;
           o.vmc = vmc;
+          o.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
           o.thresholds = &table;
           AttentionStats st;
           o.stats = &st;
@@ -475,6 +477,7 @@ void vmc_equal_rows(bool prefill_call) {
             o.sdc = sdc;
             o.sdc_scale = 1.5;
             o.vmc = VmcMode::kOn;
+            o.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
             o.empty_row = er;
             o.cap_k = cap;
             o.thresholds = &table;

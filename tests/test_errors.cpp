@@ -351,6 +351,7 @@ TEST(ErrorsWorkspace, TooSmallOrNullIsRejected) {
     o.mode = m;
     o.k = 4;
     o.vmc = VmcMode::kOn;
+    o.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
     const auto a = p.args();
     const std::size_t need = workspace_size(a, o);
     ASSERT_GT(need, 0u);

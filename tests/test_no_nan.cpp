@@ -166,6 +166,7 @@ void no_nan_everywhere() {
                       o.sdc = sdc;
                       o.sdc_scale = sdc_scale;
                       o.vmc = vmc;
+                      o.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
                       o.empty_row = er;
                       o.cap_k = cap;
                       o.thresholds = &table;
@@ -232,6 +233,7 @@ TYPED_TEST(NoNaN, FullyMaskedRowsAreZero) {
         o.mode = mode;
         o.k = 4;
         o.vmc = vmc;
+        o.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
         o.empty_row = er;
         o.sdc = SdcMode::kExact;
         o.thresholds = &table;

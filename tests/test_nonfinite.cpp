@@ -120,6 +120,7 @@ void run_case(bool prefill_call, const Config& c, std::uint64_t seed) {
   o.placement = c.placement;
   o.sdc = c.sdc;
   o.vmc = c.vmc;
+  o.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
   o.empty_row = c.empty;
   o.thresholds = &table;
 
@@ -144,9 +145,9 @@ void run_case(bool prefill_call, const Config& c, std::uint64_t seed) {
   for (Index t = 0; t < sp.T; ++t)
     for (Index h = 0; h < sp.Hq; ++h)
       for (std::int32_t j : ref_clean.row(t, h).kept) read[std::size_t(h / 2)][std::size_t(j)] = true;
-  // With a V mean the running sum must cover the injected rows: decode's covers 0..L-1,
-  // prefill's 0..P-1 (the kernel adds P.. itself).
-  const Index v_limit = uses_vbar && prefill_call ? P : L;
+  // With a V mean the running sum must cover the injected rows: it covers the rows before the
+  // new tokens, 0..P-1 (the kernel adds the new rows itself).
+  const Index v_limit = uses_vbar ? P : L;
   int which = 0, injected_v = 0;
   for (Index j = 0; j < L; ++j)
     for (Index g = 0; g < sp.Hkv; ++g) {

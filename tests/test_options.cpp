@@ -52,6 +52,9 @@ TEST(RecommendedOptions, CalibratorDefaultsMatchTheRecommendation) {
   a.k = HeadsView<const float>::token_major(k.data(), L, 1, d);
   a.v = HeadsView<const float>::token_major(v.data(), L, 1, d);
   a.out = HeadsView<float>::token_major(out.data(), 1, 2, d);
+  RunningVSum<float> vsum(1, d);  // the V rows before the new token, as VMC needs
+  ASSERT_TRUE(vsum.add(a.v.slice_tokens(0, L - 1)).ok());
+  a.v_sum = vsum.data();
   AttentionStats st;
   AttentionOptions o = toptheta_options(t);
   o.stats = &st;

@@ -1,5 +1,6 @@
-// detail/select.hpp: exact top-k with ties to the lower index, k-th largest, strict threshold
-// compaction, first argmax. Compared with brute force (stable sort) on seeded random rows.
+// detail/select.hpp and the SIMD primitives: exact top-k with ties to the lower index, k-th
+// largest, strict threshold compaction, first argmax. Compared with brute force (stable sort) on
+// seeded random rows, on every SIMD path the machine runs.
 
 #include <gtest/gtest.h>
 
@@ -10,6 +11,7 @@
 #include <random>
 #include <vector>
 
+#include "isa_util.hpp"
 #include "toptheta/detail/select.hpp"
 
 namespace {
@@ -30,12 +32,48 @@ std::vector<std::int32_t> brute_topk(const std::vector<Acc>& a, Index k) {
 
 template <class Acc>
 std::vector<std::int32_t> run_topk(const std::vector<Acc>& a, Index k, Acc* kth, Acc* next) {
-  std::vector<Acc> scratch(a.size());
-  std::vector<std::int32_t> out(a.size(), -1);
-  const Index n =
-      detail::select_topk(a.data(), Index(a.size()), k, scratch.data(), out.data(), kth, next);
-  out.resize(std::size_t(n));
-  return out;
+  std::vector<std::int32_t> result;
+  Acc k0 = 0, n0 = 0;
+  bool first = true;
+  toptheta::testing::for_each_isa([&](auto ops) {
+    using Ops = decltype(ops);
+    std::vector<Acc> scratch(a.size());
+    std::vector<std::int32_t> out(a.size(), -1);
+    const Index n = detail::select_topk<Ops>(a.data(), Index(a.size()), k, scratch.data(),
+                                             out.data(), kth, next);
+    out.resize(std::size_t(n));
+    if (first) {
+      result = out, k0 = *kth, n0 = *next, first = false;
+    } else {  // every path selects the same keys
+      EXPECT_EQ(out, result);
+      EXPECT_EQ(*kth, k0);
+      EXPECT_EQ(*next, n0);
+    }
+  });
+  return result;
+}
+
+/// indices_above on every path; all paths agree.
+template <class Acc>
+Index select_above(const Acc* a, Index L, Acc theta, std::int32_t* out) {
+  Index count = -1;
+  std::vector<std::int32_t> first;
+  toptheta::testing::for_each_isa([&](auto ops) {
+    using Ops = decltype(ops);
+    std::vector<std::int32_t> buf(std::size_t(L) + 1, -7);
+    const Index n = Ops::indices_above(a, L, theta, buf.data());
+    EXPECT_EQ(buf[std::size_t(L)], -7) << "wrote past L";
+    if (count < 0) {
+      count = n;
+      first.assign(buf.begin(), buf.begin() + n);
+    } else {
+      EXPECT_EQ(n, count);
+      EXPECT_TRUE(std::equal(first.begin(), first.end(), buf.begin()));
+    }
+    EXPECT_EQ(Ops::count_above(a, L, theta), n);
+  });
+  std::copy(first.begin(), first.end(), out);
+  return count;
 }
 
 TEST(SelectTopk, AllEqualKeepsTheLowestIndices) {
@@ -133,13 +171,13 @@ TEST(KthLargest, Duplicates) {
 TEST(SelectAbove, IsStrictAndAscending) {
   const std::vector<float> a{0.5f, 1.0f, 2.0f, 1.0f, -3.0f, 1.5f};
   std::vector<std::int32_t> out(a.size() + 1, -7);
-  Index n = detail::select_above(a.data(), Index(a.size()), 1.0f, out.data());
+  Index n = select_above(a.data(), Index(a.size()), 1.0f, out.data());
   ASSERT_EQ(n, 2);
   EXPECT_EQ(out[0], 2);
   EXPECT_EQ(out[1], 5);
-  n = detail::select_above(a.data(), Index(a.size()), 2.0f, out.data());
+  n = select_above(a.data(), Index(a.size()), 2.0f, out.data());
   EXPECT_EQ(n, 0);
-  n = detail::select_above(a.data(), Index(a.size()), -std::numeric_limits<float>::infinity(),
+  n = select_above(a.data(), Index(a.size()), -std::numeric_limits<float>::infinity(),
                            out.data());
   ASSERT_EQ(n, 6);
   for (Index i = 0; i < 6; ++i) EXPECT_EQ(out[std::size_t(i)], i);
@@ -150,7 +188,7 @@ TEST(SelectAbove, NegativeInfinityAndNaNNeverPass) {
   const float ninf = -std::numeric_limits<float>::infinity();
   const std::vector<float> a{ninf, std::numeric_limits<float>::quiet_NaN(), 0.0f};
   std::vector<std::int32_t> out(3);
-  const Index n = detail::select_above(a.data(), 3, ninf, out.data());
+  const Index n = select_above(a.data(), 3, ninf, out.data());
   ASSERT_EQ(n, 1);
   EXPECT_EQ(out[0], 2);
 }
@@ -163,7 +201,7 @@ TEST(SelectAbove, RandomMatchesBruteForce) {
     for (auto& x : a) x = nd(rng);
     for (double theta : {-10.0, -0.3, 0.0, 0.7, 10.0}) {
       std::vector<std::int32_t> out(static_cast<std::size_t>(L));
-      const Index n = detail::select_above(a.data(), L, theta, out.data());
+      const Index n = select_above(a.data(), L, theta, out.data());
       std::vector<std::int32_t> want;
       for (Index j = 0; j < L; ++j)
         if (a[std::size_t(j)] > theta) want.push_back(std::int32_t(j));

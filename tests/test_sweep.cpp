@@ -218,6 +218,7 @@ void run_config(const SweepConfig& c) {
   o.sdc = c.sdc;
   o.sdc_scale = c.sdc_scale;
   o.vmc = c.vmc;
+  o.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
   o.empty_row = c.empty;
   o.lookup = c.lookup;
   o.cap_k = c.cap_k;
@@ -285,7 +286,7 @@ void run_config(const SweepConfig& c) {
         if (p.bias[std::size_t(t * p.bias_stride + j)] != -std::numeric_limits<float>::infinity())
           masked_all[std::size_t(j)] = false;
   // A V row read into a V mean must be covered by the caller's running sum.
-  const Index v_limit = !uses_vbar ? c.L : (c.vsum ? (c.prefill ? c.L - c.T : c.L) : 0);
+  const Index v_limit = !uses_vbar ? c.L : (c.vsum ? c.L - c.T : 0);
   std::uint64_t which = c.seed;
   Index n_injected = 0;
   for (Index j = 0; j < c.L; ++j)

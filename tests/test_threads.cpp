@@ -111,6 +111,7 @@ void threads_bit_identical(bool prefill_call) {
       o.placement = v.pl;
       o.sdc = v.sdc;
       o.vmc = v.vmc;
+      o.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
       o.empty_row = v.er;
       o.thresholds = v.pl == Placement::kPreSoftmax ? &table : &post_table;
       o.calibrator = &cal;

@@ -193,13 +193,13 @@ struct Problem {
         bias[static_cast<std::size_t>(t * bias_stride + j)] = f(t, j);
   }
 
-  /// Fills the running V sum the way the kernels expect it: rows 0..L-1 for a decode call,
-  /// rows 0..P-1 for a prefill call. Row stride d + 3 (strided on purpose).
-  void set_vsum(bool prefill_call) {
+  /// Fills the running V sum the way the kernels expect it: the rows before the call's new
+  /// tokens, 0..P-1 (decode and prefill alike). Row stride d + 3 (strided on purpose).
+  void set_vsum(bool /*prefill_call*/ = false) {
     const Index d = spec.d, Hkv = spec.Hkv;
     vsum_stride = d + 3;
     vsum.assign(static_cast<std::size_t>(Hkv * vsum_stride), Acc(0));
-    const Index rows = prefill_call ? spec.P : spec.L();
+    const Index rows = spec.P;
     for (Index g = 0; g < Hkv; ++g)
       for (Index i = 0; i < d; ++i) {
         double s = 0;

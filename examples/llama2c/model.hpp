@@ -242,7 +242,6 @@ class Runner {
     att_.resize(std::size_t(T * dim));
     hb_.resize(std::size_t(T * hid));
     hb2_.resize(std::size_t(T * hid));
-    vsum_prev_.resize(std::size_t(Hkv * hd));
 
     for (Index t = 0; t < T; ++t)
       std::memcpy(&x_[std::size_t(t * dim)],
@@ -261,8 +260,6 @@ class Runner {
 
       toptheta::KvCache<float>& cache = caches_[std::size_t(l)];
       const bool use_decode = T == 1 && kernel == Kernel::kAuto;
-      // prefill wants the V sum of the P earlier tokens, decode the sum including the new one.
-      if (!use_decode) copy_vsum(cache, vsum_prev_.data(), Hkv, hd);
       TOPTHETA_RETURN_IF_ERROR(
           cache.append(toptheta::HeadsView<const float>::token_major(k_.data(), T, Hkv, hd),
                        toptheta::HeadsView<const float>::token_major(v_.data(), T, Hkv, hd)));
@@ -272,7 +269,7 @@ class Runner {
       args.k = cache.keys();
       args.v = cache.values();
       args.out = toptheta::HeadsView<float>::token_major(att_.data(), T, Hq, hd);
-      args.v_sum = use_decode ? cache.v_sum() : vsum_prev_.data();
+      args.v_sum = cache.v_sum();  // the rows before this append; the kernel adds the new ones
       args.v_sum_stride = hd;
       args.layer = l;
       toptheta::AttentionOptions opt = setup.options;
@@ -381,15 +378,11 @@ class Runner {
       }
     }
   }
-  static void copy_vsum(const toptheta::KvCache<float>& cache, float* out, Index Hkv, Index hd) {
-    // KvCache keeps its (Hkv, d) sums with row stride d.
-    std::memcpy(out, cache.v_sum(), std::size_t(Hkv * hd) * sizeof(float));
-  }
 
   const Model* m_;
   std::vector<toptheta::KvCache<float>> caches_;
   std::vector<float> rope_cos_, rope_sin_;
-  std::vector<float> x_, xb_, q_, k_, v_, att_, hb_, hb2_, vsum_prev_;
+  std::vector<float> x_, xb_, q_, k_, v_, att_, hb_, hb2_;
   std::vector<std::byte> workspace_;
   double forward_s_ = 0.0, attention_s_ = 0.0;
 };

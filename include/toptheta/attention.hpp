@@ -1,16 +1,13 @@
 #pragma once
 /// \file attention.hpp
-/// Attention entry points: `decode` (one new token) and `prefill` (T new tokens, causal) for the
-/// dense, top-k and Top-θ modes and for calibration (DESIGN.md sections 2 and 3;
-/// docs/semantics.md fixes the details).
+/// Attention entry points: `decode` (one new token) and `prefill` (T new tokens, causal) for
+/// the dense, top-k and Top-θ modes and for calibration, and `workspace_size`.
 ///
-/// Pipeline per row and KV group: scores (each (query, key) score computed once) -> selection per
-/// head (row_select.hpp) -> weights with SDC (sparse_softmax.hpp) -> union of the kept keys over
-/// the group's query heads, each kept V row read once -> VMC -> statistics.
-/// Decode (detail/decode_impl.hpp) splits the cache into fixed token chunks and walks each chunk
-/// with all KV heads together; prefill (detail/prefill_impl.hpp) tiles query rows per KV group.
+/// What they compute is fixed by docs/semantics.md (Top-θ: arXiv 2502.08363, section 3; SDC:
+/// section 3.3; VMC: section 3.4). How: kernels/decode.hpp and kernels/prefill.hpp, on the
+/// SIMD path of detail/isa.hpp (the fastest the CPU runs, or `AttentionOptions::isa`).
 ///
-/// Memory traffic of a decode step: all of K plus the union of kept V rows (DESIGN.md section 5).
+/// Memory traffic of a decode step: all of K plus the union of the kept V rows of each KV group.
 /// Threads: OpenMP when compiled with it (`options.threads`, 0 = default); the work split does
 /// not depend on the thread count, so results are bit-identical for any number of threads.
 /// Allocation: none when a workspace of `workspace_size(args, options)` bytes is given.
@@ -20,8 +17,11 @@
 #include <vector>
 
 #include "attention_args.hpp"
-#include "detail/decode_impl.hpp"
-#include "detail/prefill_impl.hpp"
+#include "detail/isa.hpp"
+#include "detail/simd.hpp"
+#include "kernels/decode.hpp"
+#include "kernels/parallel.hpp"
+#include "kernels/prefill.hpp"
 #include "status.hpp"
 #include "workspace.hpp"
 
@@ -29,7 +29,8 @@ namespace toptheta {
 namespace detail {
 
 template <class T>
-Status check_call(const AttentionArgs<T>& a, const AttentionOptions& o, bool is_decode) {
+Status check_call(const AttentionArgs<T>& a, const AttentionOptions& o, bool is_decode,
+                  Isa* isa) {
   if (is_decode && a.q.tokens != 1)
     return Status::invalid_argument("decode takes one query token, q has shape " +
                                     shape_string(a.q) + "; use prefill for several");
@@ -37,37 +38,99 @@ Status check_call(const AttentionArgs<T>& a, const AttentionOptions& o, bool is_
   if (a.q.heads / a.k.heads > kMaxGroup || a.k.heads > kMaxKv)
     return Status::invalid_argument("at most 256 KV heads and 256 query heads per KV head, got " +
                                     shape_string(a.q) + " over " + shape_string(a.k));
+  return resolve_isa(o.isa, isa);
+}
+
+/// Runs a planned call (DecodeCall / PrefillCall) on the caller's workspace.
+template <class Call>
+Status run_call(Call& call, Workspace ws) {
+  Arena measure;
+  call.carve(measure);
+  const std::size_t need = measure.used();
+  // Checked before anything is carved or written: the measure assumes the worst alignment.
+  if (ws.data == nullptr || ws.bytes < need) return workspace_too_small(ws, need, call.threads());
+  Arena ar(ws);
+  call.carve(ar);
+  TOPTHETA_ASSERT(!ar.overflowed(), "workspace measure and carve disagree");
+  call.prepare();
+  run_stages(call, call.threads());
+  call.finish();
   return {};
+}
+
+template <class Call>
+std::size_t measure_call(Call& call) {
+  Arena measure;
+  call.carve(measure);
+  return measure.used();
 }
 
 }  // namespace detail
 
+/// Bytes of scratch memory `decode` alone needs for these arguments and options (0 when they do
+/// not validate); `workspace_size` is the larger of this and the prefill size for T = 1.
+template <class T>
+std::size_t decode_workspace_size(const AttentionArgs<T>& args, const AttentionOptions& options) {
+  Isa isa;
+  if (!detail::check_call(args, options, true, &isa).ok()) return 0;
+  return detail::with_ops(isa, [&](auto ops) {
+    detail::DecodeCall<decltype(ops), T> dc(args, options, args.k, args.v);
+    return detail::measure_call(dc);
+  });
+}
+
 /// Bytes of scratch memory `decode` and `prefill` need for these arguments and options,
-/// including one set of per-thread buffers per thread `options.threads` resolves to. Decode:
-/// O(Hq * L + Hkv * L * G); prefill: a score block of about 4 MiB per thread plus
-/// O(Hkv * T / rows_per_block * d). Returns 0 when the arguments do not validate.
+/// including the per-thread buffers of the thread count `options.threads` resolves to.
+/// Returns 0 when the arguments do not validate (or the requested SIMD path is unavailable).
+/// For T = 1 the size covers both `decode` and `prefill`.
 template <class T>
 std::size_t workspace_size(const AttentionArgs<T>& args, const AttentionOptions& options) {
-  if (!validate(args, options).ok()) return 0;
-  std::size_t n = detail::prefill_workspace(args, options);
-  if (args.q.tokens == 1) n = std::max(n, detail::decode_workspace(args, options));
-  return n;
+  Isa isa;
+  if (!detail::check_call(args, options, false, &isa).ok()) return 0;
+  return detail::with_ops(isa, [&](auto ops) {
+    using Ops = decltype(ops);
+    detail::PrefillCall<Ops, T> pc(args, options, args.k, args.v);
+    std::size_t n = detail::measure_call(pc);
+    if (args.q.tokens == 1) {
+      detail::DecodeCall<Ops, T> dc(args, options, args.k, args.v);
+      n = std::max(n, detail::measure_call(dc));
+    }
+    return n;
+  });
 }
 
 /// One decode step: q (1, Hq, d) against K/V (L, Hkv, d) that already hold the new token.
-/// Writes out (1, Hq, d). `args.v_sum`, when given, sums V rows 0..L-1.
+/// Writes out (1, Hq, d). `args.v_sum`, when given, sums V rows 0..L-2 (the rows before the
+/// new token); the kernel adds row L-1.
+///
+/// Returns: kInvalidArgument for shapes, strides, options or a workspace that do not fit
+/// (nothing is written then); kFailedPrecondition for an incomplete threshold table or a
+/// SIMD path (`options.isa`) this build or CPU cannot run; ok otherwise.
 template <class T>
 Status decode(const AttentionArgs<T>& args, const AttentionOptions& options, Workspace ws) {
-  TOPTHETA_RETURN_IF_ERROR(detail::check_call(args, options, /*is_decode=*/true));
-  return detail::run_decode(args, options, ws);
+  Isa isa;
+  TOPTHETA_RETURN_IF_ERROR(detail::check_call(args, options, /*is_decode=*/true, &isa));
+  return detail::with_ops(isa, [&](auto ops) {
+    using Ops = decltype(ops);
+    detail::DecodeCall<Ops, T> call(args, options, args.k, args.v);
+    return detail::run_call(call, ws);
+  });
 }
 
 /// Causal prefill: q (T, Hq, d) are the last T of the L tokens in K/V; row t attends to keys
-/// 0..L-T+t. Writes out (T, Hq, d). `args.v_sum`, when given, sums V rows 0..L-T-1.
+/// 0..L-T+t. Writes out (T, Hq, d). `args.v_sum`, when given, sums V rows 0..L-T-1 (the rows
+/// before the new tokens); the kernel adds the new rows.
+///
+/// Returns the same status codes as `decode`.
 template <class T>
 Status prefill(const AttentionArgs<T>& args, const AttentionOptions& options, Workspace ws) {
-  TOPTHETA_RETURN_IF_ERROR(detail::check_call(args, options, /*is_decode=*/false));
-  return detail::run_prefill(args, options, ws);
+  Isa isa;
+  TOPTHETA_RETURN_IF_ERROR(detail::check_call(args, options, /*is_decode=*/false, &isa));
+  return detail::with_ops(isa, [&](auto ops) {
+    using Ops = decltype(ops);
+    detail::PrefillCall<Ops, T> call(args, options, args.k, args.v);
+    return detail::run_call(call, ws);
+  });
 }
 
 /// Convenience overloads that allocate the workspace (for examples and tests, not hot loops).

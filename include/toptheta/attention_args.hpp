@@ -1,10 +1,7 @@
 #pragma once
 /// \file attention_args.hpp
-/// Typed arguments of the attention entry points (`decode`, `prefill` in attention.hpp) and
-/// their validation.
-///
-/// Shapes: T new query tokens, a KV cache of L = P + T tokens (P earlier ones), Hq query heads,
-/// Hkv KV heads (Hq a multiple of Hkv; query head h uses KV head h / (Hq / Hkv)), head dim d.
+/// Typed arguments of the attention entry points (`decode`, `prefill` in attention.hpp), their
+/// validation, and `toptheta_options`, the recommended Top-θ options for a calibrated table.
 
 #include <cmath>
 #include <cstdint>
@@ -20,6 +17,10 @@
 namespace toptheta {
 
 /// Buffers of one attention call. All views are non-owning and strided; nothing is copied.
+///
+/// Shapes: T new query tokens, a KV cache of L = P + T tokens (the T new ones last), Hq query
+/// heads, Hkv KV heads (Hq a multiple of Hkv; query head h reads KV head h / (Hq / Hkv)), head
+/// dim d. Decode is T = 1.
 template <class T>
 struct AttentionArgs {
   static_assert(kIsStorageType<T>,
@@ -30,39 +31,22 @@ struct AttentionArgs {
   HeadsView<const T> k;    ///< (L, Hkv, d) keys, the T new ones last
   HeadsView<const T> v;    ///< (L, Hkv, d) values, same layout rules as k
   HeadsView<Acc> out;      ///< (T, Hq, d) output, written (never read); must not alias q/k/v
-  /// Optional (Hkv, d) sums of V rows, row stride `v_sum_stride` (d when 0):
-  /// decode: rows 0..L-1 (include the new token); prefill: rows 0..P-1 (the earlier tokens).
-  /// Needed by VMC and the mean-V empty-row policy; when null, the kernel sums V itself
-  /// (one extra pass over V).
+  /// (Hkv, d) running sums of the V rows **before the new tokens** (rows 0..P-1, P = L - T),
+  /// row stride `v_sum_stride` (d when 0); the kernel adds the new rows itself. Needed by VMC
+  /// and the mean-V empty-row policy unless `AttentionOptions::vbar` is VbarSource::kSumCache.
+  /// RunningVSum and KvCache (kv_cache.hpp) keep it at O(d) per appended token.
   const Acc* v_sum = nullptr;
   Index v_sum_stride = 0;
   /// Optional additive bias (T x L) added to the scores, e.g. an ALiBi or padding mask;
   /// -inf entries mask keys. Shared by all heads. Causality is always applied on top.
   MatrixView<const float> bias;
   Index layer = 0;         ///< layer index, for thresholds, calibration and per-layer k
+  /// Tensor-parallel shards: the call's query head 0 is head `head_offset` of the model (of the
+  /// threshold table and the calibrator), which has `model_heads` query heads (0: Hq, no
+  /// sharding). The table must have exactly `model_heads` heads.
+  Index head_offset = 0;
+  Index model_heads = 0;
   double scale = 0.0;      ///< score scale; 0 means 1/sqrt(d)
-};
-
-/// How the call sparsifies attention (DESIGN.md section 2).
-struct AttentionOptions {
-  AttentionMode mode = AttentionMode::kDense;
-  /// Top-k budget for kTopK (the caller passes the layer's k_l). kTopTheta takes k_l from the
-  /// threshold table and kCalibrate from the calibrator.
-  Index k = 64;
-  /// Placement for kTopK and kTopTheta (must match the table's). kCalibrate uses the calibrator's.
-  /// The struct defaults describe the plain top-k baseline (pre-softmax, renormalised, no VMC);
-  /// `toptheta_options(table)` returns the recommended Top-θ variant.
-  Placement placement = Placement::kPreSoftmax;
-  SdcMode sdc = SdcMode::kNone;    ///< pre-softmax only; ignored for post-softmax placement
-  double sdc_scale = 1.0;          ///< D + sdc_scale * D~
-  VmcMode vmc = VmcMode::kOff;
-  EmptyRowPolicy empty_row = EmptyRowPolicy::kKeepMax;
-  Index cap_k = 0;                 ///< 0: no cap; else keep at most cap_k (the most recent)
-  const ThresholdTable* thresholds = nullptr;  ///< required by kTopTheta
-  LookupPolicy lookup = LookupPolicy::kNearest;
-  Calibrator* calibrator = nullptr;            ///< required by kCalibrate
-  AttentionStats* stats = nullptr;             ///< optional; counts are added
-  int threads = 0;                 ///< 0: OpenMP default (1 without OpenMP)
 };
 
 /// The library's recommended Top-θ variant for a calibrated table: post-softmax placement
@@ -80,6 +64,14 @@ inline AttentionOptions toptheta_options(const ThresholdTable& table) {
   o.vmc = VmcMode::kOn;
   o.empty_row = EmptyRowPolicy::kKeepMax;
   return o;
+}
+
+/// True when the call needs the V mean vbar (VMC, or Top-θ's mean-V empty rows) for some row.
+inline bool needs_vbar(const AttentionOptions& o) {
+  if (o.mode == AttentionMode::kDense) return false;
+  if (o.mode == AttentionMode::kCalibrate) return o.vmc == VmcMode::kOn;  // output: top-k or dense
+  return o.vmc == VmcMode::kOn ||
+         (o.mode == AttentionMode::kTopTheta && o.empty_row == EmptyRowPolicy::kMeanV);
 }
 
 namespace detail {
@@ -253,7 +245,19 @@ Status validate(const AttentionArgs<T>& args, const AttentionOptions& opt) {
   if (!(std::isfinite(args.scale) && args.scale >= 0))
     return Status::invalid_argument("scale must be finite and >= 0 (0 = 1/sqrt(d)), got " +
                                     std::to_string(args.scale));
+  const Index model_heads = args.model_heads > 0 ? args.model_heads : Hq;
+  if (args.head_offset < 0 || args.head_offset + Hq > model_heads)
+    return Status::invalid_argument("query heads [" + std::to_string(args.head_offset) + ", " +
+                                    std::to_string(args.head_offset + Hq) +
+                                    ") of the call (head_offset, q heads) are not inside the " +
+                                    std::to_string(model_heads) + " heads of the model (model_heads)");
   if (opt.cap_k < 0) return Status::invalid_argument("cap_k must be >= 0");
+  if (needs_vbar(opt) && opt.vbar == VbarSource::kRunningSum && args.v_sum == nullptr)
+    return Status::invalid_argument(
+        std::string(opt.vmc == VmcMode::kOn ? "VMC" : "the mean-V empty-row policy") +
+        " needs the V mean: pass args.v_sum (the running sum of the V rows before the new "
+        "tokens, kept by RunningVSum / KvCache at O(d) per token), or set options.vbar = "
+        "VbarSource::kSumCache to let the kernel read all of V each call");
   if (!std::isfinite(opt.sdc_scale) || opt.sdc_scale < 0)
     return Status::invalid_argument("sdc_scale must be finite and >= 0");
   switch (opt.mode) {
@@ -266,11 +270,9 @@ Status validate(const AttentionArgs<T>& args, const AttentionOptions& opt) {
     case AttentionMode::kTopTheta: {
       if (!opt.thresholds) return Status::invalid_argument("Top-theta needs a threshold table");
       const ThresholdTable& t = *opt.thresholds;
-      if (args.layer < 0 || args.layer >= t.num_layers() || t.num_heads() != Hq)
-        return Status::invalid_argument(
-            "threshold table (layers x heads) " + shape_string(t.num_layers(), t.num_heads()) +
-            " does not cover layer " + std::to_string(args.layer) + " with " + std::to_string(Hq) +
-            " query heads");
+      // Shape, and every head of the layer has thresholds or is declared dense (never a silent
+      // dense head): O(heads), no allocation when it holds.
+      TOPTHETA_RETURN_IF_ERROR(t.check_layer(args.layer, model_heads));
       if (t.placement() != opt.placement)
         return Status::invalid_argument(std::string("threshold table was calibrated for ") +
                                         to_string(t.placement()) + "-softmax placement, options ask for " +
@@ -283,11 +285,11 @@ Status validate(const AttentionArgs<T>& args, const AttentionOptions& opt) {
     case AttentionMode::kCalibrate: {
       if (!opt.calibrator) return Status::invalid_argument("calibration mode needs a calibrator");
       const auto& co = opt.calibrator->options();
-      if (args.layer < 0 || args.layer >= co.num_layers || co.num_heads != Hq)
+      if (args.layer < 0 || args.layer >= co.num_layers || co.num_heads != model_heads)
         return Status::invalid_argument(
             "calibrator (layers x heads) " + shape_string(co.num_layers, co.num_heads) +
-            " does not cover layer " + std::to_string(args.layer) + " with " + std::to_string(Hq) +
-            " query heads");
+            " does not cover layer " + std::to_string(args.layer) + " with " +
+            std::to_string(model_heads) + " query heads");
       if (opt.sdc == SdcMode::kCalibrated)
         return Status::invalid_argument("calibrated SDC cannot be used while calibrating");
       TOPTHETA_RETURN_IF_ERROR(opt.calibrator->validate());

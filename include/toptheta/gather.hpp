@@ -1,107 +1,138 @@
 #pragma once
 /// \file gather.hpp
-/// Sparse V-gather stage with V-mean compensation (DESIGN.md section 2, inference step 5).
-///
-/// For one row of one KV group (the G query heads sharing a KV head) the kept index lists of the
-/// G heads are merged into their union U, every V row in U is read (and converted) once, and
-/// each head accumulates its weight times that row: O(|U| * G * d) multiply-adds and |U| V-row
-/// reads, instead of one read per query head.
+/// Sparse V-gather + V-mean compensation stage (docs/semantics.md, "Weights" and "VMC"; paper
+/// section 3.4, VMC: o += (1 - sum_j w_j) * vbar_L). One implementation, used by decode and
+/// prefill alike:
+///  - `kept_union` / `compact_weights`: the kept lists of the G query heads of one KV group
+///    merged into their union U (ascending) and a |U| x G weight matrix;
+///  - `gather_group`: every V row of U is read (and converted) once and each head accumulates
+///    its weight times that row: |U| V-row reads and O(|U| G d) multiply-adds, instead of one
+///    read per query head;
+///  - `VbarSetup`: the V mean vbar_L from the caller's running sum of the rows before the new
+///    tokens plus the new rows (or, when the caller asked for it, a sum over the cache);
+///  - `add_vmc`: out_h += coeff_h * vbar.
+/// A weight that is exactly zero never lets its V row into a sum (docs/semantics.md,
+/// "Non-finite values").
 
-#include <cstdint>
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 
-#include "detail/dot.hpp"
 #include "detail/simd.hpp"
+#include "options.hpp"
 #include "types.hpp"
 
 namespace toptheta {
 
-/// V rows gathered per step: their converted copies stay in L1 while every head of the group
-/// accumulates them.
+/// V rows converted per step of a gather (their pointers are handed to the SIMD kernel at once).
 inline constexpr Index kGatherTile = 32;
 
-/// Inputs of one group row: G heads' kept lists / weights and what to do with them.
-template <class Acc>
-struct GroupRow {
-  Index group_size = 0;                 ///< G
-  Index length = 0;                     ///< L of the row
-  const std::int32_t* const* kept;      ///< [G] kept indices, ascending
-  const Acc* const* weights;            ///< [G] weight of kept[i]
-  const Index* counts;                  ///< [G] number of kept indices (0 for mean-V / masked)
-  const Acc* vmc_coeff;                 ///< [G] coefficient of vbar added to the output (0 = none)
-  const Acc* vbar;                      ///< (d) mean of V rows 0..L-1, or null when unused
-};
-
-/// Scratch of the gather, each sized for the largest L (union, marks) or L * G (weights).
-template <class Acc>
-struct GatherScratch {
-  std::uint8_t* mark;    ///< L bytes, all zero on entry and on exit
-  std::int32_t* uni;     ///< L indices
-  Acc* wc;               ///< L * G compact weights
-  Acc* tile;             ///< kGatherTile * d values (converted V rows)
-};
-
-/// Writes the union of the kept lists to s.uni (ascending) and returns its size.
-template <class Acc>
-Index kept_union(const GroupRow<Acc>& row, const GatherScratch<Acc>& s) {
+/// Writes the union of the G kept lists (each ascending, indices < length) to `uni`,
+/// ascending, and returns its size. `mark` (length bytes) is zero on entry and on exit.
+inline Index kept_union(Index G, const std::int32_t* const* kept, const Index* counts,
+                        Index length, std::uint8_t* mark, std::int32_t* uni) {
   Index total = 0, single = -1;
-  for (Index h = 0; h < row.group_size; ++h) {
-    if (row.counts[h] == 0) continue;
-    total += row.counts[h];
+  for (Index h = 0; h < G; ++h) {
+    if (counts[h] == 0) continue;
+    total += counts[h];
     single = single == -1 ? h : -2;
   }
   if (single >= 0) {  // one contributing head: its list is the union
-    std::memcpy(s.uni, row.kept[single], sizeof(std::int32_t) * std::size_t(row.counts[single]));
-    return row.counts[single];
+    std::memcpy(uni, kept[single], sizeof(std::int32_t) * std::size_t(counts[single]));
+    return counts[single];
   }
   if (total == 0) return 0;
-  for (Index h = 0; h < row.group_size; ++h)
-    for (Index i = 0; i < row.counts[h]; ++i) s.mark[row.kept[h][i]] = 1;
+  for (Index h = 0; h < G; ++h)
+    for (Index i = 0; i < counts[h]; ++i) mark[kept[h][i]] = 1;
   Index u = 0;
-  for (Index j = 0; j < row.length; ++j) {
-    s.uni[u] = static_cast<std::int32_t>(j);
-    u += s.mark[j];
-    s.mark[j] = 0;
+  for (Index j = 0; j < length; ++j) {
+    uni[u] = static_cast<std::int32_t>(j);
+    u += mark[j];
+    mark[j] = 0;
   }
   return u;
 }
 
-/// out[h][0..d) = sum_{j in kept_h} w_hj v_j + vmc_coeff[h] * vbar, for the G heads of the group.
-/// `v` is the (L, d) view of the group's KV head; out[h] are output rows (written, not read).
-template <class Acc, class T>
-Index gather_group_row(const GroupRow<Acc>& row, MatrixView<const T> v, Acc* const* out,
-                       const GatherScratch<Acc>& s) {
-  const Index G = row.group_size, d = v.cols;
-  const Index nu = kept_union(row, s);
-  // Compact weights wc[u * G + h]: kept_h is a sorted subset of the sorted union.
-  std::memset(s.wc, 0, sizeof(Acc) * std::size_t(nu * G));
+/// wc[u * G + h] = the weight head h gives uni[u] (0 when h did not keep it).
+template <class Acc>
+void compact_weights(Index G, const std::int32_t* const* kept, const Acc* const* weights,
+                     const Index* counts, const std::int32_t* uni, Index nu, Acc* wc) {
+  std::fill(wc, wc + nu * G, Acc(0));
   for (Index h = 0; h < G; ++h) {
     Index u = 0;
-    for (Index i = 0; i < row.counts[h]; ++i) {
-      while (s.uni[u] != row.kept[h][i]) ++u;
-      s.wc[u * G + h] = row.weights[h][i];
+    for (Index i = 0; i < counts[h]; ++i) {
+      while (uni[u] != kept[h][i]) ++u;
+      wc[u * G + h] = weights[h][i];
     }
   }
-  for (Index h = 0; h < G; ++h) std::memset(out[h], 0, sizeof(Acc) * std::size_t(d));
-  const Acc* rows[kGatherTile];
+}
+
+/// acc[h * d + i] += sum_{u < nu} wc[u * G + h] * V(uni[u], g)[i] for the G heads of KV head g
+/// of `v` (any view with `row(token, head)`); rows read in order, each once, prefetched a tile
+/// ahead. Zero weights skip their row.
+template <class Ops, class View, class Acc>
+void gather_group(const View& v, Index g, Index G, Index d, const std::int32_t* uni, Index nu,
+                  const Acc* wc, Acc* acc) {
+  using T = std::remove_const_t<typename View::value_type>;
+  const T* rows[kGatherTile];
   for (Index u0 = 0; u0 < nu; u0 += kGatherTile) {
     const Index n = std::min(kGatherTile, nu - u0);
-    for (Index u = 0; u < n; ++u) {
-      const T* vr = v.row(s.uni[u0 + u]);
-      if constexpr (std::is_same_v<T, Acc>) {
-        rows[u] = vr;
-      } else {
-        detail::load_row(vr, d, s.tile + u * d);
-        rows[u] = s.tile + u * d;
-      }
-    }
-    for (Index h = 0; h < G; ++h) detail::accumulate_rows(out[h], rows, s.wc + u0 * G + h, G, n, d);
+    for (Index u = 0; u < n; ++u) rows[u] = v.row(uni[u0 + u], g);
+    for (Index u = u0 + n; u < std::min(nu, u0 + n + kGatherTile); ++u)
+      detail::prefetch_row(v.row(uni[u], g), d);
+    Ops::accumulate_rows(acc, G, d, rows, wc + u0 * G, G, 1, n);
   }
-  if (row.vbar)
-    for (Index h = 0; h < G; ++h)
-      if (row.vmc_coeff[h] != Acc(0)) detail::axpy(row.vmc_coeff[h], row.vbar, out[h], d);
-  return nu;
 }
+
+/// Dense rows [j0, j1) of KV head g: acc[h * d + i] += sum_j w[h * w_stride + j - j0] * V(j)[i].
+template <class Ops, class View, class Acc>
+void accumulate_range(const View& v, Index g, Index G, Index d, Index j0, Index j1,
+                      const Acc* w, Index w_stride, Acc* acc) {
+  using T = std::remove_const_t<typename View::value_type>;
+  const T* rows[kGatherTile];
+  for (Index u0 = j0; u0 < j1; u0 += kGatherTile) {
+    const Index n = std::min(kGatherTile, j1 - u0);
+    for (Index u = 0; u < n; ++u) rows[u] = v.row(u0 + u, g);
+    Ops::accumulate_rows(acc, G, d, rows, w + (u0 - j0), 1, w_stride, n);
+  }
+}
+
+/// out_h[i] += coeff[h] * vbar[i] for the G heads (coefficients of exactly 0 skip vbar).
+template <class Ops, class Acc>
+void add_vmc(Acc* const* out, Index G, Index d, const Acc* coeff, const Acc* vbar) {
+  for (Index h = 0; h < G; ++h)
+    if (coeff[h] != Acc(0)) Ops::axpy(coeff[h], vbar, out[h], d);
+}
+
+/// The V mean of KV head g: the running sum of the rows before the new tokens (the caller's
+/// `v_sum`, or rows 0..P-1 summed here for VbarSource::kSumCache), to which the kernel adds the
+/// new rows one by one (vbar_L = sum / L).
+struct VbarSetup {
+  /// sum[0..d) = sum of V rows 0..P-1 of KV head g: from `v_sum` (row stride `v_sum_stride`,
+  /// d when 0) when given, else summed from the view.
+  template <class Ops, class View, class Acc>
+  static void prefix(const View& v, Index g, Index d, Index P, const Acc* v_sum,
+                     Index v_sum_stride, Acc* sum) {
+    if (v_sum) {
+      std::memcpy(sum, v_sum + g * (v_sum_stride > 0 ? v_sum_stride : d), sizeof(Acc) * std::size_t(d));
+      return;
+    }
+    std::fill(sum, sum + d, Acc(0));
+    add_rows<Ops>(v, g, d, 0, P, sum);
+  }
+  /// sum += V rows [j0, j1) of KV head g.
+  template <class Ops, class View, class Acc>
+  static void add_rows(const View& v, Index g, Index d, Index j0, Index j1, Acc* sum) {
+    using T = std::remove_const_t<typename View::value_type>;
+    const T* rows[kGatherTile];
+    Acc ones[kGatherTile];
+    std::fill(ones, ones + kGatherTile, Acc(1));
+    for (Index u0 = j0; u0 < j1; u0 += kGatherTile) {
+      const Index n = std::min(kGatherTile, j1 - u0);
+      for (Index u = 0; u < n; ++u) rows[u] = v.row(u0 + u, g);
+      Ops::accumulate_rows(sum, 1, d, rows, ones, 1, 0, n);
+    }
+  }
+};
 
 }  // namespace toptheta

@@ -1,21 +1,81 @@
 #pragma once
 /// \file kv_cache.hpp
-/// `KvCache<T>`: a small owning KV cache for one layer that keeps the running sum of V rows per
-/// KV head, so V-mean compensation costs O(d) per appended token (DESIGN.md section 2, step 5).
+/// The running V sum that V-mean compensation needs (paper section 3.4, VMC: vbar_L = mean of
+/// V rows 0..L-1), kept at O(d) per appended token, and a small owning KV cache that keeps it.
 ///
-/// Layout is token-major `[token][kv_head][dim]` (llama.cpp style) or head-major
-/// `[kv_head][capacity][dim]`; `keys()` / `values()` return strided views over the valid tokens,
-/// ready for `AttentionArgs`. Storage grows only on `reserve` / construction: `append` never
-/// allocates and fails with a Status when the capacity is exhausted.
+/// `AttentionArgs::v_sum` is the sum of the V rows **before the call's new tokens**; the kernel
+/// adds the new rows. An engine with its own cache keeps a `RunningVSum` and, per layer and step:
+///   1. writes the new tokens' K/V rows into its cache;
+///   2. calls `decode` / `prefill` with `args.v_sum = vsum.data()`;
+///   3. calls `vsum.add(new V rows)`.
+/// `KvCache` does the bookkeeping itself: right after `append(n rows)`, `v_sum()` is the sum of
+/// the rows before those n, ready for a call with T = n new tokens.
 
 #include <algorithm>
 #include <vector>
 
-#include "detail/convert.hpp"
+#include "detail/vec_scalar.hpp"
 #include "status.hpp"
 #include "types.hpp"
 
 namespace toptheta {
+
+/// Per KV head, the sum of V rows (in the accumulation type). Row stride `stride()` = head_dim.
+template <class T>
+class RunningVSum {
+  static_assert(kIsStorageType<T>,
+                "toptheta: RunningVSum<T> stores float, double, Eigen::half or Eigen::bfloat16 "
+                "(other element types, e.g. integers, are not supported)");
+
+ public:
+  using Acc = acc_t<T>;
+  RunningVSum() = default;
+  RunningVSum(Index num_kv_heads, Index head_dim)
+      : heads_(std::max<Index>(num_kv_heads, 0)),
+        dim_(std::max<Index>(head_dim, 0)),
+        sum_(std::size_t(heads_ * dim_), Acc(0)) {}
+
+  /// Adds the rows of `rows` (n, Hkv, d): O(n Hkv d). Errors: kInvalidArgument when the heads
+  /// or dim differ from the sum's (nothing is added then).
+  Status add(HeadsView<const T> rows) { return update(rows, Acc(1)); }
+  /// Subtracts rows that were added before (a truncated or rolled-back cache).
+  Status remove(HeadsView<const T> rows) { return update(rows, Acc(-1)); }
+  void reset() {
+    std::fill(sum_.begin(), sum_.end(), Acc(0));
+    rows_ = 0;
+  }
+
+  /// (Hkv, d) sums, row stride stride(): what AttentionArgs::v_sum takes.
+  const Acc* data() const { return sum_.data(); }
+  Index stride() const { return dim_; }
+  /// Number of rows in the sum (added minus removed).
+  Index rows() const { return rows_; }
+  Index num_kv_heads() const { return heads_; }
+  Index head_dim() const { return dim_; }
+
+ private:
+  Status update(HeadsView<const T> rows, Acc sign) {
+    if (rows.heads != heads_ || rows.dim != dim_)
+      return Status::invalid_argument("RunningVSum: rows have shape " + shape_string(rows) +
+                                      " but the sum is for (n, " + std::to_string(heads_) + ", " +
+                                      std::to_string(dim_) + ")");
+    if (sign < 0 && rows.tokens > rows_)
+      return Status::out_of_range("RunningVSum: removing " + std::to_string(rows.tokens) +
+                                  " rows from a sum of " + std::to_string(rows_));
+    for (Index t = 0; t < rows.tokens; ++t)
+      for (Index g = 0; g < heads_; ++g) {
+        const T* r = rows.row(t, g);
+        Acc* s = sum_.data() + g * dim_;
+        for (Index i = 0; i < dim_; ++i) s[i] += sign * detail::to_acc<Acc>(r[i]);
+      }
+    rows_ += sign > 0 ? rows.tokens : -rows.tokens;
+    if (rows_ == 0) std::fill(sum_.begin(), sum_.end(), Acc(0));  // no rounding residue
+    return {};
+  }
+
+  Index heads_ = 0, dim_ = 0, rows_ = 0;
+  std::vector<Acc> sum_;
+};
 
 enum class KvLayout {
   kTokenMajor,  ///< [token][kv_head][dim]
@@ -29,6 +89,10 @@ struct KvCacheOptions {
   KvLayout layout = KvLayout::kTokenMajor;
 };
 
+/// A small owning KV cache for one layer, token-major `[token][kv_head][dim]` (llama.cpp) or
+/// head-major `[kv_head][capacity][dim]`; `keys()` / `values()` are strided views over the valid
+/// tokens, ready for `AttentionArgs`. Storage is allocated at construction: `append` never
+/// allocates and fails with a Status when the capacity is exhausted.
 template <class T>
 class KvCache {
   static_assert(kIsStorageType<T>,
@@ -43,13 +107,14 @@ class KvCache {
       : o_(o),
         k_(std::size_t(std::max<Index>(o.capacity * o.num_kv_heads * o.head_dim, 0))),
         v_(k_.size()),
-        v_sum_(std::size_t(std::max<Index>(o.num_kv_heads * o.head_dim, 0)), Acc(0)) {}
+        sum_(o.num_kv_heads, o.head_dim) {}
 
   const KvCacheOptions& options() const { return o_; }
   Index size() const { return size_; }
   Index capacity() const { return o_.capacity; }
 
-  /// Appends `k_rows.tokens` tokens (views of shape (n, Hkv, d), any strides).
+  /// Appends `k_rows.tokens` tokens (views of shape (n, Hkv, d), any strides). The rows of the
+  /// previous append enter the running V sum now, so `v_sum()` covers the rows before these.
   Status append(HeadsView<const T> k_rows, HeadsView<const T> v_rows) {
     if (k_rows.heads != o_.num_kv_heads || k_rows.dim != o_.head_dim ||
         v_rows.heads != o_.num_kv_heads || v_rows.dim != o_.head_dim ||
@@ -62,16 +127,16 @@ class KvCache {
       return Status::out_of_range("append: " + std::to_string(k_rows.tokens) +
                                   " tokens do not fit (size " + std::to_string(size_) +
                                   ", capacity " + std::to_string(o_.capacity) + ")");
-    const HeadsView<T> kd = mutable_view(k_), vd = mutable_view(v_);
+    fold_pending();
+    const HeadsView<T> kd = mutable_view(k_, size_ + k_rows.tokens),
+                       vd = mutable_view(v_, size_ + k_rows.tokens);
     for (Index t = 0; t < k_rows.tokens; ++t)
       for (Index g = 0; g < o_.num_kv_heads; ++g) {
         std::copy_n(k_rows.row(t, g), o_.head_dim, kd.row(size_ + t, g));
-        const T* vr = v_rows.row(t, g);
-        std::copy_n(vr, o_.head_dim, vd.row(size_ + t, g));
-        Acc* sum = v_sum_.data() + g * o_.head_dim;
-        for (Index i = 0; i < o_.head_dim; ++i) sum[i] += detail::to_acc<Acc>(vr[i]);
+        std::copy_n(v_rows.row(t, g), o_.head_dim, vd.row(size_ + t, g));
       }
     size_ += k_rows.tokens;
+    pending_ = k_rows.tokens;
     return {};
   }
 
@@ -80,32 +145,39 @@ class KvCache {
     if (new_size < 0 || new_size > size_)
       return Status::out_of_range("truncate to " + std::to_string(new_size) + " of " +
                                   std::to_string(size_) + " tokens");
-    const HeadsView<T> vd = mutable_view(v_);
-    for (Index t = new_size; t < size_; ++t)
-      for (Index g = 0; g < o_.num_kv_heads; ++g) {
-        Acc* sum = v_sum_.data() + g * o_.head_dim;
-        for (Index i = 0; i < o_.head_dim; ++i) sum[i] -= detail::to_acc<Acc>(vd.row(t, g)[i]);
-      }
+    const Index summed = size_ - pending_;
+    if (new_size < summed) {
+      TOPTHETA_RETURN_IF_ERROR(sum_.remove(values().slice_tokens(new_size, summed - new_size)));
+      pending_ = 0;
+    } else {
+      pending_ = new_size - summed;
+    }
     size_ = new_size;
-    if (size_ == 0) std::fill(v_sum_.begin(), v_sum_.end(), Acc(0));
     return {};
   }
   void clear() {
-    size_ = 0;
-    std::fill(v_sum_.begin(), v_sum_.end(), Acc(0));
+    size_ = pending_ = 0;
+    sum_.reset();
   }
 
   /// (size, Hkv, d) views over the valid tokens.
   HeadsView<const T> keys() const { return view(k_); }
   HeadsView<const T> values() const { return view(v_); }
-  /// (Hkv, d) running sums of the V rows 0..size-1, row stride d.
-  const Acc* v_sum() const { return v_sum_.data(); }
+  /// (Hkv, d) running sums of the V rows before the last append (rows 0..size-pending-1), row
+  /// stride head_dim: `AttentionArgs::v_sum` for a call whose new tokens are that append.
+  const Acc* v_sum() const { return sum_.data(); }
+  /// Tokens of the last append, not yet in v_sum().
+  Index pending() const { return pending_; }
 
  private:
-  HeadsView<T> mutable_view(std::vector<T>& buf) {
+  void fold_pending() {
+    if (pending_ > 0) (void)sum_.add(values().slice_tokens(size_ - pending_, pending_));
+    pending_ = 0;
+  }
+  HeadsView<T> mutable_view(std::vector<T>& buf, Index tokens) {
     return o_.layout == KvLayout::kTokenMajor
-               ? HeadsView<T>::token_major(buf.data(), size_, o_.num_kv_heads, o_.head_dim)
-               : HeadsView<T>::head_major(buf.data(), size_, o_.num_kv_heads, o_.head_dim,
+               ? HeadsView<T>::token_major(buf.data(), tokens, o_.num_kv_heads, o_.head_dim)
+               : HeadsView<T>::head_major(buf.data(), tokens, o_.num_kv_heads, o_.head_dim,
                                           o_.capacity);
   }
   HeadsView<const T> view(const std::vector<T>& buf) const {
@@ -117,8 +189,8 @@ class KvCache {
 
   KvCacheOptions o_;
   std::vector<T> k_, v_;
-  std::vector<Acc> v_sum_;
-  Index size_ = 0;
+  RunningVSum<T> sum_;
+  Index size_ = 0, pending_ = 0;
 };
 
 }  // namespace toptheta

@@ -1,24 +1,25 @@
 #pragma once
 /// \file row_select.hpp
-/// Row selection stage: which keys of one score row are kept (DESIGN.md section 2, inference
-/// steps 1-3; docs/semantics.md). Dense, exact top-k, or a comparison with a static threshold;
-/// empty-row policy; cap_k.
+/// Selection stage: which keys of one score row are kept (docs/semantics.md, "Selection"; paper
+/// section 3, Top-θ: keep a_j > theta; the top-k baseline; empty rows; cap_k).
 ///
-/// All functions work on one row `s[0..L)` of scores in the accumulation type and write the kept
-/// indices in ascending order. O(L) time, no allocation.
+/// `select_row` works on one row `s[0..L)` of scores in the accumulation type and writes the
+/// kept indices in ascending order. O(L), no allocation. `Ops` is the SIMD path
+/// (detail/simd.hpp).
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 
 #include "detail/select.hpp"
-#include "detail/softmax_math.hpp"
+#include "detail/simd.hpp"
 #include "options.hpp"
 #include "types.hpp"
 
 namespace toptheta {
 
-/// Per-row selection parameters, resolved by the orchestration for one (layer, head, L).
+/// Per-row selection parameters, resolved by the kernel for one (layer, head, L).
 template <class Acc>
 struct RowSelectParams {
   AttentionMode mode = AttentionMode::kDense;  ///< kDense, kTopK or kTopTheta (already resolved)
@@ -27,6 +28,12 @@ struct RowSelectParams {
   Acc theta = 0;                                ///< Top-θ threshold in the placement's domain
   EmptyRowPolicy empty_row = EmptyRowPolicy::kKeepMax;
   Index cap_k = 0;                              ///< 0 = no cap
+  /// Optional: the row maximum M and the softmax denominator Z = sum_j exp(s_j - M), when the
+  /// caller computed them already (decode does, while the keys stream). Post-softmax Top-θ then
+  /// compares scores in the log domain and computes p_j only for the candidates.
+  bool have_max_denominator = false;
+  Acc row_max = 0;
+  Acc denominator = 0;
 };
 
 /// What the selection decided for a row.
@@ -40,16 +47,20 @@ struct RowSelection {
   bool thresholded = false;   ///< L > k in a sparse mode
   bool empty = false;         ///< thresholded and nothing passed
   bool mean_v = false;        ///< empty with the mean-V policy: output is vbar_L
-  bool probs_in_scratch = false;  ///< post Top-θ: scratch[0..L) holds p_j
+  /// Post Top-θ: the probabilities are known: `probs[i]` = p of kept[i] (set by the
+  /// log-domain path) or `scratch[j]` = p_j for every j (the full path).
+  bool probs_in_scratch = false;
+  bool probs_compact = false;
 };
 
 /// Selects the kept keys of row `s[0..L)`. `scratch` (L values) is clobbered; for post-softmax
-/// Top-θ it returns holding the probabilities p_j. `kept` receives up to L indices.
-template <class Acc>
+/// Top-θ it returns holding the probabilities (see RowSelection). `kept` receives up to L
+/// indices; `probs` (L values) receives compact probabilities on the log-domain path.
+template <class Ops, class Acc>
 RowSelection<Acc> select_row(const Acc* s, Index L, const RowSelectParams<Acc>& p, Acc* scratch,
-                             std::int32_t* kept) {
+                             std::int32_t* kept, Acc* probs) {
   RowSelection<Acc> r;
-  r.row_max = detail::row_max(s, L);
+  r.row_max = p.have_max_denominator ? p.row_max : Ops::row_max(s, L);
   r.thresholded = p.mode != AttentionMode::kDense && L > p.k;
   if (r.row_max == -std::numeric_limits<Acc>::infinity()) {  // fully masked: output 0
     r.masked = true;
@@ -62,13 +73,34 @@ RowSelection<Acc> select_row(const Acc* s, Index L, const RowSelectParams<Acc>& 
   }
   if (p.mode == AttentionMode::kTopK) {
     Acc kth;
-    r.count = detail::select_topk(s, L, p.k, scratch, kept, &kth, &r.next_score);
+    r.count = detail::select_topk<Ops>(s, L, p.k, scratch, kept, &kth, &r.next_score);
   } else if (p.placement == Placement::kPreSoftmax) {
-    r.count = detail::select_above(s, L, p.theta, kept);
+    r.count = Ops::indices_above(s, L, p.theta, kept);
+  } else if (p.have_max_denominator && p.theta > Acc(0) && p.denominator > Acc(0) &&
+             std::isfinite(p.denominator)) {
+    // p_j > theta  <=>  s_j > M + log(theta Z), up to rounding: the candidates above a slightly
+    // lower bound get p_j computed exactly as the full path does (same exp, same 1/Z).
+    r.denominator = p.denominator;
+    const Acc lg = std::log(p.theta * p.denominator);
+    const Acc slack = Acc(1e-4) + Acc(1e-5) * (std::abs(r.row_max) + std::abs(lg));
+    const Index nc = Ops::indices_above(s, L, r.row_max + lg - slack, kept);
+    for (Index i = 0; i < nc; ++i) scratch[i] = s[kept[i]];
+    Ops::exp_shifted(scratch, nc, r.row_max, probs);
+    const Acc inv = Acc(1) / p.denominator;
+    Index c = 0;
+    for (Index i = 0; i < nc; ++i) {
+      const Acc pj = probs[i] * inv;
+      kept[c] = kept[i];
+      probs[c] = pj;
+      c += pj > p.theta;
+    }
+    r.count = c;
+    r.probs_compact = true;
   } else {
-    r.denominator = detail::softmax_probs(s, L, r.row_max, scratch);
+    r.denominator = Ops::exp_shifted(s, L, r.row_max, scratch);
+    if (r.denominator > 0) Ops::scale(scratch, Acc(1) / r.denominator, L);
     r.probs_in_scratch = true;
-    r.count = detail::select_above(scratch, L, p.theta, kept);
+    r.count = Ops::indices_above(scratch, L, p.theta, kept);
   }
   if (r.count == 0) {
     r.empty = true;
@@ -76,11 +108,19 @@ RowSelection<Acc> select_row(const Acc* s, Index L, const RowSelectParams<Acc>& 
       r.mean_v = true;
       return r;
     }
-    kept[0] = static_cast<std::int32_t>(detail::argmax_first(s, L));
+    const Index am = detail::argmax_first(s, L);
+    kept[0] = static_cast<std::int32_t>(am);
+    if (r.probs_compact) {  // p of the maximum: exp(0) / Z
+      Acc z = 0;
+      Ops::exp_shifted(s + am, 1, r.row_max, &z);
+      probs[0] = z * (Acc(1) / p.denominator);
+    }
     r.count = 1;
   }
   if (p.cap_k > 0 && r.count > p.cap_k) {  // keep the cap_k most recent (largest j)
-    std::memmove(kept, kept + (r.count - p.cap_k), sizeof(std::int32_t) * std::size_t(p.cap_k));
+    const Index drop = r.count - p.cap_k;
+    std::memmove(kept, kept + drop, sizeof(std::int32_t) * std::size_t(p.cap_k));
+    if (r.probs_compact) std::memmove(probs, probs + drop, sizeof(Acc) * std::size_t(p.cap_k));
     r.count = p.cap_k;
   }
   return r;

@@ -1,7 +1,8 @@
 #pragma once
 /// \file sparse_softmax.hpp
-/// Thresholded softmax stage: weights of the kept keys of one row, with softmax-denominator
-/// compensation (DESIGN.md section 2, inference step 4; docs/semantics.md).
+/// Sparse softmax stage: the weights of the kept keys of one row, with softmax-denominator
+/// compensation (docs/semantics.md, "Weights"; paper section 3.3, SDC:
+/// w_j = exp(s_j - M) / (D + sdc_scale * D~), D = sum over kept of exp(s_j - M)).
 ///
 /// exp is evaluated only where the variant needs it: over the kept keys for pre-softmax without
 /// SDC or with exp-threshold / calibrated SDC, over the whole row for exact SDC and dense rows.
@@ -10,8 +11,7 @@
 #include <cstdint>
 #include <limits>
 
-#include "detail/softmax_math.hpp"
-#include "detail/vexp.hpp"
+#include "detail/simd.hpp"
 #include "options.hpp"
 #include "row_select.hpp"
 #include "types.hpp"
@@ -28,27 +28,28 @@ struct RowWeightParams {
   Acc sdc_term = 0;   ///< calibrated C(l, h, L)
 };
 
-/// Writes w[i], the weight of key kept[i], for a row selected by select_row(); returns sum_i w[i].
-/// `scratch` (L values) must still hold what select_row() left there (post-softmax); the
-/// pre-softmax paths clobber it.
-template <class Acc>
+/// Writes w[i], the weight of key kept[i], for a row selected by select_row(); returns
+/// sum_i w[i] (the weight that VMC complements). `scratch` (L values) and `probs` must still
+/// hold what select_row() left there (post-softmax); the pre-softmax paths clobber scratch.
+template <class Ops, class Acc>
 Acc row_weights(const Acc* s, Index L, const RowSelection<Acc>& sel, const std::int32_t* kept,
-                const RowWeightParams<Acc>& p, Acc* scratch, Acc* w) {
+                const RowWeightParams<Acc>& p, Acc* scratch, const Acc* probs, Acc* w) {
   const Index n = sel.count;
   const Acc M = sel.row_max;
   if (sel.masked || sel.mean_v || n == 0) return 0;
   if (!sel.thresholded) {  // dense softmax, kept = 0..L-1
-    const Acc z = detail::exp_shifted_row(s, L, M, w);
-    const Acc inv = Acc(1) / z;
-    for (Index j = 0; j < L; ++j) w[j] *= inv;
+    const Acc z = Ops::exp_shifted(s, L, M, w);
+    Ops::scale(w, Acc(1) / z, L);
     return 1;
   }
   Acc sum = 0;
   if (p.placement == Placement::kPostSoftmax) {  // w_j = p_j, no renormalisation
-    if (sel.probs_in_scratch) {
+    if (sel.probs_compact) {
+      for (Index i = 0; i < n; ++i) sum += (w[i] = probs[i]);
+    } else if (sel.probs_in_scratch) {
       for (Index i = 0; i < n; ++i) sum += (w[i] = scratch[kept[i]]);
     } else {
-      const Acc z = detail::exp_shifted_row(s, L, M, scratch);
+      const Acc z = Ops::exp_shifted(s, L, M, scratch);
       const Acc inv = Acc(1) / z;
       for (Index i = 0; i < n; ++i) sum += (w[i] = scratch[kept[i]] * inv);
     }
@@ -57,38 +58,39 @@ Acc row_weights(const Acc* s, Index L, const RowSelection<Acc>& sel, const std::
   // Pre-softmax: the kept scores, gathered contiguously so exp runs vectorised over them.
   for (Index i = 0; i < n; ++i) scratch[i] = s[kept[i]];
   if (p.sdc == SdcMode::kNone) {  // renormalise over the kept set around its own max
-    const Acc mk = detail::row_max(scratch, n);
-    sum = detail::exp_shifted_row(scratch, n, mk, w);
-    const Acc inv = sum > 0 ? Acc(1) / sum : Acc(0);
-    for (Index i = 0; i < n; ++i) w[i] *= inv;
+    const Acc mk = Ops::row_max(scratch, n);
+    sum = Ops::exp_shifted(scratch, n, mk, w);
+    if (sum > 0) Ops::scale(w, Acc(1) / sum, n);
+    else
+      for (Index i = 0; i < n; ++i) w[i] = 0;
     return sum > 0 ? Acc(1) : Acc(0);
   }
-  const Acc d_kept = detail::exp_shifted_row(scratch, n, M, w);
+  const Acc d_kept = Ops::exp_shifted(scratch, n, M, w);
   Acc d_dropped = 0;
   if (p.sdc_scale != Acc(0)) switch (p.sdc) {
-    case SdcMode::kExact: {  // sum over the complement of the (sorted) kept list
-      detail::exp_shifted_row(s, L, M, scratch);
-      for (Index i = 0; i < n; ++i) scratch[kept[i]] = 0;
-      Acc lane[16] = {};
-      for (Index j = 0; j < L; ++j) lane[j & 15] += scratch[j];
-      for (Index l = 0; l < 16; ++l) d_dropped += lane[l];
-      break;
+      case SdcMode::kExact: {  // sum over the complement of the (sorted) kept list
+        Ops::exp_shifted(s, L, M, scratch);
+        for (Index i = 0; i < n; ++i) scratch[kept[i]] = 0;
+        Acc lane[16] = {};
+        for (Index j = 0; j < L; ++j) lane[j & 15] += scratch[j];
+        for (Index l = 0; l < 16; ++l) d_dropped += lane[l];
+        break;
+      }
+      case SdcMode::kExpThreshold:
+        d_dropped = (L == n || p.theta == -std::numeric_limits<Acc>::infinity())
+                        ? Acc(0)
+                        : Acc(L - n) * std::exp(p.theta - M);
+        break;
+      case SdcMode::kCalibrated: d_dropped = p.sdc_term; break;
+      case SdcMode::kNone: break;
     }
-    case SdcMode::kExpThreshold:
-      d_dropped = (L == n || p.theta == -std::numeric_limits<Acc>::infinity())
-                      ? Acc(0)
-                      : Acc(L - n) * std::exp(p.theta - M);
-      break;
-    case SdcMode::kCalibrated: d_dropped = p.sdc_term; break;
-    case SdcMode::kNone: break;
-  }
   const Acc denom = d_kept + (p.sdc_scale != Acc(0) ? p.sdc_scale * d_dropped : Acc(0));
   if (!(denom > Acc(0))) {
     // Every kept exp(s - M) underflowed (cap_k dropped the row maximum) and nothing is
     // compensated: fall back to renormalising over the kept set, as with SDC none.
     RowWeightParams<Acc> none = p;
     none.sdc = SdcMode::kNone;
-    return row_weights(s, L, sel, kept, none, scratch, w);
+    return row_weights<Ops>(s, L, sel, kept, none, scratch, probs, w);
   }
   const Acc inv = Acc(1) / denom;  // denom = +inf (huge D~) gives zero weights, never NaN
   for (Index i = 0; i < n; ++i) sum += (w[i] *= inv);

@@ -72,6 +72,7 @@ struct MatrixView {
 /// 3-D view `[token][head][dim]`: element (t, h, i) at `data[t * token_stride + h * head_stride + i]`.
 template <class T>
 struct HeadsView {
+  using value_type = T;
   T* data = nullptr;
   Index tokens = 0;
   Index heads = 0;

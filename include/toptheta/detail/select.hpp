@@ -1,15 +1,15 @@
 #pragma once
 /// \file detail/select.hpp
-/// Selection primitives: k-th largest value and exact top-k index selection with ties to the
-/// lower index. O(L) expected (introselect).
+/// Selection primitives: the k-th largest value and exact top-k index selection with ties to
+/// the lower index. O(L) expected (introselect on a prefiltered candidate list).
 
 #include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <limits>
 
+#include "../config.hpp"
 #include "../types.hpp"
-#include "simd.hpp"
 
 namespace toptheta::detail {
 
@@ -54,8 +54,9 @@ Index topk_from_candidates(const std::int32_t* idx, const Acc* val, Index n, Ind
 ///
 /// For long rows a prefilter bounds the work: the minimum over k + 1 bucket maxima is a lower
 /// bound of the (k+1)-th largest value, so only values at or above it are candidates (typically
-/// a few times k), and the exact selection runs on those. O(L) with a small constant.
-template <class Acc>
+/// a few times k), and the exact selection runs on those. O(L) with a small constant; the
+/// bucket maxima use the SIMD path `Ops`.
+template <class Ops, class Acc>
 Index select_topk(const Acc* a, Index L, Index k, Acc* scratch, std::int32_t* out, Acc* kth,
                   Acc* next) {
   TOPTHETA_ASSERT(k >= 1 && k <= L, "select_topk: k out of [1, L]");
@@ -64,7 +65,7 @@ Index select_topk(const Acc* a, Index L, Index k, Acc* scratch, std::int32_t* ou
     Acc bound = std::numeric_limits<Acc>::infinity();
     for (Index b = 0; b < buckets; ++b) {
       const Index lo = b * size, hi = b + 1 == buckets ? L : lo + size;
-      const Acc m = max_value(a + lo, hi - lo);
+      const Acc m = Ops::row_max(a + lo, hi - lo);
       bound = m < bound ? m : bound;
     }
     Index n = 0;  // candidates a_j >= bound: indices in out, values in scratch
@@ -73,17 +74,10 @@ Index select_topk(const Acc* a, Index L, Index k, Acc* scratch, std::int32_t* ou
       scratch[n] = a[j];
       n += a[j] >= bound;
     }
-    if (n <= L / 2)
-      return topk_from_candidates(out, scratch, n, k, scratch + n, out, kth, next);
+    if (n <= L / 2) return topk_from_candidates(out, scratch, n, k, scratch + n, out, kth, next);
   }
   for (Index j = 0; j < L; ++j) out[j] = static_cast<std::int32_t>(j);
   return topk_from_candidates(out, a, L, k, scratch, out, kth, next);
-}
-
-/// Writes the indices j with a_j > theta (strict) to `out` in ascending order; returns the count.
-template <class Acc>
-Index select_above(const Acc* a, Index L, Acc theta, std::int32_t* out) {
-  return indices_above(a, L, theta, out);
 }
 
 /// Index of the first maximum of a[0..L) (L >= 1).

@@ -1,17 +1,16 @@
 #pragma once
 /// \file detail/softmax_math.hpp
-/// Scalar softmax helpers shared by the kernels, the calibrator and the reference code paths.
+/// Scalar softmax helpers for code outside the SIMD kernels (the calibrator's convenience
+/// functions, the reference oracle) and the score sanitising rule the kernels share.
 ///
-/// Conventions for non-finite scores: NaN scores are replaced by -inf when scores are computed
-/// (a NaN key behaves like a masked key), +inf scores by the largest finite value; a row whose maximum is -inf (every key masked) has all
-/// probabilities 0 and produces a zero output.
+/// Non-finite scores (docs/semantics.md): NaN becomes -inf (a masked key), +inf the largest
+/// finite value; a row whose maximum is -inf (every key masked) has all probabilities 0.
 
 #include <cmath>
 #include <limits>
 
 #include "../types.hpp"
 #include "simd.hpp"
-#include "vexp.hpp"
 
 namespace toptheta::detail {
 
@@ -23,10 +22,10 @@ inline Acc sanitize_score(Acc x) {
   return x == std::numeric_limits<Acc>::infinity() ? std::numeric_limits<Acc>::max() : x;
 }
 
-/// max_j s_j, or -inf for an empty / fully masked row.
+/// max_j s_j, or -inf for an empty / fully masked row (portable path).
 template <class Acc>
 Acc row_max(const Acc* s, Index L) {
-  return max_value(s, L);
+  return scalar::Ops::row_max(s, L);
 }
 
 /// exp(s - m), defined as 0 when m is -inf (fully masked row).
@@ -35,14 +34,12 @@ inline Acc exp_shifted(Acc s, Acc m) {
   return m == -std::numeric_limits<Acc>::infinity() ? Acc(0) : std::exp(s - m);
 }
 
-/// p_j = exp(s_j - m) / sum exp(s - m); all zero when m is -inf. Returns the denominator.
-template <class Acc>
+/// p_j = exp(s_j - m) / sum exp(s - m) with the SIMD path Ops; all zero when m is -inf.
+/// Returns the denominator.
+template <class Ops = scalar::Ops, class Acc>
 Acc softmax_probs(const Acc* s, Index L, Acc m, Acc* p) {
-  const Acc z = exp_shifted_row(s, L, m, p);
-  if (z > 0) {
-    const Acc inv = Acc(1) / z;
-    for (Index j = 0; j < L; ++j) p[j] *= inv;
-  }
+  const Acc z = Ops::exp_shifted(s, L, m, p);
+  if (z > 0) Ops::scale(p, Acc(1) / z, L);
   return z;
 }
 

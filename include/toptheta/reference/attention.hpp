@@ -79,9 +79,8 @@ struct ReferenceOptions {
   bool record_rows = true;
   /// kCalibrate mode: observations go here (the oracle of the kernel's Calibrator).
   Calibration* calibration = nullptr;
-  /// The call being modelled is `prefill` (args.v_sum then covers rows 0..P-1) even when
-  /// T == 1. With T > 1 the call is always a prefill; with T == 1 and this false, a decode
-  /// (args.v_sum covers rows 0..L-1).
+  /// The call being modelled is `prefill` rather than `decode` (both read args.v_sum as the
+  /// rows before the new tokens; kept for callers that say which call they check).
   bool prefill_call = false;
 };
 
@@ -125,9 +124,10 @@ inline std::vector<double> softmax(const std::vector<double>& s) {
 }
 
 /// vbar_{L_t}: mean of V rows 0..L_t-1 of KV head g. Uses the caller's running sum where the
-/// kernel would (decode: rows 0..L-1; prefill: rows 0..P-1 plus the new rows up to L_t).
+/// kernel would: it covers rows 0..P-1 (the rows before the new tokens), the new rows up to L_t
+/// are added.
 template <class T>
-std::vector<double> v_mean(const AttentionArgs<T>& args, Index t, Index g, bool prefill_call) {
+std::vector<double> v_mean(const AttentionArgs<T>& args, Index t, Index g, bool /*prefill_call*/) {
   const Index Tq = args.q.tokens, d = args.q.dim, L = args.k.tokens;
   const Index P = L - Tq;
   const Index Lt = P + t + 1;
@@ -137,9 +137,7 @@ std::vector<double> v_mean(const AttentionArgs<T>& args, Index t, Index g, bool 
     const Index stride = args.v_sum_stride ? args.v_sum_stride : d;
     for (Index i = 0; i < d; ++i)
       m[static_cast<std::size_t>(i)] = double(args.v_sum[g * stride + i]);
-    from = (Tq == 1 && !prefill_call)
-               ? Lt
-               : P;  // decode: the sum covers every row; prefill: rows 0..P-1
+    from = P;
   }
   for (Index j = from; j < Lt; ++j)
     for (Index i = 0; i < d; ++i) m[static_cast<std::size_t>(i)] += to_double(args.v(j, g, i));

@@ -1,0 +1,150 @@
+#pragma once
+/// \file detail/isa.hpp
+/// Instruction sets, configured once for the whole library (in the spirit of Eigen's
+/// `ConfigureVectorization.h`): which SIMD paths this build compiles, which one the CPU runs,
+/// and how to force one.
+///
+/// **Compiled paths.** On x86-64 with GCC or Clang every translation unit compiles the scalar,
+/// AVX2 (+FMA, F16C) and AVX-512 (F, BW, DQ, VL) paths, whatever `-m` flags it uses: the SIMD
+/// functions carry `__attribute__((target(...)))`, so a consumer building with plain `-O2` gets
+/// the same kernels as a `-march=native` build. On AArch64 the NEON path is compiled (NEON is
+/// part of the base architecture). Elsewhere, or with MSVC, only the scalar path. Define
+/// `TOPTHETA_DISABLE_AVX512`, `TOPTHETA_DISABLE_AVX2`, `TOPTHETA_DISABLE_NEON` (or
+/// `TOPTHETA_DISABLE_SIMD` for all of them) before including any toptheta header to leave paths
+/// out.
+///
+/// **Chosen path.** The fastest compiled path the CPU supports (CPUID and OS register state,
+/// through `__builtin_cpu_supports`), detected once per process. `AttentionOptions::isa` forces
+/// a path per call; the environment variable `TOPTHETA_ISA` (`scalar`, `avx2`, `avx512`, `neon`)
+/// sets the default for the process. Asking for a path that is not compiled or not supported by
+/// the CPU is an error (`StatusCode::kFailedPrecondition`), never a silent fallback.
+///
+/// Results are bit-identical for any thread count on one path; different paths round
+/// differently (vector widths change summation orders) and agree within the tolerances of
+/// docs/semantics.md.
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "../options.hpp"
+#include "../status.hpp"
+
+#if !defined(TOPTHETA_DISABLE_SIMD) && (defined(__x86_64__) || defined(_M_X64)) && \
+    (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#if !defined(TOPTHETA_DISABLE_AVX2)
+#define TOPTHETA_COMPILE_AVX2 1
+/// Attribute of every function of the AVX2 path.
+#define TOPTHETA_ATTR_AVX2 __attribute__((target("avx2,fma,f16c,bmi,bmi2,popcnt")))
+#endif
+#if !defined(TOPTHETA_DISABLE_AVX512)
+#define TOPTHETA_COMPILE_AVX512 1
+/// Attribute of every function of the AVX-512 path.
+#define TOPTHETA_ATTR_AVX512 \
+  __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c,bmi,bmi2,popcnt")))
+#endif
+#endif
+
+#if !defined(TOPTHETA_DISABLE_SIMD) && !defined(TOPTHETA_DISABLE_NEON) && defined(__aarch64__) && \
+    defined(__ARM_NEON)
+#include <arm_neon.h>
+#define TOPTHETA_COMPILE_NEON 1
+#endif
+
+namespace toptheta {
+
+/// True when this build compiled the path `isa` (kAuto: always).
+constexpr bool isa_compiled(Isa isa) {
+  switch (isa) {
+    case Isa::kAuto:
+    case Isa::kScalar: return true;
+    case Isa::kAvx2:
+#if defined(TOPTHETA_COMPILE_AVX2)
+      return true;
+#else
+      return false;
+#endif
+    case Isa::kAvx512:
+#if defined(TOPTHETA_COMPILE_AVX512)
+      return true;
+#else
+      return false;
+#endif
+    case Isa::kNeon:
+#if defined(TOPTHETA_COMPILE_NEON)
+      return true;
+#else
+      return false;
+#endif
+  }
+  return false;
+}
+
+/// True when the path is compiled and this CPU (and operating system) can run it.
+inline bool isa_supported(Isa isa) {
+  if (!isa_compiled(isa)) return false;
+  switch (isa) {
+    case Isa::kAuto:
+    case Isa::kScalar:
+    case Isa::kNeon: return true;
+    case Isa::kAvx2:
+#if defined(TOPTHETA_COMPILE_AVX2)
+      __builtin_cpu_init();
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+             __builtin_cpu_supports("f16c") && __builtin_cpu_supports("bmi2");
+#else
+      return false;
+#endif
+    case Isa::kAvx512:
+#if defined(TOPTHETA_COMPILE_AVX512)
+      __builtin_cpu_init();
+      return isa_supported(Isa::kAvx2) && __builtin_cpu_supports("avx512f") &&
+             __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+             __builtin_cpu_supports("avx512vl");
+#else
+      return false;
+#endif
+  }
+  return false;
+}
+
+/// The fastest path this build compiled and this CPU runs (detected once).
+inline Isa best_isa() {
+  static const Isa best = [] {
+    for (Isa i : {Isa::kAvx512, Isa::kAvx2, Isa::kNeon})
+      if (isa_supported(i)) return i;
+    return Isa::kScalar;
+  }();
+  return best;
+}
+
+/// The path the kernels use for `requested`: kAuto means the process default (the environment
+/// variable TOPTHETA_ISA when set, else best_isa()). Returns kFailedPrecondition naming the
+/// path when it is not compiled or not supported here, kInvalidArgument for a bad TOPTHETA_ISA.
+inline Status resolve_isa(Isa requested, Isa* out) {
+  Isa want = requested;
+  if (want == Isa::kAuto) {
+    static const std::string env = [] {
+      const char* e = std::getenv("TOPTHETA_ISA");
+      return std::string(e ? e : "");
+    }();
+    if (env.empty() || env == "auto") {
+      *out = best_isa();
+      return {};
+    }
+    if (!parse(env, want) || want == Isa::kAuto)
+      return Status::invalid_argument("TOPTHETA_ISA='" + env + "' is not one of " +
+                                      names_list<Isa>());
+  }
+  if (!isa_compiled(want))
+    return Status::failed_precondition(std::string("the ") + to_string(want) +
+                                       " path is not compiled in this build");
+  if (!isa_supported(want))
+    return Status::failed_precondition(std::string("this CPU cannot run the ") +
+                                       to_string(want) + " path");
+  *out = want;
+  return {};
+}
+
+}  // namespace toptheta

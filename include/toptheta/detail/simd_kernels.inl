@@ -1,0 +1,507 @@
+// detail/simd_kernels.inl: the SIMD primitives of one instruction-set path, written once against
+// the vector interface of vec_scalar.hpp. detail/simd.hpp includes this file once per path,
+// inside namespace toptheta::detail::<path>, with
+//   TT_ATTR      the path's function attribute (target("avx2,...") etc.; empty for scalar),
+//   TT_VEC       the path's float vector type (VecAvx512, VecAvx2, VecScalar<float>, ...),
+//   TT_ISA       the Isa value of the path.
+// No include guard on purpose. Everything here is a static member of `struct Ops`.
+//
+// Determinism: every result is computed by a sequence of operations that depends only on its
+// own inputs (never on how many rows, keys or heads are processed together, nor on thread
+// counts): a dot product accumulates lane-wise in d order and reduces by the vector type's
+// fixed tree; an output element accumulates its rows one after another in the given order.
+
+struct Ops {
+  static constexpr Isa kIsa = TT_ISA;
+
+  /// Vector type for accumulation type Acc (double always runs one lane at a time).
+  template <class Acc>
+  using Vec = std::conditional_t<std::is_same_v<Acc, float>, TT_VEC, VecScalar<Acc>>;
+
+  // ------------------------------------------------------------------------------------------
+  // Rows
+  // ------------------------------------------------------------------------------------------
+
+  /// max_i a[i] (no NaN in a); -inf for n = 0.
+  template <class Acc>
+  TT_ATTR static Acc row_max(const Acc* a, Index n) {
+    using V = Vec<Acc>;
+    constexpr int W = V::W;
+    V m = V::set1(-std::numeric_limits<Acc>::infinity());
+    Index i = 0;
+    for (; i + W <= n; i += W) m = V::max(m, V::load(a + i));
+    Acc r = m.reduce_max();
+    for (; i < n; ++i) r = a[i] > r ? a[i] : r;
+    return r;
+  }
+
+  /// min and max of a[0..n) (no NaN), +inf / -inf for n = 0.
+  template <class Acc>
+  TT_ATTR static void row_min_max(const Acc* a, Index n, Acc* mn, Acc* mx) {
+    using V = Vec<Acc>;
+    constexpr int W = V::W;
+    V lo = V::set1(std::numeric_limits<Acc>::infinity());
+    V hi = V::set1(-std::numeric_limits<Acc>::infinity());
+    Index i = 0;
+    for (; i + W <= n; i += W) {
+      const V x = V::load(a + i);
+      lo = V::min(lo, x);
+      hi = V::max(hi, x);
+    }
+    Acc l = -((V::zero() - lo).reduce_max()), h = hi.reduce_max();
+    for (; i < n; ++i) {
+      l = a[i] < l ? a[i] : l;
+      h = a[i] > h ? a[i] : h;
+    }
+    *mn = l;
+    *mx = h;
+  }
+
+  /// out[i] = exp(s[i] - m) (0 for s[i] = -inf, all 0 for m = -inf); returns sum_i out[i],
+  /// summed lane-wise in index order and reduced by the vector type's tree.
+  template <class Acc>
+  TT_ATTR static Acc exp_shifted(const Acc* s, Index n, Acc m, Acc* out) {
+    using V = Vec<Acc>;
+    constexpr int W = V::W;
+    if (m == -std::numeric_limits<Acc>::infinity()) {
+      for (Index i = 0; i < n; ++i) out[i] = Acc(0);
+      return Acc(0);
+    }
+    const V mv = V::set1(m);
+    V sum = V::zero();
+    Index i = 0;
+    for (; i + W <= n; i += W) {
+      const V e = V::exp(V::load(s + i) - mv);
+      e.store(out + i);
+      sum = sum + e;
+    }
+    if (i < n) {
+      const int r = int(n - i);
+      const V e = V::select(V::first_n(r), V::exp(V::load_n(s + i, r) - mv), V::zero());
+      e.store_n(out + i, r);
+      sum = sum + e;
+    }
+    return sum.reduce_sum();
+  }
+
+  /// Writes the indices j < n with a[j] > theta (strict) to out, ascending; returns the count.
+  template <class Acc>
+  TT_ATTR static Index indices_above(const Acc* a, Index n, Acc theta, std::int32_t* out) {
+    using V = Vec<Acc>;
+    constexpr int W = V::W;
+    const V tv = V::set1(theta);
+    Index c = 0, j = 0;
+    for (; j + W <= n; j += W) {
+      std::uint64_t bits = V::bits(V::gt(V::load(a + j), tv));
+      while (bits) {
+        out[c++] = static_cast<std::int32_t>(j + Index(__builtin_ctzll(bits)));
+        bits &= bits - 1;
+      }
+    }
+    for (; j < n; ++j) {
+      out[c] = static_cast<std::int32_t>(j);
+      c += a[j] > theta;
+    }
+    return c;
+  }
+
+  /// s[i] = sanitize(s[i] + bias[i]) for i < n (bias may be null): NaN becomes -inf (a masked
+  /// key), +inf the largest finite value (docs/semantics.md, "Non-finite values").
+  template <class Acc>
+  TT_ATTR static void finish_scores(Acc* s, const float* bias, Index n) {
+    using V = Vec<Acc>;
+    constexpr int W = V::W;
+    const V ninf = V::set1(-std::numeric_limits<Acc>::infinity());
+    const V big = V::set1(std::numeric_limits<Acc>::max());
+    const V pinf = V::set1(std::numeric_limits<Acc>::infinity());
+    Index i = 0;
+    for (; i + W <= n; i += W) {
+      V x = V::load(s + i);
+      if (bias) {
+        if constexpr (std::is_same_v<Acc, float>) x = x + V::load(bias + i);
+        else for (int l = 0; l < W; ++l) x.r += Acc(bias[i + l]);
+      }
+      const auto nan = V::ne(x, x);
+      const auto notinf = V::ne(x, pinf);
+      V::select(nan, ninf, V::select(notinf, x, big)).store(s + i);
+    }
+    for (; i < n; ++i) {
+      Acc x = s[i] + (bias ? Acc(bias[i]) : Acc(0));
+      if (x != x) x = -std::numeric_limits<Acc>::infinity();
+      else if (x == std::numeric_limits<Acc>::infinity()) x = std::numeric_limits<Acc>::max();
+      s[i] = x;
+    }
+  }
+
+  /// Number of j < n with a[j] > theta.
+  template <class Acc>
+  TT_ATTR static Index count_above(const Acc* a, Index n, Acc theta) {
+    using V = Vec<Acc>;
+    constexpr int W = V::W;
+    const V tv = V::set1(theta);
+    Index c = 0, j = 0;
+    for (; j + W <= n; j += W) c += __builtin_popcountll(V::bits(V::gt(V::load(a + j), tv)));
+    for (; j < n; ++j) c += a[j] > theta;
+    return c;
+  }
+
+  /// dst[i] = (Acc)src[i], i < n; returns true when every value is finite.
+  template <class T, class Acc = acc_t<T>>
+  TT_ATTR static bool convert_row(const T* src, Index n, Acc* dst) {
+    using V = Vec<Acc>;
+    constexpr int W = V::W;
+    typename V::Mask bad{};
+    Index i = 0;
+    for (; i + W <= n; i += W) {
+      const V x = V::template load_cvt<T>(src + i);
+      bad = typename V::Mask(bad | V::nonfinite(x));
+      x.store(dst + i);
+    }
+    if (i < n) {
+      const V x = V::template load_cvt_n<T>(src + i, int(n - i));
+      bad = typename V::Mask(bad | V::nonfinite(x));
+      x.store_n(dst + i, int(n - i));
+    }
+    return V::bits(bad) == 0;
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Decode: scores of key rows against a GQA group, weighted sums of value rows.
+  // ------------------------------------------------------------------------------------------
+
+  /// out[h * out_stride + u] = q_h . keys[u] for h < G, u < n. q: G rows of d values
+  /// (contiguous, already scaled); keys: row pointers in storage type T, converted in registers.
+  /// Each result depends only on (q_h, keys[u], d): heads and keys are batched in any grouping.
+  template <class T, class Acc = acc_t<T>>
+  TT_ATTR static void dot_rows(const Acc* q, Index G, Index d, const T* const* keys, Index n,
+                               Acc* out, Index out_stride) {
+    using V = Vec<Acc>;
+    constexpr int W = V::W;
+    constexpr int HB = W >= 4 ? 4 : W;  // heads per batch
+    constexpr int KB = W / HB;          // keys per batch: HB * KB = W accumulators
+    const Index full = d - d % W;
+    const int rem = int(d % W);
+    for (Index u0 = 0; u0 < n; u0 += KB) {
+      const T* kp[KB];
+      for (int kb = 0; kb < KB; ++kb) kp[kb] = keys[u0 + kb < n ? u0 + kb : n - 1];
+      for (Index h0 = 0; h0 < G; h0 += HB) {
+        const Acc* qp[HB];
+        for (int hb = 0; hb < HB; ++hb) qp[hb] = q + (h0 + hb < G ? h0 + hb : G - 1) * d;
+        V acc[W];
+        for (int a = 0; a < W; ++a) acc[a] = V::zero();
+        for (Index i = 0; i < full; i += W) {
+          V kv[KB];
+          for (int kb = 0; kb < KB; ++kb) kv[kb] = V::template load_cvt<T>(kp[kb] + i);
+          for (int hb = 0; hb < HB; ++hb) {
+            const V qv = V::load(qp[hb] + i);
+            for (int kb = 0; kb < KB; ++kb) acc[hb * KB + kb] = V::fma(qv, kv[kb], acc[hb * KB + kb]);
+          }
+        }
+        if (rem) {
+          V kv[KB];
+          for (int kb = 0; kb < KB; ++kb) kv[kb] = V::template load_cvt_n<T>(kp[kb] + full, rem);
+          for (int hb = 0; hb < HB; ++hb) {
+            const V qv = V::load_n(qp[hb] + full, rem);
+            for (int kb = 0; kb < KB; ++kb) acc[hb * KB + kb] = V::fma(qv, kv[kb], acc[hb * KB + kb]);
+          }
+        }
+        Acc sums[W];
+        V::reduce_many(acc).store(sums);
+        const int nh = int(G - h0 < HB ? G - h0 : HB), nk = int(n - u0 < KB ? n - u0 : KB);
+        for (int hb = 0; hb < nh; ++hb)
+          for (int kb = 0; kb < nk; ++kb) out[(h0 + hb) * out_stride + u0 + kb] = sums[hb * KB + kb];
+      }
+    }
+  }
+
+  /// One block of accumulate_rows: NH heads x NV vectors of columns starting at c0 (the last
+  /// vector holds `last` columns), accumulators in registers.
+  template <int NH, int NV, class T, class Acc>
+  TT_ATTR static void accumulate_block(Acc* acc, Index d, Index c0, int last,
+                                       const T* const* rows, const Acc* w, Index w_u, Index w_h,
+                                       Index n) {
+    using V = Vec<Acc>;
+    constexpr int W = V::W;
+    V a[NH][NV];
+    for (int hb = 0; hb < NH; ++hb)
+      for (int v = 0; v < NV; ++v) {
+        const Acc* p = acc + hb * d + c0 + v * W;
+        a[hb][v] = v + 1 < NV || last == W ? V::load(p) : V::load_n(p, last);
+      }
+    for (Index u = 0; u < n; ++u) {
+      const T* r = rows[u] + c0;
+      V x[NV];
+      for (int v = 0; v < NV; ++v)
+        x[v] = v + 1 < NV || last == W ? V::template load_cvt<T>(r + v * W)
+                                       : V::template load_cvt_n<T>(r + v * W, last);
+      const Acc* wu = w + u * w_u;
+      for (int hb = 0; hb < NH; ++hb) {
+        const Acc wv = wu[hb * w_h];
+        const V ww = V::set1(wv);
+        if constexpr (V::kFreeMaskedFma) {
+          // A zero weight never lets its row into the sum: a masked FMA, no branch (sparse
+          // gathers weigh a union of keys whose weights are zero for some heads at random).
+          const auto m = V::ne(ww, V::zero());
+          for (int v = 0; v < NV; ++v) a[hb][v] = V::fma_masked(ww, x[v], a[hb][v], m);
+        } else {
+          if (wv == Acc(0)) continue;
+          for (int v = 0; v < NV; ++v) a[hb][v] = V::fma(ww, x[v], a[hb][v]);
+        }
+      }
+    }
+    for (int hb = 0; hb < NH; ++hb)
+      for (int v = 0; v < NV; ++v) {
+        Acc* p = acc + hb * d + c0 + v * W;
+        if (v + 1 < NV || last == W) a[hb][v].store(p);
+        else a[hb][v].store_n(p, last);
+      }
+  }
+
+  template <int NH, class T, class Acc>
+  TT_ATTR static void accumulate_heads(Acc* acc, Index d, Index c0, int nv, int last,
+                                       const T* const* rows, const Acc* w, Index w_u, Index w_h,
+                                       Index n) {
+    switch (nv) {
+      case 1: accumulate_block<NH, 1>(acc, d, c0, last, rows, w, w_u, w_h, n); break;
+      case 2: accumulate_block<NH, 2>(acc, d, c0, last, rows, w, w_u, w_h, n); break;
+      case 3: accumulate_block<NH, 3>(acc, d, c0, last, rows, w, w_u, w_h, n); break;
+      default: accumulate_block<NH, 4>(acc, d, c0, last, rows, w, w_u, w_h, n); break;
+    }
+  }
+
+  /// acc[h * d + i] += sum_u w[u * w_u + h * w_h] * rows[u][i] for h < G, i < d, rows in
+  /// order. A (row, head) pair whose weight is exactly 0 is skipped: its row never enters that
+  /// head's sum (a non-finite value there cannot reach the output).
+  template <class T, class Acc = acc_t<T>>
+  TT_ATTR static void accumulate_rows(Acc* acc, Index G, Index d, const T* const* rows,
+                                      const Acc* w, Index w_u, Index w_h, Index n) {
+    using V = Vec<Acc>;
+    constexpr int W = V::W;
+    constexpr Index kCols = 4 * W;  // columns per block: 4 vectors
+    for (Index c0 = 0; c0 < d; c0 += kCols) {
+      const Index cols = d - c0 < kCols ? d - c0 : kCols;
+      const int nv = int((cols + W - 1) / W);
+      const int last = int(cols - Index(nv - 1) * W);
+      Index h0 = 0;
+      for (; h0 + 4 <= G; h0 += 4)
+        accumulate_heads<4>(acc + h0 * d, d, c0, nv, last, rows, w + h0 * w_h, w_u, w_h, n);
+      switch (G - h0) {
+        case 3: accumulate_heads<3>(acc + h0 * d, d, c0, nv, last, rows, w + h0 * w_h, w_u, w_h, n); break;
+        case 2: accumulate_heads<2>(acc + h0 * d, d, c0, nv, last, rows, w + h0 * w_h, w_u, w_h, n); break;
+        case 1: accumulate_heads<1>(acc + h0 * d, d, c0, nv, last, rows, w + h0 * w_h, w_u, w_h, n); break;
+        default: break;
+      }
+    }
+  }
+
+  /// y[i] += a * x[i], i < n.
+  template <class Acc>
+  TT_ATTR static void axpy(Acc a, const Acc* x, Acc* y, Index n) {
+    using V = Vec<Acc>;
+    constexpr int W = V::W;
+    const V av = V::set1(a);
+    Index i = 0;
+    for (; i + W <= n; i += W) V::fma(av, V::load(x + i), V::load(y + i)).store(y + i);
+    if (i < n) V::fma(av, V::load_n(x + i, int(n - i)), V::load_n(y + i, int(n - i))).store_n(y + i, int(n - i));
+  }
+
+  /// y[i] *= a, i < n.
+  template <class Acc>
+  TT_ATTR static void scale(Acc* y, Acc a, Index n) {
+    using V = Vec<Acc>;
+    constexpr int W = V::W;
+    const V av = V::set1(a);
+    Index i = 0;
+    for (; i + W <= n; i += W) (V::load(y + i) * av).store(y + i);
+    if (i < n) (V::load_n(y + i, int(n - i)) * av).store_n(y + i, int(n - i));
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Prefill: tiles of a query block (M rows = block rows x group heads) against key tiles.
+  // Layout: Qt is d x Mp (query rows transposed, Mp = M rounded up to the vector width, zero
+  // padded); St / Pt are n x Mp (one key per row): row-wise softmax statistics are then plain
+  // vector operations across the M query rows.
+  // ------------------------------------------------------------------------------------------
+
+  /// Rows per vector of the prefill tiles (Mp is a multiple of it).
+  static constexpr int kLanes = TT_VEC::W;
+
+  template <int KU, int MV, class Acc>
+  TT_ATTR static void qk_micro(const Acc* Qt, Index Mp, Index d, const Acc* K, Index ldk,
+                               Acc* St) {
+    using V = Vec<Acc>;
+    constexpr int W = V::W;
+    V acc[KU][MV];
+    for (int k = 0; k < KU; ++k)
+      for (int v = 0; v < MV; ++v) acc[k][v] = V::zero();
+    for (Index i = 0; i < d; ++i) {
+      V qv[MV];
+      for (int v = 0; v < MV; ++v) qv[v] = V::load(Qt + i * Mp + v * W);
+      for (int k = 0; k < KU; ++k) {
+        const V kb = V::set1(K[k * ldk + i]);
+        for (int v = 0; v < MV; ++v) acc[k][v] = V::fma(kb, qv[v], acc[k][v]);
+      }
+    }
+    for (int k = 0; k < KU; ++k)
+      for (int v = 0; v < MV; ++v) acc[k][v].store(St + k * Mp + v * W);
+  }
+
+  template <int MV, class Acc>
+  TT_ATTR static void qk_keys(const Acc* Qt, Index Mp, Index d, const Acc* K, Index ldk, Index n,
+                              Acc* St) {
+    constexpr int KU = Vec<Acc>::W >= 8 ? 6 : 4;
+    Index u = 0;
+    for (; u + KU <= n; u += KU) qk_micro<KU, MV>(Qt, Mp, d, K + u * ldk, ldk, St + u * Mp);
+    for (; u < n; ++u) qk_micro<1, MV>(Qt, Mp, d, K + u * ldk, ldk, St + u * Mp);
+  }
+
+  /// St[u * Mp + m] = sum_{i < d} K[u * ldk + i] * Qt[i * Mp + m] for u < n, m < Mp: each
+  /// element accumulates in i order.
+  template <class Acc>
+  TT_ATTR static void qk_tile(const Acc* Qt, Index Mp, Index d, const Acc* K, Index ldk, Index n,
+                              Acc* St) {
+    constexpr int W = Vec<Acc>::W;
+    Index m0 = 0;
+    for (; m0 + 4 * W <= Mp; m0 += 4 * W) qk_keys<4>(Qt + m0, Mp, d, K, ldk, n, St + m0);
+    for (; m0 + 2 * W <= Mp; m0 += 2 * W) qk_keys<2>(Qt + m0, Mp, d, K, ldk, n, St + m0);
+    for (; m0 < Mp; m0 += W) qk_keys<1>(Qt + m0, Mp, d, K, ldk, n, St + m0);
+  }
+
+  template <int MR, int CV, class Acc>
+  TT_ATTR static void pv_micro(Acc* O, Index ldo, Index c0, int last, const Acc* Pt, Index Mp,
+                               const Acc* Vf, Index ldv, Index n) {
+    using V = Vec<Acc>;
+    constexpr int W = V::W;
+    V acc[MR][CV];
+    for (int r = 0; r < MR; ++r)
+      for (int v = 0; v < CV; ++v) {
+        Acc* p = O + r * ldo + c0 + v * W;
+        acc[r][v] = v + 1 < CV ? V::load(p) : V::load_n(p, last);
+      }
+    for (Index u = 0; u < n; ++u) {
+      V x[CV];
+      for (int v = 0; v < CV; ++v) x[v] = V::load(Vf + u * ldv + c0 + v * W);
+      for (int r = 0; r < MR; ++r) {
+        const V pb = V::set1(Pt[u * Mp + r]);
+        for (int v = 0; v < CV; ++v) acc[r][v] = V::fma(pb, x[v], acc[r][v]);
+      }
+    }
+    for (int r = 0; r < MR; ++r)
+      for (int v = 0; v < CV; ++v) {
+        Acc* p = O + r * ldo + c0 + v * W;
+        if (v + 1 < CV) acc[r][v].store(p);
+        else acc[r][v].store_n(p, last);
+      }
+  }
+
+  template <int CV, class Acc>
+  TT_ATTR static void pv_rows(Acc* O, Index ldo, Index M, Index c0, int last, const Acc* Pt,
+                              Index Mp, const Acc* Vf, Index ldv, Index n) {
+    constexpr int MR = Vec<Acc>::W >= 8 ? 6 : 4;
+    Index m = 0;
+    for (; m + MR <= M; m += MR)
+      pv_micro<MR, CV>(O + m * ldo, ldo, c0, last, Pt + m, Mp, Vf, ldv, n);
+    for (; m < M; ++m) pv_micro<1, CV>(O + m * ldo, ldo, c0, last, Pt + m, Mp, Vf, ldv, n);
+  }
+
+  /// O[m * ldo + c] += sum_{u < n} Pt[u * Mp + m] * Vf[u * ldv + c] for m < M, c < d, keys in
+  /// order. Vf rows hold ldv >= d values (ldv a multiple of the vector width, padding finite);
+  /// every Vf row must be finite (callers handle non-finite rows separately).
+  template <class Acc>
+  TT_ATTR static void pv_tile(Acc* O, Index ldo, Index M, Index d, const Acc* Pt, Index Mp,
+                              const Acc* Vf, Index ldv, Index n) {
+    constexpr int W = Vec<Acc>::W;
+    constexpr int CB = W >= 8 ? 4 : 8;
+    for (Index c0 = 0; c0 < d; c0 += Index(CB) * W) {
+      const Index cols = d - c0 < Index(CB) * W ? d - c0 : Index(CB) * W;
+      const int nv = int((cols + W - 1) / W);
+      const int last = int(cols - Index(nv - 1) * W);
+      switch (nv) {
+        case 1: pv_rows<1>(O, ldo, M, c0, last, Pt, Mp, Vf, ldv, n); break;
+        case 2: pv_rows<2>(O, ldo, M, c0, last, Pt, Mp, Vf, ldv, n); break;
+        case 3: pv_rows<3>(O, ldo, M, c0, last, Pt, Mp, Vf, ldv, n); break;
+        case 4: pv_rows<4>(O, ldo, M, c0, last, Pt, Mp, Vf, ldv, n); break;
+        case 5: pv_rows<5>(O, ldo, M, c0, last, Pt, Mp, Vf, ldv, n); break;
+        case 6: pv_rows<6>(O, ldo, M, c0, last, Pt, Mp, Vf, ldv, n); break;
+        case 7: pv_rows<7>(O, ldo, M, c0, last, Pt, Mp, Vf, ldv, n); break;
+        default: pv_rows<CB>(O, ldo, M, c0, last, Pt, Mp, Vf, ldv, n); break;
+      }
+    }
+  }
+
+  /// Online-softmax update of one key tile for Mp query rows (vectors across rows):
+  ///   St[u][m] (n x Mp) holds final scores (masked = -inf); keep threshold theta[m] (a key is
+  ///   kept iff St > theta; -inf keeps every unmasked key);
+  ///   run_max[m] = max over all scores so far; alpha[m] = exp(old max - new max);
+  ///   Pt[u][m] = exp(St - new max) for kept keys, 0 otherwise (in place of St);
+  ///   kept_sum[m] = alpha * kept_sum + sum of kept Pt; drop_sum[m] likewise for the others
+  ///   (only when `drop_sum` is not null); n_kept[m] += kept count (as Acc);
+  ///   best[m] / best_idx[m]: first maximum so far and its key index (when not null);
+  ///   keep_bits[u] (when not null, Mp <= 64): bit m set iff row m keeps key u.
+  /// Returns true when some alpha[m] != 1 (the caller rescales its output rows).
+  template <class Acc>
+  TT_ATTR static bool softmax_tile(Acc* St, Index n, Index Mp, Index key0, const Acc* theta,
+                                   Acc* run_max, Acc* alpha, Acc* kept_sum, Acc* drop_sum,
+                                   Acc* n_kept, Acc* best, Acc* best_idx,
+                                   std::uint64_t* keep_bits) {
+    if (keep_bits)
+      for (Index u = 0; u < n; ++u) keep_bits[u] = 0;
+    using V = Vec<Acc>;
+    constexpr int W = V::W;
+    bool rescale = false;
+    const V ninf = V::set1(-std::numeric_limits<Acc>::infinity());
+    for (Index m0 = 0; m0 < Mp; m0 += W) {
+      V tmax = ninf;
+      for (Index u = 0; u < n; ++u) tmax = V::max(tmax, V::load(St + u * Mp + m0));
+      const V old = V::load(run_max + m0);
+      const V nm = V::max(old, tmax);
+      nm.store(run_max + m0);
+      const V al = V::exp(old - nm);  // old = -inf: 0 (nothing accumulated yet)
+      al.store(alpha + m0);
+      // Rows whose max moved and had something accumulated.
+      if (V::bits(V::gt(nm, old) & V::gt(old, ninf))) rescale = true;
+      const V th = V::load(theta + m0);
+      V ks = V::zero(), ds = V::zero(), nk = V::zero();
+      const V one = V::set1(Acc(1));
+      V bv = best ? V::load(best + m0) : ninf, bi = best ? V::load(best_idx + m0) : V::zero();
+      for (Index u = 0; u < n; ++u) {
+        const V s = V::load(St + u * Mp + m0);
+        const auto keep = V::gt(s, th);
+        if (keep_bits) keep_bits[u] |= V::bits(keep) << m0;
+        const V p = V::exp(s - nm);
+        const V pk = V::select(keep, p, V::zero());
+        pk.store(St + u * Mp + m0);
+        ks = ks + pk;
+        if (drop_sum) ds = ds + V::select(keep, V::zero(), p);
+        nk = nk + V::select(keep, one, V::zero());
+        if (best) {
+          const auto up = V::gt(s, bv);
+          bv = V::select(up, s, bv);
+          bi = V::select(up, V::set1(Acc(key0 + u)), bi);
+        }
+      }
+      (V::fma(al, V::load(kept_sum + m0), ks)).store(kept_sum + m0);
+      if (drop_sum) (V::fma(al, V::load(drop_sum + m0), ds)).store(drop_sum + m0);
+      (V::load(n_kept + m0) + nk).store(n_kept + m0);
+      if (best) {
+        bv.store(best + m0);
+        bi.store(best_idx + m0);
+      }
+    }
+    return rescale;
+  }
+
+  /// Bit u * 64 ... : for each key u < n, the bits of the rows m < Mp (Mp <= 64) whose Pt is
+  /// non-zero (kept with a non-zero weight) into mask[u].
+  template <class Acc>
+  TT_ATTR static void nonzero_masks(const Acc* Pt, Index n, Index Mp, std::uint64_t* mask) {
+    using V = Vec<Acc>;
+    constexpr int W = V::W;
+    for (Index u = 0; u < n; ++u) {
+      std::uint64_t b = 0;
+      for (Index m0 = 0; m0 < Mp; m0 += W)
+        b |= V::bits(V::ne(V::load(Pt + u * Mp + m0), V::zero())) << m0;
+      mask[u] = b;
+    }
+  }
+};

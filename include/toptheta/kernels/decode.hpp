@@ -1,0 +1,627 @@
+#pragma once
+/// \file kernels/decode.hpp
+/// Decode walker: one new query token per head against a KV cache of L tokens.
+///
+/// The cache is split into fixed chunks of tokens (a function of L only: results are
+/// bit-identical for any thread count). Keys are walked in tiles of 16 tokens with all KV heads
+/// together (contiguous on an interleaved cache), each key row converted once in registers and
+/// dotted with the G queries of its GQA group (Ops::dot_rows). Two plans:
+///
+/// - **single pass** (dense attention; rows that are not thresholded, L <= k_l; Top-θ with
+///   pre-softmax placement and no cap_k): each chunk computes its scores, its softmax partials
+///   (chunk max, kept and dropped exp sums, kept counts), selects the kept keys by comparing
+///   with theta (no row-wide dependency: paper section 3) and accumulates the exp-weighted V
+///   rows of the group's kept union while the chunk is hot. A final step per head combines the
+///   chunks flash-decoding style (rescale by exp(m_c - M)), applies SDC, empty-row policy and
+///   VMC. K and the kept V rows are each read once.
+/// - **two pass** (top-k, post-softmax Top-θ, calibration, cap_k): pass 1 stores the score
+///   rows and each chunk's (max, softmax denominator); per KV group the row pipeline
+///   (row_pipeline.hpp) selects and weighs each head's keys, then the union of the group's kept
+///   keys is gathered chunk by chunk (gather.hpp), and the partial outputs are summed per head
+///   in chunk order, plus VMC.
+///
+/// Memory traffic: all of K plus the union of kept V rows per KV group (all of V when dense).
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include "../attention_args.hpp"
+#include "../gather.hpp"
+#include "../stats.hpp"
+#include "../workspace.hpp"
+#include "parallel.hpp"
+#include "row_pipeline.hpp"
+
+namespace toptheta::detail {
+
+/// Tokens per tile of the key walk, of the value walk, and the prefetch distance (whole tokens).
+inline constexpr Index kScoreTile = 4;
+inline constexpr Index kValueTile = 16;
+inline constexpr Index kPrefetchTokens = 16;
+/// Chunks are whole multiples of this many tokens.
+inline constexpr Index kTokenTile = 16;
+/// Largest GQA group and number of KV heads a call may have.
+inline constexpr Index kMaxGroup = 256;
+inline constexpr Index kMaxKv = 256;
+
+/// The error for a workspace smaller than the `need` bytes a call carves from it.
+inline Status workspace_too_small(const Workspace& ws, std::size_t need, int threads) {
+  return Status::invalid_argument("workspace of " + std::to_string(ws.bytes) +
+                                  " bytes is smaller than this call needs (" +
+                                  std::to_string(need) + " bytes for " + std::to_string(threads) +
+                                  " thread(s)); size it with workspace_size()");
+}
+
+/// Carves one worker's statistics sink.
+inline StatSink carve_sink(Arena& ar, Index Hq, bool per_head) {
+  StatSink s;
+  s.counts = ar.take<AttentionCounts>(1);
+  if (per_head) {
+    s.head_kept = ar.take<std::uint64_t>(Hq);
+    s.head_total = ar.take<std::uint64_t>(Hq);
+  }
+  return s;
+}
+
+/// One decode call: planned from the arguments, carved from a workspace, run as stages of
+/// independent tasks (kernels/parallel.hpp).
+template <class Ops, class T, class KView = HeadsView<const T>>
+class DecodeCall {
+ public:
+  using Acc = acc_t<T>;
+
+  DecodeCall(const AttentionArgs<T>& a, const AttentionOptions& o, const KView& k,
+             const KView& v)
+      : a_(a), o_(o), k_(k), v_(v), cx_(RowContext<Acc>::make(a, o)) {
+    L_ = k.tokens;
+    Hq_ = a.q.heads;
+    Hkv_ = k.heads;
+    G_ = Hq_ / std::max<Index>(Hkv_, 1);
+    d_ = a.q.dim;
+    // At most 64 chunks of at least 256 tokens, whole tiles: a function of L only.
+    chunk_ = std::max<Index>(256, (L_ + 63) / 64);
+    chunk_ = (chunk_ + kTokenTile - 1) / kTokenTile * kTokenTile;
+    nc_ = std::max<Index>(1, (L_ + chunk_ - 1) / chunk_);
+    thresholded_ = cx_.thresholded(L_);
+    // Calibration observes full rows: always two passes.
+    fused_ = !cx_.calibrate &&
+             (!thresholded_ || (cx_.sel_mode == AttentionMode::kTopTheta &&
+                                cx_.placement == Placement::kPreSoftmax && o.cap_k == 0));
+    sparse_fused_ = fused_ && thresholded_;
+    need_vbar_ = thresholded_ && needs_vbar(o);
+    need_mz_ = !fused_ && (cx_.placement == Placement::kPostSoftmax || cx_.calibrate);
+    per_head_stats_ = o.stats && !o.stats->kept_per_head.empty();
+    threads_ = call_threads(o.threads, 2.0 * double(L_) * double(Hq_) * double(d_),
+                            std::max(nc_, Hkv_));
+  }
+
+  int threads() const { return threads_; }
+
+  /// Carves the buffers from `ar` (a null-based arena only measures).
+  void carve(Arena& ar) {
+    const Index nc = nc_, Hq = Hq_, d = d_, L = L_, G = G_, CH = chunk_;
+    q_ = ar.take<Acc>(Hq * d);
+    if (need_vbar_) vbar_ = ar.take<Acc>(Hkv_ * d);
+    part_acc_ = ar.take<Acc>(nc * Hq * d);
+    part_m_ = ar.take<Acc>(nc * Hq);
+    part_l_ = ar.take<Acc>(nc * Hq);
+    touched_ = ar.take<std::uint8_t>(nc * Hkv_);
+    if (sparse_fused_) {
+      part_dd_ = ar.take<Acc>(nc * Hq);
+      part_nk_ = ar.take<Index>(nc * Hq);
+      part_nu_ = ar.take<Index>(nc * Hkv_);
+      theta_ = ar.take<Acc>(Hq);
+      sdc_term_ = ar.take<Acc>(Hq);
+    }
+    if (!fused_) {
+      s_ = ar.take<Acc>(Hq * L);
+      uni_ = ar.take<std::int32_t>(Hkv_ * L);
+      nuni_ = ar.take<Index>(Hkv_);
+      wc_ = ar.take<Acc>(Hkv_ * L * G);
+      dense_g_ = ar.take<std::uint8_t>(Hkv_);
+      coeff_ = ar.take<Acc>(Hq);
+    }
+    workers_ = ar.take<Worker>(threads_);
+    for (int i = 0; i < threads_; ++i) {
+      Worker w{};
+      if (fused_) {
+        w.sc = ar.take<Acc>(Hq * CH);
+        if (sparse_fused_) {
+          w.kept = ar.take<std::int32_t>(G * CH);
+          w.uni = ar.take<std::int32_t>(CH);
+          w.mark = ar.take<std::uint8_t>(CH);
+          w.wc = ar.take<Acc>(CH * G);
+        }
+      } else {
+        w.ex = ar.take<Acc>(CH);
+        w.rs.a = ar.take<Acc>(L);
+        w.rs.probs = ar.take<Acc>(L);
+        w.kept = ar.take<std::int32_t>(G * L);
+        w.wrow = ar.take<Acc>(G * L);
+        w.mark = ar.take<std::uint8_t>(L);
+      }
+      w.sink = carve_sink(ar, Hq, per_head_stats_);
+      if (workers_) workers_[i] = w;
+    }
+  }
+
+  /// Set-up that must precede the stages (single-threaded, O(Hq d)).
+  void prepare() {
+    const Index d = d_;
+    for (Index h = 0; h < Hq_; ++h) {
+      Ops::convert_row(a_.q.row(0, h), d, q_ + h * d);
+      Ops::scale(q_ + h * d, cx_.scale, d);
+    }
+    for (int i = 0; i < threads_; ++i) {
+      workers_[i].sink.zero(Hq_);
+      if (workers_[i].mark) std::memset(workers_[i].mark, 0, std::size_t(fused_ ? chunk_ : L_));
+    }
+    if (sparse_fused_)
+      for (Index h = 0; h < Hq_; ++h) {
+        const ThresholdLookup th = cx_.lookup(h, L_);
+        theta_[h] = Acc(th.theta);
+        sdc_term_[h] = std::isnan(th.sdc) ? Acc(0) : Acc(th.sdc);
+      }
+  }
+
+  int num_stages() const { return fused_ ? 2 : 4; }
+  Index num_tasks(int stage) const {
+    if (fused_) return stage == 0 ? nc_ : Hkv_;
+    return stage == 0 || stage == 2 ? nc_ : Hkv_;
+  }
+  bool dynamic_schedule(int) const { return false; }
+
+  void run_task(int stage, Index task, int worker) {
+    Worker& w = workers_[worker];
+    if (fused_) {
+      if (stage == 0) fused_chunk(task, w);
+      else fused_finish_group(task, w);
+    } else {
+      switch (stage) {
+        case 0: scores_chunk(task, w); break;
+        case 1: select_group(task, w); break;
+        case 2: gather_chunk(task); break;
+        default: reduce_group(task); break;
+      }
+    }
+  }
+
+  /// Adds the workers' statistics into the caller's.
+  void finish() {
+    for (int i = 0; i < threads_; ++i) workers_[i].sink.merge_into(o_.stats, Hq_, a_.head_offset);
+  }
+
+ private:
+  struct Worker {
+    Acc* sc = nullptr;            // fused: (Hq, chunk) scores, then exp(s - m_c)
+    Acc* ex = nullptr;            // two pass: (chunk) exp scratch
+    std::int32_t* kept = nullptr; // (G, chunk) fused / (G, L) two pass
+    std::int32_t* uni = nullptr;  // (chunk)
+    std::uint8_t* mark = nullptr; // (chunk) / (L), zero between uses
+    Acc* wc = nullptr;            // (chunk, G)
+    Acc* wrow = nullptr;          // (G, L) weights of the kept lists
+    RowScratch<Acc> rs{};
+    StatSink sink;
+  };
+
+  void chunk_range(Index c, Index* j0, Index* j1) const {
+    *j0 = c * chunk_;
+    *j1 = std::min(L_, *j0 + chunk_);
+  }
+
+  /// Software prefetch of every KV head's row of token t (the whole token of an interleaved
+  /// cache, one row per head of a head-major one).
+  void prefetch_token(const KView& view, Index t) const {
+    for (Index g = 0; g < Hkv_; ++g) prefetch_row(view.row(t, g), d_);
+  }
+
+  /// Scores of tokens [j0, j1) for every head into s (row stride ss), finished (bias, NaN).
+  /// Tiles of kScoreTile tokens with every KV head per tile, so the walk stays close to token
+  /// order on an interleaved cache (measured: tiles of 16 tokens per head stream an interleaved
+  /// cache at ~60% of the sequential bandwidth, tiles of 4 at ~70%; fp16 decode 30% faster).
+  void scores(Index j0, Index j1, Acc* s, Index ss) const {
+    const Index G = G_, d = d_;
+    const T* keys[kScoreTile];
+    for (Index t0 = j0; t0 < j1; t0 += kScoreTile) {
+      const Index nt = std::min(kScoreTile, j1 - t0);
+      for (Index u = t0 + kPrefetchTokens; u < std::min(L_, t0 + kPrefetchTokens + nt); ++u)
+        prefetch_token(k_, u);
+      for (Index g = 0; g < Hkv_; ++g) {
+        for (Index u = 0; u < nt; ++u) keys[u] = k_.row(t0 + u, g);
+        Ops::dot_rows(q_ + g * G * d, G, d, keys, nt, s + g * G * ss + (t0 - j0), ss);
+      }
+    }
+    const float* bias = a_.bias.empty() ? nullptr : a_.bias.row(0) + j0;
+    for (Index h = 0; h < Hq_; ++h) Ops::finish_scores(s + h * ss, bias, j1 - j0);
+  }
+
+  /// acc_g[hh][0..d) += sum_j w[g * wg + hh * ws + j - j0] V(j, g) for tokens [j0, j1), every
+  /// group g with `dense[g]`, in tiles of kValueTile tokens with every group per tile (token
+  /// order, as the key walk).
+  void accumulate_dense(Index j0, Index j1, const Acc* w, Index ws, Index wg, Acc* acc,
+                        const std::uint8_t* dense) const {
+    const Index G = G_, d = d_;
+    const T* rows[kValueTile];
+    for (Index t0 = j0; t0 < j1; t0 += kValueTile) {
+      const Index nt = std::min(kValueTile, j1 - t0);
+      for (Index u = t0 + kPrefetchTokens; u < std::min(L_, t0 + kPrefetchTokens + nt); ++u)
+        prefetch_token(v_, u);
+      for (Index g = 0; g < Hkv_; ++g) {
+        if (!dense[g]) continue;
+        for (Index u = 0; u < nt; ++u) rows[u] = v_.row(t0 + u, g);
+        Ops::accumulate_rows(acc + g * G * d, G, d, rows, w + g * wg + (t0 - j0), 1, ws, nt);
+      }
+    }
+  }
+
+  // ---- single pass ------------------------------------------------------------------------
+
+  void fused_chunk(Index c, Worker& w) {
+    const Index G = G_, d = d_, CH = chunk_;
+    Index j0, j1;
+    chunk_range(c, &j0, &j1);
+    const Index n = j1 - j0;
+    Acc* sc = w.sc;
+    scores(j0, j1, sc, CH);
+    Acc* acc = part_acc_ + c * Hq_ * d;
+    std::fill(acc, acc + Hq_ * d, Acc(0));
+    std::uint8_t dense[kMaxKv];
+    for (Index h = 0; h < Hq_; ++h) {
+      Acc* row = sc + h * CH;
+      const Acc m = Ops::row_max(row, n);
+      part_m_[c * Hq_ + h] = m;
+      if (!sparse_fused_) {
+        part_l_[c * Hq_ + h] = Ops::exp_shifted(row, n, m, row);
+      }
+    }
+    if (!sparse_fused_) {
+      for (Index g = 0; g < Hkv_; ++g) dense[g] = 1;
+      accumulate_dense(j0, j1, sc, CH, G * CH, acc, dense);
+      for (Index g = 0; g < Hkv_; ++g) touched_[c * Hkv_ + g] = 1;
+      return;
+    }
+    // Top-θ, pre-softmax: keep s_j > theta_h, exp-weights relative to the chunk max.
+    for (Index g = 0; g < Hkv_; ++g) {
+      const std::int32_t* kept_ptr[kMaxGroup];
+      Index counts[kMaxGroup];
+      bool all = true;
+      for (Index hh = 0; hh < G; ++hh) {
+        const Index h = g * G + hh;
+        Acc* row = sc + h * CH;
+        std::int32_t* kept = w.kept + hh * CH;
+        const Index nk = Ops::indices_above(row, n, theta_[h], kept);
+        const Acc m = part_m_[c * Hq_ + h];
+        const Acc total = Ops::exp_shifted(row, n, m, row);  // row now holds exp(s - m_c)
+        Acc ks = 0;
+        for (Index i = 0; i < nk; ++i) ks += row[kept[i]];
+        part_l_[c * Hq_ + h] = ks;
+        part_dd_[c * Hq_ + h] = std::max(total - ks, Acc(0));
+        part_nk_[c * Hq_ + h] = nk;
+        kept_ptr[hh] = kept;
+        counts[hh] = nk;
+        all = all && nk == n;
+      }
+      Acc* accg = acc + g * G * d;
+      if (all) {  // every head kept the whole chunk: a dense walk
+        std::uint8_t only[kMaxKv] = {};
+        only[g] = 1;
+        accumulate_dense(j0, j1, sc, CH, G * CH, acc, only);
+        part_nu_[c * Hkv_ + g] = n;
+        touched_[c * Hkv_ + g] = 1;
+        continue;
+      }
+      const Index nu = kept_union(G, kept_ptr, counts, n, w.mark, w.uni);
+      part_nu_[c * Hkv_ + g] = nu;
+      touched_[c * Hkv_ + g] = nu > 0;
+      if (nu == 0) continue;
+      // Compact weights: exp(s - m_c) of each head's kept keys.
+      std::fill(w.wc, w.wc + nu * G, Acc(0));
+      for (Index hh = 0; hh < G; ++hh) {
+        const Acc* row = sc + (g * G + hh) * CH;
+        Index u = 0;
+        for (Index i = 0; i < counts[hh]; ++i) {
+          const std::int32_t j = kept_ptr[hh][i];
+          while (w.uni[u] != j) ++u;
+          w.wc[u * G + hh] = row[j];
+        }
+      }
+      for (Index u = 0; u < nu; ++u) w.uni[u] += std::int32_t(j0);
+      gather_group<Ops>(v_, g, G, d, w.uni, nu, w.wc, accg);
+    }
+  }
+
+  /// Rescale factor of chunk c for head h against the row maximum M (0 for empty chunks).
+  Acc chunk_scale(Index c, Index h, Acc M) const {
+    const Acc mc = part_m_[c * Hq_ + h];
+    return mc == -std::numeric_limits<Acc>::infinity() ? Acc(0) : Acc(std::exp(mc - M));
+  }
+
+  void fused_finish_group(Index g, Worker& w) {
+    const Index G = G_, d = d_;
+    if (need_vbar_) compute_vbar(g);
+    Acc* out_ptrs[kMaxGroup];
+    Acc coeff[kMaxGroup];
+    Index union_total = 0;
+    bool any_row = false;
+    Index added[kMaxGroup];  // keys that empty keep-max rows of this group added to the union
+    Index n_added = 0;
+    for (Index c = 0; c < nc_; ++c) union_total += sparse_fused_ ? part_nu_[c * Hkv_ + g] : 0;
+    for (Index hh = 0; hh < G; ++hh) {
+      const Index h = g * G + hh;
+      Acc* out = a_.out.row(0, h);
+      out_ptrs[hh] = out;
+      coeff[hh] = 0;
+      std::fill(out, out + d, Acc(0));
+      Acc M = -std::numeric_limits<Acc>::infinity();
+      for (Index c = 0; c < nc_; ++c) M = std::max(M, part_m_[c * Hq_ + h]);
+      if (M == -std::numeric_limits<Acc>::infinity()) {  // fully masked: output 0
+        w.sink.row(h, L_, 0, cx_.k, thresholded_, false);
+        continue;
+      }
+      any_row = true;
+      Acc D = 0, Dd = 0;
+      Index nk = 0;
+      for (Index c = 0; c < nc_; ++c) {
+        const Acc e = chunk_scale(c, h, M);
+        D += e * part_l_[c * Hq_ + h];
+        if (sparse_fused_) {
+          Dd += e * part_dd_[c * Hq_ + h];
+          nk += part_nk_[c * Hq_ + h];
+        }
+      }
+      if (!sparse_fused_) {  // dense row: softmax over all keys
+        const Acc inv = Acc(1) / D;
+        for (Index c = 0; c < nc_; ++c) {
+          const Acc e = chunk_scale(c, h, M) * inv;
+          if (e != Acc(0)) Ops::axpy(e, part_acc_ + (c * Hq_ + h) * d, out, d);
+        }
+        w.sink.row(h, L_, L_, cx_.k, false, false);
+        continue;
+      }
+      if (nk == 0) {  // empty row
+        empty_row(g, hh, M, Dd, out, &coeff[hh], &union_total, added, &n_added, w.sink);
+        continue;
+      }
+      const Acc denom = fused_denominator(h, M, D, Dd, nk);
+      const Acc inv = Acc(1) / denom;
+      for (Index c = 0; c < nc_; ++c) {
+        const Acc e = chunk_scale(c, h, M) * inv;
+        if (e != Acc(0) && part_l_[c * Hq_ + h] != Acc(0))
+          Ops::axpy(e, part_acc_ + (c * Hq_ + h) * d, out, d);
+      }
+      if (o_.vmc == VmcMode::kOn) coeff[hh] = Acc(1) - D * inv;
+      w.sink.row(h, L_, nk, cx_.k, true, false);
+    }
+    if (need_vbar_) add_vmc<Ops>(out_ptrs, G, d, coeff, vbar_ + g * d);
+    w.sink.vrows(L_, sparse_fused_ ? union_total : (any_row ? L_ : 0));
+  }
+
+  /// The denominator D + sdc_scale * D~ of a thresholded single-pass row (D, Dd relative to M).
+  Acc fused_denominator(Index h, Acc M, Acc D, Acc Dd, Index nk) const {
+    Acc dropped = 0;
+    switch (o_.sdc) {
+      case SdcMode::kNone: return D;  // renormalise over the kept set
+      case SdcMode::kExact: dropped = Dd; break;
+      case SdcMode::kExpThreshold:
+        dropped = (nk == L_ || theta_[h] == -std::numeric_limits<Acc>::infinity())
+                      ? Acc(0)
+                      : Acc(L_ - nk) * std::exp(theta_[h] - M);
+        break;
+      case SdcMode::kCalibrated: dropped = sdc_term_[h]; break;
+    }
+    const Acc sc = Acc(o_.sdc_scale);
+    const Acc den = D + (sc != Acc(0) ? sc * dropped : Acc(0));
+    return den > Acc(0) ? den : D;
+  }
+
+  /// A thresholded single-pass row of query head g * G + hh where nothing passed theta.
+  /// `added` lists the keys earlier empty rows of the group added to its union.
+  void empty_row(Index g, Index hh, Acc M, Acc Dd, Acc* out, Acc* coeff, Index* union_total,
+                 Index* added, Index* n_added, const StatSink& sink) {
+    const Index G = G_, d = d_, h = g * G + hh;
+    if (o_.empty_row == EmptyRowPolicy::kMeanV) {
+      *coeff = 1;  // output vbar_L
+      sink.row(h, L_, 0, cx_.k, true, true);
+      return;
+    }
+    // keep-max: the first maximum of the row. Find the first chunk that holds M and recompute
+    // its scores (the same dot products, so the same values).
+    Index c = 0;
+    while (part_m_[c * Hq_ + h] != M) ++c;
+    Index j0, j1;
+    chunk_range(c, &j0, &j1);
+    Acc s[kTokenTile];
+    Index am = -1;
+    const T* keys[kTokenTile];
+    for (Index t0 = j0; t0 < j1 && am < 0; t0 += kTokenTile) {
+      const Index nt = std::min(kTokenTile, j1 - t0);
+      for (Index u = 0; u < nt; ++u) keys[u] = k_.row(t0 + u, g);
+      Ops::dot_rows(q_ + h * d, 1, d, keys, nt, s, kTokenTile);
+      Ops::finish_scores(s, a_.bias.empty() ? nullptr : a_.bias.row(0) + t0, nt);
+      for (Index u = 0; u < nt; ++u)
+        if (s[u] == M) {
+          am = t0 + u;
+          break;
+        }
+    }
+    if (am < 0) am = j0;  // unreachable: the chunk max is one of its scores
+    // Weight of the kept maximum: exp(0) / (1 + sdc_scale * D~).
+    Acc dropped = 0;
+    switch (o_.sdc) {
+      case SdcMode::kNone: break;
+      case SdcMode::kExact: dropped = std::max(Dd - Acc(1), Acc(0)); break;
+      case SdcMode::kExpThreshold:
+        dropped = (L_ == 1 || theta_[h] == -std::numeric_limits<Acc>::infinity())
+                      ? Acc(0)
+                      : Acc(L_ - 1) * std::exp(theta_[h] - M);
+        break;
+      case SdcMode::kCalibrated: dropped = sdc_term_[h]; break;
+    }
+    const Acc sc = Acc(o_.sdc_scale);
+    Acc den = Acc(1) + (o_.sdc != SdcMode::kNone && sc != Acc(0) ? sc * dropped : Acc(0));
+    if (!(den > Acc(0))) den = 1;
+    const Acc wmax = Acc(1) / den;
+    const T* row = v_.row(am, g);
+    Ops::accumulate_rows(out, 1, d, &row, &wmax, 1, 1, 1);
+    if (o_.vmc == VmcMode::kOn) *coeff = Acc(1) - wmax;
+    // The union of the group grows by one unless another head kept this key (passed theta, or
+    // is an earlier empty row that kept the same maximum).
+    bool shared = false;
+    for (Index i = 0; i < *n_added && !shared; ++i) shared = added[i] == am;
+    for (Index h2 = g * G; h2 < (g + 1) * G && !shared; ++h2) {
+      if (h2 == h) continue;
+      Acc s2 = 0;
+      const T* key = k_.row(am, g);
+      Ops::dot_rows(q_ + h2 * d, 1, d, &key, 1, &s2, 1);
+      Ops::finish_scores(&s2, a_.bias.empty() ? nullptr : a_.bias.row(0) + am, 1);
+      shared = s2 > theta_[h2];
+    }
+    if (!shared) {
+      *union_total += 1;
+      added[(*n_added)++] = am;
+    }
+    sink.row(h, L_, 1, cx_.k, true, true);
+  }
+
+  // ---- two pass ---------------------------------------------------------------------------
+
+  void scores_chunk(Index c, Worker& w) {
+    Index j0, j1;
+    chunk_range(c, &j0, &j1);
+    scores(j0, j1, s_ + j0, L_);
+    if (!need_mz_) return;
+    for (Index h = 0; h < Hq_; ++h) {
+      const Acc* row = s_ + h * L_ + j0;
+      const Acc m = Ops::row_max(row, j1 - j0);
+      part_m_[c * Hq_ + h] = m;
+      part_l_[c * Hq_ + h] = Ops::exp_shifted(row, j1 - j0, m, w.ex);
+    }
+  }
+
+  void select_group(Index g, Worker& w) {
+    const Index G = G_, L = L_;
+    if (need_vbar_) compute_vbar(g);
+    const std::int32_t* kept_ptr[kMaxGroup];
+    const Acc* w_ptr[kMaxGroup];
+    Index counts[kMaxGroup];
+    bool all = true;
+    for (Index hh = 0; hh < G; ++hh) {
+      const Index h = g * G + hh;
+      Acc mz[2];
+      const Acc* mzp = nullptr;
+      if (need_mz_) {
+        Acc M = -std::numeric_limits<Acc>::infinity(), Z = 0;
+        for (Index c = 0; c < nc_; ++c) M = std::max(M, part_m_[c * Hq_ + h]);
+        for (Index c = 0; c < nc_; ++c) Z += chunk_scale(c, h, M) * part_l_[c * Hq_ + h];
+        mz[0] = M;
+        mz[1] = Z;
+        mzp = mz;
+      }
+      RowScratch<Acc> rs = w.rs;
+      rs.kept = w.kept + hh * L;
+      rs.w = w.wrow + hh * L;
+      const HeadRow<Acc> hr = process_head_row<Ops>(cx_, h, s_ + h * L, L, mzp, rs, w.sink);
+      coeff_[h] = hr.vbar_coeff;
+      kept_ptr[hh] = rs.kept;
+      w_ptr[hh] = rs.w;
+      counts[hh] = hr.count;
+      all = all && hr.all_kept;
+    }
+    Acc* wc = wc_ + g * L * G;
+    if (all) {  // every head kept every key: weights as dense rows (G, L), a dense walk
+      for (Index hh = 0; hh < G; ++hh) std::memcpy(wc + hh * L, w_ptr[hh], sizeof(Acc) * std::size_t(L));
+      dense_g_[g] = 1;
+      nuni_[g] = L;
+    } else {
+      dense_g_[g] = 0;
+      std::int32_t* uni = uni_ + g * L;
+      const Index nu = kept_union(G, kept_ptr, counts, L, w.mark, uni);
+      compact_weights(G, kept_ptr, w_ptr, counts, uni, nu, wc);
+      nuni_[g] = nu;
+    }
+    w.sink.vrows(L, nuni_[g]);
+  }
+
+  void gather_chunk(Index c) {
+    const Index G = G_, d = d_, L = L_;
+    Index j0, j1;
+    chunk_range(c, &j0, &j1);
+    Acc* acc = part_acc_ + c * Hq_ * d;
+    std::fill(acc, acc + Hq_ * d, Acc(0));
+    std::uint8_t dense[kMaxKv];
+    bool any_dense = false;
+    for (Index g = 0; g < Hkv_; ++g) {
+      dense[g] = dense_g_[g];
+      any_dense = any_dense || dense[g];
+      touched_[c * Hkv_ + g] = dense[g];
+    }
+    if (any_dense) accumulate_dense(j0, j1, wc_ + j0, L, L * G, acc, dense);
+    for (Index g = 0; g < Hkv_; ++g) {
+      if (dense[g]) continue;
+      const std::int32_t* uni = uni_ + g * L;
+      const Index nu = nuni_[g];
+      const Index p0 = std::lower_bound(uni, uni + nu, std::int32_t(j0)) - uni;
+      const Index p1 = std::lower_bound(uni + p0, uni + nu, std::int32_t(j1)) - uni;
+      if (p1 == p0) continue;
+      touched_[c * Hkv_ + g] = 1;
+      gather_group<Ops>(v_, g, G, d, uni + p0, p1 - p0, wc_ + g * L * G + p0 * G, acc + g * G * d);
+    }
+  }
+
+  void reduce_group(Index g) {
+    const Index G = G_, d = d_;
+    Acc* out_ptrs[kMaxGroup];
+    for (Index hh = 0; hh < G; ++hh) {
+      const Index h = g * G + hh;
+      Acc* out = a_.out.row(0, h);
+      out_ptrs[hh] = out;
+      std::fill(out, out + d, Acc(0));
+      for (Index c = 0; c < nc_; ++c)
+        if (touched_[c * Hkv_ + g]) {
+          const Acc* part = part_acc_ + (c * Hq_ + h) * d;
+          for (Index i = 0; i < d; ++i) out[i] += part[i];
+        }
+    }
+    if (need_vbar_) add_vmc<Ops>(out_ptrs, G, d, coeff_ + g * G, vbar_ + g * d);
+  }
+
+  /// vbar_g = (sum of V rows 0..L-2, the caller's running sum or the cache's, + row L-1) / L.
+  void compute_vbar(Index g) {
+    Acc* vb = vbar_ + g * d_;
+    VbarSetup::prefix<Ops>(v_, g, d_, L_ - 1, a_.v_sum, a_.v_sum_stride, vb);
+    VbarSetup::add_rows<Ops>(v_, g, d_, L_ - 1, L_, vb);
+    Ops::scale(vb, Acc(1) / Acc(L_), d_);
+  }
+
+  const AttentionArgs<T>& a_;
+  const AttentionOptions& o_;
+  KView k_, v_;
+  RowContext<Acc> cx_;
+  Index L_ = 0, Hq_ = 0, Hkv_ = 0, G_ = 0, d_ = 0, chunk_ = 0, nc_ = 0;
+  bool thresholded_ = false, fused_ = true, sparse_fused_ = false, need_vbar_ = false,
+       need_mz_ = false, per_head_stats_ = false;
+  int threads_ = 1;
+  Acc* q_ = nullptr;
+  Acc* vbar_ = nullptr;
+  Acc* part_acc_ = nullptr;
+  Acc* part_m_ = nullptr;
+  Acc* part_l_ = nullptr;
+  Acc* part_dd_ = nullptr;
+  Index* part_nk_ = nullptr;
+  Index* part_nu_ = nullptr;
+  std::uint8_t* touched_ = nullptr;
+  Acc* theta_ = nullptr;
+  Acc* sdc_term_ = nullptr;
+  Acc* s_ = nullptr;
+  std::int32_t* uni_ = nullptr;
+  Index* nuni_ = nullptr;
+  Acc* wc_ = nullptr;
+  std::uint8_t* dense_g_ = nullptr;
+  Acc* coeff_ = nullptr;
+  Worker* workers_ = nullptr;
+};
+
+}  // namespace toptheta::detail

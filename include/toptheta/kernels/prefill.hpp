@@ -1,0 +1,584 @@
+#pragma once
+/// \file kernels/prefill.hpp
+/// Causal prefill walker: T new query tokens (rows) against a cache of L = P + T tokens; row t
+/// sees keys 0..P+t. Work items are (block of query rows, KV group) pairs, independent of each
+/// other (bit-identical results for any thread count). Two plans:
+///
+/// - **flash** (dense attention; Top-θ with pre-softmax placement and no cap_k): the block's
+///   queries (rows x group heads, M <= 64) are transposed once; key tiles of 64 are scored with
+///   a register-blocked microkernel (Ops::qk_tile), the softmax runs online across the tile
+///   with vectors across the M query rows (Ops::softmax_tile: running max, kept / dropped exp
+///   sums for SDC, kept counts, first maximum), and the exp-weights of the kept keys multiply
+///   the V tile (Ops::pv_tile, or a gather of the kept rows when few are kept). No score block
+///   is stored or re-read. Top-θ selection is a per-score comparison with theta(l, h, L_t)
+///   (paper section 3), so it fits the tile loop; the dense rows are the same loop with
+///   theta = -inf.
+/// - **stored** (top-k, post-softmax Top-θ, calibration, cap_k): a block's score rows are stored
+///   (at most ~4 MiB per worker), then each row runs the row pipeline (row_pipeline.hpp) and the
+///   gather + VMC stage (gather.hpp) reads the union of the group's kept V rows once.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include "../attention_args.hpp"
+#include "../gather.hpp"
+#include "../stats.hpp"
+#include "../workspace.hpp"
+#include "decode.hpp"
+#include "parallel.hpp"
+#include "row_pipeline.hpp"
+
+namespace toptheta::detail {
+
+/// Keys per tile of the prefill walks.
+inline constexpr Index kKeyTile = 64;
+/// Score budget of a stored block per worker.
+inline constexpr std::size_t kScoreBlockBytes = std::size_t(4) << 20;
+
+template <class Ops, class T, class KView = HeadsView<const T>>
+class PrefillCall {
+ public:
+  using Acc = acc_t<T>;
+
+  PrefillCall(const AttentionArgs<T>& a, const AttentionOptions& o, const KView& k,
+              const KView& v)
+      : a_(a), o_(o), k_(k), v_(v), cx_(RowContext<Acc>::make(a, o)) {
+    T_ = a.q.tokens;
+    L_ = k.tokens;
+    P_ = L_ - T_;
+    Hq_ = a.q.heads;
+    Hkv_ = k.heads;
+    G_ = Hq_ / std::max<Index>(Hkv_, 1);
+    d_ = a.q.dim;
+    const bool any_thresholded = cx_.thresholded(L_);
+    flash_ = G_ <= 64 && L_ < (Index(1) << 24) && !cx_.calibrate &&
+             (!any_thresholded ||
+              (cx_.sel_mode == AttentionMode::kTopTheta &&
+               cx_.placement == Placement::kPreSoftmax && o.cap_k == 0 && !cx_.calibrate));
+    if (flash_) {
+      R_ = std::max<Index>(1, std::min<Index>(T_, 64 / G_));
+    } else {
+      const std::size_t row_bytes = std::size_t(L_ + kKeyTile) * sizeof(Acc) * std::size_t(G_);
+      R_ = std::clamp<Index>(Index(kScoreBlockBytes / std::max<std::size_t>(row_bytes, 1)), 1, 64);
+      R_ = std::min(R_, std::max<Index>(T_, 1));
+    }
+    M_ = R_ * G_;
+    constexpr Index W = Ops::kLanes;
+    Mp_ = (M_ + W - 1) / W * W;
+    ldv_ = (d_ + W - 1) / W * W;
+    nb_ = (T_ + R_ - 1) / R_;
+    calibrate_ = o.mode == AttentionMode::kCalibrate;
+    need_vbar_ = any_thresholded && needs_vbar(o);
+    per_head_stats_ = o.stats && !o.stats->kept_per_head.empty();
+    const Index items = calibrate_ ? Hkv_ : nb_ * Hkv_;
+    const double pairs = double(T_) * (double(P_) + 0.5 * double(T_ + 1));
+    threads_ = call_threads(o.threads, 2.0 * pairs * double(Hq_) * double(d_), items);
+  }
+
+  int threads() const { return threads_; }
+
+  void carve(Arena& ar) {
+    const Index d = d_, L = L_, G = G_, Mp = Mp_, N = kKeyTile;
+    if (need_vbar_) vprefix_ = ar.take<Acc>(nb_ * Hkv_ * d);
+    workers_ = ar.take<Worker>(threads_);
+    for (int i = 0; i < threads_; ++i) {
+      Worker w{};
+      w.qt = ar.take<Acc>(d * Mp);
+      w.st = ar.take<Acc>(N * Mp);
+      w.kf = ar.take<Acc>(N * d);
+      w.vsum = ar.take<Acc>(d);
+      w.vbar = ar.take<Acc>(d);
+      if (flash_) {
+        w.vf = ar.take<Acc>(N * ldv_);
+        w.o = ar.take<Acc>(M_ * d);
+        w.state = ar.take<Acc>(9 * Mp);
+        w.keep = ar.take<std::uint64_t>(N);
+        w.rows_any = ar.take<std::uint64_t>(N);
+        w.unions = ar.take<Index>(R_);
+        w.pend_n = ar.take<Index>(R_);
+        w.pend_key = ar.take<std::int32_t>(R_ * kPending);
+        w.pend_w = ar.take<Acc>(R_ * kPending * G);
+        w.wc = ar.take<Acc>(N * G);
+      } else {
+        w.s = ar.take<Acc>(M_ * (L + kKeyTile));
+        w.rs.a = ar.take<Acc>(L);
+        w.rs.probs = ar.take<Acc>(L);
+        w.kept = ar.take<std::int32_t>(G * L);
+        w.wrow = ar.take<Acc>(G * L);
+        w.mark = ar.take<std::uint8_t>(L);
+        w.uni = ar.take<std::int32_t>(L);
+        w.wc = ar.take<Acc>(L * G);
+        w.packed = ar.take<Acc>(G * d);
+      }
+      w.sink = carve_sink(ar, Hq_, per_head_stats_);
+      if (workers_) workers_[i] = w;
+    }
+  }
+
+  void prepare() {
+    for (int i = 0; i < threads_; ++i) {
+      workers_[i].sink.zero(Hq_);
+      if (workers_[i].mark) std::memset(workers_[i].mark, 0, std::size_t(L_));
+    }
+  }
+
+  int num_stages() const { return 2; }
+  Index num_tasks(int stage) const {
+    if (stage == 0) return need_vbar_ ? Hkv_ : 0;
+    return calibrate_ ? Hkv_ : nb_ * Hkv_;
+  }
+  bool dynamic_schedule(int stage) const { return stage == 1; }
+
+  void run_task(int stage, Index task, int worker) {
+    Worker& w = workers_[worker];
+    if (stage == 0) {
+      vprefix_group(task);
+      return;
+    }
+    if (calibrate_) {  // one KV group, its blocks in order (the calibrator is per head)
+      for (Index b = 0; b < nb_; ++b) stored_item(b, task, w);
+      return;
+    }
+    const Index b = task / Hkv_, g = task % Hkv_;
+    if (flash_) flash_item(b, g, w);
+    else stored_item(b, g, w);
+  }
+
+  void finish() {
+    for (int i = 0; i < threads_; ++i) workers_[i].sink.merge_into(o_.stats, Hq_, a_.head_offset);
+  }
+
+ private:
+  struct Worker {
+    Acc* qt = nullptr;    // (d, Mp) scaled queries, transposed
+    Acc* st = nullptr;    // (N, Mp) scores / exp-weights of a key tile
+    Acc* kf = nullptr;    // (N, d) converted key tile
+    Acc* vf = nullptr;    // (N, ldv) converted value tile
+    Acc* o = nullptr;     // (M, d) flash output accumulators
+    Acc* state = nullptr; // (9, Mp) flash row state
+    std::uint64_t* keep = nullptr;  // (N) kept-row bits per key
+    Index* unions = nullptr;        // (R) union sizes of the block's rows
+    std::uint64_t* rows_any = nullptr;  // (N) rows keeping each key of the tile
+    Index* pend_n = nullptr;            // (R) queued kept keys per row
+    std::int32_t* pend_key = nullptr;   // (R, kPending)
+    Acc* pend_w = nullptr;              // (R, kPending, G)
+    Acc* vsum = nullptr;  // (d) running V sum
+    Acc* vbar = nullptr;  // (d)
+    Acc* s = nullptr;     // stored: (M, L + N) score rows
+    RowScratch<Acc> rs{};
+    std::int32_t* kept = nullptr;  // (G, L)
+    Acc* wrow = nullptr;           // (G, L)
+    std::uint8_t* mark = nullptr;  // (L)
+    std::int32_t* uni = nullptr;   // (L)
+    Acc* wc = nullptr;             // (L, G) / (N, G)
+    Acc* packed = nullptr;         // stored: (G, d) outputs of one row
+    StatSink sink;
+  };
+
+  Index block_end(Index b) const { return std::min(T_, (b + 1) * R_); }
+
+  /// vprefix[b][g] = sum of V rows 0 .. P + b * R - 1 (stage 0, one task per group).
+  void vprefix_group(Index g) {
+    const Index d = d_;
+    Acc* cur = vprefix_ + g * d;
+    VbarSetup::prefix<Ops>(v_, g, d, P_, a_.v_sum, a_.v_sum_stride, cur);
+    for (Index b = 1; b < nb_; ++b) {
+      Acc* next = vprefix_ + (b * Hkv_ + g) * d;
+      std::memcpy(next, vprefix_ + ((b - 1) * Hkv_ + g) * d, sizeof(Acc) * std::size_t(d));
+      VbarSetup::add_rows<Ops>(v_, g, d, P_ + (b - 1) * R_, P_ + b * R_, next);
+    }
+  }
+
+  /// Scaled, transposed queries of rows [t0, t1) of group g: qt[i * Mp + r * G + hh].
+  void load_queries(Index t0, Index t1, Index g, Acc* qt, Acc* tmp) const {
+    const Index G = G_, d = d_, Mp = Mp_;
+    std::fill(qt, qt + d * Mp, Acc(0));
+    for (Index t = t0; t < t1; ++t)
+      for (Index hh = 0; hh < G; ++hh) {
+        const Index m = (t - t0) * G + hh;
+        Ops::convert_row(a_.q.row(t, g * G + hh), d, tmp);
+        for (Index i = 0; i < d; ++i) qt[i * Mp + m] = tmp[i] * cx_.scale;
+      }
+  }
+
+  /// Scores of the key tile [j0, j0 + n) for rows [t0, t1) of group g into w.st (n, Mp):
+  /// finished (bias, NaN), causally masked (-inf where key > P + t).
+  void score_tile(Index t0, Index t1, Index g, Index j0, Index n, Worker& w) const {
+    const Index G = G_, d = d_, Mp = Mp_;
+    // The next tile's keys and values stream in while this one is computed.
+    for (Index u = j0 + kKeyTile; u < std::min(P_ + t1, j0 + 2 * kKeyTile); ++u) {
+      prefetch_row(k_.row(u, g), d);
+      if (flash_) prefetch_row(v_.row(u, g), d);
+    }
+    for (Index u = 0; u < n; ++u) Ops::convert_row(k_.row(j0 + u, g), d, w.kf + u * d);
+    Ops::qk_tile(w.qt, Mp, d, w.kf, d, n, w.st);
+    if (!a_.bias.empty()) {
+      for (Index u = 0; u < n; ++u)
+        for (Index t = t0; t < t1; ++t) {
+          const Acc b = Acc(a_.bias(t, j0 + u));
+          for (Index hh = 0; hh < G; ++hh) w.st[u * Mp + (t - t0) * G + hh] += b;
+        }
+    }
+    for (Index u = 0; u < n; ++u) Ops::finish_scores(w.st + u * Mp, nullptr, Mp);
+    // Causal mask: row t sees key j iff j <= P + t, i.e. lanes m < (j - P - t0) * G are masked.
+    if (j0 + n - 1 > P_ + t0)
+      for (Index u = 0; u < n; ++u) {
+        const Index first = std::min<Index>((j0 + u - P_ - t0) * G, (t1 - t0) * G);
+        if (first > 0)
+          std::fill(w.st + u * Mp, w.st + u * Mp + first, -std::numeric_limits<Acc>::infinity());
+      }
+  }
+
+  // ---- flash ------------------------------------------------------------------------------
+
+  void flash_item(Index b, Index g, Worker& w) {
+    const Index G = G_, d = d_, Mp = Mp_, N = kKeyTile;
+    const Index t0 = b * R_, t1 = block_end(b), rows = t1 - t0, M = rows * G;
+    const Index Lmax = P_ + t1;
+    load_queries(t0, t1, g, w.qt, w.vbar);
+    Acc* theta = w.state;
+    Acc* run_max = w.state + Mp;
+    Acc* alpha = w.state + 2 * Mp;
+    Acc* kept_sum = w.state + 3 * Mp;
+    Acc* drop_sum = w.state + 4 * Mp;
+    Acc* n_kept = w.state + 5 * Mp;
+    Acc* best = w.state + 6 * Mp;
+    Acc* best_idx = w.state + 7 * Mp;
+    Acc* sdc_term = w.state + 8 * Mp;
+    const Acc ninf = -std::numeric_limits<Acc>::infinity();
+    for (Index m = 0; m < Mp; ++m) {
+      theta[m] = ninf;
+      sdc_term[m] = 0;
+      run_max[m] = ninf;
+      kept_sum[m] = drop_sum[m] = n_kept[m] = 0;
+      best[m] = ninf;
+      best_idx[m] = 0;
+    }
+    bool sparse = false;
+    for (Index m = 0; m < M; ++m) {
+      const Index t = t0 + m / G, Lt = P_ + t + 1;
+      if (cx_.thresholded(Lt)) {
+        const ThresholdLookup th = cx_.lookup(g * G + m % G, Lt);
+        theta[m] = Acc(th.theta);
+        sdc_term[m] = std::isnan(th.sdc) ? Acc(0) : Acc(th.sdc);
+        sparse = true;
+      }
+    }
+    std::fill(w.o, w.o + M * d, Acc(0));
+    for (Index r = 0; r < rows; ++r) w.unions[r] = w.pend_n[r] = 0;
+    const bool want_drop = sparse && o_.sdc == SdcMode::kExact;
+    const bool want_best = sparse && o_.empty_row == EmptyRowPolicy::kKeepMax;
+    const std::uint64_t gmask = G >= 64 ? ~std::uint64_t(0) : (std::uint64_t(1) << G) - 1;
+    for (Index j0 = 0; j0 < Lmax; j0 += N) {
+      const Index n = std::min(N, Lmax - j0);
+      score_tile(t0, t1, g, j0, n, w);
+      const bool rescale =
+          Ops::softmax_tile(w.st, n, Mp, j0, theta, run_max, alpha, kept_sum,
+                            want_drop ? drop_sum : nullptr, n_kept, want_best ? best : nullptr,
+                            want_best ? best_idx : nullptr, sparse ? w.keep : nullptr);
+      if (rescale)
+        for (Index m = 0; m < M; ++m)
+          if (alpha[m] != Acc(1)) Ops::scale(w.o + m * d, alpha[m], d);
+      if (!sparse) {
+        flash_pv_dense(j0, n, g, M, w);
+        continue;
+      }
+      if (rescale)  // pending weights are relative to the old maxima too
+        for (Index r = 0; r < rows; ++r)
+          for (Index hh = 0; hh < G; ++hh) {
+            const Acc al = alpha[r * G + hh];
+            if (al == Acc(1)) continue;
+            Acc* pw = w.pend_w + r * kPending * G + hh;
+            for (Index i = 0; i < w.pend_n[r]; ++i) pw[i * G] *= al;
+          }
+
+      // Union of the kept keys over the group's heads, per row: rows_any[u] bit r.
+      Index pairs = 0;
+      for (Index u = 0; u < n; ++u) {
+        std::uint64_t any = 0;
+        for (Index r = 0; r < rows; ++r) any |= std::uint64_t(((w.keep[u] >> (r * G)) & gmask) != 0) << r;
+        w.rows_any[u] = any;
+        pairs += __builtin_popcountll(any);
+      }
+      if (pairs == 0) continue;
+      if (2 * pairs * G >= n * M) {
+        for (Index u = 0; u < n; ++u)
+          for (std::uint64_t any = w.rows_any[u]; any; any &= any - 1) ++w.unions[__builtin_ctzll(any)];
+        flash_pv_dense(j0, n, g, M, w);
+      } else {
+        flash_pv_sparse(j0, n, g, rows, w);
+      }
+    }
+    for (Index r = 0; r < rows; ++r) flush_pending(r, g, w);
+    flash_finish(b, g, t0, t1, w);
+  }
+
+  /// Kept V rows of a block row are gathered in batches of kPending (their exp-weights stay
+  /// relative to the running maxima, rescaled with the output), so the (G, d) accumulators are
+  /// loaded and stored once per batch rather than once per key tile.
+  static constexpr Index kPending = 32;
+
+  void flush_pending(Index r, Index g, Worker& w) {
+    const Index n = w.pend_n[r];
+    if (n == 0) return;
+    const T* vrows[kPending];
+    for (Index i = 0; i < n; ++i) vrows[i] = v_.row(w.pend_key[r * kPending + i], g);
+    Ops::accumulate_rows(w.o + r * G_ * d_, G_, d_, vrows, w.pend_w + r * kPending * G_, G_, 1, n);
+    w.pend_n[r] = 0;
+  }
+
+  /// O += P^T V for the whole tile (V converted once; non-finite rows only where weighted).
+  void flash_pv_dense(Index j0, Index n, Index g, Index M, Worker& w) {
+    const Index d = d_, Mp = Mp_;
+    Index bad[kKeyTile];
+    Index nbad = 0;
+    for (Index u = 0; u < n; ++u) {
+      Acc* vr = w.vf + u * ldv_;
+      if (!Ops::convert_row(v_.row(j0 + u, g), d, vr)) bad[nbad++] = u;
+      for (Index i = d; i < ldv_; ++i) vr[i] = 0;
+    }
+    // A non-finite V row enters only the outputs that weigh it (docs/semantics.md): it is
+    // added where its weight is non-zero, then taken out of the tile product.
+    for (Index i = 0; i < nbad; ++i) {
+      const Index u = bad[i];
+      for (Index m = 0; m < M; ++m) {
+        const Acc p = w.st[u * Mp + m];
+        if (p != Acc(0)) Ops::axpy(p, w.vf + u * ldv_, w.o + m * d, d);
+      }
+      for (Index m = 0; m < Mp; ++m) w.st[u * Mp + m] = 0;
+      std::fill(w.vf + u * ldv_, w.vf + (u + 1) * ldv_, Acc(0));
+    }
+    Ops::pv_tile(w.o, d, M, d, w.st, Mp, w.vf, ldv_, n);
+  }
+
+  /// Queues the tile's kept keys of each block row (union over the group's heads) with their
+  /// weights; a full queue is gathered (flush_pending).
+  void flash_pv_sparse(Index j0, Index n, Index g, Index rows, Worker& w) {
+    const Index G = G_, Mp = Mp_;
+    for (Index u = 0; u < n; ++u) {
+      std::uint64_t any = w.rows_any[u];
+      while (any) {
+        const Index r = Index(__builtin_ctzll(any));
+        any &= any - 1;
+        ++w.unions[r];
+        if (w.pend_n[r] == kPending) flush_pending(r, g, w);
+        const Index i = w.pend_n[r]++;
+        w.pend_key[r * kPending + i] = std::int32_t(j0 + u);
+        if (r == 0 || !((w.rows_any[u] << (64 - r)) != 0)) prefetch_row(v_.row(j0 + u, g), d_);
+        Acc* pw = w.pend_w + (r * kPending + i) * G;
+        for (Index hh = 0; hh < G; ++hh) pw[hh] = w.st[u * Mp + r * G + hh];
+      }
+    }
+    (void)rows;
+  }
+
+  void flash_finish(Index b, Index g, Index t0, Index t1, Worker& w) {
+    const Index G = G_, d = d_, Mp = Mp_;
+    const Acc* theta = w.state;
+    const Acc* run_max = w.state + Mp;
+    const Acc* kept_sum = w.state + 3 * Mp;
+    const Acc* drop_sum = w.state + 4 * Mp;
+    const Acc* n_kept = w.state + 5 * Mp;
+    const Acc* best_idx = w.state + 7 * Mp;
+    const Acc* sdc_term = w.state + 8 * Mp;
+    if (need_vbar_) std::memcpy(w.vsum, vprefix_ + (b * Hkv_ + g) * d, sizeof(Acc) * std::size_t(d));
+    Acc* out_ptrs[64];
+    Acc coeff[64];
+    for (Index t = t0; t < t1; ++t) {
+      const Index Lt = P_ + t + 1, r = t - t0;
+      const bool thr = cx_.thresholded(Lt);
+      if (need_vbar_) {
+        VbarSetup::add_rows<Ops>(v_, g, d, Lt - 1, Lt, w.vsum);
+        for (Index i = 0; i < d; ++i) w.vbar[i] = w.vsum[i] / Acc(Lt);
+      }
+      Index union_extra = 0;
+      Index added[64];
+      Index n_added = 0;
+      bool any_unmasked = false;
+      for (Index hh = 0; hh < G; ++hh) {
+        const Index m = r * G + hh, h = g * G + hh;
+        Acc* out = a_.out.row(t, h);
+        out_ptrs[hh] = out;
+        coeff[hh] = 0;
+        const Acc M = run_max[m];
+        if (M == -std::numeric_limits<Acc>::infinity()) {  // fully masked: output 0
+          std::fill(out, out + d, Acc(0));
+          w.sink.row(h, Lt, 0, cx_.k, thr, false);
+          continue;
+        }
+        any_unmasked = true;
+        const Acc* om = w.o + m * d;
+        if (!thr) {  // dense row
+          const Acc inv = Acc(1) / kept_sum[m];
+          for (Index i = 0; i < d; ++i) out[i] = om[i] * inv;
+          w.sink.row(h, Lt, Lt, cx_.k, false, false);
+          continue;
+        }
+        const Index nk = Index(n_kept[m]);
+        if (nk == 0) {  // empty Top-θ row
+          std::fill(out, out + d, Acc(0));
+          if (o_.empty_row == EmptyRowPolicy::kMeanV) {
+            coeff[hh] = 1;
+            w.sink.row(h, Lt, 0, cx_.k, true, true);
+            continue;
+          }
+          const Index am = Index(best_idx[m]);
+          Acc dropped = 0;
+          switch (o_.sdc) {
+            case SdcMode::kNone: break;
+            case SdcMode::kExact: dropped = std::max(drop_sum[m] - Acc(1), Acc(0)); break;
+            case SdcMode::kExpThreshold:
+              dropped = (Lt == 1 || theta[m] == -std::numeric_limits<Acc>::infinity())
+                            ? Acc(0)
+                            : Acc(Lt - 1) * std::exp(theta[m] - M);
+              break;
+            case SdcMode::kCalibrated: dropped = sdc_term[m]; break;
+          }
+          const Acc sc = Acc(o_.sdc_scale);
+          Acc den = Acc(1) + (o_.sdc != SdcMode::kNone && sc != Acc(0) ? sc * dropped : Acc(0));
+          if (!(den > Acc(0))) den = 1;
+          const Acc wmax = Acc(1) / den;
+          const T* row = v_.row(am, g);
+          Ops::accumulate_rows(out, 1, d, &row, &wmax, 1, 1, 1);
+          if (o_.vmc == VmcMode::kOn) coeff[hh] = Acc(1) - wmax;
+          bool shared = false;
+          for (Index i = 0; i < n_added && !shared; ++i) shared = added[i] == am;
+          for (Index h2 = 0; h2 < G && !shared; ++h2)
+            if (h2 != hh) shared = score_of(t, g, h2, am, w) > theta[r * G + h2];
+          if (!shared) {
+            ++union_extra;
+            added[n_added++] = am;
+          }
+          w.sink.row(h, Lt, 1, cx_.k, true, true);
+          continue;
+        }
+        Acc dropped = 0;
+        bool compensate = true;
+        switch (o_.sdc) {
+          case SdcMode::kNone: compensate = false; break;
+          case SdcMode::kExact: dropped = drop_sum[m]; break;
+          case SdcMode::kExpThreshold:
+            dropped = (nk == Lt || theta[m] == -std::numeric_limits<Acc>::infinity())
+                          ? Acc(0)
+                          : Acc(Lt - nk) * std::exp(theta[m] - M);
+            break;
+          case SdcMode::kCalibrated: dropped = sdc_term[m]; break;
+        }
+        const Acc sc = Acc(o_.sdc_scale);
+        Acc den = kept_sum[m] + (compensate && sc != Acc(0) ? sc * dropped : Acc(0));
+        if (!(den > Acc(0))) den = kept_sum[m];
+        const Acc inv = Acc(1) / den;
+        for (Index i = 0; i < d; ++i) out[i] = om[i] * inv;
+        if (o_.vmc == VmcMode::kOn) coeff[hh] = Acc(1) - kept_sum[m] * inv;
+        w.sink.row(h, Lt, nk, cx_.k, true, false);
+      }
+      if (need_vbar_) add_vmc<Ops>(out_ptrs, G, d, coeff, w.vbar);
+      w.sink.vrows(Lt, thr ? w.unions[r] + union_extra : (any_unmasked ? Lt : 0));
+    }
+  }
+
+  /// The score of (row t, head hh of group g, key j) exactly as the tile walk computed it.
+  Acc score_of(Index t, Index g, Index hh, Index j, Worker& w) const {
+    constexpr Index W = Ops::kLanes;
+    const Index d = d_, G = G_;
+    Acc* qt = w.qt;  // reuse: (d, W) column 0 = the query, others 0 (the block is done)
+    std::fill(qt, qt + d * W, Acc(0));
+    Ops::convert_row(a_.q.row(t, g * G + hh), d, w.kf);
+    for (Index i = 0; i < d; ++i) qt[i * W] = w.kf[i] * cx_.scale;
+    Ops::convert_row(k_.row(j, g), d, w.kf);
+    Acc st[W];
+    Ops::qk_tile(qt, W, d, w.kf, d, 1, st);
+    Acc s = st[0];
+    if (!a_.bias.empty()) s += Acc(a_.bias(t, j));
+    Ops::finish_scores(&s, nullptr, 1);
+    return s;
+  }
+
+  // ---- stored -----------------------------------------------------------------------------
+
+  void stored_item(Index b, Index g, Worker& w) {
+    const Index G = G_, d = d_, Mp = Mp_, N = kKeyTile;
+    const Index t0 = b * R_, t1 = block_end(b), rows = t1 - t0;
+    const Index Lmax = P_ + t1, ls = L_ + N;
+    load_queries(t0, t1, g, w.qt, w.vbar);
+    for (Index j0 = 0; j0 < Lmax; j0 += N) {
+      const Index n = std::min(N, Lmax - j0);
+      score_tile(t0, t1, g, j0, n, w);
+      for (Index m = 0; m < rows * G; ++m) {
+        Acc* srow = w.s + m * ls + j0;
+        for (Index u = 0; u < n; ++u) srow[u] = w.st[u * Mp + m];
+      }
+    }
+    if (need_vbar_) std::memcpy(w.vsum, vprefix_ + (b * Hkv_ + g) * d, sizeof(Acc) * std::size_t(d));
+    const std::int32_t* kept_ptr[kMaxGroup];
+    const Acc* w_ptr[kMaxGroup];
+    Index counts[kMaxGroup];
+    Acc coeff[kMaxGroup];
+    Acc* out_ptrs[kMaxGroup];
+    for (Index t = t0; t < t1; ++t) {
+      const Index Lt = P_ + t + 1;
+      if (need_vbar_) {
+        VbarSetup::add_rows<Ops>(v_, g, d, Lt - 1, Lt, w.vsum);
+        for (Index i = 0; i < d; ++i) w.vbar[i] = w.vsum[i] / Acc(Lt);
+      }
+      bool all = true;
+      for (Index hh = 0; hh < G; ++hh) {
+        const Index m = (t - t0) * G + hh, h = g * G + hh;
+        RowScratch<Acc> rs = w.rs;
+        rs.kept = w.kept + hh * L_;
+        rs.w = w.wrow + hh * L_;
+        const HeadRow<Acc> hr = process_head_row<Ops>(cx_, h, w.s + m * ls, Lt, static_cast<const Acc*>(nullptr), rs, w.sink);
+        kept_ptr[hh] = rs.kept;
+        w_ptr[hh] = rs.w;
+        counts[hh] = hr.count;
+        coeff[hh] = hr.vbar_coeff;
+        all = all && hr.all_kept;
+        out_ptrs[hh] = a_.out.row(t, h);
+        std::fill(out_ptrs[hh], out_ptrs[hh] + d, Acc(0));
+      }
+      Index nu;
+      if (all) {
+        // Dense rows: weights are full rows (G, L) in w.wrow; accumulate per head block.
+        acc_dense_rows(g, Lt, out_ptrs, w);
+        nu = Lt;
+      } else {
+        nu = kept_union(G, kept_ptr, counts, Lt, w.mark, w.uni);
+        compact_weights(G, kept_ptr, w_ptr, counts, w.uni, nu, w.wc);
+        std::fill(w.packed, w.packed + G * d, Acc(0));
+        gather_group<Ops>(v_, g, G, d, w.uni, nu, w.wc, w.packed);
+        unpack(w.packed, out_ptrs);
+      }
+      if (need_vbar_) add_vmc<Ops>(out_ptrs, G, d, coeff, w.vbar);
+      w.sink.vrows(Lt, nu);
+    }
+  }
+
+  /// Copies the packed (G, d) outputs of a row to the heads' output rows.
+  void unpack(const Acc* packed, Acc* const* out_ptrs) const {
+    for (Index hh = 0; hh < G_; ++hh)
+      std::memcpy(out_ptrs[hh], packed + hh * d_, sizeof(Acc) * std::size_t(d_));
+  }
+
+  /// Dense rows of a group: full weight rows (G, L) in w.wrow against V rows 0..Lt-1.
+  void acc_dense_rows(Index g, Index Lt, Acc* const* out_ptrs, Worker& w) {
+    std::fill(w.packed, w.packed + G_ * d_, Acc(0));
+    accumulate_range<Ops>(v_, g, G_, d_, 0, Lt, w.wrow, L_, w.packed);
+    unpack(w.packed, out_ptrs);
+  }
+
+  const AttentionArgs<T>& a_;
+  const AttentionOptions& o_;
+  KView k_, v_;
+  RowContext<Acc> cx_;
+  Index T_ = 0, L_ = 0, P_ = 0, Hq_ = 0, Hkv_ = 0, G_ = 0, d_ = 0;
+  Index R_ = 1, M_ = 1, Mp_ = 1, ldv_ = 1, nb_ = 1;
+  bool flash_ = false, calibrate_ = false, need_vbar_ = false, per_head_stats_ = false;
+  int threads_ = 1;
+  Acc* vprefix_ = nullptr;
+  Worker* workers_ = nullptr;
+};
+
+}  // namespace toptheta::detail
