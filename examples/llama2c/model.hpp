@@ -315,7 +315,7 @@ class Runner {
   Status prefill_by_length(const toptheta::AttentionArgs<float>& all, toptheta::AttentionOptions opt,
                            const AttentionSetup& setup, Index P, Index T, Index Hkv, Index hd) {
     const auto& edges = setup.length_edges;
-    std::vector<float> vsum(vsum_prev_.begin(), vsum_prev_.begin() + std::ptrdiff_t(Hkv * hd));
+    std::vector<float> vsum(all.v_sum, all.v_sum + Hkv * hd);  // rows before this call
     toptheta::AttentionStats* layer = opt.stats;
     Index a = 0;
     while (a < T) {
