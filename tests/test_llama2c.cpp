@@ -198,6 +198,85 @@ TEST(Llama2cModel, TopThetaPostVmcK16CostsUnderOnePercentReadingUnder15PercentOf
   EXPECT_GT(r.top1_agreement, 0.9);
 }
 
+// evaluate_many shares one dense pass: each setup's result equals evaluate() of that setup alone.
+// Splitting prefill calls by row length (length_edges) changes nothing but adds the statistics by
+// length, which add up to the totals.
+TEST(Llama2cModel, EvaluateManyAndLengthBucketsMatchSingleEvaluations) {
+  SKIP_WITHOUT_MODEL();
+  const std::vector<Sequence> ev(held_out_set().begin(), held_out_set().begin() + 2);
+  const toptheta::ThresholdTable& table = post16_thresholds();
+  AttentionSetup topk;
+  topk.options.mode = toptheta::AttentionMode::kTopK;
+  topk.options.k = 16;
+  AttentionSetup post;
+  post.options.mode = toptheta::AttentionMode::kTopTheta;
+  post.options.placement = toptheta::Placement::kPostSoftmax;
+  post.options.vmc = toptheta::VmcMode::kOn;
+  post.options.thresholds = &table;
+  AttentionSetup split = post;
+  split.length_edges = {32, 100, 300};
+  std::vector<llama2c::EvalResult> many;
+  ASSERT_TRUE(llama2c::evaluate_many(shared().model, ev, {topk, post, split}, &many).ok());
+  ASSERT_EQ(many.size(), 3u);
+  const AttentionSetup* singles[] = {&topk, &post};
+  for (int i = 0; i < 2; ++i) {
+    llama2c::EvalResult one;
+    ASSERT_TRUE(llama2c::evaluate(shared().model, ev, *singles[i], &one).ok());
+    EXPECT_DOUBLE_EQ(many[std::size_t(i)].perplexity, one.perplexity) << i;
+    EXPECT_DOUBLE_EQ(many[std::size_t(i)].dense_perplexity, one.dense_perplexity) << i;
+    EXPECT_NEAR(many[std::size_t(i)].kl_mean, one.kl_mean, 1e-12) << i;
+    EXPECT_EQ(many[std::size_t(i)].total.elements_kept, one.total.elements_kept) << i;
+  }
+  // Split by length: the same model output up to rounding, the same kept counts in total.
+  EXPECT_NEAR(many[2].perplexity, many[1].perplexity, 1e-4 * many[1].perplexity);
+  EXPECT_NEAR(double(many[2].total.elements_kept), double(many[1].total.elements_kept),
+              1e-3 * double(many[1].total.elements_kept));
+  ASSERT_EQ(many[2].by_length.size(), 4u);
+  std::uint64_t rows = 0, total = 0;
+  for (const auto& b : many[2].by_length) rows += b.rows, total += b.elements_total;
+  EXPECT_EQ(rows, many[2].total.rows);
+  EXPECT_EQ(total, many[2].total.elements_total);
+  // Rows of lengths 1..32 are 32 per sequence, layer and query head.
+  const auto& c = shared().model.config();
+  EXPECT_EQ(many[2].by_length[0].rows, std::uint64_t(32 * ev.size() * c.n_layers * c.n_heads));
+}
+
+// The calibration driver through toptheta::calibrate_two_pass(): compact tables of several k from
+// one pass; their Top-theta cost on held-out text stays within 0.3 points of the per-length
+// tables of the same pass, with kept/row within 20% of k.
+TEST(Llama2cModel, CompactTablesOfSeveralKFromOnePass) {
+  SKIP_WITHOUT_MODEL();
+  toptheta::CalibrationOptions co;
+  co.k_values = {8, 16};
+  co.placement = toptheta::Placement::kPostSoftmax;
+  co.lambda = 0.1;
+  toptheta::CalibrationResult r;
+  const Status st = llama2c::calibrate_all(shared().model, calibration_set(), co, false,
+                                           AttentionSetup::dense(), &r);
+  ASSERT_TRUE(st.ok()) << st.to_string();
+  ASSERT_EQ(r.compact.ks(), (std::vector<Index>{8, 16}));
+  ASSERT_EQ(r.per_length.ks(), (std::vector<Index>{8, 16}));
+  const std::vector<Sequence> ev(held_out_set().begin(), held_out_set().begin() + 4);
+  std::vector<AttentionSetup> setups;
+  for (const auto* set : {&r.compact, &r.per_length}) {
+    AttentionSetup s;
+    s.options.mode = toptheta::AttentionMode::kTopTheta;
+    s.options.placement = toptheta::Placement::kPostSoftmax;
+    s.options.vmc = toptheta::VmcMode::kOn;
+    s.options.thresholds = set->find(16);
+    setups.push_back(s);
+  }
+  std::vector<llama2c::EvalResult> res;
+  ASSERT_TRUE(llama2c::evaluate_many(shared().model, ev, setups, &res).ok());
+  const double c = res[0].perplexity / res[0].dense_perplexity - 1.0;
+  const double p = res[1].perplexity / res[1].dense_perplexity - 1.0;
+  std::printf("[ llama2c  ] post+VMC k=16 compact %+.3f%% (kept/row %.2f), per-length %+.3f%% (%.2f)\n",
+              100 * c, res[0].total.kept_per_thresholded_row(), 100 * p,
+              res[1].total.kept_per_thresholded_row());
+  EXPECT_LT(c, p + 0.003);
+  EXPECT_NEAR(res[0].total.kept_per_thresholded_row(), 16.0, 0.2 * 16);
+}
+
 /// Logits of `seq` by one prefill call and by token-by-token decode must agree within 2e-3 at
 /// every position (dense), or at all but `max_off_fraction` of the positions (sparse modes: the
 /// two kernels sum the q.k products in different orders, so a key whose score sits within a

@@ -116,6 +116,46 @@ TEST(ThresholdsCli, ConvertRoundTripsAndDiffSaysIdentical) {
   expect_one_line_error(r, "--sdc-out applies only to --to reference");
 }
 
+TEST(ThresholdsCli, CompactConvertInfoDiffAndSynth) {
+  TempDir dir;
+  const std::string c = dir.file("c.toptheta");
+  CliResult r = run_cli({"convert", valid("calibrated.toptheta"), c, "--to", "compact"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("version 2"), std::string::npos) << r.out;
+  ThresholdTable t;
+  ASSERT_TRUE(load_thresholds(c, &t).ok());
+  EXPECT_TRUE(t.is_compact());
+  EXPECT_TRUE(t.has_sdc());  // the SDC terms carry over
+  r = run_cli({"info", c});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("format:            native (version 2)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("form:              compact"), std::string::npos) << r.out;
+  // diff compares a compact and a per-length table at the union of their lengths.
+  r = run_cli({"diff", valid("calibrated.toptheta"), c});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("only in A:           0"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("result:              different"), std::string::npos) << r.out;
+  // synth: several k in one file; loads back identical; --k picks a table.
+  const std::string s = dir.file("s.toptheta");
+  r = run_cli({"synth", "--layers", "4", "--heads", "2", "--context", "4096", "--k", "16,64", "--out", s});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("loads back identical"), std::string::npos) << r.out;
+  r = run_cli({"diff", s, s});
+  expect_one_line_error(r, "the file holds tables for k = 16, 64: choose one");
+  r = run_cli({"diff", s, s, "--k", "64", "--tolerance", "0"});
+  EXPECT_EQ(r.status, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("identical thresholds"), std::string::npos) << r.out;
+  r = run_cli({"info", s, "--k", "64"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("    0      64"), std::string::npos) << r.out;
+  r = run_cli({"info", s});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("tables:            2 (k = 16, 64); this summary: k = 16"), std::string::npos) << r.out;
+  // Compact tables cannot go to the authors' format.
+  r = run_cli({"convert", s, dir.file("th.txt"), "--k", "16", "--to", "reference"});
+  expect_one_line_error(r, "the authors' format holds per-length thresholds");
+}
+
 TEST(ThresholdsCli, DiffReportsDifferencesAndHonoursTolerance) {
   TempDir dir;
   ThresholdTable t;

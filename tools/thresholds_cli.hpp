@@ -3,9 +3,14 @@
 /// The `toptheta-thresholds` command line (inspect, convert and compare threshold files), as a
 /// function so that tests can run it in-process. `toptheta_thresholds.cpp` is its `main`.
 ///
-///     toptheta-thresholds info FILE [--sdc FILE] [--placement pre|post] [--layers N --heads N]
-///     toptheta-thresholds convert IN OUT --to native|reference [--sdc FILE] [--sdc-out FILE]
-///     toptheta-thresholds diff A B [--tolerance X] [--sdc-a FILE] [--sdc-b FILE]
+///     toptheta-thresholds info FILE [--k K] [--sdc FILE] [--placement pre|post] [--layers N --heads N]
+///     toptheta-thresholds convert IN OUT --to native|compact|reference [--k K] [--sdc FILE]
+///                                [--sdc-out FILE] [--buckets-per-octave B]
+///     toptheta-thresholds diff A B [--k K] [--tolerance X] [--sdc-a FILE] [--sdc-b FILE]
+///     toptheta-thresholds synth --layers N --heads N --context L --k K[,K...] --out FILE
+///
+/// Files with several tables (native version 2, one per k) need --k to pick one, except for
+/// `info`, which lists them and summarises the smallest k unless --k is given.
 ///
 /// Exit status: 0 success (also for `diff` of different files without --tolerance); 2 a usage or
 /// input error (bad option, missing / unreadable / malformed / incomplete input file, a table the
@@ -27,6 +32,7 @@
 #include <vector>
 
 #include "toptheta/io/threshold_file.hpp"
+#include "toptheta/threshold_fit.hpp"
 #include "toptheta/threshold_table.hpp"
 #include "toptheta/version.hpp"
 
@@ -60,6 +66,7 @@ struct InputOptions {
   Index heads = 0;
   std::string from = "auto";
   std::string missing_heads = "error";
+  Index k = 0;  // --k: the table of a file holding several
 };
 
 inline void add_input_options(CLI::App* sub, InputOptions* o) {
@@ -79,6 +86,9 @@ inline void add_input_options(CLI::App* sub, InputOptions* o) {
                   "(layer, head) pairs without thresholds that the file does not declare dense: "
                   "'error' (default) or 'dense' (declare them dense: they keep every score)")
       ->check(CLI::IsMember({"error", "dense"}));
+  sub->add_option("--k", o->k,
+                  "files holding several tables (native version 2): the table of this k")
+      ->check(CLI::PositiveNumber);
 }
 
 /// Loads `path` (with an optional authors' sdc.txt); returns the detected format in `*fmt`.
@@ -97,7 +107,42 @@ inline Status load(const std::string& path, const std::string& sdc, const InputO
   o.expected_heads = in.heads;
   (void)parse(in.from, o.format);
   o.sdc_path = sdc;
+  o.k = in.k;
   return load_thresholds(path, out, o, fmt);
+}
+
+/// A per-length view of a compact table for diff: theta and SDC terms at its knot lengths and at
+/// those of `other` (when compact too), so two compact tables, or a compact and a per-length one,
+/// compare at the same lengths. Per-length tables are returned as they are.
+inline ThresholdTable per_length_view(const ThresholdTable& t, const ThresholdTable& other) {
+  if (!t.is_compact() && !other.is_compact()) return t;
+  ThresholdTable v(t.num_layers(), t.num_heads());
+  for (Index l = 0; l < t.num_layers(); ++l) (void)v.set_k(l, t.k(l));
+  v.metadata() = t.metadata();
+  for (Index l = 0; l < t.num_layers(); ++l)
+    for (Index h = 0; h < t.num_heads(); ++h) {
+      if (t.is_dense(l, h)) {
+        (void)v.set_dense(l, h);
+        continue;
+      }
+      std::vector<Index> lens;
+      for (const ThresholdTable* x : {&t, &other}) {
+        if (l >= x->num_layers() || h >= x->num_heads()) continue;
+        for (const auto& k : x->curve(l, h).knots) lens.push_back(k.length);
+        for (const auto& e : x->entries(l, h)) lens.push_back(e.length);
+      }
+      std::sort(lens.begin(), lens.end());
+      lens.erase(std::unique(lens.begin(), lens.end()), lens.end());
+      for (Index L : lens) {
+        const ThresholdLookup r = t.lookup(l, h, L);
+        ThresholdEntry e;
+        e.length = L;
+        e.theta = r.theta;
+        e.sdc = r.sdc;
+        (void)v.set(l, h, e);
+      }
+    }
+  return v;
 }
 
 /// The warning for an authors' file whose placement was not given: the format does not store it.
@@ -119,9 +164,23 @@ inline void print_info(std::ostream& out, const std::string& path, ThresholdForm
   const bool native = fmt == ThresholdFormat::kNative;
   Index min_len = std::numeric_limits<Index>::max(), max_len = 0;
   std::size_t with_sdc = 0;
+  // Per (layer, head): (length, theta, has sdc) of every entry or knot.
+  const auto points = [&t](Index l, Index h) {
+    std::vector<ThresholdEntry> v;
+    if (!t.is_compact()) return t.entries(l, h);
+    for (const auto& k : t.curve(l, h).knots) {
+      ThresholdEntry e;
+      e.length = k.length;
+      e.theta = t.lookup(l, h, k.length).theta;
+      e.samples = k.samples;
+      e.sdc = k.sdc;
+      v.push_back(e);
+    }
+    return v;
+  };
   for (Index l = 0; l < t.num_layers(); ++l)
     for (Index h = 0; h < t.num_heads(); ++h)
-      for (const auto& e : t.entries(l, h)) {
+      for (const auto& e : points(l, h)) {
         min_len = std::min(min_len, e.length);
         max_len = std::max(max_len, e.length);
         with_sdc += e.has_sdc() ? 1 : 0;
@@ -130,8 +189,15 @@ inline void print_info(std::ostream& out, const std::string& path, ThresholdForm
     out << pad(std::string(key) + ":", 19, false) << v << "\n";
   };
   row("file", path);
-  row("format", native ? "native (version " + std::to_string(kNativeThresholdVersion) + ")"
+  row("format", native ? "native (version " +
+                             std::to_string(t.is_compact() ? kNativeThresholdVersion
+                                                           : kNativeThresholdVersionPerLength) +
+                             ")"
                        : std::string("reference (authors' th.txt)"));
+  row("form", t.is_compact() ? "compact (curves over " + std::to_string(md.buckets_per_octave) +
+                                   " length buckets per octave; theta extrapolated by the fit "
+                                   "outside the knots)"
+                             : std::string("per-length (nearest or linear lookup, clamped outside)"));
   row("placement", std::string(to_string(md.placement)) +
                        (native || placement_given ? ""
                                                   : " (assumed: the authors' format does not "
@@ -143,7 +209,7 @@ inline void print_info(std::ostream& out, const std::string& path, ThresholdForm
   };
   row("layers", std::to_string(t.num_layers()) + inferred(in.layers, "--layers"));
   row("heads", std::to_string(t.num_heads()) + inferred(in.heads, "--heads"));
-  row("entries", std::to_string(t.size()));
+  row(t.is_compact() ? "knots" : "entries", std::to_string(t.size()));
   const std::size_t pairs = std::size_t(t.num_layers()) * std::size_t(t.num_heads());
   const std::size_t n_dense = t.num_dense_heads(), n_empty = t.num_missing_heads();
   row("dense heads", n_dense == 0 ? std::string("none")
@@ -166,8 +232,8 @@ inline void print_info(std::ostream& out, const std::string& path, ThresholdForm
                    : with_sdc == t.size()   ? "all " + std::to_string(with_sdc) + " entries"
                                             : std::to_string(with_sdc) + " of " +
                                                   std::to_string(t.size()) + " entries");
-  out << "\ntheta per layer over all heads and lengths "
-         "(pN = element floor(N/100*(n-1)) of the sorted thetas)\n";
+  out << "\ntheta per layer over all heads and " << (t.is_compact() ? "knots" : "lengths")
+      << " (pN = element floor(N/100*(n-1)) of the sorted thetas)\n";
   out << pad("layer", 5) << pad("k", 8) << pad("entries", 9) << pad("lengths", 14);
   for (const char* p : {"p0", "p10", "p50", "p90", "p100"}) out << pad(p, 13);
   out << "\n";
@@ -175,7 +241,7 @@ inline void print_info(std::ostream& out, const std::string& path, ThresholdForm
     std::vector<double> th;
     Index lo = std::numeric_limits<Index>::max(), hi = 0;
     for (Index h = 0; h < t.num_heads(); ++h)
-      for (const auto& e : t.entries(l, h)) {
+      for (const auto& e : points(l, h)) {
         th.push_back(e.theta);
         lo = std::min(lo, e.length);
         hi = std::max(hi, e.length);
@@ -289,9 +355,11 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
   add_input_options(info, &info_in);
 
   std::string conv_in, conv_out, conv_to, conv_sdc, conv_sdc_out;
+  int conv_bpo = 2;
   InputOptions conv_opts;
   CLI::App* convert = app.add_subcommand(
-      "convert", "Convert between the native format and the authors' th.txt/sdc.txt");
+      "convert", "Convert between the native format and the authors' th.txt/sdc.txt, or to the "
+                 "compact form (native version 2)");
   convert->footer("Outputs are written atomically (temporary file + rename). The authors' format "
                   "keeps no placement, lambda, calibration rows, model, notes or dense heads: "
                   "converting post-softmax thresholds to it warns, and so does reading an "
@@ -301,7 +369,11 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
       ->required();
   convert->add_option("--to", conv_to, "output format")
       ->required()
-      ->check(CLI::IsMember({"native", "reference"}));
+      ->check(CLI::IsMember({"native", "compact", "reference"}));
+  convert->add_option("--buckets-per-octave", conv_bpo,
+                      "--to compact: length buckets per octave of the fitted curves")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 16));
   convert->add_option("--sdc", conv_sdc, "authors' sdc.txt to merge into the input");
   convert->add_option("--sdc-out", conv_sdc_out,
                       "--to reference: where to write sdc.txt when the table has SDC terms "
@@ -326,6 +398,21 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
       ->check(CLI::NonNegativeNumber);
   add_input_options(diff, &diff_in);
 
+  Index syn_layers = 0, syn_heads = 0, syn_context = 0;
+  std::string syn_k, syn_out;
+  int syn_bpo = 2;
+  CLI::App* synth = app.add_subcommand(
+      "synth", "Write a synthetic compact table (for size and load checks): smooth random "
+               "curves over every length bucket from k+1 to --context");
+  synth->add_option("--layers", syn_layers)->required()->check(CLI::Range(Index(1), kMaxThresholdLayers));
+  synth->add_option("--heads", syn_heads)->required()->check(CLI::Range(Index(1), kMaxThresholdHeads));
+  synth->add_option("--context", syn_context, "longest calibrated row length")
+      ->required()
+      ->check(CLI::Range(Index(2), Index(1) << 40));
+  synth->add_option("--k", syn_k, "budgets, e.g. 16,32,64")->required();
+  synth->add_option("--buckets-per-octave", syn_bpo)->capture_default_str()->check(CLI::Range(1, 16));
+  synth->add_option("--out", syn_out, "output file (native version 2)")->required();
+
   const auto one_line = [](std::string m) {
     std::replace(m.begin(), m.end(), '\n', ' ');
     return m;
@@ -345,9 +432,10 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
   };
 
   if (argc > 1 && argv[1][0] != '-' && std::string(argv[1]) != "info" &&
-      std::string(argv[1]) != "convert" && std::string(argv[1]) != "diff")
+      std::string(argv[1]) != "convert" && std::string(argv[1]) != "diff" &&
+      std::string(argv[1]) != "synth")
     return fail(std::string("unknown subcommand '") + argv[1] +
-                "' (expected info, convert or diff; see --help)");
+                "' (expected info, convert, diff or synth; see --help)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -366,8 +454,21 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
       // then reported as the error a strict load gives.
       ThresholdTable t;
       ThresholdFormat fmt = ThresholdFormat::kAuto;
+      // A file with several tables: list their k, summarise --k or the smallest.
+      std::string tables_line;
+      if (info_in.k == 0 && info_sdc.empty()) {
+        ThresholdSet set;
+        LoadOptions lo;
+        lo.missing_heads = MissingHeads::kKeepEmpty;
+        if (load_threshold_set(info_file, &set, lo).ok() && set.size() > 1) {
+          info_in.k = set.tables().front().nominal_k();
+          tables_line = std::to_string(set.size()) + " (k = " + set.ks_text() +
+                        "); this summary: k = " + std::to_string(info_in.k) + " (choose with --k)";
+        }
+      }
       const Status s = load(info_file, info_sdc, info_in, &t, &fmt, /*keep_empty=*/true);
       if (!s.ok()) return fail(s.message());
+      if (!tables_line.empty()) out << pad("tables:", 19, false) << tables_line << "\n";
       print_info(out, info_file, fmt, t, info_in);
       if (t.num_missing_heads() > 0) {
         ThresholdTable strict;
@@ -378,7 +479,8 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
     }
     if (convert->parsed()) {
       SaveOptions so;
-      (void)parse(conv_to, so.format);
+      const bool to_compact_form = conv_to == "compact";
+      if (!to_compact_form) (void)parse(conv_to, so.format);
       so.sdc_path = conv_sdc_out;
       if (so.format != ThresholdFormat::kReference && !conv_sdc_out.empty())
         return fail("--sdc-out applies only to --to reference");
@@ -388,14 +490,23 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
       if (!s.ok()) return fail(s.message());
       if (fmt == ThresholdFormat::kReference && conv_opts.placement.empty())
         warn(assumed_placement_warning(conv_in, t));
+      if (to_compact_form) {
+        CompactFitOptions fo;
+        fo.buckets_per_octave = conv_bpo;
+        ThresholdTable c;
+        s = to_compact(t, &c, fo);
+        if (!s.ok()) return fail(conv_in + ": " + s.message());
+        t = std::move(c);
+      }
       s = save_thresholds(conv_out, t, so);
       if (!s.ok()) return save_failed(s);
       if (so.format == ThresholdFormat::kReference && t.placement() == Placement::kPostSoftmax)
         warn(conv_out + ": the authors' format cannot store the placement; these are post-softmax "
              "thresholds, so load the file with --placement post "
              "(LoadOptions::expected_placement) or it will be read as pre-softmax");
-      out << "wrote " << conv_out << " (" << to_string(so.format) << ", " << t.size()
-          << " entries)";
+      out << "wrote " << conv_out << " (" << to_string(so.format)
+          << (t.is_compact() ? " version 2, " : ", ") << t.size()
+          << (t.is_compact() ? " knots)" : " entries)");
       bool any_sdc = false;
       for (Index l = 0; l < t.num_layers() && !any_sdc; ++l)
         for (Index h = 0; h < t.num_heads() && !any_sdc; ++h)
@@ -404,6 +515,79 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
         out << " and " << reference_sdc_path(conv_out, so);
       out << "\n";
       return kExitOk;
+    }
+    if (synth->parsed()) {
+      std::vector<Index> ks;
+      std::size_t start = 0;
+      while (start <= syn_k.size()) {
+        const std::size_t comma = syn_k.find(',', start);
+        const std::string item = syn_k.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+        char* e = nullptr;
+        const long long k = std::strtoll(item.c_str(), &e, 10);
+        if (item.empty() || *e != '\0' || k < 1 || k >= syn_context)
+          return fail("--k: '" + item + "' is not a budget in [1, --context)");
+        ks.push_back(Index(k));
+        if (comma == std::string::npos) break;
+        start = comma + 1;
+      }
+      ThresholdSet set;
+      CompactFitOptions fo;
+      fo.buckets_per_octave = syn_bpo;
+      std::uint64_t seed = 0x9E3779B97F4A7C15ull;
+      const auto rnd = [&seed] {  // SplitMix64 in [0, 1)
+        std::uint64_t z = (seed += 0x9E3779B97F4A7C15ull);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        return double((z ^ (z >> 31)) >> 11) * 0x1.0p-53;
+      };
+      for (Index k : ks) {
+        ThresholdTable t = ThresholdTable::compact(syn_layers, syn_heads);
+        for (Index l = 0; l < syn_layers; ++l) (void)t.set_k(l, k);
+        t.metadata().placement = Placement::kPostSoftmax;
+        t.metadata().lambda = 0.1;
+        t.metadata().buckets_per_octave = syn_bpo;
+        t.metadata().notes = "synthetic (toptheta-thresholds synth)";
+        const int last = length_bucket(syn_context, syn_bpo);
+        for (Index l = 0; l < syn_layers; ++l)
+          for (Index h = 0; h < syn_heads; ++h) {
+            // Bucket sums of rows with L * tau = a + b ln L + noise, one row per length.
+            std::vector<BucketStats> b(std::size_t(last) + 1);
+            const double a0 = 1.0 + 4.0 * rnd(), b0 = 0.5 * rnd();
+            for (int j = length_bucket(k + 1, syn_bpo); j <= last; ++j) {
+              Index lo = 0, hi = 0;
+              bucket_lengths(j, syn_bpo, &lo, &hi);
+              lo = std::max(lo, k + 1);
+              hi = std::min(hi, syn_context);
+              if (hi < lo) continue;
+              // Summarise the bucket's rows with a few representative points.
+              const Index n = hi - lo + 1;
+              for (int s = 0; s < 4; ++s) {
+                const double L = double(lo) + (double(n) - 1.0) * (s + 0.5) / 4.0;
+                const double x = std::log(L) - bucket_log_edge(j, syn_bpo);
+                b[std::size_t(j)].add(x, a0 + b0 * std::log(L) + 0.2 * (rnd() - 0.5), double(n) / 4.0);
+              }
+            }
+            (void)t.set_curve(l, h, fit_curve(b, true, 0.1, false, fo));
+          }
+        const Status st = set.add(std::move(t));
+        if (!st.ok()) return fail(st.message());
+      }
+      const Status s = save_threshold_set(syn_out, set);
+      if (!s.ok()) return save_failed(s);
+      ThresholdSet back;
+      const Status ls = load_threshold_set(syn_out, &back);
+      if (!ls.ok()) return fail(ls.message(), kExitRuntime);
+      bool same = back.size() == set.size();
+      for (std::size_t i = 0; same && i < set.size(); ++i)
+        same = thresholds_identical(set.tables()[i], back.tables()[i]);
+      std::string text;
+      (void)format_native_threshold_set(set, &text);
+      std::size_t knots = 0;
+      for (const auto& t : set.tables()) knots += t.size();
+      out << "wrote " << syn_out << ": " << syn_layers << " layers x " << syn_heads
+          << " heads, context " << syn_context << ", k " << syn_k << ": " << knots << " knots, "
+          << text.size() << " bytes; loads back " << (same ? "identical" : "DIFFERENT") << "\n";
+      return same ? kExitOk : kExitRuntime;
     }
     if (diff->parsed()) {
       ThresholdTable a, b;
@@ -416,7 +600,7 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
         if (fa == ThresholdFormat::kReference) warn(assumed_placement_warning(diff_a, a));
         if (fb == ThresholdFormat::kReference) warn(assumed_placement_warning(diff_b, b));
       }
-      const DiffResult r = compare(a, b);
+      const DiffResult r = compare(per_length_view(a, b), per_length_view(b, a));
       const auto row = [&](const char* key, const std::string& v) {
         out << pad(std::string(key) + ":", 21, false) << v << "\n";
       };

@@ -2,12 +2,12 @@
 /// \file calibration.hpp
 /// The calibration driver: Top-theta thresholds from sequences run through the model.
 ///
-/// - `calibration_pass`: one pass over the sequences in kCalibrate mode (prefill kernel), the
-///   calibrator observing each thresholded row; returns the finalized table.
-/// - `calibrate_thresholds_then_sdc`: the two-pass calibration (thresholds, then the offline SDC
-///   terms against those thresholds). It is the one place that sequences the two passes, so a
-///   library function doing the same can replace it.
-/// - `calibrate`: thresholds only, or both passes with `sdc_terms`.
+/// - `run_calibration_pass`: one pass over the sequences in kCalibrate mode (prefill kernel),
+///   the given calibrator observing each thresholded row;
+/// - `calibrate_all`: toptheta::calibrate_two_pass() (the library's two-pass helper: thresholds,
+///   then with `sdc_terms` the offline SDC terms) with the model as its row source; compact and
+///   (with CalibrationOptions::per_length) per-length tables, for every budget;
+/// - `calibrate`: the per-length table of a single budget (the earlier interface).
 
 #include <cstdint>
 #include <string>
@@ -19,15 +19,13 @@
 namespace llama2c {
 
 /// One calibration pass: every sequence runs through the forward pass in kCalibrate mode
-/// (prefill kernel) with a calibrator built from `copts` (num_layers/num_heads must be set);
-/// with TAC on, the output of each thresholded row is exact top-k_l with `output.options.sdc` /
-/// `.vmc` (later layers see sparsified activations). `progress` gets (offset + i + 1, total).
-inline Status calibration_pass(const Model& model, const std::vector<Sequence>& seqs,
-                               const toptheta::CalibrationOptions& copts,
-                               const AttentionSetup& output, toptheta::ThresholdTable* out,
-                               const ProgressFn& progress = nullptr, std::size_t offset = 0,
-                               std::size_t total = 0) {
-  toptheta::Calibrator cal(copts);
+/// (prefill kernel) with `cal`; with TAC on, the output of each thresholded row is exact top-k_l
+/// (k_l = cal.k(l), the smallest budget) with `output.options.sdc` / `.vmc` (later layers see
+/// sparsified activations). `progress` gets (offset + i + 1, total).
+inline Status run_calibration_pass(const Model& model, const std::vector<Sequence>& seqs,
+                                   toptheta::Calibrator& cal, const AttentionSetup& output,
+                                   const ProgressFn& progress = nullptr, std::size_t offset = 0,
+                                   std::size_t total = 0) {
   TOPTHETA_RETURN_IF_ERROR(cal.validate());
   AttentionSetup s = output;
   s.options.mode = toptheta::AttentionMode::kCalibrate;
@@ -42,7 +40,6 @@ inline Status calibration_pass(const Model& model, const std::vector<Sequence>& 
         runner.forward(seqs[i].data(), Index(seqs[i].size()), s, &logits, Kernel::kPrefill));
     if (progress) progress(offset + i + 1, total ? total : seqs.size());
   }
-  *out = cal.finalize();
   return {};
 }
 
@@ -62,64 +59,43 @@ inline Status require_rows(const toptheta::ThresholdTable& t) {
 
 }  // namespace detail
 
-/// Two-pass calibration: pass 1 calibrates the thresholds on `seqs`; pass 2 runs the same
-/// sequences again and accumulates the offline SDC terms C(l, h, L) against the thresholds of
-/// pass 1, which are stored in the returned table. `copts.num_layers/num_heads` are filled from
-/// the model; `copts.sdc_thresholds` is ignored.
-inline Status calibrate_thresholds_then_sdc(const Model& model, const std::vector<Sequence>& seqs,
-                                            toptheta::CalibrationOptions copts,
-                                            const AttentionSetup& output,
-                                            toptheta::ThresholdTable* out,
-                                            const ProgressFn& progress = nullptr) {
+/// Calibrates on `seqs` with toptheta::calibrate_two_pass(): compact tables for every budget
+/// (`copts.k_values`, or the single default_k / layer_k), per-length ones too when
+/// `copts.per_length` is on, the bucket report, and with `sdc_terms` the SDC terms (one more
+/// pass per form). `copts.num_layers/num_heads` are filled from the model.
+inline Status calibrate_all(const Model& model, const std::vector<Sequence>& seqs,
+                            toptheta::CalibrationOptions copts, bool sdc_terms,
+                            const AttentionSetup& output, toptheta::CalibrationResult* out,
+                            const ProgressFn& progress = nullptr) {
   if (seqs.empty()) return Status::invalid_argument("calibrate: no sequences");
   detail::fill_shape(model, &copts);
-  copts.sdc_thresholds = nullptr;
-  const std::size_t total = 2 * seqs.size();
-  toptheta::ThresholdTable table;
-  TOPTHETA_RETURN_IF_ERROR(calibration_pass(model, seqs, copts, output, &table, progress, 0, total));
-  TOPTHETA_RETURN_IF_ERROR(detail::require_rows(table));
-  toptheta::CalibrationOptions second = copts;
-  second.sdc_thresholds = &table;
-  toptheta::ThresholdTable t2;
-  TOPTHETA_RETURN_IF_ERROR(
-      calibration_pass(model, seqs, second, output, &t2, progress, seqs.size(), total));
-  // The second pass sees the same rows (its output does not depend on the thresholds), so its
-  // entries match the first pass one to one; take the SDC terms from it.
-  for (Index l = 0; l < table.num_layers(); ++l)
-    for (Index h = 0; h < table.num_heads(); ++h) {
-      const auto& e1 = table.entries(l, h);
-      const auto& e2 = t2.entries(l, h);
-      if (e1.size() != e2.size())
-        return Status::failed_precondition("SDC pass saw different rows than the threshold pass");
-      for (std::size_t i = 0; i < e1.size(); ++i) {
-        toptheta::ThresholdEntry e = e1[i];
-        if (e2[i].length != e.length)
-          return Status::failed_precondition(
-              "SDC pass saw different rows than the threshold pass");
-        e.sdc = e2[i].sdc;
-        TOPTHETA_RETURN_IF_ERROR(table.set(l, h, e));
-      }
-    }
-  TOPTHETA_RETURN_IF_ERROR(table.validate());
-  *out = std::move(table);
+  const std::size_t passes = sdc_terms ? (copts.per_length ? 3 : 2) : 1;
+  std::size_t done = 0;
+  const auto run = [&](toptheta::Calibrator& cal) -> Status {
+    const Status s = run_calibration_pass(model, seqs, cal, output, progress, done * seqs.size(),
+                                          passes * seqs.size());
+    ++done;
+    return s;
+  };
+  toptheta::CalibrationResult r;
+  TOPTHETA_RETURN_IF_ERROR(toptheta::calibrate_two_pass(copts, sdc_terms, run, &r));
+  *out = std::move(r);
   return {};
 }
 
-/// Calibrates thresholds on `seqs` (one `calibration_pass`); with `sdc_terms`, the two passes
-/// of `calibrate_thresholds_then_sdc`. `copts.num_layers/num_heads` are filled from the model.
+/// Calibrates the per-length thresholds of a single budget on `seqs` (with `sdc_terms`, their
+/// SDC terms from a second pass). `copts.num_layers/num_heads` are filled from the model.
 inline Status calibrate(const Model& model, const std::vector<Sequence>& seqs,
                         toptheta::CalibrationOptions copts, bool sdc_terms,
                         const AttentionSetup& output, toptheta::ThresholdTable* out,
                         const ProgressFn& progress = nullptr) {
-  if (sdc_terms) return calibrate_thresholds_then_sdc(model, seqs, copts, output, out, progress);
-  if (seqs.empty()) return Status::invalid_argument("calibrate: no sequences");
-  detail::fill_shape(model, &copts);
-  copts.sdc_thresholds = nullptr;
-  toptheta::ThresholdTable table;
-  TOPTHETA_RETURN_IF_ERROR(calibration_pass(model, seqs, copts, output, &table, progress));
-  TOPTHETA_RETURN_IF_ERROR(detail::require_rows(table));
-  TOPTHETA_RETURN_IF_ERROR(table.validate());
-  *out = std::move(table);
+  copts.per_length = true;
+  copts.k_values.clear();
+  toptheta::CalibrationResult r;
+  TOPTHETA_RETURN_IF_ERROR(calibrate_all(model, seqs, copts, sdc_terms, output, &r, progress));
+  toptheta::ThresholdTable t = r.per_length.tables().front();
+  TOPTHETA_RETURN_IF_ERROR(detail::require_rows(t));
+  *out = std::move(t);
   return {};
 }
 

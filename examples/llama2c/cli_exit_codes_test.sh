@@ -75,8 +75,10 @@ expect 2 "garbage.thr" "$BIN" eval --model "$TINY" --sample-sequences 1 --seq-le
   --thresholds "$WORK/garbage.thr"
 expect 2 "layers" "$BIN" eval --model "$MIN" --sample-sequences 1 --seq-len 4 \
   --attention toptheta --thresholds "$WORK/tiny.thr"  # table of 2 layers x 2 heads, model 1 x 1
+expect 2 "no table for k = 4 (the file holds k = 2)" "$BIN" eval --model "$TINY" --sample-sequences 1 \
+  --seq-len 8 --attention toptheta --thresholds "$WORK/tiny.thr" --k 4
 expect 2 "was calibrated with k = 2" "$BIN" eval --model "$TINY" --sample-sequences 1 --seq-len 8 \
-  --attention toptheta --thresholds "$WORK/tiny.thr" --k 4
+  --attention toptheta --thresholds "$WORK/tiny.thr" --layer-k 1:3
 expect 2 "layer 5 outside [0, 2)" "$BIN" eval --model "$TINY" --sample-sequences 1 --seq-len 8 \
   --attention topk --layer-k 5:4
 expect 2 "--seq-len 64 outside [2, 32]" "$BIN" eval --model "$TINY" --sample-sequences 1 \

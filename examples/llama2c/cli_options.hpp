@@ -9,6 +9,7 @@
 #include <toptheta/toptheta.hpp>
 
 #include <cstdint>
+#include <algorithm>
 #include <cstdlib>
 #include <optional>
 #include <string>
@@ -104,6 +105,10 @@ struct GenerateOptions {
   std::string model;
   std::string tokenizer;
   std::string prompt;
+  std::string prompt_tokens;  ///< --prompt-tokens: a token file whose first line is the prompt
+  int prompt_length = 0;      ///< --prompt-length: keep the first N prompt tokens (0: all)
+  bool compare_dense = false;  ///< --compare-dense: run dense first, then the attention asked
+  bool no_stop = false;        ///< --no-stop: do not stop at BOS/EOS
   int steps = 256;
   double temperature = 1.0;
   std::uint64_t seed = 42;
@@ -113,7 +118,13 @@ struct GenerateOptions {
 struct CalibrateOptions {
   std::string model;
   SequenceOptions sequences;
-  Index k = 16;
+  Index k = 16;               ///< the smallest of ks
+  std::vector<Index> ks;      ///< --k K or --k K1,K2,...: one table per k
+  std::string form;              ///< --form compact|per-length; empty: compact, or per-length for --format reference
+  std::string per_length_out;    ///< --per-length-out: also the per-length tables ({k} in the name)
+  int buckets_per_octave = 2;
+  std::uint64_t min_bucket_samples = 32;
+  std::string report;            ///< --report: JSON of the bucket sample counts
   LayerBudgets layer_k;
   toptheta::Placement placement = toptheta::Placement::kPostSoftmax;
   double sigma = 0.1;
@@ -131,6 +142,34 @@ struct EvalOptions {
   AttentionFlags attention;
   bool json = false;
 };
+
+struct EvalGridOptions {
+  std::string model;
+  SequenceOptions sequences;
+  std::string grid;              ///< lines "name attention-flags..."
+  std::vector<Index> length_edges;  ///< --length-edges: kept per row by row-length bucket
+  int threads = 1;
+};
+
+/// Parses "16" or "16,32,64" (each >= 1, distinct); returns an error message, empty on success.
+inline std::string parse_k_list(const std::string& spec, std::vector<Index>* out) {
+  std::vector<Index> v;
+  std::size_t start = 0;
+  while (start <= spec.size()) {
+    const std::size_t comma = spec.find(',', start);
+    const std::string item = spec.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    char* e = nullptr;
+    const long k = std::strtol(item.c_str(), &e, 10);
+    if (item.empty() || *e != '\0' || k < 1) return "'" + item + "' is not a budget k >= 1";
+    for (Index x : v)
+      if (x == k) return "k = " + item + " given twice";
+    v.push_back(Index(k));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  *out = std::move(v);
+  return {};
+}
 
 namespace cli {
 
@@ -261,8 +300,20 @@ inline CLI::App* add_generate(CLI::App* app, GenerateOptions* o) {
   gen->add_option("--tokenizer", o->tokenizer, "llama2.c tokenizer (.bin), e.g. tok512.bin")
       ->required()
       ->check(CLI::ExistingFile);
-  gen->add_option("--prompt", o->prompt,
-                  "Text to continue (BOS is prepended); empty: start from BOS");
+  auto* pr = gen->add_option("--prompt", o->prompt,
+                             "Text to continue (BOS is prepended); empty: start from BOS");
+  auto* pt = gen->add_option("--prompt-tokens", o->prompt_tokens,
+                             "Instead of --prompt: the first line of this token file (ids, BOS "
+                             "first) is the prompt")
+                 ->check(CLI::ExistingFile);
+  pr->excludes(pt);
+  gen->add_option("--prompt-length", o->prompt_length,
+                  "Keep only the first N tokens of the prompt (0: all)")
+      ->check(CLI::NonNegativeNumber);
+  gen->add_flag("--compare-dense", o->compare_dense,
+                "Generate twice from the same prompt and seed: dense attention first, then the "
+                "attention asked; prints the decode speed and attention share of both");
+  gen->add_flag("--no-stop", o->no_stop, "Do not stop at BOS/EOS (only --steps or the context)");
   gen->add_option("--steps", o->steps,
                   "Maximum number of new tokens (generation also stops at a story boundary, "
                   "BOS/EOS, or at the model's context)")
@@ -283,9 +334,40 @@ inline CLI::App* add_calibrate(CLI::App* app, CalibrateOptions* o) {
       "Calibrate Top-theta thresholds theta(layer, head, L) on sequences and save them");
   add_model(cal, &o->model);
   add_sequences(cal, &o->sequences);
-  cal->add_option("--k", o->k, "Budget k: theta is set so that about k elements of a row pass")
+  cal->add_option_function<std::string>(
+         "--k",
+         [o](const std::string& s) {
+           (void)parse_k_list(s, &o->ks);
+           o->k = *std::min_element(o->ks.begin(), o->ks.end());
+         },
+         "Budget k: theta is set so that about k elements of a row pass. Several, e.g. "
+         "16,32,64,128,256: one table per k from one pass (compact form; TAC outputs top-k at the "
+         "smallest), the k is chosen at load time")
       ->required()
+      ->check(CLI::Validator(
+          [](std::string& s) {
+            std::vector<Index> v;
+            return parse_k_list(s, &v);
+          },
+          "K[,K...]"));
+  cal->add_option("--form", o->form,
+                  "compact: theta(L) as a curve over log-spaced length buckets (native format "
+                  "version 2, several k per file); per-length: one theta per calibrated length "
+                  "(version 1, one k). Default: compact, per-length with --format reference")
+      ->check(CLI::IsMember({"compact", "per-length"}));
+  cal->add_option("--per-length-out", o->per_length_out,
+                  "Also write the per-length tables of the same pass; with several k the name "
+                  "must contain {k}, replaced by each k");
+  cal->add_option("--buckets-per-octave", o->buckets_per_octave,
+                  "Compact form: length buckets per octave")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 16));
+  cal->add_option("--min-bucket-samples", o->min_bucket_samples,
+                  "Compact form: buckets with fewer rows get no knot of their own (warned)")
+      ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  cal->add_option("--report", o->report,
+                  "Write the per-(k, layer, head, bucket) sample counts as JSON to this file");
   add_layer_k(cal, &o->layer_k,
               "Per-layer budgets overriding --k, e.g. 0:64,1:64 (paper style: layers 0 and 1 "
               "keep a larger k)");
@@ -337,6 +419,40 @@ inline CLI::App* add_eval(CLI::App* app, EvalOptions* o) {
                "Print one JSON object on stdout with the keys perplexity, dense_perplexity, "
                "kl_mean, top1_agreement, attention_kept_fraction, vrows_read_fraction, "
                "kept_per_row_mean, empty_row_fraction, per_layer");
+  return ev;
+}
+
+/// `eval-grid`: several attention setups against one dense pass.
+inline CLI::App* add_eval_grid(CLI::App* app, EvalGridOptions* o) {
+  auto* ev = app->add_subcommand(
+      "eval-grid",
+      "Teacher-forced evaluation of several attention setups on the same sequences, sharing one "
+      "dense pass per sequence; prints one JSON object per setup (the keys of eval --json, plus "
+      "name and, with --length-edges, by_length)");
+  add_model(ev, &o->model);
+  add_sequences(ev, &o->sequences);
+  ev->add_option("--grid", o->grid,
+                 "File of setups, one per line: a name, then eval's attention flags (e.g. "
+                 "'post64 --attention toptheta --thresholds t.toptheta --k 64 --vmc'); '#' lines "
+                 "are comments")
+      ->required()
+      ->check(CLI::ExistingFile);
+  ev->add_option_function<std::string>(
+        "--length-edges",
+        [o](const std::string& s) { (void)parse_k_list(s, &o->length_edges); },
+        "Ascending row lengths e1,e2,...: also report kept per thresholded row for the rows with "
+        "length in (e_i-1, e_i]")
+      ->check(CLI::Validator(
+          [](std::string& s) {
+            std::vector<Index> v;
+            std::string e = parse_k_list(s, &v);
+            if (e.empty() && !std::is_sorted(v.begin(), v.end())) e = "edges must ascend";
+            return e;
+          },
+          "E1,E2,..."));
+  ev->add_option("--threads", o->threads, "Threads of the attention kernels (0 = OpenMP default)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   return ev;
 }
 

@@ -18,6 +18,8 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <fstream>
+#include <memory>
 #include <cstdio>
 #include <iostream>
 #include <string>
@@ -191,6 +193,9 @@ inline CommandStatus make_attention(const AttentionFlags& f, const Model& model,
     lo.expected_layers = c.n_layers;
     lo.expected_heads = c.n_heads;
     lo.sdc_path = f.sdc_file;
+    // --k picks the table of a file holding several (native version 2); --layer-k alone
+    // picks the table whose smallest budget is the smallest of the resolved budgets.
+    if (f.k_given) lo.k = f.k;
     LLAMA2C_TRY(CommandStatus::input(toptheta::load_thresholds(f.thresholds, table, lo)));
     if (!f.sdc_file.empty() && !table->has_sdc())
       return CommandStatus::input(
@@ -245,7 +250,8 @@ inline nlohmann::json stats_json(const toptheta::AttentionStats& s) {
 
 // ---------------------------------------------------------------------------------------------
 
-/// `generate`: encodes the prompt, generates, prints the text and the attention statistics.
+/// `generate`: encodes the prompt, generates, prints the text, the attention statistics and the
+/// decode speed (with --compare-dense: dense first, same prompt and seed).
 inline CommandStatus run_generate(const GenerateOptions& o) {
   Model model;
   LLAMA2C_TRY(cmd::load_model(o.model, &model));
@@ -255,36 +261,89 @@ inline CommandStatus run_generate(const GenerateOptions& o) {
   toptheta::ThresholdTable table;
   AttentionSetup setup;
   LLAMA2C_TRY(cmd::make_attention(o.attention, model, &table, &setup));
-  const Sequence in = tok.encode(o.prompt, /*bos=*/true);
+  Sequence in;
+  if (!o.prompt_tokens.empty()) {
+    std::vector<Sequence> seqs;
+    LLAMA2C_TRY(CommandStatus::input(read_token_file(o.prompt_tokens, c.vocab_size, c.seq_len, &seqs)));
+    if (seqs.empty()) return CommandStatus::input("--prompt-tokens: no sequence in the file");
+    in = seqs.front();
+  } else {
+    in = tok.encode(o.prompt, /*bos=*/true);
+  }
+  if (o.prompt_length > 0 && Index(in.size()) > o.prompt_length) in.resize(std::size_t(o.prompt_length));
   if (Index(in.size()) > c.seq_len)
     return CommandStatus::input("--prompt: " + std::to_string(in.size()) +
                                 " tokens (BOS included) exceed the model's context of " +
                                 std::to_string(c.seq_len));
-  std::vector<toptheta::AttentionStats> stats(std::size_t(c.n_layers));
-  setup.layer_stats = &stats;
-  Sequence out;
-  LLAMA2C_TRY(CommandStatus::runtime(
-      generate(model, in, o.steps, float(o.temperature), o.seed, setup, &out), "generation"));
-  std::cout << tok.decode(out) << "\n\n";
-  toptheta::AttentionStats total;
-  for (const auto& s : stats) total.merge(s);
-  std::cout.flush();
-  std::printf("attention: %s\n", cmd::describe(model, setup).c_str());
-  std::printf("tokens: %zu (prompt %zu)\n", out.size(), in.size());
-  std::printf("attention elements kept: %.2f%%\n", 100.0 * total.kept_fraction());
-  std::printf("V rows read:             %.2f%%\n", 100.0 * total.vrows_fraction());
+  struct Run {
+    std::string label;
+    AttentionSetup setup;
+  };
+  std::vector<Run> runs;
+  if (o.compare_dense) runs.push_back({"dense", AttentionSetup::dense(o.attention.threads)});
+  runs.push_back({toptheta::to_string(setup.options.mode), setup});
+  for (Run& run : runs) {
+    std::vector<toptheta::AttentionStats> stats(std::size_t(c.n_layers));
+    run.setup.layer_stats = &stats;
+    Sequence out;
+    GenerationTiming timing;
+    LLAMA2C_TRY(CommandStatus::runtime(generate(model, in, o.steps, float(o.temperature), o.seed,
+                                                run.setup, &out, !o.no_stop, &timing),
+                                       "generation"));
+    if (runs.size() > 1) std::cout << "=== " << run.label << " ===\n";
+    std::cout << tok.decode(Sequence(out.begin() + std::ptrdiff_t(in.size() > 1 && !o.prompt_tokens.empty() ? in.size() : 0), out.end())) << "\n\n";
+    toptheta::AttentionStats total;
+    for (const auto& s : stats) total.merge(s);
+    std::cout.flush();
+    std::printf("attention: %s\n", cmd::describe(model, run.setup).c_str());
+    std::printf("tokens: %zu (prompt %zu)\n", out.size(), in.size());
+    std::printf("attention elements kept: %.2f%%\n", 100.0 * total.kept_fraction());
+    std::printf("V rows read:             %.2f%%\n", 100.0 * total.vrows_fraction());
+    if (timing.decode_tokens > 0)
+      std::printf("decode: %d tokens in %.3f s = %.2f tokens/s; attention %.1f%% of the step time "
+                  "(%.2f ms of %.2f ms per token); prefill %.3f s\n",
+                  timing.decode_tokens, timing.decode_seconds,
+                  double(timing.decode_tokens) / timing.decode_seconds,
+                  100.0 * timing.decode_attention_seconds / timing.decode_seconds,
+                  1e3 * timing.decode_attention_seconds / timing.decode_tokens,
+                  1e3 * timing.decode_seconds / timing.decode_tokens, timing.prefill_seconds);
+  }
   return cmd::flush_stdout();
 }
 
-/// `calibrate`: thresholds (and with --sdc-terms the SDC terms, calibrate_thresholds_then_sdc)
-/// saved to --out.
+namespace cmd {
+inline std::string replace_k(std::string pattern, Index k) {
+  const std::size_t p = pattern.find("{k}");
+  if (p != std::string::npos) pattern.replace(p, 3, std::to_string(k));
+  return pattern;
+}
+}  // namespace cmd
+
+/// `calibrate`: thresholds (and with --sdc-terms the SDC terms) for one or several k, through
+/// toptheta::calibrate_two_pass(); compact tables (version 2, all k in one file) or per-length
+/// tables (version 1, one k); bucket warnings on stderr.
 inline CommandStatus run_calibrate(const CalibrateOptions& o) {
   Model model;
   LLAMA2C_TRY(cmd::load_model(o.model, &model));
   const Config& c = model.config();
   toptheta::CalibrationOptions co;
-  co.default_k = o.k;
+  const std::vector<Index> ks = o.ks.empty() ? std::vector<Index>{o.k} : o.ks;
+  co.default_k = ks.front();
   std::string err;
+  const bool per_length_form =
+      o.form == "per-length" || (o.form.empty() && o.format == toptheta::ThresholdFormat::kReference);
+  if (ks.size() > 1) {
+    if (!o.layer_k.empty()) return CommandStatus::input("--layer-k needs a single --k");
+    if (per_length_form || o.format == toptheta::ThresholdFormat::kReference)
+      return CommandStatus::input(
+          "several --k need --form compact in the native format (one file holds every k); "
+          "per-length tables hold one k: use --per-length-out with {k} for them");
+    if (!o.per_length_out.empty() && o.per_length_out.find("{k}") == std::string::npos)
+      return CommandStatus::input("--per-length-out: with several --k the name needs {k}");
+    co.k_values = ks;
+  }
+  if (!per_length_form && o.format == toptheta::ThresholdFormat::kReference)
+    return CommandStatus::input("--format reference holds per-length tables: add --form per-length");
   if (!o.layer_k.empty() && !o.layer_k.resolve(c.n_layers, o.k, &co.layer_k, &err))
     return CommandStatus::input(err);
   co.placement = o.placement;
@@ -295,6 +354,9 @@ inline CommandStatus run_calibrate(const CalibrateOptions& o) {
   co.model_id = o.model.substr(o.model.find_last_of('/') + 1);
   co.num_layers = c.n_layers;
   co.num_heads = c.n_heads;
+  co.per_length = per_length_form || !o.per_length_out.empty();
+  co.compact.buckets_per_octave = o.buckets_per_octave;
+  co.compact.min_bucket_samples = o.min_bucket_samples;
   LLAMA2C_TRY(CommandStatus::input(toptheta::Calibrator(co).validate(), "calibration options"));
   std::vector<Sequence> seqs;
   LLAMA2C_TRY(cmd::load_sequences(o.sequences, model, o.threads, &seqs));
@@ -303,36 +365,73 @@ inline CommandStatus run_calibrate(const CalibrateOptions& o) {
     longest = std::max(longest, s.size());
     tokens += s.size();
   }
-  const std::vector<Index> ks =
+  const std::vector<Index> layer_ks =
       co.layer_k.empty() ? std::vector<Index>(std::size_t(c.n_layers), o.k) : co.layer_k;
-  const Index min_k = *std::min_element(ks.begin(), ks.end());
-  if (Index(longest) <= min_k)
+  const Index min_k = *std::min_element(layer_ks.begin(), layer_ks.end());
+  const Index max_k = *std::max_element(ks.begin(), ks.end());
+  if (Index(longest) <= std::max(min_k, max_k))
     return CommandStatus::input("the longest sequence has " + std::to_string(longest) +
-                                " tokens, not more than k = " + std::to_string(min_k) +
+                                " tokens, not more than k = " + std::to_string(std::max(min_k, max_k)) +
                                 ": calibration needs rows longer than k (longer sequences or a "
                                 "smaller k)");
   AttentionSetup output;  // TAC output: plain top-k (no SDC, no VMC)
   output.options.threads = o.threads;
-  toptheta::ThresholdTable table;
+  toptheta::CalibrationResult result;
   {
     cmd::ProgressBar bar("calibrating");
-    const toptheta::Status s = calibrate(model, seqs, co, o.sdc_terms, output, &table, bar.fn());
+    const toptheta::Status s = calibrate_all(model, seqs, co, o.sdc_terms, output, &result, bar.fn());
     // kFailedPrecondition: the inputs (sequences, k, --sample-fraction) gave no row to calibrate.
     if (s.code() == toptheta::StatusCode::kFailedPrecondition)
       return CommandStatus::input(s, "calibration");
     LLAMA2C_TRY(CommandStatus::runtime(s, "calibration"));
   }
-  toptheta::SaveOptions so;
-  so.format = o.format;
-  LLAMA2C_TRY(CommandStatus::runtime(toptheta::save_thresholds(o.out, table, so), "--out"));
+  const std::vector<std::string> warnings = result.report.warnings();
+  for (const std::string& w : warnings) std::fprintf(stderr, "warning: sparse length bucket: %s\n", w.c_str());
+  std::size_t entries = 0;
+  if (per_length_form) {
+    const toptheta::ThresholdTable& t = result.per_length.tables().front();
+    toptheta::SaveOptions so;
+    so.format = o.format;
+    LLAMA2C_TRY(CommandStatus::runtime(toptheta::save_thresholds(o.out, t, so), "--out"));
+    entries = t.size();
+  } else {
+    LLAMA2C_TRY(CommandStatus::runtime(toptheta::save_threshold_set(o.out, result.compact), "--out"));
+    for (const auto& t : result.compact.tables()) entries += t.size();
+  }
+  if (!o.per_length_out.empty() && !per_length_form)
+    for (const auto& t : result.per_length.tables())
+      LLAMA2C_TRY(CommandStatus::runtime(
+          toptheta::save_thresholds(cmd::replace_k(o.per_length_out, t.nominal_k()), t),
+          "--per-length-out"));
+  if (!o.report.empty()) {
+    nlohmann::json j;
+    const auto& r = result.report;
+    j["buckets_per_octave"] = r.buckets_per_octave;
+    j["min_bucket_samples"] = r.min_bucket_samples;
+    j["layers"] = r.num_layers;
+    j["heads"] = r.num_heads;
+    j["ks"] = r.ks;
+    j["counts"] = r.counts;
+    j["warnings"] = warnings;
+    nlohmann::json sum = nlohmann::json::array();
+    for (std::size_t t = 0; t < r.ks.size(); ++t)
+      for (const auto& b : r.summary(t))
+        sum.push_back({{"k", r.ks[t]}, {"length_lo", b.length_lo}, {"length_hi", b.length_hi},
+                       {"min_samples", b.min_samples}, {"max_samples", b.max_samples}});
+    j["buckets"] = sum;
+    std::ofstream f(o.report);
+    f << j.dump() << "\n";
+    if (!f) return CommandStatus::runtime("--report: cannot write '" + o.report + "'");
+  }
   std::printf(
-      "calibrated %s-softmax thresholds on %zu sequences (%zu tokens), k per layer %s, "
-      "sigma %g, TAC %s%s\n",
-      toptheta::to_string(o.placement), seqs.size(), tokens, cmd::join(ks).c_str(), o.sigma,
+      "calibrated %s-softmax thresholds on %zu sequences (%zu tokens), k %s, sigma %g, TAC %s%s\n",
+      toptheta::to_string(o.placement), seqs.size(), tokens,
+      ks.size() > 1 ? cmd::join(ks).c_str() : ("per layer " + cmd::join(layer_ks)).c_str(), o.sigma,
       o.tac ? "on" : "off", o.sdc_terms ? ", with SDC terms" : "");
-  std::printf("%zu entries from %llu rows written to %s (%s format)\n", table.size(),
-              static_cast<unsigned long long>(table.metadata().calibration_rows), o.out.c_str(),
-              toptheta::to_string(o.format));
+  std::printf("%zu %s written to %s (%s format, %s)%s\n", entries,
+              per_length_form ? "entries" : "knots", o.out.c_str(), toptheta::to_string(o.format),
+              per_length_form ? "per-length" : "compact",
+              warnings.empty() ? "" : "; see the warnings about sparse length buckets");
   return cmd::flush_stdout();
 }
 
@@ -393,6 +492,80 @@ inline CommandStatus run_eval(const EvalOptions& o) {
                 static_cast<long long>(r.layer_k[l]), 100.0 * s.kept_fraction(),
                 100.0 * s.vrows_fraction(), s.kept_per_thresholded_row(),
                 100.0 * s.empty_row_fraction());
+  }
+  return cmd::flush_stdout();
+}
+
+/// `eval-grid`: every setup of the grid file against one shared dense pass; one JSON line each.
+inline CommandStatus run_eval_grid(const EvalGridOptions& o) {
+  Model model;
+  LLAMA2C_TRY(cmd::load_model(o.model, &model));
+  std::ifstream in(o.grid);
+  if (!in) return CommandStatus::input("--grid: cannot read '" + o.grid + "'");
+  std::vector<std::string> names;
+  std::vector<AttentionSetup> setups;
+  std::vector<std::unique_ptr<toptheta::ThresholdTable>> tables;
+  std::string line;
+  int ln = 0;
+  while (std::getline(in, line)) {
+    ++ln;
+    const std::size_t p = line.find_first_not_of(" \t");
+    if (p == std::string::npos || line[p] == '#') continue;
+    const std::size_t e = line.find_first_of(" \t", p);
+    const std::string name = line.substr(p, e == std::string::npos ? std::string::npos : e - p);
+    const std::string rest = e == std::string::npos ? std::string() : line.substr(e);
+    CLI::App app{"grid line"};
+    AttentionFlags f;
+    cli::add_attention(&app, &f, /*attention_required=*/true);
+    try {
+      app.parse(rest, false);
+    } catch (const CLI::ParseError& x) {
+      return CommandStatus::input("--grid " + o.grid + ":" + std::to_string(ln) + ": " + x.what());
+    }
+    f.threads = o.threads;
+    tables.push_back(std::make_unique<toptheta::ThresholdTable>());
+    AttentionSetup s;
+    LLAMA2C_TRY(CommandStatus::input(
+        [&] {
+          const CommandStatus cs = cmd::make_attention(f, model, tables.back().get(), &s);
+          return cs.ok() ? toptheta::Status() : toptheta::Status::invalid_argument(cs.message());
+        }(),
+        "--grid " + o.grid + ":" + std::to_string(ln)));
+    s.length_edges = o.length_edges;
+    names.push_back(name);
+    setups.push_back(std::move(s));
+  }
+  if (setups.empty()) return CommandStatus::input("--grid: no setups in '" + o.grid + "'");
+  std::vector<Sequence> seqs;
+  LLAMA2C_TRY(cmd::load_sequences(o.sequences, model, o.threads, &seqs));
+  std::vector<EvalResult> res;
+  {
+    cmd::ProgressBar bar("evaluating ");
+    LLAMA2C_TRY(CommandStatus::runtime(evaluate_many(model, seqs, setups, &res, bar.fn()), "evaluation"));
+  }
+  for (std::size_t v = 0; v < res.size(); ++v) {
+    const EvalResult& r = res[v];
+    nlohmann::json j = cmd::stats_json(r.total);
+    j["name"] = names[v];
+    j["perplexity"] = r.perplexity;
+    j["dense_perplexity"] = r.dense_perplexity;
+    j["kl_mean"] = r.kl_mean;
+    j["top1_agreement"] = r.top1_agreement;
+    j["predictions"] = r.predictions;
+    j["sequences"] = seqs.size();
+    j["layer_k"] = r.layer_k;
+    if (!r.by_length.empty()) {
+      nlohmann::json b = nlohmann::json::array();
+      for (std::size_t i = 0; i < r.by_length.size(); ++i) {
+        nlohmann::json e = cmd::stats_json(r.by_length[i]);
+        e["length_lo"] = i == 0 ? 1 : o.length_edges[i - 1] + 1;
+        e["length_hi"] = i < o.length_edges.size() ? o.length_edges[i] : 0;
+        e["thresholded_rows"] = r.by_length[i].thresholded_rows;
+        b.push_back(e);
+      }
+      j["by_length"] = b;
+    }
+    std::cout << j.dump() << "\n";
   }
   return cmd::flush_stdout();
 }

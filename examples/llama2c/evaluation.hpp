@@ -27,6 +27,8 @@ struct EvalResult {
   toptheta::AttentionStats total;  ///< sparse model, all layers
   std::vector<toptheta::AttentionStats> per_layer;
   std::vector<Index> layer_k;  ///< the budget used per layer (0: dense)
+  /// With AttentionSetup::length_edges: statistics by row-length bucket (all layers).
+  std::vector<toptheta::AttentionStats> by_length;
 };
 
 namespace detail {
@@ -66,6 +68,89 @@ inline std::vector<Index> layer_budgets(const Model& model, const AttentionSetup
     }
   }
   return k;
+}
+
+/// Teacher-forced evaluation of every setup of `sparse` against dense attention on `seqs`
+/// (prefill kernel, one call per layer and sequence, or one per length bucket with
+/// `length_edges`): the dense pass runs once per sequence and is shared. Each setup's
+/// `layer_stats` / `length_stats` are ignored (the results carry them).
+inline Status evaluate_many(const Model& model, const std::vector<Sequence>& seqs,
+                            const std::vector<AttentionSetup>& sparse, std::vector<EvalResult>* out,
+                            const ProgressFn& progress = nullptr) {
+  const Config& c = model.config();
+  if (seqs.empty()) return Status::invalid_argument("evaluate: no sequences");
+  if (sparse.empty()) return Status::invalid_argument("evaluate: no setups");
+  const std::size_t ns = sparse.size();
+  std::vector<EvalResult> res(ns);
+  std::vector<AttentionSetup> setups = sparse;
+  for (std::size_t v = 0; v < ns; ++v) {
+    res[v].per_layer.assign(std::size_t(c.n_layers), toptheta::AttentionStats());
+    res[v].layer_k = layer_budgets(model, sparse[v]);
+    setups[v].layer_stats = &res[v].per_layer;
+    if (!setups[v].length_edges.empty()) {
+      res[v].by_length.assign(setups[v].length_edges.size() + 1, toptheta::AttentionStats());
+      setups[v].length_stats = &res[v].by_length;
+    } else {
+      setups[v].length_stats = nullptr;
+    }
+  }
+  const AttentionSetup dense = AttentionSetup::dense(sparse.front().options.threads);
+  Runner runner(model);
+  std::vector<float> ld, ls;
+  std::vector<double> pd, ps;
+  std::vector<double> nll_s(ns, 0.0), kl(ns, 0.0);
+  std::vector<std::uint64_t> agree(ns, 0);
+  double nll_d = 0;
+  std::uint64_t n = 0;
+  const int V = c.vocab_size;
+  for (std::size_t i = 0; i < seqs.size(); ++i) {
+    const Sequence& q = seqs[i];
+    if (q.size() < 2)
+      return Status::invalid_argument("evaluate: sequence " + std::to_string(i) +
+                                      " has fewer than 2 tokens");
+    runner.reset();
+    TOPTHETA_RETURN_IF_ERROR(
+        runner.forward(q.data(), Index(q.size()), dense, &ld, Kernel::kPrefill));
+    // Dense log-probabilities once per sequence.
+    const std::size_t P = q.size() - 1;
+    std::vector<double> dlp(P * std::size_t(V));
+    std::vector<int> dargmax(P);
+    for (std::size_t t = 0; t < P; ++t) {
+      const float* a = ld.data() + t * std::size_t(V);
+      detail::log_softmax(a, V, &pd);
+      std::copy(pd.begin(), pd.end(), dlp.begin() + std::ptrdiff_t(t * std::size_t(V)));
+      dargmax[t] = argmax(a, V);
+      nll_d -= pd[std::size_t(q[t + 1])];
+    }
+    n += P;
+    for (std::size_t v = 0; v < ns; ++v) {
+      runner.reset();
+      TOPTHETA_RETURN_IF_ERROR(
+          runner.forward(q.data(), Index(q.size()), setups[v], &ls, Kernel::kPrefill));
+      for (std::size_t t = 0; t < P; ++t) {
+        const float* b = ls.data() + t * std::size_t(V);
+        detail::log_softmax(b, V, &ps);
+        const double* d = dlp.data() + t * std::size_t(V);
+        nll_s[v] -= ps[std::size_t(q[t + 1])];
+        double k = 0.0;
+        for (int j = 0; j < V; ++j) k += std::exp(d[j]) * (d[j] - ps[std::size_t(j)]);
+        kl[v] += std::max(k, 0.0);
+        agree[v] += dargmax[t] == argmax(b, V);
+      }
+      if (progress) progress(i * ns + v + 1, seqs.size() * ns);
+    }
+  }
+  for (std::size_t v = 0; v < ns; ++v) {
+    EvalResult& r = res[v];
+    r.predictions = n;
+    r.dense_perplexity = std::exp(nll_d / double(n));
+    r.perplexity = std::exp(nll_s[v] / double(n));
+    r.kl_mean = kl[v] / double(n);
+    r.top1_agreement = double(agree[v]) / double(n);
+    for (const auto& st : r.per_layer) r.total.merge(st);
+  }
+  *out = std::move(res);
+  return {};
 }
 
 /// Teacher-forced evaluation of `sparse` against dense attention on `seqs` (prefill kernel, one

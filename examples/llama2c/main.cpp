@@ -2,11 +2,12 @@
 //
 //   toptheta-llama2c generate  --model M --tokenizer T [--prompt S] [--steps N] ... [attention]
 //   toptheta-llama2c calibrate --model M (--tokens F | --sample-sequences N --seq-len L --seed S)
-//                              --k K [--layer-k l:k,...] [--placement pre|post] [--sigma X]
+//                              --k K[,K...] [--form compact|per-length] [--layer-k l:k,...] [--placement pre|post] [--sigma X]
 //                              [--tac on|off] [--sample-fraction F] [--sdc-terms] --out FILE
 //                              [--format native|reference]
 //   toptheta-llama2c eval      --model M (--tokens F | --sample-sequences N --seq-len L --seed S)
 //                              --attention dense|topk|toptheta [attention options] [--json]
+//   toptheta-llama2c eval-grid --model M --tokens F --grid FILE [--length-edges E1,E2,...]
 //
 // Run any subcommand with --help for every option. Exit status: 0 success, 1 runtime failure,
 // 2 usage or input error (commands.hpp).
@@ -39,9 +40,11 @@ int run(int argc, char** argv) {
   llama2c::GenerateOptions gen_opts;
   llama2c::CalibrateOptions cal_opts;
   llama2c::EvalOptions eval_opts;
+  llama2c::EvalGridOptions grid_opts;
   CLI::App* gen = llama2c::cli::add_generate(&app, &gen_opts);
   CLI::App* cal = llama2c::cli::add_calibrate(&app, &cal_opts);
   CLI::App* ev = llama2c::cli::add_eval(&app, &eval_opts);
+  CLI::App* eg = llama2c::cli::add_eval_grid(&app, &grid_opts);
 
   try {
     app.parse(argc, argv);
@@ -52,6 +55,7 @@ int run(int argc, char** argv) {
   if (gen->parsed()) return report(llama2c::run_generate(gen_opts));
   if (cal->parsed()) return report(llama2c::run_calibrate(cal_opts));
   if (ev->parsed()) return report(llama2c::run_eval(eval_opts));
+  if (eg->parsed()) return report(llama2c::run_eval_grid(grid_opts));
   return report(llama2c::CommandStatus::input("no subcommand"));
 }
 

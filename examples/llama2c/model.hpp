@@ -15,6 +15,7 @@
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -131,6 +132,12 @@ struct AttentionSetup {
   std::vector<Index> layer_k;
   /// Optional per-layer statistics (size n_layers); counts are added.
   std::vector<toptheta::AttentionStats>* layer_stats = nullptr;
+  /// Optional statistics by row length: prefill calls are split at these row lengths
+  /// (ascending); the rows with length L in (length_edges[i-1], length_edges[i]] run as one call
+  /// whose statistics are added to (*length_stats)[i] (all layers), those above the last edge to
+  /// the last element (size length_edges.size() + 1). Outputs equal the unsplit ones up to rounding.
+  std::vector<Index> length_edges;
+  std::vector<toptheta::AttentionStats>* length_stats = nullptr;
 
   /// Dense attention on `threads` threads.
   static AttentionSetup dense(int threads = 1) {
@@ -175,6 +182,11 @@ class Runner {
   }
 
   const Model& model() const { return *m_; }
+  /// Wall time spent in forward() and in its attention kernel calls, since construction or
+  /// reset_timing().
+  double forward_seconds() const { return forward_s_; }
+  double attention_seconds() const { return attention_s_; }
+  void reset_timing() { forward_s_ = attention_s_ = 0.0; }
   /// Tokens processed so far (the position of the next token).
   Index position() const { return caches_.empty() ? 0 : caches_[0].size(); }
   void reset() {
@@ -188,6 +200,15 @@ class Runner {
   /// attention kernel rejects its arguments (the message names the layer).
   Status forward(const std::int32_t* tokens, Index T, const AttentionSetup& setup,
                  std::vector<float>* logits, Kernel kernel = Kernel::kAuto) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const Status s = forward_impl(tokens, T, setup, logits, kernel);
+    forward_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return s;
+  }
+
+ private:
+  Status forward_impl(const std::int32_t* tokens, Index T, const AttentionSetup& setup,
+                      std::vector<float>* logits, Kernel kernel) {
     const Config& c = m_->config();
     const Index P = position();
     if (T < 1) return Status::invalid_argument("forward: no tokens");
@@ -204,6 +225,8 @@ class Runner {
       return Status::invalid_argument("forward: layer_stats has " +
                                       std::to_string(setup.layer_stats->size()) + " entries for " +
                                       std::to_string(c.n_layers) + " layers");
+    if (setup.length_stats && setup.length_stats->size() != setup.length_edges.size() + 1)
+      return Status::invalid_argument("forward: length_stats needs length_edges.size() + 1 entries");
     if (!setup.layer_k.empty() && Index(setup.layer_k.size()) != c.n_layers)
       return Status::invalid_argument("forward: layer_k has " +
                                       std::to_string(setup.layer_k.size()) + " entries for " +
@@ -252,10 +275,17 @@ class Runner {
       toptheta::AttentionOptions opt = setup.options;
       if (!setup.layer_k.empty()) opt.k = setup.layer_k[std::size_t(l)];
       opt.stats = setup.layer_stats ? &(*setup.layer_stats)[std::size_t(l)] : nullptr;
-      const std::size_t ws = toptheta::workspace_size(args, opt);
-      if (workspace_.size() < ws) workspace_.resize(ws);
-      const toptheta::Workspace w{workspace_.data(), workspace_.size()};
-      Status s = use_decode ? toptheta::decode(args, opt, w) : toptheta::prefill(args, opt, w);
+      const auto ta = std::chrono::steady_clock::now();
+      Status s;
+      if (!use_decode && setup.length_stats) {
+        s = prefill_by_length(args, opt, setup, P, T, Hkv, hd);
+      } else {
+        const std::size_t ws = toptheta::workspace_size(args, opt);
+        if (workspace_.size() < ws) workspace_.resize(ws);
+        const toptheta::Workspace w{workspace_.data(), workspace_.size()};
+        s = use_decode ? toptheta::decode(args, opt, w) : toptheta::prefill(args, opt, w);
+      }
+      attention_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - ta).count();
       if (!s.ok())
         return Status(s.code(), "layer " + std::to_string(l) + " attention (" +
                                     (use_decode ? "decode" : "prefill") + "): " + s.message());
@@ -279,8 +309,43 @@ class Runner {
     return {};
   }
 
- private:
   /// out (T, n_out) = x (T, n_in) * W^T, W (n_out, n_in) row-major.
+  /// Prefill split at the row lengths of setup.length_edges (AttentionSetup); each piece is a
+  /// prefill call over the first P + b cached tokens with the V sums of the rows before it.
+  Status prefill_by_length(const toptheta::AttentionArgs<float>& all, toptheta::AttentionOptions opt,
+                           const AttentionSetup& setup, Index P, Index T, Index Hkv, Index hd) {
+    const auto& edges = setup.length_edges;
+    std::vector<float> vsum(all.v_sum, all.v_sum + Hkv * hd);  // rows before this call
+    toptheta::AttentionStats* layer = opt.stats;
+    Index a = 0;
+    while (a < T) {
+      const Index L = P + a + 1;  // length of row a
+      std::size_t bi = 0;
+      while (bi < edges.size() && L > edges[bi]) ++bi;
+      Index b = bi < edges.size() ? std::min<Index>(T, edges[bi] - P) : T;
+      if (b <= a) b = a + 1;
+      toptheta::AttentionArgs<float> args = all;
+      args.q = all.q.slice_tokens(a, b - a);
+      args.out = all.out.slice_tokens(a, b - a);
+      args.k = all.k.slice_tokens(0, P + b);
+      args.v = all.v.slice_tokens(0, P + b);
+      args.v_sum = vsum.data();
+      args.v_sum_stride = hd;
+      toptheta::AttentionStats st;
+      opt.stats = &st;
+      const std::size_t ws = toptheta::workspace_size(args, opt);
+      if (workspace_.size() < ws) workspace_.resize(ws);
+      const toptheta::Workspace w{workspace_.data(), workspace_.size()};
+      TOPTHETA_RETURN_IF_ERROR(toptheta::prefill(args, opt, w));
+      if (layer) layer->merge(st);
+      (*setup.length_stats)[bi].merge(st);
+      for (Index t = a; t < b; ++t)
+        for (Index i = 0; i < Hkv * hd; ++i) vsum[std::size_t(i)] += v_[std::size_t(t * Hkv * hd + i)];
+      a = b;
+    }
+    return {};
+  }
+
   static void matmul(float* out, const float* x, const float* w, Index T, Index n_in, Index n_out) {
     using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
     Eigen::Map<const RowMat> X(x, T, n_in);
@@ -319,6 +384,7 @@ class Runner {
   std::vector<float> rope_cos_, rope_sin_;
   std::vector<float> x_, xb_, q_, k_, v_, att_, hb_, hb2_;
   std::vector<std::byte> workspace_;
+  double forward_s_ = 0.0, attention_s_ = 0.0;
 };
 
 }  // namespace llama2c

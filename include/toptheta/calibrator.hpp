@@ -1,14 +1,20 @@
 #pragma once
 /// \file calibrator.hpp
-/// `Calibrator`: streaming per-(layer, head, length) threshold calibration (DESIGN.md section 2,
-/// "Calibration").
+/// `Calibrator`: streaming threshold calibration (DESIGN.md section 2, "Calibration").
 ///
-/// For every observed row of length L > k_l it takes tau = the (k_l + 1)-th largest value a_j
-/// and folds it into a Welford accumulator of (layer, head, L); `finalize()` turns the
-/// accumulators into theta = mean + lambda * std (population std). Memory is O(layers * heads *
-/// max L), independent of the number of rows observed. Optionally it also accumulates the offline
-/// SDC term C(l, h, L) = mean over rows of sum_{j not kept} exp(s_j - M) for thresholds from an
-/// earlier pass (`CalibrationOptions::sdc_thresholds`).
+/// For every observed row of length L > k_l it takes tau = the (k_l + 1)-th largest value a_j,
+/// for each budget of the calibration (`CalibrationOptions::k_values`: several k from one pass),
+/// and folds it into
+/// - the pooled statistics of its log-spaced length bucket (always; threshold_fit.hpp): constant
+///   memory, O(budgets * layers * heads * log max L); `finalize_compact()` fits the compact
+///   curves and reports buckets with too few samples (CalibrationReport);
+/// - a Welford accumulator of (layer, head, L) when `CalibrationOptions::per_length` is on (the
+///   default): memory O(budgets * layers * heads * max L); `finalize()` / `finalize_per_length()`
+///   turn them into theta = mean + lambda * std (population std) per length.
+/// Optionally it also accumulates the offline SDC term C(l, h, L) = mean over rows of
+/// sum_{j not kept} exp(s_j - M) for thresholds from an earlier pass
+/// (`CalibrationOptions::sdc_thresholds` / `sdc_threshold_set`; `calibrate_two_pass()` runs both
+/// passes).
 ///
 /// Thread safety: observing different (layer, head) pairs concurrently is safe; the same pair must
 /// be observed by one thread at a time. Results do not depend on how heads are spread over threads.
@@ -17,6 +23,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <limits>
 #include <string>
 #include <vector>
@@ -25,6 +32,7 @@
 #include "detail/softmax_math.hpp"
 #include "options.hpp"
 #include "status.hpp"
+#include "threshold_fit.hpp"
 #include "threshold_table.hpp"
 #include "types.hpp"
 
@@ -47,13 +55,111 @@ struct CalibrationOptions {
   /// When set, also accumulate C(l, h, L) using the thresholds of this table (a previous pass).
   const ThresholdTable* sdc_thresholds = nullptr;
   std::string model_id;                ///< copied into the finalized table's metadata
+  /// Several budgets from one pass: one table per k (every layer at that k). Leave empty for the
+  /// single budget of default_k / layer_k; excludes layer_k. With several k, k(layer) is the
+  /// smallest (rows with L <= it are skipped, and TAC outputs top-k at it).
+  std::vector<Index> k_values;
+  /// With k_values: the SDC pass's thresholds, one table per k (instead of sdc_thresholds).
+  const ThresholdSet* sdc_threshold_set = nullptr;
+  /// Also keep per-length accumulators (finalize(), finalize_per_length()); memory grows with
+  /// the longest row. Off: only the constant-memory buckets (finalize_compact()).
+  bool per_length = true;
+  CompactFitOptions compact;           ///< buckets and the fit of finalize_compact()
+};
+
+/// Per-(k, layer, head, bucket) sample counts of a calibration and the buckets with too few.
+struct CalibrationReport {
+  int buckets_per_octave = 0;
+  std::uint64_t min_bucket_samples = 0;
+  Index num_layers = 0, num_heads = 0;
+  std::vector<Index> ks;                        ///< one per table
+  /// counts[(t * num_layers + layer) * num_heads + head][bucket]: rows in that bucket.
+  std::vector<std::vector<std::uint64_t>> counts;
+  std::vector<SparseBucket> sparse;             ///< cells below min_bucket_samples (no knot)
+
+  /// One line per (k, bucket) with sparse cells: how many heads, the fewest samples.
+  std::vector<std::string> warnings() const {
+    std::vector<std::string> w;
+    for (Index k : ks) {
+      std::vector<const SparseBucket*> v;
+      for (const auto& s : sparse)
+        if (s.k == k) v.push_back(&s);
+      std::sort(v.begin(), v.end(), [](const SparseBucket* a, const SparseBucket* b) {
+        return a->length_lo < b->length_lo;
+      });
+      for (std::size_t i = 0; i < v.size();) {
+        std::size_t j = i;
+        std::uint64_t fewest = v[i]->samples;
+        while (j < v.size() && v[j]->length_lo == v[i]->length_lo) fewest = std::min(fewest, v[j++]->samples);
+        w.push_back("k = " + std::to_string(k) + ": lengths " + std::to_string(v[i]->length_lo) +
+                    ".." + std::to_string(v[i]->length_hi) + ": " + std::to_string(j - i) + " of " +
+                    std::to_string(num_layers * num_heads) + " heads have fewer than " +
+                    std::to_string(min_bucket_samples) + " samples (fewest " +
+                    std::to_string(fewest) +
+                    "); pooled into the neighbouring buckets, no knot of their own");
+        i = j;
+      }
+    }
+    return w;
+  }
+  /// Samples per bucket, the minimum over (layer, head), for table t: (lo, hi, min, max) rows.
+  struct BucketSummary {
+    Index length_lo, length_hi;
+    std::uint64_t min_samples, max_samples;
+  };
+  std::vector<BucketSummary> summary(std::size_t t) const {
+    std::vector<BucketSummary> out;
+    const std::size_t pairs = std::size_t(num_layers * num_heads);
+    std::size_t nb = 0;
+    for (std::size_t p = 0; p < pairs; ++p) nb = std::max(nb, counts[t * pairs + p].size());
+    for (std::size_t j = 0; j < nb; ++j) {
+      std::uint64_t mn = ~std::uint64_t(0), mx = 0;
+      for (std::size_t p = 0; p < pairs; ++p) {
+        const auto& c = counts[t * pairs + p];
+        const std::uint64_t v = j < c.size() ? c[j] : 0;
+        mn = std::min(mn, v);
+        mx = std::max(mx, v);
+      }
+      if (mx == 0) continue;
+      BucketSummary b;
+      bucket_lengths(int(j), buckets_per_octave, &b.length_lo, &b.length_hi);
+      b.min_samples = mn;
+      b.max_samples = mx;
+      out.push_back(b);
+    }
+    return out;
+  }
 };
 
 class Calibrator {
  public:
   Calibrator() = default;
   explicit Calibrator(CalibrationOptions options) : opts_(std::move(options)) {
-    if (shape_ok()) heads_.resize(static_cast<std::size_t>(opts_.num_layers * opts_.num_heads));
+    if (!shape_ok()) return;
+    const std::size_t pairs = static_cast<std::size_t>(opts_.num_layers * opts_.num_heads);
+    if (opts_.k_values.empty()) {
+      set_k_.emplace_back();
+      for (Index l = 0; l < opts_.num_layers; ++l)
+        set_k_.back().push_back(opts_.layer_k.empty() || Index(opts_.layer_k.size()) != opts_.num_layers
+                                    ? opts_.default_k
+                                    : opts_.layer_k[static_cast<std::size_t>(l)]);
+    } else {
+      std::vector<Index> ks = opts_.k_values;
+      std::sort(ks.begin(), ks.end());
+      for (Index k : ks) set_k_.emplace_back(static_cast<std::size_t>(opts_.num_layers), k);
+    }
+    min_k_.assign(static_cast<std::size_t>(opts_.num_layers), 0);
+    for (Index l = 0; l < opts_.num_layers; ++l)
+      for (const auto& v : set_k_) {
+        Index& m = min_k_[static_cast<std::size_t>(l)];
+        m = (m == 0 || v[static_cast<std::size_t>(l)] < m) ? v[static_cast<std::size_t>(l)] : m;
+      }
+    rows_seen_.assign(pairs, 0);
+    heads_.resize(pairs * set_k_.size());
+    const std::vector<Index> ks = table_ks();
+    for (std::size_t si = 0; si < set_k_.size(); ++si)
+      sdc_tables_.push_back(opts_.sdc_threshold_set ? opts_.sdc_threshold_set->find(ks[si])
+                                                    : opts_.sdc_thresholds);
   }
 
   /// Largest num_layers x num_heads a calibrator accepts.
@@ -89,6 +195,38 @@ class Calibrator {
           return bad("layer_k[" + std::to_string(l) + "]",
                      "must be >= 1, got " + std::to_string(opts_.layer_k[l]));
     }
+    if (!opts_.k_values.empty()) {
+      if (!opts_.layer_k.empty())
+        return bad("k_values", "and layer_k exclude each other (several budgets, each for every layer)");
+      for (std::size_t i = 0; i < opts_.k_values.size(); ++i) {
+        if (opts_.k_values[i] < 1)
+          return bad("k_values[" + std::to_string(i) + "]",
+                     "must be >= 1, got " + std::to_string(opts_.k_values[i]));
+        for (std::size_t j = 0; j < i; ++j)
+          if (opts_.k_values[j] == opts_.k_values[i])
+            return bad("k_values", "lists k = " + std::to_string(opts_.k_values[i]) + " twice");
+      }
+      if (opts_.sdc_thresholds)
+        return bad("sdc_thresholds", "is for a single budget; with k_values use sdc_threshold_set");
+    }
+    if (opts_.sdc_threshold_set) {
+      if (opts_.k_values.empty())
+        return bad("sdc_threshold_set", "needs k_values (one table per k)");
+      for (Index k : opts_.k_values) {
+        const ThresholdTable* t = opts_.sdc_threshold_set->find(k);
+        if (!t)
+          return bad("sdc_threshold_set", "has no table for k = " + std::to_string(k) +
+                                              " (it has k = " + opts_.sdc_threshold_set->ks_text() + ")");
+        if (t->num_layers() != opts_.num_layers || t->num_heads() != opts_.num_heads ||
+            t->placement() != opts_.placement)
+          return bad("sdc_threshold_set", "table k = " + std::to_string(k) +
+                                              " does not match the calibrator's shape or placement");
+      }
+    }
+    {
+      const Status c = toptheta::validate(opts_.compact);
+      if (!c.ok()) return Status(c.code(), "CalibrationOptions::compact: " + c.message());
+    }
     if (!(std::isfinite(opts_.lambda) && opts_.lambda >= 0.0))
       return bad("lambda", "must be finite and >= 0, got " + number(opts_.lambda));
     if (!(opts_.sample_fraction > 0.0 && opts_.sample_fraction <= 1.0))
@@ -113,9 +251,20 @@ class Calibrator {
 
   const CalibrationOptions& options() const { return opts_; }
   Placement placement() const { return opts_.placement; }
-  /// Budget k_l of a layer.
+  /// Budget k_l of a layer; with several budgets (k_values), the smallest.
   Index k(Index layer) const {
+    if (!min_k_.empty()) return min_k_[static_cast<std::size_t>(layer)];
     return opts_.layer_k.empty() ? opts_.default_k : opts_.layer_k[static_cast<std::size_t>(layer)];
+  }
+  /// The budgets of the tables this calibration produces (one per table), ascending.
+  std::vector<Index> table_ks() const {
+    std::vector<Index> v;
+    for (const auto& s : set_k_) {
+      Index m = s.empty() ? 0 : s[0];
+      for (Index k : s) m = std::min(m, k);
+      v.push_back(m);
+    }
+    return v;
   }
 
   /// Observes one row of placement values `a[0..L)` (scores for pre-softmax, probabilities for
@@ -127,30 +276,59 @@ class Calibrator {
                    Acc* scratch) {
     TOPTHETA_ASSERT(layer >= 0 && layer < opts_.num_layers && head >= 0 && head < opts_.num_heads,
                     "layer/head out of range");
-    const Index kl = k(layer);
-    if (L <= kl) return;
-    HeadAcc& ha = heads_[slot(layer, head)];
-    const std::uint64_t row_id = ha.rows_seen++;
+    if (L <= k(layer)) return;
+    const std::size_t pair = slot(layer, head);
+    const std::uint64_t row_id = rows_seen_[pair]++;
     if (opts_.sample_fraction < 1.0 && !sampled(layer, head, L, row_id)) return;
-    if (Index(ha.per_length.size()) <= L) ha.per_length.resize(static_cast<std::size_t>(L) + 1);
-    LengthAcc& acc = ha.per_length[static_cast<std::size_t>(L)];
-    // tau = (k+1)-th largest: exactly k values are strictly greater (absent ties).
-    const double tau = double(detail::kth_largest(a, L, kl + 1, scratch));
-    // A row with at most k finite values (masked padding) has no threshold to learn from.
-    if (!std::isfinite(tau)) return;
-    acc.add(tau);
-    if (opts_.sdc_thresholds) {
-      const double theta = opts_.sdc_thresholds->lookup(layer, head, L).theta;
-      double dropped = 0.0;
-      Index kept = 0, argmax = 0;
-      for (Index j = 0; j < L; ++j) {
-        if (double(a[j]) > theta) ++kept;
-        else dropped += double(detail::exp_shifted(scores[j], row_max));
-        if (a[j] > a[argmax]) argmax = j;
+    const std::size_t ns = set_k_.size();
+    // The (k+1)-th largest for every budget below L, largest k first, each selection on the
+    // front part left by the previous one: O(L + sum of k).
+    Index prev = L;
+    bool copied = false;
+    const bool post = opts_.placement == Placement::kPostSoftmax;
+    const int b = opts_.compact.buckets_per_octave;
+    const int bucket = length_bucket(L, b);
+    const double bx = std::log(double(L)) - bucket_log_edge(bucket, b);
+    for (std::size_t si = ns; si-- > 0;) {
+      const Index kl = set_k_[si][static_cast<std::size_t>(layer)];
+      if (L <= kl) continue;
+      if (!copied) {
+        std::copy(a, a + L, scratch);
+        copied = true;
       }
-      // keep-max empty-row policy: the row maximum is kept, so it is not part of the sum.
-      if (kept == 0) dropped -= double(detail::exp_shifted(scores[argmax], row_max));
-      acc.sdc_sum += std::max(dropped, 0.0);
+      std::nth_element(scratch, scratch + kl, scratch + prev, std::greater<Acc>());
+      prev = kl;
+      // tau = (k+1)-th largest: exactly k values are strictly greater (absent ties).
+      const double tau = double(scratch[kl]);
+      // A row with at most k finite values (masked padding) has no threshold to learn from.
+      if (!std::isfinite(tau)) continue;
+      HeadAcc& ha = heads_[si * pair_count() + pair];
+      double sdc = 0.0;
+      const ThresholdTable* st = sdc_table(si);
+      if (st) {
+        const double theta = st->lookup(layer, head, L).theta;
+        double dropped = 0.0;
+        Index kept = 0, argmax = 0;
+        for (Index j = 0; j < L; ++j) {
+          if (double(a[j]) > theta) ++kept;
+          else dropped += double(detail::exp_shifted(scores[j], row_max));
+          if (a[j] > a[argmax]) argmax = j;
+        }
+        // keep-max empty-row policy: the row maximum is kept, so it is not part of the sum.
+        if (kept == 0) dropped -= double(detail::exp_shifted(scores[argmax], row_max));
+        sdc = std::max(dropped, 0.0);
+      }
+      if (opts_.per_length) {
+        if (Index(ha.per_length.size()) <= L) ha.per_length.resize(static_cast<std::size_t>(L) + 1);
+        LengthAcc& acc = ha.per_length[static_cast<std::size_t>(L)];
+        acc.add(tau);
+        acc.sdc_sum += sdc;
+      }
+      if (int(ha.buckets.size()) <= bucket) ha.buckets.resize(static_cast<std::size_t>(bucket) + 1);
+      BucketStats& bs = ha.buckets[static_cast<std::size_t>(bucket)];
+      bs.add(bx, post ? double(L) * tau : tau);
+      if (st) bs.add_sdc(sdc);
+      ++ha.rows_used;
     }
   }
 
@@ -176,29 +354,36 @@ class Calibrator {
       return Status::invalid_argument("cannot merge calibrators of shapes " +
                                       shape_string(opts_.num_layers, opts_.num_heads) + " and " +
                                       shape_string(other.opts_.num_layers, other.opts_.num_heads));
-    for (Index l = 0; l < opts_.num_layers; ++l)
-      if (k(l) != other.k(l))
-        return Status::invalid_argument("cannot merge calibrators with different k at layer " +
-                                        std::to_string(l));
+    if (other.set_k_ != set_k_)
+      return Status::invalid_argument("cannot merge calibrators with different budgets");
+    if (other.opts_.per_length != opts_.per_length ||
+        other.opts_.compact.buckets_per_octave != opts_.compact.buckets_per_octave)
+      return Status::invalid_argument(
+          "cannot merge calibrators with different per_length or buckets_per_octave");
     if (other.opts_.placement != opts_.placement)
       return Status::invalid_argument("cannot merge calibrators with different placements");
-    if ((other.opts_.sdc_thresholds == nullptr) != (opts_.sdc_thresholds == nullptr))
+    if ((other.opts_.sdc_thresholds == nullptr) != (opts_.sdc_thresholds == nullptr) ||
+        (other.opts_.sdc_threshold_set == nullptr) != (opts_.sdc_threshold_set == nullptr))
       return Status::invalid_argument("cannot merge a calibrator with SDC terms and one without");
+    for (std::size_t i = 0; i < rows_seen_.size(); ++i) rows_seen_[i] += other.rows_seen_[i];
     for (std::size_t i = 0; i < heads_.size(); ++i) {
       HeadAcc& a = heads_[i];
       const HeadAcc& b = other.heads_[i];
-      a.rows_seen += b.rows_seen;
+      a.rows_used += b.rows_used;
       if (a.per_length.size() < b.per_length.size()) a.per_length.resize(b.per_length.size());
       for (std::size_t L = 0; L < b.per_length.size(); ++L) a.per_length[L].merge(b.per_length[L]);
+      if (a.buckets.size() < b.buckets.size()) a.buckets.resize(b.buckets.size());
+      for (std::size_t j = 0; j < b.buckets.size(); ++j) a.buckets[j].merge(b.buckets[j]);
     }
     return {};
   }
 
-  /// Rows that contributed a tau (after sampling), over all layers and heads.
-  std::uint64_t rows_used() const {
+  /// Rows that contributed a tau (after sampling), over all layers and heads, for the first
+  /// (smallest) budget.
+  std::uint64_t rows_used() const { return rows_used_of(0); }
+  std::uint64_t rows_used_of(std::size_t set) const {
     std::uint64_t n = 0;
-    for (const auto& h : heads_)
-      for (const auto& a : h.per_length) n += a.count;
+    for (std::size_t p = 0; p < pair_count(); ++p) n += heads_[set * pair_count() + p].rows_used;
     return n;
   }
 
@@ -208,34 +393,117 @@ class Calibrator {
   /// dense on the result of finalize() with ThresholdTable::set_dense() instead.
   Status finalize(ThresholdTable* out) const {
     TOPTHETA_RETURN_IF_ERROR(validate());
-    ThresholdTable t = finalize();
+    if (!opts_.per_length)
+      return Status::failed_precondition(
+          "finalize(): CalibrationOptions::per_length is off; use finalize_compact()");
+    ThresholdTable t = finalize_set(0);
+    TOPTHETA_RETURN_IF_ERROR(check_missing(t));
+    *out = std::move(t);
+    return {};
+  }
+
+  /// Per-length tables of every budget (per_length must be on), checked like finalize().
+  Status finalize_per_length(ThresholdSet* out) const {
+    TOPTHETA_RETURN_IF_ERROR(validate());
+    if (!opts_.per_length)
+      return Status::failed_precondition(
+          "finalize_per_length(): CalibrationOptions::per_length is off; use finalize_compact()");
+    ThresholdSet set;
+    for (std::size_t si = 0; si < set_k_.size(); ++si) {
+      ThresholdTable t = finalize_set(si);
+      TOPTHETA_RETURN_IF_ERROR(check_missing(t));
+      TOPTHETA_RETURN_IF_ERROR(set.add(std::move(t)));
+    }
+    *out = std::move(set);
+    return {};
+  }
+
+  /// Compact tables of every budget (threshold_fit.hpp), checked like finalize(); `report`, when
+  /// given, receives the per-(k, layer, head, bucket) sample counts and the buckets with fewer
+  /// than `compact.min_bucket_samples` rows (CalibrationReport::warnings()).
+  Status finalize_compact(ThresholdSet* out, CalibrationReport* report = nullptr) const {
+    TOPTHETA_RETURN_IF_ERROR(validate());
+    ThresholdSet set;
+    CalibrationReport rep = make_report();
+    const bool post = opts_.placement == Placement::kPostSoftmax;
+    const bool sdc = sdc_table(0) != nullptr;
+    const std::vector<Index> ks = table_ks();
+    for (std::size_t si = 0; si < set_k_.size(); ++si) {
+      ThresholdTable t = ThresholdTable::compact(opts_.num_layers, opts_.num_heads);
+      fill_metadata(&t, si);
+      t.metadata().buckets_per_octave = opts_.compact.buckets_per_octave;
+      for (Index l = 0; l < opts_.num_layers; ++l)
+        for (Index h = 0; h < opts_.num_heads; ++h) {
+          SparseBucket where;
+          where.k = ks[si];
+          where.layer = l;
+          where.head = h;
+          ThresholdCurve c = fit_curve(heads_[si * pair_count() + slot(l, h)].buckets, post,
+                                       opts_.lambda, sdc, opts_.compact, &rep.sparse, where);
+          if (!c.empty()) (void)t.set_curve(l, h, std::move(c));
+        }
+      TOPTHETA_RETURN_IF_ERROR(check_missing(t));
+      TOPTHETA_RETURN_IF_ERROR(set.add(std::move(t)));
+    }
+    *out = std::move(set);
+    if (report) *report = std::move(rep);
+    return {};
+  }
+
+  /// The sample counts per (k, layer, head, bucket) so far (no sparse-bucket list: that comes
+  /// with finalize_compact()).
+  CalibrationReport make_report() const {
+    CalibrationReport r;
+    r.buckets_per_octave = opts_.compact.buckets_per_octave;
+    r.min_bucket_samples = opts_.compact.min_bucket_samples;
+    r.num_layers = opts_.num_layers;
+    r.num_heads = opts_.num_heads;
+    r.ks = table_ks();
+    for (const HeadAcc& ha : heads_) {
+      std::vector<std::uint64_t> c;
+      for (const auto& b : ha.buckets) c.push_back(std::uint64_t(std::llround(b.n)));
+      r.counts.push_back(std::move(c));
+    }
+    return r;
+  }
+
+ private:
+  Status check_missing(const ThresholdTable& t) const {
     const std::size_t missing = t.num_missing_heads();
     if (missing > 0)
-      return Status::failed_precondition(
+      return Status::failed_precondition(std::string(set_k_.size() > 1 ? "k = " + std::to_string(t.nominal_k()) + ": " : "") +
           "calibration gave no thresholds for " + std::to_string(missing) + " of " +
           std::to_string(opts_.num_layers * opts_.num_heads) + " (layer, head) pairs of the " +
           shape_string(opts_.num_layers, opts_.num_heads) + " (layers x heads) calibrator: " +
           t.describe_heads(false) +
           " (no eligible rows: a row counts when its length L > k_l, its (k_l+1)-th largest value "
           "is finite and it is sampled; observe longer or more rows, or use a smaller k)");
-    *out = std::move(t);
     return {};
   }
+
+ public:
 
   /// The calibrated table, unchecked: one entry per (layer, head, L) with at least one sample. A
   /// (layer, head) that received no eligible row has no entries, so the table is incomplete and
   /// fails validate(), saving and the kernels' check; prefer finalize(ThresholdTable*), which
   /// reports such pairs.
-  ThresholdTable finalize() const {
+  ThresholdTable finalize() const { return finalize_set(0); }
+
+ private:
+  void fill_metadata(ThresholdTable* t, std::size_t si) const {
+    for (Index l = 0; l < opts_.num_layers; ++l)
+      (void)t->set_k(l, set_k_[si][static_cast<std::size_t>(l)]);
+    t->metadata().placement = opts_.placement;
+    t->metadata().lambda = opts_.lambda;
+    t->metadata().calibration_rows = rows_used_of(si);
+    t->metadata().model_id = opts_.model_id;
+  }
+  ThresholdTable finalize_set(std::size_t si) const {
     ThresholdTable t(opts_.num_layers, opts_.num_heads, opts_.default_k);
-    for (Index l = 0; l < opts_.num_layers; ++l) (void)t.set_k(l, k(l));
-    t.metadata().placement = opts_.placement;
-    t.metadata().lambda = opts_.lambda;
-    t.metadata().calibration_rows = rows_used();
-    t.metadata().model_id = opts_.model_id;
+    fill_metadata(&t, si);
     for (Index l = 0; l < opts_.num_layers; ++l)
       for (Index h = 0; h < opts_.num_heads; ++h) {
-        const HeadAcc& ha = heads_[slot(l, h)];
+        const HeadAcc& ha = heads_[si * pair_count() + slot(l, h)];
         for (std::size_t L = 0; L < ha.per_length.size(); ++L) {
           const LengthAcc& a = ha.per_length[L];
           if (a.count == 0) continue;
@@ -243,14 +511,13 @@ class Calibrator {
           e.length = Index(L);
           e.samples = a.count;
           e.theta = a.mean + opts_.lambda * std::sqrt(std::max(a.m2 / double(a.count), 0.0));
-          if (opts_.sdc_thresholds) e.sdc = a.sdc_sum / double(a.count);
+          if (sdc_table(si)) e.sdc = a.sdc_sum / double(a.count);
           (void)t.set(l, h, e);
         }
       }
     return t;
   }
 
- private:
   struct LengthAcc {  // Welford accumulator of tau, plus the SDC sum
     std::uint64_t count = 0;
     double mean = 0.0;
@@ -277,9 +544,14 @@ class Calibrator {
     }
   };
   struct HeadAcc {
-    std::uint64_t rows_seen = 0;       // eligible rows offered, sampled or not
-    std::vector<LengthAcc> per_length;  // indexed by L
+    std::uint64_t rows_used = 0;        // rows that contributed a tau
+    std::vector<LengthAcc> per_length;  // indexed by L (per_length on)
+    std::vector<BucketStats> buckets;   // indexed by length bucket
   };
+  std::size_t pair_count() const { return rows_seen_.size(); }
+  const ThresholdTable* sdc_table(std::size_t si) const {
+    return si < sdc_tables_.size() ? sdc_tables_[si] : nullptr;
+  }
 
   std::size_t slot(Index layer, Index head) const {
     return static_cast<std::size_t>(layer * opts_.num_heads + head);
@@ -307,7 +579,92 @@ class Calibrator {
   }
 
   CalibrationOptions opts_;
-  std::vector<HeadAcc> heads_;  // [layer * heads + head]
+  std::vector<std::vector<Index>> set_k_;  // per table: k per layer
+  std::vector<Index> min_k_;               // per layer: smallest k over the tables
+  std::vector<std::uint64_t> rows_seen_;   // per (layer, head): eligible rows offered
+  std::vector<HeadAcc> heads_;             // [table * pairs + layer * heads + head]
+  std::vector<const ThresholdTable*> sdc_tables_;  // per table: the SDC pass's thresholds
 };
+
+
+/// The tables of a calibration (calibrate_two_pass()).
+struct CalibrationResult {
+  ThresholdSet compact;     ///< compact tables, one per budget
+  ThresholdSet per_length;  ///< per-length tables (when CalibrationOptions::per_length is on)
+  CalibrationReport report;  ///< bucket sample counts and warnings of the compact fit
+};
+
+namespace detail {
+inline bool same_thresholds(const ThresholdTable& a, const ThresholdTable& b) {
+  for (Index l = 0; l < a.num_layers(); ++l)
+    for (Index h = 0; h < a.num_heads(); ++h) {
+      if (a.is_compact()) {
+        const auto &x = a.curve(l, h).knots, &y = b.curve(l, h).knots;
+        if (x.size() != y.size()) return false;
+        for (std::size_t i = 0; i < x.size(); ++i)
+          if (x[i].length != y[i].length || x[i].value != y[i].value) return false;
+      } else {
+        const auto &x = a.entries(l, h), &y = b.entries(l, h);
+        if (x.size() != y.size()) return false;
+        for (std::size_t i = 0; i < x.size(); ++i)
+          if (x[i].length != y[i].length || x[i].theta != y[i].theta) return false;
+      }
+    }
+  return true;
+}
+}  // namespace detail
+
+/// Calibration in one or two passes over the same rows. `run_pass(Calibrator&)` (returning
+/// Status) must feed the calibrator the same rows every time it is called, e.g. run the model over
+/// the calibration sequences in AttentionMode::kCalibrate with that calibrator.
+/// - Pass 1 calibrates the thresholds: compact tables for every budget, and per-length ones when
+///   `opts.per_length` is on; `out->report` gets the bucket sample counts and warnings.
+/// - With `sdc_terms`, pass 2 runs the rows again with the SDC accumulation against the tables
+///   of pass 1 (`sdc_threshold_set` / `sdc_thresholds`) and stores the SDC terms C(l, h, L) in
+///   them: one more pass for the compact tables, and one for the per-length tables when wanted.
+///   The thresholds of pass 2 must equal those of pass 1 (the same rows), else
+///   kFailedPrecondition.
+/// `opts.sdc_thresholds` / `sdc_threshold_set` are ignored. On error `*out` is untouched.
+template <class RunPass>
+Status calibrate_two_pass(CalibrationOptions opts, bool sdc_terms, RunPass&& run_pass,
+                          CalibrationResult* out) {
+  opts.sdc_thresholds = nullptr;
+  opts.sdc_threshold_set = nullptr;
+  CalibrationResult r;
+  {
+    Calibrator cal(opts);
+    TOPTHETA_RETURN_IF_ERROR(cal.validate());
+    TOPTHETA_RETURN_IF_ERROR(run_pass(cal));
+    TOPTHETA_RETURN_IF_ERROR(cal.finalize_compact(&r.compact, &r.report));
+    if (opts.per_length) TOPTHETA_RETURN_IF_ERROR(cal.finalize_per_length(&r.per_length));
+  }
+  if (sdc_terms) {
+    const auto sdc_pass = [&](ThresholdSet* set, bool compact) -> Status {
+      CalibrationOptions o = opts;
+      o.per_length = !compact;
+      if (o.k_values.empty()) o.sdc_thresholds = &set->tables().front();
+      else o.sdc_threshold_set = set;
+      Calibrator cal(o);
+      TOPTHETA_RETURN_IF_ERROR(cal.validate());
+      TOPTHETA_RETURN_IF_ERROR(run_pass(cal));
+      ThresholdSet got;
+      if (compact) TOPTHETA_RETURN_IF_ERROR(cal.finalize_compact(&got));
+      else TOPTHETA_RETURN_IF_ERROR(cal.finalize_per_length(&got));
+      if (got.size() != set->size())
+        return Status::failed_precondition("SDC pass gave a different number of tables");
+      for (std::size_t i = 0; i < got.size(); ++i)
+        if (!detail::same_thresholds(got.tables()[i], set->tables()[i]))
+          return Status::failed_precondition(
+              "SDC pass saw different rows than the threshold pass (run_pass must feed the same "
+              "rows every time)");
+      *set = std::move(got);
+      return {};
+    };
+    TOPTHETA_RETURN_IF_ERROR(sdc_pass(&r.compact, true));
+    if (opts.per_length) TOPTHETA_RETURN_IF_ERROR(sdc_pass(&r.per_length, false));
+  }
+  *out = std::move(r);
+  return {};
+}
 
 }  // namespace toptheta

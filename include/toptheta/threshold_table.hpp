@@ -4,8 +4,14 @@
 /// budgets k_l, optional SDC terms C(l, h, L) and the metadata that travels with them
 /// (DESIGN.md sections 2 and 7).
 ///
-/// Entries of one (layer, head) are kept sorted by length; lookup is a binary search,
-/// O(log n) and allocation-free.
+/// Two forms (`ThresholdForm`):
+/// - per-length (format version 1): one entry per calibrated (layer, head, L), sorted by length;
+///   lookup is a binary search, O(log n) and allocation-free;
+/// - compact (format version 2, threshold_fit.hpp builds it): per (layer, head) a curve of a few
+///   knots at log-spaced lengths; theta(L) interpolates between knots in log L and extrapolates
+///   past both ends with the fitted slope (ThresholdCurve). O(log knots) and allocation-free.
+///
+/// `ThresholdSet` holds several tables of one calibration pass, one per budget k.
 ///
 /// Completeness: every (layer, head) pair needs at least one entry, or must be declared dense
 /// with `set_dense()` (it then keeps every score: lookup gives theta = -inf). A table with a pair
@@ -42,6 +48,40 @@ struct ThresholdLookup {
   double sdc = std::numeric_limits<double>::quiet_NaN();
 };
 
+/// How a table represents theta as a function of the row length.
+enum class ThresholdForm {
+  kPerLength,  ///< one entry per calibrated length (native format version 1, authors' format)
+  kCompact,    ///< one ThresholdCurve per (layer, head) (native format version 2)
+};
+inline const char* to_string(ThresholdForm f) {
+  return f == ThresholdForm::kPerLength ? "per-length" : "compact";
+}
+
+/// One knot of a compact curve.
+struct CurveKnot {
+  Index length = 0;           ///< representative row length of the knot's bucket (> 0)
+  double value = 0.0;         ///< pre-softmax: theta; post-softmax: L * theta (> 0)
+  std::uint64_t samples = 0;  ///< calibration rows behind the knot (its own bucket)
+  double sdc = std::numeric_limits<double>::quiet_NaN();  ///< C(l,h,L) at the knot, NaN if absent
+  bool has_sdc() const { return !std::isnan(sdc); }
+};
+
+/// theta(L) of one (layer, head) in the compact form. With x = ln L and
+/// g(v) = v (pre-softmax) or ln v (post-softmax, where v = L * theta > 0):
+/// - between two knots, g(v) is linear in x (so post-softmax theta follows a power law of L
+///   between knots, pre-softmax theta is a + b ln L);
+/// - below the first knot g(v) = g(v_first) + slope_below * (x - x_first), past the last knot
+///   g(v) = g(v_last) + slope_above * (x - x_last): the slopes are least-squares fits of g(v)
+///   over the knots of the first / last calibrated octaves (threshold_fit.hpp), so lengths past
+///   the calibrated range follow the fit, not the last knot;
+/// - SDC terms are interpolated linearly in x between knots and clamped to the end knots.
+struct ThresholdCurve {
+  std::vector<CurveKnot> knots;  ///< ascending, distinct lengths
+  double slope_below = 0.0;      ///< d g(v) / d ln L below the first knot
+  double slope_above = 0.0;      ///< d g(v) / d ln L past the last knot
+  bool empty() const { return knots.empty(); }
+};
+
 /// Metadata stored with a table (DESIGN.md section 7).
 struct ThresholdMetadata {
   Placement placement = Placement::kPreSoftmax;
@@ -49,6 +89,7 @@ struct ThresholdMetadata {
   std::uint64_t calibration_rows = 0;    ///< rows observed in total
   std::string model_id;                  ///< optional free text, no newlines
   std::string notes;                     ///< optional free text, no newlines
+  int buckets_per_octave = 0;            ///< compact tables: length buckets per octave (else 0)
 };
 
 namespace detail {
@@ -139,6 +180,25 @@ class ThresholdTable {
         entries_(static_cast<std::size_t>(std::max<Index>(num_layers * num_heads, 0))),
         dense_(entries_.size(), 0) {}
 
+  /// A compact table (ThresholdForm::kCompact) of the given shape: fill it with set_curve().
+  static ThresholdTable compact(Index num_layers, Index num_heads, Index default_k = 64) {
+    ThresholdTable t(num_layers, num_heads, default_k);
+    t.form_ = ThresholdForm::kCompact;
+    t.curves_.resize(t.entries_.size());
+    t.log_len_.resize(t.entries_.size());
+    return t;
+  }
+
+  ThresholdForm form() const { return form_; }
+  bool is_compact() const { return form_ == ThresholdForm::kCompact; }
+
+  /// The smallest budget over the layers: the k a ThresholdSet files this table under.
+  Index nominal_k() const {
+    Index k = 0;
+    for (Index v : layer_k_) k = (k == 0 || v < k) ? v : k;
+    return k;
+  }
+
   Index num_layers() const { return num_layers_; }
   Index num_heads() const { return num_heads_; }
 
@@ -164,6 +224,8 @@ class ThresholdTable {
   /// Insert or replace the entry for (layer, head, entry.length).
   Status set(Index layer, Index head, const ThresholdEntry& entry) {
     TOPTHETA_RETURN_IF_ERROR(check_index(layer, head));
+    if (is_compact())
+      return Status::failed_precondition("set(): a compact table holds curves (set_curve())");
     if (entry.length <= 0)
       return Status::invalid_argument("length must be positive, got " +
                                       std::to_string(entry.length));
@@ -191,19 +253,49 @@ class ThresholdTable {
     return it != v.end() && it->length == length;
   }
 
+  /// Compact tables: installs the curve of (layer, head) (replacing any). Knots need ascending,
+  /// distinct positive lengths, finite values (> 0 for post-softmax tables: set the placement
+  /// first), finite slopes and finite non-negative SDC terms or NaN.
+  Status set_curve(Index layer, Index head, ThresholdCurve curve) {
+    TOPTHETA_RETURN_IF_ERROR(check_index(layer, head));
+    if (!is_compact())
+      return Status::failed_precondition("set_curve(): a per-length table holds entries (set())");
+    const std::size_t s = slot(layer, head);
+    if (dense_[s] && !curve.empty())
+      return Status::invalid_argument("layer " + std::to_string(layer) + " head " +
+                                      std::to_string(head) + " is declared dense");
+    TOPTHETA_RETURN_IF_ERROR(check_curve(curve, "layer " + std::to_string(layer) + " head " +
+                                                    std::to_string(head)));
+    std::vector<double> logs(curve.knots.size());
+    for (std::size_t i = 0; i < logs.size(); ++i) logs[i] = std::log(double(curve.knots[i].length));
+    curves_[s] = std::move(curve);
+    log_len_[s] = std::move(logs);
+    return {};
+  }
+  /// The curve of (layer, head) (compact tables; empty for per-length ones).
+  const ThresholdCurve& curve(Index layer, Index head) const {
+    TOPTHETA_ASSERT(check_index(layer, head).ok(), "layer/head out of range");
+    static const ThresholdCurve kNone;
+    return is_compact() ? curves_[slot(layer, head)] : kNone;
+  }
+
   /// Declares (layer, head) dense on purpose (`dense` = true): it has no thresholds and keeps every
   /// score (lookup gives theta = -inf). This is the only way a pair without entries is accepted.
   /// Fails when the pair already has entries. `dense` = false removes the declaration.
   Status set_dense(Index layer, Index head, bool dense = true) {
     TOPTHETA_RETURN_IF_ERROR(check_index(layer, head));
     const std::size_t s = slot(layer, head);
-    if (dense && !entries_[s].empty())
+    if (dense && has_data(s))
       return Status::invalid_argument("layer " + std::to_string(layer) + " head " +
                                       std::to_string(head) + " has " +
-                                      std::to_string(entries_[s].size()) +
+                                      std::to_string(data_count(s)) +
                                       " threshold entries and cannot be declared dense");
     dense_[s] = dense ? 1 : 0;
     return {};
+  }
+  /// True when (layer, head) has entries (per-length) or a curve with knots (compact).
+  bool has_thresholds(Index layer, Index head) const {
+    return check_index(layer, head).ok() && has_data(slot(layer, head));
   }
   /// True when (layer, head) is declared dense (false outside the table).
   bool is_dense(Index layer, Index head) const {
@@ -218,7 +310,7 @@ class ThresholdTable {
   /// Number of (layer, head) pairs with no entries that are not declared dense (0 when complete).
   std::size_t num_missing_heads() const {
     std::size_t n = 0;
-    for (std::size_t s = 0; s < entries_.size(); ++s) n += entries_[s].empty() && !dense_[s];
+    for (std::size_t s = 0; s < entries_.size(); ++s) n += !has_data(s) && !dense_[s];
     return n;
   }
   /// Compact text listing the pairs declared dense (`dense` = true) or the pairs missing
@@ -229,7 +321,7 @@ class ThresholdTable {
     for (Index l = 0; l < num_layers_; ++l)
       for (Index h = 0; h < num_heads_; ++h) {
         const std::size_t s = slot(l, h);
-        if (dense ? dense_[s] != 0 : (entries_[s].empty() && !dense_[s])) {
+        if (dense ? dense_[s] != 0 : (!has_data(s) && !dense_[s])) {
           text.add(l, h);
           any = true;
         }
@@ -242,18 +334,21 @@ class ThresholdTable {
     TOPTHETA_ASSERT(check_index(layer, head).ok(), "layer/head out of range");
     return entries_[slot(layer, head)];
   }
-  /// Total number of entries.
+  /// Total number of entries (per-length) or knots (compact).
   std::size_t size() const {
     std::size_t n = 0;
-    for (const auto& v : entries_) n += v.size();
+    for (std::size_t s = 0; s < entries_.size(); ++s) n += data_count(s);
     return n;
   }
   bool empty() const { return size() == 0; }
-  /// True when every entry carries an SDC term.
+  /// True when every entry (knot) carries an SDC term.
   bool has_sdc() const {
     for (const auto& v : entries_)
       for (const auto& e : v)
         if (!e.has_sdc()) return false;
+    for (const auto& c : curves_)
+      for (const auto& k : c.knots)
+        if (!k.has_sdc()) return false;
     return !empty();
   }
 
@@ -263,9 +358,13 @@ class ThresholdTable {
   /// A (layer, head) without entries yields theta = -inf (keeps everything): that is how a pair
   /// declared dense runs. An undeclared pair without entries makes the table incomplete; callers
   /// must reject such tables first (validate(), check_layer()).
+  ///
+  /// Compact tables ignore `policy`: theta follows the curve (ThresholdCurve), interpolated in
+  /// log L between knots and extrapolated with the fitted slopes outside them.
   ThresholdLookup lookup(Index layer, Index head, Index length,
                          LookupPolicy policy = LookupPolicy::kNearest) const {
     TOPTHETA_ASSERT(check_index(layer, head).ok(), "layer/head out of range");
+    if (form_ == ThresholdForm::kCompact) return lookup_curve(slot(layer, head), length);
     const auto& v = entries_[slot(layer, head)];
     ThresholdLookup r;
     if (v.empty()) {
@@ -305,6 +404,13 @@ class ThresholdTable {
       if (layer_k_[static_cast<std::size_t>(l)] < 1)
         return Status::invalid_argument("layer " + std::to_string(l) + " has k < 1");
     if (!std::isfinite(metadata_.lambda)) return Status::invalid_argument("lambda is not finite");
+    if (is_compact()) {
+      for (Index l = 0; l < num_layers_; ++l)
+        for (Index h = 0; h < num_heads_; ++h)
+          TOPTHETA_RETURN_IF_ERROR(check_curve(curves_[slot(l, h)], "layer " + std::to_string(l) +
+                                                                        " head " + std::to_string(h)));
+      return {};
+    }
     for (Index l = 0; l < num_layers_; ++l)
       for (Index h = 0; h < num_heads_; ++h) {
         const auto& v = entries_[slot(l, h)];
@@ -356,13 +462,13 @@ class ThresholdTable {
     const std::size_t base = slot(layer, 0);
     bool ok = true;
     for (std::size_t s = base; s < base + static_cast<std::size_t>(num_heads_); ++s)
-      ok = ok && (!entries_[s].empty() || dense_[s] != 0);
+      ok = ok && (has_data(s) || dense_[s] != 0);
     if (ok) return {};
     detail::HeadListText text(1, 16);
     Index n = 0;
     for (Index h = 0; h < num_heads_; ++h) {
       const std::size_t s = base + static_cast<std::size_t>(h);
-      if (entries_[s].empty() && !dense_[s]) {
+      if (!has_data(s) && !dense_[s]) {
         text.add(layer, h);
         ++n;
       }
@@ -374,6 +480,62 @@ class ThresholdTable {
   }
 
  private:
+  bool has_data(std::size_t s) const {
+    return form_ == ThresholdForm::kCompact ? !curves_[s].knots.empty() : !entries_[s].empty();
+  }
+  std::size_t data_count(std::size_t s) const {
+    return form_ == ThresholdForm::kCompact ? curves_[s].knots.size() : entries_[s].size();
+  }
+  Status check_curve(const ThresholdCurve& c, const std::string& where) const {
+    if (!std::isfinite(c.slope_below) || !std::isfinite(c.slope_above))
+      return Status::invalid_argument(where + ": curve slopes must be finite");
+    const bool post = metadata_.placement == Placement::kPostSoftmax;
+    for (std::size_t i = 0; i < c.knots.size(); ++i) {
+      const CurveKnot& k = c.knots[i];
+      const std::string w = where + " knot length " + std::to_string(k.length);
+      if (k.length <= 0) return Status::invalid_argument(w + ": non-positive length");
+      if (i > 0 && c.knots[i - 1].length >= k.length)
+        return Status::invalid_argument(w + ": duplicate or unsorted length");
+      if (!std::isfinite(k.value))
+        return Status::invalid_argument(w + ": value is not finite");
+      if (post && !(k.value > 0))
+        return Status::invalid_argument(w + ": post-softmax value L * theta must be > 0");
+      if (k.has_sdc() && (!std::isfinite(k.sdc) || k.sdc < 0))
+        return Status::invalid_argument(w + ": SDC term is not a finite non-negative value");
+    }
+    return {};
+  }
+  ThresholdLookup lookup_curve(std::size_t s, Index length) const {
+    const ThresholdCurve& c = curves_[s];
+    ThresholdLookup r;
+    const std::size_t n = c.knots.size();
+    if (n == 0) {
+      r.theta = -std::numeric_limits<double>::infinity();
+      return r;
+    }
+    const bool post = metadata_.placement == Placement::kPostSoftmax;
+    const std::vector<double>& lx = log_len_[s];
+    const double x = std::log(double(std::max<Index>(length, 1)));
+    const auto g = [post](double v) { return post ? std::log(v) : v; };
+    double gv;
+    if (length <= c.knots.front().length) {
+      gv = g(c.knots.front().value) + c.slope_below * (x - lx.front());
+      r.sdc = c.knots.front().sdc;
+    } else if (length >= c.knots.back().length) {
+      gv = g(c.knots.back().value) + c.slope_above * (x - lx.back());
+      r.sdc = c.knots.back().sdc;
+    } else {
+      auto it = std::upper_bound(c.knots.begin(), c.knots.end(), length,
+                                 [](Index L, const CurveKnot& k) { return L < k.length; });
+      const std::size_t i = std::size_t(it - c.knots.begin());  // knots[i-1] < length < knots[i]
+      const double t = (x - lx[i - 1]) / (lx[i] - lx[i - 1]);
+      gv = g(c.knots[i - 1].value) + t * (g(c.knots[i].value) - g(c.knots[i - 1].value));
+      r.sdc = c.knots[i - 1].sdc + t * (c.knots[i].sdc - c.knots[i - 1].sdc);
+    }
+    r.theta = post ? std::exp(gv) / double(std::max<Index>(length, 1)) : gv;
+    return r;
+  }
+
   Status complete_status(const std::string& context) const {
     const std::size_t missing = num_missing_heads();
     if (missing == 0) return {};
@@ -405,7 +567,64 @@ class ThresholdTable {
   std::vector<Index> layer_k_;
   std::vector<std::vector<ThresholdEntry>> entries_;  // [layer * heads + head], sorted by length
   std::vector<std::uint8_t> dense_;  // [layer * heads + head]: 1 = declared dense (no entries)
+  ThresholdForm form_ = ThresholdForm::kPerLength;
+  std::vector<ThresholdCurve> curves_;        // compact: [layer * heads + head]
+  std::vector<std::vector<double>> log_len_;  // compact: ln(knot length), per slot
   ThresholdMetadata metadata_;
+};
+
+/// Several tables of one calibration pass, one per budget (their nominal_k(), distinct), sorted
+/// by k; all of one shape, placement and form. Files hold a set (native format version 2); the
+/// user picks k at load time (LoadOptions::k).
+class ThresholdSet {
+ public:
+  const std::vector<ThresholdTable>& tables() const { return tables_; }
+  std::vector<ThresholdTable>& tables() { return tables_; }
+  bool empty() const { return tables_.empty(); }
+  std::size_t size() const { return tables_.size(); }
+  /// The budgets, ascending.
+  std::vector<Index> ks() const {
+    std::vector<Index> v;
+    for (const auto& t : tables_) v.push_back(t.nominal_k());
+    return v;
+  }
+  std::string ks_text() const {
+    std::string s;
+    for (Index k : ks()) s += (s.empty() ? "" : ", ") + std::to_string(k);
+    return s;
+  }
+  /// The table of budget k, or nullptr.
+  const ThresholdTable* find(Index k) const {
+    for (const auto& t : tables_)
+      if (t.nominal_k() == k) return &t;
+    return nullptr;
+  }
+  /// Adds a table (validated); its shape, placement and form must match the set's, its k be new.
+  Status add(ThresholdTable t) {
+    TOPTHETA_RETURN_IF_ERROR(t.validate());
+    if (!tables_.empty()) {
+      const ThresholdTable& f = tables_.front();
+      if (f.num_layers() != t.num_layers() || f.num_heads() != t.num_heads())
+        return Status::invalid_argument("ThresholdSet: table of shape " +
+                                        shape_string(t.num_layers(), t.num_heads()) +
+                                        " added to a set of shape " +
+                                        shape_string(f.num_layers(), f.num_heads()));
+      if (f.placement() != t.placement() || f.form() != t.form())
+        return Status::invalid_argument(
+            "ThresholdSet: tables of one set share placement and form");
+      if (find(t.nominal_k()))
+        return Status::invalid_argument("ThresholdSet: k = " + std::to_string(t.nominal_k()) +
+                                        " is already in the set");
+    }
+    const Index k = t.nominal_k();
+    auto it = std::find_if(tables_.begin(), tables_.end(),
+                           [k](const ThresholdTable& x) { return x.nominal_k() > k; });
+    tables_.insert(it, std::move(t));
+    return {};
+  }
+
+ private:
+  std::vector<ThresholdTable> tables_;
 };
 
 }  // namespace toptheta

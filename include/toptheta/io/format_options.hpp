@@ -82,6 +82,10 @@ struct LoadOptions {
   std::string sdc_path;
   /// (layer, head) pairs without entries and not declared dense: an error by default.
   MissingHeads missing_heads = MissingHeads::kError;
+  /// Files holding several tables (native version 2: one per budget k): the table of this k;
+  /// 0 = the only table (an error naming the file's k values when it holds several). For a
+  /// file with one table, a non-zero k must equal that table's k (its smallest layer budget).
+  Index k = 0;
 };
 
 /// How to save a table.
@@ -115,6 +119,10 @@ inline Status check_writable(const ThresholdTable& t) {
       if (!v.empty() && v.back().length > kMaxThresholdLength)
         return Status::invalid_argument("length " + std::to_string(v.back().length) +
                                         " exceeds " + std::to_string(kMaxThresholdLength));
+      const auto& c = t.curve(l, h).knots;
+      if (!c.empty() && c.back().length > kMaxThresholdLength)
+        return Status::invalid_argument("knot length " + std::to_string(c.back().length) +
+                                        " exceeds " + std::to_string(kMaxThresholdLength));
     }
   }
   return {};
@@ -130,7 +138,7 @@ inline Status finish_loaded_table(ThresholdTable* t, const LoadOptions& opts,
   if (opts.missing_heads == MissingHeads::kDense) {
     for (Index l = 0; l < t->num_layers(); ++l)
       for (Index h = 0; h < t->num_heads(); ++h)
-        if (t->entries(l, h).empty()) (void)t->set_dense(l, h);
+        if (!t->has_thresholds(l, h)) (void)t->set_dense(l, h);
     return {};
   }
   const Status s = t->check_complete(shape_note);

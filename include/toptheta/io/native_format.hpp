@@ -20,6 +20,10 @@
 ///
 /// Every (layer, head) needs entries or a `dense_heads` declaration (see ThresholdTable).
 ///
+/// Version 1 holds one per-length table; version 2 (io/native_format_v2.hpp) holds compact
+/// tables, one per budget k. Per-length tables are written as version 1, compact ones as
+/// version 2; both versions load.
+///
 /// Doubles are written as the shortest decimal that reads back bit-identically.
 /// Parsing is O(file size) for entries sorted by length within each (layer, head), which is how
 /// the writer emits them, O(n log n) otherwise; it never reads outside the given text.
@@ -34,19 +38,27 @@
 #include "../status.hpp"
 #include "../threshold_table.hpp"
 #include "format_options.hpp"
+#include "native_format_v2.hpp"
 #include "text_codec.hpp"
 
 namespace toptheta {
 
 /// First word of a native threshold file.
 inline constexpr const char* kNativeThresholdMagic = "toptheta-thresholds";
-/// The native format version this library writes and reads.
-inline constexpr int kNativeThresholdVersion = 1;
+/// The newest native format version this library writes and reads (2: compact curves).
+inline constexpr int kNativeThresholdVersion = 2;
+/// The version of per-length tables (still written for them, and read).
+inline constexpr int kNativeThresholdVersionPerLength = 1;
 
-/// Serialises `table` in the native format (after `table.validate()` and the file limits).
-/// `out` is untouched on error.
+/// Serialises `table` in the native format (after `table.validate()` and the file limits):
+/// version 1 for a per-length table, version 2 for a compact one. `out` is untouched on error.
 inline Status format_native_thresholds(const ThresholdTable& table, std::string* out) {
   TOPTHETA_RETURN_IF_ERROR(detail::check_writable(table));
+  if (table.is_compact()) {
+    ThresholdSet set;
+    TOPTHETA_RETURN_IF_ERROR(set.add(table));
+    return detail::format_native_v2(set, out);
+  }
   const ThresholdMetadata& md = table.metadata();
   const std::pair<const char*, const std::string*> texts[] = {{"model", &md.model_id},
                                                               {"notes", &md.notes}};
@@ -58,7 +70,7 @@ inline Status format_native_thresholds(const ThresholdTable& table, std::string*
   std::string s;
   s.reserve(256 + table.size() * 40);
   s += kNativeThresholdMagic;
-  s += " " + std::to_string(kNativeThresholdVersion) + "\n";
+  s += " " + std::to_string(kNativeThresholdVersionPerLength) + "\n";
   s += "# Top-theta attention thresholds; format: docs/threshold-format.md\n";
   s += "placement ";
   s += to_string(md.placement);
@@ -137,21 +149,29 @@ inline Status parse_native_thresholds(std::string_view text, const std::string& 
   // --- format line
   if (!sc.next(&line, &ln))
     return bad(0, "empty file: expected '" + std::string(kNativeThresholdMagic) + " " +
-                      std::to_string(kNativeThresholdVersion) + "' as the first line");
+                      std::to_string(kNativeThresholdVersionPerLength) + "' or '" + std::string(kNativeThresholdMagic) + " " + std::to_string(kNativeThresholdVersion) + "' as the first line");
   std::string problem = detail::check_line_bytes(line);
   if (!problem.empty()) return bad(ln, problem);
   detail::split_fields(line, &f);
   if (f.empty() || f[0] != kNativeThresholdMagic)
     return bad(ln, "missing format line: expected '" + std::string(kNativeThresholdMagic) + " " +
-                       std::to_string(kNativeThresholdVersion) + "' as the first line");
+                       std::to_string(kNativeThresholdVersionPerLength) + "' or '" + std::string(kNativeThresholdMagic) + " " + std::to_string(kNativeThresholdVersion) + "' as the first line");
   if (f.size() != 2)
     return bad(ln, "the format line must be '" + std::string(kNativeThresholdMagic) + " <version>'");
   std::uint64_t version = 0;
   if (!detail::parse_uint(f[1], std::uint64_t(1) << 62, &version))
     return bad(ln, "malformed format version " + quote_token(f[1]));
-  if (version != std::uint64_t(kNativeThresholdVersion))
+  if (version == 2) {
+    ThresholdSet set;
+    TOPTHETA_RETURN_IF_ERROR(detail::parse_native_v2(text, name, &set, opts));
+    ThresholdTable t;
+    TOPTHETA_RETURN_IF_ERROR(detail::select_table(set, opts.k, name, &t));
+    *out = std::move(t);
+    return {};
+  }
+  if (version != 1)
     return bad(ln, "unsupported format version " + std::to_string(version) +
-                       " (this library reads version " + std::to_string(kNativeThresholdVersion) + ")");
+                       " (this library reads versions 1 and 2)");
 
   // --- header
   enum Key { kPlacement, kLayers, kHeads, kK, kLambda, kRows, kModel, kNotes, kNumKeys };
@@ -388,7 +408,39 @@ inline Status parse_native_thresholds(std::string_view text, const std::string& 
   const Status s = t.validate_entries();
   if (!s.ok()) return detail::file_error(StatusCode::kDataLoss, name, 0, s.message());
   TOPTHETA_RETURN_IF_ERROR(detail::finish_loaded_table(&t, opts, name, std::string()));
+  if (opts.k != 0 && t.nominal_k() != opts.k)
+    return Status::invalid_argument(name + ": no table for k = " + std::to_string(opts.k) +
+                                    " (the file holds k = " + std::to_string(t.nominal_k()) + ")");
   *out = std::move(t);
+  return {};
+}
+
+/// Serialises a set: version 2 for compact tables (all in one file); a set of one per-length
+/// table as version 1 (per-length tables cannot share a file).
+inline Status format_native_threshold_set(const ThresholdSet& set, std::string* out) {
+  if (set.size() == 1 && !set.tables().front().is_compact())
+    return format_native_thresholds(set.tables().front(), out);
+  return detail::format_native_v2(set, out);
+}
+
+/// Parses a native file into a set: every table of a version-2 file (`opts.k` ignored), or the
+/// one table of a version-1 file.
+inline Status parse_native_threshold_set(std::string_view text, const std::string& name,
+                                         ThresholdSet* out, const LoadOptions& opts = {}) {
+  std::string_view body = detail::strip_utf8_bom(text);
+  const std::string_view v2 = "toptheta-thresholds 2";
+  if (body.substr(0, v2.size()) == v2 &&
+      (body.size() == v2.size() || body[v2.size()] == '\n' || body[v2.size()] == '\r' ||
+       detail::is_blank(body[v2.size()])))
+    return detail::parse_native_v2(text, name, out, opts);
+  LoadOptions o = opts;
+  o.k = 0;
+  ThresholdTable t;
+  TOPTHETA_RETURN_IF_ERROR(parse_native_thresholds(text, name, &t, o));
+  ThresholdSet set;
+  if (opts.missing_heads == MissingHeads::kKeepEmpty) set.tables().push_back(std::move(t));
+  else TOPTHETA_RETURN_IF_ERROR(set.add(std::move(t)));
+  *out = std::move(set);
   return {};
 }
 

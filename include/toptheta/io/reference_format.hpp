@@ -76,6 +76,10 @@ inline bool looks_like_reference(std::string_view text) {
 inline Status format_reference_thresholds(const ThresholdTable& table, std::string* th,
                                           std::string* sdc) {
   TOPTHETA_RETURN_IF_ERROR(detail::check_writable(table));
+  if (table.is_compact())
+    return Status::invalid_argument(
+        "the authors' format holds per-length thresholds, not compact curves: save in the native "
+        "format (version 2)");
   if (table.num_dense_heads() > 0)
     return Status::invalid_argument(
         "the authors' format cannot declare dense heads (" + table.describe_heads(true) +

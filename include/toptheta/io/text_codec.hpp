@@ -338,6 +338,29 @@ inline void append_double(std::string* out, double v) {
 #endif
 }
 
+/// Appends the shortest decimal text that parse_double() followed by rounding to float reads back
+/// as exactly float(v) (for values that are floats already: the same value). Used for the compact
+/// curves, whose values are floats.
+inline void append_float(std::string* out, double v) {
+  const float f = float(v);
+  if (!std::isfinite(f)) {
+    append_double(out, double(f));
+    return;
+  }
+  char buf[64];
+  for (int prec = 6; prec <= 9; ++prec) {
+    std::snprintf(buf, sizeof(buf), "%.*g", prec, double(f));
+    double back = 0.0;
+    std::string s(buf);
+    for (char& c : s)
+      if (c == ',') c = '.';  // a locale's decimal comma
+    if (prec == 9 || (parse_double(s, &back) == NumberParse::kOk && float(back) == f)) {
+      *out += s;
+      return;
+    }
+  }
+}
+
 /// `v` formatted by append_double().
 inline std::string format_double(double v) {
   std::string s;

@@ -145,6 +145,34 @@ inline Status save_thresholds(const std::string& path, const ThresholdTable& tab
   return save_thresholds(path, table, o);
 }
 
+/// Loads every table of a threshold file: all tables of a native version-2 file, or the one
+/// table of a version-1 or authors' file (`opts.k` is ignored; pick with ThresholdSet::find()).
+inline Status load_threshold_set(const std::string& path, ThresholdSet* out,
+                                 const LoadOptions& opts = {}) {
+  std::string text;
+  TOPTHETA_RETURN_IF_ERROR(read_file(path, &text, kMaxThresholdFileBytes));
+  ThresholdFormat fmt = opts.format;
+  if (fmt == ThresholdFormat::kAuto) fmt = detect_threshold_format(text);
+  if (fmt == ThresholdFormat::kNative) return parse_native_threshold_set(text, path, out, opts);
+  LoadOptions o = opts;
+  o.k = 0;
+  ThresholdTable t;
+  TOPTHETA_RETURN_IF_ERROR(load_thresholds(path, &t, o));
+  ThresholdSet set;
+  if (opts.missing_heads == MissingHeads::kKeepEmpty) set.tables().push_back(std::move(t));
+  else TOPTHETA_RETURN_IF_ERROR(set.add(std::move(t)));
+  *out = std::move(set);
+  return {};
+}
+
+/// Saves a set atomically in the native format (format_native_threshold_set()).
+inline Status save_threshold_set(const std::string& path, const ThresholdSet& set) {
+  std::string text;
+  const Status s = format_native_threshold_set(set, &text);
+  if (!s.ok()) return Status(s.code(), path + ": cannot save: " + s.message());
+  return write_file_atomic(path, text);
+}
+
 /// True when `a` and `b` hold the same shape, budgets, metadata, dense heads and entries, comparing doubles
 /// by bit pattern (so -0 != 0, and NaN SDC terms of the same pattern are equal).
 inline bool thresholds_identical(const ThresholdTable& a, const ThresholdTable& b) {
@@ -156,9 +184,18 @@ inline bool thresholds_identical(const ThresholdTable& a, const ThresholdTable& 
       ma.calibration_rows != mb.calibration_rows || ma.model_id != mb.model_id ||
       ma.notes != mb.notes)
     return false;
+  if (a.form() != b.form() || ma.buckets_per_octave != mb.buckets_per_octave) return false;
   for (Index l = 0; l < a.num_layers(); ++l)
     for (Index h = 0; h < a.num_heads(); ++h) {
       if (a.is_dense(l, h) != b.is_dense(l, h)) return false;
+      const ThresholdCurve &ca = a.curve(l, h), &cb = b.curve(l, h);
+      if (ca.knots.size() != cb.knots.size() || !same(ca.slope_below, cb.slope_below) ||
+          !same(ca.slope_above, cb.slope_above))
+        return false;
+      for (std::size_t i = 0; i < ca.knots.size(); ++i)
+        if (ca.knots[i].length != cb.knots[i].length || !same(ca.knots[i].value, cb.knots[i].value) ||
+            ca.knots[i].samples != cb.knots[i].samples || !same(ca.knots[i].sdc, cb.knots[i].sdc))
+          return false;
       const auto &va = a.entries(l, h), &vb = b.entries(l, h);
       if (va.size() != vb.size()) return false;
       for (std::size_t i = 0; i < va.size(); ++i)

@@ -1,0 +1,357 @@
+// Compact thresholds (threshold_fit.hpp, ThresholdCurve, native format version 2):
+//  - length buckets: (2^(j/b), 2^((j+1)/b)], a power of two closes its bucket;
+//  - fit_curve recovers a known trend and extrapolates with the fitted slope;
+//  - lookup: between knots in log L (power law for post-softmax), past the ends by the slopes;
+//  - the calibrator: several k in one pass equal single-k passes, constant-memory buckets,
+//    sparse-bucket warnings, pooled thresholds stable with few sequences where per-length ones
+//    are noisy;
+//  - calibrate_two_pass: SDC terms on the compact tables, a mismatching second pass is refused;
+//  - version-2 files: bit-identical round trip, k chosen at load, version 1 still loads and
+//    converts; a 32 x 32-head table calibrated to 32k tokens is under 1 MB.
+
+#include <gtest/gtest.h>
+
+#include <toptheta/toptheta.hpp>
+#include <toptheta/io/threshold_file.hpp>
+#include <toptheta/threshold_fit.hpp>
+
+#include "counting_allocator.hpp"
+
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+using namespace toptheta;
+
+TEST(LengthBucket, EdgesArePowersOfTheBucketRatio) {
+  for (int b : {1, 2, 4}) {
+    int prev = length_bucket(2, b);
+    for (Index L = 3; L <= 70000; ++L) {
+      const int j = length_bucket(L, b);
+      EXPECT_GE(j, prev) << L;  // buckets skipped here hold no integer length (e.g. (2, 2.83])
+      for (int skipped = prev + 1; skipped < j; ++skipped)
+        EXPECT_LT(std::floor(std::exp2(double(skipped + 1) / b) + 1e-9), double(L)) << L;
+      EXPECT_LT(std::exp2(double(j) / b), double(L) + 1e-9) << L;
+      EXPECT_LE(double(L), std::exp2(double(j + 1) / b) + 1e-6) << L;
+      prev = j;
+    }
+  }
+  // 2048 closes its bucket (1448, 2048]; 2049 starts the next.
+  EXPECT_EQ(length_bucket(2048, 2), length_bucket(1449, 2));
+  EXPECT_EQ(length_bucket(2049, 2), length_bucket(2048, 2) + 1);
+  Index lo = 0, hi = 0;
+  bucket_lengths(length_bucket(2048, 2), 2, &lo, &hi);
+  EXPECT_EQ(lo, 1449);
+  EXPECT_EQ(hi, 2048);
+}
+
+// Bucket sums of exact y = a + b ln L, one row per length in [first, last].
+std::vector<BucketStats> linear_buckets(double a, double b, Index first, Index last, int bpo) {
+  std::vector<BucketStats> v;
+  for (Index L = first; L <= last; ++L) {
+    const int j = length_bucket(L, bpo);
+    if (int(v.size()) <= j) v.resize(std::size_t(j) + 1);
+    v[std::size_t(j)].add(std::log(double(L)) - bucket_log_edge(j, bpo), a + b * std::log(double(L)));
+  }
+  return v;
+}
+
+ThresholdTable one_curve_table(Placement p, const ThresholdCurve& c) {
+  ThresholdTable t = ThresholdTable::compact(1, 1, 8);
+  t.metadata().placement = p;
+  const Status s = t.set_curve(0, 0, c);
+  EXPECT_TRUE(s.ok()) << s.to_string();
+  return t;
+}
+
+TEST(FitCurve, RecoversALinearTrendAndExtrapolatesWithItsSlope) {
+  CompactFitOptions o;
+  o.min_bucket_samples = 4;
+  const double a = 0.5, b = 0.25;
+  const ThresholdCurve c = fit_curve(linear_buckets(a, b, 33, 2048, 2), /*post=*/false, 0.0, false, o);
+  ASSERT_GE(c.knots.size(), 10u);
+  for (const auto& k : c.knots) EXPECT_NEAR(k.value, a + b * std::log(double(k.length)), 1e-5);
+  EXPECT_NEAR(c.slope_above, b, 1e-5);
+  EXPECT_NEAR(c.slope_below, b, 1e-5);
+  EXPECT_EQ(c.knots.back().length <= 2048, true);
+  const ThresholdTable t = one_curve_table(Placement::kPreSoftmax, c);
+  for (Index L : {20, 40, 100, 1000, 2048, 4096, 32768})
+    EXPECT_NEAR(t.lookup(0, 0, L).theta, a + b * std::log(double(L)), 1e-4) << L;
+}
+
+TEST(FitCurve, PostSoftmaxFollowsAPowerLawBetweenAndBeyondKnots) {
+  // L * theta = 3 L^0.2: theta = 3 L^-0.8. Knots at two lengths; ln(L theta) is linear in ln L.
+  ThresholdCurve c;
+  c.knots = {{100, 3 * std::pow(100.0, 0.2), 10}, {1000, 3 * std::pow(1000.0, 0.2), 10}};
+  c.slope_above = c.slope_below = 0.2;
+  const ThresholdTable t = one_curve_table(Placement::kPostSoftmax, c);
+  for (Index L : {10, 50, 100, 316, 999, 1000, 4096, 100000})
+    EXPECT_NEAR(t.lookup(0, 0, L).theta / (3 * std::pow(double(L), -0.8)), 1.0, 1e-9) << L;
+  // The lookup policy does not matter for compact tables.
+  EXPECT_EQ(t.lookup(0, 0, 500, LookupPolicy::kNearest).theta,
+            t.lookup(0, 0, 500, LookupPolicy::kLinear).theta);
+}
+
+TEST(FitCurve, ZeroSlopesClampAndSdcTermsClampOutsideTheKnots) {
+  ThresholdCurve c;
+  c.knots = {{100, 1.0, 5, 0.5}, {200, 2.0, 5, 1.5}};
+  const ThresholdTable t = one_curve_table(Placement::kPreSoftmax, c);
+  EXPECT_DOUBLE_EQ(t.lookup(0, 0, 50).theta, 1.0);
+  EXPECT_DOUBLE_EQ(t.lookup(0, 0, 400).theta, 2.0);
+  EXPECT_DOUBLE_EQ(t.lookup(0, 0, 50).sdc, 0.5);
+  EXPECT_DOUBLE_EQ(t.lookup(0, 0, 400).sdc, 1.5);
+  const double mid = t.lookup(0, 0, 141).theta;  // sqrt(100 * 200) = 141.4: halfway in ln L
+  EXPECT_NEAR(mid, 1.0 + (std::log(141.0) - std::log(100.0)) / std::log(2.0), 1e-12);
+  EXPECT_TRUE(t.has_sdc());
+}
+
+TEST(CompactTable, LookupDoesNotAllocate) {
+  CompactFitOptions o;
+  o.min_bucket_samples = 4;
+  ThresholdTable t = one_curve_table(Placement::kPostSoftmax,
+                                     fit_curve(linear_buckets(2.0, 0.2, 33, 2048, 2), true, 0.1, false, o));
+  double sum = 0;
+  const long long before = toptheta::testing::allocation_count();
+  for (Index L = 1; L <= 8192; ++L) sum += t.lookup(0, 0, L, LookupPolicy::kLinear).theta;
+  EXPECT_EQ(toptheta::testing::allocation_count(), before);
+  EXPECT_GT(sum, 0.0);
+}
+
+TEST(CompactTable, RejectsBadCurves) {
+  ThresholdTable t = ThresholdTable::compact(1, 1);
+  t.metadata().placement = Placement::kPostSoftmax;
+  ThresholdCurve c;
+  c.knots = {{100, -1.0, 1}};
+  EXPECT_FALSE(t.set_curve(0, 0, c).ok());  // post-softmax values are L * theta > 0
+  c.knots = {{100, 1.0, 1}, {100, 2.0, 1}};
+  EXPECT_FALSE(t.set_curve(0, 0, c).ok());  // duplicate length
+  c.knots = {{100, 1.0, 1}};
+  c.slope_above = std::nan("");
+  EXPECT_FALSE(t.set_curve(0, 0, c).ok());
+  EXPECT_FALSE(t.validate().ok());  // no curve: incomplete
+  EXPECT_FALSE(t.set(0, 0, ThresholdEntry{100, 0.5, 1}).ok());  // entries are per-length only
+  ThresholdTable per_length(1, 1);
+  EXPECT_FALSE(per_length.set_curve(0, 0, ThresholdCurve()).ok());
+}
+
+// Rows of random scores whose (k+1)-th largest probability falls like 1/L with noise.
+void observe_sequences(Calibrator* cal, int sequences, Index max_len, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 1.5f);
+  std::vector<float> s(static_cast<std::size_t>(max_len));
+  const auto& o = cal->options();
+  for (int q = 0; q < sequences; ++q)
+    for (Index L = 2; L <= max_len; ++L)
+      for (Index l = 0; l < o.num_layers; ++l)
+        for (Index h = 0; h < o.num_heads; ++h) {
+          for (Index j = 0; j < L; ++j) s[std::size_t(j)] = nd(rng) + (j == 0 ? 4.0f : 0.0f);
+          cal->observe_scores(l, h, s.data(), L);
+        }
+}
+
+CalibrationOptions options(std::vector<Index> ks, Placement p = Placement::kPostSoftmax) {
+  CalibrationOptions o;
+  o.num_layers = 2;
+  o.num_heads = 2;
+  if (ks.size() == 1) o.default_k = ks[0];
+  else o.k_values = ks;
+  o.placement = p;
+  o.compact.min_bucket_samples = 8;
+  return o;
+}
+
+TEST(CalibratorCompact, SeveralKFromOnePassEqualSingleKPasses) {
+  Calibrator multi(options({4, 8, 16}));
+  ASSERT_TRUE(multi.validate().ok());
+  EXPECT_EQ(multi.k(0), 4);
+  observe_sequences(&multi, 2, 200, 7);
+  ThresholdSet compact, per_length;
+  ASSERT_TRUE(multi.finalize_compact(&compact).ok());
+  ASSERT_TRUE(multi.finalize_per_length(&per_length).ok());
+  ASSERT_EQ(compact.ks(), (std::vector<Index>{4, 8, 16}));
+  for (Index k : {4, 8, 16}) {
+    Calibrator single(options({k}));
+    observe_sequences(&single, 2, 200, 7);
+    ThresholdSet c1, p1;
+    ASSERT_TRUE(single.finalize_compact(&c1).ok());
+    ASSERT_TRUE(single.finalize_per_length(&p1).ok());
+    EXPECT_TRUE(thresholds_identical(*compact.find(k), c1.tables()[0])) << k;
+    EXPECT_TRUE(thresholds_identical(*per_length.find(k), p1.tables()[0])) << k;
+  }
+}
+
+TEST(CalibratorCompact, BucketsOnlyNeedNoPerLengthMemoryAndReportSparseBuckets) {
+  CalibrationOptions o = options({8});
+  o.per_length = false;
+  o.compact.min_bucket_samples = 50;
+  Calibrator cal(o);
+  observe_sequences(&cal, 3, 300, 1);
+  ThresholdTable t;
+  EXPECT_EQ(cal.finalize(&t).code(), StatusCode::kFailedPrecondition);  // per-length is off
+  ThresholdSet set;
+  CalibrationReport rep;
+  ASSERT_TRUE(cal.finalize_compact(&set, &rep).ok());
+  // Rows of lengths 9..300, 3 per length: the short buckets hold fewer than 50.
+  ASSERT_FALSE(rep.sparse.empty());
+  const std::vector<std::string> w = rep.warnings();
+  ASSERT_FALSE(w.empty());
+  EXPECT_NE(w[0].find("fewer than 50 samples"), std::string::npos) << w[0];
+  EXPECT_NE(w[0].find("k = 8: lengths 9..11"), std::string::npos) << w[0];
+  // Every reported count is a real bucket count.
+  const auto summary = rep.summary(0);
+  ASSERT_FALSE(summary.empty());
+  EXPECT_EQ(summary.back().length_hi, 362);  // 300 lies in (256, 362]
+  EXPECT_EQ(summary.back().min_samples, 3u * (300 - 256));
+  for (const auto& k : set.tables()[0].curve(0, 0).knots) EXPECT_GE(k.samples, 50u);
+}
+
+TEST(CalibratorCompact, PooledThresholdsAreStableWithFewSequences) {
+  // theta at the longest lengths from 4 vs 32 sequences: the compact form agrees within a few
+  // percent; the per-length form, one sample per length and sequence, scatters far more.
+  const auto thetas = [](int sequences, bool compact) {
+    Calibrator cal(options({8}));
+    observe_sequences(&cal, sequences, 400, 100 + std::uint64_t(sequences));
+    ThresholdSet s;
+    EXPECT_TRUE((compact ? cal.finalize_compact(&s) : cal.finalize_per_length(&s)).ok());
+    std::vector<double> v;
+    for (Index L = 300; L <= 400; ++L) v.push_back(s.tables()[0].lookup(0, 0, L).theta);
+    return v;
+  };
+  const auto spread = [](const std::vector<double>& a, const std::vector<double>& b) {
+    double worst = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::fabs(std::log(a[i] / b[i])));
+    return worst;
+  };
+  const double compact = spread(thetas(4, true), thetas(32, true));
+  const double per_length = spread(thetas(4, false), thetas(32, false));
+  EXPECT_LT(compact, 0.1);
+  EXPECT_GT(per_length, 2 * compact);
+}
+
+TEST(CalibrateTwoPass, SdcTermsOnCompactTablesAndSameRowsRequired) {
+  CalibrationOptions o = options({4, 8}, Placement::kPreSoftmax);
+  const auto feed = [](Calibrator& c) {
+    observe_sequences(&c, 2, 120, 3);
+    return Status();
+  };
+  CalibrationResult r;
+  ASSERT_TRUE(calibrate_two_pass(o, /*sdc_terms=*/true, feed, &r).ok());
+  ASSERT_EQ(r.compact.size(), 2u);
+  ASSERT_EQ(r.per_length.size(), 2u);
+  for (const auto& t : r.compact.tables()) EXPECT_TRUE(t.has_sdc());
+  for (const auto& t : r.per_length.tables()) EXPECT_TRUE(t.has_sdc());
+  // The thresholds equal a pass without SDC terms.
+  CalibrationResult plain;
+  ASSERT_TRUE(calibrate_two_pass(o, false, feed, &plain).ok());
+  EXPECT_FALSE(plain.compact.tables()[0].has_sdc());
+  for (Index L : {10, 50, 119})
+    EXPECT_EQ(plain.compact.tables()[1].lookup(1, 1, L).theta, r.compact.tables()[1].lookup(1, 1, L).theta);
+  int calls = 0;
+  const auto drifting = [&calls](Calibrator& c) {
+    observe_sequences(&c, 2, 120, std::uint64_t(++calls));
+    return Status();
+  };
+  EXPECT_EQ(calibrate_two_pass(o, true, drifting, &r).code(), StatusCode::kFailedPrecondition);
+}
+
+std::string temp_path(const std::string& name) {
+  return ::testing::TempDir() + "/toptheta_fit_" + name;
+}
+
+TEST(NativeV2, RoundTripChooseKAndConvertVersion1) {
+  Calibrator cal(options({4, 16}));
+  observe_sequences(&cal, 2, 150, 5);
+  ThresholdSet set, per_length;
+  ASSERT_TRUE(cal.finalize_compact(&set).ok());
+  ASSERT_TRUE(cal.finalize_per_length(&per_length).ok());
+  const std::string path = temp_path("set.toptheta");
+  ASSERT_TRUE(save_threshold_set(path, set).ok());
+  ThresholdSet back;
+  ASSERT_TRUE(load_threshold_set(path, &back).ok());
+  ASSERT_EQ(back.size(), 2u);
+  for (std::size_t i = 0; i < 2; ++i) EXPECT_TRUE(thresholds_identical(set.tables()[i], back.tables()[i]));
+  ThresholdTable t;
+  const Status none = load_thresholds(path, &t);
+  EXPECT_EQ(none.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(none.message().find("k = 4, 16: choose one"), std::string::npos) << none.message();
+  LoadOptions lo;
+  lo.k = 16;
+  ASSERT_TRUE(load_thresholds(path, &t, lo).ok());
+  EXPECT_EQ(t.k(0), 16);
+  EXPECT_TRUE(t.is_compact());
+  lo.k = 8;
+  EXPECT_NE(load_thresholds(path, &t, lo).message().find("no table for k = 8"), std::string::npos);
+  // A per-length table still saves as version 1, loads, and converts.
+  const std::string v1 = temp_path("v1.toptheta");
+  ASSERT_TRUE(save_thresholds(v1, per_length.tables()[0]).ok());
+  ThresholdTable p;
+  ASSERT_TRUE(load_thresholds(v1, &p).ok());
+  EXPECT_FALSE(p.is_compact());
+  ThresholdTable c;
+  ASSERT_TRUE(to_compact(p, &c).ok());
+  EXPECT_TRUE(c.is_compact());
+  EXPECT_LT(c.size(), p.size() / 4);
+  // The conversion smooths the per-length noise (one row per length and sequence here): it lands
+  // within 25% of the compact table fitted to the rows themselves, in range and past it.
+  for (Index L = 40; L <= 150; L += 10)
+    EXPECT_NEAR(std::log(c.lookup(0, 0, L).theta / set.tables()[0].lookup(0, 0, L).theta), 0.0, 0.25) << L;
+  EXPECT_NEAR(std::log(c.lookup(0, 0, 1000).theta / set.tables()[0].lookup(0, 0, 1000).theta), 0.0, 0.25);
+  // Compact tables cannot go to the authors' format.
+  EXPECT_FALSE(save_thresholds(temp_path("th.txt"), c, ThresholdFormat::kReference).ok());
+}
+
+TEST(NativeV2, MalformedFilesNameTheLine) {
+  const std::string head =
+      "toptheta-thresholds 2\nplacement pre\nlayers 1\nheads 1\nlambda 0\nbuckets_per_octave 2\n"
+      "tables 1\ntable 4\nk 4\ncalibration_rows 1\nsdc off\ncurves 1\n";
+  ThresholdTable t;
+  EXPECT_TRUE(parse_thresholds(head + "0 0 0 0 1 10 1.5 3\nend\n", "f", &t).ok());
+  const std::pair<std::string, std::string> bad[] = {
+      {"0 0 0 0 2 10 1.5 3\nend\n", "f:13: 2 knots of 3 fields need 11 fields"},
+      {"0 0 0 0 2 10 1.5 3 9 2 3\nend\n", "f:13: layer 0 head 0 knot length 9: duplicate or unsorted"},
+      {"0 0 0 nan 1 10 1.5 3\nend\n", "f:13: malformed or non-finite slope_above"},
+      {"0 1 0 0 1 10 1.5 3\nend\n", "f:13: (layer, head) = (0 x 1) outside (1 x 1)"},
+      {"0 0 0 0 1 10 1.5 3\n", "no 'end' line"},
+      {"0 0 0 0 1 10 1.5 3\nend\nx\n", "f:15: unexpected content after the 'end' line"},
+  };
+  for (const auto& [body, want] : bad) {
+    const Status s = parse_thresholds(head + body, "f", &t);
+    EXPECT_FALSE(s.ok()) << body;
+    EXPECT_NE(s.message().find(want), std::string::npos) << s.message();
+  }
+}
+
+TEST(NativeV2, A32x32HeadTableCalibratedTo32kTokensIsUnder1MB) {
+  // Bucket sums of one row per length from k+1 to 32768, for 32 layers x 32 heads at k = 32:
+  // what the calibrator holds after a 32k-token calibration (the per-length form has 33.5M
+  // entries, about 1.2 GB as text).
+  const Index layers = 32, heads = 32, k = 32, context = 32768;
+  ThresholdTable t = ThresholdTable::compact(layers, heads);
+  for (Index l = 0; l < layers; ++l) ASSERT_TRUE(t.set_k(l, k).ok());
+  t.metadata().placement = Placement::kPostSoftmax;
+  t.metadata().buckets_per_octave = 2;
+  std::mt19937_64 rng(1);
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  const std::vector<BucketStats> base = linear_buckets(2.0, 0.3, k + 1, context, 2);
+  for (Index l = 0; l < layers; ++l)
+    for (Index h = 0; h < heads; ++h) {
+      std::vector<BucketStats> b = base;
+      for (auto& x : b) x.sy *= 1.0 + 0.01 * u(rng), x.sxy *= 1.0 + 0.01 * u(rng);
+      ASSERT_TRUE(t.set_curve(l, h, fit_curve(b, true, 0.1, false, CompactFitOptions())).ok());
+    }
+  std::string text;
+  ASSERT_TRUE(format_native_thresholds(t, &text).ok());
+  EXPECT_LT(text.size(), std::size_t(1) << 20);
+  const std::string path = temp_path("32x32.toptheta");
+  ASSERT_TRUE(save_thresholds(path, t).ok());
+  ThresholdTable back;
+  ASSERT_TRUE(load_thresholds(path, &back).ok());
+  EXPECT_TRUE(thresholds_identical(t, back));
+  EXPECT_GT(back.lookup(31, 31, 65536).theta, 0.0);  // past the calibrated range: by the fit
+}
+
+}  // namespace
