@@ -123,12 +123,15 @@ struct VecAvx512 {
   /// Lane i of the result = the sum of the 16 lanes of acc[i], by reduce_sum's tree for every i.
   TT_A static VecAvx512 reduce_many(const VecAvx512* a) {
     __m512 b[8], c[4], d[2];
+    TOPTHETA_UNROLL
     for (int i = 0; i < 8; ++i)  // 256-bit halves: [a_2i: s8 | a_2i+1: s8]
       b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i].r, a[2 * i + 1].r, 0x44),
                            _mm512_shuffle_f32x4(a[2 * i].r, a[2 * i + 1].r, 0xEE));
+    TOPTHETA_UNROLL
     for (int j = 0; j < 4; ++j)  // 128-bit halves: [a_4j | a_4j+1 | a_4j+2 | a_4j+3] s4 each
       c[j] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * j], b[2 * j + 1], 0x88),
                            _mm512_shuffle_f32x4(b[2 * j], b[2 * j + 1], 0xDD));
+    TOPTHETA_UNROLL
     for (int j = 0; j < 2; ++j)  // 64-bit halves: lane q = [a_q s2 | a_q+4 s2] (of c pair j)
       d[j] = _mm512_add_ps(_mm512_shuffle_ps(c[2 * j], c[2 * j + 1], 0x44),
                            _mm512_shuffle_ps(c[2 * j], c[2 * j + 1], 0xEE));

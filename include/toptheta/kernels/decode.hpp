@@ -268,7 +268,7 @@ class DecodeCall {
     scores(j0, j1, sc, CH);
     Acc* acc = part_acc_ + c * Hq_ * d;
     std::fill(acc, acc + Hq_ * d, Acc(0));
-    std::uint8_t dense[kMaxKv];
+    std::uint8_t dense[kMaxKv] = {};
     for (Index h = 0; h < Hq_; ++h) {
       Acc* row = sc + h * CH;
       const Acc m = Ops::row_max(row, n);
@@ -551,7 +551,7 @@ class DecodeCall {
     chunk_range(c, &j0, &j1);
     Acc* acc = part_acc_ + c * Hq_ * d;
     std::fill(acc, acc + Hq_ * d, Acc(0));
-    std::uint8_t dense[kMaxKv];
+    std::uint8_t dense[kMaxKv] = {};
     bool any_dense = false;
     for (Index g = 0; g < Hkv_; ++g) {
       dense[g] = dense_g_[g];
