@@ -28,16 +28,17 @@
 namespace toptheta {
 namespace detail {
 
-template <class T>
-Status check_call(const AttentionArgs<T>& a, const AttentionOptions& o, bool is_decode,
+template <class T, class Q>
+Status check_call(const AttentionArgs<T, Q>& a, const AttentionOptions& o, bool is_decode,
                   Isa* isa) {
   if (is_decode && a.q.tokens != 1)
     return Status::invalid_argument("decode takes one query token, q has shape " +
                                     shape_string(a.q) + "; use prefill for several");
   TOPTHETA_RETURN_IF_ERROR(validate(a, o));
-  if (a.q.heads / a.k.heads > kMaxGroup || a.k.heads > kMaxKv)
+  if (a.q.heads / a.cache_heads() > kMaxGroup || a.cache_heads() > kMaxKv)
     return Status::invalid_argument("at most 256 KV heads and 256 query heads per KV head, got " +
-                                    shape_string(a.q) + " over " + shape_string(a.k));
+                                    shape_string(a.q) + " over " + std::to_string(a.cache_heads()) +
+                                    " KV heads");
   return resolve_isa(o.isa, isa);
 }
 
@@ -65,16 +66,27 @@ std::size_t measure_call(Call& call) {
   return measure.used();
 }
 
+/// Calls f(Ops{}, k_view, v_view) with the call's SIMD path and its cache views (contiguous
+/// HeadsView or the rows of a paged cache).
+template <class T, class Q, class F>
+decltype(auto) with_call_views(Isa isa, const AttentionArgs<T, Q>& a, F&& f) {
+  return with_ops(isa, [&](auto ops) {
+    if (!a.paged.empty()) return f(ops, paged_rows(a.paged, false), paged_rows(a.paged, true));
+    return f(ops, a.k, a.v);
+  });
+}
+
 }  // namespace detail
 
 /// Bytes of scratch memory `decode` alone needs for these arguments and options (0 when they do
 /// not validate); `workspace_size` is the larger of this and the prefill size for T = 1.
-template <class T>
-std::size_t decode_workspace_size(const AttentionArgs<T>& args, const AttentionOptions& options) {
+template <class T, class Q>
+std::size_t decode_workspace_size(const AttentionArgs<T, Q>& args, const AttentionOptions& options) {
   Isa isa;
   if (!detail::check_call(args, options, true, &isa).ok()) return 0;
-  return detail::with_ops(isa, [&](auto ops) {
-    detail::DecodeCall<decltype(ops), T> dc(args, options, args.k, args.v);
+  return detail::with_call_views(isa, args, [&](auto ops, const auto& kv, const auto& vv) {
+    detail::DecodeCall<decltype(ops), AttentionArgs<T, Q>, std::decay_t<decltype(kv)>> dc(
+        args, options, kv, vv);
     return detail::measure_call(dc);
   });
 }
@@ -83,16 +95,17 @@ std::size_t decode_workspace_size(const AttentionArgs<T>& args, const AttentionO
 /// including the per-thread buffers of the thread count `options.threads` resolves to.
 /// Returns 0 when the arguments do not validate (or the requested SIMD path is unavailable).
 /// For T = 1 the size covers both `decode` and `prefill`.
-template <class T>
-std::size_t workspace_size(const AttentionArgs<T>& args, const AttentionOptions& options) {
+template <class T, class Q>
+std::size_t workspace_size(const AttentionArgs<T, Q>& args, const AttentionOptions& options) {
   Isa isa;
   if (!detail::check_call(args, options, false, &isa).ok()) return 0;
-  return detail::with_ops(isa, [&](auto ops) {
+  return detail::with_call_views(isa, args, [&](auto ops, const auto& kv, const auto& vv) {
     using Ops = decltype(ops);
-    detail::PrefillCall<Ops, T> pc(args, options, args.k, args.v);
+    using View = std::decay_t<decltype(kv)>;
+    detail::PrefillCall<Ops, AttentionArgs<T, Q>, View> pc(args, options, kv, vv);
     std::size_t n = detail::measure_call(pc);
     if (args.q.tokens == 1) {
-      detail::DecodeCall<Ops, T> dc(args, options, args.k, args.v);
+      detail::DecodeCall<Ops, AttentionArgs<T, Q>, View> dc(args, options, kv, vv);
       n = std::max(n, detail::measure_call(dc));
     }
     return n;
@@ -106,13 +119,13 @@ std::size_t workspace_size(const AttentionArgs<T>& args, const AttentionOptions&
 /// Returns: kInvalidArgument for shapes, strides, options or a workspace that do not fit
 /// (nothing is written then); kFailedPrecondition for an incomplete threshold table or a
 /// SIMD path (`options.isa`) this build or CPU cannot run; ok otherwise.
-template <class T>
-Status decode(const AttentionArgs<T>& args, const AttentionOptions& options, Workspace ws) {
+template <class T, class Q>
+Status decode(const AttentionArgs<T, Q>& args, const AttentionOptions& options, Workspace ws) {
   Isa isa;
   TOPTHETA_RETURN_IF_ERROR(detail::check_call(args, options, /*is_decode=*/true, &isa));
-  return detail::with_ops(isa, [&](auto ops) {
-    using Ops = decltype(ops);
-    detail::DecodeCall<Ops, T> call(args, options, args.k, args.v);
+  return detail::with_call_views(isa, args, [&](auto ops, const auto& kv, const auto& vv) {
+    detail::DecodeCall<decltype(ops), AttentionArgs<T, Q>, std::decay_t<decltype(kv)>> call(
+        args, options, kv, vv);
     return detail::run_call(call, ws);
   });
 }
@@ -122,25 +135,25 @@ Status decode(const AttentionArgs<T>& args, const AttentionOptions& options, Wor
 /// before the new tokens); the kernel adds the new rows.
 ///
 /// Returns the same status codes as `decode`.
-template <class T>
-Status prefill(const AttentionArgs<T>& args, const AttentionOptions& options, Workspace ws) {
+template <class T, class Q>
+Status prefill(const AttentionArgs<T, Q>& args, const AttentionOptions& options, Workspace ws) {
   Isa isa;
   TOPTHETA_RETURN_IF_ERROR(detail::check_call(args, options, /*is_decode=*/false, &isa));
-  return detail::with_ops(isa, [&](auto ops) {
-    using Ops = decltype(ops);
-    detail::PrefillCall<Ops, T> call(args, options, args.k, args.v);
+  return detail::with_call_views(isa, args, [&](auto ops, const auto& kv, const auto& vv) {
+    detail::PrefillCall<decltype(ops), AttentionArgs<T, Q>, std::decay_t<decltype(kv)>> call(
+        args, options, kv, vv);
     return detail::run_call(call, ws);
   });
 }
 
 /// Convenience overloads that allocate the workspace (for examples and tests, not hot loops).
-template <class T>
-Status decode(const AttentionArgs<T>& args, const AttentionOptions& options) {
+template <class T, class Q>
+Status decode(const AttentionArgs<T, Q>& args, const AttentionOptions& options) {
   std::vector<std::byte> buf(std::max<std::size_t>(workspace_size(args, options), 1));
   return decode(args, options, Workspace{buf.data(), buf.size()});
 }
-template <class T>
-Status prefill(const AttentionArgs<T>& args, const AttentionOptions& options) {
+template <class T, class Q>
+Status prefill(const AttentionArgs<T, Q>& args, const AttentionOptions& options) {
   std::vector<std::byte> buf(std::max<std::size_t>(workspace_size(args, options), 1));
   return prefill(args, options, Workspace{buf.data(), buf.size()});
 }

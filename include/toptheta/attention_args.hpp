@@ -21,15 +21,28 @@ namespace toptheta {
 /// Shapes: T new query tokens, a KV cache of L = P + T tokens (the T new ones last), Hq query
 /// heads, Hkv KV heads (Hq a multiple of Hkv; query head h reads KV head h / (Hq / Hkv)), head
 /// dim d. Decode is T = 1.
-template <class T>
+///
+/// Storage: the cache type `T` is float, double, Eigen::half, Eigen::bfloat16 or BlockQ8_0
+/// (llama.cpp's q8_0; d a multiple of 32); the query type `Q` is T or float (float queries over
+/// a half, bfloat16 or q8_0 cache, as llama.cpp keeps them); the output is acc_t<T> (double for
+/// double, float otherwise).
+template <class T, class Q = default_query_t<T>>
 struct AttentionArgs {
-  static_assert(kIsStorageType<T>,
-                "toptheta: AttentionArgs<T> stores float, double, Eigen::half or Eigen::bfloat16 "
-                "(other element types, e.g. integers, are not supported)");
+  static_assert(kIsCacheType<T>,
+                "toptheta: AttentionArgs<T> stores float, double, Eigen::half, Eigen::bfloat16 or "
+                "BlockQ8_0 (other element types, e.g. integers, are not supported)");
+  static_assert(kIsStorageType<Q> && (std::is_same_v<Q, T> || std::is_same_v<Q, acc_t<T>>),
+                "toptheta: AttentionArgs<T, Q> takes queries of the cache type T or of float "
+                "(double for a double cache)");
+  using cache_type = T;
+  using query_type = Q;
   using Acc = acc_t<T>;
-  HeadsView<const T> q;    ///< (T, Hq, d) new queries (T = 1 for decode)
+  HeadsView<const Q> q;    ///< (T, Hq, d) new queries (T = 1 for decode)
   HeadsView<const T> k;    ///< (L, Hkv, d) keys, the T new ones last
   HeadsView<const T> v;    ///< (L, Hkv, d) values, same layout rules as k
+  /// Alternatively a paged cache (block table): when `paged.block_table` is set, K and V are read
+  /// through it and `k` / `v` must be left empty.
+  PagedKv<T> paged;
   HeadsView<Acc> out;      ///< (T, Hq, d) output, written (never read); must not alias q/k/v
   /// (Hkv, d) running sums of the V rows **before the new tokens** (rows 0..P-1, P = L - T),
   /// row stride `v_sum_stride` (d when 0); the kernel adds the new rows itself. Needed by VMC
@@ -42,11 +55,15 @@ struct AttentionArgs {
   MatrixView<const float> bias;
   Index layer = 0;         ///< layer index, for thresholds, calibration and per-layer k
   /// Tensor-parallel shards: the call's query head 0 is head `head_offset` of the model (of the
-  /// threshold table and the calibrator), which has `model_heads` query heads (0: Hq, no
-  /// sharding). The table must have exactly `model_heads` heads.
+  /// threshold table, the calibrator and per-head statistics), which has `model_heads` query
+  /// heads (0: Hq, no sharding). The table must have exactly `model_heads` heads.
   Index head_offset = 0;
   Index model_heads = 0;
   double scale = 0.0;      ///< score scale; 0 means 1/sqrt(d)
+
+  /// Tokens L, KV heads and head dim of the cache (from k, or from the paged cache).
+  Index cache_tokens() const { return paged.empty() ? k.tokens : paged.tokens; }
+  Index cache_heads() const { return paged.empty() ? k.heads : paged.heads; }
 };
 
 /// The library's recommended Top-θ variant for a calibrated table: post-softmax placement
@@ -86,7 +103,7 @@ Index view_extent(const HeadsView<T>& v) {
   if ((v.token_stride > 0 && nt > kMax / v.token_stride) ||
       (v.head_stride > 0 && nh > kMax / v.head_stride) || v.dim > kMax)
     return -1;
-  return nt * v.token_stride + nh * v.head_stride + v.dim;
+  return nt * v.token_stride + nh * v.head_stride + HeadsView<T>::row_items(v.dim);
 }
 
 /// Checks one view against its required shape and its strides: no negative strides, and the
@@ -111,8 +128,14 @@ Status check_heads_view(const char* name, const HeadsView<T>& v, Index tokens, I
 }
 
 template <class T>
-Status check_view_strides(const char* name, const HeadsView<T>& v, Index dim) {
+Status check_view_strides(const char* name, const HeadsView<T>& v, Index dim_values) {
   const Index tokens = v.tokens, heads = v.heads;
+  if (dim_values % kValuesPerItem<T> != 0)
+    return Status::invalid_argument(std::string(name) + " stores " + dtype_name<T>() +
+                                    " blocks of " + std::to_string(kValuesPerItem<T>) +
+                                    " values: head_dim " + std::to_string(dim_values) +
+                                    " must be a multiple of it");
+  const Index dim = HeadsView<T>::row_items(dim_values);  // items of T per row
   auto fail = [&](const char* what) {
     return Status::invalid_argument(
         std::string(name) + what + " (token_stride " + std::to_string(v.token_stride) +
@@ -150,6 +173,33 @@ inline bool ranges_overlap(const void* a, std::size_t na, const void* b, std::si
   return x < y + nb && y < x + na;
 }
 
+/// Checks a paged cache: block size, pools, the in-block strides (rows never overlap, a block
+/// fits its stride) and every block-table entry (O(L / B), no allocation when valid).
+template <class T>
+Status check_paged(const PagedKv<T>& p, Index d) {
+  if (p.dim != d)
+    return Status::invalid_argument("paged cache has head_dim " + std::to_string(p.dim) +
+                                    " but q and out have " + std::to_string(d));
+  if (p.block_size < 1 || p.num_blocks < 1 || !p.k_pool || !p.v_pool)
+    return Status::invalid_argument(
+        "paged cache needs block_size >= 1, num_blocks >= 1 and both pools (block_size " +
+        std::to_string(p.block_size) + ", num_blocks " + std::to_string(p.num_blocks) + ")");
+  const HeadsView<const T> block{p.k_pool, p.block_size, p.heads, p.dim, p.token_stride,
+                                 p.head_stride};
+  TOPTHETA_RETURN_IF_ERROR(check_view_strides("paged cache block", block, p.dim));
+  if (p.block_stride < view_extent(block))
+    return Status::invalid_argument("paged cache block_stride " + std::to_string(p.block_stride) +
+                                    " is smaller than a block's extent " +
+                                    std::to_string(view_extent(block)) + " (blocks would overlap)");
+  const Index nb = (p.tokens + p.block_size - 1) / p.block_size;
+  for (Index b = 0; b < nb; ++b)
+    if (p.block_table[b] < 0 || Index(p.block_table[b]) >= p.num_blocks)
+      return Status::invalid_argument("paged cache block_table[" + std::to_string(b) + "] = " +
+                                      std::to_string(p.block_table[b]) + " is outside the " +
+                                      std::to_string(p.num_blocks) + " blocks of the pools");
+  return {};
+}
+
 /// The value most of the four agree on; ties go to the first (the cache's).
 inline Index majority(Index first, Index b, Index c, Index e) {
   const Index vals[4] = {first, b, c, e};
@@ -170,38 +220,52 @@ inline Index majority(Index first, Index b, Index c, Index e) {
 /// the one view that differs is the one named); `q` fixes T and Hq, which `out` must match.
 /// Every message names the argument at fault, its shape and the required one.
 /// Returns `StatusCode::kInvalidArgument` on any error, ok otherwise.
-template <class T>
-Status validate(const AttentionArgs<T>& args, const AttentionOptions& opt) {
-  static_assert(kIsStorageType<T>,
-                "toptheta: AttentionArgs<T> stores float, double, Eigen::half or Eigen::bfloat16 "
-                "(other element types, e.g. integers, are not supported)");
+template <class T, class Q>
+Status validate(const AttentionArgs<T, Q>& args, const AttentionOptions& opt) {
   using Acc = acc_t<T>;
+  const bool paged = !args.paged.empty();
+  // The cache's shape: from k / v, or from the paged cache (then k / v must stay empty).
+  if (paged && (args.k.data || args.v.data || args.k.tokens || args.v.tokens))
+    return Status::invalid_argument(
+        "give the cache either as k / v views or as a paged cache (paged.block_table), not both");
+  const HeadsView<const T> kshape =
+      paged ? HeadsView<const T>{args.paged.k_pool, args.paged.tokens, args.paged.heads,
+                                 args.paged.dim, 0, 0}
+            : args.k;
+  const HeadsView<const T> vshape =
+      paged ? HeadsView<const T>{args.paged.v_pool, args.paged.tokens, args.paged.heads,
+                                 args.paged.dim, 0, 0}
+            : args.v;
   const Index Tq = args.q.tokens, Hq = args.q.heads;
-  const Index L = args.k.tokens, Hkv = args.k.heads;
-  const Index d = detail::majority(args.k.dim, args.q.dim, args.v.dim, args.out.dim);
+  const Index L = kshape.tokens, Hkv = kshape.heads;
+  const Index d = detail::majority(kshape.dim, args.q.dim, vshape.dim, args.out.dim);
   if (Tq < 1) return Status::invalid_argument("q has no tokens: " + shape_string(args.q));
   if (Hq < 1) return Status::invalid_argument("q has no heads: " + shape_string(args.q));
   if (d < 1)
     return Status::invalid_argument("head_dim must be >= 1: q " + shape_string(args.q) + ", k " +
-                                    shape_string(args.k));
+                                    shape_string(kshape));
   if (Hkv < 1)
-    return Status::invalid_argument("k has no KV heads: " + shape_string(args.k));
+    return Status::invalid_argument("k has no KV heads: " + shape_string(kshape));
   if (Hq % Hkv != 0)
     return Status::invalid_argument("query heads " + std::to_string(Hq) +
                                     " are not a multiple of KV heads " + std::to_string(Hkv) +
                                     " (q " + shape_string(args.q) + ", k " +
-                                    shape_string(args.k) + ")");
+                                    shape_string(kshape) + ")");
   TOPTHETA_RETURN_IF_ERROR(detail::check_heads_view(
       "q", args.q, Tq, Hq, d, [&] { return "head_dim " + std::to_string(d) + " of k, v, out"; }));
   if (L < Tq)
-    return Status::invalid_argument("k " + shape_string(args.k) + " holds fewer tokens than q " +
+    return Status::invalid_argument("k " + shape_string(kshape) + " holds fewer tokens than q " +
                                     shape_string(args.q) + " (the new tokens must be in the cache)");
   if (L > Index(INT32_MAX))
     return Status::invalid_argument("sequence too long: " + std::to_string(L));
-  TOPTHETA_RETURN_IF_ERROR(detail::check_heads_view(
-      "k", args.k, L, Hkv, d, [&] { return "head_dim " + std::to_string(d) + " of q, v, out"; }));
-  TOPTHETA_RETURN_IF_ERROR(detail::check_heads_view(
-      "v", args.v, L, Hkv, d, [&] { return "the shape of k " + shape_string(args.k); }));
+  if (paged) {
+    TOPTHETA_RETURN_IF_ERROR(detail::check_paged(args.paged, d));
+  } else {
+    TOPTHETA_RETURN_IF_ERROR(detail::check_heads_view(
+        "k", args.k, L, Hkv, d, [&] { return "head_dim " + std::to_string(d) + " of q, v, out"; }));
+    TOPTHETA_RETURN_IF_ERROR(detail::check_heads_view(
+        "v", args.v, L, Hkv, d, [&] { return "the shape of k " + shape_string(args.k); }));
+  }
   TOPTHETA_RETURN_IF_ERROR(detail::check_heads_view(
       "out", args.out, Tq, Hq, d, [&] { return "the tokens and heads of q " + shape_string(args.q); }));
   if (!args.bias.empty() || args.bias.rows != 0 || args.bias.cols != 0) {
@@ -226,9 +290,13 @@ Status validate(const AttentionArgs<T>& args, const AttentionOptions& opt) {
     const void* p;
     std::size_t n;
   } inputs[] = {
-      {"q", args.q.data, std::size_t(detail::view_extent(args.q)) * sizeof(T)},
-      {"k", args.k.data, std::size_t(detail::view_extent(args.k)) * sizeof(T)},
-      {"v", args.v.data, std::size_t(detail::view_extent(args.v)) * sizeof(T)},
+      {"q", args.q.data, std::size_t(detail::view_extent(args.q)) * sizeof(Q)},
+      {"k", paged ? static_cast<const void*>(args.paged.k_pool) : args.k.data,
+       paged ? std::size_t(args.paged.num_blocks * args.paged.block_stride) * sizeof(T)
+             : std::size_t(detail::view_extent(args.k)) * sizeof(T)},
+      {"v", paged ? static_cast<const void*>(args.paged.v_pool) : args.v.data,
+       paged ? std::size_t(args.paged.num_blocks * args.paged.block_stride) * sizeof(T)
+             : std::size_t(detail::view_extent(args.v)) * sizeof(T)},
       {"v_sum", args.v_sum,
        args.v_sum ? std::size_t((Hkv - 1) * (args.v_sum_stride > 0 ? args.v_sum_stride : d) + d) *
                         sizeof(Acc)

@@ -78,7 +78,7 @@ void gather_group(const View& v, Index g, Index G, Index d, const std::int32_t* 
     const Index n = std::min(kGatherTile, nu - u0);
     for (Index u = 0; u < n; ++u) rows[u] = v.row(uni[u0 + u], g);
     for (Index u = u0 + n; u < std::min(nu, u0 + n + kGatherTile); ++u)
-      detail::prefetch_row(v.row(uni[u], g), d);
+      detail::prefetch_row(v.row(uni[u], g), d / kValuesPerItem<T>);
     Ops::accumulate_rows(acc, G, d, rows, wc + u0 * G, G, 1, n);
   }
 }

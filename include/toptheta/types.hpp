@@ -37,14 +37,37 @@ struct AccType<double> {
 template <class T>
 using acc_t = typename AccType<std::remove_const_t<T>>::type;
 
-/// True for the storage types the kernels accept.
+/// llama.cpp's q8_0 block (`block_q8_0`): 32 values x_i = d * qs[i], one fp16 scale. 34 bytes,
+/// byte-compatible with ggml's layout. A q8_0 row of `dim` values is dim / 32 consecutive blocks;
+/// views over q8_0 data count their strides in blocks and their `dim` in values.
+struct BlockQ8_0 {
+  Eigen::half d;          ///< scale
+  std::int8_t qs[32];     ///< quantised values
+};
+static_assert(sizeof(BlockQ8_0) == 34, "BlockQ8_0 must have llama.cpp's 34-byte layout");
+
+/// True for the storage types the kernels accept for Q, K and V.
 template <class T>
 inline constexpr bool kIsStorageType =
     std::is_same_v<std::remove_const_t<T>, float> || std::is_same_v<std::remove_const_t<T>, double> ||
     std::is_same_v<std::remove_const_t<T>, Eigen::half> ||
     std::is_same_v<std::remove_const_t<T>, Eigen::bfloat16>;
 
-/// Short name of a storage type: "f32", "f64", "f16", "bf16".
+/// True for the storage types the kernels accept for K and V (the above, plus q8_0 blocks).
+template <class T>
+inline constexpr bool kIsCacheType =
+    kIsStorageType<T> || std::is_same_v<std::remove_const_t<T>, BlockQ8_0>;
+
+/// Values per storage item: 32 for q8_0 blocks, 1 otherwise.
+template <class T>
+inline constexpr Index kValuesPerItem = std::is_same_v<std::remove_const_t<T>, BlockQ8_0> ? 32 : 1;
+
+/// The query / output-side type of a cache type: q8_0 caches take float queries.
+template <class T>
+using default_query_t =
+    std::conditional_t<std::is_same_v<std::remove_const_t<T>, BlockQ8_0>, float, std::remove_const_t<T>>;
+
+/// Short name of a storage type: "f32", "f64", "f16", "bf16", "q8_0".
 template <class T>
 constexpr const char* dtype_name() {
   using U = std::remove_const_t<T>;
@@ -52,7 +75,22 @@ constexpr const char* dtype_name() {
   else if constexpr (std::is_same_v<U, double>) return "f64";
   else if constexpr (std::is_same_v<U, Eigen::half>) return "f16";
   else if constexpr (std::is_same_v<U, Eigen::bfloat16>) return "bf16";
+  else if constexpr (std::is_same_v<U, BlockQ8_0>) return "q8_0";
   else return "unknown";
+}
+
+/// Value i of a row of storage type T, as float (double for double): handles q8_0 blocks.
+template <class T>
+inline auto value_at(const T* row, Index i) {
+  using U = std::remove_const_t<T>;
+  if constexpr (std::is_same_v<U, BlockQ8_0>) {
+    const BlockQ8_0& b = row[i / 32];
+    return static_cast<float>(b.d) * float(b.qs[i % 32]);
+  } else if constexpr (std::is_same_v<U, double>) {
+    return row[i];
+  } else {
+    return static_cast<float>(row[i]);
+  }
 }
 
 /// Row-major 2-D view: `rows x cols`, element (r, c) at `data[r * row_stride + c]`.
@@ -77,8 +115,11 @@ struct HeadsView {
   Index tokens = 0;
   Index heads = 0;
   Index dim = 0;
-  Index token_stride = 0;  ///< elements between consecutive tokens of one head
-  Index head_stride = 0;   ///< elements between consecutive heads of one token
+  Index token_stride = 0;  ///< items of T between consecutive tokens of one head
+  Index head_stride = 0;   ///< items of T between consecutive heads of one token
+
+  /// Items of T in one row of `dim` values (dim / 32 for q8_0 blocks).
+  static Index row_items(Index dim) { return dim / kValuesPerItem<T>; }
 
   T* row(Index t, Index h) const { return data + t * token_stride + h * head_stride; }
   T& operator()(Index t, Index h, Index i) const { return row(t, h)[i]; }
@@ -96,13 +137,79 @@ struct HeadsView {
   /// Interleaved `[token][head][dim]` buffer; `token_stride` defaults to `heads * dim`.
   static HeadsView token_major(T* data, Index tokens, Index heads, Index dim,
                                Index token_stride = -1) {
-    return {data, tokens, heads, dim, token_stride < 0 ? heads * dim : token_stride, dim};
+    const Index r = row_items(dim);
+    return {data, tokens, heads, dim, token_stride < 0 ? heads * r : token_stride, r};
   }
   /// Head-major `[head][capacity][dim]` buffer holding `tokens <= capacity` valid tokens.
   static HeadsView head_major(T* data, Index tokens, Index heads, Index dim, Index capacity = -1) {
-    return {data, tokens, heads, dim, dim, (capacity < 0 ? tokens : capacity) * dim};
+    const Index r = row_items(dim);
+    return {data, tokens, heads, dim, r, (capacity < 0 ? tokens : capacity) * r};
   }
 };
+
+/// A paged KV cache (vLLM / SGLang / llama.cpp's unified cache): the K and V rows of one sequence
+/// live in fixed-size blocks of `block_size` tokens taken from two pools; the sequence's block
+/// table lists, for its tokens 0, B, 2B, ..., the index of the block holding them. Inside a block
+/// rows are token-major `[B][heads][dim]` or head-major `[heads][B][dim]` (strides in items of
+/// T). Nothing is copied: the kernels read rows through the table.
+template <class T>
+struct PagedKv {
+  using value_type = T;
+  const T* k_pool = nullptr;
+  const T* v_pool = nullptr;
+  const std::int32_t* block_table = nullptr;  ///< ceil(tokens / block_size) block indices
+  Index tokens = 0;        ///< L, the sequence's tokens (the call's new ones last)
+  Index heads = 0;         ///< Hkv
+  Index dim = 0;           ///< head dim (values)
+  Index block_size = 0;    ///< B, tokens per block
+  Index num_blocks = 0;    ///< blocks in each pool (the table's entries are checked against it)
+  Index block_stride = 0;  ///< items between consecutive blocks of a pool
+  Index token_stride = 0;  ///< items between consecutive tokens of one head inside a block
+  Index head_stride = 0;   ///< items between consecutive heads of one token inside a block
+
+  bool empty() const { return block_table == nullptr; }
+  /// Blocks of `[B][heads][dim]`, packed.
+  static PagedKv token_major(const T* k_pool, const T* v_pool, Index num_blocks,
+                             const std::int32_t* table, Index tokens, Index heads, Index dim,
+                             Index block_size) {
+    const Index r = HeadsView<const T>::row_items(dim);
+    return {k_pool, v_pool, table, tokens, heads, dim, block_size, num_blocks,
+            block_size * heads * r, heads * r, r};
+  }
+  /// Blocks of `[heads][B][dim]`, packed.
+  static PagedKv head_major(const T* k_pool, const T* v_pool, Index num_blocks,
+                            const std::int32_t* table, Index tokens, Index heads, Index dim,
+                            Index block_size) {
+    const Index r = HeadsView<const T>::row_items(dim);
+    return {k_pool, v_pool, table, tokens, heads, dim, block_size, num_blocks,
+            block_size * heads * r, r, block_size * r};
+  }
+};
+
+namespace detail {
+
+/// Rows of one pool of a paged cache: what the kernels read (`row(t, h)`, `tokens`, `heads`,
+/// `dim`), like a HeadsView.
+template <class T>
+struct PagedRows {
+  using value_type = const T;
+  const T* pool = nullptr;
+  const std::int32_t* table = nullptr;
+  Index tokens = 0, heads = 0, dim = 0, block_size = 1, block_stride = 0, token_stride = 0,
+        head_stride = 0;
+  const T* row(Index t, Index h) const {
+    return pool + Index(table[t / block_size]) * block_stride + (t % block_size) * token_stride +
+           h * head_stride;
+  }
+};
+
+template <class T>
+PagedRows<T> paged_rows(const PagedKv<T>& p, bool values) {
+  return {values ? p.v_pool : p.k_pool, p.block_table, p.tokens, p.heads, p.dim, p.block_size,
+          p.block_stride, p.token_stride, p.head_stride};
+}
+
+}  // namespace detail
 
 /// "(rows x cols)" / "(tokens, heads, dim)" for error messages.
 inline std::string shape_string(Index a, Index b) {

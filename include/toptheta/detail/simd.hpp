@@ -28,6 +28,13 @@
 
 namespace toptheta::detail {
 
+/// True for vector types with a fast q8_0 load (`load_q8(block, offset)`).
+template <class V, class = void>
+struct HasLoadQ8 : std::false_type {};
+template <class V>
+struct HasLoadQ8<V, std::void_t<decltype(V::load_q8(static_cast<const BlockQ8_0*>(nullptr), 0))>>
+    : std::true_type {};
+
 namespace scalar {
 #define TT_ATTR inline
 #define TT_VEC VecScalar<float>

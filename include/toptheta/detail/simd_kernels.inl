@@ -19,6 +19,37 @@ struct Ops {
   using Vec = std::conditional_t<std::is_same_v<Acc, float>, TT_VEC, VecScalar<Acc>>;
 
   // ------------------------------------------------------------------------------------------
+  // Loads of storage rows
+  // ------------------------------------------------------------------------------------------
+
+  /// Values [i, i + W) of a storage row as a vector (i a multiple of W; q8_0: of a block part).
+  template <class T, class V>
+  TT_ATTR static V ld(const T* row, Index i) {
+    if constexpr (std::is_same_v<std::remove_const_t<T>, BlockQ8_0>) {
+      if constexpr (detail::HasLoadQ8<V>::value) {
+        return V::load_q8(row + i / 32, int(i % 32));
+      } else {
+        float tmp[V::W];
+        for (int l = 0; l < V::W; ++l) tmp[l] = value_at(row, i + l);
+        return V::load(tmp);
+      }
+    } else {
+      return V::template load_cvt<T>(row + i);
+    }
+  }
+  /// Values [i, i + n) (n < W) of a storage row, zero above.
+  template <class T, class V>
+  TT_ATTR static V ld_n(const T* row, Index i, int n) {
+    if constexpr (std::is_same_v<std::remove_const_t<T>, BlockQ8_0>) {
+      float tmp[V::W] = {};
+      for (int l = 0; l < n; ++l) tmp[l] = value_at(row, i + l);
+      return V::load(tmp);
+    } else {
+      return V::template load_cvt_n<T>(row + i, n);
+    }
+  }
+
+  // ------------------------------------------------------------------------------------------
   // Rows
   // ------------------------------------------------------------------------------------------
 
@@ -153,12 +184,12 @@ struct Ops {
     typename V::Mask bad{};
     Index i = 0;
     for (; i + W <= n; i += W) {
-      const V x = V::template load_cvt<T>(src + i);
+      const V x = ld<T, V>(src, i);
       bad = typename V::Mask(bad | V::nonfinite(x));
       x.store(dst + i);
     }
     if (i < n) {
-      const V x = V::template load_cvt_n<T>(src + i, int(n - i));
+      const V x = ld_n<T, V>(src, i, int(n - i));
       bad = typename V::Mask(bad | V::nonfinite(x));
       x.store_n(dst + i, int(n - i));
     }
@@ -195,7 +226,7 @@ struct Ops {
         for (Index i = 0; i < full; i += W) {
           V kv[KB];
           TOPTHETA_UNROLL
-          for (int kb = 0; kb < KB; ++kb) kv[kb] = V::template load_cvt<T>(kp[kb] + i);
+          for (int kb = 0; kb < KB; ++kb) kv[kb] = ld<T, V>(kp[kb], i);
           TOPTHETA_UNROLL
           for (int hb = 0; hb < HB; ++hb) {
             const V qv = V::load(qp[hb] + i);
@@ -206,7 +237,7 @@ struct Ops {
         if (rem) {
           V kv[KB];
           TOPTHETA_UNROLL
-          for (int kb = 0; kb < KB; ++kb) kv[kb] = V::template load_cvt_n<T>(kp[kb] + full, rem);
+          for (int kb = 0; kb < KB; ++kb) kv[kb] = ld_n<T, V>(kp[kb], full, rem);
           TOPTHETA_UNROLL
           for (int hb = 0; hb < HB; ++hb) {
             const V qv = V::load_n(qp[hb] + full, rem);
@@ -240,12 +271,12 @@ struct Ops {
         a[hb][v] = v + 1 < NV || last == W ? V::load(p) : V::load_n(p, last);
       }
     for (Index u = 0; u < n; ++u) {
-      const T* r = rows[u] + c0;
+      const T* r = rows[u];
       V x[NV];
       TOPTHETA_UNROLL
       for (int v = 0; v < NV; ++v)
-        x[v] = v + 1 < NV || last == W ? V::template load_cvt<T>(r + v * W)
-                                       : V::template load_cvt_n<T>(r + v * W, last);
+        x[v] = v + 1 < NV || last == W ? ld<T, V>(r, c0 + v * W)
+                                       : ld_n<T, V>(r, c0 + v * W, last);
       const Acc* wu = w + u * w_u;
       TOPTHETA_UNROLL
       for (int hb = 0; hb < NH; ++hb) {

@@ -61,6 +61,11 @@ struct VecAvx2 {
       return load_cvt(reinterpret_cast<const U*>(tmp));
     }
   }
+  /// Values [o, o + 8) of a q8_0 block (o a multiple of 8): d * qs.
+  TT_A static VecAvx2 load_q8(const BlockQ8_0* b, int o) {
+    const __m256i w = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b->qs + o)));
+    return {_mm256_mul_ps(_mm256_cvtepi32_ps(w), _mm256_set1_ps(static_cast<float>(b->d)))};
+  }
   TT_A void store(float* p) const { _mm256_storeu_ps(p, r); }
   TT_A void store_n(float* p, int n) const { _mm256_maskstore_ps(p, lane_mask(n), r); }
   TT_A friend VecAvx2 operator+(VecAvx2 a, VecAvx2 b) { return {_mm256_add_ps(a.r, b.r)}; }

@@ -62,6 +62,11 @@ struct VecAvx512 {
       return {_mm512_castsi512_ps(_mm512_slli_epi32(w, 16))};
     }
   }
+  /// Values [o, o + 16) of a q8_0 block (o = 0 or 16): d * qs.
+  TT_A static VecAvx512 load_q8(const BlockQ8_0* b, int o) {
+    const __m512i w = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b->qs + o)));
+    return {_mm512_mul_ps(_mm512_cvtepi32_ps(w), _mm512_set1_ps(static_cast<float>(b->d)))};
+  }
   TT_A void store(float* p) const { _mm512_storeu_ps(p, r); }
   TT_A void store_n(float* p, int n) const { _mm512_mask_storeu_ps(p, first_n(n), r); }
   TT_A friend VecAvx512 operator+(VecAvx512 a, VecAvx512 b) { return {_mm512_add_ps(a.r, b.r)}; }

@@ -68,13 +68,13 @@ inline StatSink carve_sink(Arena& ar, Index Hq, bool per_head) {
 
 /// One decode call: planned from the arguments, carved from a workspace, run as stages of
 /// independent tasks (kernels/parallel.hpp).
-template <class Ops, class T, class KView = HeadsView<const T>>
+template <class Ops, class Args, class KView>
 class DecodeCall {
  public:
+  using T = typename Args::cache_type;
   using Acc = acc_t<T>;
 
-  DecodeCall(const AttentionArgs<T>& a, const AttentionOptions& o, const KView& k,
-             const KView& v)
+  DecodeCall(const Args& a, const AttentionOptions& o, const KView& k, const KView& v)
       : a_(a), o_(o), k_(k), v_(v), cx_(RowContext<Acc>::make(a, o)) {
     L_ = k.tokens;
     Hq_ = a.q.heads;
@@ -215,7 +215,7 @@ class DecodeCall {
   /// Software prefetch of every KV head's row of token t (the whole token of an interleaved
   /// cache, one row per head of a head-major one).
   void prefetch_token(const KView& view, Index t) const {
-    for (Index g = 0; g < Hkv_; ++g) prefetch_row(view.row(t, g), d_);
+    for (Index g = 0; g < Hkv_; ++g) prefetch_row(view.row(t, g), HeadsView<const T>::row_items(d_));
   }
 
   /// Scores of tokens [j0, j1) for every head into s (row stride ss), finished (bias, NaN).
@@ -596,7 +596,7 @@ class DecodeCall {
     Ops::scale(vb, Acc(1) / Acc(L_), d_);
   }
 
-  const AttentionArgs<T>& a_;
+  const Args& a_;
   const AttentionOptions& o_;
   KView k_, v_;
   RowContext<Acc> cx_;

@@ -38,13 +38,13 @@ inline constexpr Index kKeyTile = 64;
 /// Score budget of a stored block per worker.
 inline constexpr std::size_t kScoreBlockBytes = std::size_t(4) << 20;
 
-template <class Ops, class T, class KView = HeadsView<const T>>
+template <class Ops, class Args, class KView>
 class PrefillCall {
  public:
+  using T = typename Args::cache_type;
   using Acc = acc_t<T>;
 
-  PrefillCall(const AttentionArgs<T>& a, const AttentionOptions& o, const KView& k,
-              const KView& v)
+  PrefillCall(const Args& a, const AttentionOptions& o, const KView& k, const KView& v)
       : a_(a), o_(o), k_(k), v_(v), cx_(RowContext<Acc>::make(a, o)) {
     T_ = a.q.tokens;
     L_ = k.tokens;
@@ -210,8 +210,8 @@ class PrefillCall {
     const Index G = G_, d = d_, Mp = Mp_;
     // The next tile's keys and values stream in while this one is computed.
     for (Index u = j0 + kKeyTile; u < std::min(P_ + t1, j0 + 2 * kKeyTile); ++u) {
-      prefetch_row(k_.row(u, g), d);
-      if (flash_) prefetch_row(v_.row(u, g), d);
+      prefetch_row(k_.row(u, g), HeadsView<const T>::row_items(d));
+      if (flash_) prefetch_row(v_.row(u, g), HeadsView<const T>::row_items(d));
     }
     for (Index u = 0; u < n; ++u) Ops::convert_row(k_.row(j0 + u, g), d, w.kf + u * d);
     Ops::qk_tile(w.qt, Mp, d, w.kf, d, n, w.st);
@@ -367,7 +367,7 @@ class PrefillCall {
         if (w.pend_n[r] == kPending) flush_pending(r, g, w);
         const Index i = w.pend_n[r]++;
         w.pend_key[r * kPending + i] = std::int32_t(j0 + u);
-        if (r == 0 || !((w.rows_any[u] << (64 - r)) != 0)) prefetch_row(v_.row(j0 + u, g), d_);
+        if (r == 0 || !((w.rows_any[u] << (64 - r)) != 0)) prefetch_row(v_.row(j0 + u, g), HeadsView<const T>::row_items(d_));
         Acc* pw = w.pend_w + (r * kPending + i) * G;
         for (Index hh = 0; hh < G; ++hh) pw[hh] = w.st[u * Mp + r * G + hh];
       }
@@ -569,7 +569,7 @@ class PrefillCall {
     unpack(w.packed, out_ptrs);
   }
 
-  const AttentionArgs<T>& a_;
+  const Args& a_;
   const AttentionOptions& o_;
   KView k_, v_;
   RowContext<Acc> cx_;

@@ -85,16 +85,25 @@ struct ReferenceOptions {
 };
 
 /// The scale the semantics prescribe: 1/sqrt(d) when 0 is given.
-template <class T>
-double effective_scale(const AttentionArgs<T>& args) {
+/// Value i of K (which = 0) or V (which = 1) row (token j, KV head g), from the views or the
+/// paged cache, q8_0 dequantised, as double.
+template <class T, class Q>
+double cache_value(const AttentionArgs<T, Q>& args, int which, Index j, Index g, Index i) {
+  const T* row = args.paged.empty() ? (which ? args.v.row(j, g) : args.k.row(j, g))
+                                    : detail::paged_rows(args.paged, which == 1).row(j, g);
+  return double(value_at(row, i));
+}
+
+template <class T, class Q>
+double effective_scale(const AttentionArgs<T, Q>& args) {
   return args.scale == 0.0 ? 1.0 / std::sqrt(double(args.q.dim)) : args.scale;
 }
 
 /// Scores s_j, j < L_t = P + t + 1, of (token t, query head h); NaN scores become -inf.
-template <class T>
-std::vector<double> scores(const AttentionArgs<T>& args, Index t, Index h) {
+template <class T, class Q>
+std::vector<double> scores(const AttentionArgs<T, Q>& args, Index t, Index h) {
   const Index Tq = args.q.tokens, Hq = args.q.heads, d = args.q.dim;
-  const Index L = args.k.tokens, Hkv = args.k.heads;
+  const Index L = args.cache_tokens(), Hkv = args.cache_heads();
   const Index P = L - Tq;
   const Index Lt = P + t + 1;
   const Index g = h / (Hq / Hkv);
@@ -102,7 +111,7 @@ std::vector<double> scores(const AttentionArgs<T>& args, Index t, Index h) {
   std::vector<double> s(static_cast<std::size_t>(Lt));
   for (Index j = 0; j < Lt; ++j) {
     double dot = 0.0;
-    for (Index i = 0; i < d; ++i) dot += to_double(args.q(t, h, i)) * to_double(args.k(j, g, i));
+    for (Index i = 0; i < d; ++i) dot += to_double(args.q(t, h, i)) * cache_value(args, 0, j, g, i);
     double x = scale * dot;
     if (!args.bias.empty()) x += double(args.bias(t, j));
     if (std::isnan(x)) x = -kInf;
@@ -126,9 +135,9 @@ inline std::vector<double> softmax(const std::vector<double>& s) {
 /// vbar_{L_t}: mean of V rows 0..L_t-1 of KV head g. Uses the caller's running sum where the
 /// kernel would: it covers rows 0..P-1 (the rows before the new tokens), the new rows up to L_t
 /// are added.
-template <class T>
-std::vector<double> v_mean(const AttentionArgs<T>& args, Index t, Index g, bool /*prefill_call*/) {
-  const Index Tq = args.q.tokens, d = args.q.dim, L = args.k.tokens;
+template <class T, class Q>
+std::vector<double> v_mean(const AttentionArgs<T, Q>& args, Index t, Index g, bool /*prefill_call*/) {
+  const Index Tq = args.q.tokens, d = args.q.dim, L = args.cache_tokens();
   const Index P = L - Tq;
   const Index Lt = P + t + 1;
   std::vector<double> m(static_cast<std::size_t>(d), 0.0);
@@ -140,14 +149,14 @@ std::vector<double> v_mean(const AttentionArgs<T>& args, Index t, Index g, bool 
     from = P;
   }
   for (Index j = from; j < Lt; ++j)
-    for (Index i = 0; i < d; ++i) m[static_cast<std::size_t>(i)] += to_double(args.v(j, g, i));
+    for (Index i = 0; i < d; ++i) m[static_cast<std::size_t>(i)] += cache_value(args, 1, j, g, i);
   for (double& x : m) x /= double(Lt);
   return m;
 }
 
 /// Placement values a_j of (t, h) for a placement.
-template <class T>
-std::vector<double> placement_values(const AttentionArgs<T>& args, Index t, Index h, Placement pl) {
+template <class T, class Q>
+std::vector<double> placement_values(const AttentionArgs<T, Q>& args, Index t, Index h, Placement pl) {
   std::vector<double> s = scores(args, t, h);
   return pl == Placement::kPreSoftmax ? s : softmax(s);
 }
@@ -165,14 +174,14 @@ inline std::vector<std::int32_t> topk_indices(const std::vector<double>& s, Inde
 
 /// Whether the call is the decode form (q.tokens == 1) is irrelevant here: decode is prefill with
 /// T = 1. Returns `validate(args, opt)`'s error in `status` without computing anything.
-template <class T>
-Result attention(const AttentionArgs<T>& args, const AttentionOptions& opt,
+template <class T, class Q>
+Result attention(const AttentionArgs<T, Q>& args, const AttentionOptions& opt,
                  const ReferenceOptions& ropt = {}) {
   Result r;
   r.status = validate(args, opt);
   if (!r.status.ok()) return r;
   const Index Tq = args.q.tokens, Hq = args.q.heads, d = args.q.dim;
-  const Index L = args.k.tokens, Hkv = args.k.heads;
+  const Index L = args.cache_tokens(), Hkv = args.cache_heads();
   const Index P = L - Tq;
   const Index G = Hq / Hkv;
   r.tokens = Tq;
@@ -224,7 +233,7 @@ Result attention(const AttentionArgs<T>& args, const AttentionOptions& opt,
       const std::vector<double>& a = placement == Placement::kPreSoftmax ? s : p;
 
       if (opt.mode == AttentionMode::kCalibrate && ropt.calibration && Lt > kl)
-        ropt.calibration->observe(args.layer, h, a, s);
+        ropt.calibration->observe(args.layer, args.head_offset + h, a, s);
 
       rec.thresholded = sparse && Lt > kl;
       rec.masked = (M == -kInf);
@@ -249,7 +258,7 @@ Result attention(const AttentionArgs<T>& args, const AttentionOptions& opt,
           rec.topk_gap =
               sorted[static_cast<std::size_t>(kl - 1)] - sorted[static_cast<std::size_t>(kl)];
         } else {
-          const ThresholdLookup lk = opt.thresholds->lookup(args.layer, h, Lt, opt.lookup);
+          const ThresholdLookup lk = opt.thresholds->lookup(args.layer, args.head_offset + h, Lt, opt.lookup);
           theta = lk.theta;
           bool any = false;
           for (Index j = 0; j < Lt; ++j) {
@@ -320,7 +329,7 @@ Result attention(const AttentionArgs<T>& args, const AttentionOptions& opt,
                 Dt = double(Lt - n_kept) * std::exp(theta - M);
                 break;
               case SdcMode::kCalibrated:
-                Dt = opt.thresholds->lookup(args.layer, h, Lt, opt.lookup).sdc;
+                Dt = opt.thresholds->lookup(args.layer, args.head_offset + h, Lt, opt.lookup).sdc;
                 break;
             }
             const double den = D + opt.sdc_scale * Dt;
@@ -343,7 +352,7 @@ Result attention(const AttentionArgs<T>& args, const AttentionOptions& opt,
         rec.weights.push_back(wj);
         // A V row with weight exactly 0 never reaches the output (semantics §7): 0 * NaN would otherwise poison it.
         if (wj == 0.0) continue;
-        for (Index i = 0; i < d; ++i) o[i] += wj * to_double(args.v(j, g, i));
+        for (Index i = 0; i < d; ++i) o[i] += wj * cache_value(args, 1, j, g, i);
       }
       rec.weight_sum = wsum;
       if (rec.mean_v) {
