@@ -7,7 +7,8 @@ or of a lower one. Layers, bottom to top:
   2 stage     every other header at the root and io/*: thresholds, calibration, selection,
               sparse softmax + SDC, gather + VMC, statistics, KV cache, arguments, I/O
   3 kernels   kernels/*: the decode and prefill walkers, the per-row pipeline
-  4 entry     attention.hpp: decode / prefill / workspace_size
+  4 entry     attention.hpp: decode / prefill / workspace_size; plan.hpp: the task interface
+              and batched decode
   5 umbrella  toptheta.hpp
   6 oracle    reference/*: the test oracle (may include anything below the umbrella)
 
@@ -30,7 +31,7 @@ def layer(rel):
         return 1
     if top == "kernels":
         return 3
-    if rel == "attention.hpp":
+    if rel in ("attention.hpp", "plan.hpp"):
         return 4
     if rel == "toptheta.hpp":
         return 5

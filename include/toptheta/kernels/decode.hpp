@@ -74,7 +74,10 @@ class DecodeCall {
   using T = typename Args::cache_type;
   using Acc = acc_t<T>;
 
-  DecodeCall(const Args& a, const AttentionOptions& o, const KView& k, const KView& v)
+  /// `workers` > 0 fixes the number of per-worker scratch sets (the task interface, where the
+  /// engine's pool runs the tasks); 0 picks the OpenMP thread count from `o.threads` and the work.
+  DecodeCall(const Args& a, const AttentionOptions& o, const KView& k, const KView& v,
+             int workers = 0)
       : a_(a), o_(o), k_(k), v_(v), cx_(RowContext<Acc>::make(a, o)) {
     L_ = k.tokens;
     Hq_ = a.q.heads;
@@ -94,7 +97,7 @@ class DecodeCall {
     need_vbar_ = thresholded_ && needs_vbar(o);
     need_mz_ = !fused_ && (cx_.placement == Placement::kPostSoftmax || cx_.calibrate);
     per_head_stats_ = o.stats && !o.stats->kept_per_head.empty();
-    threads_ = call_threads(o.threads, 2.0 * double(L_) * double(Hq_) * double(d_),
+    threads_ = workers > 0 ? workers : call_threads(o.threads, 2.0 * double(L_) * double(Hq_) * double(d_),
                             std::max(nc_, Hkv_));
   }
 

@@ -44,7 +44,10 @@ class PrefillCall {
   using T = typename Args::cache_type;
   using Acc = acc_t<T>;
 
-  PrefillCall(const Args& a, const AttentionOptions& o, const KView& k, const KView& v)
+  /// `workers` > 0 fixes the number of per-worker scratch sets (the task interface, where the
+  /// engine's pool runs the tasks); 0 picks the OpenMP thread count from `o.threads` and the work.
+  PrefillCall(const Args& a, const AttentionOptions& o, const KView& k, const KView& v,
+             int workers = 0)
       : a_(a), o_(o), k_(k), v_(v), cx_(RowContext<Acc>::make(a, o)) {
     T_ = a.q.tokens;
     L_ = k.tokens;
@@ -75,7 +78,7 @@ class PrefillCall {
     per_head_stats_ = o.stats && !o.stats->kept_per_head.empty();
     const Index items = calibrate_ ? Hkv_ : nb_ * Hkv_;
     const double pairs = double(T_) * (double(P_) + 0.5 * double(T_ + 1));
-    threads_ = call_threads(o.threads, 2.0 * pairs * double(Hq_) * double(d_), items);
+    threads_ = workers > 0 ? workers : call_threads(o.threads, 2.0 * pairs * double(Hq_) * double(d_), items);
   }
 
   int threads() const { return threads_; }
