@@ -134,7 +134,8 @@ Status check_view_strides(const char* name, const HeadsView<T>& v, Index dim_val
     return Status::invalid_argument(std::string(name) + " stores " + dtype_name<T>() +
                                     " blocks of " + std::to_string(kValuesPerItem<T>) +
                                     " values: head_dim " + std::to_string(dim_values) +
-                                    " must be a multiple of it");
+                                    " must be a multiple of " +
+                                    std::to_string(kValuesPerItem<T>));
   const Index dim = HeadsView<T>::row_items(dim_values);  // items of T per row
   auto fail = [&](const char* what) {
     return Status::invalid_argument(

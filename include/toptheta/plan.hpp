@@ -1,2 +1,398 @@
 #pragma once
+/// \file plan.hpp
+/// Attention for engines: batched ragged decode (`decode_batch`) and the task interface
+/// (`AttentionPlan`) that lets an engine run a call on its own thread pool.
+///
+/// A kernel call is a short sequence of *stages*, each a list of independent *tasks*; a stage
+/// starts when the previous one has finished (kernels/parallel.hpp). The split depends only on
+/// the shapes, never on the number of threads or workers, so every way of running a call (OpenMP,
+/// the engine's threads, one thread) gives bit-identical results. A batch of N sequences is run
+/// as one call whose stage s is the concatenation of stage s of the N single-sequence calls: each
+/// sequence's result equals its single `decode` call bit for bit.
+///
+/// Lifetime: a plan lives in the caller's workspace and holds copies of the arguments and
+/// options (not of the caches). The workspace and every buffer the arguments point to (q, K/V or
+/// the pools and block tables, out, v_sum, bias, the threshold table, statistics) must stay alive
+/// and unchanged until `AttentionPlan::finish` has returned.
+
+#include <algorithm>
+#include <cstddef>
+#include <new>
+#include <string>
+#include <type_traits>
+
 #include "attention.hpp"
+
+namespace toptheta {
+
+/// N sequences decoded in one call (vLLM-style ragged batch): sequence i is `seqs[i]` (one query
+/// token, its own cache view or block table, length, output, v_sum, bias). All sequences use the
+/// same options and the same kind of cache (all contiguous or all paged); each sequence's
+/// thresholds are looked up at its own length. `seq_stats`, when given, points at N statistics
+/// objects that receive each sequence's counts (`AttentionOptions::stats` receives the total).
+template <class T, class Q = default_query_t<T>>
+struct DecodeBatch {
+  const AttentionArgs<T, Q>* seqs = nullptr;
+  Index count = 0;
+  AttentionStats* seq_stats = nullptr;
+};
+
+/// A batch of one sequence.
+template <class T, class Q>
+DecodeBatch<T, Q> single_sequence(const AttentionArgs<T, Q>& args) {
+  return DecodeBatch<T, Q>{&args, 1, nullptr};
+}
+
+/// A planned attention call whose tasks the caller runs (on an engine's thread pool):
+///
+///     for (int s = 0; s < plan.num_stages(); ++s) {
+///       // run plan.run_task(s, t, worker) for t in [0, plan.num_tasks(s)) on any threads,
+///       // each thread with its own worker index in [0, plan.num_workers()); wait for all.
+///     }
+///     Status st = plan.finish();
+///
+/// Tasks of one stage may run concurrently and in any order, but two tasks must never run at the
+/// same time with the same worker index. Results are identical to `decode` / `decode_batch` /
+/// `prefill` for any number of workers and any order. Made by `plan_decode` or `plan_prefill`.
+class AttentionPlan {
+ public:
+  /// Stages to run in order.
+  int num_stages() const { return stages_; }
+  /// Independent tasks of stage `stage` (0 <= stage < num_stages()).
+  Index num_tasks(int stage) const { return stage >= 0 && stage < stages_ ? tasks_[stage] : 0; }
+  /// Per-worker scratch sets: the worker index given to run_task is in [0, num_workers()).
+  int num_workers() const { return workers_; }
+  /// Runs task `task` of stage `stage` with the scratch of worker `worker`. Out-of-range
+  /// arguments are a programming error (checked with TOPTHETA_ASSERT in debug builds).
+  void run_task(int stage, Index task, int worker) {
+    TOPTHETA_ASSERT(impl_ && stage >= 0 && stage < stages_ && task >= 0 && task < tasks_[stage] &&
+                        worker >= 0 && worker < workers_,
+                    "AttentionPlan::run_task: stage, task or worker out of range");
+    run_(impl_, stage, task, worker);
+  }
+  /// After every task of every stage: adds the statistics into the options' (and per-sequence)
+  /// statistics. Returns kFailedPrecondition when the plan is empty or was already finished.
+  Status finish() {
+    if (!impl_) return Status::failed_precondition("AttentionPlan::finish: the plan is empty or finished");
+    finish_(impl_);
+    impl_ = nullptr;
+    return {};
+  }
+  /// True before planning and after finish().
+  bool empty() const { return impl_ == nullptr; }
+
+  /// Internal: set by the planning functions.
+  template <class Batch>
+  void bind(Batch* b) {
+    impl_ = b;
+    workers_ = b->workers;
+    stages_ = b->num_stages();
+    for (int s = 0; s < stages_; ++s) tasks_[s] = b->num_tasks(s);
+    run_ = [](void* p, int s, Index t, int w) { static_cast<Batch*>(p)->run_task(s, t, w); };
+    finish_ = [](void* p) { static_cast<Batch*>(p)->finish(); };
+  }
+
+  /// Most stages a call has.
+  static constexpr int kMaxStages = 4;
+
+ private:
+  void* impl_ = nullptr;
+  int stages_ = 0;
+  int workers_ = 0;
+  Index tasks_[kMaxStages] = {0, 0, 0, 0};
+  void (*run_)(void*, int, Index, int) = nullptr;
+  void (*finish_)(void*) = nullptr;
+};
+
+namespace detail {
+
+/// N kernel calls of one type run as one: stage s is the concatenation of the calls' stage s.
+/// Lives in the workspace, with the calls, their argument and option copies, and the task
+/// offsets.
+template <class Call, class Args>
+struct BatchCall {
+  Call* calls = nullptr;
+  Args* args = nullptr;
+  AttentionOptions* opts = nullptr;
+  AttentionStats* seq_stats = nullptr;  // optional, one per call
+  AttentionStats* total = nullptr;      // the caller's options.stats
+  Index* offsets = nullptr;             // (kMaxStages, n + 1) prefix sums of tasks
+  Index n = 0;
+  int workers = 1;
+  int stages = 0;
+
+  int num_stages() const { return stages; }
+  Index num_tasks(int s) const { return offsets[s * (n + 1) + n]; }
+  // Tasks of a batch differ in size (sequences of different lengths): hand them out one by one.
+  bool dynamic_schedule(int s) const { return n > 1 || calls[0].dynamic_schedule(s); }
+  void run_task(int s, Index t, int worker) {
+    const Index* o = offsets + s * (n + 1);
+    const Index i = Index(std::upper_bound(o, o + n + 1, t) - o) - 1;
+    calls[i].run_task(s, t - o[i], worker);
+  }
+  void finish() {
+    for (Index i = 0; i < n; ++i) {
+      // Each call merges into the statistics its options point at: the sequence's, then the
+      // total (the options copy is private to the plan).
+      if (seq_stats) {
+        opts[i].stats = &seq_stats[i];
+        calls[i].finish();
+      }
+      opts[i].stats = total;
+      calls[i].finish();
+    }
+  }
+};
+
+/// Plans N calls of type Call into `ws` (or, with a null workspace, only measures): carves the
+/// batch header, the argument / option copies, the calls and their buffers, and prepares each
+/// call. `make(args_i, opts_i, workers)` constructs a call. Returns the bytes used.
+template <class Call, class Args, class Make>
+std::size_t carve_batch(Arena& ar, const Args* seqs, Index n, const AttentionOptions& options,
+                        AttentionStats* seq_stats, int workers, Make&& make,
+                        BatchCall<Call, Args>** out) {
+  static_assert(std::is_trivially_destructible_v<Call>, "plans never run destructors");
+  auto* b = ar.template take<BatchCall<Call, Args>>(1);
+  Call* calls = ar.template take<Call>(n);
+  Args* args = ar.template take<Args>(n);
+  AttentionOptions* opts = ar.template take<AttentionOptions>(n);
+  Index* offsets = ar.template take<Index>(AttentionPlan::kMaxStages * (n + 1));
+  const bool real = b != nullptr;
+  int stages = 0;
+  for (Index i = 0; i < n; ++i) {
+    AttentionOptions oi = options;
+    oi.stats = seq_stats ? &seq_stats[i] : options.stats;
+    if (real) {
+      args[i] = seqs[i];
+      opts[i] = oi;
+      Call* c = new (&calls[i]) Call(make(args[i], opts[i], workers));
+      c->carve(ar);
+      stages = std::max(stages, c->num_stages());
+    } else {
+      Call c = make(seqs[i], oi, workers);
+      c.carve(ar);
+    }
+  }
+  if (real && !ar.overflowed()) {
+    b = new (b) BatchCall<Call, Args>();
+    b->calls = calls;
+    b->args = args;
+    b->opts = opts;
+    b->seq_stats = seq_stats;
+    b->total = options.stats;
+    b->offsets = offsets;
+    b->n = n;
+    b->workers = workers;
+    b->stages = stages;
+    for (int s = 0; s < AttentionPlan::kMaxStages; ++s) {
+      Index* o = offsets + s * (n + 1);
+      o[0] = 0;
+      for (Index i = 0; i < n; ++i)
+        o[i + 1] = o[i] + (s < calls[i].num_stages() ? calls[i].num_tasks(s) : 0);
+    }
+    for (Index i = 0; i < n; ++i) calls[i].prepare();
+    *out = b;
+  }
+  return ar.used();
+}
+
+/// Validates a batch: every sequence (errors name it), one query token each, one kind of cache.
+template <class T, class Q>
+Status check_batch(const DecodeBatch<T, Q>& batch, const AttentionOptions& o, Isa* isa) {
+  if (batch.count < 1 || batch.seqs == nullptr)
+    return Status::invalid_argument("decode batch has no sequences (count " +
+                                    std::to_string(batch.count) + ")");
+  if (o.mode == AttentionMode::kCalibrate && batch.count > 1)
+    return Status::invalid_argument(
+        "calibration observes one sequence per call: decode a batch of 1 (or call decode) with "
+        "AttentionMode::kCalibrate");
+  const bool paged = !batch.seqs[0].paged.empty();
+  for (Index i = 0; i < batch.count; ++i) {
+    const Status st = check_call(batch.seqs[i], o, /*is_decode=*/true, isa);
+    if (!st.ok()) {
+      if (batch.count == 1) return st;
+      return Status(st.code(), "sequence " + std::to_string(i) + ": " + st.message());
+    }
+    if (!batch.seqs[i].paged.empty() == paged) continue;
+    return Status::invalid_argument("sequence " + std::to_string(i) +
+                                    (paged ? " has a contiguous cache" : " has a paged cache") +
+                                    " but sequence 0 does not: a batch uses one kind of cache");
+  }
+  return {};
+}
+
+/// Calls f(Ops, view tag) for the batch's SIMD path and cache kind; f makes the calls.
+template <class T, class Q, class F>
+decltype(auto) with_batch_views(Isa isa, const DecodeBatch<T, Q>& batch, F&& f) {
+  return with_call_views(isa, batch.seqs[0], [&](auto ops, const auto& kv, const auto&) {
+    return f(ops, kv);
+  });
+}
+
+/// The cache views of one sequence, of the batch's view type.
+template <class View, class T, class Q>
+View k_view(const AttentionArgs<T, Q>& a) {
+  if constexpr (std::is_same_v<View, PagedRows<T>>) return paged_rows(a.paged, false);
+  else return a.k;
+}
+template <class View, class T, class Q>
+View v_view(const AttentionArgs<T, Q>& a) {
+  if constexpr (std::is_same_v<View, PagedRows<T>>) return paged_rows(a.paged, true);
+  else return a.v;
+}
+
+/// Plans (ws.data set) or measures (ws.data null) a decode batch with `workers` scratch sets.
+template <class T, class Q>
+Status plan_decode_impl(const DecodeBatch<T, Q>& batch, const AttentionOptions& o, int workers,
+                        Workspace ws, AttentionPlan* plan, std::size_t* bytes) {
+  using Args = AttentionArgs<T, Q>;
+  Isa isa;
+  TOPTHETA_RETURN_IF_ERROR(check_batch(batch, o, &isa));
+  if (workers < 1)
+    return Status::invalid_argument("workers must be >= 1, got " + std::to_string(workers));
+  return with_batch_views(isa, batch, [&](auto ops, const auto& kv) -> Status {
+    using View = std::decay_t<decltype(kv)>;
+    using Call = DecodeCall<decltype(ops), Args, View>;
+    auto make = [](const Args& a, const AttentionOptions& oi, int w) {
+      return Call(a, oi, k_view<View>(a), v_view<View>(a), w);
+    };
+    Arena measure;
+    BatchCall<Call, Args>* b = nullptr;
+    const std::size_t need =
+        carve_batch<Call>(measure, batch.seqs, batch.count, o, batch.seq_stats, workers, make, &b);
+    if (bytes) *bytes = need;
+    if (!plan) return {};
+    if (ws.data == nullptr || ws.bytes < need) return workspace_too_small(ws, need, workers);
+    Arena ar(ws);
+    carve_batch<Call>(ar, batch.seqs, batch.count, o, batch.seq_stats, workers, make, &b);
+    TOPTHETA_ASSERT(!ar.overflowed() && b, "workspace measure and carve disagree");
+    plan->bind(b);
+    return {};
+  });
+}
+
+/// Plans (ws.data set) or measures (ws.data null) a prefill with `workers` scratch sets.
+template <class T, class Q>
+Status plan_prefill_impl(const AttentionArgs<T, Q>& args, const AttentionOptions& o, int workers,
+                         Workspace ws, AttentionPlan* plan, std::size_t* bytes) {
+  using Args = AttentionArgs<T, Q>;
+  Isa isa;
+  TOPTHETA_RETURN_IF_ERROR(check_call(args, o, /*is_decode=*/false, &isa));
+  if (workers < 1)
+    return Status::invalid_argument("workers must be >= 1, got " + std::to_string(workers));
+  return with_call_views(isa, args, [&](auto ops, const auto& kv, const auto&) -> Status {
+    using View = std::decay_t<decltype(kv)>;
+    using Call = PrefillCall<decltype(ops), Args, View>;
+    auto make = [](const Args& a, const AttentionOptions& oi, int w) {
+      return Call(a, oi, k_view<View>(a), v_view<View>(a), w);
+    };
+    Arena measure;
+    BatchCall<Call, Args>* b = nullptr;
+    const std::size_t need = carve_batch<Call>(measure, &args, 1, o, nullptr, workers, make, &b);
+    if (bytes) *bytes = need;
+    if (!plan) return {};
+    if (ws.data == nullptr || ws.bytes < need) return workspace_too_small(ws, need, workers);
+    Arena ar(ws);
+    carve_batch<Call>(ar, &args, 1, o, nullptr, workers, make, &b);
+    TOPTHETA_ASSERT(!ar.overflowed() && b, "workspace measure and carve disagree");
+    plan->bind(b);
+    return {};
+  });
+}
+
+/// Threads `decode_batch` uses: OpenMP's for the batch's total work and tasks.
+template <class T, class Q>
+int batch_threads(const DecodeBatch<T, Q>& batch, const AttentionOptions& o) {
+  double macs = 0;
+  Index items = 0;
+  for (Index i = 0; i < batch.count; ++i) {
+    const auto& a = batch.seqs[i];
+    macs += 2.0 * double(a.cache_tokens()) * double(a.q.heads) * double(a.q.dim);
+    items += std::max<Index>(1, a.cache_tokens() / 256);
+  }
+  return call_threads(o.threads, macs, items);
+}
+
+}  // namespace detail
+
+/// Bytes of workspace `plan_decode` needs for this batch and `workers` scratch sets (0 when the
+/// batch does not validate or workers < 1).
+template <class T, class Q>
+std::size_t plan_decode_workspace_size(const DecodeBatch<T, Q>& batch,
+                                       const AttentionOptions& options, int workers) {
+  std::size_t n = 0;
+  if (!detail::plan_decode_impl(batch, options, workers, Workspace{}, nullptr, &n).ok()) return 0;
+  return n;
+}
+
+/// Plans a (batched) decode for the caller's threads: validates every sequence, carves the call
+/// from `ws` and prepares it (O(N Hq d) work on the calling thread); the tasks then run through
+/// `plan`. `workers` is the number of threads that will run tasks concurrently.
+///
+/// Returns kInvalidArgument for a batch, sequence (named by index), option, worker count or
+/// workspace that does not fit (nothing is written then), kFailedPrecondition for an incomplete
+/// threshold table or an unavailable `options.isa`; ok otherwise.
+template <class T, class Q>
+Status plan_decode(const DecodeBatch<T, Q>& batch, const AttentionOptions& options, int workers,
+                   Workspace ws, AttentionPlan* plan) {
+  if (plan == nullptr) return Status::invalid_argument("plan_decode: plan is null");
+  return detail::plan_decode_impl(batch, options, workers, ws, plan, nullptr);
+}
+
+/// Bytes of workspace `plan_prefill` needs (0 when the arguments do not validate).
+template <class T, class Q>
+std::size_t plan_prefill_workspace_size(const AttentionArgs<T, Q>& args,
+                                        const AttentionOptions& options, int workers) {
+  std::size_t n = 0;
+  if (!detail::plan_prefill_impl(args, options, workers, Workspace{}, nullptr, &n).ok()) return 0;
+  return n;
+}
+
+/// Plans a causal prefill (see `prefill`) for the caller's threads; like `plan_decode`.
+template <class T, class Q>
+Status plan_prefill(const AttentionArgs<T, Q>& args, const AttentionOptions& options, int workers,
+                    Workspace ws, AttentionPlan* plan) {
+  if (plan == nullptr) return Status::invalid_argument("plan_prefill: plan is null");
+  return detail::plan_prefill_impl(args, options, workers, ws, plan, nullptr);
+}
+
+/// Bytes of workspace `decode_batch` needs (0 when the batch does not validate).
+template <class T, class Q>
+std::size_t decode_batch_workspace_size(const DecodeBatch<T, Q>& batch,
+                                        const AttentionOptions& options) {
+  if (batch.count < 1 || batch.seqs == nullptr) return 0;
+  return plan_decode_workspace_size(batch, options, detail::batch_threads(batch, options));
+}
+
+/// Decodes N sequences of different lengths in one call (one query token each), split across
+/// OpenMP threads by sequence and KV chunk. Each sequence's output and statistics equal those of
+/// its own `decode` call bit for bit, for any thread count.
+///
+/// Returns the status codes of `plan_decode`.
+template <class T, class Q>
+Status decode_batch(const DecodeBatch<T, Q>& batch, const AttentionOptions& options, Workspace ws) {
+  if (batch.count < 1 || batch.seqs == nullptr)
+    return Status::invalid_argument("decode batch has no sequences (count " +
+                                    std::to_string(batch.count) + ")");
+  const int threads = detail::batch_threads(batch, options);
+  AttentionPlan plan;
+  TOPTHETA_RETURN_IF_ERROR(plan_decode(batch, options, threads, ws, &plan));
+  struct Runner {
+    AttentionPlan& p;
+    int num_stages() const { return p.num_stages(); }
+    Index num_tasks(int s) const { return p.num_tasks(s); }
+    bool dynamic_schedule(int) const { return true; }
+    void run_task(int s, Index t, int w) { p.run_task(s, t, w); }
+  } runner{plan};
+  detail::run_stages(runner, threads);
+  return plan.finish();
+}
+
+/// Convenience overload that allocates the workspace (examples and tests, not hot loops).
+template <class T, class Q>
+Status decode_batch(const DecodeBatch<T, Q>& batch, const AttentionOptions& options) {
+  std::vector<std::byte> buf(std::max<std::size_t>(decode_batch_workspace_size(batch, options), 1));
+  return decode_batch(batch, options, Workspace{buf.data(), buf.size()});
+}
+
+}  // namespace toptheta
