@@ -12,8 +12,14 @@
 ///          threads:1
 ///   decode_dim/<dense|toptheta>/d:<n>/L:16384/dtype:f32/layout:token/threads:1
 ///   prefill/<dense|topk|toptheta|toptheta_pre>/T:<n>/dtype:<f32|f16>/threads:<n>
+///   engine_batch/<dense|toptheta|toptheta_pre>/call:<batch|singles>/seqs:8/Lmax:<n>/dtype:f16/
+///          threads:<n>
+///   engine_paged/<dense|toptheta|toptheta_pre>/kv:<contiguous|paged16|paged256>/L:<n>/dtype:f16/
+///          threads:<n>
+///   engine_q8/<dense|toptheta|toptheta_pre>/L:<n>/dtype:<q8_0|f16>/threads:<n>
 /// with <mode> one of dense, topk, toptheta, toptheta_pre, toptheta_dense_fallback (Mode below;
-/// each benchmark's label names its variant). Every benchmark measures wall time (UseRealTime);
+/// each benchmark's label names its variant). The engine_* families (bench_engine.cpp) use f32
+/// queries over f16 / q8_0 caches (AttentionArgs<T, float>). Every benchmark measures wall time (UseRealTime);
 /// bench_main.cpp strips the "/real_time" suffix Google Benchmark would append, so reported names
 /// are exactly the ones above.
 ///
@@ -380,6 +386,7 @@ struct CachedInputs {
 void register_probe_benchmarks();
 void register_decode_benchmarks();
 void register_prefill_benchmarks();
+void register_engine_benchmarks();
 /// Frees the probe's 1 GiB buffer (called when the decode / prefill inputs are built).
 void release_probe_buffer();
 /// The instruction-set path the FMA probe runs ("avx512", "avx2", "scalar").

@@ -1,6 +1,6 @@
 /// \file bench_main.cpp
-/// main() of toptheta-bench and toptheta-bench-portable: registers the probe, decode and prefill
-/// benchmarks (in that order) and runs them with Google Benchmark's usual flags
+/// main() of toptheta-bench and toptheta-bench-portable: registers the probe, decode, prefill and
+/// engine benchmarks (in that order) and runs them with Google Benchmark's usual flags
 /// (--benchmark_filter, --benchmark_min_time, --benchmark_repetitions, --benchmark_format,
 /// --benchmark_out, ...).
 ///
@@ -64,6 +64,7 @@ int main(int argc, char** argv) {
   ttbench::register_probe_benchmarks();
   ttbench::register_decode_benchmarks();
   ttbench::register_prefill_benchmarks();
+  ttbench::register_engine_benchmarks();
 
   benchmark::AddCustomContext("toptheta_version", TOPTHETA_VERSION_STRING);
   benchmark::AddCustomContext("openmp_max_threads", std::to_string(ttbench::max_threads()));

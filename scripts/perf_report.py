@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Run toptheta-bench and write docs/performance.md: the targets table (required / measured /
 worst configuration / PASS-MISS), the Top-θ variants, GB/s against the read-bandwidth floor,
-prefill GFLOP/s against the FMA probe, head dims, SIMD paths, the portable binary against the
-native one, thread scaling, bit-identity, and the speed-up plot (docs/img/speedup_vs_L.png).
+prefill GFLOP/s against the FMA probe, the engine interfaces (batched ragged decode, paged and
+q8_0 caches: issue 13's targets), head dims, SIMD paths, the portable binary against the native
+one, thread scaling, bit-identity, and the speed-up plot (docs/img/speedup_vs_L.png).
 
 Python 3 standard library only; the plot is drawn by gnuplot (Debian: gnuplot-nox) when it is
 installed, and skipped with a note otherwise.
@@ -10,7 +11,8 @@ installed, and skipped with a note otherwise.
 Usually called through scripts/perf_report.sh, which builds the `bench` preset first:
 
     scripts/perf_report.sh                 # full suite, 3 repetitions, medians
-    scripts/perf_report.sh --quick         # smoke run: L in {1k, 16k}, T = 1024, 1 repetition,
+    scripts/perf_report.sh --quick         # smoke run: L in {1k, 16k}, T = 1024, engine
+                                           # batch Lmax = 8k, paged / q8_0 L = 16k, 1 repetition,
                                            # written to build/bench/perf/performance-quick.md
     scripts/perf_report.py --from-json build/bench/perf/results.json   # re-render only
 
@@ -38,7 +40,9 @@ from dataclasses import dataclass, field
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 QUICK_FILTER = (r"^(probe/|decode/[^/]+/L:(1024|16384)/|decode_isa/|decode_dim/"
-                r"|prefill/[^/]+/T:1024/)")
+                r"|prefill/[^/]+/T:1024/"
+                r"|engine_batch/[^/]+/[^/]+/seqs:8/Lmax:8192/|engine_paged/[^/]+/[^/]+/L:16384/"
+                r"|engine_q8/[^/]+/L:16384/)")
 PORTABLE_FILTER = (r"^(decode/(dense|toptheta)/L:16384/dtype:(f32|f16)/layout:token/"
                    r"|prefill/(dense|toptheta)/T:1024/dtype:(f32|f16)/)")
 K_BUDGET = 64
@@ -56,6 +60,14 @@ RE_DIM = re.compile(
     r"/layout:(?P<layout>[^/]+)/threads:(?P<threads>\d+)$")
 RE_PREFILL = re.compile(
     r"^prefill/(?P<mode>[^/]+)/T:(?P<T>\d+)/dtype:(?P<dtype>[^/]+)/threads:(?P<threads>\d+)$")
+RE_EBATCH = re.compile(
+    r"^engine_batch/(?P<mode>[^/]+)/call:(?P<call>[^/]+)/seqs:(?P<n>\d+)/Lmax:(?P<L>\d+)"
+    r"/dtype:(?P<dtype>[^/]+)/threads:(?P<threads>\d+)$")
+RE_EPAGED = re.compile(
+    r"^engine_paged/(?P<mode>[^/]+)/kv:(?P<kv>[^/]+)/L:(?P<L>\d+)/dtype:(?P<dtype>[^/]+)"
+    r"/threads:(?P<threads>\d+)$")
+RE_EQ8 = re.compile(
+    r"^engine_q8/(?P<mode>[^/]+)/L:(?P<L>\d+)/dtype:(?P<dtype>[^/]+)/threads:(?P<threads>\d+)$")
 RE_BW = re.compile(r"^probe/read_bandwidth/threads:(?P<threads>\d+)$")
 RE_FMA = re.compile(r"^probe/fma_peak/threads:(?P<threads>\d+)$")
 
@@ -167,6 +179,9 @@ class Data:
     isa: dict = field(default_factory=dict)      # (mode, isa) -> Result
     dim: dict = field(default_factory=dict)      # (mode, d) -> Result
     prefill: dict = field(default_factory=dict)  # (mode, T, dtype, t) -> Result
+    ebatch: dict = field(default_factory=dict)   # (mode, call, Lmax, t) -> Result
+    epaged: dict = field(default_factory=dict)   # (mode, kv, L, t) -> Result
+    eq8: dict = field(default_factory=dict)      # (mode, L, dtype, t) -> Result
 
 
 def classify(results) -> Data:
@@ -185,6 +200,12 @@ def classify(results) -> Data:
             D.dim[(m["mode"], int(m["d"]))] = r
         elif m := RE_PREFILL.match(name):
             D.prefill[(m["mode"], int(m["T"]), m["dtype"], int(m["threads"]))] = r
+        elif m := RE_EBATCH.match(name):
+            D.ebatch[(m["mode"], m["call"], int(m["L"]), int(m["threads"]))] = r
+        elif m := RE_EPAGED.match(name):
+            D.epaged[(m["mode"], m["kv"], int(m["L"]), int(m["threads"]))] = r
+        elif m := RE_EQ8.match(name):
+            D.eq8[(m["mode"], int(m["L"]), m["dtype"], int(m["threads"]))] = r
     return D
 
 
@@ -341,6 +362,195 @@ def compute_targets(D: Data):
     return T
 
 
+# --------------------------------------------------------------------------------------------
+# Engine interfaces (issue 13): batched ragged decode, paged caches, q8_0 caches
+# --------------------------------------------------------------------------------------------
+ENGINE_MODES = ("dense",) + TOPTHETA_MODES
+BATCH_LMAX = 32768           # the issue's batch: lengths 1k..32k
+BATCH_FRACTIONS = (1, 2, 3, 4, 8, 12, 16, 32)  # sequence lengths in units of Lmax / 32
+KV_KINDS = ("contiguous", "paged16", "paged256")
+
+
+def batch_lengths(lmax):
+    return ", ".join(f"{lmax * f // 32 // 1024}k" if lmax * f // 32 >= 1024 else str(lmax * f // 32)
+                     for f in BATCH_FRACTIONS)
+
+
+def gbps_floor(r, t, D):
+    """(GB/s, fraction of the probe's read bandwidth at t threads or None)."""
+    g = r.counters["bytes"] / r.seconds
+    return g, (g / D.bw[t] if D.bw.get(t) else None)
+
+
+def pct(x):
+    return "—" if x is None else f"{100 * x:.0f}%"
+
+
+def engine_targets(D: Data):
+    T = []
+    b, pg, q8 = D.ebatch, D.epaged, D.eq8
+    Lb, note = largest([k[2] for k in b], BATCH_LMAX)
+    spread = f"{batch_lengths(Lb)}" if Lb else ""
+
+    # Batch vs the sum of the single calls, 2 threads (the issue's configuration), every mode.
+    pairs = [(r.seconds / b[(k[0], "singles") + k[2:]].seconds, f"{short(k[0])}, t={k[3]}")
+             for k, r in b.items()
+             if k[1] == "batch" and k[2] == Lb and k[3] == 2 and (k[0], "singles") + k[2:] in b]
+    T.append(make_target(f"decode_batch of 8 ragged f16 sequences ({spread}), 2 threads: "
+                         f"time(batch) / sum of the 8 single decode times{note}",
+                         "<= 1.10", pairs, "<=", 1.10))
+    # ... at the memory floor: the dense batch against the probe (issue 11's dense bound).
+    pairs = [(gbps_floor(r, k[3], D)[1], f"dense, t={k[3]}") for k, r in b.items()
+             if k[0] == "dense" and k[1] == "batch" and k[2] == Lb and k[3] == 2 and D.bw.get(2)]
+    T.append(make_target("dense decode_batch, 2 threads: GB/s / probe read GB/s (the memory "
+                         f"floor; issue 11's bound for dense decode){note}", ">= 0.80",
+                         pairs, ">=", 0.80))
+    for mode in TOPTHETA_MODES:
+        pairs = [(b[("dense",) + k[1:]].seconds / r.seconds, f"t={k[3]}") for k, r in b.items()
+                 if k[0] == mode and k[1] == "batch" and k[2] == Lb and ("dense",) + k[1:] in b]
+        T.append(make_target(f"{short(mode)} decode_batch (k = 64): speed-up over dense "
+                             f"decode_batch, same batch{note}", ">= 1.50x", pairs, ">=", 1.5))
+
+    # Paged vs contiguous, every mode, block size, thread count and L >= 16k.
+    pairs = [(r.seconds / pg[(k[0], "contiguous") + k[2:]].seconds,
+              f"{short(k[0])}, {k[1]}, L={k[2]}, t={k[3]}") for k, r in pg.items()
+             if k[1] != "contiguous" and k[2] >= 16384 and (k[0], "contiguous") + k[2:] in pg]
+    T.append(make_target("paged decode (f16, blocks of 16 and 256 tokens, shuffled block table), "
+                         "L >= 16k: time / contiguous time, every variant and thread count",
+                         "<= 1.10", pairs, "<=", 1.10))
+
+    # q8_0 Top-theta vs q8_0 dense, L >= 16k.
+    for mode in TOPTHETA_MODES:
+        pairs = [(q8[("dense",) + k[1:]].seconds / r.seconds, f"L={k[1]}, t={k[3]}")
+                 for k, r in q8.items()
+                 if k[0] == mode and k[2] == "q8_0" and k[1] >= 16384 and ("dense",) + k[1:] in q8]
+        T.append(make_target(f"{short(mode)} decode over a q8_0 cache (k = 64), L >= 16k: "
+                             "speed-up over q8_0 dense", ">= 1.50x", pairs, ">=", 1.5))
+    return T
+
+
+def write_engine_section(w, D: Data, targets):
+    b, pg, q8 = D.ebatch, D.epaged, D.eq8
+    w("## Engine interfaces (issue 13 targets)")
+    w("")
+    w("The interfaces an engine drives (`include/toptheta/plan.hpp`, `PagedKv`, "
+      "`AttentionArgs<T, float>`, `quantize.hpp`), all with **f32 queries** over the cache "
+      "(`AttentionArgs<Eigen::half, float>`, `AttentionArgs<BlockQ8_0, float>`), d = 128, Hq = 32, "
+      "Hkv = 8, token-major caches. Variants as above: *dense*, the recommended Top-θ "
+      "(`toptheta_options(post table)`, post-softmax + VMC with the running V sum) and pre-softmax + "
+      "exact SDC + VMC; tables calibrated at k = 64 on each family's own caches. Each iteration "
+      "reads another copy of the caches when one copy is below 128 MiB. Ratios compare benchmarks "
+      "of this run over the same inputs; *% of probe* = GB/s over the read-bandwidth probe of the "
+      "same thread count.")
+    w("")
+    w("| target | required | measured | worst configuration | status |")
+    w("|---|---:|---:|---|:---:|")
+    for tg in targets:
+        w(f"| {tg.text} | {tg.required} | {fmt_val(tg.measured, 3)} | {tg.worst} | {status(tg.ok)} |")
+    w("")
+
+    # ---- batch ----------------------------------------------------------------------------
+    w("### Batched ragged decode")
+    w("")
+    w("`engine_batch/<mode>/call:<batch|singles>/seqs:8/Lmax:<n>/dtype:f16/threads:<t>`: 8 "
+      "sequences of lengths Lmax × {1, 2, 3, 4, 8, 12, 16, 32} / 32, each its own f16 cache and "
+      "running V sum; Top-θ tables calibrated on all 8 (one per-length entry per sequence length). "
+      "*batch* = one `decode_batch` call; *singles* = the 8 `decode` calls on the same arguments, "
+      "back to back (their summed time). *batch / singles* = time ratio (< 1: the batch is faster); "
+      "*vs dense* = time(dense batch) / time(this batch); *identical* = the batch's outputs equal "
+      "the single calls' bit for bit.")
+    w("")
+    w("| lengths | thr | variant | batch (ms) | singles (ms) | batch / singles | batch GB/s | "
+      "% of probe | singles GB/s | vs dense | kept/row | V rows | identical | rel err |")
+    w("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---:|")
+    rows = 0
+    for key in sorted((k for k in b if k[1] == "batch"),
+                      key=lambda k: (k[2], k[3], MODE_ORDER.get(k[0], 9))):
+        mode, _, L, t = key
+        r = b[key]
+        sg = b.get((mode, "singles", L, t))
+        dn = b.get(("dense", "batch", L, t))
+        g, f = gbps_floor(r, t, D)
+        w(f"| {batch_lengths(L)} | {t} | {short(mode)} | {1e3 * r.seconds:.3f} | "
+          f"{f'{1e3 * sg.seconds:.3f}' if sg else '—'} | "
+          f"{f'{r.seconds / sg.seconds:.3f}' if sg else '—'} | {gb(g)} | {pct(f)} | "
+          f"{gb(gbps_floor(sg, t, D)[0]) if sg else '—'} | "
+          f"{f'{dn.seconds / r.seconds:.2f}x' if dn and mode != 'dense' else ''} | "
+          f"{r.counters.get('kept_per_row', 0):.1f} | {100 * r.counters.get('vrows_frac', 1):.2f}% | "
+          f"{'yes' if r.counters.get('bit_identical') == 1.0 else 'NO'} | {err_text(r)} |")
+        rows += 1
+    if not rows:
+        w("| — | | not measured | | | | | | | | | | | |")
+    w("")
+
+    # ---- paged ----------------------------------------------------------------------------
+    w("### Paged KV cache")
+    w("")
+    w("`engine_paged/<mode>/kv:<contiguous|paged16|paged256>/L:<n>/dtype:f16/threads:<t>`: one f16 "
+      "cache read contiguously or through a block table (`PagedKv::token_major`, blocks of 16 or "
+      "256 tokens). Each block size has one pool holding the blocks of every rotated copy in one "
+      "shuffled order, so a sequence's consecutive blocks are never adjacent. *paged / contiguous* "
+      "= time ratio (> 1: paging costs); *identical* = the paged output equals the contiguous one "
+      "bit for bit.")
+    w("")
+    w("| L | thr | variant | contiguous (ms) | GB/s | % of probe | paged16 (ms) | paged16 / contiguous "
+      "| paged256 (ms) | paged256 / contiguous | identical |")
+    w("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|:---:|")
+    rows = 0
+    for key in sorted((k for k in pg if k[1] == "contiguous"),
+                      key=lambda k: (k[2], k[3], MODE_ORDER.get(k[0], 9))):
+        mode, _, L, t = key
+        r = pg[key]
+        g, f = gbps_floor(r, t, D)
+        cells, ident = [], []
+        for kv in KV_KINDS[1:]:
+            x = pg.get((mode, kv, L, t))
+            cells += [f"{1e3 * x.seconds:.3f}", f"{x.seconds / r.seconds:.3f}"] if x else ["—", "—"]
+            if x:
+                ident.append(x.counters.get("bit_identical") == 1.0)
+        w(f"| {L} | {t} | {short(mode)} | {1e3 * r.seconds:.3f} | {gb(g)} | {pct(f)} | "
+          f"{' | '.join(cells)} | {('yes' if all(ident) else 'NO') if ident else ''} |")
+        rows += 1
+    if not rows:
+        w("| — | | not measured | | | | | | | | |")
+    w("")
+
+    # ---- q8_0 -----------------------------------------------------------------------------
+    w("### q8_0 cache against f16")
+    w("")
+    w("`engine_q8/<mode>/L:<n>/dtype:<q8_0|f16>/threads:<t>`: the same float K/V stored as f16 and "
+      "as llama.cpp q8_0 (`quantize_row_q8_0`; 34 bytes per 32 values, 0.53x the f16 bytes), each "
+      "with its own tables. *vs q8 dense* = time(q8_0 dense) / time(this q8_0 row); *q8_0 vs f16* "
+      "= time(f16, same variant) / time(q8_0) (> 1: q8_0 is faster); *vs f16 dense* = "
+      "time(f16 dense) / time(q8_0 row); *err vs f16* = |o − o_f16 dense| / |o_f16 dense| (q8_0 "
+      "storage plus the variant's own error).")
+    w("")
+    w("| L | thr | variant | q8_0 (ms) | GB/s | % of probe | vs q8 dense | f16 (ms) | vs f16 dense "
+      "(f16) | q8_0 vs f16 | q8_0 vs f16 dense | V rows | err vs f16 |")
+    w("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    rows = 0
+    for key in sorted((k for k in q8 if k[2] == "q8_0"),
+                      key=lambda k: (k[1], k[3], MODE_ORDER.get(k[0], 9))):
+        mode, L, _, t = key
+        r = q8[key]
+        g, f = gbps_floor(r, t, D)
+        qd = q8.get(("dense", L, "q8_0", t))
+        h = q8.get((mode, L, "f16", t))
+        hd = q8.get(("dense", L, "f16", t))
+        e = r.counters.get("err_vs_f16")
+        w(f"| {L} | {t} | {short(mode)} | {1e3 * r.seconds:.3f} | {gb(g)} | {pct(f)} | "
+          f"{f'{qd.seconds / r.seconds:.2f}x' if qd and mode != 'dense' else ''} | "
+          f"{f'{1e3 * h.seconds:.3f}' if h else '—'} | "
+          f"{f'{hd.seconds / h.seconds:.2f}x' if h and hd and mode != 'dense' else ''} | "
+          f"{f'{h.seconds / r.seconds:.2f}x' if h else '—'} | "
+          f"{f'{hd.seconds / r.seconds:.2f}x' if hd else '—'} | "
+          f"{100 * r.counters.get('vrows_frac', 1):.2f}% | {'' if e is None else f'{e:.2e}'} |")
+        rows += 1
+    if not rows:
+        w("| — | | not measured | | | | | | | | | | |")
+    w("")
+
+
 # d -> the multiple of 8 (or, for 72, which is one, of 16 = the AVX-512 width) it is compared with.
 DIM_REFERENCE = {100: 104, 72: 64}
 
@@ -468,6 +678,7 @@ def write_report(args, json_path, main: Run, native_sub: Run | None, portable_su
     cpu = lscpu_info()
     targets = compute_targets(D)
     targets.append(portable_target(Dn, Dp))
+    etargets = engine_targets(D)
     img_rel = os.path.relpath(args.img, os.path.dirname(os.path.abspath(args.out)))
     plot_note = plot_speedup(D.decode, args.img) if not args.no_plot else "plot disabled (--no-plot)"
 
@@ -481,7 +692,7 @@ def write_report(args, json_path, main: Run, native_sub: Run | None, portable_su
     w(f"Generated on {date} from one run of `toptheta-bench` ({main.reps} repetition"
       f"{'s' if main.reps > 1 else ''}, wall-time medians"
       f"{'' if main.reps > 1 else ' of a single run'}; `--benchmark_min_time={args.min_time}`"
-      f"{'; **quick mode** (smoke run): decode L in {1k, 16k}, prefill T = 1024' if args.quick else ''}"
+      f"{'; **quick mode** (smoke run): decode L in {1k, 16k}, prefill T = 1024, engine batch Lmax = 8k, paged / q8_0 L = 16k' if args.quick else ''}"
       f"{f'; filter `{args.filter}`' if args.filter else ''})"
       f"{', plus the portable-binary subset' if portable_sub else ''}. "
       "Regenerate with `scripts/perf_report.sh` (full, on an idle machine) or "
@@ -651,6 +862,9 @@ def write_report(args, json_path, main: Run, native_sub: Run | None, portable_su
         w("| — | | | not measured | | | | | | | | |")
     w("")
 
+    # ---- engine interfaces ----------------------------------------------------------------
+    write_engine_section(w, D, etargets)
+
     # ---- plot -----------------------------------------------------------------------------
     w("## Speed-up over dense against L")
     w("")
@@ -790,9 +1004,11 @@ def write_report(args, json_path, main: Run, native_sub: Run | None, portable_su
     w("scripts/perf_report.sh            # build the bench preset, run everything (3 repetitions), "
       "write this page")
     w("scripts/perf_report.sh --quick    # smoke run: decode L in {1k, 16k}, prefill T = 1024, "
+      "engine batch Lmax = 8k, paged / q8_0 L = 16k, "
       "1 repetition")
     w("scripts/perf_report.py --from-json build/bench/perf/results.json   # re-render only")
     w("build/bench/bin/toptheta-bench --benchmark_filter='decode/(dense|toptheta)/L:16384/dtype:f32'")
+    w("build/bench/bin/toptheta-bench --benchmark_filter='^engine_' --benchmark_repetitions=3")
     w("```")
     w("")
     w("Benchmark names: `decode/<mode>/L:<n>/dtype:<f32|f16|bf16>/layout:<token|head>/threads:<n>` "
@@ -800,6 +1016,9 @@ def write_report(args, json_path, main: Run, native_sub: Run | None, portable_su
       "`prefill/<dense|topk|toptheta|toptheta_pre>/T:<n>/dtype:<f32|f16>/threads:<n>`; "
       "`decode_isa/<dense|toptheta>/isa:<auto|scalar|avx2|avx512|neon>/L:16384/dtype:f32/layout:token/threads:1`; "
       "`decode_dim/<dense|toptheta>/d:<n>/L:16384/dtype:f32/layout:token/threads:1`; "
+      "`engine_batch/<dense|toptheta|toptheta_pre>/call:<batch|singles>/seqs:8/Lmax:<n>/dtype:f16/threads:<n>`; "
+      "`engine_paged/<dense|toptheta|toptheta_pre>/kv:<contiguous|paged16|paged256>/L:<n>/dtype:f16/threads:<n>`; "
+      "`engine_q8/<dense|toptheta|toptheta_pre>/L:<n>/dtype:<q8_0|f16>/threads:<n>`; "
       "`probe/read_bandwidth/threads:<n>`, `probe/fma_peak/threads:<n>` "
       "(see `bench/bench_common.hpp` for the synthetic inputs).")
     w("")
@@ -808,7 +1027,7 @@ def write_report(args, json_path, main: Run, native_sub: Run | None, portable_su
         f.write("\n".join(out))
     print(f"wrote {os.path.relpath(args.out, ROOT)}"
           + ("" if plot_note else f" and {os.path.relpath(args.img, ROOT)}"), file=sys.stderr)
-    for tg in targets:
+    for tg in targets + etargets:
         print(f"  {status(tg.ok).strip('*'):5} {fmt_val(tg.measured, 3):>6} {tg.required:>8}  {tg.text}"
               f"  [{tg.worst}]", file=sys.stderr)
 
@@ -817,7 +1036,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="smoke run: decode L in {1k, 16k}, prefill T = 1024, probes, head dims, "
-                        "SIMD paths; 1 repetition, min time 0.05 s (unless given)")
+                        "SIMD paths, engine batch Lmax = 8k, paged / q8_0 L = 16k; 1 repetition, "
+                        "min time 0.05 s (unless given)")
     p.add_argument("--repetitions", type=int, default=None, help="repetitions (default 3, quick 1)")
     p.add_argument("--min-time", type=float, default=None,
                    help="--benchmark_min_time in seconds (default 0.3, quick 0.05)")

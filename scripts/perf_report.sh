@@ -7,8 +7,9 @@
 #
 # perf_report.py options (see scripts/perf_report.py --help):
 #   --quick                  smoke run: decode L in {1k, 16k}, prefill T = 1024, probes, head dims,
-#                            SIMD paths; 1 repetition, 0.05 s min time; the page goes to
-#                            build/bench/perf/performance-quick.md (docs/ stays untouched)
+#                            SIMD paths, engine batch Lmax = 8k, paged / q8_0 L = 16k; 1 repetition,
+#                            0.05 s min time; the page goes to build/bench/perf/performance-quick.md
+#                            (docs/ stays untouched)
 #   --out FILE, --img FILE   where the page and the plot go
 #   --repetitions N          default 3 (medians are reported)
 #   --min-time S             --benchmark_min_time, default 0.3
@@ -32,7 +33,7 @@ for a in "$@"; do
     --no-build) build=0 ;;
     --from-json | --from-json=*) build=0; args+=("$a") ;;
     -h | --help)
-      sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+      sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
       exec python3 scripts/perf_report.py --help
       ;;
     *) args+=("$a") ;;
