@@ -146,12 +146,15 @@ Status prefill(const AttentionArgs<T, Q>& args, const AttentionOptions& options,
   });
 }
 
-/// Convenience overloads that allocate the workspace (for examples and tests, not hot loops).
+/// `decode` that allocates its workspace (for examples and tests, not hot loops). Same status
+/// codes as `decode`.
 template <class T, class Q>
 Status decode(const AttentionArgs<T, Q>& args, const AttentionOptions& options) {
   std::vector<std::byte> buf(std::max<std::size_t>(workspace_size(args, options), 1));
   return decode(args, options, Workspace{buf.data(), buf.size()});
 }
+/// `prefill` that allocates its workspace (for examples and tests, not hot loops). Same status
+/// codes as `prefill`.
 template <class T, class Q>
 Status prefill(const AttentionArgs<T, Q>& args, const AttentionOptions& options) {
   std::vector<std::byte> buf(std::max<std::size_t>(workspace_size(args, options), 1));

@@ -34,9 +34,9 @@ struct AttentionArgs {
   static_assert(kIsStorageType<Q> && (std::is_same_v<Q, T> || std::is_same_v<Q, acc_t<T>>),
                 "toptheta: AttentionArgs<T, Q> takes queries of the cache type T or of float "
                 "(double for a double cache)");
-  using cache_type = T;
-  using query_type = Q;
-  using Acc = acc_t<T>;
+  using cache_type = T;    ///< storage type of K and V
+  using query_type = Q;    ///< storage type of q
+  using Acc = acc_t<T>;    ///< accumulation and output type (float; double for a double cache)
   HeadsView<const Q> q;    ///< (T, Hq, d) new queries (T = 1 for decode)
   HeadsView<const T> k;    ///< (L, Hkv, d) keys, the T new ones last
   HeadsView<const T> v;    ///< (L, Hkv, d) values, same layout rules as k
@@ -49,7 +49,7 @@ struct AttentionArgs {
   /// and the mean-V empty-row policy unless `AttentionOptions::vbar` is VbarSource::kSumCache.
   /// RunningVSum and KvCache (kv_cache.hpp) keep it at O(d) per appended token.
   const Acc* v_sum = nullptr;
-  Index v_sum_stride = 0;
+  Index v_sum_stride = 0;  ///< items between the KV heads' rows of v_sum (0: d)
   /// Optional additive bias (T x L) added to the scores, e.g. an ALiBi or padding mask;
   /// -inf entries mask keys. Shared by all heads. Causality is always applied on top.
   MatrixView<const float> bias;
@@ -58,11 +58,12 @@ struct AttentionArgs {
   /// threshold table, the calibrator and per-head statistics), which has `model_heads` query
   /// heads (0: Hq, no sharding). The table must have exactly `model_heads` heads.
   Index head_offset = 0;
-  Index model_heads = 0;
+  Index model_heads = 0;   ///< query heads of the model (0: q.heads, no sharding)
   double scale = 0.0;      ///< score scale; 0 means 1/sqrt(d)
 
-  /// Tokens L, KV heads and head dim of the cache (from k, or from the paged cache).
+  /// Tokens L of the cache (from k, or from the paged cache).
   Index cache_tokens() const { return paged.empty() ? k.tokens : paged.tokens; }
+  /// KV heads Hkv of the cache (from k, or from the paged cache).
   Index cache_heads() const { return paged.empty() ? k.heads : paged.heads; }
 };
 

@@ -32,9 +32,9 @@ namespace toptheta {
 /// objects that receive each sequence's counts (`AttentionOptions::stats` receives the total).
 template <class T, class Q = default_query_t<T>>
 struct DecodeBatch {
-  const AttentionArgs<T, Q>* seqs = nullptr;
-  Index count = 0;
-  AttentionStats* seq_stats = nullptr;
+  const AttentionArgs<T, Q>* seqs = nullptr;  ///< `count` sequences' arguments (T = 1 each)
+  Index count = 0;                            ///< N >= 1
+  AttentionStats* seq_stats = nullptr;        ///< optional: N per-sequence statistics (added to)
 };
 
 /// A batch of one sequence.

@@ -28,12 +28,14 @@ using Index = std::ptrdiff_t;
 /// Accumulation type for a storage type: double for double, float for everything else.
 template <class T>
 struct AccType {
-  using type = float;
+  using type = float;  ///< float accumulation for float, half, bfloat16 and q8_0 storage
 };
+/// double storage accumulates in double.
 template <>
 struct AccType<double> {
-  using type = double;
+  using type = double;  ///< double accumulation
 };
+/// The accumulation (and output) type of storage type T: double for double, float otherwise.
 template <class T>
 using acc_t = typename AccType<std::remove_const_t<T>>::type;
 
@@ -96,32 +98,39 @@ inline auto value_at(const T* row, Index i) {
 /// Row-major 2-D view: `rows x cols`, element (r, c) at `data[r * row_stride + c]`.
 template <class T>
 struct MatrixView {
-  T* data = nullptr;
-  Index rows = 0;
-  Index cols = 0;
+  T* data = nullptr;      ///< element (0, 0); not owned
+  Index rows = 0;          ///< number of rows
+  Index cols = 0;          ///< number of columns
   Index row_stride = 0;  ///< elements between consecutive rows (>= cols)
 
+  /// First element of row r (0 <= r < rows; not checked).
   T* row(Index r) const { return data + r * row_stride; }
+  /// Element (r, c) (not bounds-checked).
   T& operator()(Index r, Index c) const { return data[r * row_stride + c]; }
+  /// True for a null view or one with no rows or no columns.
   bool empty() const { return data == nullptr || rows == 0 || cols == 0; }
+  /// The read-only view of the same elements.
   operator MatrixView<const T>() const { return {data, rows, cols, row_stride}; }
 };
 
 /// 3-D view `[token][head][dim]`: element (t, h, i) at `data[t * token_stride + h * head_stride + i]`.
 template <class T>
 struct HeadsView {
-  using value_type = T;
-  T* data = nullptr;
-  Index tokens = 0;
-  Index heads = 0;
-  Index dim = 0;
+  using value_type = T;    ///< the storage type (const for read-only views)
+  T* data = nullptr;       ///< row (token 0, head 0); not owned
+  Index tokens = 0;        ///< tokens (T for queries and outputs, L for a cache)
+  Index heads = 0;         ///< heads (Hq for queries and outputs, Hkv for a cache)
+  Index dim = 0;           ///< head_dim d, in values (a q8_0 row holds d / 32 blocks)
   Index token_stride = 0;  ///< items of T between consecutive tokens of one head
   Index head_stride = 0;   ///< items of T between consecutive heads of one token
 
   /// Items of T in one row of `dim` values (dim / 32 for q8_0 blocks).
   static Index row_items(Index dim) { return dim / kValuesPerItem<T>; }
 
+  /// First item of row (token t, head h) (not bounds-checked).
   T* row(Index t, Index h) const { return data + t * token_stride + h * head_stride; }
+  /// Item i of row (t, h): value i for float, double, half and bfloat16 views (q8_0 views hold
+  /// blocks: read values with `value_at(row(t, h), i)`).
   T& operator()(Index t, Index h, Index i) const { return row(t, h)[i]; }
 
   /// The 2-D `(tokens, dim)` view of one head, strided in place.
@@ -130,6 +139,7 @@ struct HeadsView {
   HeadsView slice_tokens(Index first, Index count) const {
     return {data + first * token_stride, count, heads, dim, token_stride, head_stride};
   }
+  /// The read-only view of the same rows.
   operator HeadsView<const T>() const {
     return {data, tokens, heads, dim, token_stride, head_stride};
   }
@@ -154,9 +164,9 @@ struct HeadsView {
 /// T). Nothing is copied: the kernels read rows through the table.
 template <class T>
 struct PagedKv {
-  using value_type = T;
-  const T* k_pool = nullptr;
-  const T* v_pool = nullptr;
+  using value_type = T;   ///< the storage type of the pools
+  const T* k_pool = nullptr;  ///< first item of the K pool (num_blocks blocks)
+  const T* v_pool = nullptr;  ///< first item of the V pool (same block layout as K)
   const std::int32_t* block_table = nullptr;  ///< ceil(tokens / block_size) block indices
   Index tokens = 0;        ///< L, the sequence's tokens (the call's new ones last)
   Index heads = 0;         ///< Hkv
@@ -167,6 +177,7 @@ struct PagedKv {
   Index token_stride = 0;  ///< items between consecutive tokens of one head inside a block
   Index head_stride = 0;   ///< items between consecutive heads of one token inside a block
 
+  /// True when no block table is set (the call then reads `AttentionArgs::k` / `v`).
   bool empty() const { return block_table == nullptr; }
   /// Blocks of `[B][heads][dim]`, packed.
   static PagedKv token_major(const T* k_pool, const T* v_pool, Index num_blocks,
@@ -215,9 +226,11 @@ PagedRows<T> paged_rows(const PagedKv<T>& p, bool values) {
 inline std::string shape_string(Index a, Index b) {
   return "(" + std::to_string(a) + " x " + std::to_string(b) + ")";
 }
+/// "(a, b, c)" for error messages.
 inline std::string shape_string(Index a, Index b, Index c) {
   return "(" + std::to_string(a) + ", " + std::to_string(b) + ", " + std::to_string(c) + ")";
 }
+/// "(tokens=.., heads=.., dim=..)" of a view, for error messages.
 template <class T>
 std::string shape_string(const HeadsView<T>& v) {
   return "(tokens=" + std::to_string(v.tokens) + ", heads=" + std::to_string(v.heads) +
