@@ -62,9 +62,14 @@ struct VecAvx2 {
     }
   }
   /// Values [o, o + 8) of a q8_0 block (o a multiple of 8): d * qs.
+  /// One fp16 value to float with F16C (Eigen 3.4's Eigen::half converts in software under GCC:
+  /// its EIGEN_HAS_FP16_C test never passes there).
+  TT_A static float half_to_float(Eigen::half h) {
+    return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(int(Eigen::numext::bit_cast<std::uint16_t>(h)))));
+  }
   TT_A static VecAvx2 load_q8(const BlockQ8_0* b, int o) {
     const __m256i w = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b->qs + o)));
-    return {_mm256_mul_ps(_mm256_cvtepi32_ps(w), _mm256_set1_ps(static_cast<float>(b->d)))};
+    return {_mm256_mul_ps(_mm256_cvtepi32_ps(w), _mm256_set1_ps(half_to_float(b->d)))};
   }
   TT_A void store(float* p) const { _mm256_storeu_ps(p, r); }
   TT_A void store_n(float* p, int n) const { _mm256_maskstore_ps(p, lane_mask(n), r); }
