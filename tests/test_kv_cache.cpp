@@ -2,15 +2,24 @@
 // clear errors; KvCache keeps the sum of the rows before its last append, exactly what
 // AttentionArgs::v_sum means, through appends, truncations and clears; a decode and a prefill
 // fed from a KvCache match the oracle with VMC and mean-V rows.
+//
+// Half and q8_0 caches: appending float rows stores exactly Eigen::half(x) / quantize_row_q8_0
+// of each row; the running sum adds the values as stored (dequantised for q8_0); a decode with
+// float queries over a KvCache<BlockQ8_0> matches the oracle on the dequantised cache; a head dim
+// that is not a multiple of 32 is a clear error, and non-finite values give NaN blocks.
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstring>
+#include <limits>
 #include <random>
 #include <vector>
 
 #include "test_util.hpp"
 #include "toptheta/attention.hpp"
 #include "toptheta/kv_cache.hpp"
+#include "toptheta/quantize.hpp"
 
 namespace {
 
@@ -152,6 +161,249 @@ TEST(KvCacheVSum, FeedsDecode) {
   EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("v_sum"), std::string::npos) << s.message();
   EXPECT_NE(s.message().find("kSumCache"), std::string::npos) << s.message();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Half, bfloat16 and q8_0 caches.
+
+bool same_block(const BlockQ8_0& a, const BlockQ8_0& b) {
+  return std::memcmp(&a, &b, sizeof(BlockQ8_0)) == 0;
+}
+
+/// n token-major float rows (n, Hkv, d) with magnitudes varying by row and block.
+std::vector<float> random_rows(std::mt19937& rng, Index n, Index Hkv, Index d) {
+  std::normal_distribution<float> nd;
+  std::vector<float> r(std::size_t(n * Hkv * d));
+  for (std::size_t i = 0; i < r.size(); ++i)
+    r[i] = nd(rng) * std::ldexp(1.0f, int((i / 32) % 7) - 3);
+  return r;
+}
+
+TEST(KvCacheQ8_0, AppendQuantisesEachRowAndSumsDequantisedValues) {
+  const Index Hkv = 2, d = 64, rb = d / 32;
+  for (KvLayout layout : {KvLayout::kTokenMajor, KvLayout::kHeadMajor}) {
+    KvCacheOptions co;
+    co.num_kv_heads = Hkv;
+    co.head_dim = d;
+    co.capacity = 16;
+    co.layout = layout;
+    KvCache<BlockQ8_0> cache(co);
+    ASSERT_TRUE(cache.status().ok());
+    std::mt19937 rng(5);
+    std::vector<float> all_k, all_v;  // every appended row, token-major
+    for (Index n : {Index(3), Index(1), Index(4), Index(2)}) {
+      const std::vector<float> k = random_rows(rng, n, Hkv, d), v = random_rows(rng, n, Hkv, d);
+      const Index before = cache.size();
+      ASSERT_TRUE(cache
+                      .append(HeadsView<const float>::token_major(k.data(), n, Hkv, d),
+                              HeadsView<const float>::token_major(v.data(), n, Hkv, d))
+                      .ok());
+      all_k.insert(all_k.end(), k.begin(), k.end());
+      all_v.insert(all_v.end(), v.begin(), v.end());
+      const HeadsView<const BlockQ8_0> keys = cache.keys(), vals = cache.values();
+      ASSERT_EQ(keys.tokens, before + n);
+      EXPECT_EQ(keys.dim, d);
+      // Byte-identical to quantize_row_q8_0 of each row.
+      for (Index t = 0; t < keys.tokens; ++t)
+        for (Index g = 0; g < Hkv; ++g) {
+          BlockQ8_0 qk[rb], qv[rb];
+          ASSERT_TRUE(quantize_row_q8_0(&all_k[std::size_t((t * Hkv + g) * d)], qk, d).ok());
+          ASSERT_TRUE(quantize_row_q8_0(&all_v[std::size_t((t * Hkv + g) * d)], qv, d).ok());
+          for (Index b = 0; b < rb; ++b) {
+            EXPECT_TRUE(same_block(keys.row(t, g)[b], qk[b])) << "k t=" << t << " g=" << g;
+            EXPECT_TRUE(same_block(vals.row(t, g)[b], qv[b])) << "v t=" << t << " g=" << g;
+          }
+        }
+      // v_sum: the dequantised rows before this append, summed in token order (exactly).
+      std::vector<float> want(std::size_t(Hkv * d), 0.f), deq(static_cast<std::size_t>(d));
+      for (Index t = 0; t < before; ++t)
+        for (Index g = 0; g < Hkv; ++g) {
+          ASSERT_TRUE(dequantize_row_q8_0(vals.row(t, g), deq.data(), d).ok());
+          for (Index i = 0; i < d; ++i) want[std::size_t(g * d + i)] += deq[std::size_t(i)];
+        }
+      for (std::size_t i = 0; i < want.size(); ++i)
+        ASSERT_EQ(cache.v_sum()[i], want[i]) << "after appending " << n << ", element " << i;
+    }
+    // Truncation removes the dequantised rows again.
+    ASSERT_TRUE(cache.truncate(3).ok());
+    std::vector<float> want(std::size_t(Hkv * d), 0.f), deq(static_cast<std::size_t>(d));
+    for (Index t = 0; t < 3; ++t)
+      for (Index g = 0; g < Hkv; ++g) {
+        ASSERT_TRUE(dequantize_row_q8_0(cache.values().row(t, g), deq.data(), d).ok());
+        for (Index i = 0; i < d; ++i) want[std::size_t(g * d + i)] += deq[std::size_t(i)];
+      }
+    for (std::size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(cache.v_sum()[i], want[i], 1e-4f);
+    // Appending q8_0 blocks copies them as they are.
+    KvCache<BlockQ8_0> copy(co);
+    ASSERT_TRUE(copy.append(cache.keys(), cache.values()).ok());
+    for (Index t = 0; t < 3; ++t)
+      for (Index g = 0; g < Hkv; ++g)
+        for (Index b = 0; b < rb; ++b) {
+          EXPECT_TRUE(same_block(copy.keys().row(t, g)[b], cache.keys().row(t, g)[b]));
+          EXPECT_TRUE(same_block(copy.values().row(t, g)[b], cache.values().row(t, g)[b]));
+        }
+  }
+}
+
+template <class T>
+void half_cache_rounds_float_rows() {
+  const Index Hkv = 3, d = 5;
+  KvCacheOptions co;
+  co.num_kv_heads = Hkv;
+  co.head_dim = d;
+  co.capacity = 8;
+  KvCache<T> cache(co);
+  std::mt19937 rng(9);
+  const std::vector<float> k = random_rows(rng, 4, Hkv, d), v = random_rows(rng, 4, Hkv, d);
+  ASSERT_TRUE(cache
+                  .append(HeadsView<const float>::token_major(k.data(), 4, Hkv, d),
+                          HeadsView<const float>::token_major(v.data(), 4, Hkv, d))
+                  .ok());
+  ASSERT_TRUE(cache
+                  .append(HeadsView<const float>::token_major(k.data(), 1, Hkv, d),
+                          HeadsView<const float>::token_major(v.data(), 1, Hkv, d))
+                  .ok());
+  std::vector<float> want(std::size_t(Hkv * d), 0.f);
+  for (Index t = 0; t < 4; ++t)
+    for (Index g = 0; g < Hkv; ++g)
+      for (Index i = 0; i < d; ++i) {
+        const std::size_t j = std::size_t((t * Hkv + g) * d + i);
+        EXPECT_EQ(float(cache.keys()(t, g, i)), float(T(k[j])));
+        EXPECT_EQ(float(cache.values()(t, g, i)), float(T(v[j])));
+        want[std::size_t(g * d + i)] += float(T(v[j]));  // the stored (rounded) values
+      }
+  for (std::size_t i = 0; i < want.size(); ++i) EXPECT_EQ(cache.v_sum()[i], want[i]);
+}
+TEST(KvCacheHalf, AppendRoundsFloatRowsAndSumsStoredValues) {
+  half_cache_rounds_float_rows<Eigen::half>();
+  half_cache_rounds_float_rows<Eigen::bfloat16>();
+}
+
+// Decode step by step with f32 queries over a q8_0 KvCache (dense, top-k + VMC, Top-theta + VMC
+// with mean-V rows) matches the oracle run on a float cache holding the dequantised values, and
+// the oracle run on the q8_0 cache itself.
+TEST(KvCacheQ8_0, DecodeMatchesTheOracleOnTheDequantisedCache) {
+  const Index Hq = 4, Hkv = 2, d = 64, steps = 48;
+  KvCacheOptions co;
+  co.num_kv_heads = Hkv;
+  co.head_dim = d;
+  co.capacity = 64;
+  ThresholdTable table(1, Hq, 4);
+  table.metadata().placement = Placement::kPostSoftmax;
+  for (Index h = 0; h < Hq; ++h)
+    for (Index L = 1; L <= 64; ++L) {
+      ThresholdEntry e;
+      e.length = L;
+      e.theta = h == 3 ? 2.0 : 1.2 / double(L);  // head 3: every row empty -> mean-V
+      e.samples = 1;
+      ASSERT_TRUE(table.set(0, h, e).ok());
+    }
+  AttentionOptions dense;
+  AttentionOptions topk;
+  topk.mode = AttentionMode::kTopK;
+  topk.k = 6;
+  topk.vmc = VmcMode::kOn;
+  AttentionOptions tt = toptheta_options(table);
+  tt.empty_row = EmptyRowPolicy::kMeanV;
+  int mode_i = 0;
+  for (const AttentionOptions& o : {dense, topk, tt}) {
+    SCOPED_TRACE(mode_i++);
+    KvCache<BlockQ8_0> cache(co);
+    std::mt19937 rng(17);
+    std::normal_distribution<float> nd;
+    std::vector<float> q(Hq * d), out(Hq * d), kd(std::size_t(co.capacity * Hkv * d)),
+        vd(kd.size());
+    for (Index s = 0; s < steps; ++s) {
+      for (auto& x : q) x = nd(rng);
+      const std::vector<float> k = random_rows(rng, 1, Hkv, d), v = random_rows(rng, 1, Hkv, d);
+      ASSERT_TRUE(cache
+                      .append(HeadsView<const float>::token_major(k.data(), 1, Hkv, d),
+                              HeadsView<const float>::token_major(v.data(), 1, Hkv, d))
+                      .ok());
+      AttentionArgs<BlockQ8_0, float> a;
+      a.q = HeadsView<const float>::token_major(q.data(), 1, Hq, d);
+      a.k = cache.keys();
+      a.v = cache.values();
+      a.out = HeadsView<float>::token_major(out.data(), 1, Hq, d);
+      a.v_sum = cache.v_sum();
+      ASSERT_TRUE(decode(a, o).ok());
+      // The dequantised cache as float rows.
+      for (Index t = 0; t <= s; ++t)
+        for (Index g = 0; g < Hkv; ++g) {
+          ASSERT_TRUE(dequantize_row_q8_0(a.k.row(t, g), &kd[std::size_t((t * Hkv + g) * d)], d).ok());
+          ASSERT_TRUE(dequantize_row_q8_0(a.v.row(t, g), &vd[std::size_t((t * Hkv + g) * d)], d).ok());
+        }
+      AttentionArgs<float> f;
+      f.q = a.q;
+      f.k = HeadsView<const float>::token_major(kd.data(), s + 1, Hkv, d);
+      f.v = HeadsView<const float>::token_major(vd.data(), s + 1, Hkv, d);
+      f.out = a.out;
+      AttentionOptions of = o;
+      of.vbar = VbarSource::kSumCache;  // the oracle sums the dequantised V itself
+      const reference::Result ref = reference::attention(f, of);
+      ASSERT_TRUE(ref.status.ok()) << ref.status.to_string();
+      EXPECT_TRUE(outputs_close(ref, a.out, 2e-5)) << "step " << s;
+      const reference::Result ref_q8 = reference::attention(a, o);
+      ASSERT_TRUE(ref_q8.status.ok()) << ref_q8.status.to_string();
+      EXPECT_TRUE(outputs_close(ref_q8, a.out, 2e-5)) << "step " << s;
+    }
+  }
+}
+
+TEST(KvCacheQ8_0, HeadDimNotAMultipleOf32IsAClearError) {
+  KvCacheOptions co;
+  co.num_kv_heads = 2;
+  co.head_dim = 8;
+  co.capacity = 4;
+  KvCache<BlockQ8_0> cache(co);
+  const Status& st = cache.status();
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("q8_0"), std::string::npos) << st.message();
+  EXPECT_NE(st.message().find("multiple of 32"), std::string::npos) << st.message();
+  EXPECT_NE(st.message().find("head_dim 8"), std::string::npos) << st.message();
+  EXPECT_EQ(KvCache<BlockQ8_0>::validate(co).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(cache.capacity(), 0);
+  std::vector<float> rows(2 * 8, 1.0f);
+  const Status a = cache.append(HeadsView<const float>::token_major(rows.data(), 1, 2, 8),
+                                HeadsView<const float>::token_major(rows.data(), 1, 2, 8));
+  EXPECT_EQ(a.code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(a.message(), st.message());
+  EXPECT_EQ(cache.size(), 0);
+  EXPECT_EQ(cache.keys().tokens, 0);
+  // The same options are fine for a float cache; a negative size is not, for any type.
+  EXPECT_TRUE(KvCache<float>(co).status().ok());
+  co.capacity = -1;
+  EXPECT_EQ(KvCache<float>(co).status().code(), StatusCode::kInvalidArgument);
+  // RunningVSum of q8_0 rows: the same rule.
+  RunningVSum<BlockQ8_0> sum(1, 8);
+  std::vector<BlockQ8_0> blk(1);
+  const Status r = sum.add(HeadsView<const BlockQ8_0>{blk.data(), 1, 1, 8, 1, 1});
+  EXPECT_EQ(r.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(r.message().find("multiple of 32"), std::string::npos) << r.message();
+}
+
+// quantize.hpp: a block holding a non-finite value reads back as NaN (the whole block), the
+// other blocks of the row are unaffected; the running sum of such a V row becomes NaN there.
+TEST(KvCacheQ8_0, NonFiniteValuesGiveNanBlocks) {
+  const Index d = 64;
+  KvCacheOptions co;
+  co.num_kv_heads = 1;
+  co.head_dim = d;
+  co.capacity = 4;
+  KvCache<BlockQ8_0> cache(co);
+  std::vector<float> k(d, 0.5f), v(d, 0.25f);
+  k[3] = std::numeric_limits<float>::quiet_NaN();
+  v[40] = std::numeric_limits<float>::infinity();
+  for (int i = 0; i < 2; ++i)
+    ASSERT_TRUE(cache
+                    .append(HeadsView<const float>::token_major(k.data(), 1, 1, d),
+                            HeadsView<const float>::token_major(v.data(), 1, 1, d))
+                    .ok());
+  for (Index i = 0; i < d; ++i) {
+    EXPECT_EQ(std::isnan(value_at(cache.keys().row(0, 0), i)), i < 32) << i;
+    EXPECT_EQ(std::isnan(value_at(cache.values().row(0, 0), i)), i >= 32) << i;
+    EXPECT_EQ(std::isnan(cache.v_sum()[i]), i >= 32) << i;
+  }
 }
 
 }  // namespace

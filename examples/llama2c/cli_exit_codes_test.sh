@@ -59,6 +59,19 @@ expect 2 "give either --tokens FILE or --sample-sequences N" "$BIN" eval --model
 expect 2 "--attention dense takes no" "$BIN" eval --model "$TINY" --attention dense --vmc \
   --sample-sequences 1 --seq-len 8
 expect 2 "needs --thresholds" "$BIN" eval --model "$TINY" --attention toptheta --sample-sequences 1 --seq-len 8
+# KV cache storage: f16 / bf16 run on any head dim; q8_0 needs a multiple of 32 (tiny: 4).
+expect 0 "" "$BIN" eval --model "$TINY" --tokens "$WORK/tiny.tok" --attention toptheta \
+  --thresholds "$WORK/tiny.thr" --vmc --kv-cache f16 --json
+expect 0 "" "$BIN" calibrate --model "$TINY" --sample-sequences 2 --seq-len 16 --k 2 \
+  --out "$WORK/tiny_bf16.thr" --kv-cache bf16
+expect 2 "needs a head dim that is a multiple of 32" "$BIN" eval --model "$TINY" \
+  --tokens "$WORK/tiny.tok" --attention dense --kv-cache q8_0
+expect 2 "needs a head dim that is a multiple of 32" "$BIN" calibrate --model "$TINY" \
+  --sample-sequences 2 --seq-len 16 --k 2 --out "$WORK/tiny_q8.thr" --kv-cache q8_0
+expect 2 "needs a head dim that is a multiple of 32" "$BIN" generate --model "$MIN" \
+  --tokenizer "$TOK" --steps 1 --kv-cache q8_0
+expect 2 "--kv-cache" "$BIN" eval --model "$TINY" --attention dense --kv-cache f8 \
+  --sample-sequences 1 --seq-len 8
 
 # ---- 2: input errors: model, tokenizer, token file, threshold file, shapes
 expect 2 "llama2.c version 1 (float32)" "$BIN" eval --model "$DATA/v1_header_only.bin" \

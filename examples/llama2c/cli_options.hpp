@@ -8,6 +8,8 @@
 
 #include <toptheta/toptheta.hpp>
 
+#include "kv_cache_type.hpp"
+
 #include <cstdint>
 #include <algorithm>
 #include <cstdlib>
@@ -99,6 +101,7 @@ struct AttentionFlags {
   toptheta::EmptyRowPolicy empty_row = toptheta::EmptyRowPolicy::kKeepMax;
   toptheta::LookupPolicy lookup = toptheta::LookupPolicy::kNearest;
   int threads = 1;
+  KvCacheType kv_cache = KvCacheType::kF32;  ///< --kv-cache
 };
 
 struct GenerateOptions {
@@ -134,6 +137,7 @@ struct CalibrateOptions {
   std::string out;
   toptheta::ThresholdFormat format = toptheta::ThresholdFormat::kNative;
   int threads = 1;
+  KvCacheType kv_cache = KvCacheType::kF32;  ///< --kv-cache
 };
 
 struct EvalOptions {
@@ -182,6 +186,16 @@ CLI::Option* add_choice(CLI::App* app, const std::string& flag, E* target,
           flag, [target](const std::string& s) { (void)toptheta::parse(s, *target); }, help)
       ->check(CLI::IsMember(std::move(names)))
       ->default_str(toptheta::to_string(*target));
+}
+
+/// `--kv-cache f32|f16|bf16|q8_0`.
+inline CLI::Option* add_kv_cache(CLI::App* app, KvCacheType* target, const std::string& help) {
+  return app
+      ->add_option_function<std::string>(
+          "--kv-cache", [target](const std::string& s) { (void)parse_kv_cache_type(s, target); },
+          help)
+      ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0"}))
+      ->default_str(to_string(*target));
 }
 
 inline CLI::Option* add_layer_k(CLI::App* app, LayerBudgets* target, const std::string& help) {
@@ -288,6 +302,11 @@ inline void add_attention(CLI::App* app, AttentionFlags* o, bool attention_requi
   app->add_option("--threads", o->threads, "Threads of the attention kernels (0 = OpenMP default)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
+  add_kv_cache(app, &o->kv_cache,
+               "Storage of the K and V caches: f32, f16, bf16 or q8_0 (llama.cpp's blocks of 32 "
+               "int8 values and an fp16 scale; needs a head dim that is a multiple of 32). "
+               "Queries stay f32; the kernels read the cache in place. eval's dense reference "
+               "pass (and --sample-sequences) always uses f32");
 }
 
 /// `generate`: text from a prompt.
@@ -402,6 +421,9 @@ inline CLI::App* add_calibrate(CLI::App* app, CalibrateOptions* o) {
   cal->add_option("--threads", o->threads, "Threads of the attention kernels (0 = OpenMP default)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
+  add_kv_cache(cal, &o->kv_cache,
+               "Storage of the K and V caches during calibration: f32, f16, bf16 or q8_0 "
+               "(head dim a multiple of 32); --sample-sequences always uses f32");
   return cal;
 }
 

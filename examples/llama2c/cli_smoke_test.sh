@@ -20,7 +20,8 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 "$BIN" --help-all >"$WORK/help.txt"
 for opt in --model --tokenizer --prompt --steps --temperature --seed --tokens --sample-sequences \
   --seq-len --k --layer-k --placement --sigma --tac --sample-fraction --sdc-terms --out --format \
-  --attention --thresholds --sdc-file --sdc --sdc-scale --vmc --cap-k --empty-row --json; do
+  --attention --thresholds --sdc-file --sdc --sdc-scale --vmc --cap-k --empty-row --json \
+  --kv-cache; do
   grep -q -- "$opt " "$WORK/help.txt" || fail "--help-all does not document $opt"
 done
 
@@ -33,7 +34,7 @@ common=(--model "$M" --sample-sequences 3 --seq-len 96)
 "$BIN" eval "${common[@]}" --seed 2 --attention toptheta --thresholds "$WORK/pre.txt" \
   --sdc calibrated --vmc --json >"$WORK/eval.json"
 for key in perplexity dense_perplexity kl_mean top1_agreement attention_kept_fraction \
-  vrows_read_fraction kept_per_row_mean empty_row_fraction per_layer; do
+  vrows_read_fraction kept_per_row_mean empty_row_fraction per_layer kv_cache; do
   grep -q "\"$key\":" "$WORK/eval.json" || fail "--json lacks the key $key"
 done
 "$BIN" eval "${common[@]}" --seed 2 --attention toptheta --thresholds "$WORK/ref/th.txt" \

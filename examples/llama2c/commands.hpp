@@ -158,6 +158,17 @@ inline CommandStatus load_sequences(const SequenceOptions& o, const Model& model
   return {};
 }
 
+/// --kv-cache against the model: q8_0 needs a head dim that is a multiple of 32.
+inline CommandStatus check_kv_cache(KvCacheType t, const Model& model) {
+  const int hd = model.config().head_dim(), b = kv_cache_block(t);
+  if (hd % b != 0)
+    return CommandStatus::input(std::string("--kv-cache ") + to_string(t) + " stores blocks of " +
+                                std::to_string(b) + " values, so it needs a head dim that is a "
+                                "multiple of " + std::to_string(b) + "; this model's head dim is " +
+                                std::to_string(hd) + " (use f32, f16 or bf16)");
+  return {};
+}
+
 /// The attention setup of generate / eval, with its threshold table (which must outlive the
 /// setup). Every error is an input error.
 inline CommandStatus make_attention(const AttentionFlags& f, const Model& model,
@@ -175,6 +186,8 @@ inline CommandStatus make_attention(const AttentionFlags& f, const Model& model,
   o.threads = f.threads;
   o.k = f.k;
   if (f.placement) o.placement = *f.placement;
+  LLAMA2C_TRY(cmd::check_kv_cache(f.kv_cache, model));
+  s.kv_cache = f.kv_cache;
   const bool sparse = o.mode != toptheta::AttentionMode::kDense;
   if (!sparse && (!f.thresholds.empty() || !f.layer_k.empty() || f.vmc ||
                   f.sdc != toptheta::SdcMode::kNone))
@@ -227,7 +240,10 @@ inline CommandStatus make_attention(const AttentionFlags& f, const Model& model,
 inline std::string describe(const Model& model, const AttentionSetup& s) {
   const auto& o = s.options;
   std::string d = toptheta::to_string(o.mode);
-  if (o.mode == toptheta::AttentionMode::kDense) return d;
+  const std::string kv = s.kv_cache == KvCacheType::kF32
+                             ? std::string()
+                             : std::string(", ") + to_string(s.kv_cache) + " KV cache";
+  if (o.mode == toptheta::AttentionMode::kDense) return d + kv;
   d += std::string(" ") + toptheta::to_string(o.placement) + "-softmax";
   if (o.placement == toptheta::Placement::kPreSoftmax)
     d += std::string(", sdc ") + toptheta::to_string(o.sdc);
@@ -236,7 +252,7 @@ inline std::string describe(const Model& model, const AttentionSetup& s) {
     d += std::string(", empty rows ") + toptheta::to_string(o.empty_row);
   if (o.cap_k > 0) d += ", cap " + std::to_string(o.cap_k);
   d += ", k per layer " + join(layer_budgets(model, s));
-  return d;
+  return d + kv;
 }
 
 inline nlohmann::json stats_json(const toptheta::AttentionStats& s) {
@@ -280,7 +296,11 @@ inline CommandStatus run_generate(const GenerateOptions& o) {
     AttentionSetup setup;
   };
   std::vector<Run> runs;
-  if (o.compare_dense) runs.push_back({"dense", AttentionSetup::dense(o.attention.threads)});
+  if (o.compare_dense) {  // same KV cache storage: the comparison is of the attention alone
+    AttentionSetup dense = AttentionSetup::dense(o.attention.threads);
+    dense.kv_cache = setup.kv_cache;
+    runs.push_back({"dense", dense});
+  }
   runs.push_back({toptheta::to_string(setup.options.mode), setup});
   for (Run& run : runs) {
     std::vector<toptheta::AttentionStats> stats(std::size_t(c.n_layers));
@@ -358,6 +378,7 @@ inline CommandStatus run_calibrate(const CalibrateOptions& o) {
   co.compact.buckets_per_octave = o.buckets_per_octave;
   co.compact.min_bucket_samples = o.min_bucket_samples;
   LLAMA2C_TRY(CommandStatus::input(toptheta::Calibrator(co).validate(), "calibration options"));
+  LLAMA2C_TRY(cmd::check_kv_cache(o.kv_cache, model));
   std::vector<Sequence> seqs;
   LLAMA2C_TRY(cmd::load_sequences(o.sequences, model, o.threads, &seqs));
   std::size_t longest = 0, tokens = 0;
@@ -376,6 +397,7 @@ inline CommandStatus run_calibrate(const CalibrateOptions& o) {
                                 "smaller k)");
   AttentionSetup output;  // TAC output: plain top-k (no SDC, no VMC)
   output.options.threads = o.threads;
+  output.kv_cache = o.kv_cache;
   toptheta::CalibrationResult result;
   {
     cmd::ProgressBar bar("calibrating");
@@ -424,10 +446,11 @@ inline CommandStatus run_calibrate(const CalibrateOptions& o) {
     if (!f) return CommandStatus::runtime("--report: cannot write '" + o.report + "'");
   }
   std::printf(
-      "calibrated %s-softmax thresholds on %zu sequences (%zu tokens), k %s, sigma %g, TAC %s%s\n",
+      "calibrated %s-softmax thresholds on %zu sequences (%zu tokens), k %s, sigma %g, TAC %s%s%s\n",
       toptheta::to_string(o.placement), seqs.size(), tokens,
       ks.size() > 1 ? cmd::join(ks).c_str() : ("per layer " + cmd::join(layer_ks)).c_str(), o.sigma,
-      o.tac ? "on" : "off", o.sdc_terms ? ", with SDC terms" : "");
+      o.tac ? "on" : "off", o.sdc_terms ? ", with SDC terms" : "",
+      o.kv_cache == KvCacheType::kF32 ? "" : (std::string(", ") + to_string(o.kv_cache) + " KV cache").c_str());
   std::printf("%zu %s written to %s (%s format, %s)%s\n", entries,
               per_length_form ? "entries" : "knots", o.out.c_str(), toptheta::to_string(o.format),
               per_length_form ? "per-length" : "compact",
@@ -455,6 +478,7 @@ inline CommandStatus run_eval(const EvalOptions& o) {
     j["dense_perplexity"] = r.dense_perplexity;
     j["kl_mean"] = r.kl_mean;
     j["top1_agreement"] = r.top1_agreement;
+    j["kv_cache"] = to_string(setup.kv_cache);
     j["attention_kept_fraction"] = r.total.kept_fraction();
     j["vrows_read_fraction"] = r.total.vrows_fraction();
     j["kept_per_row_mean"] = r.total.kept_per_thresholded_row();
@@ -551,6 +575,7 @@ inline CommandStatus run_eval_grid(const EvalGridOptions& o) {
     j["dense_perplexity"] = r.dense_perplexity;
     j["kl_mean"] = r.kl_mean;
     j["top1_agreement"] = r.top1_agreement;
+    j["kv_cache"] = to_string(setups[v].kv_cache);
     j["predictions"] = r.predictions;
     j["sequences"] = seqs.size();
     j["layer_k"] = r.layer_k;

@@ -9,6 +9,11 @@
 /// Forward pass: RMSNorm (eps 1e-5), RoPE rotating adjacent pairs (x[2i], x[2i+1]) within each
 /// head with frequency 10000^(-2i / head_dim), grouped-query attention (query head h reads KV
 /// head h / (n_heads / n_kv_heads)), SwiGLU feed-forward, final RMSNorm and classifier.
+///
+/// KV cache storage (`AttentionSetup::kv_cache`): f32, f16, bf16 or llama.cpp's q8_0 blocks
+/// (head_dim a multiple of 32). The K and V rows are computed in f32 and stored in that type
+/// (rounded, or quantised per row of head_dim values); queries stay f32 and the kernels read the
+/// cache in place (`AttentionArgs<CacheT, float>`), with no per-step copy or conversion of it.
 
 #include <toptheta/toptheta.hpp>
 
@@ -23,10 +28,12 @@
 #include <filesystem>
 #include <limits>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
 #include "checkpoint.hpp"
+#include "kv_cache_type.hpp"
 
 namespace llama2c {
 
@@ -138,6 +145,9 @@ struct AttentionSetup {
   /// the last element (size length_edges.size() + 1). Outputs equal the unsplit ones up to rounding.
   std::vector<Index> length_edges;
   std::vector<toptheta::AttentionStats>* length_stats = nullptr;
+  /// Storage of the KV caches. A runner's caches hold one type at a time: a forward pass with
+  /// another type than the tokens already cached fails (reset() first).
+  KvCacheType kv_cache = KvCacheType::kF32;
 
   /// Dense attention on `threads` threads.
   static AttentionSetup dense(int threads = 1) {
@@ -155,6 +165,27 @@ enum class Kernel {
 
 /// Per-sequence state: one KV cache per layer and scratch buffers. Runs the forward pass.
 class Runner {
+  // The per-layer caches of every storage type (only the types used are allocated).
+  template <class CacheT>
+  using Caches = std::vector<toptheta::KvCache<CacheT>>;
+  using CacheSet = std::tuple<Caches<float>, Caches<Eigen::half>, Caches<Eigen::bfloat16>,
+                              Caches<toptheta::BlockQ8_0>>;
+
+  /// f(the per-layer caches of type t).
+  template <class F>
+  decltype(auto) with_caches(KvCacheType t, F&& f) {
+    switch (t) {
+      case KvCacheType::kF16: return f(std::get<1>(caches_));
+      case KvCacheType::kBf16: return f(std::get<2>(caches_));
+      case KvCacheType::kQ8_0: return f(std::get<3>(caches_));
+      case KvCacheType::kF32: break;
+    }
+    return f(std::get<0>(caches_));
+  }
+  template <class F>
+  decltype(auto) with_caches(KvCacheType t, F&& f) const {
+    return const_cast<Runner*>(this)->with_caches(t, [&](const auto& v) { return f(v); });
+  }
  public:
   explicit Runner(const Model& model) : m_(&model) {
     // The matrix products here are tiny; Eigen's own OpenMP parallelisation of them (active when
@@ -162,12 +193,6 @@ class Runner {
     // kernels (AttentionOptions::threads).
     Eigen::setNbThreads(1);
     const Config& c = model.config();
-    toptheta::KvCacheOptions ko;
-    ko.num_kv_heads = c.n_kv_heads;
-    ko.head_dim = c.head_dim();
-    ko.capacity = c.seq_len;
-    caches_.reserve(std::size_t(c.n_layers));
-    for (int l = 0; l < c.n_layers; ++l) caches_.emplace_back(ko);
     // RoPE table: (seq_len, head_dim / 2) cos and sin, computed as llama2.c run.c does.
     const int hd = c.head_dim();
     rope_cos_.resize(std::size_t(c.seq_len) * std::size_t(hd / 2));
@@ -188,16 +213,22 @@ class Runner {
   double attention_seconds() const { return attention_s_; }
   void reset_timing() { forward_s_ = attention_s_ = 0.0; }
   /// Tokens processed so far (the position of the next token).
-  Index position() const { return caches_.empty() ? 0 : caches_[0].size(); }
+  Index position() const {
+    return with_caches(active_, [](const auto& v) { return v.empty() ? Index(0) : v[0].size(); });
+  }
+  /// Storage type of the cached tokens (meaningful when position() > 0).
+  KvCacheType cache_type() const { return active_; }
   void reset() {
-    for (auto& c : caches_) c.clear();
+    std::apply([](auto&... v) { (clear_all(v), ...); }, caches_);
   }
 
   /// Runs `T` new tokens at positions `position() .. position() + T - 1` and writes their
   /// next-token logits `(T, vocab)` to `logits` (resized). Attention goes through
   /// `toptheta::decode` when T == 1 (unless `kernel` forces prefill) and `toptheta::prefill`
-  /// otherwise. Fails when the context would exceed seq_len, on a bad token id, or when the
-  /// attention kernel rejects its arguments (the message names the layer).
+  /// otherwise. K and V are stored in `setup.kv_cache`. Fails when the context would exceed
+  /// seq_len, on a bad token id, when the cache type differs from the cached tokens' or does not
+  /// fit the head dim (q8_0 needs a multiple of 32), or when the attention kernel rejects its
+  /// arguments (the message names the layer).
   Status forward(const std::int32_t* tokens, Index T, const AttentionSetup& setup,
                  std::vector<float>* logits, Kernel kernel = Kernel::kAuto) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -231,8 +262,15 @@ class Runner {
       return Status::invalid_argument("forward: layer_k has " +
                                       std::to_string(setup.layer_k.size()) + " entries for " +
                                       std::to_string(c.n_layers) + " layers");
+    if (P > 0 && setup.kv_cache != active_)
+      return Status::invalid_argument(std::string("forward: the KV cache holds ") +
+                                      to_string(active_) + " rows of " + std::to_string(P) +
+                                      " tokens but the setup asks for a " +
+                                      to_string(setup.kv_cache) + " cache (reset() first)");
+    active_ = setup.kv_cache;
+    TOPTHETA_RETURN_IF_ERROR(with_caches(active_, [&](auto& v) { return make_caches(&v); }));
 
-    const Index dim = c.dim, hid = c.hidden_dim, kvd = c.kv_dim(), hd = c.head_dim();
+    const Index dim = c.dim, hid = c.hidden_dim, kvd = c.kv_dim();
     const Index Hq = c.n_heads, Hkv = c.n_kv_heads, V = c.vocab_size;
     x_.resize(std::size_t(T * dim));
     xb_.resize(std::size_t(T * dim));
@@ -258,37 +296,10 @@ class Runner {
         rope(&k_[std::size_t(t * kvd)], Hkv, P + t);
       }
 
-      toptheta::KvCache<float>& cache = caches_[std::size_t(l)];
       const bool use_decode = T == 1 && kernel == Kernel::kAuto;
-      TOPTHETA_RETURN_IF_ERROR(
-          cache.append(toptheta::HeadsView<const float>::token_major(k_.data(), T, Hkv, hd),
-                       toptheta::HeadsView<const float>::token_major(v_.data(), T, Hkv, hd)));
-
-      toptheta::AttentionArgs<float> args;
-      args.q = toptheta::HeadsView<const float>::token_major(q_.data(), T, Hq, hd);
-      args.k = cache.keys();
-      args.v = cache.values();
-      args.out = toptheta::HeadsView<float>::token_major(att_.data(), T, Hq, hd);
-      args.v_sum = cache.v_sum();  // the rows before this append; the kernel adds the new ones
-      args.v_sum_stride = hd;
-      args.layer = l;
-      toptheta::AttentionOptions opt = setup.options;
-      if (!setup.layer_k.empty()) opt.k = setup.layer_k[std::size_t(l)];
-      opt.stats = setup.layer_stats ? &(*setup.layer_stats)[std::size_t(l)] : nullptr;
-      const auto ta = std::chrono::steady_clock::now();
-      Status s;
-      if (!use_decode && setup.length_stats) {
-        s = prefill_by_length(args, opt, setup, P, T, Hkv, hd);
-      } else {
-        const std::size_t ws = toptheta::workspace_size(args, opt);
-        if (workspace_.size() < ws) workspace_.resize(ws);
-        const toptheta::Workspace w{workspace_.data(), workspace_.size()};
-        s = use_decode ? toptheta::decode(args, opt, w) : toptheta::prefill(args, opt, w);
-      }
-      attention_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - ta).count();
-      if (!s.ok())
-        return Status(s.code(), "layer " + std::to_string(l) + " attention (" +
-                                    (use_decode ? "decode" : "prefill") + "): " + s.message());
+      TOPTHETA_RETURN_IF_ERROR(with_caches(active_, [&](auto& v) {
+        return attend(v[std::size_t(l)], l, P, T, setup, use_decode);
+      }));
 
       matmul(xb_.data(), att_.data(), m_->wo(l), T, dim, dim);
       for (std::size_t i = 0; i < x_.size(); ++i) x_[i] += xb_[i];
@@ -309,11 +320,72 @@ class Runner {
     return {};
   }
 
-  /// out (T, n_out) = x (T, n_in) * W^T, W (n_out, n_in) row-major.
+  template <class CacheT>
+  static void clear_all(Caches<CacheT>& v) {
+    for (auto& c : v) c.clear();
+  }
+  /// Allocates the per-layer caches of one type on first use (capacity seq_len).
+  template <class CacheT>
+  Status make_caches(Caches<CacheT>* v) const {
+    if (!v->empty()) return {};
+    const Config& c = m_->config();
+    toptheta::KvCacheOptions ko;
+    ko.num_kv_heads = c.n_kv_heads;
+    ko.head_dim = c.head_dim();
+    ko.capacity = c.seq_len;
+    TOPTHETA_RETURN_IF_ERROR(toptheta::KvCache<CacheT>::validate(ko));
+    v->reserve(std::size_t(c.n_layers));
+    for (int l = 0; l < c.n_layers; ++l) v->emplace_back(ko);
+    return {};
+  }
+
+  /// One layer's attention: stores the T new K/V rows (k_, v_) in `cache`, then runs the kernel
+  /// with float queries (q_) over the cache in place; output in att_.
+  template <class CacheT>
+  Status attend(toptheta::KvCache<CacheT>& cache, int l, Index P, Index T,
+                const AttentionSetup& setup, bool use_decode) {
+    const Config& c = m_->config();
+    const Index hd = c.head_dim(), Hq = c.n_heads, Hkv = c.n_kv_heads;
+    TOPTHETA_RETURN_IF_ERROR(
+        cache.append(toptheta::HeadsView<const float>::token_major(k_.data(), T, Hkv, hd),
+                     toptheta::HeadsView<const float>::token_major(v_.data(), T, Hkv, hd)));
+
+    toptheta::AttentionArgs<CacheT, float> args;
+    args.q = toptheta::HeadsView<const float>::token_major(q_.data(), T, Hq, hd);
+    args.k = cache.keys();
+    args.v = cache.values();
+    args.out = toptheta::HeadsView<float>::token_major(att_.data(), T, Hq, hd);
+    args.v_sum = cache.v_sum();  // the rows before this append; the kernel adds the new ones
+    args.v_sum_stride = hd;
+    args.layer = l;
+    toptheta::AttentionOptions opt = setup.options;
+    if (!setup.layer_k.empty()) opt.k = setup.layer_k[std::size_t(l)];
+    opt.stats = setup.layer_stats ? &(*setup.layer_stats)[std::size_t(l)] : nullptr;
+    const auto ta = std::chrono::steady_clock::now();
+    Status s;
+    if (!use_decode && setup.length_stats) {
+      s = prefill_by_length(args, opt, setup, P, T, Hkv, hd);
+    } else {
+      const std::size_t ws = toptheta::workspace_size(args, opt);
+      if (workspace_.size() < ws) workspace_.resize(ws);
+      const toptheta::Workspace w{workspace_.data(), workspace_.size()};
+      s = use_decode ? toptheta::decode(args, opt, w) : toptheta::prefill(args, opt, w);
+    }
+    attention_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - ta).count();
+    if (!s.ok())
+      return Status(s.code(), "layer " + std::to_string(l) + " attention (" +
+                                  (use_decode ? "decode" : "prefill") + ", " +
+                                  to_string(setup.kv_cache) + " KV cache): " + s.message());
+    return {};
+  }
+
   /// Prefill split at the row lengths of setup.length_edges (AttentionSetup); each piece is a
-  /// prefill call over the first P + b cached tokens with the V sums of the rows before it.
-  Status prefill_by_length(const toptheta::AttentionArgs<float>& all, toptheta::AttentionOptions opt,
-                           const AttentionSetup& setup, Index P, Index T, Index Hkv, Index hd) {
+  /// prefill call over the first P + b cached tokens with the V sums of the rows before it (the
+  /// rows as stored: rounded or dequantised, like the cache's own sum).
+  template <class CacheT>
+  Status prefill_by_length(const toptheta::AttentionArgs<CacheT, float>& all,
+                           toptheta::AttentionOptions opt, const AttentionSetup& setup, Index P,
+                           Index T, Index Hkv, Index hd) {
     const auto& edges = setup.length_edges;
     std::vector<float> vsum(all.v_sum, all.v_sum + Hkv * hd);  // rows before this call
     toptheta::AttentionStats* layer = opt.stats;
@@ -324,7 +396,7 @@ class Runner {
       while (bi < edges.size() && L > edges[bi]) ++bi;
       Index b = bi < edges.size() ? std::min<Index>(T, edges[bi] - P) : T;
       if (b <= a) b = a + 1;
-      toptheta::AttentionArgs<float> args = all;
+      toptheta::AttentionArgs<CacheT, float> args = all;
       args.q = all.q.slice_tokens(a, b - a);
       args.out = all.out.slice_tokens(a, b - a);
       args.k = all.k.slice_tokens(0, P + b);
@@ -340,12 +412,17 @@ class Runner {
       if (layer) layer->merge(st);
       (*setup.length_stats)[bi].merge(st);
       for (Index t = a; t < b; ++t)
-        for (Index i = 0; i < Hkv * hd; ++i) vsum[std::size_t(i)] += v_[std::size_t(t * Hkv * hd + i)];
+        for (Index g = 0; g < Hkv; ++g) {
+          const CacheT* row = all.v.row(P + t, g);
+          for (Index i = 0; i < hd; ++i)
+            vsum[std::size_t(g * hd + i)] += float(toptheta::value_at(row, i));
+        }
       a = b;
     }
     return {};
   }
 
+  /// out (T, n_out) = x (T, n_in) * W^T, W (n_out, n_in) row-major.
   static void matmul(float* out, const float* x, const float* w, Index T, Index n_in, Index n_out) {
     using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
     Eigen::Map<const RowMat> X(x, T, n_in);
@@ -380,7 +457,8 @@ class Runner {
   }
 
   const Model* m_;
-  std::vector<toptheta::KvCache<float>> caches_;
+  CacheSet caches_;  ///< per type, per layer; allocated on first use
+  KvCacheType active_ = KvCacheType::kF32;
   std::vector<float> rope_cos_, rope_sin_;
   std::vector<float> x_, xb_, q_, k_, v_, att_, hb_, hb2_;
   std::vector<std::byte> workspace_;
