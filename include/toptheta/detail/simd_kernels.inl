@@ -553,6 +553,100 @@ struct Ops {
     return rescale;
   }
 
+  /// Running maximum of one key tile for Mp query rows (pass 1 of the post-softmax prefill):
+  /// St[u][m] (n x Mp) holds final scores (masked = -inf); run_max[m] = max over all scores so
+  /// far; best_idx[m] = key index (as Acc) of the first maximum (kept unless the maximum strictly
+  /// grows).
+  template <class Acc>
+  TT_ATTR static void max_tile(const Acc* St, Index n, Index Mp, Index key0, Acc* run_max,
+                               Acc* best_idx) {
+    using V = Vec<Acc>;
+    constexpr int W = V::W;
+    const V ninf = V::set1(-std::numeric_limits<Acc>::infinity());
+    for (Index m0 = 0; m0 < Mp; m0 += W) {
+      V tmax = ninf, ti = V::zero();
+      for (Index u = 0; u < n; ++u) {
+        const V s = V::load(St + u * Mp + m0);
+        const auto up = V::gt(s, tmax);
+        tmax = V::select(up, s, tmax);
+        ti = V::select(up, V::set1(Acc(key0 + u)), ti);
+      }
+      const V old = V::load(run_max + m0);
+      V::max(old, tmax).store(run_max + m0);
+      V::select(V::gt(tmax, old), ti, V::load(best_idx + m0)).store(best_idx + m0);
+    }
+  }
+
+  /// Softmax denominators of Mp query rows summed exactly as exp_shifted() sums one row: lane l
+  /// of a row's sum adds exp(s_j - mx) of the keys j = l (mod W) in key order. Adds the tile
+  /// St (n x Mp, keys key0 .. key0 + n - 1, key0 a multiple of W) to the lane sums
+  /// zl[l * Mp + m] (l < W); lane_sum() then reduces a row's W lane sums by the same tree.
+  template <class Acc>
+  TT_ATTR static void exp_sum_tile(const Acc* St, Index n, Index Mp, const Acc* mx, Acc* zl) {
+    using V = Vec<Acc>;
+    constexpr int W = V::W;
+    for (Index m0 = 0; m0 < Mp; m0 += W) {
+      const V mv = V::load(mx + m0);
+      for (Index l = 0; l < W && l < n; ++l) {
+        V a = V::load(zl + l * Mp + m0);
+        for (Index u = l; u < n; u += W) a = a + V::exp(V::load(St + u * Mp + m0) - mv);
+        a.store(zl + l * Mp + m0);
+      }
+    }
+  }
+
+  /// The reduction of W lane sums (lane[0..W)) by the vector type's tree (as exp_shifted()).
+  template <class Acc>
+  TT_ATTR static Acc lane_sum(const Acc* lane) {
+    return Vec<Acc>::load(lane).reduce_sum();
+  }
+
+  /// Post-softmax selection of one key tile for Mp query rows (pass 2 of the post-softmax
+  /// prefill, row maxima and denominators final): with p = exp(St[u][m] - mx[m]) * inv[m], row m
+  /// keeps key key0 + u iff (St > bound[m] and p > theta[m]) or key0 + u < lim[m].
+  /// Pt[u][m] = p for kept keys, 0 otherwise (Pt may alias St); wsum[m] += kept p (key order);
+  /// n_kept[m] += kept count (as Acc); keep_bits[u] (Mp <= 64): bit m set iff row m keeps u.
+  /// Lanes whose every key fails both tests skip the exp. Returns true when anything is kept.
+  template <class Acc>
+  TT_ATTR static bool threshold_tile(const Acc* St, Acc* Pt, Index n, Index Mp, Index key0,
+                                     const Acc* bound, const Acc* mx, const Acc* inv,
+                                     const Acc* theta, const Acc* lim, Acc* wsum, Acc* n_kept,
+                                     std::uint64_t* keep_bits) {
+    using V = Vec<Acc>;
+    using Mask = typename V::Mask;
+    constexpr int W = V::W;
+    for (Index u = 0; u < n; ++u) keep_bits[u] = 0;
+    bool any = false;
+    const V one = V::set1(Acc(1));
+    for (Index m0 = 0; m0 < Mp; m0 += W) {
+      const V bd = V::load(bound + m0), mv = V::load(mx + m0), iv = V::load(inv + m0);
+      const V th = V::load(theta + m0), lm = V::load(lim + m0);
+      V ws = V::load(wsum + m0), nk = V::load(n_kept + m0);
+      for (Index u = 0; u < n; ++u) {
+        const V s = V::load(St + u * Mp + m0);
+        const Mask above = V::gt(s, bd);
+        const Mask early = V::gt(lm, V::set1(Acc(key0 + u)));
+        if (V::bits(Mask(above | early)) == 0) {
+          V::zero().store(Pt + u * Mp + m0);
+          continue;
+        }
+        const V p = V::exp(s - mv) * iv;
+        const Mask keep = Mask(Mask(above & V::gt(p, th)) | early);
+        const std::uint64_t kb = V::bits(keep);
+        const V pk = V::select(keep, p, V::zero());
+        pk.store(Pt + u * Mp + m0);
+        if (kb == 0) continue;
+        any = true;
+        keep_bits[u] |= kb << m0;
+        ws = ws + pk;
+        nk = nk + V::select(keep, one, V::zero());
+      }
+      ws.store(wsum + m0);
+      nk.store(n_kept + m0);
+    }
+    return any;
+  }
+
   /// Bit u * 64 ... : for each key u < n, the bits of the rows m < Mp (Mp <= 64) whose Pt is
   /// non-zero (kept with a non-zero weight) into mask[u].
   template <class Acc>

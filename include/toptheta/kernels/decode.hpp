@@ -7,7 +7,9 @@
 /// together (contiguous on an interleaved cache), each key row converted once in registers and
 /// dotted with the G queries of its GQA group (Ops::dot_rows). Two plans:
 ///
-/// - **single pass** (dense attention; rows that are not thresholded, L <= k_l; Top-θ with
+/// - **single pass** (dense attention; rows that are not thresholded, L <= k_l; post-softmax
+///   Top-θ whose every head keeps every key, theta < 0 as for heads declared dense, which is
+///   dense attention with the thresholded rows' statistics and VMC; Top-θ with
 ///   pre-softmax placement and no cap_k): each chunk computes its scores, its softmax partials
 ///   (chunk max, kept and dropped exp sums, kept counts), selects the kept keys by comparing
 ///   with theta (no row-wide dependency, semantics §4) and accumulates the exp-weighted V
@@ -89,11 +91,13 @@ class DecodeCall {
     chunk_ = (chunk_ + kTokenTile - 1) / kTokenTile * kTokenTile;
     nc_ = std::max<Index>(1, (L_ + chunk_ - 1) / chunk_);
     thresholded_ = cx_.thresholded(L_);
+    keep_all_ = thresholded_ && keeps_every_key(o);
     // Calibration observes full rows: always two passes.
     fused_ = !cx_.calibrate &&
-             (!thresholded_ || (cx_.sel_mode == AttentionMode::kTopTheta &&
-                                cx_.placement == Placement::kPreSoftmax && o.cap_k == 0));
-    sparse_fused_ = fused_ && thresholded_;
+             (!thresholded_ || keep_all_ ||
+              (cx_.sel_mode == AttentionMode::kTopTheta &&
+               cx_.placement == Placement::kPreSoftmax && o.cap_k == 0));
+    sparse_fused_ = fused_ && thresholded_ && !keep_all_;
     need_vbar_ = thresholded_ && needs_vbar(o);
     need_mz_ = !fused_ && (cx_.placement == Placement::kPostSoftmax || cx_.calibrate);
     per_head_stats_ = o.stats && !o.stats->kept_per_head.empty();
@@ -209,6 +213,19 @@ class DecodeCall {
     RowScratch<Acc> rs{};
     StatSink sink;
   };
+
+  /// Post-softmax Top-θ whose every head keeps every key of the row: theta < 0 for all heads
+  /// (a head declared dense in the table gives -inf), so p_j >= 0 > theta for all j < L, and no
+  /// cap_k below L. The call is then dense attention with the thresholded row's statistics and
+  /// VMC coefficient 1 - sum_j p_j (decided per call from the table lookups, semantics §4).
+  bool keeps_every_key(const AttentionOptions& o) const {
+    if (cx_.calibrate || cx_.sel_mode != AttentionMode::kTopTheta ||
+        cx_.placement != Placement::kPostSoftmax || (o.cap_k > 0 && o.cap_k < L_))
+      return false;
+    for (Index h = 0; h < Hq_; ++h)
+      if (!(cx_.lookup(h, L_).theta < 0.0)) return false;
+    return true;
+  }
 
   void chunk_range(Index c, Index* j0, Index* j1) const {
     *j0 = c * chunk_;
@@ -381,7 +398,9 @@ class DecodeCall {
           const Acc e = chunk_scale(c, h, M) * inv;
           if (e != Acc(0)) Ops::axpy(e, part_acc_ + (c * Hq_ + h) * d, out, d);
         }
-        w.sink.row(h, L_, L_, cx_.k, false, false);
+        // A post-softmax row keeping every key: thresholded, weights p_j (sum D / D).
+        if (keep_all_ && o_.vmc == VmcMode::kOn) coeff[hh] = Acc(1) - D * inv;
+        w.sink.row(h, L_, L_, cx_.k, keep_all_, false);
         continue;
       }
       if (nk == 0) {  // empty row
@@ -604,7 +623,8 @@ class DecodeCall {
   KView k_, v_;
   RowContext<Acc> cx_;
   Index L_ = 0, Hq_ = 0, Hkv_ = 0, G_ = 0, d_ = 0, chunk_ = 0, nc_ = 0;
-  bool thresholded_ = false, fused_ = true, sparse_fused_ = false, need_vbar_ = false,
+  bool thresholded_ = false, keep_all_ = false, fused_ = true, sparse_fused_ = false,
+       need_vbar_ = false,
        need_mz_ = false, per_head_stats_ = false;
   int threads_ = 1;
   Acc* q_ = nullptr;

@@ -13,7 +13,13 @@
 ///   is stored or re-read. Top-θ selection is a per-score comparison with theta(l, h, L_t)
 ///   (semantics §4), so it fits the tile loop; the dense rows are the same loop with
 ///   theta = -inf.
-/// - **stored** (top-k, post-softmax Top-θ, calibration, cap_k): a block's score rows are stored
+/// - **post** (post-softmax Top-θ, no cap_k): the flash walk in two passes over the key tiles.
+///   Pass 1 computes every block row's maximum M and softmax denominator Z online (the score
+///   tiles are kept for pass 2 while they fit ~4 MiB per worker, else recomputed); pass 2 keeps
+///   key j iff p_j = exp(s_j - M) / Z > theta (semantics §4; candidates found in the log
+///   domain, the decision taken on p_j itself) and accumulates the kept rows' p_j V_j as the
+///   flash walk does. See `post_item`.
+/// - **stored** (top-k, calibration, cap_k): a block's score rows are stored
 ///   (at most ~4 MiB per worker), then each row runs the row pipeline (row_pipeline.hpp) and the
 ///   gather + VMC stage (gather.hpp) reads the union of the group's kept V rows once.
 
@@ -37,6 +43,12 @@ namespace toptheta::detail {
 inline constexpr Index kKeyTile = 64;
 /// Score budget of a stored block per worker.
 inline constexpr std::size_t kScoreBlockBytes = std::size_t(4) << 20;
+/// Budget per worker for the score tiles that pass 1 of the post-softmax walk keeps for pass 2
+/// (beyond it, pass 2 recomputes them). Overridable for tests of the recomputing variant.
+#ifndef TOPTHETA_POST_SCORE_TILE_BYTES
+#define TOPTHETA_POST_SCORE_TILE_BYTES (std::size_t(4) << 20)
+#endif
+inline constexpr std::size_t kPostScoreTileBytes = TOPTHETA_POST_SCORE_TILE_BYTES;
 
 template <class Ops, class Args, class KView>
 class PrefillCall {
@@ -57,12 +69,22 @@ class PrefillCall {
     G_ = Hq_ / std::max<Index>(Hkv_, 1);
     d_ = a.q.dim;
     const bool any_thresholded = cx_.thresholded(L_);
-    flash_ = G_ <= 64 && L_ < (Index(1) << 24) && !cx_.calibrate &&
+    const bool tiles_ok = G_ <= 64 && L_ < (Index(1) << 24) && !cx_.calibrate;
+    flash_ = tiles_ok &&
              (!any_thresholded ||
               (cx_.sel_mode == AttentionMode::kTopTheta &&
                cx_.placement == Placement::kPreSoftmax && o.cap_k == 0 && !cx_.calibrate));
+    // Post-softmax Top-θ: two passes over the key tiles (see post_item).
+    post_ = !flash_ && tiles_ok && any_thresholded && cx_.sel_mode == AttentionMode::kTopTheta &&
+            cx_.placement == Placement::kPostSoftmax && o.cap_k == 0;
+    if (post_) flash_ = true;
     if (flash_) {
       R_ = std::max<Index>(1, std::min<Index>(T_, 64 / G_));
+      if (post_) {  // fewer rows per block when that lets the block's score tiles fit the budget
+        constexpr Index W = Ops::kLanes;
+        const Index mp_fit = Index(kPostScoreTileBytes / (std::size_t(L_ + kKeyTile) * sizeof(Acc))) / W * W;
+        if (mp_fit >= G_ && (R_ * G_ + W - 1) / W * W > mp_fit) R_ = std::max<Index>(1, mp_fit / G_);
+      }
     } else {
       const std::size_t row_bytes = std::size_t(L_ + kKeyTile) * sizeof(Acc) * std::size_t(G_);
       R_ = std::clamp<Index>(Index(kScoreBlockBytes / std::max<std::size_t>(row_bytes, 1)), 1, 64);
@@ -71,6 +93,11 @@ class PrefillCall {
     M_ = R_ * G_;
     constexpr Index W = Ops::kLanes;
     Mp_ = (M_ + W - 1) / W * W;
+    // Pass 1 of the post-softmax walk keeps the block's score tiles for pass 2 when they fit
+    // the stored-block budget (reading them back is ~10x cheaper than recomputing Q K^T);
+    // otherwise pass 2 recomputes them (the same products, so the same scores).
+    store_scores_ = post_ && std::size_t(L_ + kKeyTile) * std::size_t(Mp_) * sizeof(Acc) <=
+                                 kPostScoreTileBytes;
     ldv_ = (d_ + W - 1) / W * W;
     nb_ = (T_ + R_ - 1) / R_;
     calibrate_ = o.mode == AttentionMode::kCalibrate;
@@ -97,7 +124,8 @@ class PrefillCall {
       if (flash_) {
         w.vf = ar.take<Acc>(N * ldv_);
         w.o = ar.take<Acc>(M_ * d);
-        w.state = ar.take<Acc>(9 * Mp);
+        w.state = ar.take<Acc>((post_ ? 10 + Ops::kLanes : 9) * Mp);
+        if (store_scores_) w.sblk = ar.take<Acc>((L + N) * Mp);
         w.keep = ar.take<std::uint64_t>(N);
         w.rows_any = ar.take<std::uint64_t>(N);
         w.unions = ar.take<Index>(R_);
@@ -146,7 +174,8 @@ class PrefillCall {
       return;
     }
     const Index b = task / Hkv_, g = task % Hkv_;
-    if (flash_) flash_item(b, g, w);
+    if (post_) post_item(b, g, w);
+    else if (flash_) flash_item(b, g, w);
     else stored_item(b, g, w);
   }
 
@@ -171,6 +200,7 @@ class PrefillCall {
     Acc* vsum = nullptr;  // (d) running V sum
     Acc* vbar = nullptr;  // (d)
     Acc* s = nullptr;     // stored: (M, L + N) score rows
+    Acc* sblk = nullptr;  // post: (L + N, Mp) score tiles of a block (pass 1 -> pass 2)
     RowScratch<Acc> rs{};
     std::int32_t* kept = nullptr;  // (G, L)
     Acc* wrow = nullptr;           // (G, L)
@@ -210,28 +240,33 @@ class PrefillCall {
   /// Scores of the key tile [j0, j0 + n) for rows [t0, t1) of group g into w.st (n, Mp):
   /// finished (bias, NaN), causally masked (-inf where key > P + t).
   void score_tile(Index t0, Index t1, Index g, Index j0, Index n, Worker& w) const {
+    score_tile(t0, t1, g, j0, n, w, w.st, flash_ && !post_);
+  }
+  /// The same into `st` (n, Mp); `prefetch_v` also prefetches the next tile's V rows.
+  void score_tile(Index t0, Index t1, Index g, Index j0, Index n, Worker& w, Acc* st,
+                  bool prefetch_v) const {
     const Index G = G_, d = d_, Mp = Mp_;
     // The next tile's keys and values stream in while this one is computed.
     for (Index u = j0 + kKeyTile; u < std::min(P_ + t1, j0 + 2 * kKeyTile); ++u) {
       prefetch_row(k_.row(u, g), HeadsView<const T>::row_items(d));
-      if (flash_) prefetch_row(v_.row(u, g), HeadsView<const T>::row_items(d));
+      if (prefetch_v) prefetch_row(v_.row(u, g), HeadsView<const T>::row_items(d));
     }
     for (Index u = 0; u < n; ++u) Ops::convert_row(k_.row(j0 + u, g), d, w.kf + u * d);
-    Ops::qk_tile(w.qt, Mp, d, w.kf, d, n, w.st);
+    Ops::qk_tile(w.qt, Mp, d, w.kf, d, n, st);
     if (!a_.bias.empty()) {
       for (Index u = 0; u < n; ++u)
         for (Index t = t0; t < t1; ++t) {
           const Acc b = Acc(a_.bias(t, j0 + u));
-          for (Index hh = 0; hh < G; ++hh) w.st[u * Mp + (t - t0) * G + hh] += b;
+          for (Index hh = 0; hh < G; ++hh) st[u * Mp + (t - t0) * G + hh] += b;
         }
     }
-    for (Index u = 0; u < n; ++u) Ops::finish_scores(w.st + u * Mp, nullptr, Mp);
+    for (Index u = 0; u < n; ++u) Ops::finish_scores(st + u * Mp, nullptr, Mp);
     // Causal mask: row t sees key j iff j <= P + t, i.e. lanes m < (j - P - t0) * G are masked.
     if (j0 + n - 1 > P_ + t0)
       for (Index u = 0; u < n; ++u) {
         const Index first = std::min<Index>((j0 + u - P_ - t0) * G, (t1 - t0) * G);
         if (first > 0)
-          std::fill(w.st + u * Mp, w.st + u * Mp + first, -std::numeric_limits<Acc>::infinity());
+          std::fill(st + u * Mp, st + u * Mp + first, -std::numeric_limits<Acc>::infinity());
       }
   }
 
@@ -500,6 +535,215 @@ class PrefillCall {
     return s;
   }
 
+  // ---- post-softmax Top-θ: two passes over the key tiles ----------------------------------
+  //
+  // p_j = exp(s_j - M) / Z needs the row's final maximum M and denominator Z before any key can
+  // be selected (semantics §2, §4). The decision p_j > theta must be the one the stored path
+  // and the calibrator take (a threshold calibrated on a row is one of that row's p_j, and
+  // keeps exactly the larger ones), so M, Z and p_j are computed bit for bit as they compute
+  // them: M is a maximum (order-free); Z is summed in exp_shifted()'s order (lane l of the
+  // vector width adds the keys j = l mod W in key order, then the lanes by its tree), which
+  // needs M first; p_j = exp(s_j - M) * (1 / Z). Hence three walks over the key tiles:
+  // 1. scores and row maxima (the score tiles are kept for the next walks when they fit the
+  //    budget, else recomputed: the same products, so the same scores);
+  // 2. Z in exp_shifted()'s order;
+  // 3. selection: candidates in the log domain, s_j > M + log(theta Z) - slack, then the test
+  //    on p_j itself; the kept rows' p_j V_j accumulate like the pre-softmax flash walk (dense
+  //    tile product or the pending kept-row queue). Rows that are not
+  // thresholded keep every unmasked key (weights p_j); a threshold below 0 keeps every key
+  // j < L_t, masked ones included (p_j = 0 > theta), as the stored path does.
+
+  /// Per-lane state of the post-softmax walk (Mp values each; zl: kLanes x Mp) in w.state.
+  struct PostState {
+    Acc *run_max, *zsum, *best_idx, *theta, *bound, *mx, *inv, *lim, *wsum, *n_kept, *zl;
+  };
+  PostState post_state(Worker& w) const {
+    Acc* b = w.state;
+    const Index Mp = Mp_;
+    return {b,          b + Mp,     b + 2 * Mp, b + 3 * Mp, b + 4 * Mp, b + 5 * Mp,
+            b + 6 * Mp, b + 7 * Mp, b + 8 * Mp, b + 9 * Mp, b + 10 * Mp};
+  }
+
+  void post_item(Index b, Index g, Worker& w) {
+    const Index G = G_, d = d_, Mp = Mp_, N = kKeyTile;
+    const Index t0 = b * R_, t1 = block_end(b), rows = t1 - t0, M = rows * G;
+    const Index Lmax = P_ + t1;
+    load_queries(t0, t1, g, w.qt, w.vbar);
+    const PostState ps = post_state(w);
+    const Acc ninf = -std::numeric_limits<Acc>::infinity();
+    const Acc pinf = std::numeric_limits<Acc>::infinity();
+    for (Index m = 0; m < Mp; ++m) {
+      ps.run_max[m] = ninf;
+      ps.zsum[m] = ps.best_idx[m] = ps.wsum[m] = ps.n_kept[m] = 0;
+    }
+    // Walk 1: scores, row maxima and first maxima.
+    for (Index j0 = 0; j0 < Lmax; j0 += N) {
+      const Index n = std::min(N, Lmax - j0);
+      Acc* st = store_scores_ ? w.sblk + j0 * Mp : w.st;
+      score_tile(t0, t1, g, j0, n, w, st, false);
+      Ops::max_tile(st, n, Mp, j0, ps.run_max, ps.best_idx);
+    }
+    // Walk 2: softmax denominators in exp_shifted()'s order (future keys of a row are -inf
+    // there: they add exp(-inf) = 0, which changes no sum).
+    constexpr Index W = Ops::kLanes;
+    for (Index m = 0; m < Mp; ++m) ps.mx[m] = ps.run_max[m] == ninf ? Acc(0) : ps.run_max[m];
+    std::fill(ps.zl, ps.zl + W * Mp, Acc(0));
+    for (Index j0 = 0; j0 < Lmax; j0 += N) {
+      const Index n = std::min(N, Lmax - j0);
+      const Acc* st = w.st;
+      if (store_scores_) st = w.sblk + j0 * Mp;
+      else score_tile(t0, t1, g, j0, n, w, w.st, false);
+      Ops::exp_sum_tile(st, n, Mp, ps.mx, ps.zl);
+    }
+    for (Index m = 0; m < M; ++m) {  // (double runs one lane: lane_sum reads lane[0] only)
+      Acc lane[W];
+      for (Index l = 0; l < W; ++l) lane[l] = ps.zl[l * Mp + m];
+      ps.zsum[m] = Ops::lane_sum(lane);
+    }
+    // Per-lane selection parameters.
+    for (Index m = 0; m < Mp; ++m) {
+      ps.lim[m] = 0;
+      if (m >= M || ps.run_max[m] == ninf) {  // padding or a fully masked row: keeps nothing
+        ps.bound[m] = ps.theta[m] = pinf;
+        ps.mx[m] = ps.inv[m] = 0;
+        continue;
+      }
+      const Index t = t0 + m / G, Lt = P_ + t + 1;
+      const Acc mx = ps.run_max[m], Z = ps.zsum[m];
+      ps.mx[m] = mx;
+      ps.inv[m] = Acc(1) / Z;
+      if (!cx_.thresholded(Lt)) {  // dense row: every unmasked key
+        ps.bound[m] = ps.theta[m] = ninf;
+        continue;
+      }
+      const Acc th = Acc(cx_.lookup(g * G + m % G, Lt).theta);
+      ps.theta[m] = th;
+      if (th < Acc(0)) {  // every key j < L_t passes (p_j >= 0 > theta)
+        ps.bound[m] = pinf;
+        ps.lim[m] = Acc(Lt);
+        continue;
+      }
+      // p_j > theta  <=>  s_j > M + log(theta Z), up to rounding (as in select_row): the keys
+      // above a slightly lower bound are tested on p_j itself.
+      const Acc lg = std::log(th * Z);
+      const Acc slack = Acc(1e-4) + Acc(1e-5) * (std::abs(mx) + std::abs(lg));
+      ps.bound[m] = mx + lg - slack;
+    }
+    // Walk 3: selection and the kept rows' weighted V sum.
+    std::fill(w.o, w.o + M * d, Acc(0));
+    for (Index r = 0; r < rows; ++r) w.unions[r] = w.pend_n[r] = 0;
+    const std::uint64_t gmask = G >= 64 ? ~std::uint64_t(0) : (std::uint64_t(1) << G) - 1;
+    for (Index j0 = 0; j0 < Lmax; j0 += N) {
+      const Index n = std::min(N, Lmax - j0);
+      const Acc* st = w.st;
+      if (store_scores_) st = w.sblk + j0 * Mp;
+      else score_tile(t0, t1, g, j0, n, w, w.st, true);
+      if (!Ops::threshold_tile(st, w.st, n, Mp, j0, ps.bound, ps.mx, ps.inv, ps.theta, ps.lim,
+                               ps.wsum, ps.n_kept, w.keep))
+        continue;
+      Index pairs = 0;
+      for (Index u = 0; u < n; ++u) {
+        std::uint64_t any = 0;
+        for (Index r = 0; r < rows; ++r) any |= std::uint64_t(((w.keep[u] >> (r * G)) & gmask) != 0) << r;
+        w.rows_any[u] = any;
+        pairs += __builtin_popcountll(any);
+      }
+      if (pairs == 0) continue;
+      if (2 * pairs * G >= n * M) {
+        for (Index u = 0; u < n; ++u)
+          for (std::uint64_t any = w.rows_any[u]; any; any &= any - 1) ++w.unions[__builtin_ctzll(any)];
+        flash_pv_dense(j0, n, g, M, w);
+      } else {
+        flash_pv_sparse(j0, n, g, rows, w);
+      }
+    }
+    for (Index r = 0; r < rows; ++r) flush_pending(r, g, w);
+    post_finish(b, g, t0, t1, w);
+  }
+
+  /// Whether query head hh of block row r (token t) keeps key j: the pass-2 test on one score.
+  bool post_keeps(Index t, Index g, Index r, Index hh, Index j, Worker& w) const {
+    const PostState ps = post_state(w);
+    const Index m = r * G_ + hh;
+    if (Acc(j) < ps.lim[m]) return true;
+    const Acc s = store_scores_ ? w.sblk[j * Mp_ + m] : score_of(t, g, hh, j, w);
+    if (!(s > ps.bound[m])) return false;
+    Acc e = 0;
+    Ops::exp_shifted(&s, 1, ps.mx[m], &e);
+    return e * ps.inv[m] > ps.theta[m];
+  }
+
+  void post_finish(Index b, Index g, Index t0, Index t1, Worker& w) {
+    const Index G = G_, d = d_;
+    const PostState ps = post_state(w);
+    if (need_vbar_) std::memcpy(w.vsum, vprefix_ + (b * Hkv_ + g) * d, sizeof(Acc) * std::size_t(d));
+    Acc* out_ptrs[64];
+    Acc coeff[64];
+    for (Index t = t0; t < t1; ++t) {
+      const Index Lt = P_ + t + 1, r = t - t0;
+      const bool thr = cx_.thresholded(Lt);
+      if (need_vbar_) {
+        VbarSetup::add_rows<Ops>(v_, g, d, Lt - 1, Lt, w.vsum);
+        for (Index i = 0; i < d; ++i) w.vbar[i] = w.vsum[i] / Acc(Lt);
+      }
+      Index union_extra = 0;
+      Index added[64];
+      Index n_added = 0;
+      bool any_unmasked = false;
+      for (Index hh = 0; hh < G; ++hh) {
+        const Index m = r * G + hh, h = g * G + hh;
+        Acc* out = a_.out.row(t, h);
+        out_ptrs[hh] = out;
+        coeff[hh] = 0;
+        if (ps.run_max[m] == -std::numeric_limits<Acc>::infinity()) {  // fully masked: output 0
+          std::fill(out, out + d, Acc(0));
+          w.sink.row(h, Lt, 0, cx_.k, thr, false);
+          continue;
+        }
+        any_unmasked = true;
+        const Acc* om = w.o + m * d;
+        if (!thr) {  // dense row: the weights were the probabilities already
+          std::memcpy(out, om, sizeof(Acc) * std::size_t(d));
+          w.sink.row(h, Lt, Lt, cx_.k, false, false);
+          continue;
+        }
+        const Index nk = Index(ps.n_kept[m]);
+        if (nk > 0) {
+          std::memcpy(out, om, sizeof(Acc) * std::size_t(d));
+          if (o_.vmc == VmcMode::kOn) coeff[hh] = Acc(1) - ps.wsum[m];
+          w.sink.row(h, Lt, nk, cx_.k, true, false);
+          continue;
+        }
+        // Empty row.
+        std::fill(out, out + d, Acc(0));
+        if (o_.empty_row == EmptyRowPolicy::kMeanV) {
+          coeff[hh] = 1;
+          w.sink.row(h, Lt, 0, cx_.k, true, true);
+          continue;
+        }
+        // keep-max: the first maximum, weighed by its probability exp(0) / Z.
+        const Index am = Index(ps.best_idx[m]);
+        Acc e = 0;
+        Ops::exp_shifted(&ps.run_max[m], 1, ps.mx[m], &e);
+        const Acc wmax = e * ps.inv[m];
+        const T* row = v_.row(am, g);
+        Ops::accumulate_rows(out, 1, d, &row, &wmax, 1, 1, 1);
+        if (o_.vmc == VmcMode::kOn) coeff[hh] = Acc(1) - wmax;
+        bool shared = false;
+        for (Index i = 0; i < n_added && !shared; ++i) shared = added[i] == am;
+        for (Index h2 = 0; h2 < G && !shared; ++h2)
+          if (h2 != hh) shared = post_keeps(t, g, r, h2, am, w);
+        if (!shared) {
+          ++union_extra;
+          added[n_added++] = am;
+        }
+        w.sink.row(h, Lt, 1, cx_.k, true, true);
+      }
+      if (need_vbar_) add_vmc<Ops>(out_ptrs, G, d, coeff, w.vbar);
+      w.sink.vrows(Lt, thr ? w.unions[r] + union_extra : (any_unmasked ? Lt : 0));
+    }
+  }
+
   // ---- stored -----------------------------------------------------------------------------
 
   void stored_item(Index b, Index g, Worker& w) {
@@ -579,6 +823,7 @@ class PrefillCall {
   Index T_ = 0, L_ = 0, P_ = 0, Hq_ = 0, Hkv_ = 0, G_ = 0, d_ = 0;
   Index R_ = 1, M_ = 1, Mp_ = 1, ldv_ = 1, nb_ = 1;
   bool flash_ = false, calibrate_ = false, need_vbar_ = false, per_head_stats_ = false;
+  bool post_ = false, store_scores_ = false;
   int threads_ = 1;
   Acc* vprefix_ = nullptr;
   Worker* workers_ = nullptr;
