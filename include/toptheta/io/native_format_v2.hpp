@@ -44,7 +44,44 @@
 namespace toptheta {
 namespace detail {
 
+/// First word of a native threshold file, both versions (public: kNativeThresholdMagic).
 inline constexpr const char* kNativeMagicV2 = "toptheta-thresholds";
+
+// Writer pieces shared by versions 1 (native_format.hpp) and 2.
+
+/// Checks that the metadata's free texts (model, notes) fit one line of the format.
+inline Status check_metadata_texts(const ThresholdMetadata& md) {
+  const std::pair<const char*, const std::string*> texts[] = {{"model", &md.model_id},
+                                                              {"notes", &md.notes}};
+  for (const auto& kv : texts) {
+    const std::string problem = check_line_bytes(std::string(kv.first) + " " + *kv.second);
+    if (!problem.empty())
+      return Status::invalid_argument(std::string(kv.first) + " text cannot be written: " + problem);
+  }
+  return {};
+}
+
+/// Appends the optional 'model' and 'notes' lines.
+inline void append_metadata_texts(std::string* s, const ThresholdMetadata& md) {
+  if (!md.model_id.empty()) *s += "model " + md.model_id + "\n";
+  if (!md.notes.empty()) *s += "notes " + md.notes + "\n";
+}
+
+/// Appends one 'dense_heads <layer> <head>|<first>-<last> ...' line per layer of `t` that has
+/// heads declared dense.
+inline void append_dense_heads(std::string* s, const ThresholdTable& t) {
+  for (Index l = 0; l < t.num_layers(); ++l) {
+    std::string heads;
+    for (Index h = 0; h < t.num_heads(); ++h) {
+      if (!t.is_dense(l, h) || (h > 0 && t.is_dense(l, h - 1))) continue;
+      Index last = h;
+      while (last + 1 < t.num_heads() && t.is_dense(l, last + 1)) ++last;
+      heads += " " + std::to_string(h);
+      if (last > h) heads += "-" + std::to_string(last);
+    }
+    if (!heads.empty()) *s += "dense_heads " + std::to_string(l) + heads + "\n";
+  }
+}
 
 /// Serialises a set of compact tables (version 2). Every table must be compact, valid and
 /// writable; they share shape, placement, lambda, model and notes (the first table's).
@@ -59,13 +96,7 @@ inline Status format_native_v2(const ThresholdSet& set, std::string* out) {
   }
   const ThresholdTable& first = set.tables().front();
   const ThresholdMetadata& md = first.metadata();
-  const std::pair<const char*, const std::string*> texts[] = {{"model", &md.model_id},
-                                                              {"notes", &md.notes}};
-  for (const auto& kv : texts) {
-    const std::string problem = check_line_bytes(std::string(kv.first) + " " + *kv.second);
-    if (!problem.empty())
-      return Status::invalid_argument(std::string(kv.first) + " text cannot be written: " + problem);
-  }
+  TOPTHETA_RETURN_IF_ERROR(check_metadata_texts(md));
   std::string s;
   s += kNativeMagicV2;
   s += " 2\n# Top-theta attention thresholds, compact curves; format: docs/threshold-format.md\n";
@@ -76,25 +107,14 @@ inline Status format_native_v2(const ThresholdSet& set, std::string* out) {
   s += "\nlambda ";
   append_double(&s, md.lambda);
   s += "\n";
-  if (!md.model_id.empty()) s += "model " + md.model_id + "\n";
-  if (!md.notes.empty()) s += "notes " + md.notes + "\n";
+  append_metadata_texts(&s, md);
   s += "buckets_per_octave " + std::to_string(md.buckets_per_octave) + "\n";
   s += "tables " + std::to_string(set.size()) + "\n";
   for (const ThresholdTable& t : set.tables()) {
     s += "table " + std::to_string(t.nominal_k()) + "\nk";
     for (Index l = 0; l < t.num_layers(); ++l) s += " " + std::to_string(t.k(l));
     s += "\ncalibration_rows " + std::to_string(t.metadata().calibration_rows) + "\n";
-    for (Index l = 0; l < t.num_layers(); ++l) {
-      std::string heads;
-      for (Index h = 0; h < t.num_heads(); ++h) {
-        if (!t.is_dense(l, h) || (h > 0 && t.is_dense(l, h - 1))) continue;
-        Index last = h;
-        while (last + 1 < t.num_heads() && t.is_dense(l, last + 1)) ++last;
-        heads += " " + std::to_string(h);
-        if (last > h) heads += "-" + std::to_string(last);
-      }
-      if (!heads.empty()) s += "dense_heads " + std::to_string(l) + heads + "\n";
-    }
+    append_dense_heads(&s, t);
     const bool sdc = t.has_sdc();
     s += sdc ? "sdc on\n" : "sdc off\n";
     std::size_t curves = 0;
