@@ -223,23 +223,13 @@ inline Status parse_native_thresholds(std::string_view text, const std::string& 
     key_line[k] = ln;
     const std::string kname = key_names[k];
     if (k == kModel || k == kNotes) {
-      // The value is the rest of the line after the key and one blank, verbatim.
-      std::size_t p = 0;
-      while (p < line.size() && detail::is_blank(line[p])) ++p;
-      p += key.size();
-      if (p < line.size()) ++p;
-      (k == kModel ? model : notes) = std::string(line.substr(p));
+      (k == kModel ? model : notes) = detail::free_text_value(line, key.size());
       continue;
     }
     if (k != kK && f.size() != 2) return bad(ln, "'" + kname + "' takes exactly one value");
     if (k == kPlacement) {
-      if (!parse(std::string(f[1]), placement))
-        return bad(ln, "unknown placement " + quote_token(f[1]) + " (expected pre or post)");
-      if (opts.expected_placement && *opts.expected_placement != placement)
-        return fail(StatusCode::kInvalidArgument, ln,
-                    std::string("placement '") + to_string(placement) +
-                        "' contradicts the expected placement '" +
-                        to_string(*opts.expected_placement) + "'");
+      const Status e = detail::parse_placement_value(f[1], opts, &placement);
+      if (!e.ok()) return fail(e.code(), ln, e.message());
     } else if (k == kLayers || k == kHeads) {
       const Index limit = k == kLayers ? kMaxThresholdLayers : kMaxThresholdHeads;
       std::uint64_t v = 0;

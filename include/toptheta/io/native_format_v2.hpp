@@ -47,7 +47,31 @@ namespace detail {
 /// First word of a native threshold file, both versions (public: kNativeThresholdMagic).
 inline constexpr const char* kNativeMagicV2 = "toptheta-thresholds";
 
-// Writer pieces shared by versions 1 (native_format.hpp) and 2.
+// Reader and writer pieces shared by versions 1 (native_format.hpp) and 2.
+
+/// The value of a free-text line ('model', 'notes'): the rest of `line` after its key and one
+/// blank, verbatim.
+inline std::string free_text_value(std::string_view line, std::size_t key_size) {
+  std::size_t p = 0;
+  while (p < line.size() && is_blank(line[p])) ++p;
+  p += key_size;
+  if (p < line.size()) ++p;
+  return std::string(line.substr(p));
+}
+
+/// Parses the value of a 'placement' line into `*out`. Errors, without file and line:
+/// kDataLoss for an unknown name, kInvalidArgument when it contradicts opts.expected_placement.
+inline Status parse_placement_value(std::string_view tok, const LoadOptions& opts,
+                                    Placement* out) {
+  if (!parse(tok, *out))
+    return Status::data_loss("unknown placement " + quote_token(tok) + " (expected " +
+                             names_list<Placement>(" or ") + ")");
+  if (opts.expected_placement && *opts.expected_placement != *out)
+    return Status::invalid_argument(std::string("placement '") + to_string(*out) +
+                                    "' contradicts the expected placement '" +
+                                    to_string(*opts.expected_placement) + "'");
+  return {};
+}
 
 /// Checks that the metadata's free texts (model, notes) fit one line of the format.
 inline Status check_metadata_texts(const ThresholdMetadata& md) {
@@ -219,22 +243,13 @@ inline Status parse_native_v2(std::string_view text, const std::string& name, Th
     if (seen[key]) return bad(ln, "duplicate header key '" + std::string(keys[key]) + "'");
     seen[key] = true;
     if (key == 4 || key == 5) {
-      std::size_t p = 0;
-      while (p < line.size() && is_blank(line[p])) ++p;
-      p += f[0].size();
-      if (p < line.size()) ++p;
-      (key == 4 ? model : notes) = std::string(line.substr(p));
+      (key == 4 ? model : notes) = free_text_value(line, f[0].size());
       continue;
     }
     if (f.size() != 2) return bad(ln, "'" + std::string(keys[key]) + "' takes exactly one value");
     if (key == 0) {
-      if (!parse(std::string(f[1]), placement))
-        return bad(ln, "unknown placement " + quote_token(f[1]) + " (expected pre or post)");
-      if (opts.expected_placement && *opts.expected_placement != placement)
-        return fail(StatusCode::kInvalidArgument, ln,
-                    std::string("placement '") + to_string(placement) +
-                        "' contradicts the expected placement '" +
-                        to_string(*opts.expected_placement) + "'");
+      const Status e = parse_placement_value(f[1], opts, &placement);
+      if (!e.ok()) return fail(e.code(), ln, e.message());
     } else if (key == 1 || key == 2) {
       std::uint64_t& v = key == 1 ? layers : heads;
       const Index limit = key == 1 ? kMaxThresholdLayers : kMaxThresholdHeads;
