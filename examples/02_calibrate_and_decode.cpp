@@ -66,11 +66,13 @@ int main() {
   args.k = HeadsView<const float>::token_major(syn.k.data(), kL, kHkv, kD);
   args.v = HeadsView<const float>::token_major(syn.v.data(), kL, kHkv, kD);
   args.out = HeadsView<float>::token_major(out.data(), 1, kHq, kD);
+  // [readme:vsum]
   // The running V sum for VMC: an engine adds each token's V rows after the step that appended
   // them (O(d) per token); here the cache is complete, so it sums the rows before the last one.
   RunningVSum<float> v_sum(kHkv, kD);
   (void)v_sum.add(args.v.slice_tokens(0, kL - 1));
-  args.v_sum = v_sum.data();
+  args.v_sum = v_sum.data();  // the V rows before the new token; the kernel adds the new one
+  // [/readme:vsum]
 
   // Calibration queries, kept to replay them for the SDC pass.
   const int calib_queries = 256, eval_queries = 64;

@@ -3,7 +3,7 @@
 # builds the `demo` preset (Release; no tests, benchmarks or tools) and, of it, only the program
 # the demo runs:
 #   - the llama2.c Top-theta demo (scripts/demo_llama2c.sh, target toptheta-llama2c) when
-#     ../shared/models/stories260K.bin and tok512.bin are present,
+#     stories260K.bin and tok512.bin are in the model directory (MODELS, see scripts/lib.sh),
 #   - otherwise examples/02_calibrate_and_decode (synthetic data).
 # Usage: ./scripts/demo.sh     (MODELS=<dir> looks for the llama2.c files elsewhere)
 set -euo pipefail
@@ -14,7 +14,7 @@ source scripts/lib.sh
 
 toptheta_install_packages
 
-MODELS=${MODELS:-../shared/models}
+MODELS=$TOPTHETA_MODELS
 if [[ -f $MODELS/stories260K.bin && -f $MODELS/tok512.bin ]]; then
   target=toptheta-llama2c
 else

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The real-model demo (run by scripts/demo.sh after the demo build when
-# ../shared/models/stories260K.bin exists): Top-θ attention on karpathy's stories260K.
+# The real-model demo (run by scripts/demo.sh after the demo build when stories260K.bin and
+# tok512.bin are in the model directory): Top-θ attention on karpathy's stories260K.
 #   1. calibrate post-softmax thresholds at k = 16 on 32 sequences sampled from the dense model;
 #   2. evaluate dense vs Top-θ (post-softmax + VMC, the library's recommended variant, see
 #      docs/results.md) teacher-forced on 32 other sequences;
@@ -9,9 +9,11 @@
 # Takes about 10 seconds.
 #
 # Environment: LLAMA2C_BIN [build/demo/bin/toptheta-llama2c, else build/release/bin/...],
-#              MODELS [../shared/models], WORK [<LLAMA2C_BIN>/../../demo-llama2c], K [16]
+#              MODELS [see scripts/lib.sh], WORK [<LLAMA2C_BIN>/../../demo-llama2c], K [16]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 if [[ -z ${LLAMA2C_BIN:-} ]]; then
   LLAMA2C_BIN=build/demo/bin/toptheta-llama2c
@@ -19,7 +21,7 @@ if [[ -z ${LLAMA2C_BIN:-} ]]; then
     LLAMA2C_BIN=build/release/bin/toptheta-llama2c
 fi
 BIN=$LLAMA2C_BIN
-MODELS=${MODELS:-../shared/models}
+MODELS=$TOPTHETA_MODELS
 WORK=${WORK:-$(dirname "$(dirname "$BIN")")/demo-llama2c}
 K=${K:-16}
 MODEL=$MODELS/stories260K.bin
@@ -36,7 +38,10 @@ done
 mkdir -p "$WORK"
 THRESHOLDS=$WORK/stories260K_post_k$K.thresholds
 
-banner() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+banner() {
+  echo
+  toptheta_log "$*"
+}
 
 banner "1. Calibrate post-softmax Top-θ thresholds, k = $K (32 sequences x 512 tokens, seed 1)"
 "$BIN" calibrate --model "$MODEL" --sample-sequences 32 --seq-len 512 --seed 1 \

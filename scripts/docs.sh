@@ -26,8 +26,9 @@ for arg in "$@"; do
 done
 
 # Only what the docs preset needs (CMake configures the project, so Eigen and a compiler too).
-toptheta_try_install_packages cmake ninja-build g++ libeigen3-dev doxygen ||
-  toptheta_warn "could not install some of: cmake ninja-build g++ libeigen3-dev doxygen"
+docs_packages=(cmake ninja-build g++ libeigen3-dev "${TOPTHETA_DEB_DOCS_PACKAGES[@]}")
+toptheta_try_install_packages "${docs_packages[@]}" ||
+  toptheta_warn "could not install some of: ${docs_packages[*]}"
 command -v doxygen >/dev/null 2>&1 || toptheta_die "doxygen is not installed (Debian package: doxygen)"
 
 log=build/docs/docs/doxygen-warnings.log

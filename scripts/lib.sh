@@ -30,6 +30,20 @@ TOPTHETA_DEB_FUZZ_PACKAGES=(
   libomp-14-dev
 )
 
+# Optional package for the API reference (scripts/docs.sh, the `docs` step of scripts/test.sh).
+# No graphviz: docs/Doxyfile.in sets HAVE_DOT = NO.
+# shellcheck disable=SC2034  # used by scripts/test.sh and scripts/docs.sh
+TOPTHETA_DEB_DOCS_PACKAGES=(
+  doxygen
+)
+
+# Directory of the model files that scripts/demo.sh, demo_llama2c.sh and results.sh read
+# (llama2.c checkpoints, tokenizers, token files; none is part of the repository): $MODELS when
+# set, otherwise this default, a folder beside the checkout (where the project's machines keep
+# them). README.md ("Real model") says which files and how to get them.
+# shellcheck disable=SC2034  # used by the scripts that source this file
+TOPTHETA_MODELS=${MODELS:-../shared/models}
+
 if [[ -t 1 ]]; then
   _TT_BOLD=$'\033[1m' _TT_YELLOW=$'\033[33m' _TT_RED=$'\033[31m' _TT_RESET=$'\033[0m'
 else
@@ -56,16 +70,16 @@ _TOPTHETA_APT_UPDATED=0
 
 # Runs apt-get as root (directly, or through sudo). Returns non-zero on failure.
 _toptheta_apt_get() {
-  local -a prefix=()
+  local -a sudo_prefix=()
   if [[ $(id -u) -ne 0 ]]; then
     if command -v sudo >/dev/null 2>&1; then
-      prefix=(sudo)
+      sudo_prefix=(sudo)
     else
       toptheta_warn "not root and sudo is not available: cannot run apt-get $*"
       return 1
     fi
   fi
-  "${prefix[@]}" env DEBIAN_FRONTEND=noninteractive apt-get "$@"
+  "${sudo_prefix[@]}" env DEBIAN_FRONTEND=noninteractive apt-get "$@"
 }
 
 # _toptheta_install <strict:0|1> PKG...

@@ -3,12 +3,12 @@
 # the BEGIN/END GENERATED markers; the hand-written text around it is kept) and its plots
 # docs/img/results_*.png, from runs of toptheta-llama2c on two models:
 #
-#   code28M    (../shared/models/code28M.bin: 8 layers, 4 query heads of head dim 128 over one
+#   code28M    (code28M.bin: 8 layers, 4 query heads of head dim 128 over one
 #               KV head, context 4096) on its token files: calibration on the first 4, 8 or 32
 #               sequences of code28M_calib_2048.txt (2048 tokens each), evaluation teacher-forced
 #               on code28M_heldout_2048.txt and code28M_heldout_4096.txt (16 sequences each; the
 #               4096-token evaluation uses thresholds calibrated only on <= 2048-token sequences);
-#   stories260K (../shared/models/stories260K.bin: 5 layers, 8 query heads, head dim 8, context
+#   stories260K (stories260K.bin: 5 layers, 8 query heads, head dim 8, context
 #               512) on sequences sampled from the dense model (calibration seed 1, held-out
 #               seed 2, 64 x 512 tokens).
 #
@@ -24,18 +24,22 @@
 #            {4, 8}: a check of the pipeline in a few minutes, written to build/results/quick
 #            (report: build/results/quick/results.md; docs/ is untouched).
 # Needs: a release build (build/release/bin/toptheta-llama2c and toptheta-thresholds, or
-# LLAMA2C_BIN / THRESHOLDS_BIN), the models in ../shared/models, python3, gnuplot
+# LLAMA2C_BIN / THRESHOLDS_BIN), the model files in the model directory (MODELS, see
+# scripts/lib.sh: code28M.bin, tok8192.bin, the three code28M_*.txt token files, stories260K.bin),
+# python3, gnuplot
 # (Debian: gnuplot-nox). Every run is single-threaded and sequential (a shared machine): about
 # 75 minutes on one core.
 #
-# Environment: MODELS [../shared/models]  WORK [build/results/full]  RESUME [1]: reuse the results
+# Environment: MODELS [see scripts/lib.sh]  WORK [build/results/full]  RESUME [1]: reuse the results
 # already in WORK (delete WORK to start over).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 QUICK=0
 [[ ${1:-} == --quick ]] && QUICK=1
-MODELS=${MODELS:-../shared/models}
+MODELS=$TOPTHETA_MODELS
 BIN_SRC=${LLAMA2C_BIN:-build/release/bin/toptheta-llama2c}
 THR_SRC=${THRESHOLDS_BIN:-build/release/bin/toptheta-thresholds}
 if [[ $QUICK == 1 ]]; then
@@ -64,7 +68,7 @@ die() { echo "results.sh: $*" >&2; exit 1; }
 [[ -x $BIN_SRC ]] || die "$BIN_SRC not found: build the release preset first (cmake --preset release && cmake --build --preset release)"
 [[ -x $THR_SRC ]] || die "$THR_SRC not found (release preset, TOPTHETA_BUILD_TOOLS=ON)"
 for f in code28M.bin tok8192.bin code28M_calib_2048.txt code28M_heldout_2048.txt code28M_heldout_4096.txt stories260K.bin; do
-  [[ -f $MODELS/$f ]] || die "$MODELS/$f not found (see ../shared/models/README.md)"
+  [[ -f $MODELS/$f ]] || die "$MODELS/$f not found (set MODELS to the directory of the model files)"
 done
 command -v python3 >/dev/null || die "python3 is required"
 command -v gnuplot >/dev/null || die "gnuplot is required (Debian: apt-get install gnuplot-nox)"

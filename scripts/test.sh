@@ -9,7 +9,9 @@
 #      -march (plain -O2) and with -mavx2 -mfma but no F16C, as consumers may build them;
 #   5. `tsan` preset: the threaded kernel tests under ThreadSanitizer (clang + LLVM OpenMP with its
 #      Archer tool; skipped with a note when clang or libomp-14-dev is missing);
-#   6. scripts/fuzz.sh, when it exists.
+#   6. scripts/fuzz.sh, when it exists;
+#   7. `docs`: the Doxygen API reference with warnings as errors (scripts/docs.sh --werror);
+#      skipped with a note when doxygen is missing (it is attempted but optional).
 # Prints a summary and exits non-zero if any step failed (later steps still run).
 #
 # Environment:
@@ -60,6 +62,8 @@ toptheta_install_packages
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 toptheta_try_install_packages "${TOPTHETA_DEB_FUZZ_PACKAGES[@]}" ||
   toptheta_warn "fuzzing packages unavailable; scripts/fuzz.sh may skip or fail"
+toptheta_try_install_packages "${TOPTHETA_DEB_DOCS_PACKAGES[@]}" ||
+  toptheta_warn "doxygen unavailable; the docs step will be skipped"
 
 run_preset release || true
 
@@ -85,6 +89,12 @@ if [[ -f scripts/fuzz.sh ]]; then
   step "fuzz" bash scripts/fuzz.sh || true
 else
   skip "fuzz: scripts/fuzz.sh not present"
+fi
+
+if command -v doxygen >/dev/null 2>&1; then
+  step "docs (Doxygen, warnings as errors)" bash scripts/docs.sh --werror || true
+else
+  skip "docs: needs doxygen (Debian package doxygen)"
 fi
 
 echo

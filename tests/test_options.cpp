@@ -1,5 +1,9 @@
-// toptheta_options(): the recommended Top-θ variant follows the table's placement.
+// toptheta_options(): the recommended Top-θ variant follows the table's placement. Name tables:
+// every enumeration's names round-trip through to_string / parse and are distinct.
 #include <gtest/gtest.h>
+
+#include <set>
+#include <string>
 
 #include <toptheta/toptheta.hpp>
 
@@ -61,4 +65,38 @@ TEST(RecommendedOptions, CalibratorDefaultsMatchTheRecommendation) {
   ASSERT_TRUE(decode(a, o).ok());
   EXPECT_EQ(st.thresholded_rows, 2u);
   EXPECT_LT(st.kept_fraction(), 1.0);
+}
+
+template <class E>
+void ExpectNamesRoundTrip() {
+  std::set<std::string> seen;
+  for (const auto& n : EnumNames<E>::table) {
+    EXPECT_TRUE(seen.insert(n.name).second) << "duplicate name " << n.name;
+    EXPECT_STREQ(to_string(n.value), n.name);
+    E back{};
+    ASSERT_TRUE(parse(n.name, back)) << n.name;
+    EXPECT_EQ(back, n.value) << n.name;
+    EXPECT_EQ(name_map<E>().at(n.name), n.value);
+  }
+  E untouched = EnumNames<E>::table[0].value;
+  EXPECT_FALSE(parse("no-such-name", untouched));
+  EXPECT_EQ(untouched, EnumNames<E>::table[0].value);
+}
+
+TEST(EnumNameTables, EveryNameRoundTrips) {
+  ExpectNamesRoundTrip<AttentionMode>();
+  ExpectNamesRoundTrip<Placement>();
+  ExpectNamesRoundTrip<SdcMode>();
+  ExpectNamesRoundTrip<VmcMode>();
+  ExpectNamesRoundTrip<EmptyRowPolicy>();
+  ExpectNamesRoundTrip<LookupPolicy>();
+  ExpectNamesRoundTrip<Isa>();
+  ExpectNamesRoundTrip<VbarSource>();
+  ExpectNamesRoundTrip<ThresholdFormat>();
+  ExpectNamesRoundTrip<MissingHeads>();
+}
+
+TEST(EnumNameTables, FileFormatNamesAreTheDocumentedOnes) {
+  EXPECT_EQ(names_list<ThresholdFormat>(), "auto|native|reference");
+  EXPECT_EQ(names_list<MissingHeads>(), "error|dense|keep-empty");
 }

@@ -73,7 +73,7 @@ inline void add_input_options(CLI::App* sub, InputOptions* o) {
   sub->add_option("--placement", o->placement,
                   "authors' files: the placement to assume (default pre); native files: the "
                   "placement the file must have")
-      ->check(CLI::IsMember({"pre", "post"}));
+      ->check(CLI::IsMember(name_map<Placement>()));
   sub->add_option("--layers", o->layers,
                   "expected number of layers (authors' files: the table shape; default: inferred)")
       ->check(CLI::Range(Index(1), kMaxThresholdLayers));
@@ -81,7 +81,7 @@ inline void add_input_options(CLI::App* sub, InputOptions* o) {
                   "expected number of query heads per layer (authors' files: the table shape)")
       ->check(CLI::Range(Index(1), kMaxThresholdHeads));
   sub->add_option("--from", o->from, "input format (default: detected from the content)")
-      ->check(CLI::IsMember({"auto", "native", "reference"}));
+      ->check(CLI::IsMember(name_map<ThresholdFormat>()));
   sub->add_option("--missing-heads", o->missing_heads,
                   "(layer, head) pairs without thresholds that the file does not declare dense: "
                   "'error' (default) or 'dense' (declare them dense: they keep every score)")

@@ -1,6 +1,7 @@
 #pragma once
 /// \file calibrator.hpp
-/// `Calibrator`: streaming threshold calibration (DESIGN.md section 2, "Calibration").
+/// `Calibrator`: streaming threshold calibration (docs/semantics.md §8; the paper's offline
+/// calibration of per-head thresholds, arXiv 2502.08363).
 ///
 /// For every observed row of length L > k_l it takes tau = the (k_l + 1)-th largest value a_j,
 /// for each budget of the calibration (`CalibrationOptions::k_values`: several k from one pass),
@@ -42,8 +43,10 @@ namespace toptheta {
 /// setting) or dense attention (off) for thresholded rows.
 enum class TacMode { kOff, kOn };
 
+/// What a Calibrator calibrates: the model's shape, the budgets k_l, the placement, lambda, row
+/// sampling, TAC, the optional SDC pass and the output forms. `Calibrator::validate()` checks it.
 struct CalibrationOptions {
-  Index num_layers = 0;
+  Index num_layers = 0;                ///< layers of the model (>= 1)
   Index num_heads = 0;                 ///< query heads per layer
   Index default_k = 64;                ///< k_l for layers without an override
   std::vector<Index> layer_k;          ///< optional per-layer k (size num_layers), overrides default_k
@@ -51,6 +54,8 @@ struct CalibrationOptions {
   double lambda = 0.1;                 ///< theta = mean + lambda * std ("sigma" in the paper)
   double sample_fraction = 1.0;        ///< in (0, 1]: fraction of eligible rows used (seeded)
   std::uint64_t seed = 0;              ///< seed of the row sampling
+  /// Top-k at calibration (semantics §8): thresholded rows of a kCalibrate call output exact
+  /// top-k (on) or dense attention (off).
   TacMode tac = TacMode::kOn;
   /// When set, also accumulate C(l, h, L) using the thresholds of this table (a previous pass).
   const ThresholdTable* sdc_thresholds = nullptr;
@@ -69,9 +74,10 @@ struct CalibrationOptions {
 
 /// Per-(k, layer, head, bucket) sample counts of a calibration and the buckets with too few.
 struct CalibrationReport {
-  int buckets_per_octave = 0;
-  std::uint64_t min_bucket_samples = 0;
-  Index num_layers = 0, num_heads = 0;
+  int buckets_per_octave = 0;            ///< CompactFitOptions::buckets_per_octave of the run
+  std::uint64_t min_bucket_samples = 0;  ///< CompactFitOptions::min_bucket_samples of the run
+  Index num_layers = 0;                  ///< layers of the calibration
+  Index num_heads = 0;                   ///< query heads per layer
   std::vector<Index> ks;                        ///< one per table
   /// counts[(t * num_layers + layer) * num_heads + head][bucket]: rows in that bucket.
   std::vector<std::vector<std::uint64_t>> counts;
@@ -104,9 +110,12 @@ struct CalibrationReport {
   }
   /// Samples per bucket, the minimum over (layer, head), for table t: (lo, hi, min, max) rows.
   struct BucketSummary {
-    Index length_lo, length_hi;
-    std::uint64_t min_samples, max_samples;
+    Index length_lo;           ///< smallest row length of the bucket
+    Index length_hi;           ///< largest row length of the bucket
+    std::uint64_t min_samples; ///< fewest rows any (layer, head) got in the bucket
+    std::uint64_t max_samples; ///< most rows any (layer, head) got in the bucket
   };
+  /// One BucketSummary per non-empty length bucket of table `t` (index into `ks`), ascending.
   std::vector<BucketSummary> summary(std::size_t t) const {
     std::vector<BucketSummary> out;
     const std::size_t pairs = std::size_t(num_layers * num_heads);
@@ -131,9 +140,16 @@ struct CalibrationReport {
   }
 };
 
+/// Streaming calibration of Top-θ thresholds (semantics §8): rows are observed through the
+/// kernels' AttentionMode::kCalibrate (or observe_row()), then finalize() / finalize_compact()
+/// build the ThresholdTable(s). Memory is constant per table entry (Welford and bucket sums);
+/// rows are never stored. See the file comment for thread safety.
 class Calibrator {
  public:
+  /// An unusable calibrator (no layers); validate() fails.
   Calibrator() = default;
+  /// A calibrator for `options`; nothing is checked here: call validate() (the kernels do) before
+  /// observing rows.
   explicit Calibrator(CalibrationOptions options) : opts_(std::move(options)) {
     if (!shape_ok()) return;
     const std::size_t pairs = static_cast<std::size_t>(opts_.num_layers * opts_.num_heads);
@@ -249,7 +265,9 @@ class Calibrator {
     return {};
   }
 
+  /// The options the calibrator was built with.
   const CalibrationOptions& options() const { return opts_; }
+  /// The placement whose values are calibrated (CalibrationOptions::placement).
   Placement placement() const { return opts_.placement; }
   /// Budget k_l of a layer; with several budgets (k_values), the smallest.
   Index k(Index layer) const {
@@ -381,6 +399,7 @@ class Calibrator {
   /// Rows that contributed a tau (after sampling), over all layers and heads, for the first
   /// (smallest) budget.
   std::uint64_t rows_used() const { return rows_used_of(0); }
+  /// Rows that contributed a tau for budget number `set` (index into table_ks()).
   std::uint64_t rows_used_of(std::size_t set) const {
     std::uint64_t n = 0;
     for (std::size_t p = 0; p < pair_count(); ++p) n += heads_[set * pair_count() + p].rows_used;

@@ -13,6 +13,24 @@
 #include <cstdio>
 #include <cstdlib>
 
+/// \def TOPTHETA_ASSERT(cond, msg)
+/// Checks a programmer error: when `cond` is false, prints file, line, `cond` and `msg` to stderr
+/// and aborts. Compiled out under NDEBUG unless TOPTHETA_ENABLE_ASSERTS is defined; define it
+/// yourself before the first toptheta include to use your own handler.
+
+/// \def TOPTHETA_HAS_OPENMP
+/// 1 when the translation unit is compiled with OpenMP (`_OPENMP`): the kernels split their
+/// work over `AttentionOptions::threads` threads; 0 otherwise (the calling thread only).
+
+/// \def TOPTHETA_RESTRICT
+/// The compiler's `restrict` qualifier (`__restrict__` on GCC and Clang, nothing elsewhere).
+
+/// \def TOPTHETA_LIKELY(x)
+/// Branch hint: `x` is usually true (`__builtin_expect` on GCC and Clang).
+
+/// \def TOPTHETA_UNLIKELY(x)
+/// Branch hint: `x` is usually false (`__builtin_expect` on GCC and Clang).
+
 #ifndef TOPTHETA_ASSERT
 #if defined(NDEBUG) && !defined(TOPTHETA_ENABLE_ASSERTS)
 #define TOPTHETA_ASSERT(cond, msg) ((void)0)

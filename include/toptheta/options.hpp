@@ -78,57 +78,73 @@ enum class VbarSource {
 /// One (value, name) pair of a name table.
 template <class E>
 struct EnumName {
-  E value;
-  const char* name;
+  E value;           ///< the enumerator
+  const char* name;  ///< its spelling in files, command lines and messages (lower case, '-')
 };
 
 /// Name table of enumeration E: `static constexpr EnumName<E> table[]`.
 template <class E>
 struct EnumNames;
 
+/// Names of AttentionMode: dense, topk, toptheta, calibrate.
 template <>
 struct EnumNames<AttentionMode> {
+  /// The (value, name) pairs, in declaration order.
   static constexpr EnumName<AttentionMode> table[] = {{AttentionMode::kDense, "dense"},
                                                       {AttentionMode::kTopK, "topk"},
                                                       {AttentionMode::kTopTheta, "toptheta"},
                                                       {AttentionMode::kCalibrate, "calibrate"}};
 };
+/// Names of Placement: pre, post.
 template <>
 struct EnumNames<Placement> {
+  /// The (value, name) pairs, in declaration order.
   static constexpr EnumName<Placement> table[] = {{Placement::kPreSoftmax, "pre"},
                                                   {Placement::kPostSoftmax, "post"}};
 };
+/// Names of SdcMode: none, exact, exp-threshold, calibrated.
 template <>
 struct EnumNames<SdcMode> {
+  /// The (value, name) pairs, in declaration order.
   static constexpr EnumName<SdcMode> table[] = {{SdcMode::kNone, "none"},
                                                 {SdcMode::kExact, "exact"},
                                                 {SdcMode::kExpThreshold, "exp-threshold"},
                                                 {SdcMode::kCalibrated, "calibrated"}};
 };
+/// Names of VmcMode: off, on.
 template <>
 struct EnumNames<VmcMode> {
+  /// The (value, name) pairs, in declaration order.
   static constexpr EnumName<VmcMode> table[] = {{VmcMode::kOff, "off"}, {VmcMode::kOn, "on"}};
 };
+/// Names of EmptyRowPolicy: keep-max, mean-v.
 template <>
 struct EnumNames<EmptyRowPolicy> {
+  /// The (value, name) pairs, in declaration order.
   static constexpr EnumName<EmptyRowPolicy> table[] = {{EmptyRowPolicy::kKeepMax, "keep-max"},
                                                        {EmptyRowPolicy::kMeanV, "mean-v"}};
 };
+/// Names of LookupPolicy: nearest, linear.
 template <>
 struct EnumNames<LookupPolicy> {
+  /// The (value, name) pairs, in declaration order.
   static constexpr EnumName<LookupPolicy> table[] = {{LookupPolicy::kNearest, "nearest"},
                                                      {LookupPolicy::kLinear, "linear"}};
 };
+/// Names of Isa: auto, scalar, avx2, avx512, neon (also the values of TOPTHETA_ISA).
 template <>
 struct EnumNames<Isa> {
+  /// The (value, name) pairs, in declaration order.
   static constexpr EnumName<Isa> table[] = {{Isa::kAuto, "auto"},
                                             {Isa::kScalar, "scalar"},
                                             {Isa::kAvx2, "avx2"},
                                             {Isa::kAvx512, "avx512"},
                                             {Isa::kNeon, "neon"}};
 };
+/// Names of VbarSource: running-sum, sum-cache.
 template <>
 struct EnumNames<VbarSource> {
+  /// The (value, name) pairs, in declaration order.
   static constexpr EnumName<VbarSource> table[] = {{VbarSource::kRunningSum, "running-sum"},
                                                    {VbarSource::kSumCache, "sum-cache"}};
 };
@@ -186,18 +202,24 @@ std::map<std::string, E> name_map() {
 /// The defaults describe the plain top-k baseline (pre-softmax, renormalised, no VMC);
 /// `toptheta_options(table)` (attention_args.hpp) returns the recommended Top-θ variant.
 struct AttentionOptions {
+  /// Which keys a thresholded row keeps (semantics §3-§4); kDense ignores every sparsity option.
   AttentionMode mode = AttentionMode::kDense;
   /// Top-k budget for kTopK (the caller passes the layer's k_l). kTopTheta takes k_l from the
   /// threshold table and kCalibrate from the calibrator. A row is thresholded iff L > k_l.
   Index k = 64;
   /// Placement for kTopK and kTopTheta (must match the table's). kCalibrate uses the calibrator's.
   Placement placement = Placement::kPreSoftmax;
-  SdcMode sdc = SdcMode::kNone;    ///< pre-softmax only; ignored for post-softmax placement
-  double sdc_scale = 1.0;          ///< denominator D + sdc_scale * D~ (>= 0)
+  /// Softmax-denominator compensation of thresholded rows (semantics §5); pre-softmax only,
+  /// ignored for post-softmax placement.
+  SdcMode sdc = SdcMode::kNone;
+  double sdc_scale = 1.0;          ///< denominator D + sdc_scale * D~ (>= 0; semantics §5)
+  /// V-mean compensation of thresholded rows (semantics §6); needs the V mean, see `vbar`.
   VmcMode vmc = VmcMode::kOff;
+  /// What a Top-θ row that nothing passes does (semantics §4.3).
   EmptyRowPolicy empty_row = EmptyRowPolicy::kKeepMax;
   Index cap_k = 0;                 ///< 0: no cap; else keep at most cap_k (the most recent)
   const ThresholdTable* thresholds = nullptr;  ///< required by kTopTheta
+  /// How a per-length table gives theta at a length it has no entry for (compact: ignored).
   LookupPolicy lookup = LookupPolicy::kNearest;
   Calibrator* calibrator = nullptr;            ///< required by kCalibrate
   AttentionStats* stats = nullptr;             ///< optional; counts are added

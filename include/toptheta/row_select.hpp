@@ -23,17 +23,17 @@ namespace toptheta {
 template <class Acc>
 struct RowSelectParams {
   AttentionMode mode = AttentionMode::kDense;  ///< kDense, kTopK or kTopTheta (already resolved)
-  Placement placement = Placement::kPreSoftmax;
+  Placement placement = Placement::kPreSoftmax;  ///< domain of theta: s_j or p_j (semantics §2)
   Index k = 0;                                  ///< budget k_l; the row is thresholded iff L > k
   Acc theta = 0;                                ///< Top-θ threshold in the placement's domain
-  EmptyRowPolicy empty_row = EmptyRowPolicy::kKeepMax;
+  EmptyRowPolicy empty_row = EmptyRowPolicy::kKeepMax;  ///< Top-θ rows nothing passes (§4.3)
   Index cap_k = 0;                              ///< 0 = no cap
   /// Optional: the row maximum M and the softmax denominator Z = sum_j exp(s_j - M), when the
   /// caller computed them already (decode does, while the keys stream). Post-softmax Top-θ then
   /// compares scores in the log domain and computes p_j only for the candidates.
   bool have_max_denominator = false;
-  Acc row_max = 0;
-  Acc denominator = 0;
+  Acc row_max = 0;      ///< M = max_j s_j, read when have_max_denominator
+  Acc denominator = 0;  ///< Z = sum_j exp(s_j - M), read when have_max_denominator
 };
 
 /// What the selection decided for a row.
@@ -50,6 +50,7 @@ struct RowSelection {
   /// Post Top-θ: the probabilities are known: `probs[i]` = p of kept[i] (set by the
   /// log-domain path) or `scratch[j]` = p_j for every j (the full path).
   bool probs_in_scratch = false;
+  /// Post Top-θ, log-domain path: `probs[i]` holds p of kept[i] (see probs_in_scratch).
   bool probs_compact = false;
 };
 

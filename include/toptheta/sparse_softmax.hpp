@@ -21,9 +21,9 @@ namespace toptheta {
 /// Compensation parameters of a row.
 template <class Acc>
 struct RowWeightParams {
-  Placement placement = Placement::kPreSoftmax;
-  SdcMode sdc = SdcMode::kNone;
-  Acc sdc_scale = 1;
+  Placement placement = Placement::kPreSoftmax;  ///< post: w_j = p_j, no SDC (semantics §5)
+  SdcMode sdc = SdcMode::kNone;  ///< how D~, the dropped part of the denominator, is estimated
+  Acc sdc_scale = 1;             ///< denominator D + sdc_scale * D~; 0 drops D~
   Acc theta = 0;      ///< threshold in the logit domain for exp-threshold SDC
   Acc sdc_term = 0;   ///< calibrated C(l, h, L)
 };

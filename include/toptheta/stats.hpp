@@ -47,6 +47,8 @@ struct AttentionStats : AttentionCounts {
   /// Per query head: kept elements and total elements; sized by `enable_per_head`, left empty
   /// otherwise.
   std::vector<std::uint64_t> kept_per_head;
+  /// Per query head: the dense attention elements (sum of L), the denominator of that head's
+  /// kept fraction; same size as kept_per_head.
   std::vector<std::uint64_t> total_per_head;
 
   /// Turn on per-head counters for `num_q_heads` heads (allocates once, outside the kernels).
@@ -70,6 +72,7 @@ struct AttentionStats : AttentionCounts {
       }
   }
 
+  /// a / b, or 0 when b is 0 (no calls counted yet).
   static double ratio(std::uint64_t a, std::uint64_t b) { return b ? double(a) / double(b) : 0.0; }
   /// Kept attention elements / dense attention elements.
   double kept_fraction() const { return ratio(elements_kept, elements_total); }

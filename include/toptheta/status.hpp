@@ -8,14 +8,18 @@
 
 namespace toptheta {
 
+/// What went wrong, in the categories of absl::Status / gRPC codes. Every fallible function of
+/// the library documents the codes it returns; `kOk` is success.
 enum class StatusCode {
-  kOk = 0,
+  kOk = 0,           ///< success
+
   kInvalidArgument,  ///< shapes, strides or options that do not fit together
   kOutOfRange,       ///< an index (layer, head, length) outside the table
   kNotFound,         ///< a file or entry that does not exist
   kDataLoss,         ///< malformed / truncated / corrupted data
   kIoError,          ///< the operating system refused a read or write
-  kFailedPrecondition,
+  kFailedPrecondition,  ///< the state does not allow the call: an instruction set the build
+                        ///< or CPU lacks, a table of the other form, heads without thresholds
 };
 
 /// Name of a status code, e.g. "invalid argument".
@@ -35,22 +39,35 @@ inline const char* to_string(StatusCode code) {
 /// Success, or an error code with a human-readable message. Cheap to return when ok.
 class [[nodiscard]] Status {
  public:
+  /// Success (code kOk, empty message).
   Status() = default;
+  /// A status with `code` and a human-readable `message` (which names the argument at fault).
   Status(StatusCode code, std::string message) : code_(code), message_(std::move(message)) {}
 
+  /// Success; the same as `Status()`.
   static Status ok_status() { return Status(); }
+  /// StatusCode::kInvalidArgument with message `m`.
   static Status invalid_argument(std::string m) { return {StatusCode::kInvalidArgument, std::move(m)}; }
+  /// StatusCode::kOutOfRange with message `m`.
   static Status out_of_range(std::string m) { return {StatusCode::kOutOfRange, std::move(m)}; }
+  /// StatusCode::kNotFound with message `m`.
   static Status not_found(std::string m) { return {StatusCode::kNotFound, std::move(m)}; }
+  /// StatusCode::kDataLoss with message `m`.
   static Status data_loss(std::string m) { return {StatusCode::kDataLoss, std::move(m)}; }
+  /// StatusCode::kIoError with message `m`.
   static Status io_error(std::string m) { return {StatusCode::kIoError, std::move(m)}; }
+  /// StatusCode::kFailedPrecondition with message `m`.
   static Status failed_precondition(std::string m) {
     return {StatusCode::kFailedPrecondition, std::move(m)};
   }
 
+  /// True on success (code() == StatusCode::kOk).
   bool ok() const { return code_ == StatusCode::kOk; }
+  /// Same as ok(), so that `if (status)` reads "if it succeeded".
   explicit operator bool() const { return ok(); }
+  /// The error category; kOk on success.
   StatusCode code() const { return code_; }
+  /// The human-readable message; empty on success.
   const std::string& message() const { return message_; }
   /// "invalid argument: <message>" or "ok".
   std::string to_string() const {

@@ -85,8 +85,15 @@ inline void bucket_lengths(int j, int b, Index* lo, Index* hi) {
 
 /// Sums of one bucket: x = ln L - (bucket's lower edge), y = the fitted value; SDC sums.
 struct BucketStats {
-  double n = 0, sx = 0, sy = 0, sxx = 0, sxy = 0, syy = 0;
-  double sdc_n = 0, sdc_sum = 0;
+  double n = 0;    ///< sum of weights w (the row count when every w is 1)
+  double sx = 0;   ///< sum of w x
+  double sy = 0;   ///< sum of w y
+  double sxx = 0;  ///< sum of w x^2
+  double sxy = 0;  ///< sum of w x y
+  double syy = 0;  ///< sum of w y^2
+  double sdc_n = 0;    ///< sum of the weights of the SDC samples
+  double sdc_sum = 0;  ///< sum of w times the dropped mass sum_{j not kept} exp(s_j - M) (§8)
+  /// Adds one row: x = ln L - (bucket's lower edge), y = v(L, tau), weight w.
   void add(double x, double y, double w = 1.0) {
     n += w;
     sx += w * x;
@@ -95,10 +102,12 @@ struct BucketStats {
     sxy += w * x * y;
     syy += w * y * y;
   }
+  /// Adds one row's dropped softmax mass `v` (the offline SDC term's sample, semantics §8).
   void add_sdc(double v, double w = 1.0) {
     sdc_n += w;
     sdc_sum += w * v;
   }
+  /// Adds the sums of `o` (same origin of x).
   void merge(const BucketStats& o) {
     n += o.n; sx += o.sx; sy += o.sy; sxx += o.sxx; sxy += o.sxy; syy += o.syy;
     sdc_n += o.sdc_n; sdc_sum += o.sdc_sum;
@@ -115,9 +124,12 @@ struct BucketStats {
 
 /// One bucket below the minimum sample count (reported, no knot of its own).
 struct SparseBucket {
-  Index k = 0, layer = 0, head = 0;
-  Index length_lo = 0, length_hi = 0;  ///< the bucket's lengths
-  std::uint64_t samples = 0;
+  Index k = 0;      ///< the budget k_l the bucket was calibrated for
+  Index layer = 0;  ///< layer l
+  Index head = 0;   ///< query head h (the model's numbering)
+  Index length_lo = 0;  ///< smallest row length of the bucket
+  Index length_hi = 0;  ///< largest row length of the bucket
+  std::uint64_t samples = 0;  ///< rows observed in the bucket (below min_bucket_samples)
 };
 
 namespace detail {

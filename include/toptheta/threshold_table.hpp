@@ -1,8 +1,9 @@
 #pragma once
 /// \file threshold_table.hpp
 /// `ThresholdTable`: calibrated thresholds theta(layer, query head, row length) with per-layer
-/// budgets k_l, optional SDC terms C(l, h, L) and the metadata that travels with them
-/// (DESIGN.md sections 2 and 7).
+/// budgets k_l, optional SDC terms C(l, h, L) and the metadata that travels with them. What the
+/// kernels do with them: docs/semantics.md §3 (budgets), §4 (a_j > theta), §5 (calibrated SDC);
+/// how the calibrator makes them: §8; the file formats: docs/threshold-format.md.
 ///
 /// Two forms (`ThresholdForm`):
 /// - per-length (format version 1): one entry per calibrated (layer, head, L), sorted by length;
@@ -39,12 +40,15 @@ struct ThresholdEntry {
   double theta = 0.0;          ///< threshold compared with a_j (strict >)
   std::uint64_t samples = 0;   ///< number of calibration rows behind theta
   double sdc = std::numeric_limits<double>::quiet_NaN();  ///< C(l,h,L), NaN when absent
+  /// True when the entry carries an offline SDC term (sdc is not NaN).
   bool has_sdc() const { return !std::isnan(sdc); }
 };
 
 /// Result of a lookup: the threshold and the SDC term (NaN when the table has none).
 struct ThresholdLookup {
+  /// theta in the placement's domain (score or probability); -inf for a head declared dense.
   double theta = 0.0;
+  /// Offline SDC term C(l, h, L) (semantics §5, §8); NaN when the table has none.
   double sdc = std::numeric_limits<double>::quiet_NaN();
 };
 
@@ -53,6 +57,7 @@ enum class ThresholdForm {
   kPerLength,  ///< one entry per calibrated length (native format version 1, authors' format)
   kCompact,    ///< one ThresholdCurve per (layer, head) (native format version 2)
 };
+/// "per-length" or "compact" (as `toptheta-thresholds info` prints it).
 inline const char* to_string(ThresholdForm f) {
   return f == ThresholdForm::kPerLength ? "per-length" : "compact";
 }
@@ -63,6 +68,7 @@ struct CurveKnot {
   double value = 0.0;         ///< pre-softmax: theta; post-softmax: L * theta (> 0)
   std::uint64_t samples = 0;  ///< calibration rows behind the knot (its own bucket)
   double sdc = std::numeric_limits<double>::quiet_NaN();  ///< C(l,h,L) at the knot, NaN if absent
+  /// True when the knot carries an offline SDC term (sdc is not NaN).
   bool has_sdc() const { return !std::isnan(sdc); }
 };
 
@@ -79,11 +85,13 @@ struct ThresholdCurve {
   std::vector<CurveKnot> knots;  ///< ascending, distinct lengths
   double slope_below = 0.0;      ///< d g(v) / d ln L below the first knot
   double slope_above = 0.0;      ///< d g(v) / d ln L past the last knot
+  /// True without knots: the pair has no thresholds (or is declared dense).
   bool empty() const { return knots.empty(); }
 };
 
-/// Metadata stored with a table (DESIGN.md section 7).
+/// Metadata stored with a table and written to its file (docs/threshold-format.md).
 struct ThresholdMetadata {
+  /// Domain the thresholds were calibrated in (semantics §2); a call's options must match it.
   Placement placement = Placement::kPreSoftmax;
   double lambda = 0.0;                   ///< theta = mean + lambda * std
   std::uint64_t calibration_rows = 0;    ///< rows observed in total
@@ -168,8 +176,14 @@ class HeadListText {
 
 }  // namespace detail
 
+/// Calibrated thresholds of one model: theta(l, h, L) for `num_layers()` layers x `num_heads()`
+/// query heads, the budget k_l of each layer, optional SDC terms and metadata (see the file
+/// comment for the two forms and the completeness rule). Built by `Calibrator::finalize()` or
+/// loaded with `load_thresholds()` (io/threshold_file.hpp); read by the kernels through
+/// `lookup()`. Copyable value type; lookups are const and thread-safe.
 class ThresholdTable {
  public:
+  /// An empty table of shape (0 x 0); it never validates.
   ThresholdTable() = default;
   /// A table for `num_layers` layers and `num_heads` query heads per layer, every layer with
   /// budget `default_k`.
@@ -189,7 +203,9 @@ class ThresholdTable {
     return t;
   }
 
+  /// Per-length entries or compact curves (fixed at construction).
   ThresholdForm form() const { return form_; }
+  /// True for ThresholdForm::kCompact.
   bool is_compact() const { return form_ == ThresholdForm::kCompact; }
 
   /// The smallest budget over the layers: the k a ThresholdSet files this table under.
@@ -199,11 +215,16 @@ class ThresholdTable {
     return k;
   }
 
+  /// Number of layers of the table.
   Index num_layers() const { return num_layers_; }
+  /// Number of query heads per layer (the model's, not a shard's).
   Index num_heads() const { return num_heads_; }
 
+  /// Metadata (placement, lambda, model id, ...), writable.
   ThresholdMetadata& metadata() { return metadata_; }
+  /// Metadata (placement, lambda, model id, ...).
   const ThresholdMetadata& metadata() const { return metadata_; }
+  /// The placement the thresholds were calibrated for (metadata().placement).
   Placement placement() const { return metadata_.placement; }
 
   /// Budget k_l of a layer.
@@ -211,7 +232,10 @@ class ThresholdTable {
     TOPTHETA_ASSERT(layer >= 0 && layer < num_layers_, "layer out of range");
     return layer_k_[static_cast<std::size_t>(layer)];
   }
+  /// Budgets k_l of all layers, indexed by layer.
   const std::vector<Index>& layer_k() const { return layer_k_; }
+  /// Sets the budget k_l of `layer`. Errors: kOutOfRange for a layer outside the table,
+  /// kInvalidArgument for k < 1.
   Status set_k(Index layer, Index k) {
     if (layer < 0 || layer >= num_layers_)
       return Status::out_of_range("layer " + std::to_string(layer) + " not in [0, " +
@@ -340,6 +364,7 @@ class ThresholdTable {
     for (std::size_t s = 0; s < entries_.size(); ++s) n += data_count(s);
     return n;
   }
+  /// True when the table has no entries (knots) at all.
   bool empty() const { return size() == 0; }
   /// True when every entry (knot) carries an SDC term.
   bool has_sdc() const {
@@ -352,7 +377,8 @@ class ThresholdTable {
     return !empty();
   }
 
-  /// theta and SDC term for a row of length `length` (DESIGN.md section 2, "Lookup").
+  /// theta and SDC term for a row of length `length` (semantics §4.2 uses it for Top-θ, §5 for
+  /// calibrated SDC).
   /// kNearest: nearest calibrated length, ties to the smaller, clamped to the calibrated range.
   /// kLinear: linear interpolation between the two neighbours, clamped outside the range.
   /// A (layer, head) without entries yields theta = -inf (keeps everything): that is how a pair
@@ -578,9 +604,13 @@ class ThresholdTable {
 /// user picks k at load time (LoadOptions::k).
 class ThresholdSet {
  public:
+  /// The tables, sorted by ascending nominal_k().
   const std::vector<ThresholdTable>& tables() const { return tables_; }
+  /// The tables, writable (keep them sorted by k and of one shape; add() checks that).
   std::vector<ThresholdTable>& tables() { return tables_; }
+  /// True when the set holds no table.
   bool empty() const { return tables_.empty(); }
+  /// Number of tables (budgets).
   std::size_t size() const { return tables_.size(); }
   /// The budgets, ascending.
   std::vector<Index> ks() const {
@@ -588,6 +618,7 @@ class ThresholdSet {
     for (const auto& t : tables_) v.push_back(t.nominal_k());
     return v;
   }
+  /// The budgets as text, e.g. "16, 32, 64" (for messages).
   std::string ks_text() const {
     std::string s;
     for (Index k : ks()) s += (s.empty() ? "" : ", ") + std::to_string(k);

@@ -13,8 +13,8 @@ namespace toptheta {
 
 /// Non-owning byte buffer handed to a kernel. Any alignment; the kernels align internally.
 struct Workspace {
-  std::byte* data = nullptr;
-  std::size_t bytes = 0;
+  std::byte* data = nullptr;  ///< first byte of the buffer (null: no workspace)
+  std::size_t bytes = 0;      ///< size of the buffer in bytes
 };
 
 namespace detail {

@@ -18,6 +18,9 @@
 #include <string_view>
 #include <vector>
 
+/// \def TOPTHETA_IO_POSIX
+/// 1 on POSIX systems (Linux, macOS): saves fsync the file and its directory and rename it over
+/// the target with rename(2); 0 elsewhere (std::rename, no fsync).
 #if defined(__unix__) || defined(__APPLE__)
 #include <fcntl.h>
 #include <sys/stat.h>

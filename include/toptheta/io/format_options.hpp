@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../options.hpp"
@@ -23,22 +24,15 @@ enum class ThresholdFormat {
   kReference,  ///< the authors' th.txt (+ optional sdc.txt) of `kostyanoob/top-theta-attention`
 };
 
-inline const char* to_string(ThresholdFormat f) {
-  switch (f) {
-    case ThresholdFormat::kAuto: return "auto";
-    case ThresholdFormat::kNative: return "native";
-    case ThresholdFormat::kReference: return "reference";
-  }
-  return "?";
-}
-/// Parses "auto", "native", "reference"; false on an unknown name.
-inline bool parse(const std::string& s, ThresholdFormat& out) {
-  if (s == "auto") out = ThresholdFormat::kAuto;
-  else if (s == "native") out = ThresholdFormat::kNative;
-  else if (s == "reference") out = ThresholdFormat::kReference;
-  else return false;
-  return true;
-}
+/// Names of ThresholdFormat: auto, native, reference (`to_string`, `parse` and the `--from` /
+/// `--to` options of toptheta-thresholds use them).
+template <>
+struct EnumNames<ThresholdFormat> {
+  /// The (value, name) pairs, in declaration order.
+  static constexpr EnumName<ThresholdFormat> table[] = {{ThresholdFormat::kAuto, "auto"},
+                                                        {ThresholdFormat::kNative, "native"},
+                                                        {ThresholdFormat::kReference, "reference"}};
+};
 
 /// What a loader does with (layer, head) pairs that have no entries and are not declared dense.
 enum class MissingHeads {
@@ -48,22 +42,14 @@ enum class MissingHeads {
                ///< the kernels' check_layer(), and the writers refuse it
 };
 
-inline const char* to_string(MissingHeads m) {
-  switch (m) {
-    case MissingHeads::kError: return "error";
-    case MissingHeads::kDense: return "dense";
-    case MissingHeads::kKeepEmpty: return "keep-empty";
-  }
-  return "?";
-}
-/// Parses "error", "dense", "keep-empty"; false on an unknown name.
-inline bool parse(const std::string& s, MissingHeads& out) {
-  if (s == "error") out = MissingHeads::kError;
-  else if (s == "dense") out = MissingHeads::kDense;
-  else if (s == "keep-empty") out = MissingHeads::kKeepEmpty;
-  else return false;
-  return true;
-}
+/// Names of MissingHeads: error, dense, keep-empty.
+template <>
+struct EnumNames<MissingHeads> {
+  /// The (value, name) pairs, in declaration order.
+  static constexpr EnumName<MissingHeads> table[] = {{MissingHeads::kError, "error"},
+                                                     {MissingHeads::kDense, "dense"},
+                                                     {MissingHeads::kKeepEmpty, "keep-empty"}};
+};
 
 /// What a loader checks, and what it assumes for the authors' format (which carries no metadata).
 struct LoadOptions {
@@ -74,6 +60,7 @@ struct LoadOptions {
   /// Authors' format: the table's shape (indices beyond are errors); 0 = infer from the largest
   /// layer / head index in the file.
   Index expected_layers = 0;
+  /// Query heads per layer, as `expected_layers` for layers (0 = don't check / infer).
   Index expected_heads = 0;
   /// kAuto detects the format from the content.
   ThresholdFormat format = ThresholdFormat::kAuto;
@@ -217,6 +204,16 @@ class EntryCollector {
   };
   std::vector<Slot> slots_;
 };
+
+/// A file with one table loaded as a set: `t` validated into `*out` (kept as it is, incomplete,
+/// under MissingHeads::kKeepEmpty, for inspection).
+inline Status single_table_set(ThresholdTable t, const LoadOptions& opts, ThresholdSet* out) {
+  ThresholdSet set;
+  if (opts.missing_heads == MissingHeads::kKeepEmpty) set.tables().push_back(std::move(t));
+  else TOPTHETA_RETURN_IF_ERROR(set.add(std::move(t)));
+  *out = std::move(set);
+  return {};
+}
 
 }  // namespace detail
 }  // namespace toptheta

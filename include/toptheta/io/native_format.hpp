@@ -44,7 +44,7 @@
 namespace toptheta {
 
 /// First word of a native threshold file.
-inline constexpr const char* kNativeThresholdMagic = "toptheta-thresholds";
+inline constexpr const char* kNativeThresholdMagic = detail::kNativeMagicV2;
 /// The newest native format version this library writes and reads (2: compact curves).
 inline constexpr int kNativeThresholdVersion = 2;
 /// The version of per-length tables (still written for them, and read).
@@ -60,13 +60,7 @@ inline Status format_native_thresholds(const ThresholdTable& table, std::string*
     return detail::format_native_v2(set, out);
   }
   const ThresholdMetadata& md = table.metadata();
-  const std::pair<const char*, const std::string*> texts[] = {{"model", &md.model_id},
-                                                              {"notes", &md.notes}};
-  for (const auto& kv : texts) {
-    const std::string problem = detail::check_line_bytes(std::string(kv.first) + " " + *kv.second);
-    if (!problem.empty())
-      return Status::invalid_argument(std::string(kv.first) + " text cannot be written: " + problem);
-  }
+  TOPTHETA_RETURN_IF_ERROR(detail::check_metadata_texts(md));
   std::string s;
   s.reserve(256 + table.size() * 40);
   s += kNativeThresholdMagic;
@@ -81,19 +75,8 @@ inline Status format_native_thresholds(const ThresholdTable& table, std::string*
   s += "\nlambda ";
   detail::append_double(&s, md.lambda);
   s += "\ncalibration_rows " + std::to_string(md.calibration_rows) + "\n";
-  if (!md.model_id.empty()) s += "model " + md.model_id + "\n";
-  if (!md.notes.empty()) s += "notes " + md.notes + "\n";
-  for (Index l = 0; l < table.num_layers(); ++l) {
-    std::string heads;
-    for (Index h = 0; h < table.num_heads(); ++h) {
-      if (!table.is_dense(l, h) || (h > 0 && table.is_dense(l, h - 1))) continue;
-      Index last = h;
-      while (last + 1 < table.num_heads() && table.is_dense(l, last + 1)) ++last;
-      heads += " " + std::to_string(h);
-      if (last > h) heads += "-" + std::to_string(last);
-    }
-    if (!heads.empty()) s += "dense_heads " + std::to_string(l) + heads + "\n";
-  }
+  detail::append_metadata_texts(&s, md);
+  detail::append_dense_heads(&s, table);
   s += "entries " + std::to_string(table.size()) + "\n";
   s += "# layer head length theta samples [sdc]\n";
   for (Index l = 0; l < table.num_layers(); ++l)
@@ -240,23 +223,13 @@ inline Status parse_native_thresholds(std::string_view text, const std::string& 
     key_line[k] = ln;
     const std::string kname = key_names[k];
     if (k == kModel || k == kNotes) {
-      // The value is the rest of the line after the key and one blank, verbatim.
-      std::size_t p = 0;
-      while (p < line.size() && detail::is_blank(line[p])) ++p;
-      p += key.size();
-      if (p < line.size()) ++p;
-      (k == kModel ? model : notes) = std::string(line.substr(p));
+      (k == kModel ? model : notes) = detail::free_text_value(line, key.size());
       continue;
     }
     if (k != kK && f.size() != 2) return bad(ln, "'" + kname + "' takes exactly one value");
     if (k == kPlacement) {
-      if (!parse(std::string(f[1]), placement))
-        return bad(ln, "unknown placement " + quote_token(f[1]) + " (expected pre or post)");
-      if (opts.expected_placement && *opts.expected_placement != placement)
-        return fail(StatusCode::kInvalidArgument, ln,
-                    std::string("placement '") + to_string(placement) +
-                        "' contradicts the expected placement '" +
-                        to_string(*opts.expected_placement) + "'");
+      const Status e = detail::parse_placement_value(f[1], opts, &placement);
+      if (!e.ok()) return fail(e.code(), ln, e.message());
     } else if (k == kLayers || k == kHeads) {
       const Index limit = k == kLayers ? kMaxThresholdLayers : kMaxThresholdHeads;
       std::uint64_t v = 0;
@@ -437,11 +410,7 @@ inline Status parse_native_threshold_set(std::string_view text, const std::strin
   o.k = 0;
   ThresholdTable t;
   TOPTHETA_RETURN_IF_ERROR(parse_native_thresholds(text, name, &t, o));
-  ThresholdSet set;
-  if (opts.missing_heads == MissingHeads::kKeepEmpty) set.tables().push_back(std::move(t));
-  else TOPTHETA_RETURN_IF_ERROR(set.add(std::move(t)));
-  *out = std::move(set);
-  return {};
+  return detail::single_table_set(std::move(t), opts, out);
 }
 
 }  // namespace toptheta

@@ -44,7 +44,68 @@
 namespace toptheta {
 namespace detail {
 
+/// First word of a native threshold file, both versions (public: kNativeThresholdMagic).
 inline constexpr const char* kNativeMagicV2 = "toptheta-thresholds";
+
+// Reader and writer pieces shared by versions 1 (native_format.hpp) and 2.
+
+/// The value of a free-text line ('model', 'notes'): the rest of `line` after its key and one
+/// blank, verbatim.
+inline std::string free_text_value(std::string_view line, std::size_t key_size) {
+  std::size_t p = 0;
+  while (p < line.size() && is_blank(line[p])) ++p;
+  p += key_size;
+  if (p < line.size()) ++p;
+  return std::string(line.substr(p));
+}
+
+/// Parses the value of a 'placement' line into `*out`. Errors, without file and line:
+/// kDataLoss for an unknown name, kInvalidArgument when it contradicts opts.expected_placement.
+inline Status parse_placement_value(std::string_view tok, const LoadOptions& opts,
+                                    Placement* out) {
+  if (!parse(tok, *out))
+    return Status::data_loss("unknown placement " + quote_token(tok) + " (expected " +
+                             names_list<Placement>(" or ") + ")");
+  if (opts.expected_placement && *opts.expected_placement != *out)
+    return Status::invalid_argument(std::string("placement '") + to_string(*out) +
+                                    "' contradicts the expected placement '" +
+                                    to_string(*opts.expected_placement) + "'");
+  return {};
+}
+
+/// Checks that the metadata's free texts (model, notes) fit one line of the format.
+inline Status check_metadata_texts(const ThresholdMetadata& md) {
+  const std::pair<const char*, const std::string*> texts[] = {{"model", &md.model_id},
+                                                              {"notes", &md.notes}};
+  for (const auto& kv : texts) {
+    const std::string problem = check_line_bytes(std::string(kv.first) + " " + *kv.second);
+    if (!problem.empty())
+      return Status::invalid_argument(std::string(kv.first) + " text cannot be written: " + problem);
+  }
+  return {};
+}
+
+/// Appends the optional 'model' and 'notes' lines.
+inline void append_metadata_texts(std::string* s, const ThresholdMetadata& md) {
+  if (!md.model_id.empty()) *s += "model " + md.model_id + "\n";
+  if (!md.notes.empty()) *s += "notes " + md.notes + "\n";
+}
+
+/// Appends one 'dense_heads <layer> <head>|<first>-<last> ...' line per layer of `t` that has
+/// heads declared dense.
+inline void append_dense_heads(std::string* s, const ThresholdTable& t) {
+  for (Index l = 0; l < t.num_layers(); ++l) {
+    std::string heads;
+    for (Index h = 0; h < t.num_heads(); ++h) {
+      if (!t.is_dense(l, h) || (h > 0 && t.is_dense(l, h - 1))) continue;
+      Index last = h;
+      while (last + 1 < t.num_heads() && t.is_dense(l, last + 1)) ++last;
+      heads += " " + std::to_string(h);
+      if (last > h) heads += "-" + std::to_string(last);
+    }
+    if (!heads.empty()) *s += "dense_heads " + std::to_string(l) + heads + "\n";
+  }
+}
 
 /// Serialises a set of compact tables (version 2). Every table must be compact, valid and
 /// writable; they share shape, placement, lambda, model and notes (the first table's).
@@ -59,13 +120,7 @@ inline Status format_native_v2(const ThresholdSet& set, std::string* out) {
   }
   const ThresholdTable& first = set.tables().front();
   const ThresholdMetadata& md = first.metadata();
-  const std::pair<const char*, const std::string*> texts[] = {{"model", &md.model_id},
-                                                              {"notes", &md.notes}};
-  for (const auto& kv : texts) {
-    const std::string problem = check_line_bytes(std::string(kv.first) + " " + *kv.second);
-    if (!problem.empty())
-      return Status::invalid_argument(std::string(kv.first) + " text cannot be written: " + problem);
-  }
+  TOPTHETA_RETURN_IF_ERROR(check_metadata_texts(md));
   std::string s;
   s += kNativeMagicV2;
   s += " 2\n# Top-theta attention thresholds, compact curves; format: docs/threshold-format.md\n";
@@ -76,25 +131,14 @@ inline Status format_native_v2(const ThresholdSet& set, std::string* out) {
   s += "\nlambda ";
   append_double(&s, md.lambda);
   s += "\n";
-  if (!md.model_id.empty()) s += "model " + md.model_id + "\n";
-  if (!md.notes.empty()) s += "notes " + md.notes + "\n";
+  append_metadata_texts(&s, md);
   s += "buckets_per_octave " + std::to_string(md.buckets_per_octave) + "\n";
   s += "tables " + std::to_string(set.size()) + "\n";
   for (const ThresholdTable& t : set.tables()) {
     s += "table " + std::to_string(t.nominal_k()) + "\nk";
     for (Index l = 0; l < t.num_layers(); ++l) s += " " + std::to_string(t.k(l));
     s += "\ncalibration_rows " + std::to_string(t.metadata().calibration_rows) + "\n";
-    for (Index l = 0; l < t.num_layers(); ++l) {
-      std::string heads;
-      for (Index h = 0; h < t.num_heads(); ++h) {
-        if (!t.is_dense(l, h) || (h > 0 && t.is_dense(l, h - 1))) continue;
-        Index last = h;
-        while (last + 1 < t.num_heads() && t.is_dense(l, last + 1)) ++last;
-        heads += " " + std::to_string(h);
-        if (last > h) heads += "-" + std::to_string(last);
-      }
-      if (!heads.empty()) s += "dense_heads " + std::to_string(l) + heads + "\n";
-    }
+    append_dense_heads(&s, t);
     const bool sdc = t.has_sdc();
     s += sdc ? "sdc on\n" : "sdc off\n";
     std::size_t curves = 0;
@@ -199,22 +243,13 @@ inline Status parse_native_v2(std::string_view text, const std::string& name, Th
     if (seen[key]) return bad(ln, "duplicate header key '" + std::string(keys[key]) + "'");
     seen[key] = true;
     if (key == 4 || key == 5) {
-      std::size_t p = 0;
-      while (p < line.size() && is_blank(line[p])) ++p;
-      p += f[0].size();
-      if (p < line.size()) ++p;
-      (key == 4 ? model : notes) = std::string(line.substr(p));
+      (key == 4 ? model : notes) = free_text_value(line, f[0].size());
       continue;
     }
     if (f.size() != 2) return bad(ln, "'" + std::string(keys[key]) + "' takes exactly one value");
     if (key == 0) {
-      if (!parse(std::string(f[1]), placement))
-        return bad(ln, "unknown placement " + quote_token(f[1]) + " (expected pre or post)");
-      if (opts.expected_placement && *opts.expected_placement != placement)
-        return fail(StatusCode::kInvalidArgument, ln,
-                    std::string("placement '") + to_string(placement) +
-                        "' contradicts the expected placement '" +
-                        to_string(*opts.expected_placement) + "'");
+      const Status e = parse_placement_value(f[1], opts, &placement);
+      if (!e.ok()) return fail(e.code(), ln, e.message());
     } else if (key == 1 || key == 2) {
       std::uint64_t& v = key == 1 ? layers : heads;
       const Index limit = key == 1 ? kMaxThresholdLayers : kMaxThresholdHeads;

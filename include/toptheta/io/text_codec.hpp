@@ -28,6 +28,10 @@
 #include "../status.hpp"
 #include "../types.hpp"
 
+/// \def TOPTHETA_IO_HAS_CHARCONV
+/// 1 when the standard library has the floating-point std::from_chars / std::to_chars; 0
+/// otherwise, or when TOPTHETA_IO_NO_CHARCONV is defined: numbers then go through strtod /
+/// snprintf with the locale's decimal point swapped for '.' (same results, slower).
 #if defined(__cpp_lib_to_chars) && __cpp_lib_to_chars >= 201611L && \
     !defined(TOPTHETA_IO_NO_CHARCONV)
 #define TOPTHETA_IO_HAS_CHARCONV 1

@@ -1,7 +1,7 @@
 #pragma once
 /// \file io/threshold_file.hpp
-/// Loading and saving `ThresholdTable`s (DESIGN.md section 7; the formats are specified in
-/// docs/threshold-format.md):
+/// Loading and saving `ThresholdTable`s, the artefact shipped next to the model weights (the
+/// formats are specified in docs/threshold-format.md):
 /// - the native, versioned text format with metadata (io/native_format.hpp);
 /// - the authors' `th.txt` / `sdc.txt` of `kostyanoob/top-theta-attention` (io/reference_format.hpp).
 ///
@@ -158,11 +158,7 @@ inline Status load_threshold_set(const std::string& path, ThresholdSet* out,
   o.k = 0;
   ThresholdTable t;
   TOPTHETA_RETURN_IF_ERROR(load_thresholds(path, &t, o));
-  ThresholdSet set;
-  if (opts.missing_heads == MissingHeads::kKeepEmpty) set.tables().push_back(std::move(t));
-  else TOPTHETA_RETURN_IF_ERROR(set.add(std::move(t)));
-  *out = std::move(set);
-  return {};
+  return detail::single_table_set(std::move(t), opts, out);
 }
 
 /// Saves a set atomically in the native format (format_native_threshold_set()).

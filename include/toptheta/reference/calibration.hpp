@@ -1,7 +1,6 @@
 #pragma once
 /// \file reference/calibration.hpp
-/// Deliberately naive double-precision calibration oracle (DESIGN.md section 2, "Calibration";
-/// docs/semantics.md "Calibration mode"). Test-only: not included by the umbrella header.
+/// Deliberately naive double-precision calibration oracle (docs/semantics.md §8, "Calibration"). Test-only: not included by the umbrella header.
 ///
 /// Unlike the streaming `toptheta::Calibrator`, this stores every tau (and every per-row SDC
 /// term) in a map of vectors keyed by (layer, head, L), and computes
