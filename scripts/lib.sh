@@ -37,6 +37,15 @@ TOPTHETA_DEB_DOCS_PACKAGES=(
   doxygen
 )
 
+# Optional packages for the AArch64 cross build run under emulation (the `aarch64` preset, step 8
+# of scripts/test.sh): the cross compiler, qemu-user, and GoogleTest's sources to build for it.
+# shellcheck disable=SC2034  # used by scripts/test.sh and scripts/test_aarch64.sh
+TOPTHETA_DEB_AARCH64_PACKAGES=(
+  g++-aarch64-linux-gnu
+  qemu-user
+  googletest
+)
+
 # Directory of the model files that scripts/demo.sh, demo_llama2c.sh and results.sh read
 # (llama2.c checkpoints, tokenizers, token files; none is part of the repository): $MODELS when
 # set, otherwise this default, a folder beside the checkout (where the project's machines keep

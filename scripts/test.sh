@@ -11,11 +11,15 @@
 #      Archer tool; skipped with a note when clang or libomp-14-dev is missing);
 #   6. scripts/fuzz.sh, when it exists;
 #   7. `docs`: the Doxygen API reference with warnings as errors (scripts/docs.sh --werror);
-#      skipped with a note when doxygen is missing (it is attempted but optional).
+#      skipped with a note when doxygen is missing (it is attempted but optional);
+#   8. `aarch64` preset: the kernel tests cross-compiled for AArch64 (NEON path) and run under
+#      qemu-user (scripts/test_aarch64.sh); skipped with a note when the cross compiler or qemu
+#      cannot be installed.
 # Prints a summary and exits non-zero if any step failed (later steps still run).
 #
 # Environment:
-#   TOPTHETA_SKIP_DEV=1   skip step 3 (the sanitizer build) when iterating locally. CI never sets it.
+#   TOPTHETA_SKIP_DEV=1      skip step 3 (the sanitizer build) when iterating locally. CI never sets it.
+#   TOPTHETA_SKIP_AARCH64=1  skip step 8 (several minutes of emulation) when iterating locally.
 # Usage: ./scripts/test.sh
 set -euo pipefail
 
@@ -64,6 +68,10 @@ toptheta_try_install_packages "${TOPTHETA_DEB_FUZZ_PACKAGES[@]}" ||
   toptheta_warn "fuzzing packages unavailable; scripts/fuzz.sh may skip or fail"
 toptheta_try_install_packages "${TOPTHETA_DEB_DOCS_PACKAGES[@]}" ||
   toptheta_warn "doxygen unavailable; the docs step will be skipped"
+if [[ ${TOPTHETA_SKIP_AARCH64:-0} != 1 ]]; then
+  toptheta_try_install_packages "${TOPTHETA_DEB_AARCH64_PACKAGES[@]}" ||
+    toptheta_warn "AArch64 cross packages unavailable; the aarch64 step will be skipped"
+fi
 
 run_preset release || true
 
@@ -95,6 +103,15 @@ if command -v doxygen >/dev/null 2>&1; then
   step "docs (Doxygen, warnings as errors)" bash scripts/docs.sh --werror || true
 else
   skip "docs: needs doxygen (Debian package doxygen)"
+fi
+
+if [[ ${TOPTHETA_SKIP_AARCH64:-0} == 1 ]]; then
+  skip "aarch64: TOPTHETA_SKIP_AARCH64=1"
+elif command -v aarch64-linux-gnu-g++ >/dev/null 2>&1 && command -v qemu-aarch64 >/dev/null 2>&1 &&
+  [[ -d /usr/src/googletest ]]; then
+  run_preset aarch64 || true
+else
+  skip "aarch64: needs g++-aarch64-linux-gnu, qemu-user and googletest (Debian packages)"
 fi
 
 echo

@@ -38,8 +38,10 @@ class RunningVSum {
                 "BlockQ8_0 (other element types, e.g. integers, are not supported)");
 
  public:
-  using Acc = acc_t<T>;
+  using Acc = acc_t<T>;  ///< type of the sums: float (double for a double cache)
   RunningVSum() = default;
+  /// An empty (all-zero) sum for `num_kv_heads` KV heads of `head_dim` values (negative sizes
+  /// count as 0).
   RunningVSum(Index num_kv_heads, Index head_dim)
       : heads_(std::max<Index>(num_kv_heads, 0)),
         dim_(std::max<Index>(head_dim, 0)),
@@ -50,6 +52,7 @@ class RunningVSum {
   Status add(HeadsView<const T> rows) { return update(rows, Acc(1)); }
   /// Subtracts rows that were added before (a truncated or rolled-back cache).
   Status remove(HeadsView<const T> rows) { return update(rows, Acc(-1)); }
+  /// Back to the empty sum (zero rows).
   void reset() {
     std::fill(sum_.begin(), sum_.end(), Acc(0));
     rows_ = 0;
@@ -57,10 +60,13 @@ class RunningVSum {
 
   /// (Hkv, d) sums, row stride stride(): what AttentionArgs::v_sum takes.
   const Acc* data() const { return sum_.data(); }
+  /// Items between the KV heads' rows of data(): head_dim (AttentionArgs::v_sum_stride).
   Index stride() const { return dim_; }
   /// Number of rows in the sum (added minus removed).
   Index rows() const { return rows_; }
+  /// KV heads Hkv of the sum.
   Index num_kv_heads() const { return heads_; }
+  /// Values per row (head_dim d).
   Index head_dim() const { return dim_; }
 
  private:
@@ -92,16 +98,18 @@ class RunningVSum {
   std::vector<Acc> sum_;
 };
 
+/// Layout of KvCache's buffers.
 enum class KvLayout {
   kTokenMajor,  ///< [token][kv_head][dim]
   kHeadMajor,   ///< [kv_head][capacity][dim]
 };
 
+/// Shape of a KvCache.
 struct KvCacheOptions {
-  Index num_kv_heads = 0;
-  Index head_dim = 0;
+  Index num_kv_heads = 0;  ///< Hkv
+  Index head_dim = 0;      ///< d, in values (a multiple of 32 for q8_0)
   Index capacity = 0;  ///< maximum number of tokens
-  KvLayout layout = KvLayout::kTokenMajor;
+  KvLayout layout = KvLayout::kTokenMajor;  ///< token-major (llama.cpp) or head-major
 };
 
 /// A small owning KV cache for one layer, token-major `[token][kv_head][dim]` (llama.cpp) or
@@ -126,7 +134,7 @@ class KvCache {
                 "BlockQ8_0 (other element types, e.g. integers, are not supported)");
 
  public:
-  using Acc = acc_t<T>;
+  using Acc = acc_t<T>;  ///< type of the running V sum
 
   /// Ok when a cache of storage T can hold these options: sizes >= 0 and, for q8_0, head_dim a
   /// multiple of 32. The message names the option and the storage type.
@@ -145,6 +153,8 @@ class KvCache {
   }
 
   KvCache() = default;
+  /// A cache for `o` (allocates capacity x Hkv x d of K and of V). Invalid options leave it
+  /// empty with status() saying why.
   explicit KvCache(const KvCacheOptions& o) : o_(o), status_(validate(o)) {
     if (!status_.ok()) return;
     k_.resize(std::size_t(o.capacity * o.num_kv_heads * row_items()));
@@ -152,10 +162,13 @@ class KvCache {
     sum_ = RunningVSum<T>(o.num_kv_heads, o.head_dim);
   }
 
+  /// The options the cache was made with.
   const KvCacheOptions& options() const { return o_; }
   /// Why the options were rejected (ok when they were not): what every append returns then.
   const Status& status() const { return status_; }
+  /// Tokens held.
   Index size() const { return size_; }
+  /// Tokens the cache can hold (0 when the options were rejected).
   Index capacity() const { return status_.ok() ? o_.capacity : 0; }
 
   /// Appends `k_rows.tokens` tokens (views of shape (n, Hkv, d), any strides) of the cache's
@@ -186,6 +199,7 @@ class KvCache {
     size_ = new_size;
     return {};
   }
+  /// Drops every token and zeroes the running sum.
   void clear() {
     size_ = pending_ = 0;
     sum_.reset();
@@ -193,6 +207,7 @@ class KvCache {
 
   /// (size, Hkv, d) views over the valid tokens (strides in items of T: blocks for q8_0).
   HeadsView<const T> keys() const { return view(k_); }
+  /// The V rows, like keys().
   HeadsView<const T> values() const { return view(v_); }
   /// (Hkv, d) running sums of the V rows before the last append (rows 0..size-pending-1), as
   /// stored (rounded / dequantised), row stride head_dim: `AttentionArgs::v_sum` for a call
