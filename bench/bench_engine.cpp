@@ -1,5 +1,5 @@
 /// \file bench_engine.cpp
-/// Benchmarks of the engine interfaces (issue 13): batched ragged decode, paged KV caches and
+/// Benchmarks of the engine interfaces: batched ragged decode, paged KV caches and
 /// q8_0 caches, all with f32 queries (AttentionArgs<T, float>, as llama.cpp keeps them),
 /// d = 128, Hq = 32, Hkv = 8, token-major caches.
 ///

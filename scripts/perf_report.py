@@ -2,7 +2,7 @@
 """Run toptheta-bench and write docs/performance.md: the targets table (required / measured /
 worst configuration / PASS-MISS), the Top-θ variants, GB/s against the read-bandwidth floor,
 prefill GFLOP/s against the FMA probe, the engine interfaces (batched ragged decode, paged and
-q8_0 caches: issue 13's targets), head dims, SIMD paths, the portable binary against the native
+q8_0 caches), head dims, SIMD paths, the portable binary against the native
 one, thread scaling, bit-identity, and the speed-up plot (docs/img/speedup_vs_L.png).
 
 Python 3 standard library only; the plot is drawn by gnuplot (Debian: gnuplot-nox) when it is
@@ -363,10 +363,10 @@ def compute_targets(D: Data):
 
 
 # --------------------------------------------------------------------------------------------
-# Engine interfaces (issue 13): batched ragged decode, paged caches, q8_0 caches
+# Engine interfaces: batched ragged decode, paged caches, q8_0 caches
 # --------------------------------------------------------------------------------------------
 ENGINE_MODES = ("dense",) + TOPTHETA_MODES
-BATCH_LMAX = 32768           # the issue's batch: lengths 1k..32k
+BATCH_LMAX = 32768           # the batch target's lengths: 1k..32k
 BATCH_FRACTIONS = (1, 2, 3, 4, 8, 12, 16, 32)  # sequence lengths in units of Lmax / 32
 KV_KINDS = ("contiguous", "paged16", "paged256")
 
@@ -392,18 +392,18 @@ def engine_targets(D: Data):
     Lb, note = largest([k[2] for k in b], BATCH_LMAX)
     spread = f"{batch_lengths(Lb)}" if Lb else ""
 
-    # Batch vs the sum of the single calls, 2 threads (the issue's configuration), every mode.
+    # Batch vs the sum of the single calls, 2 threads (the target's configuration), every mode.
     pairs = [(r.seconds / b[(k[0], "singles") + k[2:]].seconds, f"{short(k[0])}, t={k[3]}")
              for k, r in b.items()
              if k[1] == "batch" and k[2] == Lb and k[3] == 2 and (k[0], "singles") + k[2:] in b]
     T.append(make_target(f"decode_batch of 8 ragged f16 sequences ({spread}), 2 threads: "
                          f"time(batch) / sum of the 8 single decode times{note}",
                          "<= 1.10", pairs, "<=", 1.10))
-    # ... at the memory floor: the dense batch against the probe (issue 11's dense bound).
+    # ... at the memory floor: the dense batch against the probe (the dense-decode bound).
     pairs = [(gbps_floor(r, k[3], D)[1], f"dense, t={k[3]}") for k, r in b.items()
              if k[0] == "dense" and k[1] == "batch" and k[2] == Lb and k[3] == 2 and D.bw.get(2)]
     T.append(make_target("dense decode_batch, 2 threads: GB/s / probe read GB/s (the memory "
-                         f"floor; issue 11's bound for dense decode){note}", ">= 0.80",
+                         f"floor; the dense-decode bound){note}", ">= 0.80",
                          pairs, ">=", 0.80))
     for mode in TOPTHETA_MODES:
         pairs = [(b[("dense",) + k[1:]].seconds / r.seconds, f"t={k[3]}") for k, r in b.items()
@@ -431,7 +431,7 @@ def engine_targets(D: Data):
 
 def write_engine_section(w, D: Data, targets):
     b, pg, q8 = D.ebatch, D.epaged, D.eq8
-    w("## Engine interfaces (issue 13 targets)")
+    w("## Engine interfaces")
     w("")
     w("The interfaces an engine drives (`include/toptheta/plan.hpp`, `PagedKv`, "
       "`AttentionArgs<T, float>`, `quantize.hpp`), all with **f32 queries** over the cache "
