@@ -106,7 +106,7 @@ struct Sequence {
   }
   void query(Index pos, float* q) {
     std::normal_distribution<float> n(0.f, 1.f);
-    std::uniform_int_distribution<Index> earlier(1, std::max<Index>(pos, 1));
+    std::uniform_int_distribution<Index> earlier(pos > 0 ? 1 : 0, pos);  // tokens 1..pos exist
     for (Index h = 0; h < kHq; ++h) {
       const Index g = h / kGroup;
       float* qh = q + h * kD;
