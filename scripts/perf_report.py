@@ -429,6 +429,13 @@ def engine_targets(D: Data):
     return T
 
 
+def write_targets_table(w, targets):
+    w("| target | required | measured | worst configuration | status |")
+    w("|---|---:|---:|---|:---:|")
+    for tg in targets:
+        w(f"| {tg.text} | {tg.required} | {fmt_val(tg.measured, 3)} | {tg.worst} | {status(tg.ok)} |")
+
+
 def write_engine_section(w, D: Data, targets):
     b, pg, q8 = D.ebatch, D.epaged, D.eq8
     w("## Engine interfaces")
@@ -443,10 +450,7 @@ def write_engine_section(w, D: Data, targets):
       "of this run over the same inputs; *% of probe* = GB/s over the read-bandwidth probe of the "
       "same thread count.")
     w("")
-    w("| target | required | measured | worst configuration | status |")
-    w("|---|---:|---:|---|:---:|")
-    for tg in targets:
-        w(f"| {tg.text} | {tg.required} | {fmt_val(tg.measured, 3)} | {tg.worst} | {status(tg.ok)} |")
+    write_targets_table(w, targets)
     w("")
 
     # ---- batch ----------------------------------------------------------------------------
@@ -766,10 +770,7 @@ def write_report(args, json_path, main: Run, native_sub: Run | None, portable_su
       "favourable value (the one *measured* shows). Top-θ targets are checked for both measured "
       "variants (see the next section).")
     w("")
-    w("| target | required | measured | worst configuration | status |")
-    w("|---|---:|---:|---|:---:|")
-    for tg in targets:
-        w(f"| {tg.text} | {tg.required} | {fmt_val(tg.measured, 3)} | {tg.worst} | {status(tg.ok)} |")
+    write_targets_table(w, targets)
     w("")
     w("Notes: dense fallback — a Top-θ call whose table keeps every key; it should cost what "
       "dense costs. Head dims — 72 is itself a multiple of 8, but not of 16 (the AVX-512 "

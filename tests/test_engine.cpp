@@ -31,20 +31,6 @@ namespace {
 using namespace toptheta;
 using namespace toptheta::testing;
 
-template <class Acc>
-std::vector<Acc> snapshot(const HeadsView<Acc>& v) {
-  std::vector<Acc> s;
-  for (Index t = 0; t < v.tokens; ++t)
-    for (Index h = 0; h < v.heads; ++h)
-      for (Index i = 0; i < v.dim; ++i) s.push_back(v(t, h, i));
-  return s;
-}
-
-template <class Acc>
-bool same_bits(const std::vector<Acc>& a, const std::vector<Acc>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(Acc)) == 0;
-}
-
 // ------------------------------------------------------------------------------------------
 // Paged copies of a contiguous cache.
 // ------------------------------------------------------------------------------------------
@@ -163,21 +149,6 @@ CalibrationOptions calib_options(Index heads, Placement pl) {
   co.placement = pl;
   co.seed = 3;
   return co;
-}
-
-bool same_tables(const ThresholdTable& a, const ThresholdTable& b) {
-  if (a.size() != b.size()) return false;
-  for (Index l = 0; l < a.num_layers(); ++l)
-    for (Index h = 0; h < a.num_heads(); ++h) {
-      const auto& x = a.entries(l, h);
-      const auto& y = b.entries(l, h);
-      if (x.size() != y.size()) return false;
-      for (std::size_t i = 0; i < x.size(); ++i)
-        if (x[i].length != y[i].length || x[i].samples != y[i].samples ||
-            std::memcmp(&x[i].theta, &y[i].theta, sizeof(double)) != 0)
-          return false;
-    }
-  return true;
 }
 
 /// One call's observable results: output bits, statistics, calibrated table.

@@ -18,31 +18,6 @@ namespace {
 using namespace toptheta;
 using namespace toptheta::testing;
 
-template <class Acc>
-std::vector<Acc> snapshot(const HeadsView<Acc>& v) {
-  std::vector<Acc> s;
-  for (Index t = 0; t < v.tokens; ++t)
-    for (Index h = 0; h < v.heads; ++h)
-      for (Index i = 0; i < v.dim; ++i) s.push_back(v(t, h, i));
-  return s;
-}
-
-bool same_bits(const ThresholdTable& a, const ThresholdTable& b) {
-  if (a.size() != b.size()) return false;
-  for (Index l = 0; l < a.num_layers(); ++l)
-    for (Index h = 0; h < a.num_heads(); ++h) {
-      const auto& x = a.entries(l, h);
-      const auto& y = b.entries(l, h);
-      if (x.size() != y.size()) return false;
-      for (std::size_t i = 0; i < x.size(); ++i)
-        if (x[i].length != y[i].length || x[i].samples != y[i].samples ||
-            std::memcmp(&x[i].theta, &y[i].theta, sizeof(double)) != 0 ||
-            std::memcmp(&x[i].sdc, &y[i].sdc, sizeof(double)) != 0)
-          return false;
-    }
-  return true;
-}
-
 template <class T>
 void threads_bit_identical(bool prefill_call) {
   using Acc = acc_t<T>;
@@ -137,7 +112,7 @@ void threads_bit_identical(bool prefill_call) {
       if (v.mode == AttentionMode::kCalibrate) {
         const ThresholdTable tab = cal.finalize();
         EXPECT_GT(tab.size(), 0u);
-        EXPECT_TRUE(same_bits(first_table, tab)) << what << ": calibrated tables differ";
+        EXPECT_TRUE(same_tables(first_table, tab)) << what << ": calibrated tables differ";
       }
     }
   }

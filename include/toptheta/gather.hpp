@@ -67,8 +67,9 @@ void compact_weights(Index G, const std::int32_t* const* kept, const Acc* const*
 }
 
 /// acc[h * d + i] += sum_{u < nu} wc[u * G + h] * V(uni[u], g)[i] for the G heads of KV head g
-/// of `v` (any view with `row(token, head)`); rows read in order, each once, prefetched a tile
-/// ahead. Zero weights skip their row.
+/// of `v` (any view with `row(token, head)`); rows read in order, each once. Before each tile the
+/// rows of this tile and the next are prefetched, again for rows already requested (as the
+/// decode walks do). Zero weights skip their row.
 template <class Ops, class View, class Acc>
 void gather_group(const View& v, Index g, Index G, Index d, const std::int32_t* uni, Index nu,
                   const Acc* wc, Acc* acc) {
@@ -77,7 +78,7 @@ void gather_group(const View& v, Index g, Index G, Index d, const std::int32_t* 
   for (Index u0 = 0; u0 < nu; u0 += kGatherTile) {
     const Index n = std::min(kGatherTile, nu - u0);
     for (Index u = 0; u < n; ++u) rows[u] = v.row(uni[u0 + u], g);
-    for (Index u = u0 + n; u < std::min(nu, u0 + n + kGatherTile); ++u)
+    for (Index u = u0; u < std::min(nu, u0 + 2 * kGatherTile); ++u)
       detail::prefetch_row(v.row(uni[u], g), d / kValuesPerItem<T>);
     Ops::accumulate_rows(acc, G, d, rows, wc + u0 * G, G, 1, n);
   }

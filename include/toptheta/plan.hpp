@@ -221,14 +221,6 @@ Status check_batch(const DecodeBatch<T, Q>& batch, const AttentionOptions& o, Is
   return {};
 }
 
-/// Calls f(Ops, view tag) for the batch's SIMD path and cache kind; f makes the calls.
-template <class T, class Q, class F>
-decltype(auto) with_batch_views(Isa isa, const DecodeBatch<T, Q>& batch, F&& f) {
-  return with_call_views(isa, batch.seqs[0], [&](auto ops, const auto& kv, const auto&) {
-    return f(ops, kv);
-  });
-}
-
 /// The cache views of one sequence, of the batch's view type.
 template <class View, class T, class Q>
 View k_view(const AttentionArgs<T, Q>& a) {
@@ -241,63 +233,53 @@ View v_view(const AttentionArgs<T, Q>& a) {
   else return a.v;
 }
 
-/// Plans (ws.data set) or measures (ws.data null) a decode batch with `workers` scratch sets.
-template <class T, class Q>
-Status plan_decode_impl(const DecodeBatch<T, Q>& batch, const AttentionOptions& o, int workers,
-                        Workspace ws, AttentionPlan* plan, std::size_t* bytes) {
+/// Plans (ws.data set) or measures (ws.data null) `n` calls of the kernel call template CallT
+/// (DecodeCall or PrefillCall) with `workers` scratch sets; the SIMD path and the cache kind are
+/// those of seqs[0] (checked by the caller).
+template <template <class, class, class> class CallT, class T, class Q>
+Status plan_calls(Isa isa, const AttentionArgs<T, Q>* seqs, Index n, AttentionStats* seq_stats,
+                  const AttentionOptions& o, int workers, Workspace ws, AttentionPlan* plan,
+                  std::size_t* bytes) {
   using Args = AttentionArgs<T, Q>;
-  Isa isa;
-  TOPTHETA_RETURN_IF_ERROR(check_batch(batch, o, &isa));
   if (workers < 1)
     return Status::invalid_argument("workers must be >= 1, got " + std::to_string(workers));
-  return with_batch_views(isa, batch, [&](auto ops, const auto& kv) -> Status {
+  return with_call_views(isa, seqs[0], [&](auto ops, const auto& kv, const auto&) -> Status {
     using View = std::decay_t<decltype(kv)>;
-    using Call = DecodeCall<decltype(ops), Args, View>;
+    using Call = CallT<decltype(ops), Args, View>;
     auto make = [](const Args& a, const AttentionOptions& oi, int w) {
       return Call(a, oi, k_view<View>(a), v_view<View>(a), w);
     };
     Arena measure;
     BatchCall<Call, Args>* b = nullptr;
-    const std::size_t need =
-        carve_batch<Call>(measure, batch.seqs, batch.count, o, batch.seq_stats, workers, make, &b);
+    const std::size_t need = carve_batch<Call>(measure, seqs, n, o, seq_stats, workers, make, &b);
     if (bytes) *bytes = need;
     if (!plan) return {};
     if (ws.data == nullptr || ws.bytes < need) return workspace_too_small(ws, need, workers);
     Arena ar(ws);
-    carve_batch<Call>(ar, batch.seqs, batch.count, o, batch.seq_stats, workers, make, &b);
+    carve_batch<Call>(ar, seqs, n, o, seq_stats, workers, make, &b);
     TOPTHETA_ASSERT(!ar.overflowed() && b, "workspace measure and carve disagree");
     plan->bind(b);
     return {};
   });
 }
 
-/// Plans (ws.data set) or measures (ws.data null) a prefill with `workers` scratch sets.
+/// Plans or measures a decode batch (see plan_calls).
+template <class T, class Q>
+Status plan_decode_impl(const DecodeBatch<T, Q>& batch, const AttentionOptions& o, int workers,
+                        Workspace ws, AttentionPlan* plan, std::size_t* bytes) {
+  Isa isa;
+  TOPTHETA_RETURN_IF_ERROR(check_batch(batch, o, &isa));
+  return plan_calls<DecodeCall>(isa, batch.seqs, batch.count, batch.seq_stats, o, workers, ws,
+                                plan, bytes);
+}
+
+/// Plans or measures a prefill (see plan_calls).
 template <class T, class Q>
 Status plan_prefill_impl(const AttentionArgs<T, Q>& args, const AttentionOptions& o, int workers,
                          Workspace ws, AttentionPlan* plan, std::size_t* bytes) {
-  using Args = AttentionArgs<T, Q>;
   Isa isa;
   TOPTHETA_RETURN_IF_ERROR(check_call(args, o, /*is_decode=*/false, &isa));
-  if (workers < 1)
-    return Status::invalid_argument("workers must be >= 1, got " + std::to_string(workers));
-  return with_call_views(isa, args, [&](auto ops, const auto& kv, const auto&) -> Status {
-    using View = std::decay_t<decltype(kv)>;
-    using Call = PrefillCall<decltype(ops), Args, View>;
-    auto make = [](const Args& a, const AttentionOptions& oi, int w) {
-      return Call(a, oi, k_view<View>(a), v_view<View>(a), w);
-    };
-    Arena measure;
-    BatchCall<Call, Args>* b = nullptr;
-    const std::size_t need = carve_batch<Call>(measure, &args, 1, o, nullptr, workers, make, &b);
-    if (bytes) *bytes = need;
-    if (!plan) return {};
-    if (ws.data == nullptr || ws.bytes < need) return workspace_too_small(ws, need, workers);
-    Arena ar(ws);
-    carve_batch<Call>(ar, &args, 1, o, nullptr, workers, make, &b);
-    TOPTHETA_ASSERT(!ar.overflowed() && b, "workspace measure and carve disagree");
-    plan->bind(b);
-    return {};
-  });
+  return plan_calls<PrefillCall>(isa, &args, 1, nullptr, o, workers, ws, plan, bytes);
 }
 
 /// Threads `decode_batch` uses: OpenMP's for the batch's total work and tasks.

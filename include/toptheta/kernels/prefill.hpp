@@ -42,6 +42,9 @@ namespace toptheta::detail {
 /// Keys per tile of the prefill walks.
 inline constexpr Index kKeyTile = 64;
 /// Score budget of a stored block per worker.
+#ifndef XPD
+#define XPD 2
+#endif
 inline constexpr std::size_t kScoreBlockBytes = std::size_t(4) << 20;
 /// Budget per worker for the score tiles that pass 1 of the post-softmax walk keeps for pass 2
 /// (beyond it, pass 2 recomputes them). Overridable for tests of the recomputing variant.
@@ -309,7 +312,6 @@ class PrefillCall {
     for (Index r = 0; r < rows; ++r) w.unions[r] = w.pend_n[r] = 0;
     const bool want_drop = sparse && o_.sdc == SdcMode::kExact;
     const bool want_best = sparse && o_.empty_row == EmptyRowPolicy::kKeepMax;
-    const std::uint64_t gmask = G >= 64 ? ~std::uint64_t(0) : (std::uint64_t(1) << G) - 1;
     for (Index j0 = 0; j0 < Lmax; j0 += N) {
       const Index n = std::min(N, Lmax - j0);
       score_tile(t0, t1, g, j0, n, w);
@@ -333,22 +335,7 @@ class PrefillCall {
             for (Index i = 0; i < w.pend_n[r]; ++i) pw[i * G] *= al;
           }
 
-      // Union of the kept keys over the group's heads, per row: rows_any[u] bit r.
-      Index pairs = 0;
-      for (Index u = 0; u < n; ++u) {
-        std::uint64_t any = 0;
-        for (Index r = 0; r < rows; ++r) any |= std::uint64_t(((w.keep[u] >> (r * G)) & gmask) != 0) << r;
-        w.rows_any[u] = any;
-        pairs += __builtin_popcountll(any);
-      }
-      if (pairs == 0) continue;
-      if (2 * pairs * G >= n * M) {
-        for (Index u = 0; u < n; ++u)
-          for (std::uint64_t any = w.rows_any[u]; any; any &= any - 1) ++w.unions[__builtin_ctzll(any)];
-        flash_pv_dense(j0, n, g, M, w);
-      } else {
-        flash_pv_sparse(j0, n, g, rows, w);
-      }
+      flash_pv_kept(j0, n, g, rows, w);
     }
     for (Index r = 0; r < rows; ++r) flush_pending(r, g, w);
     flash_finish(b, g, t0, t1, w);
@@ -392,9 +379,33 @@ class PrefillCall {
     Ops::pv_tile(w.o, d, M, d, w.st, Mp, w.vf, ldv_, n);
   }
 
+  /// O += the tile's kept weights times V, from w.keep (bit m of keep[u]: query m of the block
+  /// keeps key j0 + u): the union of the kept keys over the group's heads per block row
+  /// (rows_any[u] bit r, counted in unions[r]), then the dense tile product when at least half
+  /// of the (row, key) pairs keep a key, else the kept-row queue.
+  void flash_pv_kept(Index j0, Index n, Index g, Index rows, Worker& w) {
+    const Index G = G_, M = rows * G;
+    const std::uint64_t gmask = G >= 64 ? ~std::uint64_t(0) : (std::uint64_t(1) << G) - 1;
+    Index pairs = 0;
+    for (Index u = 0; u < n; ++u) {
+      std::uint64_t any = 0;
+      for (Index r = 0; r < rows; ++r) any |= std::uint64_t(((w.keep[u] >> (r * G)) & gmask) != 0) << r;
+      w.rows_any[u] = any;
+      pairs += __builtin_popcountll(any);
+    }
+    if (pairs == 0) return;
+    if (XPD * pairs * G >= n * M) {
+      for (Index u = 0; u < n; ++u)
+        for (std::uint64_t any = w.rows_any[u]; any; any &= any - 1) ++w.unions[__builtin_ctzll(any)];
+      flash_pv_dense(j0, n, g, M, w);
+    } else {
+      flash_pv_sparse(j0, n, g, w);
+    }
+  }
+
   /// Queues the tile's kept keys of each block row (union over the group's heads) with their
   /// weights; a full queue is gathered (flush_pending).
-  void flash_pv_sparse(Index j0, Index n, Index g, Index rows, Worker& w) {
+  void flash_pv_sparse(Index j0, Index n, Index g, Worker& w) {
     const Index G = G_, Mp = Mp_;
     for (Index u = 0; u < n; ++u) {
       std::uint64_t any = w.rows_any[u];
@@ -410,7 +421,6 @@ class PrefillCall {
         for (Index hh = 0; hh < G; ++hh) pw[hh] = w.st[u * Mp + r * G + hh];
       }
     }
-    (void)rows;
   }
 
   void flash_finish(Index b, Index g, Index t0, Index t1, Worker& w) {
@@ -632,7 +642,6 @@ class PrefillCall {
     // Walk 3: selection and the kept rows' weighted V sum.
     std::fill(w.o, w.o + M * d, Acc(0));
     for (Index r = 0; r < rows; ++r) w.unions[r] = w.pend_n[r] = 0;
-    const std::uint64_t gmask = G >= 64 ? ~std::uint64_t(0) : (std::uint64_t(1) << G) - 1;
     for (Index j0 = 0; j0 < Lmax; j0 += N) {
       const Index n = std::min(N, Lmax - j0);
       const Acc* st = w.st;
@@ -641,21 +650,7 @@ class PrefillCall {
       if (!Ops::threshold_tile(st, w.st, n, Mp, j0, ps.bound, ps.mx, ps.inv, ps.theta, ps.lim,
                                ps.wsum, ps.n_kept, w.keep))
         continue;
-      Index pairs = 0;
-      for (Index u = 0; u < n; ++u) {
-        std::uint64_t any = 0;
-        for (Index r = 0; r < rows; ++r) any |= std::uint64_t(((w.keep[u] >> (r * G)) & gmask) != 0) << r;
-        w.rows_any[u] = any;
-        pairs += __builtin_popcountll(any);
-      }
-      if (pairs == 0) continue;
-      if (2 * pairs * G >= n * M) {
-        for (Index u = 0; u < n; ++u)
-          for (std::uint64_t any = w.rows_any[u]; any; any &= any - 1) ++w.unions[__builtin_ctzll(any)];
-        flash_pv_dense(j0, n, g, M, w);
-      } else {
-        flash_pv_sparse(j0, n, g, rows, w);
-      }
+      flash_pv_kept(j0, n, g, rows, w);
     }
     for (Index r = 0; r < rows; ++r) flush_pending(r, g, w);
     post_finish(b, g, t0, t1, w);
