@@ -66,15 +66,6 @@ T nonfinite(int which) {
   return static_cast<T>(v[which % 3]);
 }
 
-template <class Acc>
-std::vector<Acc> output_of(const HeadsView<Acc>& out) {
-  std::vector<Acc> r;
-  for (Index t = 0; t < out.tokens; ++t)
-    for (Index h = 0; h < out.heads; ++h)
-      for (Index i = 0; i < out.dim; ++i) r.push_back(out(t, h, i));
-  return r;
-}
-
 template <class T>
 void run_case(bool prefill_call, const Config& c, std::uint64_t seed) {
   using Acc = acc_t<T>;
@@ -131,7 +122,7 @@ void run_case(bool prefill_call, const Config& c, std::uint64_t seed) {
     WorkspaceBuffer ws(workspace_size(args, o));
     const Status st = prefill_call ? prefill(args, o, ws.get()) : decode(args, o, ws.get());
     EXPECT_TRUE(st.ok()) << st.to_string();
-    return output_of(p.out.view);
+    return snapshot(p.out.view);
   };
   Calibrator cal_clean(co), cal_injected(co);
   const std::vector<Acc> clean = run(cal_clean);

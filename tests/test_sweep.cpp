@@ -151,15 +151,6 @@ T nonfinite(std::uint64_t which) {
   return static_cast<T>(v[which % 3]);
 }
 
-template <class Acc>
-std::vector<Acc> output_of(const HeadsView<Acc>& out) {
-  std::vector<Acc> r;
-  for (Index t = 0; t < out.tokens; ++t)
-    for (Index h = 0; h < out.heads; ++h)
-      for (Index i = 0; i < out.dim; ++i) r.push_back(out(t, h, i));
-  return r;
-}
-
 template <class T>
 void run_config(const SweepConfig& c) {
   using Acc = acc_t<T>;
@@ -271,7 +262,7 @@ void run_config(const SweepConfig& c) {
   if (!c.inject) return;
 
   // Non-finite injection into zero-weight positions (see test_nonfinite.cpp for the rule).
-  const std::vector<Acc> clean = output_of(p.out.view);
+  const std::vector<Acc> clean = snapshot(p.out.view);
   const bool uses_vbar = c.mode != AttentionMode::kDense &&
                          (c.vmc == VmcMode::kOn || c.empty == EmptyRowPolicy::kMeanV);
   std::vector<std::vector<bool>> read(std::size_t(c.Hkv), std::vector<bool>(std::size_t(c.L)));
@@ -305,7 +296,7 @@ void run_config(const SweepConfig& c) {
   o.calibrator = &cal_b;
   const Status st2 = call();
   ASSERT_TRUE(st2.ok()) << st2.to_string();
-  const std::vector<Acc> injected = output_of(p.out.view);
+  const std::vector<Acc> injected = snapshot(p.out.view);
   for (std::size_t i = 0; i < clean.size(); ++i)
     ASSERT_EQ(std::memcmp(&clean[i], &injected[i], sizeof(Acc)), 0)
         << "element " << i << " changed after injecting non-finite values into zero-weight rows: "

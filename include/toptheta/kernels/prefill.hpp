@@ -42,9 +42,6 @@ namespace toptheta::detail {
 /// Keys per tile of the prefill walks.
 inline constexpr Index kKeyTile = 64;
 /// Score budget of a stored block per worker.
-#ifndef XPD
-#define XPD 2
-#endif
 inline constexpr std::size_t kScoreBlockBytes = std::size_t(4) << 20;
 /// Budget per worker for the score tiles that pass 1 of the post-softmax walk keeps for pass 2
 /// (beyond it, pass 2 recomputes them). Overridable for tests of the recomputing variant.
@@ -394,7 +391,7 @@ class PrefillCall {
       pairs += __builtin_popcountll(any);
     }
     if (pairs == 0) return;
-    if (XPD * pairs * G >= n * M) {
+    if (2 * pairs * G >= n * M) {
       for (Index u = 0; u < n; ++u)
         for (std::uint64_t any = w.rows_any[u]; any; any &= any - 1) ++w.unions[__builtin_ctzll(any)];
       flash_pv_dense(j0, n, g, M, w);
