@@ -200,7 +200,10 @@ struct PagedKv {
 namespace detail {
 
 /// Rows of one pool of a paged cache: what the kernels read (`row(t, h)`, `tokens`, `heads`,
-/// `dim`), like a HeadsView.
+/// `dim`), like a HeadsView. A power-of-two block size (vLLM's 16, 32, ...) splits a token
+/// index with a shift and a mask (`block_shift` >= 0), any other with a division: the walks
+/// look up every row they read or prefetch, and a 64-bit division per row cost the paged decode
+/// more than its reads (16-token blocks, f16, L = 16k: see docs/performance.md).
 template <class T>
 struct PagedRows {
   using value_type = const T;
@@ -208,16 +211,32 @@ struct PagedRows {
   const std::int32_t* table = nullptr;
   Index tokens = 0, heads = 0, dim = 0, block_size = 1, block_stride = 0, token_stride = 0,
         head_stride = 0;
+  int block_shift = -1;  ///< log2(block_size) when it is a power of two, else -1
   const T* row(Index t, Index h) const {
-    return pool + Index(table[t / block_size]) * block_stride + (t % block_size) * token_stride +
-           h * head_stride;
+    Index b, i;
+    if (block_shift >= 0) {
+      b = t >> block_shift;
+      i = t & (block_size - 1);
+    } else {
+      b = t / block_size;
+      i = t % block_size;
+    }
+    return pool + Index(table[b]) * block_stride + i * token_stride + h * head_stride;
   }
 };
+
+/// log2(n) for a power of two n > 0, else -1.
+inline int log2_exact(Index n) {
+  if (n <= 0 || (n & (n - 1)) != 0) return -1;
+  int s = 0;
+  while ((Index(1) << s) < n) ++s;
+  return s;
+}
 
 template <class T>
 PagedRows<T> paged_rows(const PagedKv<T>& p, bool values) {
   return {values ? p.v_pool : p.k_pool, p.block_table, p.tokens, p.heads, p.dim, p.block_size,
-          p.block_stride, p.token_stride, p.head_stride};
+          p.block_stride, p.token_stride, p.head_stride, log2_exact(p.block_size)};
 }
 
 }  // namespace detail

@@ -248,8 +248,14 @@ struct Ops {
         Acc sums[W];
         V::reduce_many(acc).store(sums);
         const int nh = int(G - h0 < HB ? G - h0 : HB), nk = int(n - u0 < KB ? n - u0 : KB);
-        for (int hb = 0; hb < nh; ++hb)
-          for (int kb = 0; kb < nk; ++kb) out[(h0 + hb) * out_stride + u0 + kb] = sums[hb * KB + kb];
+        if (nk == KB) {
+          // Whole batch of keys: one fixed-size copy per head (a vector move, not a loop).
+          for (int hb = 0; hb < nh; ++hb)
+            std::memcpy(out + (h0 + hb) * out_stride + u0, sums + hb * KB, sizeof(Acc) * KB);
+        } else {
+          for (int hb = 0; hb < nh; ++hb)
+            for (int kb = 0; kb < nk; ++kb) out[(h0 + hb) * out_stride + u0 + kb] = sums[hb * KB + kb];
+        }
       }
     }
   }
