@@ -613,8 +613,8 @@ class DecodeCall {
       std::fill(out, out + d, Acc(0));
       for (Index c = 0; c < nc_; ++c)
         if (touched_[c * Hkv_ + g]) {
-          const Acc* part = part_acc_ + (c * Hq_ + h) * d;
-          for (Index i = 0; i < d; ++i) out[i] += part[i];
+          // out += part in the path's vectors (an FMA by 1 is the exact add, bit for bit).
+          Ops::axpy(Acc(1), part_acc_ + (c * Hq_ + h) * d, out, d);
         }
     }
     if (need_vbar_) add_vmc<Ops>(out_ptrs, G, d, coeff_ + g * G, vbar_ + g * d);
