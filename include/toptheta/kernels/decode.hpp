@@ -3,9 +3,10 @@
 /// Decode walker: one new query token per head against a KV cache of L tokens.
 ///
 /// The cache is split into fixed chunks of tokens (a function of L only: results are
-/// bit-identical for any thread count). Keys are walked in tiles of 16 tokens with all KV heads
-/// together (contiguous on an interleaved cache), each key row converted once in registers and
-/// dotted with the G queries of its GQA group (Ops::dot_rows). Two plans:
+/// bit-identical for any thread count). Keys are walked in tiles of kScoreTile tokens, with all
+/// KV heads per tile on an interleaved cache (token order) and head by head on a head-major one
+/// (one stream at a time), each key row converted once in registers and dotted with the G
+/// queries of its GQA group (Ops::dot_rows). Two plans:
 ///
 /// - **single pass** (dense attention; rows that are not thresholded, L <= k_l; post-softmax
 ///   Top-θ whose every head keeps every key, theta < 0 as for heads declared dense, which is
@@ -250,6 +251,15 @@ class DecodeCall {
     for (Index u = t; u < end; ++u) prefetch_row(view.row(u, g), items);
   }
 
+  /// True when one KV head's rows of consecutive tokens are adjacent (a head-major cache, or
+  /// head-major blocks of a paged one): the walks then go head by head, one stream at a time,
+  /// instead of token tile by token tile across the heads (measured, L = 16k, head-major,
+  /// 1 thread: f16 4.1 -> 3.7 ms, f32 8.6 -> 7.2 ms). Every score and every head's sum of V
+  /// rows is computed in the same order either way: the results are the same bits.
+  bool head_runs(const KView& view) const {
+    return view.token_stride == HeadsView<const T>::row_items(d_);
+  }
+
   /// Scores of tokens [j0, j1) for every head into s (row stride ss), finished (bias, NaN).
   /// Tiles of kScoreTile tokens with every KV head per tile, so the walk stays close to token
   /// order on an interleaved cache (measured: tiles of 16 tokens per head stream an interleaved
@@ -257,13 +267,18 @@ class DecodeCall {
   void scores(Index j0, Index j1, Acc* s, Index ss) const {
     const Index G = G_, d = d_;
     const T* keys[kScoreTile];
-    for (Index t0 = j0; t0 < j1; t0 += kScoreTile) {
+    auto tile = [&](Index g, Index t0) {
       const Index nt = std::min(kScoreTile, j1 - t0);
-      for (Index g = 0; g < Hkv_; ++g) {
-        prefetch_head(k_, g, t0, kKeyPrefetchTokens);
-        for (Index u = 0; u < nt; ++u) keys[u] = k_.row(t0 + u, g);
-        Ops::dot_rows(q_ + g * G * d, G, d, keys, nt, s + g * G * ss + (t0 - j0), ss);
-      }
+      prefetch_head(k_, g, t0, kKeyPrefetchTokens);
+      for (Index u = 0; u < nt; ++u) keys[u] = k_.row(t0 + u, g);
+      Ops::dot_rows(q_ + g * G * d, G, d, keys, nt, s + g * G * ss + (t0 - j0), ss);
+    };
+    if (head_runs(k_)) {
+      for (Index g = 0; g < Hkv_; ++g)
+        for (Index t0 = j0; t0 < j1; t0 += kScoreTile) tile(g, t0);
+    } else {
+      for (Index t0 = j0; t0 < j1; t0 += kScoreTile)
+        for (Index g = 0; g < Hkv_; ++g) tile(g, t0);
     }
     const float* bias = a_.bias.empty() ? nullptr : a_.bias.row(0) + j0;
     for (Index h = 0; h < Hq_; ++h) Ops::finish_scores(s + h * ss, bias, j1 - j0);
@@ -276,14 +291,20 @@ class DecodeCall {
                         const std::uint8_t* dense) const {
     const Index G = G_, d = d_;
     const T* rows[kValueTile];
-    for (Index t0 = j0; t0 < j1; t0 += kValueTile) {
+    auto tile = [&](Index g, Index t0) {
       const Index nt = std::min(kValueTile, j1 - t0);
-      for (Index g = 0; g < Hkv_; ++g) {
-        if (!dense[g]) continue;
-        prefetch_head(v_, g, t0, kValuePrefetchTokens);
-        for (Index u = 0; u < nt; ++u) rows[u] = v_.row(t0 + u, g);
-        Ops::accumulate_rows(acc + g * G * d, G, d, rows, w + g * wg + (t0 - j0), 1, ws, nt);
-      }
+      prefetch_head(v_, g, t0, kValuePrefetchTokens);
+      for (Index u = 0; u < nt; ++u) rows[u] = v_.row(t0 + u, g);
+      Ops::accumulate_rows(acc + g * G * d, G, d, rows, w + g * wg + (t0 - j0), 1, ws, nt);
+    };
+    if (head_runs(v_)) {
+      for (Index g = 0; g < Hkv_; ++g)
+        if (dense[g])
+          for (Index t0 = j0; t0 < j1; t0 += kValueTile) tile(g, t0);
+    } else {
+      for (Index t0 = j0; t0 < j1; t0 += kValueTile)
+        for (Index g = 0; g < Hkv_; ++g)
+          if (dense[g]) tile(g, t0);
     }
   }
 
