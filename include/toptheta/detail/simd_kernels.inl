@@ -204,8 +204,9 @@ struct Ops {
   /// (contiguous, already scaled); keys: row pointers in storage type T, converted in registers.
   /// Each result depends only on (q_h, keys[u], d): heads and keys are batched in any grouping.
   template <class T, class Acc = acc_t<T>>
-  TT_ATTR TOPTHETA_NOINLINE static void dot_rows(const Acc* q, Index G, Index d, const T* const* keys, Index n,
-                               Acc* out, Index out_stride) {
+  TT_ATTR TOPTHETA_NOINLINE static void dot_rows(const Acc* q, Index G, Index d,
+                                                 const T* const* keys, Index n, Acc* out,
+                                                 Index out_stride) {
     using V = Vec<Acc>;
     constexpr int W = V::W;
     constexpr int HB = W >= 4 ? 4 : W;  // heads per batch
@@ -327,8 +328,9 @@ struct Ops {
   /// order. A (row, head) pair whose weight is exactly 0 is skipped: its row never enters that
   /// head's sum (a non-finite value there cannot reach the output).
   template <class T, class Acc = acc_t<T>>
-  TT_ATTR TOPTHETA_NOINLINE static void accumulate_rows(Acc* acc, Index G, Index d, const T* const* rows,
-                                      const Acc* w, Index w_u, Index w_h, Index n) {
+  TT_ATTR TOPTHETA_NOINLINE static void accumulate_rows(Acc* acc, Index G, Index d,
+                                                        const T* const* rows, const Acc* w,
+                                                        Index w_u, Index w_h, Index n) {
     using V = Vec<Acc>;
     constexpr int W = V::W;
     constexpr Index kCols = 4 * W;  // columns per block: 4 vectors
