@@ -69,6 +69,20 @@ inline Status workspace_too_small(const Workspace& ws, std::size_t need, int thr
                                   " thread(s)); size it with workspace_size()");
 }
 
+/// Row stride (elements) of a block of score rows of n values: whole 64-byte lines, an odd
+/// number of them. Rows of a power-of-two length otherwise start at addresses that share their
+/// low bits and fall into the same cache set: the score batches dot_rows stores to Hq such rows
+/// evicted each other (measured, two-pass decode, L = 64k, bf16, 1 thread: the rows of 256 KiB
+/// all mapped to one L2 set and top-k / post-softmax Top-θ ran ~1.4x slower than pre-softmax
+/// Top-θ, whose chunk rows were not in conflict).
+template <class Acc>
+inline Index score_row_stride(Index n) {
+  constexpr Index per_line = Index(64 / sizeof(Acc));
+  Index lines = (n + per_line - 1) / per_line;
+  if (lines % 2 == 0) ++lines;
+  return lines * per_line;
+}
+
 /// Carves one worker's statistics sink.
 inline StatSink carve_sink(Arena& ar, Index Hq, bool per_head) {
   StatSink s;
@@ -102,6 +116,8 @@ class DecodeCall {
     chunk_ = std::max<Index>(256, (L_ + 63) / 64);
     chunk_ = (chunk_ + kTokenTile - 1) / kTokenTile * kTokenTile;
     nc_ = std::max<Index>(1, (L_ + chunk_ - 1) / chunk_);
+    sc_stride_ = score_row_stride<Acc>(chunk_);
+    s_stride_ = score_row_stride<Acc>(L_);
     thresholded_ = cx_.thresholded(L_);
     keep_all_ = thresholded_ && keeps_every_key(o);
     // Calibration observes full rows: always two passes.
@@ -136,7 +152,7 @@ class DecodeCall {
       sdc_term_ = ar.take<Acc>(Hq);
     }
     if (!fused_) {
-      s_ = ar.take<Acc>(Hq * L);
+      s_ = ar.take<Acc>(Hq * s_stride_);
       uni_ = ar.take<std::int32_t>(Hkv_ * L);
       nuni_ = ar.take<Index>(Hkv_);
       wc_ = ar.take<Acc>(Hkv_ * L * G);
@@ -147,7 +163,7 @@ class DecodeCall {
     for (int i = 0; i < threads_; ++i) {
       Worker w{};
       if (fused_) {
-        w.sc = ar.take<Acc>(Hq * CH);
+        w.sc = ar.take<Acc>(Hq * sc_stride_);
         if (sparse_fused_) {
           w.kept = ar.take<std::int32_t>(G * CH);
           w.uni = ar.take<std::int32_t>(CH);
@@ -311,17 +327,17 @@ class DecodeCall {
   // ---- single pass ------------------------------------------------------------------------
 
   void fused_chunk(Index c, Worker& w) {
-    const Index G = G_, d = d_, CH = chunk_;
+    const Index G = G_, d = d_, CH = chunk_, SS = sc_stride_;
     Index j0, j1;
     chunk_range(c, &j0, &j1);
     const Index n = j1 - j0;
     Acc* sc = w.sc;
-    scores(j0, j1, sc, CH);
+    scores(j0, j1, sc, SS);
     Acc* acc = part_acc_ + c * Hq_ * d;
     std::fill(acc, acc + Hq_ * d, Acc(0));
     std::uint8_t dense[kMaxKv] = {};
     for (Index h = 0; h < Hq_; ++h) {
-      Acc* row = sc + h * CH;
+      Acc* row = sc + h * SS;
       const Acc m = Ops::row_max(row, n);
       part_m_[c * Hq_ + h] = m;
       if (!sparse_fused_) {
@@ -330,7 +346,7 @@ class DecodeCall {
     }
     if (!sparse_fused_) {
       for (Index g = 0; g < Hkv_; ++g) dense[g] = 1;
-      accumulate_dense(j0, j1, sc, CH, G * CH, acc, dense);
+      accumulate_dense(j0, j1, sc, SS, G * SS, acc, dense);
       for (Index g = 0; g < Hkv_; ++g) touched_[c * Hkv_ + g] = 1;
       return;
     }
@@ -341,7 +357,7 @@ class DecodeCall {
       bool all = true;
       for (Index hh = 0; hh < G; ++hh) {
         const Index h = g * G + hh;
-        Acc* row = sc + h * CH;
+        Acc* row = sc + h * SS;
         std::int32_t* kept = w.kept + hh * CH;
         const Index nk = Ops::indices_above(row, n, theta_[h], kept);
         const Acc m = part_m_[c * Hq_ + h];
@@ -359,7 +375,7 @@ class DecodeCall {
       if (all) {  // every head kept the whole chunk: a dense walk
         std::uint8_t only[kMaxKv] = {};
         only[g] = 1;
-        accumulate_dense(j0, j1, sc, CH, G * CH, acc, only);
+        accumulate_dense(j0, j1, sc, SS, G * SS, acc, only);
         part_nu_[c * Hkv_ + g] = n;
         touched_[c * Hkv_ + g] = 1;
         continue;
@@ -371,7 +387,7 @@ class DecodeCall {
       // Compact weights: exp(s - m_c) of each head's kept keys.
       std::fill(w.wc, w.wc + nu * G, Acc(0));
       for (Index hh = 0; hh < G; ++hh) {
-        const Acc* row = sc + (g * G + hh) * CH;
+        const Acc* row = sc + (g * G + hh) * SS;
         Index u = 0;
         for (Index i = 0; i < counts[hh]; ++i) {
           const std::int32_t j = kept_ptr[hh][i];
@@ -544,10 +560,10 @@ class DecodeCall {
   void scores_chunk(Index c, Worker& w) {
     Index j0, j1;
     chunk_range(c, &j0, &j1);
-    scores(j0, j1, s_ + j0, L_);
+    scores(j0, j1, s_ + j0, s_stride_);
     if (!need_mz_) return;
     for (Index h = 0; h < Hq_; ++h) {
-      const Acc* row = s_ + h * L_ + j0;
+      const Acc* row = s_ + h * s_stride_ + j0;
       const Acc m = Ops::row_max(row, j1 - j0);
       part_m_[c * Hq_ + h] = m;
       part_l_[c * Hq_ + h] = Ops::exp_shifted(row, j1 - j0, m, w.ex);
@@ -576,7 +592,7 @@ class DecodeCall {
       RowScratch<Acc> rs = w.rs;
       rs.kept = w.kept + hh * L;
       rs.w = w.wrow + hh * L;
-      const HeadRow<Acc> hr = process_head_row<Ops>(cx_, h, s_ + h * L, L, mzp, rs, w.sink);
+      const HeadRow<Acc> hr = process_head_row<Ops>(cx_, h, s_ + h * s_stride_, L, mzp, rs, w.sink);
       coeff_[h] = hr.vbar_coeff;
       kept_ptr[hh] = rs.kept;
       w_ptr[hh] = rs.w;
@@ -654,6 +670,7 @@ class DecodeCall {
   KView k_, v_;
   RowContext<Acc> cx_;
   Index L_ = 0, Hq_ = 0, Hkv_ = 0, G_ = 0, d_ = 0, chunk_ = 0, nc_ = 0;
+  Index sc_stride_ = 0, s_stride_ = 0;  // row strides of w.sc and s_ (score_row_stride)
   bool thresholded_ = false, keep_all_ = false, fused_ = true, sparse_fused_ = false,
        need_vbar_ = false,
        need_mz_ = false, per_head_stats_ = false;
