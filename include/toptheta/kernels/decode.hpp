@@ -55,6 +55,15 @@ inline constexpr Index kValueTile = 16;
 /// f32 9.0 -> 7.6 ms, f16 4.2 -> 3.3-3.8 ms on one thread (harness of 300 calls, medians).
 inline constexpr Index kKeyPrefetchTokens = 12;
 inline constexpr Index kValuePrefetchTokens = 32;
+/// Sliding windows (each tile requests only the one tile of rows entering the window; the whole
+/// window at the first tile of a run) used instead on head-major runs of storage types under 4
+/// bytes per value, where the walk is bound by its instructions more than by memory and the
+/// re-issued prefetches cost ~20% of the in-cache time (perf). Measured (harness, L = 16k f16,
+/// 300 calls, medians; L = 64k for 2 threads): head-major 1 thread 3.9-4.3 -> 3.4-3.6 ms,
+/// 2 threads 8.1-8.5 -> 6.9-7.8 ms. Not used where it lost: f32 (head-major 1 thread 6.5-7.1
+/// -> 8.2-8.6 ms) and token-major f16 on 2 threads (8.3-8.7 -> 8.6-9.0 ms).
+inline constexpr Index kKeySlideTokens = 16;
+inline constexpr Index kValueSlideTokens = 48;
 /// Chunks are whole multiples of this many tokens.
 inline constexpr Index kTokenTile = 16;
 /// Largest GQA group and number of KV heads a call may have.
@@ -276,6 +285,21 @@ class DecodeCall {
     return view.token_stride == HeadsView<const T>::row_items(d_);
   }
 
+  /// True when the walk of `view` uses the sliding prefetch windows (kKeySlideTokens).
+  bool slides(const KView& view) const {
+    return head_runs(view) &&
+           HeadsView<const T>::row_items(d_) * Index(sizeof(T)) < 4 * d_;
+  }
+
+  /// The prefetch of the tile of `tile` tokens at t0 of a walk that started at j0: a window of
+  /// `window` tokens from t0, or with `slide` the tile entering a window of `slide_window`.
+  void prefetch_tile(const KView& view, Index g, Index t0, Index j0, Index tile, Index window,
+                     bool slide, Index slide_window) const {
+    if (!slide) prefetch_head(view, g, t0, window);
+    else if (t0 == j0) prefetch_head(view, g, t0, slide_window);
+    else prefetch_head(view, g, t0 + slide_window - tile, tile);
+  }
+
   /// Scores of tokens [j0, j1) for every head into s (row stride ss), finished (bias, NaN).
   /// Tiles of kScoreTile tokens with every KV head per tile, so the walk stays close to token
   /// order on an interleaved cache (measured: tiles of 16 tokens per head stream an interleaved
@@ -283,9 +307,10 @@ class DecodeCall {
   void scores(Index j0, Index j1, Acc* s, Index ss) const {
     const Index G = G_, d = d_;
     const T* keys[kScoreTile];
+    const bool slide = slides(k_);
     auto tile = [&](Index g, Index t0) {
       const Index nt = std::min(kScoreTile, j1 - t0);
-      prefetch_head(k_, g, t0, kKeyPrefetchTokens);
+      prefetch_tile(k_, g, t0, j0, kScoreTile, kKeyPrefetchTokens, slide, kKeySlideTokens);
       for (Index u = 0; u < nt; ++u) keys[u] = k_.row(t0 + u, g);
       Ops::dot_rows(q_ + g * G * d, G, d, keys, nt, s + g * G * ss + (t0 - j0), ss);
     };
@@ -307,9 +332,10 @@ class DecodeCall {
                         const std::uint8_t* dense) const {
     const Index G = G_, d = d_;
     const T* rows[kValueTile];
+    const bool slide = slides(v_);
     auto tile = [&](Index g, Index t0) {
       const Index nt = std::min(kValueTile, j1 - t0);
-      prefetch_head(v_, g, t0, kValuePrefetchTokens);
+      prefetch_tile(v_, g, t0, j0, kValueTile, kValuePrefetchTokens, slide, kValueSlideTokens);
       for (Index u = 0; u < nt; ++u) rows[u] = v_.row(t0 + u, g);
       Ops::accumulate_rows(acc + g * G * d, G, d, rows, w + g * wg + (t0 - j0), 1, ws, nt);
     };
