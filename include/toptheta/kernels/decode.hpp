@@ -291,13 +291,28 @@ class DecodeCall {
            HeadsView<const T>::row_items(d_) * Index(sizeof(T)) < 4 * d_;
   }
 
-  /// The prefetch of the tile of `tile` tokens at t0 of a walk that started at j0: a window of
-  /// `window` tokens from t0, or with `slide` the tile entering a window of `slide_window`.
-  void prefetch_tile(const KView& view, Index g, Index t0, Index j0, Index tile, Index window,
-                     bool slide, Index slide_window) const {
-    if (!slide) prefetch_head(view, g, t0, window);
-    else if (t0 == j0) prefetch_head(view, g, t0, slide_window);
-    else prefetch_head(view, g, t0 + slide_window - tile, tile);
+  /// Walks the tiles of `tile` tokens of [j0, j1), calling step(g, t0, pf, npf) with the
+  /// tokens [pf, pf + npf) of head g to prefetch first: head by head on head-major runs (the
+  /// sliding window of `slide_window` tokens when `slides`, else the re-issued `window`), token
+  /// tile by token tile across the heads otherwise (the re-issued window).
+  template <class Step>
+  void walk_tiles(const KView& view, Index j0, Index j1, Index tile, Index window,
+                  Index slide_window, const std::uint8_t* heads, Step&& step) const {
+    if (head_runs(view)) {
+      const bool slide = slides(view);
+      for (Index g = 0; g < Hkv_; ++g) {
+        if (heads && !heads[g]) continue;
+        for (Index t0 = j0; t0 < j1; t0 += tile) {
+          if (!slide) step(g, t0, t0, window);
+          else if (t0 == j0) step(g, t0, t0, slide_window);
+          else step(g, t0, t0 + slide_window - tile, tile);
+        }
+      }
+    } else {
+      for (Index t0 = j0; t0 < j1; t0 += tile)
+        for (Index g = 0; g < Hkv_; ++g)
+          if (!heads || heads[g]) step(g, t0, t0, window);
+    }
   }
 
   /// Scores of tokens [j0, j1) for every head into s (row stride ss), finished (bias, NaN).
@@ -307,20 +322,13 @@ class DecodeCall {
   void scores(Index j0, Index j1, Acc* s, Index ss) const {
     const Index G = G_, d = d_;
     const T* keys[kScoreTile];
-    const bool slide = slides(k_);
-    auto tile = [&](Index g, Index t0) {
-      const Index nt = std::min(kScoreTile, j1 - t0);
-      prefetch_tile(k_, g, t0, j0, kScoreTile, kKeyPrefetchTokens, slide, kKeySlideTokens);
-      for (Index u = 0; u < nt; ++u) keys[u] = k_.row(t0 + u, g);
-      Ops::dot_rows(q_ + g * G * d, G, d, keys, nt, s + g * G * ss + (t0 - j0), ss);
-    };
-    if (head_runs(k_)) {
-      for (Index g = 0; g < Hkv_; ++g)
-        for (Index t0 = j0; t0 < j1; t0 += kScoreTile) tile(g, t0);
-    } else {
-      for (Index t0 = j0; t0 < j1; t0 += kScoreTile)
-        for (Index g = 0; g < Hkv_; ++g) tile(g, t0);
-    }
+    walk_tiles(k_, j0, j1, kScoreTile, kKeyPrefetchTokens, kKeySlideTokens, nullptr,
+               [&](Index g, Index t0, Index pf, Index npf) {
+                 const Index nt = std::min(kScoreTile, j1 - t0);
+                 prefetch_head(k_, g, pf, npf);
+                 for (Index u = 0; u < nt; ++u) keys[u] = k_.row(t0 + u, g);
+                 Ops::dot_rows(q_ + g * G * d, G, d, keys, nt, s + g * G * ss + (t0 - j0), ss);
+               });
     const float* bias = a_.bias.empty() ? nullptr : a_.bias.row(0) + j0;
     for (Index h = 0; h < Hq_; ++h) Ops::finish_scores(s + h * ss, bias, j1 - j0);
   }
@@ -332,22 +340,14 @@ class DecodeCall {
                         const std::uint8_t* dense) const {
     const Index G = G_, d = d_;
     const T* rows[kValueTile];
-    const bool slide = slides(v_);
-    auto tile = [&](Index g, Index t0) {
-      const Index nt = std::min(kValueTile, j1 - t0);
-      prefetch_tile(v_, g, t0, j0, kValueTile, kValuePrefetchTokens, slide, kValueSlideTokens);
-      for (Index u = 0; u < nt; ++u) rows[u] = v_.row(t0 + u, g);
-      Ops::accumulate_rows(acc + g * G * d, G, d, rows, w + g * wg + (t0 - j0), 1, ws, nt);
-    };
-    if (head_runs(v_)) {
-      for (Index g = 0; g < Hkv_; ++g)
-        if (dense[g])
-          for (Index t0 = j0; t0 < j1; t0 += kValueTile) tile(g, t0);
-    } else {
-      for (Index t0 = j0; t0 < j1; t0 += kValueTile)
-        for (Index g = 0; g < Hkv_; ++g)
-          if (dense[g]) tile(g, t0);
-    }
+    walk_tiles(v_, j0, j1, kValueTile, kValuePrefetchTokens, kValueSlideTokens, dense,
+               [&](Index g, Index t0, Index pf, Index npf) {
+                 const Index nt = std::min(kValueTile, j1 - t0);
+                 prefetch_head(v_, g, pf, npf);
+                 for (Index u = 0; u < nt; ++u) rows[u] = v_.row(t0 + u, g);
+                 Ops::accumulate_rows(acc + g * G * d, G, d, rows, w + g * wg + (t0 - j0), 1, ws,
+                                      nt);
+               });
   }
 
   // ---- single pass ------------------------------------------------------------------------
