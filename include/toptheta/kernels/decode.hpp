@@ -50,7 +50,9 @@ inline constexpr Index kValueTile = 16;
 /// current tile and is re-issued per tile streams at 17 GB/s on one thread and 31 GB/s on two,
 /// against 10 and 20 GB/s for a window of one tile 16 tokens ahead, and 10 / 20 GB/s for a
 /// sliding window that requests only new lines (likely cause: software prefetches the core
-/// cannot queue are dropped, so a request is worth repeating until its line is read). Issuing
+/// cannot queue are dropped, so a request is worth repeating until its line is read; these
+/// figures predate the per-head windows and the volatile prefetch, and re-measured on the
+/// current walk a sliding window is faster for f16 on one thread: see below). Issuing
 /// each head's part before its compute rather than the whole window at the top of the tile:
 /// f32 9.0 -> 7.6 ms, f16 4.2 -> 3.3-3.8 ms on one thread (harness of 300 calls, medians).
 inline constexpr Index kKeyPrefetchTokens = 12;
@@ -59,9 +61,10 @@ inline constexpr Index kValuePrefetchTokens = 32;
 /// window at the first tile of a run) used instead on head-major runs of storage types under 4
 /// bytes per value, where the walk is bound by its instructions more than by memory and the
 /// re-issued prefetches cost ~20% of the in-cache time (perf). Measured (harness, L = 16k f16,
-/// 300 calls, medians; L = 64k for 2 threads): head-major 1 thread 3.9-4.3 -> 3.4-3.6 ms,
-/// 2 threads 8.1-8.5 -> 6.9-7.8 ms. Not used where it lost: f32 (head-major 1 thread 6.5-7.1
-/// -> 8.2-8.6 ms) and token-major f16 on 2 threads (8.3-8.7 -> 8.6-9.0 ms).
+/// 300 calls, medians; L = 64k for 2 threads): head-major 1 thread 3.8-4.3 -> 3.4-3.65 ms,
+/// 2 threads 8.1-8.5 -> 6.9-7.8 ms; token-major 1 thread 3.6-4.1 -> 3.0-3.85 ms. Not used
+/// where it lost: f32 (head-major 1 thread 6.5-7.1 -> 8.2-8.6 ms) and token-major f16 on
+/// 2 threads (8.3-8.7 -> 8.6-9.0 ms), so not on token-major caches at all.
 inline constexpr Index kKeySlideTokens = 16;
 inline constexpr Index kValueSlideTokens = 48;
 /// Chunks are whole multiples of this many tokens.
