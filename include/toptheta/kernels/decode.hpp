@@ -58,13 +58,17 @@ inline constexpr Index kValueTile = 16;
 inline constexpr Index kKeyPrefetchTokens = 12;
 inline constexpr Index kValuePrefetchTokens = 32;
 /// Sliding windows (each tile requests only the one tile of rows entering the window; the whole
-/// window at the first tile of a run) used instead on head-major runs of storage types under 4
-/// bytes per value, where the walk is bound by its instructions more than by memory and the
-/// re-issued prefetches cost ~20% of the in-cache time (perf). Measured (harness, L = 16k f16,
-/// 300 calls, medians; L = 64k for 2 threads): head-major 1 thread 3.8-4.3 -> 3.4-3.65 ms,
-/// 2 threads 8.1-8.5 -> 6.9-7.8 ms; token-major 1 thread 3.6-4.1 -> 3.0-3.85 ms. Not used
-/// where it lost: f32 (head-major 1 thread 6.5-7.1 -> 8.2-8.6 ms) and token-major f16 on
-/// 2 threads (8.3-8.7 -> 8.6-9.0 ms), so not on token-major caches at all.
+/// window at the first tile of a run) used instead for storage types under 4 bytes per value
+/// on head-major runs, and on interleaved caches when the call runs on one thread: there the
+/// walk is bound by its instructions more than by memory and the re-issued prefetches cost
+/// ~20% of the in-cache time (perf). Measured (harness, L = 16k, 300 calls, medians; L = 64k
+/// for 2 threads): head-major f16 1 thread 3.8-4.3 -> 3.4-3.65 ms, 2 threads 8.1-8.5 ->
+/// 6.9-7.8 ms; token-major 1 thread f16 3.5-3.8 -> 3.25-3.5 ms, bf16 3.96-4.04 ->
+/// 3.72-3.96 ms. Not used where it lost: f32 (head-major 1 thread 6.5-7.1 -> 8.2-8.6 ms).
+/// Token-major f16 on 2 threads is undecided (one session 8.3-8.7 -> 8.6-9.0 ms, the next
+/// 7.95-8.7 -> 7.2-8.9 ms, within the spread of the same binary) and keeps the re-issued
+/// windows. Every line must be requested: prefetching every other line (as if the hardware
+/// fetched the adjacent one) halves the bandwidth (f16 1 thread 3.5-4.1 -> 7.0-7.2 ms).
 inline constexpr Index kKeySlideTokens = 16;
 inline constexpr Index kValueSlideTokens = 48;
 /// Chunks are whole multiples of this many tokens.
@@ -288,33 +292,35 @@ class DecodeCall {
     return view.token_stride == HeadsView<const T>::row_items(d_);
   }
 
-  /// True when the walk of `view` uses the sliding prefetch windows (kKeySlideTokens).
+  /// True when the walk of `view` uses the sliding prefetch windows (kKeySlideTokens): storage
+  /// types under 4 bytes per value, on head-major runs always, on interleaved caches only when
+  /// the call runs on one thread (measured there: see kKeySlideTokens).
   bool slides(const KView& view) const {
-    return head_runs(view) &&
-           HeadsView<const T>::row_items(d_) * Index(sizeof(T)) < 4 * d_;
+    return HeadsView<const T>::row_items(d_) * Index(sizeof(T)) < 4 * d_ &&
+           (head_runs(view) || threads_ == 1);
   }
 
   /// Walks the tiles of `tile` tokens of [j0, j1), calling step(g, t0, pf, npf) with the
-  /// tokens [pf, pf + npf) of head g to prefetch first: head by head on head-major runs (the
-  /// sliding window of `slide_window` tokens when `slides`, else the re-issued `window`), token
-  /// tile by token tile across the heads otherwise (the re-issued window).
+  /// tokens [pf, pf + npf) of head g to prefetch first: head by head on head-major runs, token
+  /// tile by token tile across the heads otherwise; the prefetch window is the sliding one of
+  /// `slide_window` tokens when `slides`, else the re-issued `window`.
   template <class Step>
   void walk_tiles(const KView& view, Index j0, Index j1, Index tile, Index window,
                   Index slide_window, const std::uint8_t* heads, Step&& step) const {
+    const bool slide = slides(view);
+    auto visit = [&](Index g, Index t0) {
+      if (!slide) step(g, t0, t0, window);
+      else if (t0 == j0) step(g, t0, t0, slide_window);
+      else step(g, t0, t0 + slide_window - tile, tile);
+    };
     if (head_runs(view)) {
-      const bool slide = slides(view);
-      for (Index g = 0; g < Hkv_; ++g) {
-        if (heads && !heads[g]) continue;
-        for (Index t0 = j0; t0 < j1; t0 += tile) {
-          if (!slide) step(g, t0, t0, window);
-          else if (t0 == j0) step(g, t0, t0, slide_window);
-          else step(g, t0, t0 + slide_window - tile, tile);
-        }
-      }
+      for (Index g = 0; g < Hkv_; ++g)
+        if (!heads || heads[g])
+          for (Index t0 = j0; t0 < j1; t0 += tile) visit(g, t0);
     } else {
       for (Index t0 = j0; t0 < j1; t0 += tile)
         for (Index g = 0; g < Hkv_; ++g)
-          if (!heads || heads[g]) step(g, t0, t0, window);
+          if (!heads || heads[g]) visit(g, t0);
     }
   }
 
