@@ -63,7 +63,7 @@ inline constexpr Index kValuePrefetchTokens = 32;
 /// walk is bound by its instructions more than by memory and the re-issued prefetches cost
 /// ~20% of the in-cache time (perf). Measured (harness, L = 16k, 300 calls, medians; L = 64k
 /// for 2 threads): head-major f16 1 thread 3.8-4.3 -> 3.4-3.65 ms, 2 threads 8.1-8.5 ->
-/// 6.9-7.8 ms; token-major 1 thread f16 3.5-3.8 -> 3.25-3.5 ms, bf16 3.96-4.04 ->
+/// 6.9-7.8 ms; token-major 1 thread f16 3.5-3.95 -> 3.25-3.5 ms, bf16 3.96-4.04 ->
 /// 3.72-3.96 ms. Not used where it lost: f32 (head-major 1 thread 6.5-7.1 -> 8.2-8.6 ms).
 /// Token-major f16 on 2 threads is undecided (one session 8.3-8.7 -> 8.6-9.0 ms, the next
 /// 7.95-8.7 -> 7.2-8.9 ms, within the spread of the same binary) and keeps the re-issued
