@@ -19,7 +19,7 @@ using namespace toptheta;
 using namespace toptheta::testing;
 
 template <class T>
-void threads_bit_identical(bool prefill_call) {
+void threads_bit_identical(bool prefill_call, bool packed_head_major = false) {
   using Acc = acc_t<T>;
 #if !TOPTHETA_HAS_OPENMP
   GTEST_SKIP() << "built without OpenMP: the kernels run on the calling thread";
@@ -31,7 +31,8 @@ void threads_bit_identical(bool prefill_call) {
   sp.Hkv = 4;
   sp.d = 64;
   sp.seed = 9;
-  sp.layout = prefill_call ? Layout::kHeadMajor : Layout::kTokenMajor;
+  sp.layout = prefill_call || packed_head_major ? Layout::kHeadMajor : Layout::kTokenMajor;
+  sp.packed_kv = packed_head_major;
   Problem<T> p = make_problem<T>(sp);
   const auto args = p.args();
   Rng rng(10);
@@ -126,6 +127,9 @@ using StorageTypes = ::testing::Types<float, double, Eigen::half, Eigen::bfloat1
 TYPED_TEST_SUITE(Threads, StorageTypes, );
 
 TYPED_TEST(Threads, DecodeBitIdentical) { threads_bit_identical<TypeParam>(false); }
+// Unpadded head-major K / V: the two-pass decode runs one task per KV group when the thread
+// count divides Hkv (1, 2 threads here) and chunk tasks otherwise (3 threads).
+TYPED_TEST(Threads, DecodeBitIdenticalPackedHeadMajor) { threads_bit_identical<TypeParam>(false, true); }
 TYPED_TEST(Threads, PrefillBitIdentical) { threads_bit_identical<TypeParam>(true); }
 
 }  // namespace

@@ -131,6 +131,7 @@ struct ProblemSpec {
   Index Hkv = 1;
   Index d = 8;
   Layout layout = Layout::kTokenMajor;
+  bool packed_kv = false;  // K / V rows without padding (head-major: one head's rows adjacent)
   bool discrete = false;  // discrete q/k (exact scores; needs a power-of-two scale)
   double q_sigma = 1.0;   // continuous q spread (larger: peakier softmax)
   double scale = 0.0;     // 0: 1/sqrt(d)
@@ -139,7 +140,8 @@ struct ProblemSpec {
   std::string name() const {
     std::ostringstream os;
     os << "T" << T << "_P" << P << "_Hq" << Hq << "_Hkv" << Hkv << "_d" << d << "_"
-       << to_string(layout) << (discrete ? "_disc" : "_cont") << "_seed" << seed;
+       << to_string(layout) << (packed_kv ? "_packed" : "") << (discrete ? "_disc" : "_cont")
+       << "_seed" << seed;
     return os.str();
   }
 };
@@ -257,8 +259,8 @@ Problem<T> make_problem(const ProblemSpec& spec) {
   Rng rng(spec.seed);
   const T nan = quiet_nan<T>();
   p.q = make_heads<T>(spec.T, spec.Hq, spec.d, Layout::kTokenMajor, nan, 2);
-  p.k = make_heads<T>(spec.L(), spec.Hkv, spec.d, spec.layout, nan);
-  p.v = make_heads<T>(spec.L(), spec.Hkv, spec.d, spec.layout, nan, 1, 4);
+  p.k = make_heads<T>(spec.L(), spec.Hkv, spec.d, spec.layout, nan, spec.packed_kv ? 0 : 3);
+  p.v = make_heads<T>(spec.L(), spec.Hkv, spec.d, spec.layout, nan, spec.packed_kv ? 0 : 1, 4);
   p.out = make_heads<Acc>(spec.T, spec.Hq, spec.d, spec.layout, p.out_fill, 2, 1, 3);
   if (spec.discrete) {
     fill_discrete(p.q, rng);

@@ -21,7 +21,10 @@
 ///   rows and each chunk's (max, softmax denominator); per KV group the row pipeline
 ///   (row_pipeline.hpp) selects and weighs each head's keys, then the union of the group's kept
 ///   keys is gathered chunk by chunk (gather.hpp), and the partial outputs are summed per head
-///   in chunk order, plus VMC.
+///   in chunk order, plus VMC. Four stages of chunk / group tasks; on a head-major cache, when
+///   the thread count divides Hkv, one stage of one task per KV group that runs the four steps
+///   of its group (the same values in the same order, so the same bits), so that no thread
+///   reads score rows or weights another one wrote (see group_tasks_).
 ///
 /// Memory traffic: all of K plus the union of kept V rows per KV group (all of V when dense).
 
@@ -147,6 +150,16 @@ class DecodeCall {
     per_head_stats_ = o.stats && !o.stats->kept_per_head.empty();
     threads_ = workers > 0 ? workers : call_threads(o.threads, 2.0 * double(L_) * double(Hq_) * double(d_),
                             std::max(nc_, Hkv_));
+    // Two pass on a head-major cache: one task per KV group (its scores, selection, gather and
+    // sum) when the threads divide the groups. Chunk tasks hand each group's score rows and
+    // weights to the thread of the next stage: measured with 2 threads (L = 1024, post-softmax,
+    // bf16), the selection of the 8 groups took 36.5 us on one thread that had computed half
+    // the scores against 20 us on one that had computed them all. Harness (median of calls,
+    // bf16, 5 alternating runs each): L = 1024 2 threads post Top-θ 136-146 -> 126-133 us,
+    // top-k 141-153 -> 133-136 us; L = 16k 1 thread post 2245-2406 -> 1963-2129 us, 2 threads
+    // 1137-1176 -> 1088-1158 us. Not on interleaved caches: a group's rows are strided there,
+    // and the per-group walk was slower (L = 16k, 2 threads, post: 1.94-2.02 -> 2.55-2.80 ms).
+    group_tasks_ = !fused_ && head_runs(k) && head_runs(v) && Hkv_ % threads_ == 0;
   }
 
   int threads() const { return threads_; }
@@ -218,18 +231,24 @@ class DecodeCall {
       }
   }
 
-  int num_stages() const { return fused_ ? 2 : 4; }
+  int num_stages() const { return fused_ ? 2 : group_tasks_ ? 1 : 4; }
   Index num_tasks(int stage) const {
     if (fused_) return stage == 0 ? nc_ : Hkv_;
+    if (group_tasks_) return Hkv_;
     return stage == 0 || stage == 2 ? nc_ : Hkv_;
   }
-  bool dynamic_schedule(int) const { return false; }
+  bool dynamic_schedule(int) const { return group_tasks_; }  // group tasks differ in size
 
   void run_task(int stage, Index task, int worker) {
     Worker& w = workers_[worker];
     if (fused_) {
       if (stage == 0) fused_chunk(task, w);
       else fused_finish_group(task, w);
+    } else if (group_tasks_) {  // the four steps of one KV group, its chunks in order
+      for (Index c = 0; c < nc_; ++c) scores_chunk(c, w, task);
+      select_group(task, w);
+      for (Index c = 0; c < nc_; ++c) gather_chunk(c, task);
+      reduce_group(task);
     } else {
       switch (stage) {
         case 0: scores_chunk(task, w); break;
@@ -324,14 +343,18 @@ class DecodeCall {
     }
   }
 
-  /// Scores of tokens [j0, j1) for every head into s (row stride ss), finished (bias, NaN).
-  /// Tiles of kScoreTile tokens with every KV head per tile, so the walk stays close to token
-  /// order on an interleaved cache (measured: tiles of 16 tokens per head stream an interleaved
-  /// cache at ~60% of the sequential bandwidth, tiles of 4 at ~70%; fp16 decode 30% faster).
-  void scores(Index j0, Index j1, Acc* s, Index ss) const {
+  /// Scores of tokens [j0, j1) for every head into s (row stride ss), finished (bias, NaN); with
+  /// `group` >= 0 only that KV group's heads. Tiles of kScoreTile tokens with every KV head per
+  /// tile, so the walk stays close to token order on an interleaved cache (measured: tiles of 16
+  /// tokens per head stream an interleaved cache at ~60% of the sequential bandwidth, tiles of 4
+  /// at ~70%; fp16 decode 30% faster).
+  void scores(Index j0, Index j1, Acc* s, Index ss, Index group = -1) const {
     const Index G = G_, d = d_;
     const T* keys[kScoreTile];
-    walk_tiles(k_, j0, j1, kScoreTile, kKeyPrefetchTokens, kKeySlideTokens, nullptr,
+    std::uint8_t only[kMaxKv] = {};
+    if (group >= 0) only[group] = 1;
+    walk_tiles(k_, j0, j1, kScoreTile, kKeyPrefetchTokens, kKeySlideTokens,
+               group >= 0 ? only : nullptr,
                [&](Index g, Index t0, Index pf, Index npf) {
                  const Index nt = std::min(kScoreTile, j1 - t0);
                  prefetch_head(k_, g, pf, npf);
@@ -339,7 +362,8 @@ class DecodeCall {
                  Ops::dot_rows(q_ + g * G * d, G, d, keys, nt, s + g * G * ss + (t0 - j0), ss);
                });
     const float* bias = a_.bias.empty() ? nullptr : a_.bias.row(0) + j0;
-    for (Index h = 0; h < Hq_; ++h) Ops::finish_scores(s + h * ss, bias, j1 - j0);
+    const Index h0 = group >= 0 ? group * G : 0, h1 = group >= 0 ? h0 + G : Hq_;
+    for (Index h = h0; h < h1; ++h) Ops::finish_scores(s + h * ss, bias, j1 - j0);
   }
 
   /// acc_g[hh][0..d) += sum_j w[g * wg + hh * ws + j - j0] V(j, g) for tokens [j0, j1), every
@@ -592,12 +616,15 @@ class DecodeCall {
 
   // ---- two pass ---------------------------------------------------------------------------
 
-  void scores_chunk(Index c, Worker& w) {
+  /// Pass 1 on chunk c: score rows and (with need_mz_) the chunk's max and exp sum per head;
+  /// with `group` >= 0 only that KV group's heads.
+  void scores_chunk(Index c, Worker& w, Index group = -1) {
     Index j0, j1;
     chunk_range(c, &j0, &j1);
-    scores(j0, j1, s_ + j0, s_stride_);
+    scores(j0, j1, s_ + j0, s_stride_, group);
     if (!need_mz_) return;
-    for (Index h = 0; h < Hq_; ++h) {
+    const Index h0 = group >= 0 ? group * G_ : 0, h1 = group >= 0 ? h0 + G_ : Hq_;
+    for (Index h = h0; h < h1; ++h) {
       const Acc* row = s_ + h * s_stride_ + j0;
       const Acc m = Ops::row_max(row, j1 - j0);
       part_m_[c * Hq_ + h] = m;
@@ -649,21 +676,24 @@ class DecodeCall {
     w.sink.vrows(L, nuni_[g]);
   }
 
-  void gather_chunk(Index c) {
+  /// Pass 2 on chunk c: the partial outputs of the kept V rows of every group (with `group` >= 0
+  /// only that group's, whose part of the chunk's accumulators it alone writes).
+  void gather_chunk(Index c, Index group = -1) {
     const Index G = G_, d = d_, L = L_;
     Index j0, j1;
     chunk_range(c, &j0, &j1);
     Acc* acc = part_acc_ + c * Hq_ * d;
-    std::fill(acc, acc + Hq_ * d, Acc(0));
+    const Index g0 = group >= 0 ? group : 0, g1 = group >= 0 ? group + 1 : Hkv_;
+    std::fill(acc + g0 * G * d, acc + g1 * G * d, Acc(0));
     std::uint8_t dense[kMaxKv] = {};
     bool any_dense = false;
-    for (Index g = 0; g < Hkv_; ++g) {
+    for (Index g = g0; g < g1; ++g) {
       dense[g] = dense_g_[g];
       any_dense = any_dense || dense[g];
       touched_[c * Hkv_ + g] = dense[g];
     }
     if (any_dense) accumulate_dense(j0, j1, wc_ + j0, L, L * G, acc, dense);
-    for (Index g = 0; g < Hkv_; ++g) {
+    for (Index g = g0; g < g1; ++g) {
       if (dense[g]) continue;
       const std::int32_t* uni = uni_ + g * L;
       const Index nu = nuni_[g];
@@ -707,6 +737,7 @@ class DecodeCall {
   Index L_ = 0, Hq_ = 0, Hkv_ = 0, G_ = 0, d_ = 0, chunk_ = 0, nc_ = 0;
   Index sc_stride_ = 0, s_stride_ = 0;  // row strides of w.sc and s_ (score_row_stride)
   bool thresholded_ = false, keep_all_ = false, fused_ = true, sparse_fused_ = false,
+       group_tasks_ = false,
        need_vbar_ = false,
        need_mz_ = false, per_head_stats_ = false;
   int threads_ = 1;
