@@ -129,7 +129,9 @@ TYPED_TEST_SUITE(Threads, StorageTypes, );
 TYPED_TEST(Threads, DecodeBitIdentical) { threads_bit_identical<TypeParam>(false); }
 // Unpadded head-major K / V: the two-pass decode runs one task per KV group when the thread
 // count divides Hkv (1, 2 threads here) and chunk tasks otherwise (3 threads).
-TYPED_TEST(Threads, DecodeBitIdenticalPackedHeadMajor) { threads_bit_identical<TypeParam>(false, true); }
+TYPED_TEST(Threads, DecodeBitIdenticalPackedHeadMajor) {
+  threads_bit_identical<TypeParam>(false, true);
+}
 TYPED_TEST(Threads, PrefillBitIdentical) { threads_bit_identical<TypeParam>(true); }
 
 }  // namespace

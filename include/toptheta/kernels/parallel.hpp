@@ -3,8 +3,9 @@
 /// How a kernel call is split into work: a call is a short sequence of *stages*; each stage is a
 /// list of independent *tasks*; a stage starts when the previous one has finished. Every value a
 /// call computes, and the order of every sum, depends only on the shapes (never on the thread
-/// count or on which task computes it), so results are bit-identical for any number of threads. `run_stages` runs a call with OpenMP (or on the calling thread); an
-/// engine with its own thread pool runs the same tasks itself (attention.hpp, `AttentionPlan`).
+/// count or on which task computes it), so results are bit-identical for any number of threads.
+/// `run_stages` runs a call with OpenMP (or on the calling thread); an engine with its own
+/// thread pool runs the same tasks itself (attention.hpp, `AttentionPlan`).
 
 #include <algorithm>
 
