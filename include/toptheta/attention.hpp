@@ -162,3 +162,38 @@ Status prefill(const AttentionArgs<T, Q>& args, const AttentionOptions& options)
 }
 
 }  // namespace toptheta
+
+/// Explicit instantiations of this header's entry points (`decode`, `prefill`, `workspace_size`,
+/// `decode_workspace_size`, with and without a workspace) for one `AttentionArgs<T, Q>`.
+/// `KW` is `extern` for the declarations, empty for the definitions. Use at global scope.
+///
+/// Compiling the kernels once: every entry point instantiates the kernels for each SIMD path
+/// and cache view, which is most of the compile time of a file that calls them (~150 s against
+/// ~15 s at -O3 for one of our test files). A project with many such files can define
+/// `TOPTHETA_EXTERN_TEMPLATES` in all of them, so that they only declare the instances of
+/// every `TOPTHETA_FOR_EACH_ARGS_TYPE` pair, and compile the definitions once in one file
+/// (or one per pair, to build them in parallel) with `TOPTHETA_INSTANTIATE(T, Q)` of plan.hpp.
+/// Every file must then see the same toptheta configuration macros and instruction-set flags.
+/// Our own tests, examples and tools build this way (the `toptheta_instances` target of
+/// CMakeLists.txt); the library itself stays header-only.
+#define TOPTHETA_ATTENTION_INSTANCES(KW, T, Q)                                                   \
+  KW template ::toptheta::Status toptheta::decode<T, Q>(                                         \
+      const ::toptheta::AttentionArgs<T, Q>&, const ::toptheta::AttentionOptions&,               \
+      ::toptheta::Workspace);                                                                    \
+  KW template ::toptheta::Status toptheta::prefill<T, Q>(                                        \
+      const ::toptheta::AttentionArgs<T, Q>&, const ::toptheta::AttentionOptions&,               \
+      ::toptheta::Workspace);                                                                    \
+  KW template ::toptheta::Status toptheta::decode<T, Q>(const ::toptheta::AttentionArgs<T, Q>&,  \
+                                                        const ::toptheta::AttentionOptions&);    \
+  KW template ::toptheta::Status toptheta::prefill<T, Q>(const ::toptheta::AttentionArgs<T, Q>&, \
+                                                         const ::toptheta::AttentionOptions&);   \
+  KW template std::size_t toptheta::workspace_size<T, Q>(const ::toptheta::AttentionArgs<T, Q>&, \
+                                                         const ::toptheta::AttentionOptions&);   \
+  KW template std::size_t toptheta::decode_workspace_size<T, Q>(                                 \
+      const ::toptheta::AttentionArgs<T, Q>&, const ::toptheta::AttentionOptions&);
+
+#if defined(TOPTHETA_EXTERN_TEMPLATES)
+#define TOPTHETA_DETAIL_EXTERN_ATTENTION(T, Q) TOPTHETA_ATTENTION_INSTANCES(extern, T, Q)
+TOPTHETA_FOR_EACH_ARGS_TYPE(TOPTHETA_DETAIL_EXTERN_ATTENTION)
+#undef TOPTHETA_DETAIL_EXTERN_ATTENTION
+#endif

@@ -370,3 +370,16 @@ Status validate(const AttentionArgs<T, Q>& args, const AttentionOptions& opt) {
 }
 
 }  // namespace toptheta
+
+/// Calls `X(T, Q)` once for every (cache type, query type) pair `AttentionArgs<T, Q>` accepts:
+/// float, double, Eigen::half and Eigen::bfloat16 caches with queries of the cache type, and
+/// Eigen::half, Eigen::bfloat16 and BlockQ8_0 caches with float queries. Used to declare and
+/// define the compiled instances of the entry points (attention.hpp, plan.hpp).
+#define TOPTHETA_FOR_EACH_ARGS_TYPE(X)                                                   \
+  X(float, float)                                                                        \
+  X(double, double)                                                                      \
+  X(::Eigen::half, ::Eigen::half)                                                        \
+  X(::Eigen::half, float)                                                                \
+  X(::Eigen::bfloat16, ::Eigen::bfloat16)                                                \
+  X(::Eigen::bfloat16, float)                                                            \
+  X(::toptheta::BlockQ8_0, float)

@@ -378,3 +378,38 @@ Status decode_batch(const DecodeBatch<T, Q>& batch, const AttentionOptions& opti
 }
 
 }  // namespace toptheta
+
+/// Explicit instantiations of this header's entry points (`plan_decode`, `plan_prefill`,
+/// `decode_batch` and their workspace sizes) for one pair `T, Q`; `KW` as for
+/// `TOPTHETA_ATTENTION_INSTANCES` (attention.hpp), which explains when to use them.
+#define TOPTHETA_PLAN_INSTANCES(KW, T, Q)                                                        \
+  KW template std::size_t toptheta::plan_decode_workspace_size<T, Q>(                            \
+      const ::toptheta::DecodeBatch<T, Q>&, const ::toptheta::AttentionOptions&, int);           \
+  KW template ::toptheta::Status toptheta::plan_decode<T, Q>(                                    \
+      const ::toptheta::DecodeBatch<T, Q>&, const ::toptheta::AttentionOptions&, int,            \
+      ::toptheta::Workspace, ::toptheta::AttentionPlan*);                                        \
+  KW template std::size_t toptheta::plan_prefill_workspace_size<T, Q>(                           \
+      const ::toptheta::AttentionArgs<T, Q>&, const ::toptheta::AttentionOptions&, int);         \
+  KW template ::toptheta::Status toptheta::plan_prefill<T, Q>(                                   \
+      const ::toptheta::AttentionArgs<T, Q>&, const ::toptheta::AttentionOptions&, int,          \
+      ::toptheta::Workspace, ::toptheta::AttentionPlan*);                                        \
+  KW template std::size_t toptheta::decode_batch_workspace_size<T, Q>(                           \
+      const ::toptheta::DecodeBatch<T, Q>&, const ::toptheta::AttentionOptions&);                \
+  KW template ::toptheta::Status toptheta::decode_batch<T, Q>(                                   \
+      const ::toptheta::DecodeBatch<T, Q>&, const ::toptheta::AttentionOptions&,                 \
+      ::toptheta::Workspace);                                                                    \
+  KW template ::toptheta::Status toptheta::decode_batch<T, Q>(                                   \
+      const ::toptheta::DecodeBatch<T, Q>&, const ::toptheta::AttentionOptions&);
+
+/// Defines the compiled instances of every entry point (attention.hpp and plan.hpp) for one
+/// `AttentionArgs<T, Q>` pair, in the one file that compiles them for a project built with
+/// `TOPTHETA_EXTERN_TEMPLATES` (see `TOPTHETA_ATTENTION_INSTANCES`). Use at global scope.
+#define TOPTHETA_INSTANTIATE(T, Q)          \
+  TOPTHETA_ATTENTION_INSTANCES(, T, Q)      \
+  TOPTHETA_PLAN_INSTANCES(, T, Q)
+
+#if defined(TOPTHETA_EXTERN_TEMPLATES)
+#define TOPTHETA_DETAIL_EXTERN_PLAN(T, Q) TOPTHETA_PLAN_INSTANCES(extern, T, Q)
+TOPTHETA_FOR_EACH_ARGS_TYPE(TOPTHETA_DETAIL_EXTERN_PLAN)
+#undef TOPTHETA_DETAIL_EXTERN_PLAN
+#endif
