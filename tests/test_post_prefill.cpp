@@ -12,8 +12,10 @@
 //  - NaN / Inf in K and V rows of keys that every row masks: the output does not change;
 //  - the selection is bit-identical to the stored path's and the calibrator's: thresholds
 //    calibrated on the call's own rows (one sample per row length) keep exactly k per row.
+//  - pass 2 reading the score tiles back and recomputing them (options.post_score_tile_bytes)
+//    give the same bits.
 // test_post_prefill_recompute.cpp compiles this file with a zero score-tile budget, so that pass
-// 2 recomputes the score tiles instead of reading them back.
+// 2 of every case recomputes the score tiles instead of reading them back.
 
 #include <gtest/gtest.h>
 
@@ -36,6 +38,10 @@
 #endif
 #define TT_POST_TEST_(suite, name) TEST(suite, name)
 #define TT_POST_TEST(name) TT_POST_TEST_(TT_POST_SUITE, name)
+// AttentionOptions::post_score_tile_bytes of every call the suite checks.
+#ifndef TT_POST_SCORE_TILE_BYTES
+#define TT_POST_SCORE_TILE_BYTES (AttentionOptions{}.post_score_tile_bytes)
+#endif
 
 namespace {
 
@@ -102,6 +108,7 @@ AttentionOptions post_options(const Case& c, const ThresholdTable* table) {
   o.empty_row = c.empty;
   o.vbar = VbarSource::kSumCache;  // the running sum is given only sometimes
   o.threads = c.threads;
+  o.post_score_tile_bytes = TT_POST_SCORE_TILE_BYTES;
   return o;
 }
 
@@ -173,6 +180,14 @@ void run_case(const Case& c) {
   const std::vector<acc_t<T>> again = run(p, other, true, nullptr);
   ASSERT_EQ(0, std::memcmp(tiles.data(), again.data(), tiles.size() * sizeof(acc_t<T>)))
       << "results depend on the thread count";
+  // The other way of pass 2 (recomputing the score tiles instead of reading them back, or back)
+  // gives the same bits.
+  AttentionOptions flipped = o;
+  flipped.post_score_tile_bytes =
+      o.post_score_tile_bytes == 0 ? AttentionOptions{}.post_score_tile_bytes : 0;
+  const std::vector<acc_t<T>> flip = run(p, flipped, true, nullptr);
+  ASSERT_EQ(0, std::memcmp(tiles.data(), flip.data(), tiles.size() * sizeof(acc_t<T>)))
+      << "results depend on post_score_tile_bytes";
 }
 
 Case draw(int i) {
@@ -387,6 +402,7 @@ void calibrated_rows_keep_k(Index Tn, Index P, Index Hkv, Index G, Index d, std:
     t.placement = Placement::kPostSoftmax;
     t.thresholds = &table;
     t.threads = threads;
+    t.post_score_tile_bytes = TT_POST_SCORE_TILE_BYTES;
     AttentionStats st;
     t.stats = &st;
     ASSERT_TRUE(prefill(args, t).ok());

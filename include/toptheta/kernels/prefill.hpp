@@ -43,13 +43,6 @@ namespace toptheta::detail {
 inline constexpr Index kKeyTile = 64;
 /// Score budget of a stored block per worker.
 inline constexpr std::size_t kScoreBlockBytes = std::size_t(4) << 20;
-/// Budget per worker for the score tiles that pass 1 of the post-softmax walk keeps for pass 2
-/// (beyond it, pass 2 recomputes them). Overridable for tests of the recomputing variant.
-#ifndef TOPTHETA_POST_SCORE_TILE_BYTES
-#define TOPTHETA_POST_SCORE_TILE_BYTES (std::size_t(4) << 20)
-#endif
-inline constexpr std::size_t kPostScoreTileBytes = TOPTHETA_POST_SCORE_TILE_BYTES;
-
 template <class Ops, class Args, class KView>
 class PrefillCall {
  public:
@@ -82,7 +75,8 @@ class PrefillCall {
       R_ = std::max<Index>(1, std::min<Index>(T_, 64 / G_));
       if (post_) {  // fewer rows per block when that lets the block's score tiles fit the budget
         constexpr Index W = Ops::kLanes;
-        const Index mp_fit = Index(kPostScoreTileBytes / (std::size_t(L_ + kKeyTile) * sizeof(Acc))) / W * W;
+        const std::size_t row_bytes = std::size_t(L_ + kKeyTile) * sizeof(Acc);
+        const Index mp_fit = Index(o.post_score_tile_bytes / row_bytes) / W * W;
         if (mp_fit >= G_ && (R_ * G_ + W - 1) / W * W > mp_fit) R_ = std::max<Index>(1, mp_fit / G_);
       }
     } else {
@@ -94,10 +88,10 @@ class PrefillCall {
     constexpr Index W = Ops::kLanes;
     Mp_ = (M_ + W - 1) / W * W;
     // Pass 1 of the post-softmax walk keeps the block's score tiles for pass 2 when they fit
-    // the stored-block budget (reading them back is ~10x cheaper than recomputing Q K^T);
+    // o.post_score_tile_bytes (reading them back is ~10x cheaper than recomputing Q K^T);
     // otherwise pass 2 recomputes them (the same products, so the same scores).
     store_scores_ = post_ && std::size_t(L_ + kKeyTile) * std::size_t(Mp_) * sizeof(Acc) <=
-                                 kPostScoreTileBytes;
+                                 o.post_score_tile_bytes;
     ldv_ = (d_ + W - 1) / W * W;
     nb_ = (T_ + R_ - 1) / R_;
     calibrate_ = o.mode == AttentionMode::kCalibrate;
