@@ -782,7 +782,8 @@ def write_report(args, json_path, main: Run, native_sub: Run | None, portable_su
     w("")
     w("Every benchmark's label names its variant. Thresholds are calibrated with `kCalibrate` on "
       "the benchmark's own cache at k = 64, lambda = 0.1: decode with 8 other queries of the same "
-      "distribution, prefill with one calibration prefill over another query set.")
+      "distribution, prefill with 4 calibration prefills, each over its own query set (theta(L) = "
+      "mean + lambda * std of 4 samples per head and row length).")
     w("")
     w("| mode (benchmark name) | variant | options |")
     w("|---|---|---|")
