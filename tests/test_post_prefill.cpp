@@ -285,6 +285,37 @@ TT_POST_TEST(ThresholdsKeepingEverythingOrNothingDecode) {
   special_thresholds<double>(false);
 }
 
+/// A score-tile budget between "nothing" and "the whole block": the walk takes fewer query rows
+/// per block so that their tiles fit (kernels/prefill.hpp), the outputs still match the oracle,
+/// and the workspace shrinks with the budget.
+TT_POST_TEST(ScoreTileBudgetBetweenNoneAndAll) {
+  Case c;
+  c.T = 40;
+  c.P = 1000;  // long rows: the kept tiles outweigh the smaller per-block buffers
+  c.Hkv = 2;
+  c.G = 8;
+  c.d = 24;
+  c.bias = 1;
+  c.vsum = true;
+  Problem<float> p = problem_of<float>(c);
+  Rng rng(c.seed ^ 0x7ab1eull);
+  ThetaPlan plan;
+  plan.target_hi = 24;
+  const ThresholdTable table = make_margin_table(p, Placement::kPostSoftmax, 4, plan, rng);
+  AttentionOptions o = post_options(c, &table);
+  const auto args = p.args();
+  o.post_score_tile_bytes = AttentionOptions{}.post_score_tile_bytes;
+  const std::size_t ws_all = workspace_size(args, o);
+  o.post_score_tile_bytes = 0;
+  const std::size_t ws_none = workspace_size(args, o);
+  // Two rows of a block's G = 8 heads: 16 score rows of L + 64 keys.
+  o.post_score_tile_bytes = std::size_t(p.length() + 64) * 2 * std::size_t(c.G) * sizeof(float);
+  const std::size_t ws_some = workspace_size(args, o);
+  EXPECT_LT(ws_none, ws_some);
+  EXPECT_LT(ws_some, ws_all);
+  check_oracle(p, o, true);
+}
+
 /// A decode whose every head keeps every key (dense heads) runs the dense single pass: the
 /// output agrees with dense attention, the statistics are those of thresholded rows.
 TT_POST_TEST(DecodeKeepingEveryKeyMatchesDense) {
