@@ -286,8 +286,8 @@ TT_POST_TEST(ThresholdsKeepingEverythingOrNothingDecode) {
 }
 
 /// A score-tile budget between "nothing" and "the whole block": the walk takes fewer query rows
-/// per block so that their tiles fit (kernels/prefill.hpp), the outputs still match the oracle,
-/// and the workspace shrinks with the budget.
+/// per block so that their tiles fit (kernels/prefill.hpp), the outputs still match the oracle
+/// bit for bit those of the other budgets, and the workspace shrinks with the budget.
 TT_POST_TEST(ScoreTileBudgetBetweenNoneAndAll) {
   Case c;
   c.T = 40;
@@ -314,6 +314,15 @@ TT_POST_TEST(ScoreTileBudgetBetweenNoneAndAll) {
   EXPECT_LT(ws_none, ws_some);
   EXPECT_LT(ws_some, ws_all);
   check_oracle(p, o, true);
+  // Smaller blocks, the same bits as the whole-block walks (recomputing or reading back).
+  const std::vector<float> some = run(p, o, true, nullptr);
+  for (std::size_t budget : {std::size_t(0), AttentionOptions{}.post_score_tile_bytes}) {
+    AttentionOptions other = o;
+    other.post_score_tile_bytes = budget;
+    const std::vector<float> r = run(p, other, true, nullptr);
+    ASSERT_EQ(0, std::memcmp(some.data(), r.data(), some.size() * sizeof(float)))
+        << "budget " << budget;
+  }
 }
 
 /// A decode whose every head keeps every key (dense heads) runs the dense single pass: the

@@ -78,8 +78,17 @@ struct VecScalar {
   friend VecScalar operator+(VecScalar a, VecScalar b) { return {a.r + b.r}; }
   friend VecScalar operator-(VecScalar a, VecScalar b) { return {a.r - b.r}; }
   friend VecScalar operator*(VecScalar a, VecScalar b) { return {a.r * b.r}; }
-  /// a * b + c (not fused: the portable path rounds twice).
-  static VecScalar fma(VecScalar a, VecScalar b, VecScalar c) { return {a.r * b.r + c.r}; }
+  /// a * b + c: fused (one rounding) when the build targets FMA hardware, else rounded twice.
+  /// Written out either way, never left to the compiler: with FMA available GCC contracts
+  /// `a * b + c` in some inlined copies and not in others, and the scalar path's results then
+  /// changed with the prefill block size (test_post_prefill, ScoreTileBudgetBetweenNoneAndAll).
+  static VecScalar fma(VecScalar a, VecScalar b, VecScalar c) {
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
+    return {std::fma(a.r, b.r, c.r)};
+#else
+    return {a.r * b.r + c.r};
+#endif
+  }
   static VecScalar max(VecScalar a, VecScalar b) { return {a.r > b.r ? a.r : b.r}; }
   static VecScalar min(VecScalar a, VecScalar b) { return {a.r < b.r ? a.r : b.r}; }
   static VecScalar exp(VecScalar x) {
