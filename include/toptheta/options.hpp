@@ -228,12 +228,13 @@ struct AttentionOptions {
   VbarSource vbar = VbarSource::kRunningSum;
   int threads = 0;                 ///< 0: OpenMP default (1 without OpenMP)
   Isa isa = Isa::kAuto;            ///< force an instruction-set path (tests, benchmarks)
-  /// Bytes per worker that a post-softmax Top-θ prefill may spend on keeping the score tiles of
-  /// its first pass (row maxima and denominators) for its second (selection and V gather).
-  /// When a query block's tiles, (L + 64) x the block's padded rows x sizeof(Acc) bytes, do not
-  /// fit, the second pass recomputes them: the same products, so the same bits, at about twice
-  /// the Q K^T work. Counts toward workspace_size; 0 always recomputes. Ignored by decode and by
-  /// every other mode and placement.
+  /// Bytes per worker that a post-softmax Top-θ prefill may spend on keeping the score tiles its
+  /// first walk over the keys computes (row maxima) for the two walks that follow (softmax
+  /// denominators; selection and V gather). When a query block's tiles, (L + 64) x the block's
+  /// padded rows x sizeof(Acc) bytes, do not fit, the walk first takes fewer rows per block;
+  /// when not even one query token's fit, the later walks recompute them: the same products, so
+  /// the same bits, at about three times the Q K^T work. Counts toward workspace_size; 0 always
+  /// recomputes. Ignored by decode, by other modes and placements, and with cap_k > 0.
   std::size_t post_score_tile_bytes = std::size_t(4) << 20;
 };
 

@@ -87,9 +87,9 @@ class PrefillCall {
     M_ = R_ * G_;
     constexpr Index W = Ops::kLanes;
     Mp_ = (M_ + W - 1) / W * W;
-    // Pass 1 of the post-softmax walk keeps the block's score tiles for pass 2 when they fit
-    // o.post_score_tile_bytes (reading them back is ~10x cheaper than recomputing Q K^T);
-    // otherwise pass 2 recomputes them (the same products, so the same scores).
+    // Walk 1 of the post-softmax item keeps the block's score tiles for walks 2 and 3 when they
+    // fit o.post_score_tile_bytes (reading them back is ~10x cheaper than recomputing Q K^T);
+    // otherwise walks 2 and 3 recompute them (the same products, so the same scores).
     store_scores_ = post_ && std::size_t(L_ + kKeyTile) * std::size_t(Mp_) * sizeof(Acc) <=
                                  o.post_score_tile_bytes;
     ldv_ = (d_ + W - 1) / W * W;
