@@ -286,8 +286,9 @@ TT_POST_TEST(ThresholdsKeepingEverythingOrNothingDecode) {
 }
 
 /// A score-tile budget between "nothing" and "the whole block": the walk takes fewer query rows
-/// per block so that their tiles fit (kernels/prefill.hpp), the outputs still match the oracle
-/// bit for bit those of the other budgets, and the workspace shrinks with the budget.
+/// per block so that their tiles fit (kernels/prefill.hpp); the outputs match the oracle and
+/// the whole-block walks (to rounding: the block size may change the order of the V sums), and
+/// the workspace grows with the budget.
 TT_POST_TEST(ScoreTileBudgetBetweenNoneAndAll) {
   Case c;
   c.T = 40;
@@ -314,14 +315,16 @@ TT_POST_TEST(ScoreTileBudgetBetweenNoneAndAll) {
   EXPECT_LT(ws_none, ws_some);
   EXPECT_LT(ws_some, ws_all);
   check_oracle(p, o, true);
-  // Smaller blocks, the same bits as the whole-block walks (recomputing or reading back).
+  // Smaller blocks against the whole-block walks (recomputing or reading back).
   const std::vector<float> some = run(p, o, true, nullptr);
+  const double tol = tolerance_of(p);
   for (std::size_t budget : {std::size_t(0), AttentionOptions{}.post_score_tile_bytes}) {
     AttentionOptions other = o;
     other.post_score_tile_bytes = budget;
     const std::vector<float> r = run(p, other, true, nullptr);
-    ASSERT_EQ(0, std::memcmp(some.data(), r.data(), some.size() * sizeof(float)))
-        << "budget " << budget;
+    for (std::size_t i = 0; i < r.size(); ++i)
+      ASSERT_LE(std::abs(double(some[i]) - double(r[i])), 2 * tol)
+          << "budget " << budget << ", element " << i;
   }
 }
 

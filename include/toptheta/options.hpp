@@ -231,10 +231,13 @@ struct AttentionOptions {
   /// Bytes per worker that a post-softmax Top-θ prefill may spend on keeping the score tiles its
   /// first walk over the keys computes (row maxima) for the two walks that follow (softmax
   /// denominators; selection and V gather). When a query block's tiles, (L + 64) x the block's
-  /// padded rows x sizeof(Acc) bytes, do not fit, the walk first takes fewer rows per block;
-  /// when not even one query token's fit, the later walks recompute them: the same products, so
-  /// the same bits, at about three times the Q K^T work. Counts toward workspace_size; 0 always
-  /// recomputes. Ignored by decode, by other modes and placements, and with cap_k > 0.
+  /// padded rows x sizeof(Acc) bytes, do not fit, the walk first takes fewer query tokens per
+  /// block (fewer rows per block may change the order of the kept rows' V sums: results agree
+  /// to rounding); when not even one token's G rows fit (padded to the SIMD width), the later
+  /// walks recompute the tiles: the same products, so the same bits as reading them back, at
+  /// about three times the Q K^T work. Counts toward workspace_size (for T = 1 too, which also
+  /// sizes a prefill); 0 always recomputes. Ignored by decode, other modes and placements, and
+  /// cap_k > 0.
   std::size_t post_score_tile_bytes = std::size_t(4) << 20;
 };
 

@@ -79,9 +79,12 @@ struct VecScalar {
   friend VecScalar operator-(VecScalar a, VecScalar b) { return {a.r - b.r}; }
   friend VecScalar operator*(VecScalar a, VecScalar b) { return {a.r * b.r}; }
   /// a * b + c: fused (one rounding) when the build targets FMA hardware, else rounded twice.
-  /// Written out either way, never left to the compiler: with FMA available GCC contracts
-  /// `a * b + c` in some inlined copies and not in others, and the scalar path's results then
-  /// changed with the prefill block size (test_post_prefill, ScoreTileBudgetBetweenNoneAndAll).
+  /// Fused explicitly rather than left to the compiler: with FMA in the target GCC contracted
+  /// `a * b + c` in some inlined copies (qk_keys<4>, <2>, <1>) and not in others, so on the
+  /// scalar path a score's bits depended on which micro-kernel its tile position took (found by
+  /// test_post_prefill, ScoreTileBudgetBetweenNoneAndAll). Not covered: the one-lane double
+  /// vectors of the AVX2 / AVX-512 paths in a build without -mfma, where the enclosing target
+  /// attribute enables FMA but __FMA__ is not defined.
   static VecScalar fma(VecScalar a, VecScalar b, VecScalar c) {
 #if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
     return {std::fma(a.r, b.r, c.r)};

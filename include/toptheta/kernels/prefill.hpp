@@ -13,12 +13,13 @@
 ///   is stored or re-read. Top-θ selection is a per-score comparison with theta(l, h, L_t)
 ///   (semantics §4), so it fits the tile loop; the dense rows are the same loop with
 ///   theta = -inf.
-/// - **post** (post-softmax Top-θ, no cap_k): the flash walk in two passes over the key tiles.
-///   Pass 1 computes every block row's maximum M and softmax denominator Z online (the score
-///   tiles are kept for pass 2 while they fit ~4 MiB per worker, else recomputed); pass 2 keeps
-///   key j iff p_j = exp(s_j - M) / Z > theta (semantics §4; candidates found in the log
-///   domain, the decision taken on p_j itself) and accumulates the kept rows' p_j V_j as the
-///   flash walk does. See `post_item`.
+/// - **post** (post-softmax Top-θ, no cap_k): the flash walk in three walks over the key tiles.
+///   Walk 1 computes every block row's maximum M, walk 2 its softmax denominator Z (the score
+///   tiles of walk 1 are kept for walks 2 and 3 while they fit
+///   `AttentionOptions::post_score_tile_bytes` per worker, 4 MiB by default, else recomputed);
+///   walk 3 keeps key j iff p_j = exp(s_j - M) / Z > theta (semantics §4; candidates found in
+///   the log domain, the decision taken on p_j itself) and accumulates the kept rows' p_j V_j as
+///   the flash walk does. See `post_item`.
 /// - **stored** (top-k, calibration, cap_k): a block's score rows are stored
 ///   (at most ~4 MiB per worker), then each row runs the row pipeline (row_pipeline.hpp) and the
 ///   gather + VMC stage (gather.hpp) reads the union of the group's kept V rows once.
@@ -67,7 +68,7 @@ class PrefillCall {
              (!any_thresholded ||
               (cx_.sel_mode == AttentionMode::kTopTheta &&
                cx_.placement == Placement::kPreSoftmax && o.cap_k == 0 && !cx_.calibrate));
-    // Post-softmax Top-θ: two passes over the key tiles (see post_item).
+    // Post-softmax Top-θ: three walks over the key tiles (see post_item).
     post_ = !flash_ && tiles_ok && any_thresholded && cx_.sel_mode == AttentionMode::kTopTheta &&
             cx_.placement == Placement::kPostSoftmax && o.cap_k == 0;
     if (post_) flash_ = true;
@@ -194,7 +195,7 @@ class PrefillCall {
     Acc* vsum = nullptr;  // (d) running V sum
     Acc* vbar = nullptr;  // (d)
     Acc* s = nullptr;     // stored: (M, L + N) score rows
-    Acc* sblk = nullptr;  // post: (L + N, Mp) score tiles of a block (pass 1 -> pass 2)
+    Acc* sblk = nullptr;  // post: (L + N, Mp) score tiles of a block (walk 1 -> walks 2, 3)
     RowScratch<Acc> rs{};
     std::int32_t* kept = nullptr;  // (G, L)
     Acc* wrow = nullptr;           // (G, L)
@@ -536,7 +537,7 @@ class PrefillCall {
     return s;
   }
 
-  // ---- post-softmax Top-θ: two passes over the key tiles ----------------------------------
+  // ---- post-softmax Top-θ: three walks over the key tiles ----------------------------------
   //
   // p_j = exp(s_j - M) / Z needs the row's final maximum M and denominator Z before any key can
   // be selected (semantics §2, §4). The decision p_j > theta must be the one the stored path
@@ -545,8 +546,9 @@ class PrefillCall {
   // them: M is a maximum (order-free); Z is summed in exp_shifted()'s order (lane l of the
   // vector width adds the keys j = l mod W in key order, then the lanes by its tree), which
   // needs M first; p_j = exp(s_j - M) * (1 / Z). Hence three walks over the key tiles:
-  // 1. scores and row maxima (the score tiles are kept for the next walks when they fit the
-  //    budget, else recomputed: the same products, so the same scores);
+  // 1. scores and row maxima (the score tiles are kept for the next walks when they fit
+  //    AttentionOptions::post_score_tile_bytes, else recomputed: the same products, so the
+  //    same scores);
   // 2. Z in exp_shifted()'s order;
   // 3. selection: candidates in the log domain, s_j > M + log(theta Z) - slack, then the test
   //    on p_j itself; the kept rows' p_j V_j accumulate like the pre-softmax flash walk (dense
