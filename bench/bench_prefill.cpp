@@ -6,10 +6,11 @@
 /// query is drawn from the same distribution as the decode queries. The Top-θ tables (k = 64,
 /// post-softmax for `toptheta`, pre-softmax for `toptheta_pre`) are calibrated with
 /// kCalibrationPrefills kCalibrate prefills over the same K/V, each with its own query set (one
-/// sample per (head, row length) each), and the benchmark runs a different query set. Modes as in decode: `toptheta` is the
-/// recommended toptheta_options(post table) (post-softmax + VMC), `toptheta_pre` is
-/// toptheta_options(pre table) (pre-softmax + exact SDC + VMC); `args.v_sum` is the running V
-/// sum of the rows before the new tokens, i.e. zero here (no earlier cache).
+/// sample per (head, row length) each), and the benchmark runs a different query set. Modes
+/// as in decode: `toptheta` is the recommended toptheta_options(post table) (post-softmax +
+/// VMC), `toptheta_pre` is toptheta_options(pre table) (pre-softmax + exact SDC + VMC);
+/// `args.v_sum` is the running V sum of the rows before the new tokens, i.e. zero here (no
+/// earlier cache).
 ///
 /// Counters: `flops` (rate) = dense-equivalent multiply-adds of QK^T and PV under the causal
 /// mask, 2 * d * T(T+1)/2 * Hq * 2 per call, whatever the mode (so flops ratios are speed

@@ -12,10 +12,10 @@
 //  - NaN / Inf in K and V rows of keys that every row masks: the output does not change;
 //  - the selection is bit-identical to the stored path's and the calibrator's: thresholds
 //    calibrated on the call's own rows (one sample per row length) keep exactly k per row.
-//  - pass 2 reading the score tiles back and recomputing them (options.post_score_tile_bytes)
-//    give the same bits.
-// test_post_prefill_recompute.cpp compiles this file with a zero score-tile budget, so that pass
-// 2 of every case recomputes the score tiles instead of reading them back.
+//  - walks 2 and 3 reading the score tiles back and recomputing them
+//    (options.post_score_tile_bytes) give the same bits.
+// test_post_prefill_recompute.cpp compiles this file with a zero score-tile budget, so that
+// walks 2 and 3 of every case recompute the score tiles instead of reading them back.
 
 #include <gtest/gtest.h>
 
@@ -180,8 +180,8 @@ void run_case(const Case& c) {
   const std::vector<acc_t<T>> again = run(p, other, true, nullptr);
   ASSERT_EQ(0, std::memcmp(tiles.data(), again.data(), tiles.size() * sizeof(acc_t<T>)))
       << "results depend on the thread count";
-  // The other way of pass 2 (recomputing the score tiles instead of reading them back, or back)
-  // gives the same bits.
+  // The other way of walks 2 and 3 (recomputing the score tiles where this run reads them back,
+  // or the reverse) gives the same bits.
   AttentionOptions flipped = o;
   flipped.post_score_tile_bytes =
       o.post_score_tile_bytes == 0 ? AttentionOptions{}.post_score_tile_bytes : 0;
