@@ -39,10 +39,12 @@ struct HasLoadQ8<V, std::void_t<decltype(V::load_q8(static_cast<const BlockQ8_0*
 namespace scalar {
 #define TT_ATTR inline
 #define TT_VEC VecScalar<float>
+#define TT_VEC_D VecScalar<double>
 #define TT_ISA Isa::kScalar
 #include "simd_kernels.inl"
 #undef TT_ATTR
 #undef TT_VEC
+#undef TT_VEC_D
 #undef TT_ISA
 }  // namespace scalar
 
@@ -50,10 +52,12 @@ namespace scalar {
 namespace avx2 {
 #define TT_ATTR TOPTHETA_ATTR_AVX2 inline
 #define TT_VEC VecAvx2
+#define TT_VEC_D VecScalar<double, true>
 #define TT_ISA Isa::kAvx2
 #include "simd_kernels.inl"
 #undef TT_ATTR
 #undef TT_VEC
+#undef TT_VEC_D
 #undef TT_ISA
 }  // namespace avx2
 #endif
@@ -62,10 +66,12 @@ namespace avx2 {
 namespace avx512 {
 #define TT_ATTR TOPTHETA_ATTR_AVX512 inline
 #define TT_VEC VecAvx512
+#define TT_VEC_D VecScalar<double, true>
 #define TT_ISA Isa::kAvx512
 #include "simd_kernels.inl"
 #undef TT_ATTR
 #undef TT_VEC
+#undef TT_VEC_D
 #undef TT_ISA
 }  // namespace avx512
 #endif
@@ -74,10 +80,12 @@ namespace avx512 {
 namespace neon {
 #define TT_ATTR inline
 #define TT_VEC VecNeon
+#define TT_VEC_D VecScalar<double>
 #define TT_ISA Isa::kNeon
 #include "simd_kernels.inl"
 #undef TT_ATTR
 #undef TT_VEC
+#undef TT_VEC_D
 #undef TT_ISA
 }  // namespace neon
 #endif

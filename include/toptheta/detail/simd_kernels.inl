@@ -3,6 +3,8 @@
 // inside namespace toptheta::detail::<path>, with
 //   TT_ATTR      the path's function attribute (target("avx2,...") etc.; empty for scalar),
 //   TT_VEC       the path's float vector type (VecAvx512, VecAvx2, VecScalar<float>, ...),
+//   TT_VEC_D     the path's one-lane double type (VecScalar<double> for scalar, VecScalar<double,
+//                true> where the path's target enables FMA, so that fma is always fused there),
 //   TT_ISA       the Isa value of the path.
 // No include guard on purpose. Everything here is a static member of `struct Ops`.
 //
@@ -16,7 +18,7 @@ struct Ops {
 
   /// Vector type for accumulation type Acc (double always runs one lane at a time).
   template <class Acc>
-  using Vec = std::conditional_t<std::is_same_v<Acc, float>, TT_VEC, VecScalar<Acc>>;
+  using Vec = std::conditional_t<std::is_same_v<Acc, float>, TT_VEC, TT_VEC_D>;
 
   // ------------------------------------------------------------------------------------------
   // Loads of storage rows

@@ -16,27 +16,44 @@
 
 namespace toptheta::detail {
 
+/// True when the translation unit targets hardware with a fused multiply-add instruction.
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
+inline constexpr bool kBuildTargetsFma = true;
+#else
+inline constexpr bool kBuildTargetsFma = false;
+#endif
+
+/// a * b + c rounded once (std::fma) when kFused, else twice; written out so that the compiler
+/// never decides (see VecScalar::fma).
+template <bool kFused, class T>
+inline T mul_add(T a, T b, T c) {
+  if constexpr (kFused) return std::fma(a, b, c);
+  else return a * b + c;
+}
+
 /// exp(x) in float without libm: Cody-Waite range reduction x = n ln2 + r, |r| <= ln2/2, and a
 /// degree-6 minimax polynomial for e^r (Cephes expf coefficients), scaled by 2^n through the
 /// exponent bits. Relative error below 2 ulp; x < -87.3 (and -inf, NaN) gives 0, x > 88.7
-/// saturates. Every path evaluates the same polynomial (the vector types lane by lane).
+/// saturates. Every path evaluates the same polynomial in the same order (the vector types lane
+/// by lane, with fused multiply-adds), so with kFused this gives their bits exactly.
+template <bool kFused = kBuildTargetsFma>
 inline float exp_poly(float x) {
   const float kLog2e = 1.44269504088896341f;
   const float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
   const float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to the nearest integer
   if (!(x >= -87.3f)) return 0.0f;   // also NaN
   const float xc = x > 88.7f ? 88.7f : x;
-  const float t = xc * kLog2e + kRound;
+  const float t = mul_add<kFused>(xc, kLog2e, kRound);
   const float n = t - kRound;
-  float r = xc - n * kLn2Hi;
-  r = r - n * kLn2Lo;
+  float r = mul_add<kFused>(-n, kLn2Hi, xc);
+  r = mul_add<kFused>(-n, kLn2Lo, r);
   float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
+  p = mul_add<kFused>(p, r, 1.3981999507e-3f);
+  p = mul_add<kFused>(p, r, 8.3334519073e-3f);
+  p = mul_add<kFused>(p, r, 4.1665795894e-2f);
+  p = mul_add<kFused>(p, r, 1.6666665459e-1f);
+  p = mul_add<kFused>(p, r, 5.0000001201e-1f);
+  p = mul_add<kFused>(p * r, r, r + 1.0f);
   const std::int32_t bits = (static_cast<std::int32_t>(n) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
@@ -50,8 +67,11 @@ inline Acc to_acc(T x) {
   else return static_cast<Acc>(static_cast<float>(x));
 }
 
-/// One lane of Acc (float or double).
-template <class Acc>
+/// One lane of Acc (float or double). `kFusedFma` says how `fma` rounds: once (std::fma) or
+/// twice (a * b, then + c). The scalar path uses the default, fused exactly when the build
+/// targets FMA hardware; the AVX2 and AVX-512 paths, whose functions enable FMA through their
+/// target attribute even in a build without -mfma, use it for double with kFusedFma = true.
+template <class Acc, bool kFusedFma = kBuildTargetsFma>
 struct VecScalar {
   /// True when a masked fused multiply-add costs what a plain one does.
   static constexpr bool kFreeMaskedFma = false;
@@ -78,24 +98,20 @@ struct VecScalar {
   friend VecScalar operator+(VecScalar a, VecScalar b) { return {a.r + b.r}; }
   friend VecScalar operator-(VecScalar a, VecScalar b) { return {a.r - b.r}; }
   friend VecScalar operator*(VecScalar a, VecScalar b) { return {a.r * b.r}; }
-  /// a * b + c: fused (one rounding) when the build targets FMA hardware, else rounded twice.
-  /// Fused explicitly rather than left to the compiler: with FMA in the target GCC contracted
-  /// `a * b + c` in some inlined copies (qk_keys<4>, <2>, <1>) and not in others, so on the
-  /// scalar path a score's bits depended on which micro-kernel its tile position took (found by
-  /// test_post_prefill, ScoreTileBudgetBetweenNoneAndAll). Not covered: the one-lane double
-  /// vectors of the AVX2 / AVX-512 paths in a build without -mfma, where the enclosing target
-  /// attribute enables FMA but __FMA__ is not defined.
+  /// a * b + c, rounded as kFusedFma says, never left to the compiler: where FMA is enabled GCC
+  /// contracts a plain `a * b + c` in some inlined copies and not in others (it did so in
+  /// qk_keys<4>, <2>, <1> of the scalar path), and a score's bits then depend on which
+  /// micro-kernel its tile position takes (found by test_post_prefill,
+  /// ScoreTileBudgetBetweenNoneAndAll; test_isa's ScoresDoNotDependOnTheTilePosition checks it
+  /// for every path and both accumulation types). The unfused form is used only where the
+  /// target has no FMA instruction to contract into.
   static VecScalar fma(VecScalar a, VecScalar b, VecScalar c) {
-#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
-    return {std::fma(a.r, b.r, c.r)};
-#else
-    return {a.r * b.r + c.r};
-#endif
+    return {mul_add<kFusedFma>(a.r, b.r, c.r)};
   }
   static VecScalar max(VecScalar a, VecScalar b) { return {a.r > b.r ? a.r : b.r}; }
   static VecScalar min(VecScalar a, VecScalar b) { return {a.r < b.r ? a.r : b.r}; }
   static VecScalar exp(VecScalar x) {
-    if constexpr (std::is_same_v<Acc, float>) return {exp_poly(x.r)};
+    if constexpr (std::is_same_v<Acc, float>) return {exp_poly<kFusedFma>(x.r)};
     else return {x.r == -std::numeric_limits<double>::infinity() || std::isnan(x.r) ? 0.0 : std::exp(x.r)};
   }
   static Mask gt(VecScalar a, VecScalar b) { return a.r > b.r ? 1u : 0u; }

@@ -1,0 +1,176 @@
+// Rounding of the SIMD primitives (detail/simd_kernels.inl, detail/vec_*.hpp): a value's bits
+// depend only on its own inputs, never on where in a tile it is computed or which micro-kernel
+// the tile shape routes it through, on every SIMD path the machine runs and for both
+// accumulation types. Each multiply-add is fused exactly when the path's code says so (the SIMD
+// float vectors and the one-lane double of the AVX2 / AVX-512 paths always; the scalar path
+// when the build targets FMA hardware), never where the compiler chooses to contract a * b + c.
+// The exact-k guarantee of calibrated thresholds and the bit-identity of the prefill walks rely
+// on this (semantics.md §11). Run in every build configuration: the portable one (no -mfma, but
+// FMA enabled inside the AVX functions) is where a compiler's choice would differ.
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "isa_util.hpp"
+
+namespace {
+
+using toptheta::Index;
+using toptheta::Isa;
+namespace detail = toptheta::detail;
+
+/// True when path `isa` rounds a multiply-add of Acc once.
+bool fused(Isa isa) { return isa != Isa::kScalar || detail::kBuildTargetsFma; }
+
+template <class Acc>
+Acc chain_step(bool fuse, Acc a, Acc b, Acc c) {
+  return fuse ? detail::mul_add<true>(a, b, c) : detail::mul_add<false>(a, b, c);
+}
+
+template <class Acc>
+bool same_bits(Acc a, Acc b) {
+  return std::memcmp(&a, &b, sizeof a) == 0;
+}
+
+template <class Acc>
+std::vector<Acc> random_values(std::mt19937_64& rng, std::size_t n) {
+  std::normal_distribution<double> nd(0.0, 1.0);
+  std::vector<Acc> v(n);
+  for (Acc& x : v) x = Acc(nd(rng));
+  return v;
+}
+
+/// Q K^T tiles (qk_tile): every score equals the multiply-add chain over d in index order, for
+/// tile widths that route it through qk_keys<4>, <2> and <1> and key counts that route it
+/// through the unrolled and the single-key micro-kernel; and one score computed alone (a tile of
+/// one vector of rows and one key) has the same bits.
+template <class Acc>
+void qk_scores_do_not_depend_on_the_tile_position() {
+  toptheta::testing::for_each_isa([&](auto ops) {
+    using Ops = decltype(ops);
+    constexpr Index W = Ops::template Vec<Acc>::W;
+    const bool fuse = fused(Ops::kIsa);
+    std::mt19937_64 rng(0x5eedull + sizeof(Acc));
+    for (Index d : {Index(1), Index(5), Index(17), Index(64)})
+      for (Index n : {Index(1), Index(7), Index(13)}) {
+        SCOPED_TRACE("d=" + std::to_string(d) + " n=" + std::to_string(n));
+        const Index Mp = 7 * W;  // 4W + 2W + W: all three row micro-kernels
+        const std::vector<Acc> Qt = random_values<Acc>(rng, std::size_t(d * Mp));
+        const std::vector<Acc> K = random_values<Acc>(rng, std::size_t(n * d));
+        std::vector<Acc> St(std::size_t(n * Mp));
+        Ops::qk_tile(Qt.data(), Mp, d, K.data(), d, n, St.data());
+        for (Index u = 0; u < n; ++u)
+          for (Index m = 0; m < Mp; ++m) {
+            Acc want = 0;
+            for (Index i = 0; i < d; ++i)
+              want = chain_step(fuse, K[u * d + i], Qt[i * Mp + m], want);
+            ASSERT_TRUE(same_bits(want, St[u * Mp + m]))
+                << "key " << u << " row " << m << ": " << St[u * Mp + m] << " vs chain " << want;
+          }
+        // One vector of rows against one key, through qk_keys<1> and the single-key kernel.
+        for (Index m0 = 0; m0 < Mp; m0 += W)
+          for (Index u = 0; u < n; ++u) {
+            std::vector<Acc> q(std::size_t(d * W));
+            for (Index i = 0; i < d; ++i)
+              for (Index l = 0; l < W; ++l) q[i * W + l] = Qt[i * Mp + m0 + l];
+            std::vector<Acc> s(static_cast<std::size_t>(W));
+            Ops::qk_tile(q.data(), W, d, K.data() + u * d, d, 1, s.data());
+            for (Index l = 0; l < W; ++l)
+              ASSERT_TRUE(same_bits(s[l], St[u * Mp + m0 + l])) << "key " << u << " row " << m0 + l;
+          }
+      }
+  });
+}
+
+/// P V tiles (pv_tile): every output element equals its initial value followed by the
+/// multiply-add chain over the keys in order, whether its row goes through the 4- or 6-row
+/// micro-kernel or the single-row one, for column counts that use every column-vector count.
+template <class Acc>
+void pv_outputs_do_not_depend_on_the_tile_position() {
+  toptheta::testing::for_each_isa([&](auto ops) {
+    using Ops = decltype(ops);
+    constexpr Index W = Ops::template Vec<Acc>::W;
+    const bool fuse = fused(Ops::kIsa);
+    std::mt19937_64 rng(0xb00cull + sizeof(Acc));
+    for (Index d : {Index(1), Index(5), Index(17), Index(100)})
+      for (Index M : {Index(1), Index(7), Index(13)}) {
+        SCOPED_TRACE("d=" + std::to_string(d) + " M=" + std::to_string(M));
+        const Index n = 9;
+        const Index Mp = (M + W - 1) / W * W;
+        const Index ldv = (d + W - 1) / W * W;
+        const std::vector<Acc> Pt = random_values<Acc>(rng, std::size_t(n * Mp));
+        const std::vector<Acc> Vf = random_values<Acc>(rng, std::size_t(n * ldv));
+        const std::vector<Acc> O0 = random_values<Acc>(rng, std::size_t(M * d));
+        std::vector<Acc> O = O0;
+        Ops::pv_tile(O.data(), d, M, d, Pt.data(), Mp, Vf.data(), ldv, n);
+        for (Index m = 0; m < M; ++m) {
+          std::vector<Acc> row(O0.begin() + m * d, O0.begin() + (m + 1) * d);
+          Ops::pv_tile(row.data(), d, 1, d, Pt.data() + m, Mp, Vf.data(), ldv, n);
+          for (Index c = 0; c < d; ++c) {
+            Acc want = O0[m * d + c];
+            for (Index u = 0; u < n; ++u)
+              want = chain_step(fuse, Pt[u * Mp + m], Vf[u * ldv + c], want);
+            ASSERT_TRUE(same_bits(want, O[m * d + c])) << "row " << m << " column " << c;
+            ASSERT_TRUE(same_bits(want, row[c])) << "row " << m << " alone, column " << c;
+          }
+        }
+      }
+  });
+}
+
+TEST(Rounding, QkScoresDoNotDependOnTheTilePositionFloat) {
+  qk_scores_do_not_depend_on_the_tile_position<float>();
+}
+TEST(Rounding, QkScoresDoNotDependOnTheTilePositionDouble) {
+  qk_scores_do_not_depend_on_the_tile_position<double>();
+}
+TEST(Rounding, PvOutputsDoNotDependOnTheTilePositionFloat) {
+  pv_outputs_do_not_depend_on_the_tile_position<float>();
+}
+TEST(Rounding, PvOutputsDoNotDependOnTheTilePositionDouble) {
+  pv_outputs_do_not_depend_on_the_tile_position<double>();
+}
+
+/// exp of the float paths (exp_shifted with m = 0): the same bits as exp_poly with the path's
+/// rounding, at any position in a row (vector body or tail), over the whole input range
+/// including the clamps, -inf, +inf and NaN. So the scalar path of an FMA build and every SIMD
+/// path give one exp, lane for lane.
+TEST(Rounding, ExpIsThePolynomialOnEveryPath) {
+  std::vector<float> x;
+  for (float v = -90.0f; v <= 90.0f; v += 0.173f) x.push_back(v);
+  for (float v : {-87.3f, std::nextafter(-87.3f, 0.0f), std::nextafter(-87.3f, -100.0f), 88.7f,
+                  std::nextafter(88.7f, 100.0f), 0.0f, -0.0f, 1e-30f, -1e-30f,
+                  std::numeric_limits<float>::denorm_min(), 0.34657359f, -0.34657359f,
+                  std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(),
+                  std::numeric_limits<float>::quiet_NaN()})
+    x.push_back(v);
+  std::mt19937_64 rng(0xe4bull);
+  std::uniform_real_distribution<float> ud(-88.0f, 89.0f);
+  for (int i = 0; i < 4096; ++i) x.push_back(ud(rng));
+  x.push_back(0.5f);  // an odd count: the last call below ends in a tail
+  toptheta::testing::for_each_isa([&](auto ops) {
+    using Ops = decltype(ops);
+    const bool fuse = fused(Ops::kIsa);
+    std::vector<float> out(x.size());
+    Ops::exp_shifted(x.data(), Index(x.size()), 0.0f, out.data());
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      const float want = fuse ? detail::exp_poly<true>(x[i]) : detail::exp_poly<false>(x[i]);
+      ASSERT_TRUE(same_bits(want, out[i])) << "exp(" << x[i] << ") = " << out[i] << " vs " << want;
+    }
+    // The same values one at a time (always the tail of a one-element row).
+    for (std::size_t i = 0; i < x.size(); i += 37) {
+      float one = 0;
+      Ops::exp_shifted(&x[i], 1, 0.0f, &one);
+      ASSERT_TRUE(same_bits(out[i], one)) << "exp(" << x[i] << ") alone";
+    }
+  });
+}
+
+}  // namespace
