@@ -219,6 +219,20 @@ def lscpu_info():
                 info[k.strip()] = v.strip()
     except (OSError, subprocess.CalledProcessError):
         pass
+    # Some VMs expose no cache topology to lscpu (no /sys/devices/system/cpu/cpu0/cache); glibc's
+    # getconf still reads the sizes from CPUID.
+    for key, var in (("L1d cache", "LEVEL1_DCACHE_SIZE"), ("L2 cache", "LEVEL2_CACHE_SIZE"),
+                     ("L3 cache", "LEVEL3_CACHE_SIZE")):
+        if info.get(key):
+            continue
+        try:
+            size = int(subprocess.run(["getconf", var], capture_output=True, text=True,
+                                      check=True).stdout.strip() or 0)
+        except (OSError, ValueError, subprocess.CalledProcessError):
+            size = 0
+        if size > 0:
+            info[key] = f"{size >> 20} MiB" if size >= 1 << 20 else f"{size >> 10} KiB"
+            info["caches from getconf"] = "yes"
     return info
 
 
@@ -728,7 +742,8 @@ def write_report(args, json_path, main: Run, native_sub: Run | None, portable_su
       f"{cpu.get('Socket(s)', '?')} socket(s), {cpu.get('Thread(s) per core', '?')} thread(s) per "
       f"core, {cpu.get('CPU(s)', ncpu)} CPUs |")
     w(f"| caches | L1d {cpu.get('L1d cache', '?')}, L2 {cpu.get('L2 cache', '?')}, L3 "
-      f"{cpu.get('L3 cache', '?')} |")
+      f"{cpu.get('L3 cache', '?')}"
+      f"{' (lscpu reported none; these are CPUID sizes from getconf, which a VM may report for the whole host)' if cpu.get('caches from getconf') else ''} |")
     flags = cpu.get("Flags", "").split()
     simd = "avx512f" if "avx512f" in flags else "avx2" if "avx2" in flags else "sse"
     w(f"| widest SIMD (lscpu flags) | {simd} |")
@@ -736,6 +751,8 @@ def write_report(args, json_path, main: Run, native_sub: Run | None, portable_su
       f"`toptheta-bench` compiled with `-march=native` ({ctx.get('simd', '?')} flags) |")
     if cpu.get("Hypervisor vendor"):
         w(f"| virtualised | {cpu['Hypervisor vendor']} |")
+    elif "hypervisor" in flags:
+        w("| virtualised | yes (the `hypervisor` CPU flag; vendor not reported) |")
     w(f"| MHz (Google Benchmark) | {ctx.get('mhz_per_cpu', '?')} |")
     w(f"| load average at start | {', '.join(f'{x:.2f}' for x in load) if load else '?'} |")
     w(f"| toptheta | {ctx.get('toptheta_version', '?')}; OpenMP max threads "
