@@ -231,7 +231,7 @@ def lscpu_info():
         except (OSError, ValueError, subprocess.CalledProcessError):
             size = 0
         if size > 0:
-            info[key] = f"{size >> 20} MiB" if size >= 1 << 20 else f"{size >> 10} KiB"
+            info[key] = f"{size >> 20} MiB" if size % (1 << 20) == 0 else f"{size >> 10} KiB"
             info["caches from getconf"] = "yes"
     return info
 
@@ -743,7 +743,7 @@ def write_report(args, json_path, main: Run, native_sub: Run | None, portable_su
       f"core, {cpu.get('CPU(s)', ncpu)} CPUs |")
     w(f"| caches | L1d {cpu.get('L1d cache', '?')}, L2 {cpu.get('L2 cache', '?')}, L3 "
       f"{cpu.get('L3 cache', '?')}"
-      f"{' (lscpu reported none; these are CPUID sizes from getconf, which a VM may report for the whole host)' if cpu.get('caches from getconf') else ''} |")
+      f"{' (sizes lscpu did not report are the CPUID ones from getconf, which a VM may report for the whole host)' if cpu.get('caches from getconf') else ''} |")
     flags = cpu.get("Flags", "").split()
     simd = "avx512f" if "avx512f" in flags else "avx2" if "avx2" in flags else "sse"
     w(f"| widest SIMD (lscpu flags) | {simd} |")

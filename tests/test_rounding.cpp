@@ -91,7 +91,8 @@ void qk_scores_do_not_depend_on_the_tile_position() {
 
 /// P V tiles (pv_tile): every output element equals its initial value followed by the
 /// multiply-add chain over the keys in order, whether its row goes through the 4- or 6-row
-/// micro-kernel or the single-row one, for column counts that use every column-vector count.
+/// micro-kernel or the single-row one, for head dims that use every column-vector count of the
+/// block (1 .. 8 vectors, whole and with a partial last vector) and more than one block.
 template <class Acc>
 void pv_outputs_do_not_depend_on_the_tile_position() {
   toptheta::testing::for_each_isa([&](auto ops) {
@@ -99,7 +100,9 @@ void pv_outputs_do_not_depend_on_the_tile_position() {
     constexpr Index W = Ops::template Vec<Acc>::W;
     const bool fuse = fused(Ops::kIsa);
     std::mt19937_64 rng(0xb00cull + sizeof(Acc));
-    for (Index d : {Index(1), Index(5), Index(17), Index(100)})
+    std::vector<Index> dims{1, 100};
+    for (Index v = 1; v <= 8; ++v) dims.insert(dims.end(), {v * W, v * W + 1});
+    for (Index d : dims)
       for (Index M : {Index(1), Index(7), Index(13)}) {
         SCOPED_TRACE("d=" + std::to_string(d) + " M=" + std::to_string(M));
         const Index n = 9;

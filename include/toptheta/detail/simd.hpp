@@ -3,7 +3,8 @@
 /// The SIMD primitives of every compiled instruction-set path and the dispatch between them.
 ///
 /// `simd_kernels.inl` is compiled once per path into `toptheta::detail::<path>::Ops`
-/// (`scalar`, `avx2`, `avx512`, `neon`), each a set of static functions: dot products of key
+/// (`scalar`, `avx2`, `avx512`, `neon`; next to the path's one-lane vector type, `VecOneLane` of
+/// `vec_one_lane.inl`), each a set of static functions: dot products of key
 /// rows with a GQA group, weighted sums of value rows, row max / exp / threshold compaction, and
 /// the prefill tile kernels. `with_ops(isa, f)` calls `f(Ops{})` with the path's Ops; the
 /// kernels above (kernels/) are templates over Ops, so each path is one instantiation and a
@@ -38,9 +39,10 @@ struct HasLoadQ8<V, std::void_t<decltype(V::load_q8(static_cast<const BlockQ8_0*
 
 namespace scalar {
 #define TT_ATTR inline
-#define TT_VEC VecScalar<float>
-#define TT_VEC_D VecScalar<double>
+#define TT_VEC VecOneLane<float, kBuildTargetsFma>
+#define TT_VEC_D VecOneLane<double, kBuildTargetsFma>
 #define TT_ISA Isa::kScalar
+#include "vec_one_lane.inl"
 #include "simd_kernels.inl"
 #undef TT_ATTR
 #undef TT_VEC
@@ -52,8 +54,9 @@ namespace scalar {
 namespace avx2 {
 #define TT_ATTR TOPTHETA_ATTR_AVX2 inline
 #define TT_VEC VecAvx2
-#define TT_VEC_D VecScalar<double, true>
+#define TT_VEC_D VecOneLane<double, true>
 #define TT_ISA Isa::kAvx2
+#include "vec_one_lane.inl"
 #include "simd_kernels.inl"
 #undef TT_ATTR
 #undef TT_VEC
@@ -66,8 +69,9 @@ namespace avx2 {
 namespace avx512 {
 #define TT_ATTR TOPTHETA_ATTR_AVX512 inline
 #define TT_VEC VecAvx512
-#define TT_VEC_D VecScalar<double, true>
+#define TT_VEC_D VecOneLane<double, true>
 #define TT_ISA Isa::kAvx512
+#include "vec_one_lane.inl"
 #include "simd_kernels.inl"
 #undef TT_ATTR
 #undef TT_VEC
@@ -80,8 +84,9 @@ namespace avx512 {
 namespace neon {
 #define TT_ATTR inline
 #define TT_VEC VecNeon
-#define TT_VEC_D VecScalar<double>
+#define TT_VEC_D VecOneLane<double, true>
 #define TT_ISA Isa::kNeon
+#include "vec_one_lane.inl"
 #include "simd_kernels.inl"
 #undef TT_ATTR
 #undef TT_VEC

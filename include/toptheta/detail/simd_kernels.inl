@@ -1,10 +1,10 @@
 // detail/simd_kernels.inl: the SIMD primitives of one instruction-set path, written once against
-// the vector interface of vec_scalar.hpp. detail/simd.hpp includes this file once per path,
+// the vector interface of vec_one_lane.inl. detail/simd.hpp includes this file once per path,
 // inside namespace toptheta::detail::<path>, with
 //   TT_ATTR      the path's function attribute (target("avx2,...") etc.; empty for scalar),
-//   TT_VEC       the path's float vector type (VecAvx512, VecAvx2, VecScalar<float>, ...),
-//   TT_VEC_D     the path's one-lane double type (VecScalar<double> for scalar, VecScalar<double,
-//                true> where the path's target enables FMA, so that fma is always fused there),
+//   TT_VEC       the path's float vector type (VecAvx512, VecAvx2, VecOneLane<float, ..>, ...),
+//   TT_VEC_D     the path's one-lane double type (VecOneLane<double, kFusedFma> of
+//                vec_one_lane.inl: fused on the SIMD paths, as the build targets on scalar),
 //   TT_ISA       the Isa value of the path.
 // No include guard on purpose. Everything here is a static member of `struct Ops`.
 //
@@ -12,6 +12,10 @@
 // own inputs (never on how many rows, keys or heads are processed together, nor on thread
 // counts): a dot product accumulates lane-wise in d order and reduces by the vector type's
 // fixed tree; an output element accumulates its rows one after another in the given order.
+// A multiply-add is always V::fma (rounded as the path decides, vec_one_lane.inl), never
+// `x * y + z` written with the vector operators: GCC implements the x86 and NEON mul / add
+// intrinsics as plain vector * and +, and may contract such a pair in one inlined copy and not
+// in another.
 
 struct Ops {
   static constexpr Isa kIsa = TT_ISA;
