@@ -1,9 +1,9 @@
 #pragma once
 /// \file detail/vec_scalar.hpp
 /// Scalar arithmetic shared by the SIMD paths: whether the build targets FMA hardware, a
-/// multiply-add whose rounding the code decides, the exp polynomial every path evaluates, and
-/// the storage -> accumulation conversion. The one-lane vector type built on them (the scalar
-/// path's vector, every path's double) is vec_one_lane.inl, compiled once per path.
+/// multiply-add whose rounding the code decides, and the exp polynomial every path evaluates.
+/// The one-lane vector type built on them (the scalar path's vector, every path's double) is
+/// vec_one_lane.inl, compiled once per path.
 
 #include <cmath>
 #include <cstdint>
@@ -36,8 +36,9 @@ inline T mul_add(T a, T b, T c) {
 /// degree-6 minimax polynomial for e^r (Cephes expf coefficients), scaled by 2^n through the
 /// exponent bits. Relative error below 2 ulp for -87.3 <= x <= 88.3; x < -87.3 (and -inf, NaN)
 /// gives 0; above about 88.38 (n = 128) the scale and so the result is +inf, also where e^x
-/// would still be finite (the kernels only evaluate x <= 0: scores minus their row maximum). Every path evaluates the same polynomial in the same order (the vector types lane
-/// by lane, with fused multiply-adds), so with kFused this gives their bits exactly.
+/// would still be finite (the kernels only evaluate x <= 0: scores minus their row maximum).
+/// Every path evaluates the same polynomial in the same order (the vector types lane by lane,
+/// with fused multiply-adds), so with kFused this gives their bits exactly.
 template <bool kFused = kBuildTargetsFma>
 inline float exp_poly(float x) {
   const float kLog2e = 1.44269504088896341f;
