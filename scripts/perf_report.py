@@ -743,7 +743,7 @@ def write_report(args, json_path, main: Run, native_sub: Run | None, portable_su
       f"core, {cpu.get('CPU(s)', ncpu)} CPUs |")
     w(f"| caches | L1d {cpu.get('L1d cache', '?')}, L2 {cpu.get('L2 cache', '?')}, L3 "
       f"{cpu.get('L3 cache', '?')}"
-      f"{' (sizes lscpu did not report are the CPUID ones from getconf, which a VM may report for the whole host)' if cpu.get('caches from getconf') else ''} |")
+      f"{' (sizes lscpu did not report are the CPUID ones from getconf; a VM may report the whole host socket, more than the L3 its cores reach)' if cpu.get('caches from getconf') else ''} |")
     flags = cpu.get("Flags", "").split()
     simd = "avx512f" if "avx512f" in flags else "avx2" if "avx2" in flags else "sse"
     w(f"| widest SIMD (lscpu flags) | {simd} |")
@@ -764,7 +764,7 @@ def write_report(args, json_path, main: Run, native_sub: Run | None, portable_su
     # ---- probes ---------------------------------------------------------------------------
     w("## Probes")
     w("")
-    w("`probe/read_bandwidth/threads:n`: sequential read of a 1 GiB float buffer (32x the L3), "
+    w("`probe/read_bandwidth/threads:n`: sequential read of a 1 GiB float buffer (32x a 32 MiB L3), "
       "summed in 64 independent lanes: the floor every decode is measured against (same thread "
       "count). `probe/fma_peak/threads:n`: register-resident fused multiply-adds, 12 independent "
       f"chains per thread, on the widest SIMD path the CPU runs (here: {D.fma_label or '?'}); "
@@ -833,7 +833,7 @@ def write_report(args, json_path, main: Run, native_sub: Run | None, portable_su
       "K + V for dense (and a fallback row that keeps everything); K + (union of kept V rows per "
       "KV group) x d x sizeof(T) for the sparse modes. *floor* = bytes / probe GB/s (same thread "
       "count); *% of floor* = floor time / measured time. Each iteration reads a different copy "
-      "of the cache when one copy is smaller than 128 MiB (4x L3), so small L is DRAM-bound as in "
+      "of the cache when one copy is smaller than 128 MiB (4x a 32 MiB L3), so small L is DRAM-bound as in "
       "a multi-layer model. Dense is checked against a double reference on two heads.")
     w("")
     w("| L | dtype | layout | thr | variant | time (ms) | GB/s | % of floor | vs dense | "
