@@ -14,7 +14,8 @@
 // scalar path), and a score's bits then depended on which micro-kernel its tile position took
 // (found by test_post_prefill, ScoreTileBudgetBetweenNoneAndAll). The scalar path fuses exactly
 // when the build targets FMA hardware (kBuildTargetsFma); the AVX2, AVX-512 and NEON paths
-// always fuse, their functions' target enables FMA even in a build without -mfma.
+// always fuse (the AVX functions' target attribute enables FMA even in a build without -mfma,
+// and every AArch64 CPU has it).
 // tests/test_rounding.cpp checks it for every path and both accumulation types.
 
 template <class Acc, bool kFusedFma>
