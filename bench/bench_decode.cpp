@@ -3,6 +3,7 @@
 /// Hkv = 8.
 ///
 ///   decode/<mode>/L:<n>/dtype:<t>/layout:<token|head>/threads:<n>          (d = 128)
+///   decode_paired/L:<n>/dtype:<t>/layout:<token|head>/threads:<n>          (d = 128)
 ///   decode_isa/<dense|toptheta>/isa:<auto|path>/L:16384/dtype:f32/layout:token/threads:1
 ///   decode_dim/<dense|toptheta>/d:<n>/L:16384/dtype:f32/layout:token/threads:1
 ///
@@ -18,7 +19,8 @@
 /// The Top-θ modes get `args.v_sum` from a RunningVSum over V rows 0..L-2 (the rows before the
 /// new token), as an engine keeps it. decode_isa runs the automatic choice and then forces
 /// `options.isa` to each path compiled in (a path the CPU cannot run is skipped with an error);
-/// decode_dim varies the head dim.
+/// decode_dim varies the head dim. decode_paired runs the five modes of one configuration in
+/// rotation within one timed loop and reports per-round ratios (bm_decode_paired).
 ///
 /// Counters: bytes_per_second = bytes touched per step / wall time, with bytes touched = K + V
 /// (dense) or K + (V rows read, union over each GQA group) * d * sizeof(T) (sparse modes);
@@ -31,6 +33,8 @@
 
 #include "bench_common.hpp"
 
+#include <algorithm>
+#include <chrono>
 #include <map>
 #include <utility>
 
@@ -215,42 +219,60 @@ Validation validate_decode(DecodeSet<T>& s, const DecodeConfig& cfg, toptheta::A
   return v;
 }
 
+/// What one mode of a configuration needs in the timed loop: its options, a workspace and the
+/// arguments of every cache copy (all writing `out`), and its validation.
 template <class T>
-void bm_decode(benchmark::State& state, DecodeConfig cfg) {
-  DecodeSet<T>& s = decode_set<T>(cfg.L, cfg.d, cfg.layout);
-  state.SetLabel(mode_label(cfg.mode));
+struct PreparedMode {
+  toptheta::AttentionOptions o;
+  WorkspaceBuffer wb;
+  toptheta::Workspace ws;
+  std::vector<toptheta::AttentionArgs<T>> args;  // one per cache copy
+  const Validation* v = nullptr;
+};
+
+/// Calibrates the mode's table if it needs one, builds its options, workspace and arguments and
+/// validates it once per (mode, threads, isa) of the input set. Returns an error message, or an
+/// empty string.
+template <class T>
+std::string prepare_mode(DecodeSet<T>& s, const DecodeConfig& cfg, std::vector<float>& out,
+                         PreparedMode<T>& pm) {
   toptheta::Placement p;
   if (needs_table(cfg.mode, &p)) {
     const toptheta::Status st = ensure_table(s, p);
-    if (!st.ok()) return state.SkipWithError(("calibration: " + st.to_string()).c_str());
+    if (!st.ok()) return "calibration: " + st.to_string();
   }
-  toptheta::AttentionOptions o = mode_options(cfg.mode, s.tables);
-  o.threads = cfg.threads;
-  o.isa = cfg.isa;
+  pm.o = mode_options(cfg.mode, s.tables);
+  pm.o.threads = cfg.threads;
+  pm.o.isa = cfg.isa;
   if (cfg.isa != Isa::kAuto && !toptheta::isa_supported(cfg.isa))
-    return state.SkipWithError((std::string("this CPU cannot run the ") +
-                                toptheta::to_string(cfg.isa) + " path")
-                                   .c_str());
-
-  std::vector<float> out(std::size_t(kHq * cfg.d));
-  std::vector<toptheta::AttentionArgs<T>> args;
-  for (int c = 0; c < s.copies; ++c) args.push_back(s.args(c, s.q.data(), out.data()));
-  WorkspaceBuffer wb;
-  const toptheta::Workspace ws = wb.get(args[0], o, true);
-
+    return std::string("this CPU cannot run the ") + toptheta::to_string(cfg.isa) + " path";
+  pm.args.clear();
+  for (int c = 0; c < s.copies; ++c) pm.args.push_back(s.args(c, s.q.data(), out.data()));
+  pm.ws = pm.wb.get(pm.args[0], pm.o, true);
   const std::string key = std::string(mode_name(cfg.mode)) + "/" + std::to_string(cfg.threads) +
                           "/" + toptheta::to_string(cfg.isa);
   auto it = s.validated.find(key);
   if (it == s.validated.end())
-    it = s.validated.emplace(key, validate_decode(s, cfg, o, args[0], ws, out)).first;
-  const Validation& v = it->second;
-  if (!v.error.empty()) return state.SkipWithError(v.error.c_str());
+    it = s.validated.emplace(key, validate_decode(s, cfg, pm.o, pm.args[0], pm.ws, out)).first;
+  pm.v = &it->second;
+  return pm.v->error;
+}
+
+template <class T>
+void bm_decode(benchmark::State& state, DecodeConfig cfg) {
+  DecodeSet<T>& s = decode_set<T>(cfg.L, cfg.d, cfg.layout);
+  state.SetLabel(mode_label(cfg.mode));
+  std::vector<float> out(std::size_t(kHq * cfg.d));
+  PreparedMode<T> pm;
+  const std::string error = prepare_mode(s, cfg, out, pm);
+  if (!error.empty()) return state.SkipWithError(error.c_str());
+  const Validation& v = *pm.v;
   for (const auto& c : v.counters) state.counters[c.first] = c.second;
 
   // ---- timed loop: one decode step per iteration, rotating over the cache copies ----
   int c = 0;
   for (auto _ : state) {
-    (void)toptheta::decode(args[std::size_t(c)], o, ws);
+    (void)toptheta::decode(pm.args[std::size_t(c)], pm.o, pm.ws);
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
     if (++c == s.copies) c = 0;
@@ -262,12 +284,98 @@ void bm_decode(benchmark::State& state, DecodeConfig cfg) {
         total / 1e12, benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
 }
 
+/// The modes decode_paired runs in rotation.
+constexpr Mode kPairedModes[] = {Mode::kDense, Mode::kTopK, Mode::kTopTheta, Mode::kTopThetaPre,
+                                 Mode::kFallback};
+constexpr int kNumPaired = int(sizeof(kPairedModes) / sizeof(kPairedModes[0]));
+
+/// The q-quantile (0..1, linear interpolation) of `x`, which it sorts.
+double quantile(std::vector<double>& x, double q) {
+  if (x.empty()) return 0;
+  std::sort(x.begin(), x.end());
+  const double pos = q * double(x.size() - 1);
+  const std::size_t i = std::size_t(pos);
+  const double f = pos - double(i);
+  return i + 1 < x.size() ? x[i] * (1 - f) + x[i + 1] * f : x[i];
+}
+
+/// decode_paired: every mode of one configuration in rotation within one timed loop. Each
+/// iteration (a round) runs each mode once, the first mode moving by one each round, each call
+/// on the next cache copy and timed alone (steady_clock). A ratio of two modes is taken within
+/// each round, from calls milliseconds apart, and the counters give its median over the rounds:
+/// this cancels the slow drift of a shared machine's speed, which moves the separate decode/
+/// benchmarks of one configuration by tens of percent against each other. Counters:
+/// t_<mode> (median seconds per call), x_<mode> (median over rounds of t_dense / t_mode, with
+/// x25_ / x75_ its quartiles), k_<mode> for the Top-θ modes (median of t_topk / t_mode), rounds.
+template <class T>
+void bm_decode_paired(benchmark::State& state, DecodeConfig cfg) {
+  DecodeSet<T>& s = decode_set<T>(cfg.L, cfg.d, cfg.layout);
+  state.SetLabel("all modes in rotation; paired ratios");
+  std::vector<float> out(std::size_t(kHq * cfg.d));
+  std::vector<PreparedMode<T>> pm(kNumPaired);
+  for (int m = 0; m < kNumPaired; ++m) {
+    DecodeConfig mc = cfg;
+    mc.mode = kPairedModes[m];
+    const std::string error = prepare_mode(s, mc, out, pm[std::size_t(m)]);
+    if (!error.empty())
+      return state.SkipWithError((std::string(mode_name(mc.mode)) + ": " + error).c_str());
+  }
+
+  std::vector<std::vector<double>> times(kNumPaired);
+  for (auto& t : times) t.reserve(std::size_t(state.max_iterations));
+  int c = 0;
+  std::int64_t round = 0;
+  for (auto _ : state) {
+    double round_seconds = 0;
+    for (int j = 0; j < kNumPaired; ++j) {
+      const std::size_t m = std::size_t((round + j) % kNumPaired);
+      const auto t0 = std::chrono::steady_clock::now();
+      (void)toptheta::decode(pm[m].args[std::size_t(c)], pm[m].o, pm[m].ws);
+      benchmark::DoNotOptimize(out.data());
+      benchmark::ClobberMemory();
+      const double dt =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      times[m].push_back(dt);
+      round_seconds += dt;
+      if (++c == s.copies) c = 0;
+    }
+    ++round;
+    state.SetIterationTime(round_seconds);
+  }
+
+  const std::size_t rounds = times[0].size();
+  auto ratios = [&](std::size_t num, std::size_t den) {
+    std::vector<double> r(rounds);
+    for (std::size_t i = 0; i < rounds; ++i) r[i] = times[num][i] / times[den][i];
+    return r;
+  };
+  state.counters["rounds"] = double(rounds);
+  for (std::size_t m = 0; m < std::size_t(kNumPaired); ++m) {
+    const std::string name = mode_name(kPairedModes[m]);
+    std::vector<double> t = times[m];
+    state.counters["t_" + name] = quantile(t, 0.5);
+    if (kPairedModes[m] == Mode::kDense) continue;
+    std::vector<double> x = ratios(0, m);
+    state.counters["x_" + name] = quantile(x, 0.5);
+    state.counters["x25_" + name] = quantile(x, 0.25);
+    state.counters["x75_" + name] = quantile(x, 0.75);
+    if (kPairedModes[m] == Mode::kTopTheta || kPairedModes[m] == Mode::kTopThetaPre) {
+      std::vector<double> k = ratios(1, m);
+      state.counters["k_" + name] = quantile(k, 0.5);
+    }
+  }
+}
+
 template <class T>
 void register_bench(const std::string& name, const DecodeConfig& cfg) {
   benchmark::RegisterBenchmark(name.c_str(), [cfg](benchmark::State& s) { bm_decode<T>(s, cfg); })
       ->UseRealTime()
       ->Unit(benchmark::kMillisecond);
 }
+
+/// Minimum time of one decode_paired run (seconds; it overrides --benchmark_min_time): enough
+/// rounds for a median at L = 64k, where a round of the five modes takes about 0.1 s.
+constexpr double kPairedMinTime = 1.5;
 
 std::string tail(Index L, const char* dtype, Layout layout, int threads) {
   return "/L:" + std::to_string(L) + "/dtype:" + dtype + "/layout:" + layout_name(layout) +
@@ -276,10 +384,17 @@ std::string tail(Index L, const char* dtype, Layout layout, int threads) {
 
 template <class T>
 void register_config(Index L, Layout layout, int threads) {
-  for (Mode m : {Mode::kDense, Mode::kTopK, Mode::kTopTheta, Mode::kTopThetaPre, Mode::kFallback})
+  for (Mode m : kPairedModes)
     register_bench<T>(std::string("decode/") + mode_name(m) +
                           tail(L, toptheta::dtype_name<T>(), layout, threads),
                       DecodeConfig{m, L, kD, layout, threads, Isa::kAuto, false});
+  const DecodeConfig cfg{Mode::kDense, L, kD, layout, threads, Isa::kAuto, false};
+  benchmark::RegisterBenchmark(
+      (std::string("decode_paired") + tail(L, toptheta::dtype_name<T>(), layout, threads)).c_str(),
+      [cfg](benchmark::State& s) { bm_decode_paired<T>(s, cfg); })
+      ->UseManualTime()
+      ->MinTime(kPairedMinTime)
+      ->Unit(benchmark::kMillisecond);
 }
 
 template <class T>

@@ -4,11 +4,13 @@
 /// (--benchmark_filter, --benchmark_min_time, --benchmark_repetitions, --benchmark_format,
 /// --benchmark_out, ...).
 ///
-/// Every benchmark measures wall time (UseRealTime: the kernels run their own OpenMP threads),
-/// for which Google Benchmark appends "/real_time" to the instance name. The reporters below
-/// remove that suffix, so names in the console and JSON output are exactly the documented ones
-/// (bench_common.hpp). --benchmark_filter and --benchmark_list_tests still see the internal name,
-/// so a filter anchored with '$' must allow the suffix ("threads:1(/real_time)?$").
+/// Every benchmark measures wall time (the kernels run their own OpenMP threads): UseRealTime, for
+/// which Google Benchmark appends "/real_time" to the instance name, or, for decode_paired, which
+/// times each call itself, UseManualTime ("/manual_time") with its own MinTime ("/min_time:..").
+/// The reporters below remove those suffixes, so names in the console and JSON output are exactly
+/// the documented ones (bench_common.hpp). --benchmark_filter and --benchmark_list_tests still
+/// see the internal name, so a filter anchored with '$' must allow the suffix
+/// ("threads:1(/real_time)?$").
 
 #include "bench_common.hpp"
 
@@ -21,7 +23,8 @@
 
 namespace {
 
-/// Forwards to `inner` with the run names' time-type suffix ("real_time") removed.
+/// Forwards to `inner` with the run names' time-type ("real_time", "manual_time") and min-time
+/// ("min_time:1.500") suffixes removed.
 class ExactNameReporter : public benchmark::BenchmarkReporter {
  public:
   explicit ExactNameReporter(benchmark::BenchmarkReporter* inner) : inner_(inner) {}
@@ -32,7 +35,10 @@ class ExactNameReporter : public benchmark::BenchmarkReporter {
   }
   void ReportRuns(const std::vector<Run>& runs) override {
     std::vector<Run> fixed = runs;
-    for (Run& r : fixed) r.run_name.time_type.clear();
+    for (Run& r : fixed) {
+      r.run_name.time_type.clear();
+      r.run_name.min_time.clear();
+    }
     inner_->ReportRuns(fixed);
   }
   void Finalize() override { inner_->Finalize(); }

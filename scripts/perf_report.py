@@ -39,7 +39,8 @@ from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-QUICK_FILTER = (r"^(probe/|decode/[^/]+/L:(1024|16384)/|decode_isa/|decode_dim/"
+QUICK_FILTER = (r"^(probe/|decode/[^/]+/L:(1024|16384)/|decode_paired/L:(1024|16384)/"
+                r"|decode_isa/|decode_dim/"
                 r"|prefill/[^/]+/T:1024/"
                 r"|engine_batch/[^/]+/[^/]+/seqs:8/Lmax:8192/|engine_paged/[^/]+/[^/]+/L:16384/"
                 r"|engine_q8/[^/]+/L:16384/)")
@@ -51,6 +52,9 @@ TOPTHETA_MODES = ("toptheta", "toptheta_pre")
 
 RE_DECODE = re.compile(
     r"^decode/(?P<mode>[^/]+)/L:(?P<L>\d+)/dtype:(?P<dtype>[^/]+)/layout:(?P<layout>[^/]+)"
+    r"/threads:(?P<threads>\d+)$")
+RE_PAIRED = re.compile(
+    r"^decode_paired/L:(?P<L>\d+)/dtype:(?P<dtype>[^/]+)/layout:(?P<layout>[^/]+)"
     r"/threads:(?P<threads>\d+)$")
 RE_ISA = re.compile(
     r"^decode_isa/(?P<mode>[^/]+)/isa:(?P<isa>[^/]+)/L:(?P<L>\d+)/dtype:(?P<dtype>[^/]+)"
@@ -176,6 +180,7 @@ class Data:
     fma: dict = field(default_factory=dict)      # threads -> flop/s
     fma_label: str = ""
     decode: dict = field(default_factory=dict)   # (mode, L, dtype, layout, t) -> Result
+    paired: dict = field(default_factory=dict)   # (L, dtype, layout, t) -> Result (decode_paired)
     isa: dict = field(default_factory=dict)      # (mode, isa) -> Result
     dim: dict = field(default_factory=dict)      # (mode, d) -> Result
     prefill: dict = field(default_factory=dict)  # (mode, T, dtype, t) -> Result
@@ -194,6 +199,8 @@ def classify(results) -> Data:
             D.fma_label = r.label
         elif m := RE_DECODE.match(name):
             D.decode[(m["mode"], int(m["L"]), m["dtype"], m["layout"], int(m["threads"]))] = r
+        elif m := RE_PAIRED.match(name):
+            D.paired[(int(m["L"]), m["dtype"], m["layout"], int(m["threads"]))] = r
         elif m := RE_ISA.match(name):
             D.isa[(m["mode"], m["isa"])] = r
         elif m := RE_DIM.match(name):
@@ -277,9 +284,40 @@ def largest(values, want):
     return vals[-1], f" ({vals[-1]} measured, not {want})"
 
 
+def decode_speedup(D: Data, mode, cfg, over="dense"):
+    """time(over) / time(mode) of decode configuration cfg = (L, dtype, layout, threads), over
+    "dense" or "topk": the paired median of decode_paired (modes in rotation, the ratio per
+    round) when it was measured, else the ratio of the separate decode/ benchmarks; None when
+    neither is there."""
+    p = D.paired.get(cfg)
+    counter = ("x_" if over == "dense" else "k_") + mode
+    if p is not None and counter in p.counters:
+        return p.counters[counter]
+    a, b = D.decode.get((over,) + cfg), D.decode.get((mode,) + cfg)
+    return a.seconds / b.seconds if a and b else None
+
+
+def decode_cfgs(D: Data):
+    return sorted(set(D.paired) | {k[1:] for k in D.decode})
+
+
+def speedup_pairs(D: Data, mode, over="dense", keep=lambda cfg: True, prefix=""):
+    pairs = []
+    for cfg in decode_cfgs(D):
+        v = decode_speedup(D, mode, cfg, over) if keep(cfg) else None
+        if v is not None:
+            pairs.append((v, prefix + dcfg((mode,) + cfg)))
+    return pairs
+
+
+def paired_note(D: Data):
+    return " [paired]" if D.paired else ""
+
+
 def compute_targets(D: Data):
     T = []
     dec, pre = D.decode, D.prefill
+    pn = paired_note(D)
 
     # Dense decode against the probe's read bandwidth, L >= 16k.
     for t, need in ((2, 0.80), (1, 0.60)):
@@ -296,22 +334,19 @@ def compute_targets(D: Data):
                              "((K + kept V-row union) bytes / probe GB/s)", "<= 1.25",
                              pairs, "<=", 1.25))
     for mode in TOPTHETA_MODES:
-        pairs = [(dec[("dense",) + k[1:]].seconds / r.seconds, dcfg(k)) for k, r in dec.items()
-                 if k[0] == mode and k[1] >= 16384 and ("dense",) + k[1:] in dec]
-        T.append(make_target(f"{short(mode)} decode (k = 64), L >= 16k: speed-up over dense",
+        pairs = speedup_pairs(D, mode, keep=lambda cfg: cfg[0] >= 16384)
+        T.append(make_target(f"{short(mode)} decode (k = 64), L >= 16k: speed-up over dense{pn}",
                              ">= 1.60x", pairs, ">=", 1.6))
 
     # Keeping every key costs what dense costs.
-    pairs = [(r.seconds / dec[("dense",) + k[1:]].seconds, dcfg(k)) for k, r in dec.items()
-             if k[0] == "toptheta_dense_fallback" and ("dense",) + k[1:] in dec]
+    pairs = [(1.0 / v, w) for v, w in speedup_pairs(D, "toptheta_dense_fallback")]
     T.append(make_target("Top-θ keeping every key (recommended options, all heads declared "
-                         "dense): time / dense time, all L", "<= 1.05", pairs, "<=", 1.05))
+                         f"dense): time / dense time, all L{pn}", "<= 1.05", pairs, "<=", 1.05))
 
     # Top-theta vs top-k, decode (all L) and prefill (T = 4096).
     for mode in TOPTHETA_MODES:
-        pairs = [(dec[("topk",) + k[1:]].seconds / r.seconds, dcfg(k)) for k, r in dec.items()
-                 if k[0] == mode and ("topk",) + k[1:] in dec]
-        T.append(make_target(f"{short(mode)} decode: speed-up over top-k (k = 64), all L",
+        pairs = speedup_pairs(D, mode, over="topk")
+        T.append(make_target(f"{short(mode)} decode: speed-up over top-k (k = 64), all L{pn}",
                              ">= 1.00x", pairs, ">=", 1.0))
     Tp, tnote = largest([k[1] for k in pre], 4096)
     for mode in TOPTHETA_MODES:
@@ -332,12 +367,11 @@ def compute_targets(D: Data):
                              f"dense{tnote}", ">= 1.50x", pairs, ">=", 1.5))
 
     # The README's options never slower than dense (every decode and prefill configuration).
-    pairs = [(dec[("dense",) + k[1:]].seconds / r.seconds, "decode " + dcfg(k))
-             for k, r in dec.items() if k[0] == "toptheta" and ("dense",) + k[1:] in dec]
+    pairs = speedup_pairs(D, "toptheta", prefix="decode ")
     pairs += [(pre[("dense",) + k[1:]].seconds / r.seconds, "prefill " + pcfg(k))
               for k, r in pre.items() if k[0] == "toptheta" and ("dense",) + k[1:] in pre]
     T.append(make_target("recommended options (`toptheta_options`, as in the README): speed-up "
-                         "over dense, every decode and prefill configuration", ">= 1.00x",
+                         f"over dense, every decode{pn} and prefill configuration", ">= 1.00x",
                          pairs, ">=", 1.0))
 
     # Thread scaling.
@@ -608,21 +642,22 @@ PLOT_LINES = (("toptheta", "Top-θ recommended (post + VMC)", "#1f77b4", 7, 0.96
               ("topk", "top-k", "#d62728", 9, 1.04))  # (mode, title, colour, point, x nudge)
 
 
-def plot_speedup(decode, png_path):
-    """One panel per dtype; per mode, the median speed-up over dense of the (layout, threads)
-    configurations at each L, with bars from the least to the most favourable."""
+def plot_speedup(D: Data, png_path):
+    """One panel per dtype; per mode, the median speed-up over dense (decode_speedup: paired
+    when measured) of the (layout, threads) configurations at each L, with bars from the least
+    to the most favourable."""
     gp = shutil.which("gnuplot")
     if not gp:
         return "gnuplot not found (Debian: apt-get install gnuplot-nox); plot skipped"
-    dtypes = [dt for dt in DTYPES if any(k[2] == dt for k in decode)]
+    cfgs = decode_cfgs(D)
+    dtypes = [dt for dt in DTYPES if any(c[1] == dt for c in cfgs)]
     if not dtypes:
         return "no decode results to plot"
     os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
-    Ls = sorted({k[1] for k in decode})
-    ymax = 1.0  # one y range for every panel, so that the panels compare at a glance
-    for k, r in decode.items():
-        if k[0] in [m for m, *_ in PLOT_LINES] and ("dense",) + k[1:] in decode:
-            ymax = max(ymax, decode[("dense",) + k[1:]].seconds / r.seconds)
+    Ls = sorted({c[0] for c in cfgs})
+    speedups = {(mode, c): decode_speedup(D, mode, c) for mode, *_ in PLOT_LINES for c in cfgs}
+    speedups = {k: v for k, v in speedups.items() if v is not None}
+    ymax = max([1.0] + list(speedups.values()))  # one y range for every panel
     with tempfile.TemporaryDirectory() as tmp:
         lines = [f'set terminal pngcairo size {460 * len(dtypes) + 80},560 font "DejaVu Sans,11"',
                  f'set output "{png_path}"',
@@ -639,9 +674,8 @@ def plot_speedup(decode, png_path):
             for mode, title, color, pt, nudge in PLOT_LINES:
                 pts = []
                 for L in Ls:
-                    sp = [decode[("dense",) + k[1:]].seconds / r.seconds
-                          for k, r in decode.items()
-                          if k[0] == mode and k[1] == L and k[2] == dt and ("dense",) + k[1:] in decode]
+                    sp = [v for (m, c), v in speedups.items()
+                          if m == mode and c[0] == L and c[1] == dt]
                     if sp:
                         pts.append((L, statistics.median(sp), min(sp), max(sp)))
                 if not pts:
@@ -688,6 +722,41 @@ def err_text(r):
     return "" if e is None else f"{e:.2e}"
 
 
+def write_paired_section(w, D: Data):
+    if not D.paired:
+        return
+    w("## Decode: paired ratios")
+    w("")
+    w("`decode_paired/L:<n>/dtype:<t>/layout:<l>/threads:<n>` runs the five modes of one "
+      "configuration in rotation inside one timed loop. Each round calls every mode once, on the "
+      "next cache copy, starting one mode later than the round before, and times each call "
+      "alone. A ratio is taken between two calls of the same round and the table gives its "
+      "median over the rounds (the target rows marked [paired] use these). *speed-up* = "
+      "time(dense) / time(mode), with its quartiles over the rounds; *kept all / dense* = "
+      "time(every key kept) / time(dense); *over top-k* = time(top-k) / time(mode); *separate* = "
+      "the recommended variant's speed-up from the separate `decode/` benchmarks, for "
+      "comparison.")
+    w("")
+    w("| L | dtype | layout | thr | rounds | top-k | recommended (quartiles) | pre + SDC "
+      "(quartiles) | kept all / dense | rec. over top-k | pre over top-k | separate |")
+    w("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for cfg in sorted(D.paired, key=lambda c: (c[0], dtype_order(c[1]), c[2] != "token", c[3])):
+        c = D.paired[cfg].counters
+        L, dtype, layout, t = cfg
+
+        def x(mode):
+            return (f"{c['x_' + mode]:.2f}x ({c['x25_' + mode]:.2f}-{c['x75_' + mode]:.2f})"
+                    if "x_" + mode in c else "—")
+        fb = c.get("x_toptheta_dense_fallback")
+        dn, tt = D.decode.get(("dense",) + cfg), D.decode.get(("toptheta",) + cfg)
+        sep = f"{dn.seconds / tt.seconds:.2f}x" if dn and tt else "—"
+        w(f"| {L} | {dtype} | {layout} | {t} | {c.get('rounds', 0):.0f} | "
+          f"{fmt_val(c.get('x_topk'))}x | {x('toptheta')} | {x('toptheta_pre')} | "
+          f"{fmt_val(None if not fb else 1.0 / fb, 3)} | {fmt_val(c.get('k_toptheta'))}x | "
+          f"{fmt_val(c.get('k_toptheta_pre'))}x | {sep} |")
+    w("")
+
+
 def write_report(args, json_path, main: Run, native_sub: Run | None, portable_sub: Run | None):
     D = classify(main.results)
     Dn = classify(native_sub.results) if native_sub else None
@@ -698,7 +767,7 @@ def write_report(args, json_path, main: Run, native_sub: Run | None, portable_su
     targets.append(portable_target(Dn, Dp))
     etargets = engine_targets(D)
     img_rel = os.path.relpath(args.img, os.path.dirname(os.path.abspath(args.out)))
-    plot_note = plot_speedup(D.decode, args.img) if not args.no_plot else "plot disabled (--no-plot)"
+    plot_note = plot_speedup(D, args.img) if not args.no_plot else "plot disabled (--no-plot)"
 
     out = []
     w = out.append
@@ -791,7 +860,13 @@ def write_report(args, json_path, main: Run, native_sub: Run | None, portable_su
     w("")
     w("Notes: dense fallback — a Top-θ call whose table keeps every key; it should cost what "
       "dense costs. Head dims — 72 is itself a multiple of 8, but not of 16 (the AVX-512 "
-      "width), so it is compared with 64; 100 with 104.")
+      "width), so it is compared with 64; 100 with 104."
+      + (" [paired] — a decode ratio taken within `decode_paired`, which runs the five modes of "
+         "a configuration in rotation in one timed loop: the ratio of two calls of the same "
+         "round, milliseconds apart, median over the rounds (see *Decode: paired ratios*). "
+         "Ratios of the separate `decode/` benchmarks, run seconds apart, move by tens of "
+         "percent on a shared machine; the absolute targets (GB/s, time over floor) use "
+         "those." if D.paired else ""))
     w("")
 
     # ---- variants --------------------------------------------------------------------------
@@ -853,6 +928,7 @@ def write_report(args, json_path, main: Run, native_sub: Run | None, portable_su
     if not D.decode:
         w("| — | | | | not measured | | | | | | | |")
     w("")
+    write_paired_section(w, D)
 
     # ---- prefill --------------------------------------------------------------------------
     w("## Prefill: GFLOP/s against the FMA probe")
@@ -894,7 +970,9 @@ def write_report(args, json_path, main: Run, native_sub: Run | None, portable_su
         w("")
         w("One panel per storage type. Each point is the **median** over the four (layout, "
           "threads) configurations — token-major and head-major cache, 1 and 2 threads — of "
-          "time(dense) / time(mode) on the same inputs; the bars span the least and the most "
+          "time(dense) / time(mode) on the same inputs"
+          + (" (the paired ratio of `decode_paired`, see *Decode: paired ratios*)" if D.paired
+             else "") + "; the bars span the least and the most "
           "favourable of the four. Above the dashed line (1) the mode is faster than dense.")
     w("")
 
@@ -1032,6 +1110,7 @@ def write_report(args, json_path, main: Run, native_sub: Run | None, portable_su
     w("")
     w("Benchmark names: `decode/<mode>/L:<n>/dtype:<f32|f16|bf16>/layout:<token|head>/threads:<n>` "
       "with mode `dense|topk|toptheta|toptheta_pre|toptheta_dense_fallback`; "
+      "`decode_paired/L:<n>/dtype:<f32|f16|bf16>/layout:<token|head>/threads:<n>`; "
       "`prefill/<dense|topk|toptheta|toptheta_pre>/T:<n>/dtype:<f32|f16>/threads:<n>`; "
       "`decode_isa/<dense|toptheta>/isa:<auto|scalar|avx2|avx512|neon>/L:16384/dtype:f32/layout:token/threads:1`; "
       "`decode_dim/<dense|toptheta>/d:<n>/L:16384/dtype:f32/layout:token/threads:1`; "
