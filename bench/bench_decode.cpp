@@ -3,7 +3,7 @@
 /// Hkv = 8.
 ///
 ///   decode/<mode>/L:<n>/dtype:<t>/layout:<token|head>/threads:<n>          (d = 128)
-///   decode_paired/L:<n>/dtype:<t>/layout:<token|head>/threads:<n>          (d = 128)
+///   decode_paired/L:<n>/dtype:<t>/layout:<token|head>                      (d = 128)
 ///   decode_isa/<dense|toptheta>/isa:<auto|path>/L:16384/dtype:f32/layout:token/threads:1
 ///   decode_dim/<dense|toptheta>/d:<n>/L:16384/dtype:f32/layout:token/threads:1
 ///
@@ -19,8 +19,9 @@
 /// The Top-θ modes get `args.v_sum` from a RunningVSum over V rows 0..L-2 (the rows before the
 /// new token), as an engine keeps it. decode_isa runs the automatic choice and then forces
 /// `options.isa` to each path compiled in (a path the CPU cannot run is skipped with an error);
-/// decode_dim varies the head dim. decode_paired runs the five modes of one configuration in
-/// rotation within one timed loop and reports per-round ratios (bm_decode_paired).
+/// decode_dim varies the head dim. decode_paired runs the five modes of one (L, dtype, layout) on
+/// 1 and 2 threads in rotation within one timed loop and reports per-round ratios
+/// (bm_decode_paired).
 ///
 /// Counters: bytes_per_second = bytes touched per step / wall time, with bytes touched = K + V
 /// (dense) or K + (V rows read, union over each GQA group) * d * sizeof(T) (sparse modes);
@@ -284,10 +285,13 @@ void bm_decode(benchmark::State& state, DecodeConfig cfg) {
         total / 1e12, benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
 }
 
-/// The modes decode_paired runs in rotation.
+/// The modes and thread counts decode_paired runs in rotation.
 constexpr Mode kPairedModes[] = {Mode::kDense, Mode::kTopK, Mode::kTopTheta, Mode::kTopThetaPre,
                                  Mode::kFallback};
-constexpr int kNumPaired = int(sizeof(kPairedModes) / sizeof(kPairedModes[0]));
+constexpr int kNumModes = int(sizeof(kPairedModes) / sizeof(kPairedModes[0]));
+constexpr int kPairedThreads[] = {1, 2};
+constexpr int kNumThreads = int(sizeof(kPairedThreads) / sizeof(kPairedThreads[0]));
+constexpr int kNumPaired = kNumModes * kNumThreads;  // entry e: mode e % kNumModes, threads e / kNumModes
 
 /// The q-quantile (0..1, linear interpolation) of `x`, which it sorts.
 double quantile(std::vector<double>& x, double q) {
@@ -299,26 +303,29 @@ double quantile(std::vector<double>& x, double q) {
   return i + 1 < x.size() ? x[i] * (1 - f) + x[i + 1] * f : x[i];
 }
 
-/// decode_paired: every mode of one configuration in rotation within one timed loop. Each
-/// iteration (a round) runs each mode once, the first mode moving by one each round, each call
-/// on the next cache copy and timed alone (steady_clock). A ratio of two modes is taken within
-/// each round, from calls milliseconds apart, and the counters give its median over the rounds:
-/// this cancels the slow drift of a shared machine's speed, which moves the separate decode/
-/// benchmarks of one configuration by tens of percent against each other. Counters:
-/// t_<mode> (median seconds per call), x_<mode> (median over rounds of t_dense / t_mode, with
-/// x25_ / x75_ its quartiles), k_<mode> for the Top-θ modes (median of t_topk / t_mode), rounds.
+/// decode_paired: every mode of one (L, dtype, layout) on 1 and 2 threads, in rotation within
+/// one timed loop. Each iteration (a round) calls each (mode, threads) entry once, on the next
+/// cache copy, the first entry moving by one each round, and times each call alone
+/// (steady_clock). A ratio of two entries is taken within each round, from calls milliseconds
+/// apart, and the counters give its median over the rounds: this cancels the slow drift of a
+/// shared machine's speed, which moves the separate decode/ benchmarks of one configuration by
+/// tens of percent against each other. Counters, with <t> the thread count: t_<mode>_t<t>
+/// (median seconds per call), x_<mode>_t<t> (median over rounds of t_dense / t_mode at the same
+/// thread count, with x25_ / x75_ its quartiles), k_<mode>_t<t> for the Top-θ modes (median of
+/// t_topk / t_mode), s_<mode> (median of t(1 thread) / t(2 threads)), rounds.
 template <class T>
 void bm_decode_paired(benchmark::State& state, DecodeConfig cfg) {
   DecodeSet<T>& s = decode_set<T>(cfg.L, cfg.d, cfg.layout);
-  state.SetLabel("all modes in rotation; paired ratios");
+  state.SetLabel("all modes and thread counts in rotation; paired ratios");
   std::vector<float> out(std::size_t(kHq * cfg.d));
   std::vector<PreparedMode<T>> pm(kNumPaired);
-  for (int m = 0; m < kNumPaired; ++m) {
-    DecodeConfig mc = cfg;
-    mc.mode = kPairedModes[m];
-    const std::string error = prepare_mode(s, mc, out, pm[std::size_t(m)]);
+  for (int e = 0; e < kNumPaired; ++e) {
+    DecodeConfig ec = cfg;
+    ec.mode = kPairedModes[e % kNumModes];
+    ec.threads = kPairedThreads[e / kNumModes];
+    const std::string error = prepare_mode(s, ec, out, pm[std::size_t(e)]);
     if (!error.empty())
-      return state.SkipWithError((std::string(mode_name(mc.mode)) + ": " + error).c_str());
+      return state.SkipWithError((std::string(mode_name(ec.mode)) + ": " + error).c_str());
   }
 
   std::vector<std::vector<double>> times(kNumPaired);
@@ -328,14 +335,14 @@ void bm_decode_paired(benchmark::State& state, DecodeConfig cfg) {
   for (auto _ : state) {
     double round_seconds = 0;
     for (int j = 0; j < kNumPaired; ++j) {
-      const std::size_t m = std::size_t((round + j) % kNumPaired);
+      const std::size_t e = std::size_t((round + j) % kNumPaired);
       const auto t0 = std::chrono::steady_clock::now();
-      (void)toptheta::decode(pm[m].args[std::size_t(c)], pm[m].o, pm[m].ws);
+      (void)toptheta::decode(pm[e].args[std::size_t(c)], pm[e].o, pm[e].ws);
       benchmark::DoNotOptimize(out.data());
       benchmark::ClobberMemory();
       const double dt =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      times[m].push_back(dt);
+      times[e].push_back(dt);
       round_seconds += dt;
       if (++c == s.copies) c = 0;
     }
@@ -350,17 +357,23 @@ void bm_decode_paired(benchmark::State& state, DecodeConfig cfg) {
     return r;
   };
   state.counters["rounds"] = double(rounds);
-  for (std::size_t m = 0; m < std::size_t(kNumPaired); ++m) {
-    const std::string name = mode_name(kPairedModes[m]);
-    std::vector<double> t = times[m];
+  for (std::size_t e = 0; e < std::size_t(kNumPaired); ++e) {
+    const Mode m = kPairedModes[e % kNumModes];
+    const std::size_t ti = e / kNumModes, dense = ti * kNumModes, topk = dense + 1;
+    const std::string name = std::string(mode_name(m)) + "_t" + std::to_string(kPairedThreads[ti]);
+    std::vector<double> t = times[e];
     state.counters["t_" + name] = quantile(t, 0.5);
-    if (kPairedModes[m] == Mode::kDense) continue;
-    std::vector<double> x = ratios(0, m);
+    if (ti == 0) {
+      std::vector<double> sp = ratios(e, e + kNumModes);
+      state.counters[std::string("s_") + mode_name(m)] = quantile(sp, 0.5);
+    }
+    if (m == Mode::kDense) continue;
+    std::vector<double> x = ratios(dense, e);
     state.counters["x_" + name] = quantile(x, 0.5);
     state.counters["x25_" + name] = quantile(x, 0.25);
     state.counters["x75_" + name] = quantile(x, 0.75);
-    if (kPairedModes[m] == Mode::kTopTheta || kPairedModes[m] == Mode::kTopThetaPre) {
-      std::vector<double> k = ratios(1, m);
+    if (m == Mode::kTopTheta || m == Mode::kTopThetaPre) {
+      std::vector<double> k = ratios(topk, e);
       state.counters["k_" + name] = quantile(k, 0.5);
     }
   }
@@ -374,8 +387,8 @@ void register_bench(const std::string& name, const DecodeConfig& cfg) {
 }
 
 /// Minimum time of one decode_paired run (seconds; it overrides --benchmark_min_time): enough
-/// rounds for a median at L = 64k, where a round of the five modes takes about 0.1 s.
-constexpr double kPairedMinTime = 1.5;
+/// rounds for a median at L = 64k, where a round of the ten entries takes about 0.2 s.
+constexpr double kPairedMinTime = 2.0;
 
 std::string tail(Index L, const char* dtype, Layout layout, int threads) {
   return "/L:" + std::to_string(L) + "/dtype:" + dtype + "/layout:" + layout_name(layout) +
@@ -388,19 +401,21 @@ void register_config(Index L, Layout layout, int threads) {
     register_bench<T>(std::string("decode/") + mode_name(m) +
                           tail(L, toptheta::dtype_name<T>(), layout, threads),
                       DecodeConfig{m, L, kD, layout, threads, Isa::kAuto, false});
-  const DecodeConfig cfg{Mode::kDense, L, kD, layout, threads, Isa::kAuto, false};
-  benchmark::RegisterBenchmark(
-      (std::string("decode_paired") + tail(L, toptheta::dtype_name<T>(), layout, threads)).c_str(),
-      [cfg](benchmark::State& s) { bm_decode_paired<T>(s, cfg); })
-      ->UseManualTime()
-      ->MinTime(kPairedMinTime)
-      ->Unit(benchmark::kMillisecond);
 }
 
 template <class T>
 void register_dtype(Index L) {
-  for (Layout layout : {Layout::kToken, Layout::kHead})
-    for (int t : {1, 2}) register_config<T>(L, layout, t);
+  for (Layout layout : {Layout::kToken, Layout::kHead}) {
+    for (int t : kPairedThreads) register_config<T>(L, layout, t);
+    const DecodeConfig cfg{Mode::kDense, L, kD, layout, 1, Isa::kAuto, false};
+    const std::string tl = tail(L, toptheta::dtype_name<T>(), layout, 1);
+    benchmark::RegisterBenchmark(
+        ("decode_paired" + tl.substr(0, tl.rfind("/threads:"))).c_str(),
+        [cfg](benchmark::State& s) { bm_decode_paired<T>(s, cfg); })
+        ->UseManualTime()
+        ->MinTime(kPairedMinTime)
+        ->Unit(benchmark::kMillisecond);
+  }
 }
 
 }  // namespace

@@ -54,8 +54,7 @@ RE_DECODE = re.compile(
     r"^decode/(?P<mode>[^/]+)/L:(?P<L>\d+)/dtype:(?P<dtype>[^/]+)/layout:(?P<layout>[^/]+)"
     r"/threads:(?P<threads>\d+)$")
 RE_PAIRED = re.compile(
-    r"^decode_paired/L:(?P<L>\d+)/dtype:(?P<dtype>[^/]+)/layout:(?P<layout>[^/]+)"
-    r"/threads:(?P<threads>\d+)$")
+    r"^decode_paired/L:(?P<L>\d+)/dtype:(?P<dtype>[^/]+)/layout:(?P<layout>[^/]+)$")
 RE_ISA = re.compile(
     r"^decode_isa/(?P<mode>[^/]+)/isa:(?P<isa>[^/]+)/L:(?P<L>\d+)/dtype:(?P<dtype>[^/]+)"
     r"/layout:(?P<layout>[^/]+)/threads:(?P<threads>\d+)$")
@@ -180,7 +179,7 @@ class Data:
     fma: dict = field(default_factory=dict)      # threads -> flop/s
     fma_label: str = ""
     decode: dict = field(default_factory=dict)   # (mode, L, dtype, layout, t) -> Result
-    paired: dict = field(default_factory=dict)   # (L, dtype, layout, t) -> Result (decode_paired)
+    paired: dict = field(default_factory=dict)   # (L, dtype, layout) -> Result (decode_paired)
     isa: dict = field(default_factory=dict)      # (mode, isa) -> Result
     dim: dict = field(default_factory=dict)      # (mode, d) -> Result
     prefill: dict = field(default_factory=dict)  # (mode, T, dtype, t) -> Result
@@ -200,7 +199,7 @@ def classify(results) -> Data:
         elif m := RE_DECODE.match(name):
             D.decode[(m["mode"], int(m["L"]), m["dtype"], m["layout"], int(m["threads"]))] = r
         elif m := RE_PAIRED.match(name):
-            D.paired[(int(m["L"]), m["dtype"], m["layout"], int(m["threads"]))] = r
+            D.paired[(int(m["L"]), m["dtype"], m["layout"])] = r
         elif m := RE_ISA.match(name):
             D.isa[(m["mode"], m["isa"])] = r
         elif m := RE_DIM.match(name):
@@ -289,16 +288,22 @@ def decode_speedup(D: Data, mode, cfg, over="dense"):
     "dense" or "topk": the paired median of decode_paired (modes in rotation, the ratio per
     round) when it was measured, else the ratio of the separate decode/ benchmarks; None when
     neither is there."""
-    p = D.paired.get(cfg)
-    counter = ("x_" if over == "dense" else "k_") + mode
+    p = D.paired.get(cfg[:3])
+    counter = ("x_" if over == "dense" else "k_") + f"{mode}_t{cfg[3]}"
     if p is not None and counter in p.counters:
         return p.counters[counter]
     a, b = D.decode.get((over,) + cfg), D.decode.get((mode,) + cfg)
     return a.seconds / b.seconds if a and b else None
 
 
+def paired_cfgs(D: Data):
+    """(L, dtype, layout, threads) of every configuration decode_paired measured."""
+    return sorted(cfg + (t,) for cfg, r in D.paired.items() for t in (1, 2)
+                  if f"t_dense_t{t}" in r.counters)
+
+
 def decode_cfgs(D: Data):
-    return sorted(set(D.paired) | {k[1:] for k in D.decode})
+    return sorted(set(paired_cfgs(D)) | {k[1:] for k in D.decode})
 
 
 def speedup_pairs(D: Data, mode, over="dense", keep=lambda cfg: True, prefix=""):
@@ -375,11 +380,16 @@ def compute_targets(D: Data):
                          pairs, ">=", 1.0))
 
     # Thread scaling.
-    Lp, lnote = largest([k[1] for k in dec], 65536)
-    pairs = [(r.seconds / dec[k[:4] + (2,)].seconds, f"{k[0]} " + dcfg(k)[:-4])
-             for k, r in dec.items() if k[1] == Lp and k[4] == 1 and k[:4] + (2,) in dec]
-    T.append(make_target(f"decode L = 64k: 2-thread speed-up over 1 thread, all modes{lnote}",
-                         ">= 1.30x", pairs, ">=", 1.3))
+    Lp, lnote = largest([k[1] for k in dec] + [c[0] for c in D.paired], 65536)
+    if D.paired:
+        pairs = [(v, f"{key[2:]} " + dcfg(("",) + cfg + (1,))[:-4])
+                 for cfg, r in D.paired.items() if cfg[0] == Lp
+                 for key, v in r.counters.items() if key.startswith("s_")]
+    else:
+        pairs = [(r.seconds / dec[k[:4] + (2,)].seconds, f"{k[0]} " + dcfg(k)[:-4])
+                 for k, r in dec.items() if k[1] == Lp and k[4] == 1 and k[:4] + (2,) in dec]
+    T.append(make_target(f"decode L = 64k: 2-thread speed-up over 1 thread, all modes{lnote}"
+                         f"{pn}", ">= 1.30x", pairs, ">=", 1.3))
     pairs = [(r.seconds / pre[k[:3] + (2,)].seconds, f"{k[0]} " + pcfg(k)[:-4])
              for k, r in pre.items() if k[1] == Tp and k[3] == 1 and k[:3] + (2,) in pre]
     T.append(make_target(f"prefill T = 4096: 2-thread speed-up over 1 thread, all modes{tnote}",
@@ -727,10 +737,10 @@ def write_paired_section(w, D: Data):
         return
     w("## Decode: paired ratios")
     w("")
-    w("`decode_paired/L:<n>/dtype:<t>/layout:<l>/threads:<n>` runs the five modes of one "
-      "configuration in rotation inside one timed loop. Each round calls every mode once, on the "
-      "next cache copy, starting one mode later than the round before, and times each call "
-      "alone. A ratio is taken between two calls of the same round and the table gives its "
+    w("`decode_paired/L:<n>/dtype:<t>/layout:<l>` runs the five modes of one (L, dtype, layout) "
+      "on 1 and 2 threads, ten entries, in rotation inside one timed loop. Each round calls every "
+      "entry once, on the next cache copy, starting one entry later than the round before, and "
+      "times each call alone. A ratio is taken between two calls of the same round and the table gives its "
       "median over the rounds (the target rows marked [paired] use these). *speed-up* = "
       "time(dense) / time(mode), with its quartiles over the rounds; *kept all / dense* = "
       "time(every key kept) / time(dense); *over top-k* = time(top-k) / time(mode); *separate* = "
@@ -740,9 +750,11 @@ def write_paired_section(w, D: Data):
     w("| L | dtype | layout | thr | rounds | top-k | recommended (quartiles) | pre + SDC "
       "(quartiles) | kept all / dense | rec. over top-k | pre over top-k | separate |")
     w("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for cfg in sorted(D.paired, key=lambda c: (c[0], dtype_order(c[1]), c[2] != "token", c[3])):
-        c = D.paired[cfg].counters
+    for cfg in sorted(paired_cfgs(D), key=lambda c: (c[0], dtype_order(c[1]), c[2] != "token",
+                                                     c[3])):
         L, dtype, layout, t = cfg
+        c = {k[:-3]: v for k, v in D.paired[cfg[:3]].counters.items() if k.endswith(f"_t{t}")}
+        c["rounds"] = D.paired[cfg[:3]].counters.get("rounds", 0)
 
         def x(mode):
             return (f"{c['x_' + mode]:.2f}x ({c['x25_' + mode]:.2f}-{c['x75_' + mode]:.2f})"
@@ -862,7 +874,8 @@ def write_report(args, json_path, main: Run, native_sub: Run | None, portable_su
       "dense costs. Head dims — 72 is itself a multiple of 8, but not of 16 (the AVX-512 "
       "width), so it is compared with 64; 100 with 104."
       + (" [paired] — a decode ratio taken within `decode_paired`, which runs the five modes of "
-         "a configuration in rotation in one timed loop: the ratio of two calls of the same "
+         "an (L, dtype, layout) on 1 and 2 threads in rotation in one timed loop: the ratio of "
+         "two calls of the same "
          "round, milliseconds apart, median over the rounds (see *Decode: paired ratios*). "
          "Ratios of the separate `decode/` benchmarks, run seconds apart, move by tens of "
          "percent on a shared machine; the absolute targets (GB/s, time over floor) use "
@@ -981,26 +994,30 @@ def write_report(args, json_path, main: Run, native_sub: Run | None, portable_su
     w("")
     Lp, _ = largest([k[1] for k in D.decode], 65536)
     Tps = sorted({k[1] for k in D.prefill})
-    w(f"Speed-up of 2 threads over 1 (time(1) / time(2)): decode at L = {Lp}, prefill at every T.")
+    w(f"Speed-up of 2 threads over 1 (time(1) / time(2)): decode at L = {Lp}, prefill at every T."
+      + (" *paired*: the decode speed-up within `decode_paired` (1- and 2-thread calls of the "
+         "same round, median over the rounds); the target uses it." if D.paired else ""))
     w("")
-    w("| benchmark | variant | 1 thread (ms) | 2 threads (ms) | speed-up |")
-    w("|---|---|---:|---:|---:|")
+    w("| benchmark | variant | 1 thread (ms) | 2 threads (ms) | speed-up | paired |")
+    w("|---|---|---:|---:|---:|---:|")
     for key in sorted((k for k in D.decode if k[1] == Lp and k[4] == 1),
                       key=lambda k: (dtype_order(k[2]), k[3] != "token", MODE_ORDER.get(k[0], 9))):
         r2 = D.decode.get(key[:4] + (2,))
         if r2:
             r1 = D.decode[key]
+            sp = D.paired[key[1:4]].counters.get("s_" + key[0]) if key[1:4] in D.paired else None
             w(f"| decode L={key[1]} {key[2]} {key[3]} | {short(key[0])} | {1e3 * r1.seconds:.3f} "
-              f"| {1e3 * r2.seconds:.3f} | {r1.seconds / r2.seconds:.2f}x |")
+              f"| {1e3 * r2.seconds:.3f} | {r1.seconds / r2.seconds:.2f}x | "
+              f"{'—' if sp is None else f'{sp:.2f}x'} |")
     for key in sorted((k for k in D.prefill if k[3] == 1),
                       key=lambda k: (k[1], dtype_order(k[2]), MODE_ORDER.get(k[0], 9))):
         r2 = D.prefill.get(key[:3] + (2,))
         if r2:
             r1 = D.prefill[key]
             w(f"| prefill T={key[1]} {key[2]} | {short(key[0])} | {1e3 * r1.seconds:.1f} "
-              f"| {1e3 * r2.seconds:.1f} | {r1.seconds / r2.seconds:.2f}x |")
+              f"| {1e3 * r2.seconds:.1f} | {r1.seconds / r2.seconds:.2f}x | |")
     if not Tps and Lp is None:
-        w("| — | not measured | | | |")
+        w("| — | not measured | | | | |")
     w("")
 
     # ---- bit identity ---------------------------------------------------------------------
@@ -1110,7 +1127,7 @@ def write_report(args, json_path, main: Run, native_sub: Run | None, portable_su
     w("")
     w("Benchmark names: `decode/<mode>/L:<n>/dtype:<f32|f16|bf16>/layout:<token|head>/threads:<n>` "
       "with mode `dense|topk|toptheta|toptheta_pre|toptheta_dense_fallback`; "
-      "`decode_paired/L:<n>/dtype:<f32|f16|bf16>/layout:<token|head>/threads:<n>`; "
+      "`decode_paired/L:<n>/dtype:<f32|f16|bf16>/layout:<token|head>`; "
       "`prefill/<dense|topk|toptheta|toptheta_pre>/T:<n>/dtype:<f32|f16>/threads:<n>`; "
       "`decode_isa/<dense|toptheta>/isa:<auto|scalar|avx2|avx512|neon>/L:16384/dtype:f32/layout:token/threads:1`; "
       "`decode_dim/<dense|toptheta>/d:<n>/L:16384/dtype:f32/layout:token/threads:1`; "
