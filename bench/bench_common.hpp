@@ -21,9 +21,10 @@
 ///   engine_q8/<dense|toptheta|toptheta_pre>/L:<n>/dtype:<q8_0|f16>/threads:<n>
 /// with <mode> one of dense, topk, toptheta, toptheta_pre, toptheta_dense_fallback (Mode below;
 /// each benchmark's label names its variant). The engine_* families (bench_engine.cpp) use f32
-/// queries over f16 / q8_0 caches (AttentionArgs<T, float>). Every benchmark measures wall time (UseRealTime);
-/// bench_main.cpp strips the "/real_time" suffix Google Benchmark would append, so reported names
-/// are exactly the ones above.
+/// queries over f16 / q8_0 caches (AttentionArgs<T, float>). Every benchmark measures wall time:
+/// UseRealTime, or for decode_paired, which times each call itself, UseManualTime with its own
+/// MinTime. bench_main.cpp strips the "/real_time", "/manual_time" and "/min_time:..." suffixes
+/// Google Benchmark would append, so reported names are exactly the ones above.
 ///
 /// Synthetic inputs (d = 128, Hq = 32, Hkv = 8; the decode_dim family varies d):
 /// - keys and values are i.i.d. ~N(0, 1) per element (Irwin-Hall approximation, counter-based

@@ -30,7 +30,9 @@
 /// (dense against a double reference on heads 0 and Hq-1), `bit_identical` (threads > 1: output
 /// equals the 1-thread output bit for bit), `copies` (KV-cache copies rotated per iteration, see
 /// kMinWorkingSetBytes), `d`; decode_dim adds `ps_per_byte` (wall time per byte touched).
-/// Validation runs outside the timed loop.
+/// Validation runs outside the timed loop. decode_paired reports none of these (its entries are
+/// the decode/ benchmarks' configurations, validated alike): only times and ratios, see
+/// bm_decode_paired.
 
 #include "bench_common.hpp"
 
@@ -421,7 +423,8 @@ void register_dtype(Index L) {
 }  // namespace
 
 void register_decode_benchmarks() {
-  // Order: L, dtype, layout, threads, mode -- the modes of one configuration run back to back.
+  // Order: L, dtype, layout, threads, mode -- the modes of one configuration run back to back,
+  // and decode_paired after both thread counts of each layout, all on one cached input set.
   for (Index L : {Index(1024), Index(4096), Index(16384), Index(65536)}) {
     register_dtype<float>(L);
     register_dtype<Eigen::half>(L);

@@ -15,13 +15,27 @@ if(NOT _rc EQUAL 0)
   message(FATAL_ERROR "perf_report.py failed (status ${_rc})")
 endif()
 file(READ "${WORK_DIR}/performance.md" _page)
-# Every family of the subset reached the page: a paired row on 1 and on 2 threads, the decode
-# and prefill tables, and no benchmark skipped with an error.
-foreach(_want "| 1024 | f16 | token | 1 | " "| 1024 | f16 | token | 2 | " "## Decode: paired ratios"
-              "## Prefill: GFLOP/s" "[paired]")
-  string(FIND "${_page}" "${_want}" _at)
-  if(_at EQUAL -1)
-    message(FATAL_ERROR "${WORK_DIR}/performance.md lacks \"${_want}\"")
+# Every family of the subset reached the page with numbers: the paired section has a row on 1 and
+# on 2 threads (rounds, top-k speed-up, the recommended variant's speed-up with its quartiles),
+# the decode and prefill tables have rows, and the decode ratio targets say they are paired.
+string(FIND "${_page}" "## Decode: paired ratios" _at)
+if(_at EQUAL -1)
+  message(FATAL_ERROR "${WORK_DIR}/performance.md has no paired-ratio section")
+endif()
+string(SUBSTRING "${_page}" ${_at} -1 _paired)
+string(FIND "${_paired}" "\n## " _end)
+string(SUBSTRING "${_paired}" 0 ${_end} _paired)
+foreach(_t 1 2)
+  if(NOT _paired MATCHES
+     "\\| 1024 \\| f16 \\| token \\| ${_t} \\| [0-9]+ \\| [0-9.]+x \\| [0-9.]+x \\([0-9.]+-[0-9.]+\\) \\|")
+    message(FATAL_ERROR "no paired row for 1024 f16 token ${_t} thread(s) in:\n${_paired}")
+  endif()
+endforeach()
+foreach(_re "\\| 1024 \\| f16 \\| token \\| 1 \\| dense \\| [0-9.]+ \\|"
+            "\\| 1024 \\| f16 \\| 1 \\| dense \\| [0-9.]+ \\|"
+            "speed-up over top-k \\(k = 64\\), all L \\[paired\\] \\| >= 1.00x \\| [0-9.]+ \\|")
+  if(NOT _page MATCHES "${_re}")
+    message(FATAL_ERROR "${WORK_DIR}/performance.md has nothing matching ${_re}")
   endif()
 endforeach()
 file(READ "${WORK_DIR}/results.json" _json)
