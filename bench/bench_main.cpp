@@ -10,7 +10,7 @@
 /// The reporters below remove those suffixes, so names in the console and JSON output are exactly
 /// the documented ones (bench_common.hpp). --benchmark_filter and --benchmark_list_tests still
 /// see the internal name, so a filter anchored with '$' must allow the suffix
-/// ("threads:1(/real_time)?$").
+/// ("threads:1(/real_time)?$", "layout:token(/min_time:2.000/manual_time)?$").
 
 #include "bench_common.hpp"
 

@@ -27,11 +27,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/lib.sh
 
 build=1
+render_only=0
 args=()
 for a in "$@"; do
   case "$a" in
     --no-build) build=0 ;;
-    --from-json | --from-json=*) build=0; args+=("$a") ;;
+    --from-json | --from-json=*) build=0; render_only=1; args+=("$a") ;;
     -h | --help)
       sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
       exec python3 scripts/perf_report.py --help
@@ -54,7 +55,7 @@ fi
 
 # The page records the load average at start and calls the run noisy above 0.5 per CPU: after a
 # build (or other work) give the 1-minute average up to two minutes to settle below 0.25 per CPU.
-if [[ -r /proc/loadavg ]]; then
+if [[ $render_only -eq 0 && -r /proc/loadavg ]]; then
   for _ in $(seq 24); do
     awk -v n="$(nproc)" '{ exit !($1 > 0.25 * n) }' /proc/loadavg || break
     sleep 5

@@ -290,7 +290,8 @@ int batch_threads(const DecodeBatch<T, Q>& batch, const AttentionOptions& o) {
   for (Index i = 0; i < batch.count; ++i) {
     const auto& a = batch.seqs[i];
     macs += 2.0 * double(a.cache_tokens()) * double(a.q.heads) * double(a.q.dim);
-    items += std::max<Index>(1, a.cache_tokens() / 256);
+    const Index L = a.cache_tokens();
+    items += std::max<Index>(1, (L + decode_chunk_tokens(L) - 1) / decode_chunk_tokens(L));
   }
   return call_threads(o.threads, macs, items);
 }

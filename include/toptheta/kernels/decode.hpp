@@ -80,6 +80,22 @@ inline constexpr Index kTokenTile = 16;
 inline constexpr Index kMaxGroup = 256;
 inline constexpr Index kMaxKv = 256;
 
+/// Tokens per chunk of a decode over L cache tokens (the last chunk may be shorter): 256 up to
+/// L = 2k, L / 8 up to L = 8k, 1024 up to L = 64k, then L / 64 (64 chunks), rounded up to whole
+/// kTokenTile tiles. A function of L only, so that results are bit-identical for any thread
+/// count. Measured (harness, f16, Hq = 32, Hkv = 8, chunk sizes in rotation, median of 40
+/// rounds): 1024-token chunks against the former rule (at most 64 chunks of at least 256
+/// tokens) make dense and pre-softmax Top-θ decode 0-10% faster at L = 8k-32k, token- and
+/// head-major, 1 and 2 threads (dense at L = 16k head-major, 1 thread: 4.85 -> 4.49 ms): fewer
+/// per-chunk softmax partials, kept-key unions and merges. The cost: a chunk is the unit of
+/// parallel work on interleaved caches, so a call has at most 8 chunk tasks up to L = 8k and
+/// L / 1024 up to 64k (16 at L = 16k), fewer than the former rule's 32-64 for machines with
+/// more threads (measured on 2 threads only).
+inline Index decode_chunk_tokens(Index L) {
+  const Index chunk = std::max<Index>({Index(256), std::min<Index>(1024, L / 8), (L + 63) / 64});
+  return (chunk + kTokenTile - 1) / kTokenTile * kTokenTile;
+}
+
 /// The error for a workspace smaller than the `need` bytes a call carves from it.
 inline Status workspace_too_small(const Workspace& ws, std::size_t need, int threads) {
   return Status::invalid_argument("workspace of " + std::to_string(ws.bytes) +
@@ -131,15 +147,7 @@ class DecodeCall {
     Hkv_ = k.heads;
     G_ = Hq_ / std::max<Index>(Hkv_, 1);
     d_ = a.q.dim;
-    // Chunks of 256 tokens up to L = 2k, then of L / 8 up to 1024 tokens, then 64 chunks;
-    // whole tiles: a function of L only. Measured (harness, f16, Hq = 32, Hkv = 8, chunk sizes
-    // in rotation, median of 40 rounds): 1024-token chunks against the former 256 (at most 64
-    // chunks of at least 256 tokens) make dense and pre-softmax Top-θ decode 0-10% faster at
-    // L = 8k-32k, token- and head-major, 1 and 2 threads (dense at L = 16k head-major, 1 thread:
-    // 4.85 -> 4.49 ms); fewer chunks mean fewer per-chunk softmax partials, kept-key unions and
-    // merges.
-    chunk_ = std::max<Index>({Index(256), std::min<Index>(1024, L_ / 8), (L_ + 63) / 64});
-    chunk_ = (chunk_ + kTokenTile - 1) / kTokenTile * kTokenTile;
+    chunk_ = decode_chunk_tokens(L_);
     nc_ = std::max<Index>(1, (L_ + chunk_ - 1) / chunk_);
     sc_stride_ = score_row_stride<Acc>(chunk_);
     s_stride_ = score_row_stride<Acc>(L_);
