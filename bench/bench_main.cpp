@@ -24,7 +24,7 @@
 namespace {
 
 /// Forwards to `inner` with the run names' time-type ("real_time", "manual_time") and min-time
-/// ("min_time:1.500") suffixes removed.
+/// ("min_time:2.000") suffixes removed.
 class ExactNameReporter : public benchmark::BenchmarkReporter {
  public:
   explicit ExactNameReporter(benchmark::BenchmarkReporter* inner) : inner_(inner) {}
