@@ -9,7 +9,7 @@
 ///   probe/fma_peak/threads:<n>
 ///   decode/<mode>/L:<n>/dtype:<f32|f16|bf16>/layout:<token|head>/threads:<n>
 ///   decode_paired/L:<n>/dtype:<f32|f16|bf16>/layout:<token|head>  (all modes on 1 and 2 threads
-///          in rotation, paired ratios: bench_decode.cpp)
+///          shuffled within each round, paired ratios: bench_decode.cpp)
 ///   decode_isa/<dense|toptheta>/isa:<auto|scalar|avx2|avx512|neon>/L:16384/dtype:f32/layout:token/
 ///          threads:1
 ///   decode_dim/<dense|toptheta>/d:<n>/L:16384/dtype:f32/layout:token/threads:1

@@ -20,7 +20,7 @@
 /// new token), as an engine keeps it. decode_isa runs the automatic choice and then forces
 /// `options.isa` to each path compiled in (a path the CPU cannot run is skipped with an error);
 /// decode_dim varies the head dim. decode_paired runs the five modes of one (L, dtype, layout) on
-/// 1 and 2 threads in rotation within one timed loop and reports per-round ratios
+/// 1 and 2 threads in one timed loop, in a shuffled order per round, and reports per-round ratios
 /// (bm_decode_paired).
 ///
 /// Counters: bytes_per_second = bytes touched per step / wall time, with bytes touched = K + V
@@ -39,6 +39,7 @@
 #include <algorithm>
 #include <chrono>
 #include <map>
+#include <random>
 #include <utility>
 
 namespace ttbench {
@@ -287,7 +288,7 @@ void bm_decode(benchmark::State& state, DecodeConfig cfg) {
         total / 1e12, benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
 }
 
-/// The modes and thread counts decode_paired runs in rotation.
+/// The modes and thread counts decode_paired runs in each round.
 constexpr Mode kPairedModes[] = {Mode::kDense, Mode::kTopK, Mode::kTopTheta, Mode::kTopThetaPre,
                                  Mode::kFallback};
 constexpr int kNumModes = int(sizeof(kPairedModes) / sizeof(kPairedModes[0]));
@@ -305,20 +306,28 @@ double quantile(std::vector<double>& x, double q) {
   return i + 1 < x.size() ? x[i] * (1 - f) + x[i + 1] * f : x[i];
 }
 
-/// decode_paired: every mode of one (L, dtype, layout) on 1 and 2 threads, in rotation within
-/// one timed loop. Each iteration (a round) calls each (mode, threads) entry once, on the next
-/// cache copy, the first entry moving by one each round, and times each call alone
-/// (steady_clock). A ratio of two entries is taken within each round, from calls milliseconds
-/// apart, and the counters give its median over the rounds: this cancels the slow drift of a
-/// shared machine's speed, which moves the separate decode/ benchmarks of one configuration by
-/// tens of percent against each other. Counters, with <t> the thread count: t_<mode>_t<t>
-/// (median seconds per call), x_<mode>_t<t> (median over rounds of t_dense / t_mode at the same
-/// thread count, with x25_ / x75_ its quartiles), k_<mode>_t<t> for the Top-θ modes (median of
-/// t_topk / t_mode), s_<mode> (median of t(1 thread) / t(2 threads)), rounds.
+/// decode_paired: every mode of one (L, dtype, layout) on 1 and 2 threads, in one timed loop.
+/// Each iteration (a round) calls each (mode, threads) entry once, on the next cache copy, and
+/// times each call alone (steady_clock). A ratio of two entries is taken within each round, from
+/// calls milliseconds apart, and the counters give its median over the rounds: this cancels the
+/// slow drift of a shared machine's speed, which moves the separate decode/ benchmarks of one
+/// configuration by tens of percent against each other. Order within a round: the entries of one
+/// thread count, then those of the other, each group in a fresh pseudo-random order (fixed seed)
+/// and the groups alternating which goes first, so the thread count changes once per round; the
+/// first call after that change is preceded by an untimed call of itself. Measured with the
+/// every-key-kept mode, which does dense's work, as the control (median of t_dense /
+/// t_every_key_kept, L = 16k and 64k, f16, both layouts, two runs each, 8 values per thread
+/// count): a fixed rotation, where every entry always follows the same one, read 0.94-1.04 on
+/// 1 thread and 1.01-1.11 on 2 (a 2-thread call right after a 1-thread one ran slower); adding
+/// only the untimed call at the switches, 0.94-1.04 and 0.99-1.06; this order, 0.99-1.00 and
+/// 0.98-1.00. Counters, with <t> the thread count: t_<mode>_t<t> (median seconds per
+/// call), x_<mode>_t<t> (median over rounds of t_dense / t_mode at the same thread count, with
+/// x25_ / x75_ its quartiles), k_<mode>_t<t> for the Top-θ modes (median of t_topk / t_mode),
+/// s_<mode> (median of t(1 thread) / t(2 threads)), rounds.
 template <class T>
 void bm_decode_paired(benchmark::State& state, DecodeConfig cfg) {
   DecodeSet<T>& s = decode_set<T>(cfg.L, cfg.d, cfg.layout);
-  state.SetLabel("all modes and thread counts in rotation; paired ratios");
+  state.SetLabel("all modes and thread counts, shuffled within each round; paired ratios");
   std::vector<float> out(std::size_t(kHq * cfg.d));
   std::vector<PreparedMode<T>> pm(kNumPaired);
   for (int e = 0; e < kNumPaired; ++e) {
@@ -332,21 +341,36 @@ void bm_decode_paired(benchmark::State& state, DecodeConfig cfg) {
 
   std::vector<std::vector<double>> times(kNumPaired);
   for (auto& t : times) t.reserve(std::size_t(state.max_iterations));
+  std::mt19937 rng(20261202);
+  std::vector<std::size_t> order(kNumPaired);
   int c = 0;
   std::int64_t round = 0;
+  int prev_threads = 0;
+  auto call = [&](std::size_t e) {
+    (void)toptheta::decode(pm[e].args[std::size_t(c)], pm[e].o, pm[e].ws);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+    if (++c == s.copies) c = 0;
+  };
   for (auto _ : state) {
+    for (int g = 0; g < kNumThreads; ++g) {  // group g of the round: thread count index gi
+      const int gi = int((round + g) % kNumThreads);
+      auto first = order.begin() + g * kNumModes;
+      for (int m = 0; m < kNumModes; ++m) first[m] = std::size_t(gi * kNumModes + m);
+      std::shuffle(first, first + kNumModes, rng);
+    }
     double round_seconds = 0;
-    for (int j = 0; j < kNumPaired; ++j) {
-      const std::size_t e = std::size_t((round + j) % kNumPaired);
+    for (const std::size_t e : order) {
+      if (pm[e].o.threads != prev_threads) {  // untimed call at the thread-count switch
+        prev_threads = pm[e].o.threads;
+        call(e);
+      }
       const auto t0 = std::chrono::steady_clock::now();
-      (void)toptheta::decode(pm[e].args[std::size_t(c)], pm[e].o, pm[e].ws);
-      benchmark::DoNotOptimize(out.data());
-      benchmark::ClobberMemory();
+      call(e);
       const double dt =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       times[e].push_back(dt);
       round_seconds += dt;
-      if (++c == s.copies) c = 0;
     }
     ++round;
     state.SetIterationTime(round_seconds);

@@ -16,23 +16,26 @@ Usually called through scripts/perf_report.sh, which builds the `bench` preset f
                                            # written to build/bench/perf/performance-quick.md
     scripts/perf_report.py --from-json build/bench/perf/results.json   # re-render only
 
-Three runs make a report: the main run of toptheta-bench (everything, or the --quick / --filter
-subset), then the portable subset (dense / toptheta decode at L = 16k, f32 and f16, prefill at
-T = 1024) once with toptheta-bench and once with toptheta-bench-portable, back to back. All
-other ratios come from the main run of one binary. Times are wall-clock medians over the
-repetitions (the single run with --repetitions 1).
+A report is the main run of toptheta-bench (everything, or the --quick / --filter subset), then
+the portable comparison: --portable-rounds rounds (default 5), each running four groups (dense /
+toptheta decode at L = 16k f32, the same f16, prefill at T = 1024 f32, the same f16) with
+toptheta-bench and toptheta-bench-portable back to back, the first binary alternating; the
+portable / native ratio is the median of the per-round ratios. All other ratios come from the
+main run of one binary. Times are wall-clock medians over the repetitions (the single run with
+--repetitions 1).
 
 The decode ratio targets (over dense, over top-k, every key kept, 2 threads over 1) use the
 decode_paired family where it was measured: the modes of one (L, dtype, layout) on 1 and 2
-threads in rotation in one timed loop, the ratio per round, median over the rounds (and over the
-repetitions). Ratios of the separate decode/ benchmarks, run seconds apart, drift by tens of
-percent on a shared machine; the page lists both.
+threads in one timed loop, in a shuffled order per round, the ratio per round, median over the
+rounds (and over the repetitions). Ratios of the separate decode/ benchmarks, run seconds apart,
+drift by tens of percent on a shared machine; the page lists both.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import glob
 import json
 import os
 import re
@@ -50,8 +53,11 @@ QUICK_FILTER = (r"^(probe/|decode/[^/]+/L:(1024|16384)/|decode_paired/L:(1024|16
                 r"|prefill/[^/]+/T:1024/"
                 r"|engine_batch/[^/]+/[^/]+/seqs:8/Lmax:8192/|engine_paged/[^/]+/[^/]+/L:16384/"
                 r"|engine_q8/[^/]+/L:16384/)")
-PORTABLE_FILTER = (r"^(decode/(dense|toptheta)/L:16384/dtype:(f32|f16)/layout:token/"
-                   r"|prefill/(dense|toptheta)/T:1024/dtype:(f32|f16)/)")
+# The portable comparison's groups: each round runs each group with both binaries, back to back.
+PORTABLE_GROUPS = (r"^decode/(dense|toptheta)/L:16384/dtype:f32/layout:token/",
+                   r"^decode/(dense|toptheta)/L:16384/dtype:f16/layout:token/",
+                   r"^prefill/(dense|toptheta)/T:1024/dtype:f32/",
+                   r"^prefill/(dense|toptheta)/T:1024/dtype:f16/")
 K_BUDGET = 64
 DTYPES = ("f32", "f16", "bf16")
 TOPTHETA_MODES = ("toptheta", "toptheta_pre")
@@ -107,7 +113,8 @@ def short(mode):
 # --------------------------------------------------------------------------------------------
 # Running the benchmark
 # --------------------------------------------------------------------------------------------
-def run_bench(exe, json_out, args, flt):
+def run_bench(exe, json_out, args, flt, repetitions=None):
+    repetitions = args.repetitions if repetitions is None else repetitions
     if not os.path.isfile(exe):
         sys.exit(f"error: {exe} not found; build it with `cmake --preset bench && "
                  f"cmake --build --preset bench` or run scripts/perf_report.sh")
@@ -115,9 +122,9 @@ def run_bench(exe, json_out, args, flt):
     cmd = [exe,
            f"--benchmark_out={json_out}",
            "--benchmark_out_format=json",
-           f"--benchmark_repetitions={args.repetitions}",
+           f"--benchmark_repetitions={repetitions}",
            f"--benchmark_min_time={args.min_time}"]
-    if args.repetitions > 1:
+    if repetitions > 1:
         cmd.append("--benchmark_display_aggregates_only=true")
     if flt:
         cmd.append(f"--benchmark_filter={flt}")
@@ -302,8 +309,8 @@ def paired_value(D: Data, cfg3, counter, sep_num, sep_den):
 
 def decode_speedup_src(D: Data, mode, cfg, over="dense"):
     """(time(over) / time(mode), paired) of decode configuration cfg = (L, dtype, layout,
-    threads), over "dense" or "topk": the paired median of decode_paired (modes in rotation, the
-    ratio per round) when it was measured, else the ratio of the separate decode/ benchmarks."""
+    threads), over "dense" or "topk": the paired median of decode_paired (modes in one timed loop,
+    the ratio per round) when it was measured, else the ratio of the separate decode/ benchmarks."""
     counter = ("x_" if over == "dense" else "k_") + f"{mode}_t{cfg[3]}"
     return paired_value(D, cfg[:3], counter, (over,) + cfg, (mode,) + cfg)
 
@@ -661,27 +668,72 @@ def per_byte(r):
     return r.seconds / r.counters["bytes"]
 
 
-def portable_target(native: Data | None, portable: Data | None):
-    rows = portable_rows(native, portable)
-    pairs = [(p / n, name) for name, n, p in rows]
-    return make_target("portable binary (plain -O2, no -march) time / native (-O3 -march=native) "
-                       "time, same benchmarks run back to back", "<= 1.10", pairs, "<=", 1.10,
-                       "not measured (--no-portable)")
+@dataclass
+class Portable:
+    """The portable comparison: rows (benchmark, native s, portable s, portable / native,
+    rounds), the times medians over the rounds and the ratio the median of the per-round
+    ratios; each binary's context; errors by benchmark name."""
+    rows: list
+    native_ctx: dict
+    portable_ctx: dict
+    errors: dict
+    rounds: int
 
 
-def portable_rows(native: Data | None, portable: Data | None):
+def run_portable(args, pdir):
+    """`args.portable_rounds` rounds; each runs every PORTABLE_GROUPS subset once with each
+    binary (1 repetition), back to back, the binary that goes first alternating, into
+    pdir/<native|portable>.r<round>.g<group>.json."""
+    shutil.rmtree(pdir, ignore_errors=True)
+    os.makedirs(pdir)
+    bins = (("native", args.bench), ("portable", args.bench_portable))
+    for r in range(args.portable_rounds):
+        for g, flt in enumerate(PORTABLE_GROUPS):
+            for which, exe in (bins if (r + g) % 2 == 0 else bins[::-1]):
+                run_bench(exe, os.path.join(pdir, f"{which}.r{r}.g{g}.json"), args, flt,
+                          repetitions=1)
+
+
+def row_name(key):
+    """The portable table's name of a decode (5-tuple) or prefill (4-tuple) key."""
+    if len(key) == 5:
+        return f"decode/{key[0]}/L:{key[1]}/{key[2]}/{key[3]}/t={key[4]}"
+    return f"prefill/{key[0]}/T:{key[1]}/{key[2]}/t={key[3]}"
+
+
+def load_portable(pdir) -> Portable | None:
+    """The comparison written by run_portable, or None when pdir holds none."""
+    files = sorted(glob.glob(os.path.join(pdir, "*.r*.g*.json")))
+    if not files:
+        return None
+    times = {"native": {}, "portable": {}}  # which -> key -> {round: seconds}
+    ctx = {"native": {}, "portable": {}}
+    errors = {}
+    for path in files:
+        which, r = os.path.basename(path).split(".")[:2]
+        run = load_results(path)
+        ctx[which] = ctx[which] or run.ctx
+        errors.update({f"{n} ({run.ctx.get('binary', which)})": e for n, e in run.errors.items()})
+        D = classify(run.results)
+        for key, res in list(D.decode.items()) + list(D.prefill.items()):
+            times[which].setdefault(key, {})[int(r[1:])] = res.seconds
     rows = []
-    if not native or not portable:
-        return rows
-    for k, r in sorted(native.decode.items()):
-        if k in portable.decode:
-            rows.append((f"decode/{k[0]}/L:{k[1]}/{k[2]}/{k[3]}/t={k[4]}", r.seconds,
-                         portable.decode[k].seconds))
-    for k, r in sorted(native.prefill.items()):
-        if k in portable.prefill:
-            rows.append((f"prefill/{k[0]}/T:{k[1]}/{k[2]}/t={k[3]}", r.seconds,
-                         portable.prefill[k].seconds))
-    return rows
+    for key in sorted(times["native"], key=lambda k: (len(k) == 4, k)):
+        n, p = times["native"][key], times["portable"].get(key, {})
+        rs = sorted(set(n) & set(p))
+        if rs:
+            rows.append((row_name(key), statistics.median(n[r] for r in rs),
+                         statistics.median(p[r] for r in rs),
+                         statistics.median(p[r] / n[r] for r in rs), len(rs)))
+    return Portable(rows, ctx["native"], ctx["portable"], errors,
+                    max((r[4] for r in rows), default=0))
+
+
+def portable_target(pt: Portable | None):
+    pairs = [(ratio, name) for name, _, _, ratio, _ in pt.rows] if pt else []
+    return make_target("portable binary (plain -O2, no -march) time / native (-O3 -march=native) "
+                       "time, median over rounds of the two binaries run back to back",
+                       "<= 1.10", pairs, "<=", 1.10, "not measured (--no-portable)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -782,9 +834,11 @@ def write_paired_section(w, D: Data):
     w("## Decode: paired ratios")
     w("")
     w("`decode_paired/L:<n>/dtype:<t>/layout:<l>` runs the five modes of one (L, dtype, layout) "
-      "on 1 and 2 threads, ten entries, in rotation inside one timed loop. Each round calls every "
-      "entry once, on the next cache copy, starting one entry later than the round before, and "
-      "times each call alone. A ratio is taken between two calls of the same round and the table gives its "
+      "on 1 and 2 threads, ten entries, inside one timed loop. Each round calls every entry "
+      "once, on the next cache copy, and times each call alone: the five entries of one thread "
+      "count in a shuffled order, then the other five, the two groups alternating which goes "
+      "first, with an untimed call where the thread count changes (so no entry always follows the "
+      "same one; bench_decode.cpp gives the bias this removed). A ratio is taken between two calls of the same round and the table gives its "
       "median over the rounds (the target rows marked [paired] use these). *speed-up* = "
       "time(dense) / time(mode), with its quartiles over the rounds; *kept all / dense* = "
       "time(every key kept) / time(dense); *over top-k* = time(top-k) / time(mode); *separate* = "
@@ -815,14 +869,12 @@ def write_paired_section(w, D: Data):
     w("")
 
 
-def write_report(args, json_path, main: Run, native_sub: Run | None, portable_sub: Run | None):
+def write_report(args, json_path, main: Run, pt: Portable | None):
     D = classify(main.results)
-    Dn = classify(native_sub.results) if native_sub else None
-    Dp = classify(portable_sub.results) if portable_sub else None
     ctx = main.ctx
     cpu = lscpu_info()
     targets = compute_targets(D)
-    targets.append(portable_target(Dn, Dp))
+    targets.append(portable_target(pt))
     etargets = engine_targets(D)
     img_rel = os.path.relpath(args.img, os.path.dirname(os.path.abspath(args.out)))
     plot_note = plot_speedup(D, args.img) if not args.no_plot else "plot disabled (--no-plot)"
@@ -839,7 +891,7 @@ def write_report(args, json_path, main: Run, native_sub: Run | None, portable_su
       f"{'' if main.reps > 1 else ' of a single run'}; `--benchmark_min_time={args.min_time}`"
       f"{'; **quick mode** (smoke run): decode L in {1k, 16k}, prefill T = 1024, engine batch Lmax = 8k, paged / q8_0 L = 16k' if args.quick else ''}"
       f"{f'; filter `{args.filter}`' if args.filter else ''})"
-      f"{', plus the portable-binary subset' if portable_sub else ''}. "
+      f"{', plus the portable-binary comparison' if pt else ''}. "
       "Regenerate with `scripts/perf_report.sh` (full, on an idle machine) or "
       "`scripts/perf_report.sh --quick`; "
       f"raw results: `{os.path.relpath(json_path, ROOT)}`.")
@@ -920,7 +972,7 @@ def write_report(args, json_path, main: Run, native_sub: Run | None, portable_su
       "dense costs. Head dims — 72 is itself a multiple of 8, but not of 16 (the AVX-512 "
       "width), so it is compared with 64; 100 with 104."
       + (" [paired] — a decode ratio taken within `decode_paired`, which runs the five modes of "
-         "an (L, dtype, layout) on 1 and 2 threads in rotation in one timed loop: the ratio of "
+         "an (L, dtype, layout) on 1 and 2 threads in one timed loop: the ratio of "
          "two calls of the same "
          "round, milliseconds apart, median over the rounds (see *Decode: paired ratios*). "
          "Ratios of the separate `decode/` benchmarks, run seconds apart, move by tens of "
@@ -1129,28 +1181,31 @@ def write_report(args, json_path, main: Run, native_sub: Run | None, portable_su
     # ---- portable -------------------------------------------------------------------------
     w("## Portable binary against the native one")
     w("")
-    if native_sub and portable_sub:
-        pc = portable_sub.ctx
+    if pt and pt.rows:
         w("`toptheta-bench-portable` is built from the same sources as a consumer with plain "
           "`-O2` would (no `-m` flags; "
-          f"{pc.get('simd', '?')} instruction set at compile time), `toptheta-bench` with "
-          f"`-O3 -march=native`. Both dispatch at run time (portable: "
-          f"{pc.get('runtime_isa', '?')}, native: {native_sub.ctx.get('runtime_isa', '?')}). "
-          "The subset below ran with each binary, back to back, after the main run.")
+          f"{pt.portable_ctx.get('simd', '?')} instruction set at compile time), "
+          "`toptheta-bench` with `-O3 -march=native`. Both dispatch at run time (portable: "
+          f"{pt.portable_ctx.get('runtime_isa', '?')}, native: "
+          f"{pt.native_ctx.get('runtime_isa', '?')}). After the main run, {pt.rounds} round"
+          f"{'s' if pt.rounds != 1 else ''} each ran four groups (decode f32, decode f16, "
+          "prefill f32, prefill f16) with both binaries back to back, one repetition each, the "
+          "binary that goes first alternating. *portable / native* is the median over the rounds "
+          "of the ratio within a round (seconds apart, so the machine's slow drift cancels); the "
+          "times are medians over the rounds.")
         w("")
-        w("| benchmark | native (ms) | portable (ms) | portable / native |")
-        w("|---|---:|---:|---:|")
-        for name, n, p in portable_rows(Dn, Dp):
-            w(f"| {name} | {1e3 * n:.3f} | {1e3 * p:.3f} | {p / n:.2f} |")
+        w("| benchmark | native (ms) | portable (ms) | portable / native | rounds |")
+        w("|---|---:|---:|---:|---:|")
+        for name, n, p, ratio, nr in pt.rows:
+            w(f"| {name} | {1e3 * n:.3f} | {1e3 * p:.3f} | {ratio:.2f} | {nr} |")
     else:
         w("_Not measured (`--no-portable`, or results from a run without it)._")
     w("")
 
     # ---- errors ---------------------------------------------------------------------------
     errors = {n: e for n, e in main.errors.items() if not n.startswith("decode_isa/")}
-    for run in (native_sub, portable_sub):
-        if run:
-            errors.update({f"{n} ({run.ctx.get('binary', '?')})": e for n, e in run.errors.items()})
+    if pt:
+        errors.update(pt.errors)
     if errors:
         w("## Benchmarks that reported an error")
         w("")
@@ -1210,6 +1265,8 @@ def main():
                    default=os.path.join(ROOT, "build/bench/bin/toptheta-bench-portable"))
     p.add_argument("--no-portable", action="store_true",
                    help="skip the portable-vs-native comparison runs")
+    p.add_argument("--portable-rounds", type=int, default=None,
+                   help="rounds of the portable comparison (default 5, quick 1)")
     p.add_argument("--from-json", default=None, help="render an existing results file; run nothing")
     p.add_argument("--json-out", default=os.path.join(ROOT, "build/bench/perf/results.json"))
     p.add_argument("--out", default=None,
@@ -1225,10 +1282,13 @@ def main():
         args.repetitions = 1 if args.quick else 3
     if args.min_time is None:
         args.min_time = 0.05 if args.quick else 0.3
+    if args.portable_rounds is None:
+        args.portable_rounds = 1 if args.quick else 5
+    if args.portable_rounds < 1:
+        p.error("--portable-rounds must be at least 1")
 
-    def sibling(json_path, suffix):
-        base = json_path[:-5] if json_path.endswith(".json") else json_path
-        return f"{base}.{suffix}.json"
+    def portable_dir(json_path):
+        return (json_path[:-5] if json_path.endswith(".json") else json_path) + ".portable"
 
     if args.from_json:
         json_path = os.path.abspath(args.from_json)
@@ -1246,9 +1306,7 @@ def main():
         run_bench(args.bench, json_path, args, args.filter or (QUICK_FILTER if args.quick else None))
         portable_done = not args.no_portable
         if portable_done:
-            run_bench(args.bench, sibling(json_path, "native_subset"), args, PORTABLE_FILTER)
-            run_bench(args.bench_portable, sibling(json_path, "portable_subset"), args,
-                      PORTABLE_FILTER)
+            run_portable(args, portable_dir(json_path))
         with open(json_path + ".meta.json", "w") as f:
             json.dump({"quick": args.quick, "min_time": args.min_time, "filter": args.filter,
                        "repetitions": args.repetitions, "portable": portable_done}, f)
@@ -1262,12 +1320,8 @@ def main():
     args.out = os.path.abspath(args.out)
     args.img = os.path.abspath(args.img)
     main_run = load_results(json_path)
-    native_sub = portable_sub = None
-    if portable_done and os.path.isfile(sibling(json_path, "native_subset")) and \
-            os.path.isfile(sibling(json_path, "portable_subset")):
-        native_sub = load_results(sibling(json_path, "native_subset"))
-        portable_sub = load_results(sibling(json_path, "portable_subset"))
-    write_report(args, json_path, main_run, native_sub, portable_sub)
+    pt = load_portable(portable_dir(json_path)) if portable_done else None
+    write_report(args, json_path, main_run, pt)
 
 
 if __name__ == "__main__":

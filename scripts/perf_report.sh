@@ -15,11 +15,13 @@
 #   --min-time S             --benchmark_min_time, default 0.3
 #   --filter REGEX           --benchmark_filter of the main run (overrides --quick's)
 #   --no-portable            skip the portable-vs-native comparison runs
+#   --portable-rounds N      rounds of that comparison (default 5, quick 1), each running both
+#                            binaries back to back; the page gives the median per-round ratio
 #   --from-json FILE         re-render a previous run without running anything
 # Environment: JOBS (build parallelism, default 2).
 #
 # Run it on an otherwise idle machine: the suite measures memory bandwidth and the page compares
-# against the probe's floor. The full suite takes about a quarter of an hour.
+# against the probe's floor. The full suite takes about twenty minutes.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
