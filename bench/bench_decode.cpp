@@ -413,7 +413,8 @@ void register_bench(const std::string& name, const DecodeConfig& cfg) {
 }
 
 /// Minimum time of one decode_paired run (seconds; it overrides --benchmark_min_time): enough
-/// rounds for a median at L = 64k, where a round of the ten entries takes about 0.2 s.
+/// rounds for a median at L = 64k, where a round of the ten entries takes about 0.1-0.2 s of
+/// timed calls (plus the untimed one at the thread-count switch, which MinTime does not count).
 constexpr double kPairedMinTime = 2.0;
 
 std::string tail(Index L, const char* dtype, Layout layout, int threads) {

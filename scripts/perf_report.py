@@ -681,14 +681,14 @@ class Portable:
 
 
 def run_portable(args, pdir):
-    """`args.portable_rounds` rounds; each runs every PORTABLE_GROUPS subset once with each
-    binary (1 repetition), back to back, the binary that goes first alternating, into
-    pdir/<native|portable>.r<round>.g<group>.json."""
+    """`args.portable_rounds` rounds; each runs every group (args.portable_group, default
+    PORTABLE_GROUPS) once with each binary (1 repetition), back to back, the binary that goes
+    first alternating, into pdir/<native|portable>.r<round>.g<group>.json."""
     shutil.rmtree(pdir, ignore_errors=True)
     os.makedirs(pdir)
     bins = (("native", args.bench), ("portable", args.bench_portable))
     for r in range(args.portable_rounds):
-        for g, flt in enumerate(PORTABLE_GROUPS):
+        for g, flt in enumerate(args.portable_group or PORTABLE_GROUPS):
             for which, exe in (bins if (r + g) % 2 == 0 else bins[::-1]):
                 run_bench(exe, os.path.join(pdir, f"{which}.r{r}.g{g}.json"), args, flt,
                           repetitions=1)
@@ -701,22 +701,44 @@ def row_name(key):
     return f"prefill/{key[0]}/T:{key[1]}/{key[2]}/t={key[3]}"
 
 
-def load_portable(pdir) -> Portable | None:
-    """The comparison written by run_portable, or None when pdir holds none."""
-    files = sorted(glob.glob(os.path.join(pdir, "*.r*.g*.json")))
+def portable_dir(json_path):
+    """Where run_portable writes the comparison of results file json_path."""
+    return (json_path[:-5] if json_path.endswith(".json") else json_path) + ".portable"
+
+
+RE_PORTABLE_FILE = re.compile(r"^(native|portable)\.r(\d+)\.g(\d+)\.json$")
+
+
+def portable_files(json_path):
+    """[(binary, round, path)] of the comparison beside results file json_path: the files
+    run_portable wrote into <base>.portable/, else (results of runs before the rounds) the one
+    back-to-back pair <base>.native_subset.json / <base>.portable_subset.json as round 0."""
+    base = json_path[:-5] if json_path.endswith(".json") else json_path
+    files = []
+    for path in sorted(glob.glob(os.path.join(glob.escape(portable_dir(json_path)), "*.json"))):
+        m = RE_PORTABLE_FILE.match(os.path.basename(path))
+        if m:
+            files.append((m.group(1), int(m.group(2)), path))
+    if not files:
+        old = [(w, 0, f"{base}.{w}_subset.json") for w in ("native", "portable")]
+        files = old if all(os.path.isfile(p) for _, _, p in old) else []
+    return files
+
+
+def load_portable(files) -> Portable | None:
+    """The comparison of portable_files(...), or None when there is none."""
     if not files:
         return None
     times = {"native": {}, "portable": {}}  # which -> key -> {round: seconds}
     ctx = {"native": {}, "portable": {}}
     errors = {}
-    for path in files:
-        which, r = os.path.basename(path).split(".")[:2]
+    for which, r, path in files:
         run = load_results(path)
         ctx[which] = ctx[which] or run.ctx
         errors.update({f"{n} ({run.ctx.get('binary', which)})": e for n, e in run.errors.items()})
         D = classify(run.results)
         for key, res in list(D.decode.items()) + list(D.prefill.items()):
-            times[which].setdefault(key, {})[int(r[1:])] = res.seconds
+            times[which].setdefault(key, {})[r] = res.seconds
     rows = []
     for key in sorted(times["native"], key=lambda k: (len(k) == 4, k)):
         n, p = times["native"][key], times["portable"].get(key, {})
@@ -733,7 +755,9 @@ def portable_target(pt: Portable | None):
     pairs = [(ratio, name) for name, _, _, ratio, _ in pt.rows] if pt else []
     return make_target("portable binary (plain -O2, no -march) time / native (-O3 -march=native) "
                        "time, median over rounds of the two binaries run back to back",
-                       "<= 1.10", pairs, "<=", 1.10, "not measured (--no-portable)")
+                       "<= 1.10", pairs, "<=", 1.10,
+                       "not measured (--no-portable)" if pt is None
+                       else "no benchmark ran with both binaries")
 
 
 # --------------------------------------------------------------------------------------------
@@ -1181,16 +1205,18 @@ def write_report(args, json_path, main: Run, pt: Portable | None):
     # ---- portable -------------------------------------------------------------------------
     w("## Portable binary against the native one")
     w("")
-    if pt and pt.rows:
+    if pt and not pt.rows:
+        w("_Measured, but no benchmark ran with both binaries (see the errors below)._")
+    elif pt:
         w("`toptheta-bench-portable` is built from the same sources as a consumer with plain "
           "`-O2` would (no `-m` flags; "
           f"{pt.portable_ctx.get('simd', '?')} instruction set at compile time), "
           "`toptheta-bench` with `-O3 -march=native`. Both dispatch at run time (portable: "
           f"{pt.portable_ctx.get('runtime_isa', '?')}, native: "
           f"{pt.native_ctx.get('runtime_isa', '?')}). After the main run, {pt.rounds} round"
-          f"{'s' if pt.rounds != 1 else ''} each ran four groups (decode f32, decode f16, "
-          "prefill f32, prefill f16) with both binaries back to back, one repetition each, the "
-          "binary that goes first alternating. *portable / native* is the median over the rounds "
+          f"{'s' if pt.rounds != 1 else ''} each ran the benchmarks below in groups (by default "
+          "decode f32, decode f16, prefill f32, prefill f16) with both binaries back to back, one "
+          "repetition each, the binary that goes first alternating. *portable / native* is the median over the rounds "
           "of the ratio within a round (seconds apart, so the machine's slow drift cancels); the "
           "times are medians over the rounds.")
         w("")
@@ -1267,6 +1293,10 @@ def main():
                    help="skip the portable-vs-native comparison runs")
     p.add_argument("--portable-rounds", type=int, default=None,
                    help="rounds of the portable comparison (default 5, quick 1)")
+    p.add_argument("--portable-group", action="append", default=None, metavar="REGEX",
+                   help="a --benchmark_filter group of the portable comparison (repeatable; "
+                        "default: dense / toptheta decode at L = 16k token-major f32, the same "
+                        "f16, prefill at T = 1024 f32, the same f16)")
     p.add_argument("--from-json", default=None, help="render an existing results file; run nothing")
     p.add_argument("--json-out", default=os.path.join(ROOT, "build/bench/perf/results.json"))
     p.add_argument("--out", default=None,
@@ -1287,8 +1317,6 @@ def main():
     if args.portable_rounds < 1:
         p.error("--portable-rounds must be at least 1")
 
-    def portable_dir(json_path):
-        return (json_path[:-5] if json_path.endswith(".json") else json_path) + ".portable"
 
     if args.from_json:
         json_path = os.path.abspath(args.from_json)
@@ -1320,7 +1348,7 @@ def main():
     args.out = os.path.abspath(args.out)
     args.img = os.path.abspath(args.img)
     main_run = load_results(json_path)
-    pt = load_portable(portable_dir(json_path)) if portable_done else None
+    pt = load_portable(portable_files(json_path)) if portable_done else None
     write_report(args, json_path, main_run, pt)
 
 

@@ -36,7 +36,7 @@ for a in "$@"; do
     --no-build) build=0 ;;
     --from-json | --from-json=*) build=0; render_only=1; args+=("$a") ;;
     -h | --help)
-      sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+      sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
       exec python3 scripts/perf_report.py --help
       ;;
     *) args+=("$a") ;;
