@@ -44,30 +44,32 @@
 
 namespace toptheta::detail {
 
-/// Tokens per tile of the key walk and of the value walk.
+/// Tokens per tile of the value walk, and of the key walk except on the interleaved caches of
+/// kScoreTileInterleaved (so: keys of f32 and wider caches, and of head-major ones).
 inline constexpr Index kScoreTile = 4;
 inline constexpr Index kValueTile = 16;
 /// The key walk of an interleaved (token-major) cache whose storage has under 4 bytes per value
-/// (half, bfloat16, q8_0): tiles of 16 tokens per KV head, prefetch windows of 32 tokens
-/// (sliding on one thread, re-issued on more, as `slides` decides; the 16-token tiles were
-/// measured with that split, not against it). Four tokens of one head
-/// are 1 KiB of an 8 KiB stretch of the cache; sixteen give each head's part of the walk longer
-/// runs and put more lines in flight per head (the 4-token walk waited on free miss buffers:
-/// perf put 85% of the key walk's samples after a prefetch). Measured (harness, f16 / bf16,
-/// Hq = 32, Hkv = 8, d = 128, L = 64k, the walks in a shuffled order per round, median of 24
-/// rounds of the per-round ratio): pre-softmax Top-θ 1.33-1.41x faster (f16 1 thread 12.0 ->
-/// 8.6 ms, as fast as a head-major cache), dense 1.20-1.25x, on 1 and 2 threads. Not used
-/// where it did not pay: f32 (0.96-1.05x; its rows are twice as long) and head-major caches
-/// (0.94-1.05x, already one stream per head); 16-token windows lost 5-15% to 32-token ones.
-/// q8_0 (bench engine_q8, L = 16k, separate runs against the page before): dense 14.6 ->
-/// 13.7 ms, Top-θ 8.5 -> 8.3 ms on 1 thread, 4.4 -> 2.9 ms on 2 (its walk is bound by the
-/// dequantising dot products more than by memory).
+/// (half, bfloat16, q8_0) goes in tiles of 16 tokens per KV head with prefetch windows of 32
+/// tokens (sliding when `slides`, i.e. on one thread, else re-issued at every tile). Why: with
+/// f16, d = 128 and Hkv = 8, four tokens of one head are 1 KiB spread over an 8 KiB stretch of
+/// the cache; sixteen give each head's part of the walk longer runs and more lines in flight
+/// (the 4-token walk waited on free miss buffers: perf put 85% of its samples in the key walk
+/// right after a prefetch). Measured (harness, f16 / bf16, Hq = 32, Hkv = 8, d = 128,
+/// L = 64k, the walks in a shuffled order per round, median of 24 rounds of the per-round
+/// ratio): pre-softmax Top-θ 1.33-1.41x faster (f16, 1 thread: 12.0 -> 8.6 ms, the harness's
+/// head-major cache 8.6 ms), dense 1.20-1.25x, on 1 and 2 threads. Not used where it did not
+/// pay: f32 (0.96-1.05x; its rows are twice as long) and head-major caches (0.94-1.05x, already
+/// one stream per head); 16-token windows lost 5-15% to 32-token ones. q8_0 (bench engine_q8,
+/// L = 16k, the full reports before and after): 1 thread dense 14.6 -> 9.8 ms, recommended
+/// Top-θ 8.5 -> 5.2 ms; 2 threads 7.6 -> 5.1 and 4.4 -> 3.2 ms (q8_0 still reads at 12-24% of
+/// the probe: its walk is bound by the dequantising dot products, not by memory).
 inline constexpr Index kScoreTileInterleaved = 16;
 inline constexpr Index kKeyInterleavedWindow = 32;
 static_assert(kKeyInterleavedWindow >= kScoreTileInterleaved,
               "a sliding window shorter than its tile would leave rows unrequested");
-/// Software prefetch windows of the key walks other than kScoreTileInterleaved's (f32 and
-/// head-major caches) and of the value walks (tokens), counted from the first token
+/// Software prefetch windows (tokens) of the walks that re-issue them (see `slides`): the value
+/// walks, and the key walks of f32 and wider caches (narrow caches' key walks slide, or use
+/// kKeyInterleavedWindow), counted from the first token
 /// of the tile about to be read and issued again at every tile, lines already requested
 /// included, each KV head's part just before that head's rows are computed. Measured on the
 /// benchmark machine (f16, L = 16k, Hkv = 8, d = 128, token-major): a window that starts at the
@@ -83,9 +85,10 @@ inline constexpr Index kKeyPrefetchTokens = 12;
 inline constexpr Index kValuePrefetchTokens = 32;
 /// Sliding windows (each tile requests only the one tile of rows entering the window; the whole
 /// window at the first tile of a run) used instead for storage types under 4 bytes per value
-/// on head-major runs, and on interleaved caches when the call runs on one thread (for keys
-/// there, since the 16-token tiles, of kKeyInterleavedWindow tokens; the token-major key
-/// figures below were taken with 4-token tiles): there the
+/// on head-major runs, and on interleaved caches when the call runs on one thread. For keys
+/// kKeySlideTokens now serves the head-major walks only (interleaved ones slide over
+/// kKeyInterleavedWindow); the token-major key figures below were taken with 4-token tiles.
+/// There the
 /// walk is bound by its instructions more than by memory and the re-issued prefetches cost
 /// ~20% of the in-cache time (perf). Measured (harness, L = 16k, 300 calls, medians; L = 64k
 /// for 2 threads): head-major f16 1 thread 3.8-4.3 -> 3.4-3.65 ms, 2 threads 8.1-8.5 ->
@@ -134,8 +137,8 @@ inline Status workspace_too_small(const Workspace& ws, std::size_t need, int thr
 /// low bits, so the Hq rows that dot_rows stores each score batch to compete for the same cache
 /// sets. Measured (bench, two-pass decode, L = 64k, bf16, token-major, 1 thread, rows of
 /// 256 KiB): top-k 10.6 -> 9.3 ms and post-softmax Top-θ 10.1 -> 8.7 ms with the odd stride,
-/// against 7.8-8.4 ms for pre-softmax Top-θ (single pass, chunk rows). (Times of that session,
-/// with the 4-token key tiles; later sessions measured 12-14 ms for the same configuration.)
+/// against 7.8-8.4 ms for pre-softmax Top-θ (single pass, chunk rows). (Times of that session;
+/// the machine's speed has varied since, and the 16-token key tiles changed this walk.)
 template <class Acc>
 inline Index score_row_stride(Index n) {
   constexpr Index per_line = Index(64 / sizeof(Acc));
@@ -385,13 +388,14 @@ class DecodeCall {
   }
 
   /// Scores of tokens [j0, j1) for every head into s (row stride ss), finished (bias, NaN); with
-  /// `group` >= 0 only that KV group's heads. Tiles of kScoreTile tokens with every KV head per
-  /// tile, so the walk stays close to token order on an interleaved cache (measured when the
-  /// whole window was prefetched at the top of each tile: tiles of 16 tokens per head streamed
-  /// an interleaved cache at ~60% of the sequential bandwidth, tiles of 4 at ~70%, fp16 decode
-  /// 30% faster). With the per-head windows the opposite holds for storage under 4 bytes per
-  /// value: an interleaved cache of those walks in tiles of kScoreTileInterleaved (measured
-  /// there). The tile only groups the walk: every score is the same dot product.
+  /// `group` >= 0 only that KV group's heads. Tiles of kScoreTile tokens, or of
+  /// kScoreTileInterleaved on an interleaved cache of storage under 4 bytes per value, with
+  /// every KV head per tile, so the walk stays close to token order on an interleaved cache.
+  /// (When the whole window was prefetched at the top of each tile, 16-token tiles streamed an
+  /// interleaved cache at ~60% of the sequential bandwidth and 4-token ones at ~70%, fp16 decode
+  /// 30% faster; with per-head windows the 16-token tiles win for those types: see
+  /// kScoreTileInterleaved.) The tile only groups the walk: every score is the same dot
+  /// product.
   void scores(Index j0, Index j1, Acc* s, Index ss, Index group = -1) const {
     const Index G = G_, d = d_;
     const bool long_tiles = narrow() && !head_runs(k_);
