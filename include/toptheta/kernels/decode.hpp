@@ -44,8 +44,9 @@
 
 namespace toptheta::detail {
 
-/// Tokens per tile of the value walk, and of the key walk except on the interleaved caches of
-/// kScoreTileInterleaved (so: keys of f32 and wider caches, and of head-major ones).
+/// Tokens per tile of the key walk (kScoreTile; on the interleaved caches of
+/// kScoreTileInterleaved that one instead, so kScoreTile serves keys of f32 and wider caches
+/// and of head-major ones) and of the value walk (kValueTile).
 inline constexpr Index kScoreTile = 4;
 inline constexpr Index kValueTile = 16;
 /// The key walk of an interleaved (token-major) cache whose storage has under 4 bytes per value
