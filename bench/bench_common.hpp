@@ -6,6 +6,7 @@
 ///
 /// Benchmark names, registered programmatically so they are exact (families in run order):
 ///   probe/read_bandwidth/threads:<n>
+///   probe/read_blocks/block:<32768|524288>/threads:<n>
 ///   probe/fma_peak/threads:<n>
 ///   decode/<mode>/L:<n>/dtype:<f32|f16|bf16>/layout:<token|head>/threads:<n>
 ///   decode_paired/L:<n>/dtype:<f32|f16|bf16>/layout:<token|head>  (all modes on 1 and 2 threads

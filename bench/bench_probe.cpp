@@ -4,6 +4,12 @@
 /// - probe/read_bandwidth/threads:<n>: STREAM-like sequential read of a 1 GiB float buffer (32x
 ///   a 32 MiB LLC), summed with 64 independent lanes so the adds never limit it. Floor time of a
 ///   decode = bytes it touches / this bandwidth (same thread count).
+/// - probe/read_blocks/block:<bytes>/threads:<n>: the same buffer read in blocks of <bytes> taken
+///   in a fixed shuffled order (each block summed as above, the shuffled list split statically
+///   over the threads). What the memory system itself charges a paged KV cache whose blocks lie
+///   at scattered addresses: 32768 bytes is one block of engine_paged's paged16 pool (16 tokens x
+///   8 KV heads x 128 values x 2 bytes), 524288 one of paged256. Sequential GB/s over this one's
+///   is the paged / contiguous time ratio a walk at the memory floor would show.
 /// - probe/fma_peak/threads:<n>: register-resident fused multiply-adds on the widest SIMD path
 ///   the CPU runs (AVX-512, else AVX2 + FMA, else scalar; the label and the `lanes` counter say
 ///   which), 12 independent chains per thread so latency never limits it. `flops` (rate) is the
@@ -16,6 +22,7 @@
 #include <toptheta/detail/isa.hpp>
 
 #include <cstdlib>
+#include <vector>
 
 namespace ttbench {
 namespace {
@@ -54,10 +61,11 @@ ProbeBuffer& probe_buffer() {
   return *slot;
 }
 
-/// Sum of p[0..kChunk) in 64 independent lanes (vectorised to 8 AVX2 / 4 AVX-512 accumulators).
-inline float sum_chunk(const float* TOPTHETA_RESTRICT p) {
+/// Sum of p[0..n) for n a multiple of 64, in 64 independent lanes (vectorised to 8 AVX2 / 4
+/// AVX-512 accumulators).
+inline float sum_span(const float* TOPTHETA_RESTRICT p, std::size_t n) {
   float acc[64] = {};
-  for (std::size_t j = 0; j < kChunk; j += 64)
+  for (std::size_t j = 0; j < n; j += 64)
     for (std::size_t l = 0; l < 64; ++l) acc[l] += p[j + l];
   float s = 0;
   for (float a : acc) s += a;
@@ -70,9 +78,45 @@ float read_sum(const ProbeBuffer& b, int threads) {
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static) num_threads(threads) reduction(+ : total)
 #endif
-  for (Index c = 0; c < chunks; ++c) total += sum_chunk(b.data + std::size_t(c) * kChunk);
+  for (Index c = 0; c < chunks; ++c) total += sum_span(b.data + std::size_t(c) * kChunk, kChunk);
   (void)threads;
   return total;
+}
+
+/// The probe buffer's blocks of `block_bytes` in a fixed shuffled order (Fisher-Yates on
+/// mix64, seeded by the block size).
+std::vector<std::uint32_t> shuffled_blocks(std::size_t block_bytes) {
+  std::vector<std::uint32_t> order(kProbeBytes / block_bytes);
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = std::uint32_t(i);
+  for (std::size_t i = order.size(); i > 1; --i)
+    std::swap(order[i - 1], order[std::size_t(mix64(stream_key(707 + block_bytes, i)) % i)]);
+  return order;
+}
+
+float read_blocks_sum(const ProbeBuffer& b, const std::vector<std::uint32_t>& order,
+                      std::size_t block_floats, int threads) {
+  const Index n = Index(order.size());
+  float total = 0;
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) num_threads(threads) reduction(+ : total)
+#endif
+  for (Index i = 0; i < n; ++i)
+    total += sum_span(b.data + std::size_t(order[std::size_t(i)]) * block_floats, block_floats);
+  (void)threads;
+  return total;
+}
+
+void bm_read_blocks(benchmark::State& state, std::size_t block_bytes, int threads) {
+  ProbeBuffer& b = probe_buffer();
+  const std::vector<std::uint32_t> order = shuffled_blocks(block_bytes);
+  const std::size_t bytes = order.size() * block_bytes;
+  for (auto _ : state) {
+    float s = read_blocks_sum(b, order, block_bytes / sizeof(float), threads);
+    benchmark::DoNotOptimize(s);
+  }
+  state.SetBytesProcessed(std::int64_t(state.iterations()) * std::int64_t(bytes));
+  state.counters["bytes"] = double(bytes);
+  state.counters["block"] = double(block_bytes);
 }
 
 void bm_read_bandwidth(benchmark::State& state, int threads) {
@@ -209,6 +253,15 @@ void register_probe_benchmarks() {
         ->UseRealTime()
         ->Unit(benchmark::kMillisecond);
   }
+  for (std::size_t block : {std::size_t(32768), std::size_t(524288)})
+    for (int threads : {1, 2}) {
+      const std::string name = "probe/read_blocks/block:" + std::to_string(block) +
+                               "/threads:" + std::to_string(threads);
+      benchmark::RegisterBenchmark(
+          name.c_str(), [block, threads](benchmark::State& s) { bm_read_blocks(s, block, threads); })
+          ->UseRealTime()
+          ->Unit(benchmark::kMillisecond);
+    }
   for (int threads : {1, 2}) {
     const std::string name = "probe/fma_peak/threads:" + std::to_string(threads);
     benchmark::RegisterBenchmark(name.c_str(),

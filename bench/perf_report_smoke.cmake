@@ -4,7 +4,8 @@
 file(REMOVE_RECURSE "${WORK_DIR}")
 file(MAKE_DIRECTORY "${WORK_DIR}")
 set(_filter
-    "^(probe/(read_bandwidth|fma_peak)/threads:1|decode/[^/]+/L:1024/dtype:f16/layout:token/"
+    "^(probe/(read_bandwidth|read_blocks/block:32768|fma_peak)/threads:1"
+    "|decode/[^/]+/L:1024/dtype:f16/layout:token/"
     "|decode_paired/L:1024/dtype:f16/layout:token|prefill/[^/]+/T:1024/dtype:f16/threads:1)")
 string(JOIN "" _filter ${_filter})
 execute_process(
@@ -34,7 +35,9 @@ foreach(_t 1 2)
     message(FATAL_ERROR "no paired row for 1024 f16 token ${_t} thread(s) in:\n${_paired}")
   endif()
 endforeach()
-foreach(_re "\\| 1024 \\| f16 \\| token \\| 1 \\| dense \\| [0-9.]+ \\|"
+foreach(_re "\\| threads \\| read GB/s \\| shuffled 32 KiB blocks GB/s \\| FMA GFLOP/s \\|"
+            "\\| 1 \\| [0-9.]+ \\| [0-9.]+ \\| [0-9.]+ \\|"
+            "\\| 1024 \\| f16 \\| token \\| 1 \\| dense \\| [0-9.]+ \\|"
             "\\| 1024 \\| f16 \\| 1 \\| dense \\| [0-9.]+ \\|"
             "speed-up over top-k \\(k = 64\\), all L \\[paired\\] \\| >= 1.00x \\| [0-9.]+ \\|"
             "After the main run, 2 rounds each ran the benchmarks below"

@@ -85,6 +85,7 @@ RE_EQ8 = re.compile(
     r"^engine_q8/(?P<mode>[^/]+)/L:(?P<L>\d+)/dtype:(?P<dtype>[^/]+)/threads:(?P<threads>\d+)$")
 RE_BW = re.compile(r"^probe/read_bandwidth/threads:(?P<threads>\d+)$")
 RE_FMA = re.compile(r"^probe/fma_peak/threads:(?P<threads>\d+)$")
+RE_BLOCKS = re.compile(r"^probe/read_blocks/block:(?P<block>\d+)/threads:(?P<threads>\d+)$")
 
 TIME_UNIT_S = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}
 
@@ -197,6 +198,7 @@ def load_results(path: str) -> Run:
 @dataclass
 class Data:
     bw: dict = field(default_factory=dict)       # threads -> bytes/s
+    bw_blocks: dict = field(default_factory=dict)  # (block bytes, threads) -> bytes/s
     fma: dict = field(default_factory=dict)      # threads -> flop/s
     fma_label: str = ""
     decode: dict = field(default_factory=dict)   # (mode, L, dtype, layout, t) -> Result
@@ -214,6 +216,8 @@ def classify(results) -> Data:
     for name, r in results.items():
         if m := RE_BW.match(name):
             D.bw[int(m["threads"])] = r.counters.get("bytes_per_second", 0.0)
+        elif m := RE_BLOCKS.match(name):
+            D.bw_blocks[(int(m["block"]), int(m["threads"]))] = r.counters.get("bytes_per_second", 0.0)
         elif m := RE_FMA.match(name):
             D.fma[int(m["threads"])] = r.counters.get("flops", 0.0)
             D.fma_label = r.label
@@ -482,11 +486,21 @@ ENGINE_MODES = ("dense",) + TOPTHETA_MODES
 BATCH_LMAX = 32768           # the batch target's lengths: 1k..32k
 BATCH_FRACTIONS = (1, 2, 3, 4, 8, 12, 16, 32)  # sequence lengths in units of Lmax / 32
 KV_KINDS = ("contiguous", "paged16", "paged256")
+# Bytes of one paged block of engine_paged (f16, Hkv = 8, d = 128: 2 KiB per token and pool),
+# the block size of the probe/read_blocks run that gives its memory floor.
+PAGED_BLOCK_BYTES = {"paged16": 16 * 2048, "paged256": 256 * 2048}
 
 
 def batch_lengths(lmax):
     return ", ".join(f"{lmax * f // 32 // 1024}k" if lmax * f // 32 >= 1024 else str(lmax * f // 32)
                      for f in BATCH_FRACTIONS)
+
+
+def paged_block_floor(r, kv, t, D):
+    """GB/s of the engine_paged result r (kind kv, t threads) over the probe that reads the
+    same block size at shuffled addresses (None when that probe was not run)."""
+    bw = D.bw_blocks.get((PAGED_BLOCK_BYTES.get(kv), t))
+    return r.counters["bytes"] / r.seconds / bw if bw and "bytes" in r.counters else None
 
 
 def gbps_floor(r, t, D):
@@ -524,9 +538,15 @@ def engine_targets(D: Data):
         T.append(make_target(f"{short(mode)} decode_batch (k = 64): speed-up over dense "
                              f"decode_batch, same batch{note}", ">= 1.50x", pairs, ">=", 1.5))
 
-    # Paged vs contiguous, every mode, block size, thread count and L >= 16k.
-    pairs = [(r.seconds / pg[(k[0], "contiguous") + k[2:]].seconds,
-              f"{short(k[0])}, {k[1]}, L={k[2]}, t={k[3]}") for k, r in pg.items()
+    # Paged vs contiguous, every mode, block size, thread count and L >= 16k; the worst names
+    # how fast the paged walk reads against the probe of the same blocks at shuffled addresses.
+    def paged_where(k, r):
+        f = paged_block_floor(r, k[1], k[3], D)
+        return (f"{short(k[0])}, {k[1]}, L={k[2]}, t={k[3]}"
+                + (f" (reads at {pct(f)} of the shuffled {PAGED_BLOCK_BYTES[k[1]] // 1024} KiB "
+                   "block probe)" if f else ""))
+    pairs = [(r.seconds / pg[(k[0], "contiguous") + k[2:]].seconds, paged_where(k, r))
+             for k, r in pg.items()
              if k[1] != "contiguous" and k[2] >= 16384 and (k[0], "contiguous") + k[2:] in pg]
     T.append(make_target("paged decode (f16, blocks of 16 and 256 tokens, shuffled block table), "
                          "L >= 16k: time / contiguous time, every variant and thread count",
@@ -607,12 +627,24 @@ def write_engine_section(w, D: Data, targets):
       "cache read contiguously or through a block table (`PagedKv::token_major`, blocks of 16 or "
       "256 tokens). Each block size has one pool holding the blocks of every rotated copy in one "
       "shuffled order, so a sequence's consecutive blocks are never adjacent. *paged / contiguous* "
-      "= time ratio (> 1: paging costs); *identical* = the paged output equals the contiguous one "
-      "bit for bit.")
+      "= time ratio (> 1: paging costs); *% of block probe* = the paged walk's GB/s (the same "
+      "bytes as the contiguous one) over the probe that reads blocks of the same size at "
+      "shuffled addresses (same thread count): the memory floor of that layout; *identical* = "
+      "the paged output equals the contiguous one bit for bit.")
     w("")
+    bullets = [f"- {t} thread{'s' if t > 1 else ''}: reading the probe's buffer in blocks "
+               "taken in a shuffled order takes "
+               + ", ".join(f"{D.bw[t] / D.bw_blocks[(b, t)]:.2f}x the sequential time with "
+                           f"{b // 1024} KiB blocks"
+                           for b in sorted(b for b, u in D.bw_blocks if u == t))
+               + "."
+               for t in sorted({t for _, t in D.bw_blocks}) if D.bw.get(t)]
+    if bullets:
+        w("\n".join(bullets))
+        w("")
     w("| L | thr | variant | contiguous (ms) | GB/s | % of probe | paged16 (ms) | paged16 / contiguous "
-      "| paged256 (ms) | paged256 / contiguous | identical |")
-    w("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|:---:|")
+      "| % of block probe | paged256 (ms) | paged256 / contiguous | % of block probe | identical |")
+    w("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|")
     rows = 0
     for key in sorted((k for k in pg if k[1] == "contiguous"),
                       key=lambda k: (k[2], k[3], MODE_ORDER.get(k[0], 9))):
@@ -622,14 +654,15 @@ def write_engine_section(w, D: Data, targets):
         cells, ident = [], []
         for kv in KV_KINDS[1:]:
             x = pg.get((mode, kv, L, t))
-            cells += [f"{1e3 * x.seconds:.3f}", f"{x.seconds / r.seconds:.3f}"] if x else ["—", "—"]
+            cells += ([f"{1e3 * x.seconds:.3f}", f"{x.seconds / r.seconds:.3f}",
+                       pct(paged_block_floor(x, kv, t, D))] if x else ["—", "—", "—"])
             if x:
                 ident.append(x.counters.get("bit_identical") == 1.0)
         w(f"| {L} | {t} | {short(mode)} | {1e3 * r.seconds:.3f} | {gb(g)} | {pct(f)} | "
           f"{' | '.join(cells)} | {('yes' if all(ident) else 'NO') if ident else ''} |")
         rows += 1
     if not rows:
-        w("| — | | not measured | | | | | | | | |")
+        w("| — | | not measured | | | | | | | | | | |")
     w("")
 
     # ---- q8_0 -----------------------------------------------------------------------------
@@ -1012,13 +1045,21 @@ def write_report(args, json_path, main: Run, pt: Portable | None):
       "summed in 64 independent lanes: the floor every decode is measured against (same thread "
       "count). `probe/fma_peak/threads:n`: register-resident fused multiply-adds, 12 independent "
       f"chains per thread, on the widest SIMD path the CPU runs (here: {D.fma_label or '?'}); "
-      "2 FLOP per lane per FMA: the peak prefill is measured against (same thread count).")
+      "2 FLOP per lane per FMA: the peak prefill is measured against (same thread count). "
+      "`probe/read_blocks/block:b/threads:n`: the same buffer read in blocks of b bytes taken in "
+      "a shuffled order: what the memory system charges a paged cache whose blocks lie at "
+      "scattered addresses (32 KiB is one 16-token block of the paged benchmark's f16 cache, "
+      "512 KiB one of 256 tokens; see *Paged KV cache*).")
     w("")
-    w("| threads | read GB/s | FMA GFLOP/s |")
-    w("|---:|---:|---:|")
-    for t in sorted(set(D.bw) | set(D.fma)):
+    blocks = sorted({b for b, _ in D.bw_blocks})
+    w("| threads | read GB/s | " + "".join(f"shuffled {b // 1024} KiB blocks GB/s | "
+                                           for b in blocks) + "FMA GFLOP/s |")
+    w("|---:|---:|" + "---:|" * len(blocks) + "---:|")
+    for t in sorted(set(D.bw) | set(D.fma) | {t for _, t in D.bw_blocks}):
         w(f"| {t} | {gb(D.bw[t]) if t in D.bw else '—'} | "
-          f"{f'{D.fma[t] / 1e9:.1f}' if t in D.fma else '—'} |")
+          + "".join(f"{gb(D.bw_blocks[(b, t)]) if (b, t) in D.bw_blocks else '—'} | "
+                    for b in blocks)
+          + f"{f'{D.fma[t] / 1e9:.1f}' if t in D.fma else '—'} |")
     if not D.bw and not D.fma:
         w("| — | not measured | not measured |")
     w("")
@@ -1311,7 +1352,8 @@ def write_report(args, json_path, main: Run, pt: Portable | None):
       "`engine_batch/<dense|toptheta|toptheta_pre>/call:<batch|singles>/seqs:8/Lmax:<n>/dtype:f16/threads:<n>`; "
       "`engine_paged/<dense|toptheta|toptheta_pre>/kv:<contiguous|paged16|paged256>/L:<n>/dtype:f16/threads:<n>`; "
       "`engine_q8/<dense|toptheta|toptheta_pre>/L:<n>/dtype:<q8_0|f16>/threads:<n>`; "
-      "`probe/read_bandwidth/threads:<n>`, `probe/fma_peak/threads:<n>` "
+      "`probe/read_bandwidth/threads:<n>`, `probe/read_blocks/block:<32768|524288>/threads:<n>`, "
+      "`probe/fma_peak/threads:<n>` "
       "(see `bench/bench_common.hpp` for the synthetic inputs).")
     w("")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
