@@ -50,8 +50,9 @@ namespace toptheta::detail {
 inline constexpr Index kScoreTile = 4;
 inline constexpr Index kValueTile = 16;
 /// The key walk of an interleaved (token-major) cache whose storage has under 4 bytes per value
-/// (half, bfloat16, q8_0) goes in tiles of 16 tokens per KV head with prefetch windows of 32
-/// tokens (sliding when `slides`, i.e. on one thread, else re-issued at every tile). Why: with
+/// (half, bfloat16, q8_0) goes in tiles of 16 tokens per KV head with sliding prefetch windows
+/// of 32 tokens (see `slides`; the figures here were taken with windows re-issued at every tile
+/// on 2 threads, which the sliding ones beat by 5-15%: see kKeySlideTokens). Why: with
 /// f16, d = 128 and Hkv = 8, four tokens of one head are 1 KiB spread over an 8 KiB stretch of
 /// the cache; sixteen give each head's part of the walk longer runs and more lines in flight
 /// (the 4-token walk waited on free miss buffers: perf put 85% of its samples in the key walk
@@ -68,9 +69,8 @@ inline constexpr Index kScoreTileInterleaved = 16;
 inline constexpr Index kKeyInterleavedWindow = 32;
 static_assert(kKeyInterleavedWindow >= kScoreTileInterleaved,
               "a sliding window shorter than its tile would leave rows unrequested");
-/// Software prefetch windows (tokens) of the walks that re-issue them (see `slides`): the value
-/// walks, and the key walks of f32 and wider caches (narrow caches' key walks slide, or use
-/// kKeyInterleavedWindow), counted from the first token
+/// Software prefetch windows (tokens) of the walks that re-issue them (see `slides`): the key
+/// and value walks of f32 and wider caches (narrower storage slides), counted from the first token
 /// of the tile about to be read and issued again at every tile, lines already requested
 /// included, each KV head's part just before that head's rows are computed. Measured on the
 /// benchmark machine (f16, L = 16k, Hkv = 8, d = 128, token-major): a window that starts at the
@@ -85,19 +85,23 @@ static_assert(kKeyInterleavedWindow >= kScoreTileInterleaved,
 inline constexpr Index kKeyPrefetchTokens = 12;
 inline constexpr Index kValuePrefetchTokens = 32;
 /// Sliding windows (each tile requests only the one tile of rows entering the window; the whole
-/// window at the first tile of a run) used instead for storage types under 4 bytes per value
-/// on head-major runs, and on interleaved caches when the call runs on one thread. For keys
-/// kKeySlideTokens now serves the head-major walks only (interleaved ones slide over
-/// kKeyInterleavedWindow); the token-major key figures below were taken with 4-token tiles.
-/// There the
+/// window at the first tile of a run) used instead for storage types under 4 bytes per value,
+/// on every layout and thread count. For keys kKeySlideTokens now serves the head-major walks
+/// only (interleaved ones slide over kKeyInterleavedWindow); the token-major key figures below
+/// were taken with 4-token tiles. There the
 /// walk is bound by its instructions more than by memory and the re-issued prefetches cost
 /// ~20% of the in-cache time (perf). Measured (harness, L = 16k, 300 calls, medians; L = 64k
 /// for 2 threads): head-major f16 1 thread 3.8-4.3 -> 3.4-3.65 ms, 2 threads 8.1-8.5 ->
 /// 6.9-7.8 ms; token-major 1 thread f16 3.5-3.95 -> 3.25-3.5 ms, bf16 3.96-4.04 ->
 /// 3.72-3.96 ms. Not used where it lost: f32 (head-major 1 thread 6.5-7.1 -> 8.2-8.6 ms).
-/// Token-major f16 on 2 threads is undecided (one session 8.3-8.7 -> 8.6-9.0 ms, the next
-/// 7.95-8.7 -> 7.2-8.9 ms, within the spread of the same binary) and keeps the re-issued
-/// windows. Every line must be requested: prefetching every other line (as if the hardware
+/// Token-major half / bfloat16 on 2 threads was undecided with 4-token key tiles (8.3-8.7 ->
+/// 8.6-9.0 ms one session, 7.95-8.7 -> 7.2-8.9 ms the next) and kept re-issued windows; with
+/// 16-token key tiles (kScoreTileInterleaved) sliding both walks wins there (harness, Hq = 32,
+/// Hkv = 8, d = 128, the variants shuffled per round, median per-round ratio of 16-30 rounds):
+/// dense f16 1.09-1.14x (L = 64k: 8.7-8.8 -> 7.8-8.0 ms), f16 L = 16k 1.13x, bf16 1.11x,
+/// pre-softmax Top-θ f16 1.10-1.15x, bf16 1.08x; 1 thread unchanged (it already slid). f32 on
+/// 2 threads loses with sliding windows (token-major dense 0.90x, head-major 0.82x) and keeps
+/// the re-issued ones. Every line must be requested: prefetching every other line (as if the hardware
 /// fetched the adjacent one) halves the bandwidth (f16 1 thread 3.5-4.1 -> 7.0-7.2 ms).
 inline constexpr Index kKeySlideTokens = 16;
 inline constexpr Index kValueSlideTokens = 48;
@@ -358,11 +362,10 @@ class DecodeCall {
   /// True for storage types under 4 bytes per value (half, bfloat16, q8_0).
   bool narrow() const { return HeadsView<const T>::row_items(d_) * Index(sizeof(T)) < 4 * d_; }
 
-  /// True when the walk of `view` uses sliding prefetch windows (kKeySlideTokens,
-  /// kKeyInterleavedWindow, kValueSlideTokens) rather than re-issued ones: storage
-  /// types under 4 bytes per value, on head-major runs always, on interleaved caches only when
-  /// the call runs on one thread (measured there: see kKeySlideTokens).
-  bool slides(const KView& view) const { return narrow() && (head_runs(view) || threads_ == 1); }
+  /// True when the walks use sliding prefetch windows (kKeySlideTokens, kKeyInterleavedWindow,
+  /// kValueSlideTokens) rather than re-issued ones: storage types under 4 bytes per value, on
+  /// any layout and thread count (measured: see kKeySlideTokens). The same for both views.
+  bool slides() const { return narrow(); }
 
   /// Walks the tiles of `tile` tokens of [j0, j1), calling step(g, t0, pf, npf) with the
   /// tokens [pf, pf + npf) of head g to prefetch first: head by head on head-major runs, token
@@ -371,7 +374,7 @@ class DecodeCall {
   template <class Step>
   void walk_tiles(const KView& view, Index j0, Index j1, Index tile, Index window,
                   Index slide_window, const std::uint8_t* heads, Step&& step) const {
-    const bool slide = slides(view);
+    const bool slide = slides();
     auto visit = [&](Index g, Index t0) {
       if (!slide) step(g, t0, t0, window);
       else if (t0 == j0) step(g, t0, t0, slide_window);
