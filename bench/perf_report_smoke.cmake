@@ -37,6 +37,8 @@ foreach(_t 1 2)
 endforeach()
 foreach(_re "\\| threads \\| read GB/s \\| shuffled 32 KiB blocks GB/s \\| FMA GFLOP/s \\|"
             "\\| 1 \\| [0-9.]+ \\| [0-9.]+ \\| [0-9.]+ \\|"
+            "Each probe ran at the start of the run and again at its end"
+            "\\| `probe/read_bandwidth/threads:1` \\| [0-9.]+ GB/s \\| [0-9.]+ GB/s \\|"
             "\\| 1024 \\| f16 \\| token \\| 1 \\| dense \\| [0-9.]+ \\|"
             "\\| 1024 \\| f16 \\| 1 \\| dense \\| [0-9.]+ \\|"
             "speed-up over top-k \\(k = 64\\), all L \\[paired\\] \\| >= 1.00x \\| [0-9.]+ \\|"
