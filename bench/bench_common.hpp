@@ -73,6 +73,15 @@ inline constexpr Index kHkv = 8;     // KV heads
 inline constexpr Index kG = kHq / kHkv;
 inline constexpr Index kTopK = 64;   // budget of top-k and Top-θ
 inline constexpr double kLambda = 0.1;  // theta = mean + lambda * std (paper runs)
+/// Tokens per block of engine_paged's two paged pools (f16, token-major blocks): 32 KiB and
+/// 512 KiB per block and pool, the block sizes probe/read_blocks reads.
+inline constexpr Index kBlockSizes[] = {16, 256};
+/// Bytes of one block of kBlockSizes[i] tokens in an f16 pool (all KV heads).
+inline constexpr std::size_t paged_block_bytes(int i) {
+  return std::size_t(kBlockSizes[i] * kHkv * kD) * 2;
+}
+static_assert(paged_block_bytes(0) == 32768 && paged_block_bytes(1) == 524288,
+              "scripts/perf_report.py's PAGED_BLOCK_BYTES and the probe names assume these");
 inline constexpr int kCalibrationQueries = 8;  // decode queries used to calibrate Top-θ
 /// Decode iterations rotate over copies of the KV cache ("layers") so that the working set is
 /// at least this many bytes (4x a 32 MiB LLC): small L is then DRAM-bound, as in a model

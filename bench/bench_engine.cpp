@@ -344,8 +344,6 @@ void bm_batch(benchmark::State& state, BatchConfig cfg) {
 
 // ==== engine_paged ===============================================================================
 
-constexpr Index kBlockSizes[] = {16, 256};
-
 struct PagedSet : CachedInputs {
   Index L = 0;
   Cache<Half> cache;  // contiguous copies

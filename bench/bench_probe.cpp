@@ -8,8 +8,9 @@
 ///   in a fixed shuffled order (each block summed as above, the shuffled list split statically
 ///   over the threads). What the memory system itself charges a paged KV cache whose blocks lie
 ///   at scattered addresses: 32768 bytes is one block of engine_paged's paged16 pool (16 tokens x
-///   8 KV heads x 128 values x 2 bytes), 524288 one of paged256. Sequential GB/s over this one's
-///   is the paged / contiguous time ratio a walk at the memory floor would show.
+///   8 KV heads x 128 values x 2 bytes), 524288 one of paged256 (kBlockSizes). The sequential
+///   probe's GB/s divided by this one's is the paged / contiguous time ratio of a dense walk
+///   at the memory floor.
 /// - probe/fma_peak/threads:<n>: register-resident fused multiply-adds on the widest SIMD path
 ///   the CPU runs (AVX-512, else AVX2 + FMA, else scalar; the label and the `lanes` counter say
 ///   which), 12 independent chains per thread so latency never limits it. `flops` (rate) is the
@@ -116,7 +117,7 @@ void bm_read_blocks(benchmark::State& state, std::size_t block_bytes, int thread
   }
   state.SetBytesProcessed(std::int64_t(state.iterations()) * std::int64_t(bytes));
   state.counters["bytes"] = double(bytes);
-  state.counters["block"] = double(block_bytes);
+  state.counters["block_bytes"] = double(block_bytes);
 }
 
 void bm_read_bandwidth(benchmark::State& state, int threads) {
@@ -253,12 +254,13 @@ void register_probe_benchmarks() {
         ->UseRealTime()
         ->Unit(benchmark::kMillisecond);
   }
-  for (std::size_t block : {std::size_t(32768), std::size_t(524288)})
+  for (std::size_t block : {paged_block_bytes(0), paged_block_bytes(1)})
     for (int threads : {1, 2}) {
       const std::string name = "probe/read_blocks/block:" + std::to_string(block) +
                                "/threads:" + std::to_string(threads);
-      benchmark::RegisterBenchmark(
-          name.c_str(), [block, threads](benchmark::State& s) { bm_read_blocks(s, block, threads); })
+      benchmark::RegisterBenchmark(name.c_str(), [block, threads](benchmark::State& s) {
+        bm_read_blocks(s, block, threads);
+      })
           ->UseRealTime()
           ->Unit(benchmark::kMillisecond);
     }

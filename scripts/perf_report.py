@@ -218,7 +218,8 @@ def classify(results) -> Data:
         if m := RE_BW.match(name):
             D.bw[int(m["threads"])] = r.counters.get("bytes_per_second", 0.0)
         elif m := RE_BLOCKS.match(name):
-            D.bw_blocks[(int(m["block"]), int(m["threads"]))] = r.counters.get("bytes_per_second", 0.0)
+            D.bw_blocks[(int(m["block"]), int(m["threads"]))] = r.counters.get(
+                "bytes_per_second", 0.0)
         elif m := RE_FMA.match(name):
             D.fma[int(m["threads"])] = r.counters.get("flops", 0.0)
             D.fma_label = r.label
@@ -501,7 +502,7 @@ def paged_block_floor(r, kv, t, D):
     """GB/s of the engine_paged result r (kind kv, t threads) over the probe that reads the
     same block size at shuffled addresses (None when that probe was not run)."""
     bw = D.bw_blocks.get((PAGED_BLOCK_BYTES.get(kv), t))
-    return r.counters["bytes"] / r.seconds / bw if bw and "bytes" in r.counters else None
+    return gbps_floor(r, t, D)[0] / bw if bw and "bytes" in r.counters else None
 
 
 def gbps_floor(r, t, D):
@@ -630,16 +631,20 @@ def write_engine_section(w, D: Data, targets):
       "shuffled order, so a sequence's consecutive blocks are never adjacent. *paged / contiguous* "
       "= time ratio (> 1: paging costs); *% of block probe* = the paged walk's GB/s (the same "
       "bytes as the contiguous one) over the probe that reads blocks of the same size at "
-      "shuffled addresses (same thread count): the memory floor of that layout; *identical* = "
+      "shuffled addresses (same thread count): the memory floor of a dense walk over that "
+      "layout (the Top-θ rows also read scattered kept V rows, so theirs is lower); *identical* = "
       "the paged output equals the contiguous one bit for bit.")
     w("")
-    bullets = [f"- {t} thread{'s' if t > 1 else ''}: reading the probe's buffer in blocks "
-               "taken in a shuffled order takes "
-               + ", ".join(f"{D.bw[t] / D.bw_blocks[(b, t)]:.2f}x the sequential time with "
-                           f"{b // 1024} KiB blocks"
-                           for b in sorted(b for b, u in D.bw_blocks if u == t))
-               + "."
-               for t in sorted({t for _, t in D.bw_blocks}) if D.bw.get(t)]
+    bullets = []
+    for t in sorted({t for _, t in D.bw_blocks}):
+        sizes = sorted(blk for blk, u in D.bw_blocks if u == t and D.bw_blocks[(blk, u)])
+        if D.bw.get(t) and sizes:
+            bullets.append(
+                f"- {t} thread{'s' if t > 1 else ''}: the probe's buffer read in blocks taken in a "
+                "shuffled order takes " + ", ".join(
+                    f"{D.bw[t] / D.bw_blocks[(blk, t)]:.2f}x (blocks of {blk // 1024} KiB)"
+                    for blk in sizes)
+                + " the sequential time (each probe's faster reading, see *Probes*).")
     if bullets:
         w("\n".join(bullets))
         w("")
@@ -760,7 +765,9 @@ def run_probe_end(args, main: Run, json_path):
     if not names:
         return
     flt = "^(" + "|".join(re.escape(n) for n in names) + ")(/real_time)?$"
-    run_bench(args.bench, probe_end_path(json_path), args, flt)
+    path = probe_end_path(json_path)
+    run_bench(args.bench, path + ".tmp", args, flt)
+    os.replace(path + ".tmp", path)  # a run cut short leaves no end file behind
 
 
 def merge_probes(main: Run, end: Run | None):
@@ -1099,13 +1106,14 @@ def write_report(args, json_path, main: Run, pt: Portable | None, end: Run | Non
           + "".join(f"{gb(D.bw_blocks[(b, t)]) if (b, t) in D.bw_blocks else '—'} | "
                     for b in blocks)
           + f"{f'{D.fma[t] / 1e9:.1f}' if t in D.fma else '—'} |")
-    if not D.bw and not D.fma:
-        w("| — | not measured | not measured |")
+    if not (D.bw or D.fma or D.bw_blocks):
+        w("| — | not measured | " + "not measured | " * len(blocks) + "not measured |")
     w("")
     if probe_rows:
-        w("Each probe ran at the start of the run and again at its end (after the portable "
-          "comparison); the table above holds the faster of the two, the stricter floor (a "
-          "probe slowed by another tenant of the host would flatter every ratio against it):")
+        w("Each probe ran at the start of the run and again at its end"
+          f"{' (after the portable comparison)' if pt else ''}; the table above holds the faster "
+          "of the two, the stricter floor (a probe slowed by another tenant of the host would "
+          "flatter every ratio against it):")
         w("")
         w("| probe | start | end |")
         w("|---|---:|---:|")
@@ -1475,9 +1483,9 @@ def main():
         portable_done = meta.get("portable", True)
     else:
         json_path = os.path.abspath(args.json_out)
+        run_bench(args.bench, json_path, args, args.filter or (QUICK_FILTER if args.quick else None))
         if os.path.exists(probe_end_path(json_path)):  # a previous run's
             os.remove(probe_end_path(json_path))
-        run_bench(args.bench, json_path, args, args.filter or (QUICK_FILTER if args.quick else None))
         portable_done = not args.no_portable
         if portable_done:
             run_portable(args, portable_dir(json_path))
@@ -1497,7 +1505,12 @@ def main():
     main_run = load_results(json_path)
     pt = load_portable(portable_files(json_path)) if portable_done else None
     end_path = probe_end_path(json_path)
-    end_run = load_results(end_path) if os.path.isfile(end_path) else None
+    end_run = None
+    if os.path.isfile(end_path):
+        try:
+            end_run = load_results(end_path)
+        except SystemExit as e:  # unreadable: render with the start-of-run probes only
+            print(f"warning: {e}; the end-of-run probes are left out", file=sys.stderr)
     write_report(args, json_path, main_run, pt, end_run)
 
 

@@ -51,8 +51,9 @@ inline constexpr Index kScoreTile = 4;
 inline constexpr Index kValueTile = 16;
 /// The key walk of an interleaved (token-major) cache whose storage has under 4 bytes per value
 /// (half, bfloat16, q8_0) goes in tiles of 16 tokens per KV head with sliding prefetch windows
-/// of 32 tokens (see `slides`; the figures here were taken with windows re-issued at every tile
-/// on 2 threads, which the sliding ones beat by 5-15%: see kKeySlideTokens). Why: with
+/// of 32 tokens (see `slides`; the 2-thread figures here, q8_0's included, were taken with
+/// windows re-issued at every tile, which sliding ones beat by 1.08-1.15x: see
+/// kKeySlideTokens). Why: with
 /// f16, d = 128 and Hkv = 8, four tokens of one head are 1 KiB spread over an 8 KiB stretch of
 /// the cache; sixteen give each head's part of the walk longer runs and more lines in flight
 /// (the 4-token walk waited on free miss buffers: perf put 85% of its samples in the key walk
@@ -79,7 +80,8 @@ static_assert(kKeyInterleavedWindow >= kScoreTileInterleaved,
 /// sliding window that requests only new lines (likely cause: software prefetches the core
 /// cannot queue are dropped, so a request is worth repeating until its line is read; these
 /// figures predate the per-head windows and the volatile prefetch, and re-measured on the
-/// current walk a sliding window is faster for f16 on one thread: see below). Issuing
+/// current walk a sliding window is faster for half / bfloat16 on 1 and 2 threads: see
+/// below). Issuing
 /// each head's part before its compute rather than the whole window at the top of the tile:
 /// f32 9.0 -> 7.6 ms, f16 4.2 -> 3.3-3.8 ms on one thread (harness of 300 calls, medians).
 inline constexpr Index kKeyPrefetchTokens = 12;
@@ -99,10 +101,12 @@ inline constexpr Index kValuePrefetchTokens = 32;
 /// 16-token key tiles (kScoreTileInterleaved) sliding both walks wins there (harness, Hq = 32,
 /// Hkv = 8, d = 128, the variants shuffled per round, median per-round ratio of 16-30 rounds):
 /// dense f16 1.09-1.14x (L = 64k: 8.7-8.8 -> 7.8-8.0 ms), f16 L = 16k 1.13x, bf16 1.11x,
-/// pre-softmax Top-θ f16 1.10-1.15x, bf16 1.08x; 1 thread unchanged (it already slid). f32 on
+/// pre-softmax Top-θ f16 1.10-1.15x, bf16 1.08x; 1 thread unchanged (it already slid); q8_0
+/// neutral (bench engine_q8, L = 16k, 2 threads, the full reports before and after: dense
+/// 5.28 -> 5.27 ms, recommended Top-θ 2.95 -> 2.88 ms, pre-softmax 2.82 -> 2.80 ms). f32 on
 /// 2 threads loses with sliding windows (token-major dense 0.90x, head-major 0.82x) and keeps
-/// the re-issued ones. Every line must be requested: prefetching every other line (as if the hardware
-/// fetched the adjacent one) halves the bandwidth (f16 1 thread 3.5-4.1 -> 7.0-7.2 ms).
+/// the re-issued ones. Every line must be requested: prefetching every other line (as if the
+/// hardware fetched the adjacent one) halves the bandwidth (f16 1 thread 3.5-4.1 -> 7.0-7.2 ms).
 inline constexpr Index kKeySlideTokens = 16;
 inline constexpr Index kValueSlideTokens = 48;
 static_assert(kKeySlideTokens >= kScoreTile && kValueSlideTokens >= kValueTile,
