@@ -69,7 +69,7 @@ void compact_weights(Index G, const std::int32_t* const* kept, const Acc* const*
 /// acc[h * d + i] += sum_{u < nu} wc[u * G + h] * V(uni[u], g)[i] for the G heads of KV head g
 /// of `v` (any view with `row(token, head)`); rows read in order, each once. Before each tile the
 /// rows of this tile and the next are prefetched, again for rows already requested (as the
-/// decode walks do). Zero weights skip their row.
+/// decode walks of f32 and wider caches do). Zero weights skip their row.
 template <class Ops, class View, class Acc>
 void gather_group(const View& v, Index g, Index G, Index d, const std::int32_t* uni, Index nu,
                   const Acc* wc, Acc* acc) {

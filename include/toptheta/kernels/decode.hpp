@@ -50,63 +50,60 @@ namespace toptheta::detail {
 inline constexpr Index kScoreTile = 4;
 inline constexpr Index kValueTile = 16;
 /// The key walk of an interleaved (token-major) cache whose storage has under 4 bytes per value
-/// (half, bfloat16, q8_0) goes in tiles of 16 tokens per KV head with sliding prefetch windows
-/// of 32 tokens (see `slides`; the 2-thread figures here, q8_0's included, were taken with
-/// windows re-issued at every tile, which sliding ones beat by 1.08-1.15x: see
-/// kKeySlideTokens). Why: with
-/// f16, d = 128 and Hkv = 8, four tokens of one head are 1 KiB spread over an 8 KiB stretch of
-/// the cache; sixteen give each head's part of the walk longer runs and more lines in flight
-/// (the 4-token walk waited on free miss buffers: perf put 85% of its samples in the key walk
-/// right after a prefetch). Measured (harness, f16 / bf16, Hq = 32, Hkv = 8, d = 128,
-/// L = 64k, the walks in a shuffled order per round, median of 24 rounds of the per-round
+/// (half, bfloat16, q8_0) goes in tiles of 16 tokens per KV head with sliding prefetch windows of
+/// 32 tokens (see `slides`; the 2-thread figures here were taken with windows re-issued at every
+/// tile, which sliding ones beat by 1.08-1.15x for half / bfloat16, q8_0 neutral: see
+/// kKeySlideTokens). Why: with f16, d = 128 and Hkv = 8, four tokens of one head are 1 KiB spread
+/// over an 8 KiB stretch of the cache; sixteen give each head's part of the walk longer runs and
+/// more lines in flight (the 4-token walk waited on free miss buffers: perf put 85% of its samples
+/// in the key walk right after a prefetch). Measured (harness, f16 / bf16, Hq = 32, Hkv = 8,
+/// d = 128, L = 64k, the walks in a shuffled order per round, median of 24 rounds of the per-round
 /// ratio): pre-softmax Top-θ 1.33-1.41x faster (f16, 1 thread: 12.0 -> 8.6 ms, the harness's
-/// head-major cache 8.6 ms), dense 1.20-1.25x, on 1 and 2 threads. Not used where it did not
-/// pay: f32 (0.96-1.05x; its rows are twice as long) and head-major caches (0.94-1.05x, already
-/// one stream per head); 16-token windows lost 5-15% to 32-token ones. q8_0 (bench engine_q8,
-/// L = 16k, the full reports before and after): 1 thread dense 14.6 -> 9.8 ms, recommended
-/// Top-θ 8.5 -> 5.2 ms; 2 threads 7.6 -> 5.1 and 4.4 -> 3.2 ms (q8_0 still reads at 12-24% of
-/// the probe: its walk is bound by the dequantising dot products, not by memory).
+/// head-major cache 8.6 ms), dense 1.20-1.25x, on 1 and 2 threads. Not used where it did not pay:
+/// f32 (0.96-1.05x; its rows are twice as long) and head-major caches (0.94-1.05x, already one
+/// stream per head); 16-token windows lost 5-15% to 32-token ones. q8_0 (bench engine_q8, L = 16k,
+/// the full reports before and after): 1 thread dense 14.6 -> 9.8 ms, recommended Top-θ
+/// 8.5 -> 5.2 ms; 2 threads 7.6 -> 5.1 and 4.4 -> 3.2 ms (q8_0 still reads at about 10% of the
+/// probe: its walk is bound by the dequantising dot products, not by memory).
 inline constexpr Index kScoreTileInterleaved = 16;
 inline constexpr Index kKeyInterleavedWindow = 32;
 static_assert(kKeyInterleavedWindow >= kScoreTileInterleaved,
               "a sliding window shorter than its tile would leave rows unrequested");
-/// Software prefetch windows (tokens) of the walks that re-issue them (see `slides`): the key
-/// and value walks of f32 and wider caches (narrower storage slides), counted from the first token
-/// of the tile about to be read and issued again at every tile, lines already requested
-/// included, each KV head's part just before that head's rows are computed. Measured on the
-/// benchmark machine (f16, L = 16k, Hkv = 8, d = 128, token-major): a window that starts at the
-/// current tile and is re-issued per tile streams at 17 GB/s on one thread and 31 GB/s on two,
-/// against 10 and 20 GB/s for a window of one tile 16 tokens ahead, and 10 / 20 GB/s for a
-/// sliding window that requests only new lines (likely cause: software prefetches the core
-/// cannot queue are dropped, so a request is worth repeating until its line is read; these
-/// figures predate the per-head windows and the volatile prefetch, and re-measured on the
-/// current walk a sliding window is faster for half / bfloat16 on 1 and 2 threads: see
-/// below). Issuing
-/// each head's part before its compute rather than the whole window at the top of the tile:
-/// f32 9.0 -> 7.6 ms, f16 4.2 -> 3.3-3.8 ms on one thread (harness of 300 calls, medians).
+/// Software prefetch windows (tokens) of the walks that re-issue them (see `slides`): the key and
+/// value walks of f32 and wider caches (narrower storage slides), counted from the first token of
+/// the tile about to be read and issued again at every tile, lines already requested included, each
+/// KV head's part just before that head's rows are computed. Measured on the benchmark machine
+/// (f16, L = 16k, Hkv = 8, d = 128, token-major): a window that starts at the current tile and is
+/// re-issued per tile streams at 17 GB/s on one thread and 31 GB/s on two, against 10 and 20 GB/s
+/// for a window of one tile 16 tokens ahead, and 10 / 20 GB/s for a sliding window that requests
+/// only new lines (likely cause: software prefetches the core cannot queue are dropped, so a
+/// request is worth repeating until its line is read; these figures predate the per-head windows
+/// and the volatile prefetch, and re-measured on the current walk a sliding window is faster for
+/// half / bfloat16 on 1 and 2 threads: see below). Issuing each head's part before its compute
+/// rather than the whole window at the top of the tile: f32 9.0 -> 7.6 ms, f16 4.2 -> 3.3-3.8 ms on
+/// one thread (harness of 300 calls, medians).
 inline constexpr Index kKeyPrefetchTokens = 12;
 inline constexpr Index kValuePrefetchTokens = 32;
 /// Sliding windows (each tile requests only the one tile of rows entering the window; the whole
-/// window at the first tile of a run) used instead for storage types under 4 bytes per value,
-/// on every layout and thread count. For keys kKeySlideTokens now serves the head-major walks
-/// only (interleaved ones slide over kKeyInterleavedWindow); the token-major key figures below
-/// were taken with 4-token tiles. There the
-/// walk is bound by its instructions more than by memory and the re-issued prefetches cost
-/// ~20% of the in-cache time (perf). Measured (harness, L = 16k, 300 calls, medians; L = 64k
-/// for 2 threads): head-major f16 1 thread 3.8-4.3 -> 3.4-3.65 ms, 2 threads 8.1-8.5 ->
-/// 6.9-7.8 ms; token-major 1 thread f16 3.5-3.95 -> 3.25-3.5 ms, bf16 3.96-4.04 ->
-/// 3.72-3.96 ms. Not used where it lost: f32 (head-major 1 thread 6.5-7.1 -> 8.2-8.6 ms).
-/// Token-major half / bfloat16 on 2 threads was undecided with 4-token key tiles (8.3-8.7 ->
-/// 8.6-9.0 ms one session, 7.95-8.7 -> 7.2-8.9 ms the next) and kept re-issued windows; with
-/// 16-token key tiles (kScoreTileInterleaved) sliding both walks wins there (harness, Hq = 32,
-/// Hkv = 8, d = 128, the variants shuffled per round, median per-round ratio of 16-30 rounds):
-/// dense f16 1.09-1.14x (L = 64k: 8.7-8.8 -> 7.8-8.0 ms), f16 L = 16k 1.13x, bf16 1.11x,
-/// pre-softmax Top-θ f16 1.10-1.15x, bf16 1.08x; 1 thread unchanged (it already slid); q8_0
-/// neutral (bench engine_q8, L = 16k, 2 threads, the full reports before and after: dense
-/// 5.28 -> 5.27 ms, recommended Top-θ 2.95 -> 2.88 ms, pre-softmax 2.82 -> 2.80 ms). f32 on
-/// 2 threads loses with sliding windows (token-major dense 0.90x, head-major 0.82x) and keeps
-/// the re-issued ones. Every line must be requested: prefetching every other line (as if the
-/// hardware fetched the adjacent one) halves the bandwidth (f16 1 thread 3.5-4.1 -> 7.0-7.2 ms).
+/// window at the first tile of a run) used instead for storage types under 4 bytes per value, on
+/// every layout and thread count. For keys kKeySlideTokens now serves the head-major walks only
+/// (interleaved ones slide over kKeyInterleavedWindow); the token-major key figures below were
+/// taken with 4-token tiles. There the walk is bound by its instructions more than by memory and
+/// the re-issued prefetches cost ~20% of the in-cache time (perf). Measured (harness, L = 16k, 300
+/// calls, medians; L = 64k for 2 threads): head-major f16 1 thread 3.8-4.3 -> 3.4-3.65 ms, 2
+/// threads 8.1-8.5 -> 6.9-7.8 ms; token-major 1 thread f16 3.5-3.95 -> 3.25-3.5 ms, bf16
+/// 3.96-4.04 -> 3.72-3.96 ms. Not used where it lost: f32 (head-major 1 thread
+/// 6.5-7.1 -> 8.2-8.6 ms). Token-major half / bfloat16 on 2 threads was undecided with 4-token key
+/// tiles (8.3-8.7 -> 8.6-9.0 ms one session, 7.95-8.7 -> 7.2-8.9 ms the next) and kept re-issued
+/// windows; with 16-token key tiles (kScoreTileInterleaved) sliding both walks wins there (harness,
+/// Hq = 32, Hkv = 8, d = 128, the variants shuffled per round, median per-round ratio of 16-30
+/// rounds): dense f16 1.09-1.14x (L = 64k: 8.7-8.8 -> 7.8-8.0 ms), f16 L = 16k 1.13x, bf16 1.11x,
+/// pre-softmax Top-θ f16 1.10-1.15x, bf16 1.08x; 1 thread unchanged (it already slid); q8_0 neutral
+/// (bench engine_q8, L = 16k, 2 threads, the full reports before and after: dense 5.28 -> 5.27 ms,
+/// recommended Top-θ 2.95 -> 2.88 ms, pre-softmax 2.82 -> 2.80 ms). f32 on 2 threads loses with
+/// sliding windows (token-major dense 0.90x, head-major 0.82x) and keeps the re-issued ones. Every
+/// line must be requested: prefetching every other line (as if the hardware fetched the adjacent
+/// one) halves the bandwidth (f16 1 thread 3.5-4.1 -> 7.0-7.2 ms).
 inline constexpr Index kKeySlideTokens = 16;
 inline constexpr Index kValueSlideTokens = 48;
 static_assert(kKeySlideTokens >= kScoreTile && kValueSlideTokens >= kValueTile,
@@ -411,7 +408,9 @@ class DecodeCall {
     const T* keys[std::max(kScoreTileInterleaved, kScoreTile)];
     std::uint8_t only[kMaxKv] = {};
     if (group >= 0) only[group] = 1;
-    walk_tiles(k_, j0, j1, tile, long_tiles ? kKeyInterleavedWindow : kKeyPrefetchTokens,
+    // Long tiles are narrow storage, which always slides: kKeyPrefetchTokens (the re-issued
+    // window) serves f32 and wider caches only.
+    walk_tiles(k_, j0, j1, tile, kKeyPrefetchTokens,
                long_tiles ? kKeyInterleavedWindow : kKeySlideTokens, group >= 0 ? only : nullptr,
                [&](Index g, Index t0, Index pf, Index npf) {
                  const Index nt = std::min(tile, j1 - t0);
