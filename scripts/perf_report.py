@@ -751,9 +751,14 @@ def row_name(key):
     return f"prefill/{key[0]}/T:{key[1]}/{key[2]}/t={key[3]}"
 
 
+def results_base(json_path):
+    """Results file json_path without its .json: the stem of the files written beside it."""
+    return json_path[:-5] if json_path.endswith(".json") else json_path
+
+
 def probe_end_path(json_path):
     """Where the probes run again at the end of the run of results file json_path."""
-    return (json_path[:-5] if json_path.endswith(".json") else json_path) + ".probe_end.json"
+    return results_base(json_path) + ".probe_end.json"
 
 
 def probe_rate(r):
@@ -792,7 +797,7 @@ def merge_probes(main: Run, end: Run | None):
 
 def portable_dir(json_path):
     """Where run_portable writes the comparison of results file json_path."""
-    return (json_path[:-5] if json_path.endswith(".json") else json_path) + ".portable"
+    return results_base(json_path) + ".portable"
 
 
 RE_PORTABLE_FILE = re.compile(r"^(native|portable)\.r(\d+)\.g(\d+)\.json$")
@@ -802,7 +807,7 @@ def portable_files(json_path):
     """[(binary, round, path)] of the comparison beside results file json_path: the files
     run_portable wrote into <base>.portable/, else (results of runs before the rounds) the one
     back-to-back pair <base>.native_subset.json / <base>.portable_subset.json as round 0."""
-    base = json_path[:-5] if json_path.endswith(".json") else json_path
+    base = results_base(json_path)
     files = []
     for path in sorted(glob.glob(os.path.join(glob.escape(portable_dir(json_path)), "*.json"))):
         m = RE_PORTABLE_FILE.match(os.path.basename(path))
@@ -1121,9 +1126,9 @@ def write_report(args, json_path, main: Run, pt: Portable | None, end: Run | Non
         w("| probe | start | end |")
         w("|---|---:|---:|")
         for name, a, b in probe_rows:
-            unit = (lambda x: f"{x / 1e9:.1f} GFLOP/s") if "fma_peak" in name else \
-                   (lambda x: f"{gb(x)} GB/s")
-            w(f"| `{name}` | {unit(a)} | {unit(b)} |")
+            a, b = ((f"{x / 1e9:.1f} GFLOP/s" if "fma_peak" in name else f"{gb(x)} GB/s")
+                    for x in (a, b))
+            w(f"| `{name}` | {a} | {b} |")
         w("")
     if anomaly:
         w(f"**Probe anomaly:** {anomaly}")
