@@ -6,7 +6,8 @@ file(MAKE_DIRECTORY "${WORK_DIR}")
 set(_filter
     "^(probe/(read_bandwidth|read_blocks/block:32768|fma_peak)/threads:1"
     "|decode/[^/]+/L:1024/dtype:f16/layout:token/"
-    "|decode_paired/L:1024/dtype:f16/layout:token|prefill/[^/]+/T:1024/dtype:f16/threads:1)")
+    "|decode_paired/L:1024/dtype:f16/layout:token|prefill/[^/]+/T:1024/dtype:f16/threads:1"
+    "|decode_resident/dense/L:16384/dtype:f16/layout:token/threads:1)")
 string(JOIN "" _filter ${_filter})
 execute_process(
   COMMAND "${PYTHON}" "${SCRIPT}" --bench "${BENCH}" --bench-portable "${BENCH_PORTABLE}"
@@ -41,6 +42,9 @@ foreach(_re "\\| threads \\| read GB/s \\| shuffled 32 KiB blocks GB/s \\| FMA G
             "\\| `probe/read_bandwidth/threads:1` \\| [0-9.]+ GB/s \\| [0-9.]+ GB/s \\|"
             "\\| 1024 \\| f16 \\| token \\| 1 \\| dense \\| [0-9.]+ \\|"
             "\\| 1024 \\| f16 \\| 1 \\| dense \\| [0-9.]+ \\|"
+            "## Decode: the dense walk's compute ceiling"
+            "\\| f16 \\| 1 \\| [0-9.]+ \\| [0-9.]+ \\| [0-9]+% \\| — \\| — \\| — \\| — \\|"
+            "- f16, 1 thread: the resident walk reads at [0-9.]+ of the probe, against the dense-decode target.s 0.60: .* [0-9]+ ns per token resident; the FMAs alone take [0-9]+ ns"
             "speed-up over top-k \\(k = 64\\), all L \\[paired\\] \\| >= 1.00x \\| [0-9.]+ \\|"
             "After the main run, 2 rounds each ran the benchmarks below"
             "\\| decode/dense/L:1024/f16/token/t=1 \\| [0-9.]+ \\| [0-9.]+ \\| (0\\.[1-9]|[1-9]\\.)[0-9]* \\| 2 \\|"

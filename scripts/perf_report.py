@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 QUICK_FILTER = (r"^(probe/|decode/[^/]+/L:(1024|16384)/|decode_paired/L:(1024|16384)/"
-                r"|decode_isa/|decode_dim/"
+                r"|decode_isa/|decode_dim/|decode_resident/"
                 r"|prefill/[^/]+/T:1024/"
                 r"|engine_batch/[^/]+/[^/]+/seqs:8/Lmax:8192/|engine_paged/[^/]+/[^/]+/L:16384/"
                 r"|engine_q8/[^/]+/L:16384/)")
@@ -73,6 +73,9 @@ RE_ISA = re.compile(
     r"/layout:(?P<layout>[^/]+)/threads:(?P<threads>\d+)$")
 RE_DIM = re.compile(
     r"^decode_dim/(?P<mode>[^/]+)/d:(?P<d>\d+)/L:(?P<L>\d+)/dtype:(?P<dtype>[^/]+)"
+    r"/layout:(?P<layout>[^/]+)/threads:(?P<threads>\d+)$")
+RE_RESIDENT = re.compile(
+    r"^decode_resident/(?P<mode>[^/]+)/L:(?P<L>\d+)/dtype:(?P<dtype>[^/]+)"
     r"/layout:(?P<layout>[^/]+)/threads:(?P<threads>\d+)$")
 RE_PREFILL = re.compile(
     r"^prefill/(?P<mode>[^/]+)/T:(?P<T>\d+)/dtype:(?P<dtype>[^/]+)/threads:(?P<threads>\d+)$")
@@ -206,6 +209,7 @@ class Data:
     paired: dict = field(default_factory=dict)   # (L, dtype, layout) -> Result (decode_paired)
     isa: dict = field(default_factory=dict)      # (mode, isa) -> Result
     dim: dict = field(default_factory=dict)      # (mode, d) -> Result
+    resident: dict = field(default_factory=dict)  # (dtype, t) -> Result (decode_resident, dense)
     prefill: dict = field(default_factory=dict)  # (mode, T, dtype, t) -> Result
     ebatch: dict = field(default_factory=dict)   # (mode, call, Lmax, t) -> Result
     epaged: dict = field(default_factory=dict)   # (mode, kv, L, t) -> Result
@@ -231,6 +235,8 @@ def classify(results) -> Data:
             D.isa[(m["mode"], m["isa"])] = r
         elif m := RE_DIM.match(name):
             D.dim[(m["mode"], int(m["d"]))] = r
+        elif m := RE_RESIDENT.match(name):
+            D.resident[(m["dtype"], int(m["threads"]))] = r
         elif m := RE_PREFILL.match(name):
             D.prefill[(m["mode"], int(m["T"]), m["dtype"], int(m["threads"]))] = r
         elif m := RE_EBATCH.match(name):
@@ -380,13 +386,84 @@ def thread_speedup_src(D: Data, mode, cfg3):
     return paired_value(D, cfg3, "s_" + mode, (mode,) + cfg3 + (1,), (mode,) + cfg3 + (2,))
 
 
+def resident_fraction(D: Data, dtype, t):
+    """The dense walk on L2-resident rows (decode_resident): its bytes / s over the read probe's
+    (same thread count), or None."""
+    r = D.resident.get((dtype, t))
+    if not r or not D.bw.get(t) or r.seconds <= 0:
+        return None
+    return r.counters["bytes"] / r.seconds / D.bw[t]
+
+
+def ceiling_note(D: Data, dtype, t):
+    f = resident_fraction(D, dtype, t)
+    return "" if f is None else f"; the same walk on L2-resident rows: {f:.2f} of the probe"
+
+
+def write_resident_section(w, D: Data):
+    w("## Decode: the dense walk's compute ceiling")
+    w("")
+    w("`decode_resident/dense/L:16384/dtype:<t>/layout:token/threads:<n>`: a dense decode of "
+      "16384 tokens (d = 128, Hq = 32, Hkv = 8, token-major) whose rows come from 4 blocks of 16 "
+      "tokens repeated through a block table, so every row the walk reads is already in the "
+      "core's L2 (K + V: 256 KiB for f16 / bf16, 512 KiB for f32). It does all of a dense "
+      "decode's work (every dot product, exp, V-row FMA and software prefetch) without waiting "
+      "on memory, so its bytes / time (K + V of 16384 tokens, as `decode/dense` counts them) is "
+      "the most this kernel can read a cold cache at. The output equals the contiguous walk's "
+      "over the same rows, bit for bit (checked when the benchmark starts). *cold* is "
+      "`decode/dense` at L = 16384, token-major, the same dtype and thread count.")
+    w("")
+    w("| dtype | thr | resident (ms) | resident GB/s | resident % of probe | cold (ms) | cold GB/s "
+      "| cold % of probe | cold / resident |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for (dtype, t) in sorted(D.resident, key=lambda k: (k[1], dtype_order(k[0]))):
+        r = D.resident[(dtype, t)]
+        rg = r.counters["bytes"] / r.seconds
+        c = D.decode.get(("dense", 16384, dtype, "token", t))
+        cg = c.counters["bytes"] / c.seconds if c else None
+        pr = lambda g: f"{100 * g / D.bw[t]:.0f}%" if g and D.bw.get(t) else "—"  # noqa: E731
+        w(f"| {dtype} | {t} | {1e3 * r.seconds:.3f} | {gb(rg)} | {pr(rg)} | "
+          + (f"{1e3 * c.seconds:.3f} | {gb(cg)} | {pr(cg)} | {c.seconds / r.seconds:.2f} |"
+             if c else "— | — | — | — |"))
+    if not D.resident:
+        w("| — | | not measured | | | | | | |")
+    w("")
+    lines = []
+    for t, need in ((1, 0.60), (2, 0.80)):
+        r, f = D.resident.get(("f16", t)), resident_fraction(D, "f16", t)
+        if r is None or f is None:
+            continue
+        per_token = r.seconds / r.counters["tokens"]
+        line = (f"- f16, {t} thread{'s' if t > 1 else ''}: the resident walk reads at {f:.2f} of "
+                f"the probe, against the dense-decode target's {need:.2f}: ")
+        line += ("the target is beyond what this kernel's instructions allow, even with no "
+                 "memory latency to wait on." if f < need else
+                 "the kernel could meet the target; the gap between the cold and the resident "
+                 "walk is memory latency the walk does not hide.")
+        if D.fma.get(t):
+            fma_only = 8 * 64 * 32 / D.fma[t]  # KV heads x 16-lane FMAs x FLOP per FMA
+            line += (f" {1e9 * per_token:.0f} ns per token resident; the FMAs alone take "
+                     f"{1e9 * fma_only:.0f} ns at the FMA probe's rate "
+                     f"({100 * fma_only / per_token:.0f}%).")
+        lines.append(line)
+    if lines:
+        w("Per token and KV head the f16 walk issues 64 16-lane FMAs (4 queries x 128 dims for the "
+          "scores, 4 heads x 128 dims for the V rows), 16 conversions of stored values and 8 "
+          "software prefetches (one per 64-byte line of the K and V rows):")
+        w("")
+        for line in lines:
+            w(line)
+        w("")
+
+
 def compute_targets(D: Data):
     T = []
     dec, pre = D.decode, D.prefill
 
     # Dense decode against the probe's read bandwidth, L >= 16k.
     for t, need in ((2, 0.80), (1, 0.60)):
-        pairs = [(r.counters["bytes"] / r.seconds / D.bw[t], dcfg(k)) for k, r in dec.items()
+        pairs = [(r.counters["bytes"] / r.seconds / D.bw[t], dcfg(k) + ceiling_note(D, k[2], t))
+                 for k, r in dec.items()
                  if k[0] == "dense" and k[1] >= 16384 and k[4] == t and D.bw.get(t)]
         T.append(make_target(f"dense decode, L >= 16k, {t} thread{'s' if t > 1 else ''}: "
                              "GB/s / probe read GB/s", f">= {need:.2f}", pairs, ">=", need))
@@ -1216,6 +1293,7 @@ def write_report(args, json_path, main: Run, pt: Portable | None, end: Run | Non
         w("| — | | | | not measured | | | | | | | |")
     w("")
     write_paired_section(w, D)
+    write_resident_section(w, D)
 
     # ---- prefill --------------------------------------------------------------------------
     w("## Prefill: GFLOP/s against the FMA probe")
@@ -1418,6 +1496,7 @@ def write_report(args, json_path, main: Run, pt: Portable | None, end: Run | Non
       "`prefill/<dense|topk|toptheta|toptheta_pre>/T:<n>/dtype:<f32|f16>/threads:<n>`; "
       "`decode_isa/<dense|toptheta>/isa:<auto|scalar|avx2|avx512|neon>/L:16384/dtype:f32/layout:token/threads:1`; "
       "`decode_dim/<dense|toptheta>/d:<n>/L:16384/dtype:f32/layout:token/threads:1`; "
+      "`decode_resident/dense/L:16384/dtype:<f32|f16|bf16>/layout:token/threads:<n>`; "
       "`engine_batch/<dense|toptheta|toptheta_pre>/call:<batch|singles>/seqs:8/Lmax:<n>/dtype:f16/threads:<n>`; "
       "`engine_paged/<dense|toptheta|toptheta_pre>/kv:<contiguous|paged16|paged256>/L:<n>/dtype:f16/threads:<n>`; "
       "`engine_q8/<dense|toptheta|toptheta_pre>/L:<n>/dtype:<q8_0|f16>/threads:<n>`; "
