@@ -113,7 +113,13 @@ decltype(auto) with_ops(Isa isa, F&& f) {
   }
 }
 
-/// Prefetches the cache line holding address p into L2 and closer (prefetcht1 / prfm pldl2keep).
+/// The closest cache level a software prefetch asks for.
+enum class PrefetchTo {
+  kL2,  ///< L2 and closer: prefetcht1 / prfm pldl2keep (the default)
+  kL1,  ///< L1 and closer: prefetcht0 / prfm pldl1keep
+};
+
+/// Prefetches the cache line holding address p into `to` and closer.
 ///
 /// An `asm volatile` statement where the compiler supports it, not `__builtin_prefetch`: GCC
 /// gives the builtin no side effects, so at -O2 a function whose only work is prefetching (the
@@ -121,15 +127,19 @@ decltype(auto) with_ops(Isa isa, F&& f) {
 /// call to it is deleted as dead code (measured with GCC 12 -O2: the decode walk lost all its
 /// prefetches in a consumer build and ran f16 dense decode at 5.6 ms against 3.7 ms for -O3).
 /// A volatile asm statement is never removed.
-inline void prefetch_line(const void* p) {
+inline void prefetch_line(const void* p, PrefetchTo to = PrefetchTo::kL2) {
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
-  __asm__ volatile("prefetcht1 (%0)" : : "r"(p));
+  if (to == PrefetchTo::kL1) __asm__ volatile("prefetcht0 (%0)" : : "r"(p));
+  else __asm__ volatile("prefetcht1 (%0)" : : "r"(p));
 #elif (defined(__GNUC__) || defined(__clang__)) && defined(__aarch64__)
-  __asm__ volatile("prfm pldl2keep, [%0]" : : "r"(p));
+  if (to == PrefetchTo::kL1) __asm__ volatile("prfm pldl1keep, [%0]" : : "r"(p));
+  else __asm__ volatile("prfm pldl2keep, [%0]" : : "r"(p));
 #elif defined(__GNUC__) || defined(__clang__)
-  __builtin_prefetch(p, 0, 2);
+  if (to == PrefetchTo::kL1) __builtin_prefetch(p, 0, 3);
+  else __builtin_prefetch(p, 0, 2);
 #else
   (void)p;
+  (void)to;
 #endif
 }
 
@@ -137,18 +147,18 @@ inline void prefetch_line(const void* p) {
 /// down so that a row that straddles lines has all of them requested). One line per loop trip:
 /// measured against four per trip on the decode walks (f16 and f32, L = 16k), the back-to-back
 /// form ran up to 1.4x slower, as if requests issued in a burst were dropped.
-inline void prefetch_bytes(const void* p, Index bytes) {
+inline void prefetch_bytes(const void* p, Index bytes, PrefetchTo to = PrefetchTo::kL2) {
   if (bytes <= 0) return;
   const std::uintptr_t end = reinterpret_cast<std::uintptr_t>(p) + std::uintptr_t(bytes);
   for (std::uintptr_t a = reinterpret_cast<std::uintptr_t>(p) & ~std::uintptr_t(63); a < end;
        a += 64)
-    prefetch_line(reinterpret_cast<const void*>(a));
+    prefetch_line(reinterpret_cast<const void*>(a), to);
 }
 
 /// Prefetches the cache lines of a row of n elements.
 template <class T>
-inline void prefetch_row(const T* row, Index n) {
-  prefetch_bytes(row, n * Index(sizeof(T)));
+inline void prefetch_row(const T* row, Index n, PrefetchTo to = PrefetchTo::kL2) {
+  prefetch_bytes(row, n * Index(sizeof(T)), to);
 }
 
 }  // namespace toptheta::detail

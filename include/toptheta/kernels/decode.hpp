@@ -345,10 +345,25 @@ class DecodeCall {
   }
 
   /// Software prefetch of KV head g's rows of tokens [t, min(t + n, L)) (any view: a paged
-  /// cache's rows are looked up through its block table, so the window crosses blocks).
+  /// cache's rows are looked up through its block table, so the window crosses blocks), into
+  /// the cache level of `prefetch_to`.
   void prefetch_head(const KView& view, Index g, Index t, Index n) const {
     const Index end = std::min(L_, t + n), items = HeadsView<const T>::row_items(d_);
-    for (Index u = t; u < end; ++u) prefetch_row(view.row(u, g), items);
+    const PrefetchTo to = prefetch_to(view);
+    for (Index u = t; u < end; ++u) prefetch_row(view.row(u, g), items, to);
+  }
+
+  /// The cache level the walks prefetch into: L1 (prefetcht0) for storage under 4 bytes per
+  /// value and for head-major runs, L2 (prefetcht1) for the interleaved walks of f32 and wider
+  /// caches. Measured (harness, Hq = 32, Hkv = 8, d = 128, L = 16k and 64k, the hints in a
+  /// shuffled order per round, median per-round ratio of 12-40 rounds, speed-up of L1 over L2):
+  /// f32 head-major dense 1.17-1.39x, pre-softmax Top-θ 1.09-1.23x; f16 / bf16 token-major dense
+  /// 1.01-1.11x, pre 0.98-1.11x; f16 / bf16 head-major 0.93-1.07x (the session's noise was about
+  /// +-5%). f32 token-major (windows re-issued at every 4-token tile) lost with L1, dense
+  /// 0.93-1.07x and pre-softmax 0.85-0.93x, and keeps L2. The sparse gather's prefetches
+  /// (gather.hpp) keep L2: L1 there was neutral (0.99-1.02x).
+  PrefetchTo prefetch_to(const KView& view) const {
+    return narrow() || head_runs(view) ? PrefetchTo::kL1 : PrefetchTo::kL2;
   }
 
   /// True when one KV head's rows of consecutive tokens are adjacent (a head-major cache, or
