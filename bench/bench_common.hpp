@@ -11,6 +11,8 @@
 ///   decode/<mode>/L:<n>/dtype:<f32|f16|bf16>/layout:<token|head>/threads:<n>
 ///   decode_paired/L:<n>/dtype:<f32|f16|bf16>/layout:<token|head>  (all modes on 1 and 2 threads
 ///          shuffled within each round, paired ratios: bench_decode.cpp)
+///   decode_resident/dense/L:16384/dtype:<f32|f16|bf16>/layout:token/threads:<n>  (rows in L2:
+///          the dense walk's compute ceiling, bench_decode.cpp)
 ///   decode_isa/<dense|toptheta>/isa:<auto|scalar|avx2|avx512|neon>/L:16384/dtype:f32/layout:token/
 ///          threads:1
 ///   decode_dim/<dense|toptheta>/d:<n>/L:16384/dtype:f32/layout:token/threads:1

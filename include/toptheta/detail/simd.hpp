@@ -113,13 +113,13 @@ decltype(auto) with_ops(Isa isa, F&& f) {
   }
 }
 
-/// The closest cache level a software prefetch asks for.
+/// The innermost cache level a software prefetch asks to fill (a CPU may ignore the hint).
 enum class PrefetchTo {
-  kL2,  ///< L2 and closer: prefetcht1 / prfm pldl2keep (the default)
-  kL1,  ///< L1 and closer: prefetcht0 / prfm pldl1keep
+  kL2,  ///< L2 and the outer levels: prefetcht1 / prfm pldl2keep (the default)
+  kL1,  ///< L1 and the outer levels: prefetcht0 / prfm pldl1keep
 };
 
-/// Prefetches the cache line holding address p into `to` and closer.
+/// Prefetches the cache line holding address p into the level `to` and the levels beyond it.
 ///
 /// An `asm volatile` statement where the compiler supports it, not `__builtin_prefetch`: GCC
 /// gives the builtin no side effects, so at -O2 a function whose only work is prefetching (the

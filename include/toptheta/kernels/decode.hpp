@@ -359,9 +359,10 @@ class DecodeCall {
   /// shuffled order per round, median per-round ratio of 12-40 rounds, speed-up of L1 over L2):
   /// f32 head-major dense 1.17-1.39x, pre-softmax Top-θ 1.09-1.23x; f16 / bf16 token-major dense
   /// 1.01-1.11x, pre 0.98-1.11x; f16 / bf16 head-major 0.93-1.07x (the session's noise was about
-  /// +-5%). f32 token-major (windows re-issued at every 4-token tile) lost with L1, dense
-  /// 0.93-1.07x and pre-softmax 0.85-0.93x, and keeps L2. The sparse gather's prefetches
-  /// (gather.hpp) keep L2: L1 there was neutral (0.99-1.02x).
+  /// +-5%). f32 token-major (windows re-issued at every tile: 4 tokens for keys, 16 for values)
+  /// was neutral with L1 for dense (0.93-1.07x) and slower for pre-softmax (0.85-0.93x), and
+  /// keeps L2. The sparse gather's prefetches (gather.hpp) keep L2: L1 there was neutral
+  /// (0.99-1.02x).
   PrefetchTo prefetch_to(const KView& view) const {
     return narrow() || head_runs(view) ? PrefetchTo::kL1 : PrefetchTo::kL2;
   }
