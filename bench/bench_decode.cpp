@@ -411,9 +411,9 @@ void bm_decode_paired(benchmark::State& state, DecodeConfig cfg) {
 
 /// decode_resident: an estimate of the dense walk's compute ceiling. A dense decode of
 /// kResidentL tokens, token-major, whose rows come from kResidentBlocks blocks of
-/// kResidentTokens tokens repeated through a block table (PagedKv::token_major; entry j is
-/// block (3j + 1) mod kResidentBlocks, a permutation, so that the check below would catch a walk
-/// that ignored the table): the walk does all of a dense decode's work (every dot product, exp
+/// kResidentTokens tokens repeated through a block table (PagedKv::token_major; entry j is a
+/// pseudo-random block, so the blocks are used unevenly and a walk that ignored the table would
+/// read other rows and fail the check below): the walk does all of a dense decode's work (every dot product, exp
 /// and V-row FMA, every software prefetch) but every row it reads is already in the core's L2
 /// (`resident_bytes`, K + V: 256 KiB for f16 / bf16, 512 KiB for f32, of a 1 MiB L2 on the
 /// benchmark machine). `bytes` counts K + V of kResidentL tokens, as decode/dense does, so
@@ -421,15 +421,14 @@ void bm_decode_paired(benchmark::State& state, DecodeConfig cfg) {
 /// kernel; the report puts it against the read probe. It includes what a paged walk adds per
 /// row, the block-table lookup (a shift and a mask for 16-token blocks), which a contiguous
 /// walk does not do; on a cold cache that lookup cost nothing measurable (a paged pool with its
-/// blocks in order against the contiguous cache, f16, L = 64k, 1 thread: 1.006x, harness of the
-/// paged-cache measurements, see docs/performance.md, *Paged KV cache*). Validation: the
+/// blocks in order against the contiguous cache, f16, L = 64k, 1 thread: 1.006x; a harness of
+/// issue 11's paged-cache measurements, not a benchmark here). Validation: the
 /// output must equal, bit for bit, a dense decode of the same rows laid out contiguously
 /// (same thread count); otherwise the benchmark is skipped with an error.
 constexpr Index kResidentBlocks = 4;
 constexpr Index kResidentTokens = 16;
 constexpr Index kResidentL = 16384;
-static_assert(kResidentL % (kResidentBlocks * kResidentTokens) == 0,
-              "the contiguous copy the validation builds repeats whole pools");
+static_assert(kResidentL % kResidentTokens == 0, "the block table covers every token");
 
 template <class T>
 struct ResidentSet : CachedInputs {
@@ -461,7 +460,8 @@ ResidentSet<T>& resident_set() {
   fill_kv(s->k.data(), s->v.data(), pool, Layout::kToken);
   s->table.resize(std::size_t(kResidentL / kResidentTokens));
   for (std::size_t j = 0; j < s->table.size(); ++j)
-    s->table[j] = std::int32_t((3 * Index(j) + 1) % kResidentBlocks);
+    s->table[j] = std::int32_t(mix64(stream_key(606, std::uint64_t(j))) %
+                               std::uint64_t(kResidentBlocks));
   s->q.resize(std::size_t(kHq * kD));
   make_query(0, s->q.data());
   ResidentSet<T>& ref = *s;

@@ -421,8 +421,7 @@ def write_resident_section(w, D: Data):
       "(every dot product, exp, V-row FMA and software prefetch) without waiting on memory, so "
       "its bytes / time (K + V of 16384 tokens, as `decode/dense` counts them) estimates the "
       "fastest this kernel could read a cold cache. It also does what a paged walk adds per row, "
-      "a block-table lookup, which the contiguous walk does not (on a cold cache a paged pool "
-      "with its blocks in order costs 1.006x the contiguous cache; see *Paged KV cache*). *cold* "
+      "a block-table lookup, which the contiguous walk does not. *cold* "
       "is `decode/dense` at L = 16384, token-major, the same dtype and thread count; *cold / "
       "resident time* under 1 would mean the estimate is no ceiling.")
     w("")
@@ -463,7 +462,10 @@ def write_resident_section(w, D: Data):
                 f"the probe, against the dense-decode target's {need:.2f}")
         if cf is not None:
             line += f" (the cold walk: {cf:.2f})"
-        if f < need:
+        if cf is not None and cf > f:
+            line += (": the cold walk reads faster than the resident one, so this estimate is "
+                     "no ceiling here.")
+        elif f < need:
             line += (": the target is beyond what this kernel's instructions allow, even with "
                      "no memory latency to wait on.")
         elif cf is None:

@@ -7,7 +7,8 @@
 #
 # perf_report.py options (see scripts/perf_report.py --help):
 #   --quick                  smoke run: decode L in {1k, 16k}, prefill T = 1024, probes, head dims,
-#                            SIMD paths, engine batch Lmax = 8k, paged / q8_0 L = 16k; 1 repetition,
+#                            SIMD paths, resident decode, engine batch Lmax = 8k, paged / q8_0
+#                            L = 16k; 1 repetition,
 #                            0.05 s min time; the page goes to build/bench/perf/performance-quick.md
 #                            (docs/ stays untouched)
 #   --out FILE, --img FILE   where the page and the plot go
