@@ -413,10 +413,10 @@ void bm_decode_paired(benchmark::State& state, DecodeConfig cfg) {
 /// kResidentL tokens, token-major, whose rows come from kResidentBlocks blocks of
 /// kResidentTokens tokens repeated through a block table (PagedKv::token_major; entry j is a
 /// pseudo-random block, so the blocks are used unevenly and a walk that ignored the table would
-/// read other rows and fail the check below): the walk does all of a dense decode's work (every dot product, exp
-/// and V-row FMA, every software prefetch) but every row it reads is already in the core's L2
-/// (`resident_bytes`, K + V: 256 KiB for f16 / bf16, 512 KiB for f32, of a 1 MiB L2 on the
-/// benchmark machine). `bytes` counts K + V of kResidentL tokens, as decode/dense does, so
+/// read other rows and fail the check below): the walk does all of a dense decode's work (every
+/// dot product, exp and V-row FMA, every software prefetch) but every row it reads is already in
+/// the core's L2 (`resident_bytes`, K + V: 256 KiB for f16 / bf16, 512 KiB for f32, of a 1 MiB
+/// L2 on the benchmark machine). `bytes` counts K + V of kResidentL tokens, as decode/dense does, so
 /// bytes_per_second estimates the most a cold cache of this shape could be read at with this
 /// kernel; the report puts it against the read probe. It includes what a paged walk adds per
 /// row, the block-table lookup (a shift and a mask for 16-token blocks), which a contiguous
@@ -509,7 +509,7 @@ Validation validate_resident(const ResidentSet<T>& s, const toptheta::AttentionO
 template <class T>
 void bm_decode_resident(benchmark::State& state, int threads) {
   ResidentSet<T>& s = resident_set<T>();
-  state.SetLabel("dense, rows in L2: the walk's compute ceiling");
+  state.SetLabel("dense, rows in L2: an estimate of the walk's compute ceiling");
   std::vector<float> out(std::size_t(kHq * kD));
   toptheta::AttentionOptions o;
   o.threads = threads;
