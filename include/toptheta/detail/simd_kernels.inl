@@ -46,7 +46,11 @@ struct Ops {
   /// Values [i, i + n) (n < W) of a storage row, zero above.
   template <class T, class V>
   TT_ATTR static V ld_n(const T* row, Index i, int n) {
-    if constexpr (std::is_same_v<std::remove_const_t<T>, BlockQ8_0>) {
+    if constexpr (std::is_same_v<std::remove_const_t<T>, BlockQ8_0> && detail::HasLoadQ8<V>::value) {
+      // W divides the 32 values of a block and i is a multiple of W: the whole vector lies in
+      // one block, so the full load reads no byte past the row.
+      return V::select(V::first_n(n), V::load_q8(row + i / 32, int(i % 32)), V::zero());
+    } else if constexpr (std::is_same_v<std::remove_const_t<T>, BlockQ8_0>) {
       float tmp[V::W] = {};
       for (int l = 0; l < n; ++l) tmp[l] = value_at(row, i + l);
       return V::load(tmp);

@@ -63,8 +63,10 @@ inline constexpr Index kValueTile = 16;
 /// f32 (0.96-1.05x; its rows are twice as long) and head-major caches (0.94-1.05x, already one
 /// stream per head); 16-token windows lost 5-15% to 32-token ones. q8_0 (bench engine_q8, L = 16k,
 /// the full reports before and after): 1 thread dense 14.6 -> 9.8 ms, recommended Top-θ
-/// 8.5 -> 5.2 ms; 2 threads 7.6 -> 5.1 and 4.4 -> 3.2 ms (q8_0 still reads at about 10% of the
-/// probe: its walk is bound by the dequantising dot products, not by memory).
+/// 8.5 -> 5.2 ms; 2 threads 7.6 -> 5.1 and 4.4 -> 3.2 ms. (q8_0 then read at about 10% of the
+/// probe. The cause was an out-of-line call in its vector load under -march=native, see
+/// VecAvx512::half_bits; without it q8_0 dense decode takes the f16 time, 3.9-4.1 ms at
+/// L = 16k on 1 thread.)
 inline constexpr Index kScoreTileInterleaved = 16;
 inline constexpr Index kKeyInterleavedWindow = 32;
 static_assert(kKeyInterleavedWindow >= kScoreTileInterleaved,
