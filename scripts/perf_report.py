@@ -18,8 +18,9 @@ Usually called through scripts/perf_report.sh, which builds the `bench` preset f
     scripts/perf_report.py --from-json build/bench/perf/results.json   # re-render only
 
 A report is the main run of toptheta-bench (everything, or the --quick / --filter subset), then
-the portable comparison: --portable-rounds rounds (default 5), each running four groups (dense /
-toptheta decode at L = 16k f32, the same f16, prefill at T = 1024 f32, the same f16) with
+the portable comparison: --portable-rounds rounds (default 5), each running five groups (dense /
+toptheta decode at L = 16k f32, the same f16, prefill at T = 1024 f32, the same f16, q8_0
+engine decode at L = 16k) with
 toptheta-bench and toptheta-bench-portable back to back, the first binary alternating; the
 portable / native ratio is the median of the per-round ratios; last, the main run's probes
 once more (results.probe_end.json): each probe's faster reading of the two is the floor the
@@ -56,10 +57,13 @@ QUICK_FILTER = (r"^(probe/|decode/[^/]+/L:(1024|16384)/|decode_paired/L:(1024|16
                 r"|engine_batch/[^/]+/[^/]+/seqs:8/Lmax:8192/|engine_paged/[^/]+/[^/]+/L:16384/"
                 r"|engine_q8/[^/]+/L:16384/)")
 # The portable comparison's groups: each round runs each group with both binaries, back to back.
+# engine_q8: the q8_0 loads are where a -march=native build once lost to the portable one
+# (an out-of-line call in the kernel; scripts/check_kernel_calls.py now guards it).
 PORTABLE_GROUPS = (r"^decode/(dense|toptheta)/L:16384/dtype:f32/layout:token/",
                    r"^decode/(dense|toptheta)/L:16384/dtype:f16/layout:token/",
                    r"^prefill/(dense|toptheta)/T:1024/dtype:f32/",
-                   r"^prefill/(dense|toptheta)/T:1024/dtype:f16/")
+                   r"^prefill/(dense|toptheta)/T:1024/dtype:f16/",
+                   r"^engine_q8/(dense|toptheta)/L:16384/dtype:q8_0/")
 K_BUDGET = 64
 # The dense-decode targets: GB/s over the read probe's, by thread count (L >= 16k).
 DENSE_DECODE_NEED = {2: 0.80, 1: 0.60}
@@ -859,11 +863,15 @@ def run_portable(args, pdir):
                           repetitions=1)
 
 
-def row_name(key):
-    """The portable table's name of a decode (5-tuple) or prefill (4-tuple) key."""
-    if len(key) == 5:
-        return f"decode/{key[0]}/L:{key[1]}/{key[2]}/{key[3]}/t={key[4]}"
-    return f"prefill/{key[0]}/T:{key[1]}/{key[2]}/t={key[3]}"
+def portable_rows(D: Data):
+    """(order, name, result) of the benchmarks the portable table can hold: decode, prefill and
+    engine_q8 results of classify(...), in that order."""
+    for key, r in D.decode.items():
+        yield (0, key), f"decode/{key[0]}/L:{key[1]}/{key[2]}/{key[3]}/t={key[4]}", r
+    for key, r in D.prefill.items():
+        yield (1, key), f"prefill/{key[0]}/T:{key[1]}/{key[2]}/t={key[3]}", r
+    for key, r in D.eq8.items():
+        yield (2, key), f"engine_q8/{key[0]}/L:{key[1]}/{key[2]}/t={key[3]}", r
 
 
 def results_base(json_path):
@@ -938,7 +946,7 @@ def load_portable(files) -> Portable | None:
     """The comparison of portable_files(...), or None when there is none."""
     if not files:
         return None
-    times = {"native": {}, "portable": {}}  # which -> key -> {round: seconds}
+    times = {"native": {}, "portable": {}}  # which -> (order, name) -> {round: seconds}
     ctx = {"native": {}, "portable": {}}
     errors = {}
     for which, r, path in files:
@@ -947,15 +955,14 @@ def load_portable(files) -> Portable | None:
             errors[f"{os.path.basename(path)}"] = "no benchmark ran (does the group's filter match any?)"
         ctx[which] = ctx[which] or run.ctx
         errors.update({f"{n} ({run.ctx.get('binary', which)})": e for n, e in run.errors.items()})
-        D = classify(run.results)
-        for key, res in list(D.decode.items()) + list(D.prefill.items()):
-            times[which].setdefault(key, {})[r] = res.seconds
+        for order, name, res in portable_rows(classify(run.results)):
+            times[which].setdefault((order, name), {})[r] = res.seconds
     rows = []
-    for key in sorted(times["native"], key=lambda k: (len(k) == 4, k)):
+    for key in sorted(times["native"]):
         n, p = times["native"][key], times["portable"].get(key, {})
         rs = sorted(set(n) & set(p))
         if rs:
-            rows.append((row_name(key), statistics.median(n[r] for r in rs),
+            rows.append((key[1], statistics.median(n[r] for r in rs),
                          statistics.median(p[r] for r in rs),
                          statistics.median(p[r] / n[r] for r in rs), len(rs)))
     return Portable(rows, ctx["native"], ctx["portable"], errors,
@@ -1488,7 +1495,7 @@ def write_report(args, json_path, main: Run, pt: Portable | None, end: Run | Non
              "runs' medians." if pt.legacy else
              f"After the main run, {pt.rounds} round{'s' if pt.rounds != 1 else ''} each ran "
              "the benchmarks below in groups (by default decode f32, decode f16, prefill f32, "
-             "prefill f16) with both binaries back to back, one repetition each, the binary that "
+             "prefill f16, q8_0 engine decode) with both binaries back to back, one repetition each, the binary that "
              "goes first alternating. *portable / native* is the median over the rounds of the "
              "ratio within a round (seconds apart, so the machine's slow drift cancels); the "
              "times are medians over the rounds."))
@@ -1575,7 +1582,7 @@ def main():
     p.add_argument("--portable-group", action="append", default=None, metavar="REGEX",
                    help="a --benchmark_filter group of the portable comparison (repeatable; "
                         "default: dense / toptheta decode at L = 16k token-major f32, the same "
-                        "f16, prefill at T = 1024 f32, the same f16)")
+                        "f16, prefill at T = 1024 f32, the same f16, engine_q8 at L = 16k q8_0)")
     p.add_argument("--from-json", default=None, help="render an existing results file; run nothing")
     p.add_argument("--json-out", default=os.path.join(ROOT, "build/bench/perf/results.json"))
     p.add_argument("--out", default=None,

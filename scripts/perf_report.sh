@@ -19,7 +19,8 @@
 #   --portable-rounds N      rounds of that comparison (default 5, quick 1), each running both
 #                            binaries back to back; the page gives the median per-round ratio
 #   --portable-group REGEX   a --benchmark_filter group of that comparison (repeatable; default:
-#                            dense / toptheta decode L = 16k f32, f16, prefill T = 1024 f32, f16)
+#                            dense / toptheta decode L = 16k f32, f16, prefill T = 1024 f32, f16,
+#                            engine_q8 L = 16k q8_0)
 #   --from-json FILE         re-render a previous run without running anything
 # Environment: JOBS (build parallelism, default 2).
 #
@@ -39,7 +40,7 @@ for a in "$@"; do
     --no-build) build=0 ;;
     --from-json | --from-json=*) build=0; render_only=1; args+=("$a") ;;
     -h | --help)
-      sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+      sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
       exec python3 scripts/perf_report.py --help
       ;;
     *) args+=("$a") ;;
