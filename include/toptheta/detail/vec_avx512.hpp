@@ -69,7 +69,7 @@ struct VecAvx512 {
   /// one with a target attribute when the build's own flags enable more than that target does
   /// (-march=native on a CPU with extensions the attribute does not name). The out-of-line call
   /// made the q8_0 kernels spill every accumulator around it (native build: q8_0 dense decode
-  /// 2.6x slower than f16 on half the bytes).
+  /// 2.4-2.6x slower than f16 on half the bytes).
   TT_A static std::uint16_t half_bits(Eigen::half h) {
     std::uint16_t bits;
     std::memcpy(&bits, &h, sizeof bits);
