@@ -1,19 +1,24 @@
 #!/usr/bin/env python3
 """Checks that the float SIMD kernels of a built binary call nothing outside the kernels.
 
-Every SIMD path's primitives (`toptheta::detail::<path>::Ops::*`, detail/simd_kernels.inl) carry
-a target attribute. GCC does not inline a plain inline function into such a function when the
-build's own flags enable more than the attribute names (-march=native on a CPU with extensions
-the attribute does not list): the call stays out of line, and every vector register live across
-it is spilled to the stack and reloaded, in the innermost loop. Eigen::numext::bit_cast in the
-q8_0 load did that, and a -march=native build ran q8_0 decode 2.4x slower than a plain -O2 one.
+Every x86 SIMD path's primitives (`toptheta::detail::<path>::Ops::*`, detail/simd_kernels.inl,
+and the vector types VecAvx2 / VecAvx512) carry a target attribute, which also sets
+tune=generic (TOPTHETA_TUNE, detail/isa.hpp). GCC does not inline a function into one whose
+target options differ from its own, so a plain inline function (compiled with the build's
+options) called from a kernel stays out of line when the build's options are not the kernel's,
+e.g. under -march=native, which tunes for the build machine: every vector register live across
+the call is then spilled to the stack and reloaded, in the innermost loop. Eigen::numext::bit_cast
+in the q8_0 load did that, and a -march=native build ran q8_0 decode 2.4x slower than a plain
+-O2 one.
 
-This script disassembles the given binaries (objdump -d -C) and lists every call made from a
-kernel with float accumulators (the instantiations whose last template argument is `float`, the
-ones decode and prefill run) to anything but another kernel or vector primitive of
-toptheta::detail, or memcpy / memset (which GCC emits for copies and fills it does not expand).
-Not checked: the double-accumulator kernels (one lane at a time, std::exp, std::isnan) and the
-scalar path, which has no target attribute (its inlining is GCC's ordinary size decision).
+This script disassembles the given binaries (objdump -d -C) and lists every call (or tail jump)
+made from a float kernel to anything but another kernel or vector primitive of toptheta::detail,
+memcpy / memset / memmove (which GCC emits for copies and fills it does not expand) or the
+sanitizer and stack-protector runtimes. Float kernels: the Ops functions of the x86 paths whose
+last template argument is `float` or a VecAvx2 / VecAvx512 vector (the instantiations decode and
+prefill run), and the member functions of VecAvx2 / VecAvx512. Not checked: the
+double-accumulator kernels (one lane at a time, calling std::exp and std::isnan) and the scalar
+path, which has no target attribute (its inlining is GCC's ordinary size decision).
 
 Exit 0 when no such call exists (and at least one float kernel was found), 1 with one line per
 offending (kernel, callee) pair otherwise, 2 when objdump is missing or fails.
@@ -26,9 +31,14 @@ import subprocess
 import sys
 
 FUNC = re.compile(r"^[0-9a-f]+ <(.*)>:$")
-KERNEL = re.compile(r"toptheta::detail::(?!scalar::)(\w+)::Ops::(\w+)<(.*), float>\(")
-CALL = re.compile(r"\tcall[q]?\s+[0-9a-f]+\s+<(.*)>\s*$")
-ALLOWED = re.compile(r"^(.* )?toptheta::detail::(\w+::Ops::|Vec\w*::)|^(memcpy|memset|memmove)(@plt)?$")
+KERNEL = re.compile(r"toptheta::detail::(?:(?!scalar::)\w+::Ops::\w+<(?:.*, )?"
+                    r"(?:float|toptheta::detail::VecAvx(?:2|512))>"
+                    r"|VecAvx(?:2|512)::\w+)\(")
+# A call or jump to a named symbol (GNU objdump prints the address bare, llvm-objdump with 0x).
+BRANCH = re.compile(r"\t(call|jmp)q?\s+(?:0x)?[0-9a-f]+\s+<(.*)>\s*$")
+ALLOWED = re.compile(r"^(.* )?toptheta::detail::(\w+::Ops::|VecAvx(2|512)::)"
+                     r"|^(memcpy|memset|memmove)(@plt)?$"
+                     r"|^(__asan_|__ubsan_|__tsan_|__sanitizer_|__stack_chk_fail)")
 
 
 def kernel_calls(binary, objdump):
@@ -39,15 +49,16 @@ def kernel_calls(binary, objdump):
     for line in out.splitlines():
         m = FUNC.match(line)
         if m:
-            k = KERNEL.search(m.group(1))
-            kernel = f"{k.group(1)}::Ops::{k.group(2)}<{k.group(3)}, float>" if k else None
+            kernel = m.group(1) if KERNEL.search(m.group(1)) else None
             if kernel:
                 yield kernel, None
             continue
         if kernel:
-            c = CALL.search(line)
-            if c:
-                yield kernel, c.group(1)
+            b = BRANCH.search(line)
+            # A jump inside the function names it with an offset (<kernel+0x40>); a tail jump
+            # names another function.
+            if b and (b.group(1) == "call" or not b.group(2).startswith(kernel + "+")):
+                yield kernel, b.group(2)
 
 
 def main():

@@ -176,4 +176,43 @@ TEST(Rounding, ExpIsThePolynomialOnEveryPath) {
   });
 }
 
+/// q8_0 loads (ld, ld_n of simd_kernels.inl): every lane is d * q_i rounded once, the bits of
+/// value_at (the scalar definition), for whole vectors at every offset and partial ones of every
+/// length (zero above), on every path: scales of both signs, a subnormal, a large one, the
+/// extreme quantised values.
+TEST(Rounding, Q8LoadsAreTheScalarValues) {
+  using toptheta::BlockQ8_0;
+  std::mt19937_64 rng(0x98ull);
+  std::uniform_int_distribution<int> q(-128, 127);
+  const float scales[] = {0.0123f, -3.5f, 6.0e-8f /* fp16 subnormal */, 60000.0f, 0.0f};
+  std::vector<BlockQ8_0> row(std::size(scales));
+  for (std::size_t b = 0; b < row.size(); ++b) {
+    row[b].d = Eigen::half(scales[b]);
+    for (int i = 0; i < 32; ++i) row[b].qs[i] = static_cast<std::int8_t>(q(rng));
+    row[b].qs[0] = -128;
+    row[b].qs[31] = 127;
+  }
+  const Index n_values = Index(row.size()) * 32;
+  toptheta::testing::for_each_isa([&](auto ops) {
+    using Ops = decltype(ops);
+    using V = typename Ops::template Vec<float>;
+    constexpr int W = V::W;
+    alignas(64) float got[W];
+    for (Index i = 0; i + W <= n_values; i += W) {
+      Ops::template ld<BlockQ8_0, V>(row.data(), i).store(got);
+      for (int l = 0; l < W; ++l)
+        ASSERT_TRUE(same_bits(float(toptheta::value_at(row.data(), i + l)), got[l]))
+            << "ld at value " << i + l << ": " << got[l];
+      for (int n = 1; n < W; ++n) {
+        Ops::template ld_n<BlockQ8_0, V>(row.data(), i, n).store(got);
+        for (int l = 0; l < W; ++l) {
+          const float want = l < n ? float(toptheta::value_at(row.data(), i + l)) : 0.0f;
+          ASSERT_TRUE(same_bits(want, got[l]))
+              << "ld_n(n = " << n << ") at value " << i + l << ": " << got[l] << " vs " << want;
+        }
+      }
+    }
+  });
+}
+
 }  // namespace

@@ -63,18 +63,18 @@ struct VecAvx512 {
       return {_mm512_castsi512_ps(_mm512_slli_epi32(w, 16))};
     }
   }
-  /// Values [o, o + 16) of a q8_0 block (o = 0 or 16): d * qs.
   /// The 16 bits of an fp16 value. std::memcpy, which GCC expands in place in any function:
   /// Eigen::numext::bit_cast is a plain inline function, and GCC does not inline a function into
-  /// one with a target attribute when the build's own flags enable more than that target does
-  /// (-march=native on a CPU with extensions the attribute does not name). The out-of-line call
-  /// made the q8_0 kernels spill every accumulator around it (native build: q8_0 dense decode
-  /// 2.4-2.6x slower than f16 on half the bytes).
+  /// one whose target attribute sets other options than the build's own: the kernels' attribute
+  /// sets tune=generic (TOPTHETA_TUNE, isa.hpp), and -march=native tunes for the build machine.
+  /// The out-of-line call made the q8_0 kernels spill every accumulator around it (native
+  /// build: q8_0 dense decode 2.4-2.6x slower than f16 on half the bytes).
   TT_A static std::uint16_t half_bits(Eigen::half h) {
     std::uint16_t bits;
     std::memcpy(&bits, &h, sizeof bits);
     return bits;
   }
+  /// Values [o, o + 16) of a q8_0 block (o = 0 or 16): d * qs.
   TT_A static VecAvx512 load_q8(const BlockQ8_0* b, int o) {
     const __m512i w = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b->qs + o)));
     // The scale converted in every lane at once (F16C; Eigen 3.4's Eigen::half converts in
