@@ -9,14 +9,15 @@ options) called from a kernel stays out of line when the build's options are not
 e.g. under -march=native, which tunes for the build machine: every vector register live across
 the call is then spilled to the stack and reloaded, in the innermost loop. Eigen::numext::bit_cast
 in the q8_0 load did that, and a -march=native build ran q8_0 decode 2.4x slower than a plain
--O2 one.
+-O2 one. (GCC's rule; clang takes no tune= in a target attribute, TOPTHETA_TUNE is empty
+there, and clang inlines a callee whose instruction sets are a subset of the caller's.)
 
-This script disassembles the given binaries (objdump -d -C) and lists every call (or tail jump)
-made from a float kernel to anything but another kernel or vector primitive of toptheta::detail,
-memcpy / memset / memmove (which GCC emits for copies and fills it does not expand) or the
-sanitizer and stack-protector runtimes. Float kernels: the Ops functions of the x86 paths whose
+This script disassembles the given binaries (objdump -d -C) and lists every call, or jump (a
+tail call, conditional ones included) to another function, made from a float kernel to anything but another kernel or vector primitive of toptheta::detail,
+memcpy / memset / memmove (which GCC emits for copies and fills it does not expand; their
+_FORTIFY_SOURCE *_chk forms too) or the sanitizer and stack-protector runtimes. Float kernels: the Ops functions of the x86 paths whose
 last template argument is `float` or a VecAvx2 / VecAvx512 vector (the instantiations decode and
-prefill run), and the member functions of VecAvx2 / VecAvx512. Not checked: the
+prefill run), and the member functions and operators of VecAvx2 / VecAvx512. Not checked: the
 double-accumulator kernels (one lane at a time, calling std::exp and std::isnan) and the scalar
 path, which has no target attribute (its inlining is GCC's ordinary size decision).
 
@@ -31,18 +32,21 @@ import subprocess
 import sys
 
 FUNC = re.compile(r"^[0-9a-f]+ <(.*)>:$")
-KERNEL = re.compile(r"toptheta::detail::(?:(?!scalar::)\w+::Ops::\w+<(?:.*, )?"
+KERNEL = re.compile(r"toptheta::detail::(?:(?:(?!scalar::)\w+::Ops::\w+<(?:.*, )?"
                     r"(?:float|toptheta::detail::VecAvx(?:2|512))>"
-                    r"|VecAvx(?:2|512)::\w+)\(")
+                    r"|VecAvx(?:2|512)::\w+(?:<.*>)?)\("
+                    r"|operator\W+\(toptheta::detail::VecAvx(?:2|512)\b)")
 # A call or jump to a named symbol (GNU objdump prints the address bare, llvm-objdump with 0x).
-BRANCH = re.compile(r"\t(call|jmp)q?\s+(?:0x)?[0-9a-f]+\s+<(.*)>\s*$")
-ALLOWED = re.compile(r"^(.* )?toptheta::detail::(\w+::Ops::|VecAvx(2|512)::)"
-                     r"|^(memcpy|memset|memmove)(@plt)?$"
+BRANCH = re.compile(r"\t(?:bnd )?(call|j[a-z]+)q?\s+(?:0x)?[0-9a-f]+\s+<(.*)>\s*$")
+ALLOWED = re.compile(r"^(.* )?toptheta::detail::(\w+::Ops::|VecAvx(2|512)::"
+                     r"|operator\W+\(toptheta::detail::VecAvx(2|512))"
+                     r"|^(__)?(memcpy|memset|memmove)(_chk)?(@plt)?$"
                      r"|^(__asan_|__ubsan_|__tsan_|__sanitizer_|__stack_chk_fail)")
 
 
 def kernel_calls(binary, objdump):
-    """Yields (kernel, callee) for every call instruction inside a float kernel."""
+    """Yields (kernel, None) for every float kernel, and (kernel, callee) for every call in it
+    and every jump from it to another function."""
     out = subprocess.run([objdump, "-d", "-C", "--no-show-raw-insn", binary], check=True,
                          stdout=subprocess.PIPE, universal_newlines=True).stdout
     kernel = None
@@ -78,7 +82,8 @@ def main():
             print(f"check_kernel_calls: cannot disassemble {b}: {e}", file=sys.stderr)
             return 2
     if not kernels:
-        print("check_kernel_calls: no float kernel (toptheta::detail::<path>::Ops::*<..., float>) "
+        print("check_kernel_calls: no float kernel (toptheta::detail::<path>::Ops::*<..., float>, "
+              "VecAvx2 / VecAvx512) "
               f"in {', '.join(args.binaries)}", file=sys.stderr)
         return 1
     for (b, kernel, callee), n in sorted(bad.items()):

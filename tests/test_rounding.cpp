@@ -176,10 +176,10 @@ TEST(Rounding, ExpIsThePolynomialOnEveryPath) {
   });
 }
 
-/// q8_0 loads (ld, ld_n of simd_kernels.inl): every lane is d * q_i rounded once, the bits of
-/// value_at (the scalar definition), for whole vectors at every offset and partial ones of every
-/// length (zero above), on every path: scales of both signs, a subnormal, a large one, the
-/// extreme quantised values.
+/// q8_0 loads (ld, ld_n of simd_kernels.inl): every lane is d * q_i (exact in float: an fp16
+/// scale times an 8-bit integer), the bits of value_at (the scalar definition), for whole
+/// vectors at every offset and partial ones of every length (zero above), on every path: scales
+/// of both signs, a subnormal, a large one, zero, and the extreme quantised values.
 TEST(Rounding, Q8LoadsAreTheScalarValues) {
   using toptheta::BlockQ8_0;
   std::mt19937_64 rng(0x98ull);
