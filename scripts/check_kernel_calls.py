@@ -12,14 +12,15 @@ in the q8_0 load did that, and a -march=native build ran q8_0 decode 2.4x slower
 -O2 one. (GCC's rule; clang takes no tune= in a target attribute, TOPTHETA_TUNE is empty
 there, and clang inlines a callee whose instruction sets are a subset of the caller's.)
 
-This script disassembles the given binaries (objdump -d -C) and lists every call, or jump (a
-tail call, conditional ones included) to another function, made from a float kernel to anything but another kernel or vector primitive of toptheta::detail,
-memcpy / memset / memmove (which GCC emits for copies and fills it does not expand; their
-_FORTIFY_SOURCE *_chk forms too) or the sanitizer and stack-protector runtimes. Float kernels: the Ops functions of the x86 paths whose
-last template argument is `float` or a VecAvx2 / VecAvx512 vector (the instantiations decode and
-prefill run), and the member functions and operators of VecAvx2 / VecAvx512. Not checked: the
-double-accumulator kernels (one lane at a time, calling std::exp and std::isnan) and the scalar
-path, which has no target attribute (its inlining is GCC's ordinary size decision).
+This script disassembles the given binaries (objdump -d -C) and lists every call, or jump (a tail
+call, conditional ones included) to another function, made from a float kernel to anything but
+another kernel or vector primitive of toptheta::detail, memcpy / memset / memmove (which GCC emits
+for copies and fills it does not expand; their _FORTIFY_SOURCE *_chk forms too) or the sanitizer and
+stack-protector runtimes. Float kernels: the Ops functions of the x86 paths whose last template
+argument is `float` or a VecAvx2 / VecAvx512 vector (the instantiations decode and prefill run), and
+the member functions and operators of VecAvx2 / VecAvx512. Not checked: the double-accumulator
+kernels (one lane at a time, calling std::exp and std::isnan) and the scalar path, which has no
+target attribute (its inlining is GCC's ordinary size decision).
 
 Exit 0 when no such call exists (and at least one float kernel was found), 1 with one line per
 offending (kernel, callee) pair otherwise, 2 when objdump is missing or fails.
