@@ -10,6 +10,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -176,10 +177,12 @@ TEST(Rounding, ExpIsThePolynomialOnEveryPath) {
   });
 }
 
-/// q8_0 loads (ld, ld_n of simd_kernels.inl): every lane is d * q_i (exact in float: an fp16
-/// scale times an 8-bit integer), the bits of value_at (the scalar definition), for whole
-/// vectors at every offset and partial ones of every length (zero above), on every path: scales
-/// of both signs, a subnormal, a large one, zero, and the extreme quantised values.
+/// q8_0 loads (ld and ld_n of simd_kernels.inl, through convert_row: the test body is compiled
+/// for the build's baseline and must not take a path's vectors by value): every value is d * q_i
+/// (exact in float: an fp16 scale times an 8-bit integer), the bits of value_at (the scalar
+/// definition), for rows of every length up to 5 blocks, so whole vectors at every offset and a
+/// partial one of every length; nothing is stored past the row. Scales of both signs, a
+/// subnormal, a large one, zero, and the extreme quantised values; on every path.
 TEST(Rounding, Q8LoadsAreTheScalarValues) {
   using toptheta::BlockQ8_0;
   std::mt19937_64 rng(0x98ull);
@@ -193,24 +196,18 @@ TEST(Rounding, Q8LoadsAreTheScalarValues) {
     row[b].qs[31] = 127;
   }
   const Index n_values = Index(row.size()) * 32;
+  constexpr float kUntouched = 12345.0f;
   toptheta::testing::for_each_isa([&](auto ops) {
     using Ops = decltype(ops);
-    using V = typename Ops::template Vec<float>;
-    constexpr int W = V::W;
-    alignas(64) float got[W];
-    for (Index i = 0; i + W <= n_values; i += W) {
-      Ops::template ld<BlockQ8_0, V>(row.data(), i).store(got);
-      for (int l = 0; l < W; ++l)
-        ASSERT_TRUE(same_bits(float(toptheta::value_at(row.data(), i + l)), got[l]))
-            << "ld at value " << i + l << ": " << got[l];
-      for (int n = 1; n < W; ++n) {
-        Ops::template ld_n<BlockQ8_0, V>(row.data(), i, n).store(got);
-        for (int l = 0; l < W; ++l) {
-          const float want = l < n ? float(toptheta::value_at(row.data(), i + l)) : 0.0f;
-          ASSERT_TRUE(same_bits(want, got[l]))
-              << "ld_n(n = " << n << ") at value " << i + l << ": " << got[l] << " vs " << want;
-        }
-      }
+    std::vector<float> out(std::size_t(n_values) + 1);
+    for (Index n = 1; n <= n_values; ++n) {
+      std::fill(out.begin(), out.end(), kUntouched);
+      ASSERT_TRUE(Ops::convert_row(row.data(), n, out.data())) << "n = " << n;
+      for (Index l = 0; l < n; ++l)
+        ASSERT_TRUE(same_bits(float(toptheta::value_at(row.data(), l)), out[std::size_t(l)]))
+            << "n = " << n << ", value " << l << ": " << out[std::size_t(l)];
+      for (Index l = n; l <= n_values; ++l)
+        ASSERT_EQ(out[std::size_t(l)], kUntouched) << "n = " << n << ": stored at " << l;
     }
   });
 }
