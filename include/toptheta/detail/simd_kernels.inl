@@ -49,8 +49,8 @@ struct Ops {
     if constexpr (std::is_same_v<std::remove_const_t<T>, BlockQ8_0> && detail::HasLoadQ8<V>::value) {
       // W divides the 32 values of a block and i is a multiple of W: the whole vector lies in
       // one block, so the full load reads no byte past the row. (q8_0 rows have d a multiple of
-      // 32, so the kernels never load a partial q8_0 vector (tests do); without this branch they kept
-      // value_at's out-of-line call, see scripts/check_kernel_calls.py.)
+      // 32: the kernels never load a partial q8_0 vector, only the tests do. Without this branch
+      // the kernels kept value_at's out-of-line call, see scripts/check_kernel_calls.py.)
       static_assert(32 % V::W == 0, "a q8_0 block holds whole vectors");
       return V::select(V::first_n(n), V::load_q8(row + i / 32, int(i % 32)), V::zero());
     } else if constexpr (std::is_same_v<std::remove_const_t<T>, BlockQ8_0>) {
