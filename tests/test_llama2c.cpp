@@ -427,9 +427,15 @@ float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
   return m;
 }
 
-// Every cache type: token-by-token decode gives the logits of one prefill (both store the same
-// rounded / quantised rows; the kernels differ only in float summation order), for dense and
-// top-k + VMC (which reads the cache's running sum of the stored V rows).
+// Every cache type: token-by-token decode gives the logits of one prefill, for dense and top-k +
+// VMC (which reads the cache's running sum of the stored V rows). The two differ in float
+// summation order only: the kernels', and the model's matmuls' (Eigen's GEMM for a prefill, its
+// GEMV for one token), so an f32 cache stores K / V rows equal to the last bits. A rounded or
+// quantised cache rounds those rows again: a value whose two results straddle a rounding
+// boundary of the storage type is stored one step apart (f16: 2^-11 of the value), and every
+// later position reads that row. Seen on an AVX2 machine (Zen 3), not on an AVX-512 one: f16
+// top-k 1.4e-3 at its largest (dense 7e-4), every other type under 2e-5; the f32 cache keeps the
+// 1e-3 bound, the rounded caches get 5e-3.
 TEST(Llama2cKvCache, DecodeMatchesPrefillForEveryCacheType) {
   const Model m = synthetic_model(32);
   const Sequence seq = synthetic_tokens(48, m.config().vocab_size);
@@ -455,7 +461,8 @@ TEST(Llama2cKvCache, DecodeMatchesPrefillForEveryCacheType) {
         dec.insert(dec.end(), step.begin(), step.end());
       }
       ASSERT_EQ(dec.size(), seq.size() * V);
-      EXPECT_LT(max_abs_diff(pre, dec), 1e-3f);  // logits O(10), see expect_decode_matches_prefill
+      // Logits are O(10); see above for the rounded caches' bound.
+      EXPECT_LT(max_abs_diff(pre, dec), t == KvCacheType::kF32 ? 1e-3f : 5e-3f);
     }
 }
 
