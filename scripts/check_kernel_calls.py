@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Checks that the float SIMD kernels of a built binary call nothing outside the kernels.
 
+With --spills it checks instead that the prefill tile micro-kernels (Ops::qk_micro and
+Ops::pv_micro of the AVX2 and AVX-512 paths, float) keep their accumulators in registers.
+
 Every x86 SIMD path's primitives (`toptheta::detail::<path>::Ops::*`, detail/simd_kernels.inl,
 and the vector types VecAvx2 / VecAvx512) carry a target attribute, which also sets
 tune=generic (TOPTHETA_TUNE, detail/isa.hpp). GCC does not inline a function into one whose
@@ -22,9 +25,18 @@ the member functions and operators of VecAvx2 / VecAvx512. Not checked: the doub
 kernels (one lane at a time, calling std::exp and std::isnan) and the scalar path, which has no
 target attribute (its inlining is GCC's ordinary size decision).
 
-Exit 0 when no such call exists (and at least one float kernel was found), 1 with one line per
-offending (kernel, callee) pair otherwise, 2 when objdump is missing or fails.
-Usage: scripts/check_kernel_calls.py [--objdump PATH] BINARY...
+--spills: a micro-kernel keeps a block of accumulators across its innermost loop; their register
+blocking is sized from the path's register count (Ops::qk_query_vectors, pv_column_vectors in
+detail/simd_kernels.inl). A block too big for the registers makes the compiler spill: vector
+loads and stores on the stack (a ymm / zmm operand with an %rsp / %rbp address) inside
+the kernel, as the AVX-512 blocks (6 x 4 accumulators) did on AVX2's 16 registers, where they
+made dense prefill 1.4x slower. The micro-kernels take every operand by pointer and have no
+other locals, so any such instruction is a spill. Micro-kernels inlined into their callers are
+not seen; at least one of each must be found out of line.
+
+Exit 0 when no such call (spill) exists (and at least one float kernel was found), 1 with one
+line per offending (kernel, callee) pair (kernel) otherwise, 2 when objdump is missing or fails.
+Usage: scripts/check_kernel_calls.py [--objdump PATH] [--spills] BINARY...
 """
 import argparse
 import collections
@@ -45,13 +57,66 @@ ALLOWED = re.compile(r"^(.* )?toptheta::detail::(\w+::Ops::|VecAvx(2|512)::"
                      r"|^(__asan_|__ubsan_|__tsan_|__sanitizer_|__stack_chk_fail)")
 
 
+# The prefill tile micro-kernels of the x86 paths; group 1 names the kernel (qk_micro / pv_micro).
+MICRO = re.compile(r"toptheta::detail::(?:avx2|avx512)::Ops::(qk_micro|pv_micro)<\d+, \d+, float>\(")
+# A ymm / zmm register operand (the float accumulators of AVX2 / AVX-512) together with a stack
+# address. (64-bit xmm moves there are GCC parking pointers, outside the loops, not vectors.)
+SPILL = re.compile(r"%[yz]mm\d+.*\(%[re](?:sp|bp)\)|\(%[re](?:sp|bp)\).*%[yz]mm\d+")
+
+
+def disassemble(binary, objdump):
+    return subprocess.run([objdump, "-d", "-C", "--no-show-raw-insn", binary], check=True,
+                          stdout=subprocess.PIPE, universal_newlines=True).stdout
+
+
+def micro_spills(binary, objdump):
+    """Yields (kernel, None) for every micro-kernel, and (kernel, instruction) for every
+    vector load or store on the stack in it."""
+    kernel = None
+    for line in disassemble(binary, objdump).splitlines():
+        m = FUNC.match(line)
+        if m:
+            kernel = m.group(1) if MICRO.search(m.group(1)) else None
+            if kernel:
+                yield kernel, None
+            continue
+        if kernel and SPILL.search(line):
+            yield kernel, line.split("\t", 1)[-1].strip()
+
+
+def check_spills(binaries, objdump):
+    bad = collections.Counter()
+    kernels = set()
+    for b in binaries:
+        try:
+            for kernel, insn in micro_spills(b, objdump):
+                kernels.add(kernel)
+                if insn is not None:
+                    bad[(b, kernel)] += 1
+        except (OSError, subprocess.CalledProcessError) as e:
+            print(f"check_kernel_calls: cannot disassemble {b}: {e}", file=sys.stderr)
+            return 2
+    found = {MICRO.search(k).group(1) for k in kernels}
+    if found != {"qk_micro", "pv_micro"}:
+        print("check_kernel_calls: --spills found no out-of-line "
+              f"{' and '.join(sorted({'qk_micro', 'pv_micro'} - found))} (x86 paths, float) "
+              f"in {', '.join(binaries)}", file=sys.stderr)
+        return 1
+    for (b, kernel), n in sorted(bad.items()):
+        print(f"{b}: {kernel}: {n} vector load(s) / store(s) on the stack")
+    if bad:
+        print(f"check_kernel_calls: {len(bad)} micro-kernel(s) spill vector registers (see the "
+              "docstring: a register block too big for the path)", file=sys.stderr)
+        return 1
+    print(f"check_kernel_calls: {len(kernels)} micro-kernels, no spilled vector registers")
+    return 0
+
+
 def kernel_calls(binary, objdump):
     """Yields (kernel, None) for every float kernel, and (kernel, callee) for every call in it
     and every jump from it to another function."""
-    out = subprocess.run([objdump, "-d", "-C", "--no-show-raw-insn", binary], check=True,
-                         stdout=subprocess.PIPE, universal_newlines=True).stdout
     kernel = None
-    for line in out.splitlines():
+    for line in disassemble(binary, objdump).splitlines():
         m = FUNC.match(line)
         if m:
             kernel = m.group(1) if KERNEL.search(m.group(1)) else None
@@ -69,8 +134,12 @@ def kernel_calls(binary, objdump):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--objdump", default="objdump")
+    ap.add_argument("--spills", action="store_true",
+                    help="check the prefill micro-kernels for spilled vector registers instead")
     ap.add_argument("binaries", nargs="+")
     args = ap.parse_args()
+    if args.spills:
+        return check_spills(args.binaries, args.objdump)
     bad = collections.Counter()
     kernels = set()
     for b in args.binaries:

@@ -25,6 +25,42 @@ struct Ops {
   using Vec = std::conditional_t<std::is_same_v<Acc, float>, TT_VEC, TT_VEC_D>;
 
   // ------------------------------------------------------------------------------------------
+  // Register blocking of the prefill tile micro-kernels
+  // ------------------------------------------------------------------------------------------
+  // qk_micro and pv_micro keep a block of accumulators in registers across their innermost
+  // loop. A block that needs, with the operands of one step, more vector registers than the
+  // path has (V::kRegisters: 16 on AVX2, 32 on AVX-512 and NEON) is spilled by the compiler:
+  // its multiply-adds then also load and store accumulators on the stack. Their blocks are sized
+  // from the register count: the AVX-512 blocks (6 x 4 accumulators) spilled on AVX2, where
+  // 6 x 2 made dense prefill 1.4x faster (docs/performance.md, *Prefill*). The blocking never
+  // changes a result: each output element accumulates its own terms in the same order whatever
+  // block it falls in.
+  // (accumulate_block, the decode V walk, keeps 4 heads x 4 vectors on every path: on AVX2 its
+  // spill-free 4 x 2 and 4 x 3 blocks measured slower, as each extra pass over the rows repeats
+  // the weight broadcasts and zero-weight tests.)
+
+  /// Keys per qk_micro step: KU key broadcasts against MV query vectors.
+  template <class V>
+  static constexpr int qk_keys_per_step() { return V::W >= 8 ? 6 : 4; }
+  /// Widest qk_micro block of query vectors (4, 2 or 1) whose KU x MV accumulators, MV query
+  /// vectors and one key broadcast fit the registers.
+  template <class V>
+  static constexpr int qk_query_vectors() {
+    constexpr int fit = (V::kRegisters - 1) / (qk_keys_per_step<V>() + 1);
+    return fit >= 4 ? 4 : fit >= 2 ? 2 : 1;
+  }
+  /// Output rows per pv_micro step: MR weight broadcasts against CV vectors of a V row.
+  template <class V>
+  static constexpr int pv_rows_per_step() { return V::W >= 8 ? 6 : 4; }
+  /// Widest pv_micro block of column vectors (at most 8) whose MR x CV accumulators, CV V-row
+  /// vectors and one weight broadcast fit the registers.
+  template <class V>
+  static constexpr int pv_column_vectors() {
+    constexpr int fit = (V::kRegisters - 1) / (pv_rows_per_step<V>() + 1);
+    return fit < 8 ? fit : 8;
+  }
+
+  // ------------------------------------------------------------------------------------------
   // Loads of storage rows
   // ------------------------------------------------------------------------------------------
 
@@ -422,13 +458,23 @@ struct Ops {
       for (int v = 0; v < MV; ++v) acc[k][v].store(St + k * Mp + v * W);
   }
 
+  /// qk_micro<r, MV> for 1 <= r <= KU: the last r < KU keys of a tile in one block.
+  template <int KU, int MV, class Acc>
+  TT_ATTR static void qk_micro_upto(int r, const Acc* Qt, Index Mp, Index d, const Acc* K,
+                                    Index ldk, Acc* St) {
+    if constexpr (KU > 1) {
+      if (r < KU) return qk_micro_upto<KU - 1, MV>(r, Qt, Mp, d, K, ldk, St);
+    }
+    qk_micro<KU, MV>(Qt, Mp, d, K, ldk, St);
+  }
+
   template <int MV, class Acc>
   TT_ATTR static void qk_keys(const Acc* Qt, Index Mp, Index d, const Acc* K, Index ldk, Index n,
                               Acc* St) {
-    constexpr int KU = Vec<Acc>::W >= 8 ? 6 : 4;
+    constexpr int KU = qk_keys_per_step<Vec<Acc>>();
     Index u = 0;
     for (; u + KU <= n; u += KU) qk_micro<KU, MV>(Qt, Mp, d, K + u * ldk, ldk, St + u * Mp);
-    for (; u < n; ++u) qk_micro<1, MV>(Qt, Mp, d, K + u * ldk, ldk, St + u * Mp);
+    if (u < n) qk_micro_upto<KU - 1, MV>(int(n - u), Qt, Mp, d, K + u * ldk, ldk, St + u * Mp);
   }
 
   /// St[u * Mp + m] = sum_{i < d} K[u * ldk + i] * Qt[i * Mp + m] for u < n, m < Mp: each
@@ -437,9 +483,12 @@ struct Ops {
   TT_ATTR static void qk_tile(const Acc* Qt, Index Mp, Index d, const Acc* K, Index ldk, Index n,
                               Acc* St) {
     constexpr int W = Vec<Acc>::W;
+    constexpr int MV = qk_query_vectors<Vec<Acc>>();
     Index m0 = 0;
-    for (; m0 + 4 * W <= Mp; m0 += 4 * W) qk_keys<4>(Qt + m0, Mp, d, K, ldk, n, St + m0);
-    for (; m0 + 2 * W <= Mp; m0 += 2 * W) qk_keys<2>(Qt + m0, Mp, d, K, ldk, n, St + m0);
+    if constexpr (MV >= 4)
+      for (; m0 + 4 * W <= Mp; m0 += 4 * W) qk_keys<4>(Qt + m0, Mp, d, K, ldk, n, St + m0);
+    if constexpr (MV >= 2)
+      for (; m0 + 2 * W <= Mp; m0 += 2 * W) qk_keys<2>(Qt + m0, Mp, d, K, ldk, n, St + m0);
     for (; m0 < Mp; m0 += W) qk_keys<1>(Qt + m0, Mp, d, K, ldk, n, St + m0);
   }
 
@@ -477,14 +526,34 @@ struct Ops {
       }
   }
 
+  /// pv_micro<r, CV> for 1 <= r <= MR: the last r < MR output rows in one block.
+  template <int MR, int CV, class Acc>
+  TT_ATTR static void pv_micro_upto(int r, Acc* O, Index ldo, Index c0, int last, const Acc* Pt,
+                                    Index Mp, const Acc* Vf, Index ldv, Index n) {
+    if constexpr (MR > 1) {
+      if (r < MR) return pv_micro_upto<MR - 1, CV>(r, O, ldo, c0, last, Pt, Mp, Vf, ldv, n);
+    }
+    pv_micro<MR, CV>(O, ldo, c0, last, Pt, Mp, Vf, ldv, n);
+  }
+
   template <int CV, class Acc>
   TT_ATTR static void pv_rows(Acc* O, Index ldo, Index M, Index c0, int last, const Acc* Pt,
                               Index Mp, const Acc* Vf, Index ldv, Index n) {
-    constexpr int MR = Vec<Acc>::W >= 8 ? 6 : 4;
+    constexpr int MR = pv_rows_per_step<Vec<Acc>>();
     Index m = 0;
     for (; m + MR <= M; m += MR)
       pv_micro<MR, CV>(O + m * ldo, ldo, c0, last, Pt + m, Mp, Vf, ldv, n);
-    for (; m < M; ++m) pv_micro<1, CV>(O + m * ldo, ldo, c0, last, Pt + m, Mp, Vf, ldv, n);
+    if (m < M) pv_micro_upto<MR - 1, CV>(int(M - m), O + m * ldo, ldo, c0, last, Pt + m, Mp, Vf, ldv, n);
+  }
+
+  /// pv_rows<nv> for 1 <= nv <= CV (only the block widths the path uses are instantiated).
+  template <int CV, class Acc>
+  TT_ATTR static void pv_rows_upto(int nv, Acc* O, Index ldo, Index M, Index c0, int last,
+                                   const Acc* Pt, Index Mp, const Acc* Vf, Index ldv, Index n) {
+    if constexpr (CV > 1) {
+      if (nv < CV) return pv_rows_upto<CV - 1>(nv, O, ldo, M, c0, last, Pt, Mp, Vf, ldv, n);
+    }
+    pv_rows<CV>(O, ldo, M, c0, last, Pt, Mp, Vf, ldv, n);
   }
 
   /// O[m * ldo + c] += sum_{u < n} Pt[u * Mp + m] * Vf[u * ldv + c] for m < M, c < d, keys in
@@ -494,21 +563,12 @@ struct Ops {
   TT_ATTR static void pv_tile(Acc* O, Index ldo, Index M, Index d, const Acc* Pt, Index Mp,
                               const Acc* Vf, Index ldv, Index n) {
     constexpr int W = Vec<Acc>::W;
-    constexpr int CB = W >= 8 ? 4 : 8;
+    constexpr int CB = pv_column_vectors<Vec<Acc>>();
     for (Index c0 = 0; c0 < d; c0 += Index(CB) * W) {
       const Index cols = d - c0 < Index(CB) * W ? d - c0 : Index(CB) * W;
       const int nv = int((cols + W - 1) / W);
       const int last = int(cols - Index(nv - 1) * W);
-      switch (nv) {
-        case 1: pv_rows<1>(O, ldo, M, c0, last, Pt, Mp, Vf, ldv, n); break;
-        case 2: pv_rows<2>(O, ldo, M, c0, last, Pt, Mp, Vf, ldv, n); break;
-        case 3: pv_rows<3>(O, ldo, M, c0, last, Pt, Mp, Vf, ldv, n); break;
-        case 4: pv_rows<4>(O, ldo, M, c0, last, Pt, Mp, Vf, ldv, n); break;
-        case 5: pv_rows<5>(O, ldo, M, c0, last, Pt, Mp, Vf, ldv, n); break;
-        case 6: pv_rows<6>(O, ldo, M, c0, last, Pt, Mp, Vf, ldv, n); break;
-        case 7: pv_rows<7>(O, ldo, M, c0, last, Pt, Mp, Vf, ldv, n); break;
-        default: pv_rows<CB>(O, ldo, M, c0, last, Pt, Mp, Vf, ldv, n); break;
-      }
+      pv_rows_upto<CB>(nv, O, ldo, M, c0, last, Pt, Mp, Vf, ldv, n);
     }
   }
 

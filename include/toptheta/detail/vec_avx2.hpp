@@ -23,6 +23,9 @@ struct VecAvx2 {
   /// True when a masked fused multiply-add costs what a plain one does.
   static constexpr bool kFreeMaskedFma = false;
   static constexpr int W = 8;
+  /// Architectural vector registers the path's kernels can use: their register blocking keeps
+  /// accumulators and operands within it (the prefill tiles of simd_kernels.inl).
+  static constexpr int kRegisters = 16;  // ymm0-15
   using Mask = std::uint32_t;  ///< bit i: lane i
   __m256 r;
 

@@ -24,6 +24,9 @@ struct VecAvx512 {
   /// True when a masked fused multiply-add costs what a plain one does.
   static constexpr bool kFreeMaskedFma = true;
   static constexpr int W = 16;
+  /// Architectural vector registers the path's kernels can use: their register blocking keeps
+  /// accumulators and operands within it (the prefill tiles of simd_kernels.inl).
+  static constexpr int kRegisters = 32;  // zmm0-31
   using Mask = __mmask16;
   __m512 r;
 

@@ -20,6 +20,9 @@ struct VecNeon {
   /// True when a masked fused multiply-add costs what a plain one does.
   static constexpr bool kFreeMaskedFma = false;
   static constexpr int W = 4;
+  /// Architectural vector registers the path's kernels can use: their register blocking keeps
+  /// accumulators and operands within it (the prefill tiles of simd_kernels.inl).
+  static constexpr int kRegisters = 32;  // v0-v31
   using Mask = std::uint32_t;  ///< bit i: lane i
   float32x4_t r;
 

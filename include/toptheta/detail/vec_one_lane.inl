@@ -23,6 +23,13 @@ struct VecOneLane {
   /// True when a masked fused multiply-add costs what a plain one does.
   static constexpr bool kFreeMaskedFma = false;
   static constexpr int W = 1;
+  /// Architectural vector registers the path's kernels can use: their register blocking keeps
+  /// accumulators and operands within it (the prefill tiles of simd_kernels.inl).
+#if defined(__aarch64__)
+  static constexpr int kRegisters = 32;  // v0-v31
+#else
+  static constexpr int kRegisters = 16;  // xmm0-15 (the scalar path of an x86 build)
+#endif
   using Mask = std::uint32_t;  ///< bit 0: the lane
   Acc r;
 

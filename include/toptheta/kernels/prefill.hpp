@@ -241,12 +241,17 @@ class PrefillCall {
   void score_tile(Index t0, Index t1, Index g, Index j0, Index n, Worker& w, Acc* st,
                   bool prefetch_v) const {
     const Index G = G_, d = d_, Mp = Mp_;
-    // The next tile's keys and values stream in while this one is computed.
-    for (Index u = j0 + kKeyTile; u < std::min(P_ + t1, j0 + 2 * kKeyTile); ++u) {
-      prefetch_row(k_.row(u, g), HeadsView<const T>::row_items(d));
-      if (prefetch_v) prefetch_row(v_.row(u, g), HeadsView<const T>::row_items(d));
+    // The next tile's keys and values stream in while this one is computed: one row's
+    // prefetches per key row converted, not the whole tile's at once.
+    const Index pf_end = std::min(P_ + t1, j0 + 2 * kKeyTile);
+    for (Index u = 0; u < n; ++u) {
+      const Index up = j0 + kKeyTile + u;
+      if (up < pf_end) {
+        prefetch_row(k_.row(up, g), HeadsView<const T>::row_items(d));
+        if (prefetch_v) prefetch_row(v_.row(up, g), HeadsView<const T>::row_items(d));
+      }
+      Ops::convert_row(k_.row(j0 + u, g), d, w.kf + u * d);
     }
-    for (Index u = 0; u < n; ++u) Ops::convert_row(k_.row(j0 + u, g), d, w.kf + u * d);
     Ops::qk_tile(w.qt, Mp, d, w.kf, d, n, st);
     if (!a_.bias.empty()) {
       for (Index u = 0; u < n; ++u)
