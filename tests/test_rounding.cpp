@@ -49,9 +49,10 @@ std::vector<Acc> random_values(std::mt19937_64& rng, std::size_t n) {
 }
 
 /// Q K^T tiles (qk_tile): every score equals the multiply-add chain over d in index order, for
-/// tile widths that route it through qk_keys<4>, <2> and <1> and key counts that route it
-/// through the unrolled and the single-key micro-kernel; and one score computed alone (a tile of
-/// one vector of rows and one key) has the same bits.
+/// tile widths that route it through every query-vector block the path uses (qk_keys<4>, <2>,
+/// <1>, as its registers allow) and key counts that route it through the full key block and
+/// each remainder block (qk_micro<r> for every r below it); and one score computed alone (a tile
+/// of one vector of rows and one key) has the same bits.
 template <class Acc>
 void qk_scores_do_not_depend_on_the_tile_position() {
   toptheta::testing::for_each_isa([&](auto ops) {
@@ -60,9 +61,9 @@ void qk_scores_do_not_depend_on_the_tile_position() {
     const bool fuse = fused(Ops::kIsa);
     std::mt19937_64 rng(0x5eedull + sizeof(Acc));
     for (Index d : {Index(1), Index(5), Index(17), Index(64)})
-      for (Index n : {Index(1), Index(7), Index(13)}) {
+      for (Index n = 1; n <= 13; ++n) {
         SCOPED_TRACE("d=" + std::to_string(d) + " n=" + std::to_string(n));
-        const Index Mp = 7 * W;  // 4W + 2W + W: all three row micro-kernels
+        const Index Mp = 7 * W;  // 4W + 2W + W (or 2W + 2W + 2W + W): every query block
         const std::vector<Acc> Qt = random_values<Acc>(rng, std::size_t(d * Mp));
         const std::vector<Acc> K = random_values<Acc>(rng, std::size_t(n * d));
         std::vector<Acc> St(std::size_t(n * Mp));
@@ -91,9 +92,10 @@ void qk_scores_do_not_depend_on_the_tile_position() {
 }
 
 /// P V tiles (pv_tile): every output element equals its initial value followed by the
-/// multiply-add chain over the keys in order, whether its row goes through the 4- or 6-row
-/// micro-kernel or the single-row one, for head dims that use every column-vector count of the
-/// block (1 .. 8 vectors, whole and with a partial last vector) and more than one block.
+/// multiply-add chain over the keys in order, whether its row goes through the full row block
+/// (4 or 6 rows) or a remainder block of any smaller row count, for head dims that use every
+/// column-vector count up to the path's block (at most 8 vectors, whole and with a partial last
+/// vector) and more than one block.
 template <class Acc>
 void pv_outputs_do_not_depend_on_the_tile_position() {
   toptheta::testing::for_each_isa([&](auto ops) {
@@ -104,7 +106,7 @@ void pv_outputs_do_not_depend_on_the_tile_position() {
     std::vector<Index> dims{1, 100};
     for (Index v = 1; v <= 8; ++v) dims.insert(dims.end(), {v * W, v * W + 1});
     for (Index d : dims)
-      for (Index M : {Index(1), Index(7), Index(13)}) {
+      for (Index M = 1; M <= 13; ++M) {
         SCOPED_TRACE("d=" + std::to_string(d) + " M=" + std::to_string(M));
         const Index n = 9;
         const Index Mp = (M + W - 1) / W * W;

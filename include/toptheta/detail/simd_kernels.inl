@@ -29,10 +29,11 @@ struct Ops {
   // ------------------------------------------------------------------------------------------
   // qk_micro and pv_micro keep a block of accumulators in registers across their innermost
   // loop. A block that needs, with the operands of one step, more vector registers than the
-  // path has (V::kRegisters: 16 on AVX2, 32 on AVX-512 and NEON) is spilled by the compiler:
+  // path has (V::kRegisters: 16 on AVX2, 32 on AVX-512 and NEON; one lane: 16 on x86, 32 on
+  // AArch64) is spilled by the compiler:
   // its multiply-adds then also load and store accumulators on the stack. Their blocks are sized
   // from the register count: the AVX-512 blocks (6 x 4 accumulators) spilled on AVX2, where
-  // 6 x 2 made dense prefill 1.4x faster (docs/performance.md, *Prefill*). The blocking never
+  // 6 x 2 made dense prefill about 1.4x faster (Zen 3, f16, T = 4096). The blocking never
   // changes a result: each output element accumulates its own terms in the same order whatever
   // block it falls in.
   // (accumulate_block, the decode V walk, keeps 4 heads x 4 vectors on every path: on AVX2 its
@@ -47,6 +48,7 @@ struct Ops {
   template <class V>
   static constexpr int qk_query_vectors() {
     constexpr int fit = (V::kRegisters - 1) / (qk_keys_per_step<V>() + 1);
+    static_assert(fit >= 1, "qk_micro needs KU + 2 registers");
     return fit >= 4 ? 4 : fit >= 2 ? 2 : 1;
   }
   /// Output rows per pv_micro step: MR weight broadcasts against CV vectors of a V row.
@@ -57,6 +59,7 @@ struct Ops {
   template <class V>
   static constexpr int pv_column_vectors() {
     constexpr int fit = (V::kRegisters - 1) / (pv_rows_per_step<V>() + 1);
+    static_assert(fit >= 1, "pv_micro needs MR + 2 registers");
     return fit < 8 ? fit : 8;
   }
 
@@ -431,9 +434,11 @@ struct Ops {
   /// Rows per vector of the prefill tiles (Mp is a multiple of it).
   static constexpr int kLanes = TT_VEC::W;
 
+  // qk_micro and pv_micro stay out of line (a call per block of d or n multiply-add steps), so
+  // that scripts/check_kernel_calls.py --spills finds every block the path uses.
   template <int KU, int MV, class Acc>
-  TT_ATTR static void qk_micro(const Acc* Qt, Index Mp, Index d, const Acc* K, Index ldk,
-                               Acc* St) {
+  TT_ATTR TOPTHETA_NOINLINE static void qk_micro(const Acc* Qt, Index Mp, Index d, const Acc* K,
+                                                 Index ldk, Acc* St) {
     using V = Vec<Acc>;
     constexpr int W = V::W;
     V acc[KU][MV];
@@ -493,7 +498,8 @@ struct Ops {
   }
 
   template <int MR, int CV, class Acc>
-  TT_ATTR static void pv_micro(Acc* O, Index ldo, Index c0, int last, const Acc* Pt, Index Mp,
+  TT_ATTR TOPTHETA_NOINLINE static void pv_micro(Acc* O, Index ldo, Index c0, int last,
+                                                 const Acc* Pt, Index Mp,
                                const Acc* Vf, Index ldv, Index n) {
     using V = Vec<Acc>;
     constexpr int W = V::W;
@@ -543,7 +549,8 @@ struct Ops {
     Index m = 0;
     for (; m + MR <= M; m += MR)
       pv_micro<MR, CV>(O + m * ldo, ldo, c0, last, Pt + m, Mp, Vf, ldv, n);
-    if (m < M) pv_micro_upto<MR - 1, CV>(int(M - m), O + m * ldo, ldo, c0, last, Pt + m, Mp, Vf, ldv, n);
+    if (m < M)
+      pv_micro_upto<MR - 1, CV>(int(M - m), O + m * ldo, ldo, c0, last, Pt + m, Mp, Vf, ldv, n);
   }
 
   /// pv_rows<nv> for 1 <= nv <= CV (only the block widths the path uses are instantiated).

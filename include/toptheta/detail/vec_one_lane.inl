@@ -28,7 +28,7 @@ struct VecOneLane {
 #if defined(__aarch64__)
   static constexpr int kRegisters = 32;  // v0-v31
 #else
-  static constexpr int kRegisters = 16;  // xmm0-15 (the scalar path of an x86 build)
+  static constexpr int kRegisters = 16;  // xmm0-15 (x86: the scalar path's float, every path's double)
 #endif
   using Mask = std::uint32_t;  ///< bit 0: the lane
   Acc r;
