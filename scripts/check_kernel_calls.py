@@ -63,7 +63,7 @@ ALLOWED = re.compile(r"^(.* )?toptheta::detail::(\w+::Ops::|VecAvx(2|512)::"
                      r"|^(__asan_|__ubsan_|__tsan_|__sanitizer_|__stack_chk_fail)")
 
 
-# The prefill tile micro-kernels of the x86 paths; group 1 names the kernel (qk_micro / pv_micro).
+# The prefill tile micro-kernels of the x86 paths; the groups name the path and the kernel.
 MICRO = re.compile(r"toptheta::detail::(avx2|avx512)::Ops::"
                    r"(qk_micro|pv_micro)<\d+, \d+, float>\(")
 # A ymm / zmm register operand (the float accumulators of AVX2 / AVX-512) together with an
