@@ -131,6 +131,117 @@ void pv_outputs_do_not_depend_on_the_tile_position() {
   });
 }
 
+/// Decode dot products (dot_rows): every score equals the same head and key computed alone
+/// (G = 1, n = 1), for group sizes and key counts that route it through every head batch and
+/// key batch the path uses (KB keys per batch, the 2 + (KB - 1) split and each smaller remainder
+/// batch), head dims with and without a partial last vector, and output strides wider than n.
+template <class Acc>
+void decode_dots_do_not_depend_on_the_batch() {
+  toptheta::testing::for_each_isa([&](auto ops) {
+    using Ops = decltype(ops);
+    constexpr Index W = Ops::template Vec<Acc>::W;
+    std::mt19937_64 rng(0xd07ull + sizeof(Acc));
+    for (Index d : {Index(1), Index(5), W, 4 * W + 3, Index(128)})
+      for (Index G : {Index(1), Index(3), Index(4), Index(5), Index(9)})
+        for (Index n = 1; n <= 13; ++n) {
+          SCOPED_TRACE("d=" + std::to_string(d) + " G=" + std::to_string(G) +
+                       " n=" + std::to_string(n));
+          const std::vector<Acc> q = random_values<Acc>(rng, std::size_t(G * d));
+          const std::vector<Acc> K = random_values<Acc>(rng, std::size_t(n * d));
+          std::vector<const Acc*> keys(static_cast<std::size_t>(n));
+          for (Index u = 0; u < n; ++u) keys[std::size_t(u)] = K.data() + u * d;
+          const Index stride = n + 3;
+          const Acc sentinel = Acc(-7.25);
+          std::vector<Acc> out(std::size_t(G * stride), sentinel);
+          Ops::dot_rows(q.data(), G, d, keys.data(), n, out.data(), stride);
+          for (Index h = 0; h < G; ++h) {
+            for (Index u = 0; u < n; ++u) {
+              Acc alone = 0;
+              Ops::dot_rows(q.data() + h * d, 1, d, keys.data() + u, 1, &alone, 1);
+              ASSERT_TRUE(same_bits(alone, out[std::size_t(h * stride + u)]))
+                  << "head " << h << " key " << u << ": " << out[std::size_t(h * stride + u)]
+                  << " vs alone " << alone;
+              Acc exact = 0;
+              for (Index i = 0; i < d; ++i) exact += q[std::size_t(h * d + i)] * K[std::size_t(u * d + i)];
+              ASSERT_NEAR(double(alone), double(exact), 1e-4 * double(d)) << "head " << h << " key " << u;
+            }
+            for (Index u = n; u < stride; ++u)
+              ASSERT_TRUE(same_bits(sentinel, out[std::size_t(h * stride + u)])) << "wrote past n";
+          }
+        }
+  });
+}
+
+/// Decode value sums (accumulate_rows): every output element equals its initial value followed
+/// by the multiply-add chain over the rows in order, skipping exactly the (row, head) pairs of
+/// weight 0, for group sizes that use every head block (4, 3, 2, 1), head dims that use every
+/// column-vector count (whole and with a partial last vector) and both weight layouts the walks
+/// pass (w_u = 1: one run per head; w_h = 1: one run per row). With no zero weight the call runs
+/// the blocks without the per-pair test; with one it runs the skipping blocks: the same bits,
+/// and a non-finite value in a row of weight 0 never reaches that head's sum.
+template <class Acc>
+void decode_value_sums_do_not_depend_on_the_block() {
+  toptheta::testing::for_each_isa([&](auto ops) {
+    using Ops = decltype(ops);
+    constexpr Index W = Ops::template Vec<Acc>::W;
+    const bool fuse = fused(Ops::kIsa);
+    std::mt19937_64 rng(0xacc5ull + sizeof(Acc));
+    std::vector<Index> dims{1, 100, 128};
+    for (Index v = 1; v <= 7; ++v) dims.insert(dims.end(), {v * W, v * W + 1});
+    for (Index d : dims)
+      for (Index G = 1; G <= 9; ++G)
+        for (int zeros = 0; zeros < 2; ++zeros)
+          for (int by_row = 0; by_row < 2; ++by_row) {
+            SCOPED_TRACE("d=" + std::to_string(d) + " G=" + std::to_string(G) +
+                         (zeros ? " with zero weights" : "") + (by_row ? " w_h=1" : " w_u=1"));
+            const Index n = 11;
+            std::vector<Acc> rows_data = random_values<Acc>(rng, std::size_t(n * d));
+            std::vector<Acc> w = random_values<Acc>(rng, std::size_t(n * G));
+            const Index w_u = by_row ? G : 1, w_h = by_row ? 1 : n;
+            if (zeros) {
+              // Row 2 weighs 0 for head 0 and holds inf and NaN; row 5 weighs -0 for the last
+              // head; row 7 weighs 0 for every head.
+              w[std::size_t(2 * w_u)] = 0;
+              rows_data[std::size_t(2 * d)] = std::numeric_limits<Acc>::infinity();
+              rows_data[std::size_t(2 * d + d - 1)] = std::numeric_limits<Acc>::quiet_NaN();
+              w[std::size_t(5 * w_u + (G - 1) * w_h)] = -Acc(0);
+              for (Index h = 0; h < G; ++h) w[std::size_t(7 * w_u + h * w_h)] = 0;
+              rows_data[std::size_t(7 * d)] = std::numeric_limits<Acc>::quiet_NaN();
+            }
+            std::vector<const Acc*> rows(static_cast<std::size_t>(n));
+            for (Index u = 0; u < n; ++u) rows[std::size_t(u)] = rows_data.data() + u * d;
+            const std::vector<Acc> acc0 = random_values<Acc>(rng, std::size_t(G * d));
+            std::vector<Acc> acc = acc0;
+            Ops::accumulate_rows(acc.data(), G, d, rows.data(), w.data(), w_u, w_h, n);
+            for (Index h = 0; h < G; ++h)
+              for (Index c = 0; c < d; ++c) {
+                Acc want = acc0[std::size_t(h * d + c)];
+                for (Index u = 0; u < n; ++u) {
+                  const Acc wv = w[std::size_t(u * w_u + h * w_h)];
+                  if (wv != Acc(0)) want = chain_step(fuse, wv, rows_data[std::size_t(u * d + c)], want);
+                }
+                ASSERT_TRUE(same_bits(want, acc[std::size_t(h * d + c)]))
+                    << "head " << h << " column " << c << ": " << acc[std::size_t(h * d + c)]
+                    << " vs chain " << want;
+                if (zeros && (h == 0 || (c != 0 && c != d - 1))) {
+                  ASSERT_TRUE(std::isfinite(double(want))) << "head " << h << " column " << c;
+                }
+              }
+          }
+  });
+}
+
+TEST(Rounding, DecodeDotsDoNotDependOnTheBatchFloat) { decode_dots_do_not_depend_on_the_batch<float>(); }
+TEST(Rounding, DecodeDotsDoNotDependOnTheBatchDouble) {
+  decode_dots_do_not_depend_on_the_batch<double>();
+}
+TEST(Rounding, DecodeValueSumsDoNotDependOnTheBlockFloat) {
+  decode_value_sums_do_not_depend_on_the_block<float>();
+}
+TEST(Rounding, DecodeValueSumsDoNotDependOnTheBlockDouble) {
+  decode_value_sums_do_not_depend_on_the_block<double>();
+}
+
 TEST(Rounding, QkScoresDoNotDependOnTheTilePositionFloat) {
   qk_scores_do_not_depend_on_the_tile_position<float>();
 }

@@ -36,9 +36,7 @@ struct Ops {
   // 6 x 2 made dense prefill about 1.4x faster (Zen 3, f16, T = 4096). The blocking never
   // changes a result: each output element accumulates its own terms in the same order whatever
   // block it falls in.
-  // (accumulate_block, the decode V walk, keeps 4 heads x 4 vectors on every path: on AVX2 its
-  // spill-free 4 x 2 and 4 x 3 blocks measured slower, as each extra pass over the rows repeats
-  // the weight broadcasts and zero-weight tests.)
+  // The decode kernels are sized the same way: dot_keys_per_step, accumulate_vectors.
 
   /// Keys per qk_micro step: KU key broadcasts against MV query vectors.
   template <class V>
@@ -252,30 +250,43 @@ struct Ops {
   // Decode: scores of key rows against a GQA group, weighted sums of value rows.
   // ------------------------------------------------------------------------------------------
 
-  /// out[h * out_stride + u] = q_h . keys[u] for h < G, u < n. q: G rows of d values
-  /// (contiguous, already scaled); keys: row pointers in storage type T, converted in registers.
-  /// Each result depends only on (q_h, keys[u], d): heads and keys are batched in any grouping.
-  template <class T, class Acc = acc_t<T>>
-  TT_ATTR TOPTHETA_NOINLINE static void dot_rows(const Acc* q, Index G, Index d,
-                                                 const T* const* keys, Index n, Acc* out,
-                                                 Index out_stride) {
+  /// Query heads per dot_rows batch (4, or the lane count below 4).
+  template <class V>
+  static constexpr int dot_heads_per_step() { return V::W >= 4 ? 4 : V::W; }
+  /// Keys per dot_rows step: the most (at most 4) whose HB x KB accumulators, KB key vectors
+  /// and one query vector fit the registers. AVX-512: 4 (16 accumulators); AVX2: 3 (12
+  /// accumulators, all 16 registers). Each query vector loaded serves KB multiply-adds: AVX2
+  /// ran 2 keys per step (8 accumulators, each query vector loaded twice, the loop bound by its
+  /// loads), measured 1.2-1.3x slower in isolation (Zen 3, f16, G = 4, d = 128, 16 keys).
+  template <class V>
+  static constexpr int dot_keys_per_step() {
+    constexpr int fit = (V::kRegisters - 1) / (dot_heads_per_step<V>() + 1);
+    static_assert(fit >= 1, "dot_rows needs HB + 2 registers");
+    return fit < 4 ? fit : 4;
+  }
+
+  /// dot_rows of nb batches of KB keys (keys kp[0 .. nb * KB)): every head of the group, HB
+  /// heads at a time (the last head batch repeats the last head and discards its sums). One
+  /// call for all the batches: a call per batch cost its frame set-up each time.
+  template <int KB, class T, class Acc>
+  TT_ATTR static void dot_batch(const Acc* q, Index G, Index d, const T* const* keys, Index nb,
+                                Acc* out, Index out_stride) {
     using V = Vec<Acc>;
     constexpr int W = V::W;
-    constexpr int HB = W >= 4 ? 4 : W;  // heads per batch
-    constexpr int KB = W / HB;          // keys per batch: HB * KB = W accumulators
+    constexpr int HB = dot_heads_per_step<V>();
+    constexpr int NA = HB * KB;           // accumulators
+    constexpr int NR = (NA + W - 1) / W;  // reduce_many calls (W accumulators each)
     const Index full = d - d % W;
     const int rem = int(d % W);
-    for (Index u0 = 0; u0 < n; u0 += KB) {
-      const T* kp[KB];
+    for (Index h0 = 0; h0 < G; h0 += HB) {
+      const Acc* qp[HB];
       TOPTHETA_UNROLL
-      for (int kb = 0; kb < KB; ++kb) kp[kb] = keys[u0 + kb < n ? u0 + kb : n - 1];
-      for (Index h0 = 0; h0 < G; h0 += HB) {
-        const Acc* qp[HB];
+      for (int hb = 0; hb < HB; ++hb) qp[hb] = q + (h0 + hb < G ? h0 + hb : G - 1) * d;
+      for (Index b = 0; b < nb; ++b) {
+        const T* const* kp = keys + b * KB;
+        V acc[NR * W];  // the last NR * W - NA stay zero
         TOPTHETA_UNROLL
-        for (int hb = 0; hb < HB; ++hb) qp[hb] = q + (h0 + hb < G ? h0 + hb : G - 1) * d;
-        V acc[W];
-        TOPTHETA_UNROLL
-        for (int a = 0; a < W; ++a) acc[a] = V::zero();
+        for (int a = 0; a < NR * W; ++a) acc[a] = V::zero();
         for (Index i = 0; i < full; i += W) {
           V kv[KB];
           TOPTHETA_UNROLL
@@ -284,7 +295,8 @@ struct Ops {
           for (int hb = 0; hb < HB; ++hb) {
             const V qv = V::load(qp[hb] + i);
             TOPTHETA_UNROLL
-            for (int kb = 0; kb < KB; ++kb) acc[hb * KB + kb] = V::fma(qv, kv[kb], acc[hb * KB + kb]);
+            for (int kb = 0; kb < KB; ++kb)
+              acc[hb * KB + kb] = V::fma(qv, kv[kb], acc[hb * KB + kb]);
           }
         }
         if (rem) {
@@ -295,27 +307,103 @@ struct Ops {
           for (int hb = 0; hb < HB; ++hb) {
             const V qv = V::load_n(qp[hb] + full, rem);
             TOPTHETA_UNROLL
-            for (int kb = 0; kb < KB; ++kb) acc[hb * KB + kb] = V::fma(qv, kv[kb], acc[hb * KB + kb]);
+            for (int kb = 0; kb < KB; ++kb)
+              acc[hb * KB + kb] = V::fma(qv, kv[kb], acc[hb * KB + kb]);
           }
         }
-        Acc sums[W];
-        V::reduce_many(acc).store(sums);
-        const int nh = int(G - h0 < HB ? G - h0 : HB), nk = int(n - u0 < KB ? n - u0 : KB);
-        if (nk == KB) {
-          // Whole batch of keys: one fixed-size copy per head (a vector move, not a loop).
-          for (int hb = 0; hb < nh; ++hb)
-            std::memcpy(out + (h0 + hb) * out_stride + u0, sums + hb * KB, sizeof(Acc) * KB);
-        } else {
-          for (int hb = 0; hb < nh; ++hb)
-            for (int kb = 0; kb < nk; ++kb) out[(h0 + hb) * out_stride + u0 + kb] = sums[hb * KB + kb];
-        }
+        Acc sums[NR * W];
+        TOPTHETA_UNROLL
+        for (int r = 0; r < NR; ++r) V::reduce_many(acc + r * W).store(sums + r * W);
+        const int nh = int(G - h0 < HB ? G - h0 : HB);
+        for (int hb = 0; hb < nh; ++hb)
+          TOPTHETA_UNROLL
+          for (int kb = 0; kb < KB; ++kb)
+            out[(h0 + hb) * out_stride + b * KB + kb] = sums[hb * KB + kb];
       }
     }
   }
 
+  /// dot_batch<r> for 1 <= r <= KB.
+  template <int KB, class T, class Acc>
+  TT_ATTR static void dot_batch_upto(int r, const Acc* q, Index G, Index d, const T* const* kp,
+                                     Acc* out, Index out_stride) {
+    if constexpr (KB > 1) {
+      if (r < KB) return dot_batch_upto<KB - 1>(r, q, G, d, kp, out, out_stride);
+    }
+    dot_batch<KB>(q, G, d, kp, 1, out, out_stride);
+  }
+
+  /// out[h * out_stride + u] = q_h . keys[u] for h < G, u < n. q: G rows of d values
+  /// (contiguous, already scaled); keys: row pointers in storage type T, converted in registers.
+  /// Each result depends only on (q_h, keys[u], d): its lanes accumulate in d order and reduce
+  /// by reduce_many's tree, whatever batch of heads and keys it falls in.
+  template <class T, class Acc = acc_t<T>>
+  TT_ATTR TOPTHETA_NOINLINE static void dot_rows(const Acc* q, Index G, Index d,
+                                                 const T* const* keys, Index n, Acc* out,
+                                                 Index out_stride) {
+    constexpr int KB = dot_keys_per_step<Vec<Acc>>();
+    // Batches of KB keys; KB + 1 keys left over go as 2 + (KB - 1) rather than KB + 1, as a
+    // one-key batch has only HB accumulators in flight.
+    Index nb = n / KB;
+    if (KB > 2 && nb > 0 && n - nb * KB == 1) --nb;
+    if (nb > 0) dot_batch<KB>(q, G, d, keys, nb, out, out_stride);
+    Index u = nb * KB;
+    if constexpr (KB > 2) {
+      if (n - u > KB) {
+        dot_batch<2>(q, G, d, keys + u, 1, out + u, out_stride);
+        u += 2;
+      }
+    }
+    if (u < n) dot_batch_upto<KB>(int(n - u), q, G, d, keys + u, out + u, out_stride);
+  }
+
+  /// Column vectors per accumulate_rows block of NH heads when no weight of the call is zero:
+  /// the most (at most 4) whose NH x NV accumulators, NV row vectors and one weight broadcast
+  /// fit the registers (AVX2: 3 for 3 or 4 heads; AVX-512 and NEON: 4).
+  template <class V, int NH>
+  static constexpr int accumulate_vectors() {
+    constexpr int fit = (V::kRegisters - 1) / (NH + 1);
+    static_assert(fit >= 1, "accumulate_block needs NH + 2 registers");
+    return fit < 4 ? fit : 4;
+  }
+
+  /// True when a[i] == 0 (either sign) for some i < n.
+  template <class Acc>
+  TT_ATTR static bool any_zero(const Acc* a, Index n) {
+    using V = Vec<Acc>;
+    constexpr int W = V::W;
+    constexpr std::uint64_t all = W >= 64 ? ~std::uint64_t(0) : (std::uint64_t(1) << W) - 1;
+    const V z = V::zero();
+    Index i = 0;
+    for (; i + W <= n; i += W)
+      if (V::bits(V::ne(V::load(a + i), z)) != all) return true;
+    for (; i < n; ++i)
+      if (a[i] == Acc(0)) return true;
+    return false;
+  }
+
+  /// True when some weight w[u * w_u + h * w_h] (u < n, h < G) is zero (either sign).
+  template <class Acc>
+  TT_ATTR static bool any_zero_weight(const Acc* w, Index w_u, Index w_h, Index G, Index n) {
+    if (w_u == 1) {
+      for (Index h = 0; h < G; ++h)
+        if (any_zero(w + h * w_h, n)) return true;
+    } else if (w_h == 1) {
+      for (Index u = 0; u < n; ++u)
+        if (any_zero(w + u * w_u, G)) return true;
+    } else {
+      for (Index u = 0; u < n; ++u)
+        for (Index h = 0; h < G; ++h)
+          if (w[u * w_u + h * w_h] == Acc(0)) return true;
+    }
+    return false;
+  }
+
   /// One block of accumulate_rows: NH heads x NV vectors of columns starting at c0 (the last
-  /// vector holds `last` columns), accumulators in registers.
-  template <int NH, int NV, class T, class Acc>
+  /// vector holds `last` columns), accumulators in registers. kSkipZero: a (row, head) pair of
+  /// weight 0 is skipped (a masked multiply-add or a branch); without it every pair is added
+  /// (the caller has checked that no weight is 0).
+  template <int NH, int NV, bool kSkipZero, class T, class Acc>
   TT_ATTR static void accumulate_block(Acc* acc, Index d, Index c0, int last,
                                        const T* const* rows, const Acc* w, Index w_u, Index w_h,
                                        Index n) {
@@ -341,7 +429,10 @@ struct Ops {
       for (int hb = 0; hb < NH; ++hb) {
         const Acc wv = wu[hb * w_h];
         const V ww = V::set1(wv);
-        if constexpr (V::kFreeMaskedFma) {
+        if constexpr (!kSkipZero) {
+          TOPTHETA_UNROLL
+          for (int v = 0; v < NV; ++v) a[hb][v] = V::fma(ww, x[v], a[hb][v]);
+        } else if constexpr (V::kFreeMaskedFma) {
           // A zero weight never lets its row into the sum: a masked FMA, no branch (sparse
           // gathers weigh a union of keys whose weights are zero for some heads at random).
           const auto m = V::ne(ww, V::zero());
@@ -364,42 +455,67 @@ struct Ops {
       }
   }
 
-  template <int NH, class T, class Acc>
-  TT_ATTR static void accumulate_heads(Acc* acc, Index d, Index c0, int nv, int last,
-                                       const T* const* rows, const Acc* w, Index w_u, Index w_h,
-                                       Index n) {
-    switch (nv) {
-      case 1: accumulate_block<NH, 1>(acc, d, c0, last, rows, w, w_u, w_h, n); break;
-      case 2: accumulate_block<NH, 2>(acc, d, c0, last, rows, w, w_u, w_h, n); break;
-      case 3: accumulate_block<NH, 3>(acc, d, c0, last, rows, w, w_u, w_h, n); break;
-      default: accumulate_block<NH, 4>(acc, d, c0, last, rows, w, w_u, w_h, n); break;
+  /// accumulate_rows for NH heads, every column: blocks of NV vectors of columns (4 when
+  /// skipping zero weights, else accumulate_vectors). A block that would leave one vector for
+  /// the last block takes one vector fewer: a one-vector block has only NH accumulators in
+  /// flight (d = 128 on AVX2: 3, 3, 3, 3, 2, 2 vectors rather than 3, 3, 3, 3, 3, 1).
+  template <int NH, bool kSkipZero, class T, class Acc>
+  TT_ATTR static void accumulate_heads(Acc* acc, Index d, const T* const* rows, const Acc* w,
+                                       Index w_u, Index w_h, Index n) {
+    constexpr int W = Vec<Acc>::W;
+    constexpr int NV = kSkipZero ? 4 : accumulate_vectors<Vec<Acc>, NH>();
+    const Index nvec = (d + W - 1) / W;
+    for (Index v0 = 0; v0 < nvec;) {
+      Index nv = nvec - v0 < NV ? nvec - v0 : NV;
+      if (nv > 2 && nvec - v0 - nv == 1) --nv;
+      const Index c0 = v0 * W, tail = d - (v0 + nv - 1) * W;
+      const int last = int(tail < W ? tail : W);
+      if (nv == 1) {
+        accumulate_block<NH, 1, kSkipZero>(acc, d, c0, last, rows, w, w_u, w_h, n);
+      } else if (nv == 2) {
+        accumulate_block<NH, 2, kSkipZero>(acc, d, c0, last, rows, w, w_u, w_h, n);
+      } else if constexpr (NV >= 3) {
+        if (nv == 3) accumulate_block<NH, 3, kSkipZero>(acc, d, c0, last, rows, w, w_u, w_h, n);
+        if constexpr (NV >= 4)
+          if (nv == 4) accumulate_block<NH, 4, kSkipZero>(acc, d, c0, last, rows, w, w_u, w_h, n);
+      }
+      v0 += nv;
+    }
+  }
+
+  template <bool kSkipZero, class T, class Acc>
+  TT_ATTR static void accumulate_groups(Acc* acc, Index G, Index d, const T* const* rows,
+                                        const Acc* w, Index w_u, Index w_h, Index n) {
+    Index h0 = 0;
+    for (; h0 + 4 <= G; h0 += 4)
+      accumulate_heads<4, kSkipZero>(acc + h0 * d, d, rows, w + h0 * w_h, w_u, w_h, n);
+    acc += h0 * d;
+    w += h0 * w_h;
+    switch (G - h0) {
+      case 3: accumulate_heads<3, kSkipZero>(acc, d, rows, w, w_u, w_h, n); break;
+      case 2: accumulate_heads<2, kSkipZero>(acc, d, rows, w, w_u, w_h, n); break;
+      case 1: accumulate_heads<1, kSkipZero>(acc, d, rows, w, w_u, w_h, n); break;
+      default: break;
     }
   }
 
   /// acc[h * d + i] += sum_u w[u * w_u + h * w_h] * rows[u][i] for h < G, i < d, rows in
   /// order. A (row, head) pair whose weight is exactly 0 is skipped: its row never enters that
-  /// head's sum (a non-finite value there cannot reach the output).
+  /// head's sum (a non-finite value there cannot reach the output). Paths without a free masked
+  /// multiply-add check the weights once per call and, when none is 0 (a dense walk's tiles but
+  /// for masked or underflowing keys), run blocks without the per-(row, head) test: on AVX2 the
+  /// test's branches made the walk 2-2.7x slower than the plain blocks (Zen 3, f16, G = 4,
+  /// d = 128, 16 rows, in isolation). Each output element accumulates its rows one after another
+  /// in order either way: the same bits.
   template <class T, class Acc = acc_t<T>>
   TT_ATTR TOPTHETA_NOINLINE static void accumulate_rows(Acc* acc, Index G, Index d,
                                                         const T* const* rows, const Acc* w,
                                                         Index w_u, Index w_h, Index n) {
-    using V = Vec<Acc>;
-    constexpr int W = V::W;
-    constexpr Index kCols = 4 * W;  // columns per block: 4 vectors
-    for (Index c0 = 0; c0 < d; c0 += kCols) {
-      const Index cols = d - c0 < kCols ? d - c0 : kCols;
-      const int nv = int((cols + W - 1) / W);
-      const int last = int(cols - Index(nv - 1) * W);
-      Index h0 = 0;
-      for (; h0 + 4 <= G; h0 += 4)
-        accumulate_heads<4>(acc + h0 * d, d, c0, nv, last, rows, w + h0 * w_h, w_u, w_h, n);
-      switch (G - h0) {
-        case 3: accumulate_heads<3>(acc + h0 * d, d, c0, nv, last, rows, w + h0 * w_h, w_u, w_h, n); break;
-        case 2: accumulate_heads<2>(acc + h0 * d, d, c0, nv, last, rows, w + h0 * w_h, w_u, w_h, n); break;
-        case 1: accumulate_heads<1>(acc + h0 * d, d, c0, nv, last, rows, w + h0 * w_h, w_u, w_h, n); break;
-        default: break;
-      }
+    if constexpr (!Vec<Acc>::kFreeMaskedFma) {
+      if (!any_zero_weight(w, w_u, w_h, G, n))
+        return accumulate_groups<false>(acc, G, d, rows, w, w_u, w_h, n);
     }
+    accumulate_groups<true>(acc, G, d, rows, w, w_u, w_h, n);
   }
 
   /// y[i] += a * x[i], i < n.
