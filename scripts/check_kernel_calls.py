@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Checks that the float SIMD kernels of a built binary call nothing outside the kernels.
 
-With --spills it checks instead that the prefill tile micro-kernels (Ops::qk_micro and
-Ops::pv_micro of the AVX2 and AVX-512 paths, float) keep their accumulators in registers.
+With --spills it checks instead that the register-blocked kernels (the prefill tiles'
+Ops::qk_micro and Ops::pv_micro, the decode dot products' Ops::dot_batch and value sums'
+Ops::accumulate_block, of the AVX2 and AVX-512 paths, float) keep their accumulators in
+registers.
 
 Every x86 SIMD path's primitives (`toptheta::detail::<path>::Ops::*`, detail/simd_kernels.inl,
 and the vector types VecAvx2 / VecAvx512) carry a target attribute, which also sets
@@ -26,13 +28,14 @@ kernels (one lane at a time, calling std::exp and std::isnan) and the scalar pat
 target attribute (its inlining is GCC's ordinary size decision).
 
 --spills: a micro-kernel keeps a block of accumulators across its innermost loop; their register
-blocking is sized from the path's register count (Ops::qk_query_vectors, pv_column_vectors in
-detail/simd_kernels.inl). A block too big for the registers makes the compiler spill: vector
-loads and stores on the stack (a ymm / zmm operand with an %rsp / %rbp address) inside
-the kernel, as the AVX-512 blocks (6 x 4 accumulators) did on AVX2's 16 registers, where they
-made dense prefill 1.4x slower. The micro-kernels take every operand by pointer and have no
-other locals, so any such instruction is a spill. They are declared noinline, and the check
-fails unless it finds both kernels out of line on both paths. %rbp counts as a stack address
+blocking is sized from the path's register count (Ops::qk_query_vectors, pv_column_vectors,
+dot_keys_per_step, accumulate_vectors in detail/simd_kernels.inl). A block too big for the
+registers makes the compiler spill: vector loads and stores on the stack (a ymm / zmm operand
+with an %rsp / %rbp address) inside the kernel, as the AVX-512 blocks (6 x 4 accumulators) did on
+AVX2's 16 registers, where they made dense prefill 1.4x slower. The micro-kernels take every
+operand by pointer and keep no vector locals in memory, so any such instruction is a spill. They
+are declared noinline, and the check fails unless it finds each kernel out of line on each path
+(the value sums' blocks without the zero-weight test on AVX2 only: AVX-512 never runs them). %rbp counts as a stack address
 only in a function that sets it up as a frame pointer (`mov %rsp,%rbp`); elsewhere GCC may use
 it as an ordinary pointer. Caveat: GCC adds a target attribute's instruction sets to the
 build's, so in a -march=native build on an AVX-512 machine the AVX2 kernels may use 32 vector
@@ -63,9 +66,16 @@ ALLOWED = re.compile(r"^(.* )?toptheta::detail::(\w+::Ops::|VecAvx(2|512)::"
                      r"|^(__asan_|__ubsan_|__tsan_|__sanitizer_|__stack_chk_fail)")
 
 
-# The prefill tile micro-kernels of the x86 paths; the groups name the path and the kernel.
+# The register-blocked kernels of the x86 paths (prefill tiles; decode dot products and value
+# sums, float storage); the groups name the path and the kernel. The AVX-512 value sums always
+# run the masked blocks (kSkipZero); on AVX2 the 4 x 4 masked blocks spill (left as measured,
+# see accumulate_rows) and only the blocks without the test are checked.
 MICRO = re.compile(r"toptheta::detail::(avx2|avx512)::Ops::"
-                   r"(qk_micro|pv_micro)<\d+, \d+, float>\(")
+                   r"(qk_micro|pv_micro|dot_batch|accumulate_block)"
+                   r"<(?:\d+, \d+, float|\d+, \d+, float, float"
+                   r"|\d+, \d+, false, false, float, float)>\(")
+WANT = {(p, k) for p in ("avx2", "avx512") for k in ("qk_micro", "pv_micro", "dot_batch")} | {
+    ("avx2", "accumulate_block")}
 # A ymm / zmm register operand (the float accumulators of AVX2 / AVX-512) together with an
 # %rsp-based address (SPILL_BP: %rbp-based, for functions with a frame pointer). 64-bit xmm moves
 # there are GCC parking pointers, outside the loops, not vectors.
@@ -79,25 +89,61 @@ def disassemble(binary, objdump):
                           stdout=subprocess.PIPE, universal_newlines=True).stdout
 
 
+# An instruction line of objdump: its address, then the instruction.
+INSN = re.compile(r"^\s*([0-9a-f]+):\t(.*)$")
+# A conditional jump to an address in the same function (<kernel+0x40>): the back edge of a
+# loop (GCC rotates loops to end in one; an unconditional jump back is a branch returning from
+# code placed out of the way).
+LOCAL_JUMP = re.compile(r"\t(?!jmp)j[a-z]+\s+(?:0x)?([0-9a-f]+)\s+<.*\+0x[0-9a-f]+>\s*$")
+
+
+def innermost_loops(insns):
+    """[start, end] address ranges of the innermost loops of a function: a backward jump and
+    its target, when no other backward jump lies strictly inside."""
+    loops = []
+    for addr, text in insns:
+        j = LOCAL_JUMP.search("\t" + text)
+        if j and int(j.group(1), 16) <= addr:
+            loops.append((int(j.group(1), 16), addr))
+    return [(a, b) for a, b in loops
+            if not any((a, b) != (c, d) and a <= c and d <= b for c, d in loops)]
+
+
 def micro_spills(binary, objdump):
     """Yields (kernel, None) for every micro-kernel, and (kernel, instruction) for every
-    vector load or store on the stack in it."""
+    vector load or store on the stack in its innermost loops. (Outside them, GCC may park a
+    loop-invariant vector there, such as the lane mask of a partial last vector: not a spill of
+    the accumulators, and not in the loop that runs.)"""
+    def finish(kernel, frame, insns):
+        for lo, hi in innermost_loops(insns):
+            for addr, text in insns:
+                if lo <= addr <= hi and (SPILL.search(text) or (frame and SPILL_BP.search(text))):
+                    yield kernel, text.strip()
+
     kernel = None
     frame = False
+    insns = []
     for line in disassemble(binary, objdump).splitlines():
         m = FUNC.match(line)
         if m:
+            if kernel:
+                yield from finish(kernel, frame, insns)
             kernel = m.group(1) if MICRO.search(m.group(1)) else None
             frame = False
+            insns = []
             if kernel:
                 yield kernel, None
             continue
         if not kernel:
             continue
+        i = INSN.match(line)
+        if not i:
+            continue
         if FRAME.search(line):
             frame = True
-        elif SPILL.search(line) or (frame and SPILL_BP.search(line)):
-            yield kernel, line.split("\t", 1)[-1].strip()
+        insns.append((int(i.group(1), 16), i.group(2)))
+    if kernel:
+        yield from finish(kernel, frame, insns)
 
 
 def check_spills(binaries, objdump):
@@ -112,8 +158,7 @@ def check_spills(binaries, objdump):
         except (OSError, subprocess.CalledProcessError) as e:
             print(f"check_kernel_calls: cannot disassemble {b}: {e}", file=sys.stderr)
             return 2
-    want = {(p, k) for p in ("avx2", "avx512") for k in ("qk_micro", "pv_micro")}
-    missing = want - {MICRO.search(k).groups() for k in kernels}
+    missing = WANT - {MICRO.search(k).groups() for k in kernels}
     if missing:
         print("check_kernel_calls: --spills found no out-of-line "
               f"{', '.join(f'{p}::Ops::{k}<..., float>' for p, k in sorted(missing))} "

@@ -19,6 +19,9 @@
 #include <string>
 #include <vector>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include "isa_util.hpp"
 
 namespace {
@@ -132,9 +135,10 @@ void pv_outputs_do_not_depend_on_the_tile_position() {
 }
 
 /// Decode dot products (dot_rows): every score equals the same head and key computed alone
-/// (G = 1, n = 1), for group sizes and key counts that route it through every head batch and
-/// key batch the path uses (KB keys per batch, the 2 + (KB - 1) split and each smaller remainder
-/// batch), head dims with and without a partial last vector, and output strides wider than n.
+/// (G = 1, n = 1), for group sizes and key counts that route it through every head batch the
+/// path uses (4 heads and the 3, 2 or 1 left over) and every key batch (KB keys for each head
+/// count, the 2 + 2 split of KB + 1 = 4 keys, the batches of 2 and 1 left over), head dims with
+/// and without a partial last vector, and output strides wider than n.
 template <class Acc>
 void decode_dots_do_not_depend_on_the_batch() {
   toptheta::testing::for_each_isa([&](auto ops) {
@@ -142,8 +146,8 @@ void decode_dots_do_not_depend_on_the_batch() {
     constexpr Index W = Ops::template Vec<Acc>::W;
     std::mt19937_64 rng(0xd07ull + sizeof(Acc));
     for (Index d : {Index(1), Index(5), W, 4 * W + 3, Index(128)})
-      for (Index G : {Index(1), Index(3), Index(4), Index(5), Index(9)})
-        for (Index n = 1; n <= 13; ++n) {
+      for (Index G = 1; G <= 9; ++G)
+        for (Index n = 1; n <= 17; ++n) {
           SCOPED_TRACE("d=" + std::to_string(d) + " G=" + std::to_string(G) +
                        " n=" + std::to_string(n));
           const std::vector<Acc> q = random_values<Acc>(rng, std::size_t(G * d));
@@ -296,6 +300,55 @@ TEST(Rounding, ExpIsThePolynomialOnEveryPath) {
 /// definition), for rows of every length up to 5 blocks, so whole vectors at every offset and a
 /// partial one of every length; nothing is stored past the row. Scales of both signs, a
 /// subnormal, a large one, zero, and the extreme quantised values; on every path.
+/// Half and bfloat16 loads (ld and ld_n of simd_kernels.inl, through convert_row): every value
+/// is the storage type's own conversion, for every row length 1..40 (each length of a partial
+/// last vector, after whole ones or alone), subnormal, infinite and NaN values included. Each
+/// row ends where a readable page does, before an unreadable one: a load that read at or past
+/// the row's end would fault.
+template <class T>
+void half_loads_are_the_scalar_values() {
+  const long page = sysconf(_SC_PAGESIZE);
+  ASSERT_GT(page, 0);
+  void* mem = mmap(nullptr, std::size_t(2 * page), PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(mem, MAP_FAILED);
+  char* base = static_cast<char*>(mem);
+  ASSERT_EQ(mprotect(base + page, std::size_t(page), PROT_NONE), 0);
+  T* end = reinterpret_cast<T*>(base + page);
+  std::mt19937_64 rng(0x4a1full + sizeof(T));
+  std::normal_distribution<float> nd(0.0f, 3.0f);
+  const float special[] = {6.0e-8f, -0.0f, std::numeric_limits<float>::infinity(),
+                           -std::numeric_limits<float>::infinity(),
+                           std::numeric_limits<float>::quiet_NaN(), 1.0e-40f, 60000.0f};
+  constexpr float kUntouched = 12345.0f;
+  toptheta::testing::for_each_isa([&](auto ops) {
+    using Ops = decltype(ops);
+    for (Index n = 1; n <= 40; ++n) {
+      T* row = end - n;
+      for (Index i = 0; i < n; ++i)
+        row[i] = T(i % 5 == 3 ? special[std::size_t(i / 5) % std::size(special)] : nd(rng));
+      std::vector<float> out(std::size_t(n) + 1, kUntouched);
+      Ops::convert_row(static_cast<const T*>(row), n, out.data());
+      for (Index l = 0; l < n; ++l) {
+        const float want = float(row[l]);
+        if (std::isnan(want)) {
+          ASSERT_TRUE(std::isnan(out[std::size_t(l)])) << "n = " << n << ", value " << l;
+        } else {
+          ASSERT_TRUE(same_bits(want, out[std::size_t(l)]))
+              << "n = " << n << ", value " << l << ": " << out[std::size_t(l)] << " vs " << want;
+        }
+      }
+      ASSERT_EQ(out[std::size_t(n)], kUntouched) << "n = " << n << ": stored past n";
+    }
+  });
+  munmap(mem, std::size_t(2 * page));
+}
+
+TEST(Rounding, HalfLoadsAreTheScalarValues) { half_loads_are_the_scalar_values<Eigen::half>(); }
+TEST(Rounding, BFloat16LoadsAreTheScalarValues) {
+  half_loads_are_the_scalar_values<Eigen::bfloat16>();
+}
+
 TEST(Rounding, Q8LoadsAreTheScalarValues) {
   using toptheta::BlockQ8_0;
   std::mt19937_64 rng(0x98ull);

@@ -253,108 +253,118 @@ struct Ops {
   /// Query heads per dot_rows batch (4, or the lane count below 4).
   template <class V>
   static constexpr int dot_heads_per_step() { return V::W >= 4 ? 4 : V::W; }
-  /// Keys per dot_rows step: the most (at most 4) whose HB x KB accumulators, KB key vectors
-  /// and one query vector fit the registers. AVX-512: 4 (16 accumulators); AVX2: 3 (12
-  /// accumulators, all 16 registers). Each query vector loaded serves KB multiply-adds: AVX2
-  /// ran 2 keys per step (8 accumulators, each query vector loaded twice, the loop bound by its
+  /// Keys per dot_rows step of HB heads: the most whose HB x KB accumulators, KB key vectors
+  /// and one query vector fit the registers, with at most 16 accumulators and 8 keys. AVX-512:
+  /// 4 keys for 4 heads (16 accumulators); AVX2: 3 for 4 or 3 heads (12 accumulators, all 16
+  /// registers), 5 for 2, 7 for 1. Each query vector loaded serves KB multiply-adds: AVX2 ran 2
+  /// keys per step (8 accumulators, each query vector loaded twice, the loop bound by its
   /// loads), measured 1.2-1.3x slower in isolation (Zen 3, f16, G = 4, d = 128, 16 keys).
-  template <class V>
+  template <class V, int HB>
   static constexpr int dot_keys_per_step() {
-    constexpr int fit = (V::kRegisters - 1) / (dot_heads_per_step<V>() + 1);
+    constexpr int fit = (V::kRegisters - 1) / (HB + 1);
+    constexpr int cap = 16 / HB < 8 ? 16 / HB : 8;
     static_assert(fit >= 1, "dot_rows needs HB + 2 registers");
-    return fit < 4 ? fit : 4;
+    return fit < cap ? fit : cap;
   }
 
-  /// dot_rows of nb batches of KB keys (keys kp[0 .. nb * KB)): every head of the group, HB
-  /// heads at a time (the last head batch repeats the last head and discards its sums). One
-  /// call for all the batches: a call per batch cost its frame set-up each time.
-  template <int KB, class T, class Acc>
-  TT_ATTR static void dot_batch(const Acc* q, Index G, Index d, const T* const* keys, Index nb,
-                                Acc* out, Index out_stride) {
+  /// Scores of HB heads (q: HB rows of d values) against nb batches of KB keys (keys[0 ..
+  /// nb * KB)), HB x KB accumulators in registers. Out of line (a call per run of batches), so
+  /// that scripts/check_kernel_calls.py --spills finds every block.
+  template <int HB, int KB, class T, class Acc>
+  TT_ATTR TOPTHETA_NOINLINE static void dot_batch(const Acc* q, Index d, const T* const* keys,
+                                                  Index nb, Acc* out, Index out_stride) {
     using V = Vec<Acc>;
     constexpr int W = V::W;
-    constexpr int HB = dot_heads_per_step<V>();
     constexpr int NA = HB * KB;           // accumulators
     constexpr int NR = (NA + W - 1) / W;  // reduce_many calls (W accumulators each)
     const Index full = d - d % W;
     const int rem = int(d % W);
-    for (Index h0 = 0; h0 < G; h0 += HB) {
-      const Acc* qp[HB];
+    for (Index b = 0; b < nb; ++b) {
+      const T* const* kp = keys + b * KB;
+      V acc[NR * W];  // the last NR * W - NA stay zero
       TOPTHETA_UNROLL
-      for (int hb = 0; hb < HB; ++hb) qp[hb] = q + (h0 + hb < G ? h0 + hb : G - 1) * d;
-      for (Index b = 0; b < nb; ++b) {
-        const T* const* kp = keys + b * KB;
-        V acc[NR * W];  // the last NR * W - NA stay zero
+      for (int a = 0; a < NR * W; ++a) acc[a] = V::zero();
+      for (Index i = 0; i < full; i += W) {
+        V kv[KB];
         TOPTHETA_UNROLL
-        for (int a = 0; a < NR * W; ++a) acc[a] = V::zero();
-        for (Index i = 0; i < full; i += W) {
-          V kv[KB];
-          TOPTHETA_UNROLL
-          for (int kb = 0; kb < KB; ++kb) kv[kb] = ld<T, V>(kp[kb], i);
-          TOPTHETA_UNROLL
-          for (int hb = 0; hb < HB; ++hb) {
-            const V qv = V::load(qp[hb] + i);
-            TOPTHETA_UNROLL
-            for (int kb = 0; kb < KB; ++kb)
-              acc[hb * KB + kb] = V::fma(qv, kv[kb], acc[hb * KB + kb]);
-          }
-        }
-        if (rem) {
-          V kv[KB];
-          TOPTHETA_UNROLL
-          for (int kb = 0; kb < KB; ++kb) kv[kb] = ld_n<T, V>(kp[kb], full, rem);
-          TOPTHETA_UNROLL
-          for (int hb = 0; hb < HB; ++hb) {
-            const V qv = V::load_n(qp[hb] + full, rem);
-            TOPTHETA_UNROLL
-            for (int kb = 0; kb < KB; ++kb)
-              acc[hb * KB + kb] = V::fma(qv, kv[kb], acc[hb * KB + kb]);
-          }
-        }
-        Acc sums[NR * W];
+        for (int kb = 0; kb < KB; ++kb) kv[kb] = ld<T, V>(kp[kb], i);
         TOPTHETA_UNROLL
-        for (int r = 0; r < NR; ++r) V::reduce_many(acc + r * W).store(sums + r * W);
-        const int nh = int(G - h0 < HB ? G - h0 : HB);
-        for (int hb = 0; hb < nh; ++hb)
+        for (int hb = 0; hb < HB; ++hb) {
+          const V qv = V::load(q + hb * d + i);
           TOPTHETA_UNROLL
           for (int kb = 0; kb < KB; ++kb)
-            out[(h0 + hb) * out_stride + b * KB + kb] = sums[hb * KB + kb];
+            acc[hb * KB + kb] = V::fma(qv, kv[kb], acc[hb * KB + kb]);
+        }
       }
+      if (rem) {
+        V kv[KB];
+        TOPTHETA_UNROLL
+        for (int kb = 0; kb < KB; ++kb) kv[kb] = ld_n<T, V>(kp[kb], full, rem);
+        TOPTHETA_UNROLL
+        for (int hb = 0; hb < HB; ++hb) {
+          const V qv = V::load_n(q + hb * d + full, rem);
+          TOPTHETA_UNROLL
+          for (int kb = 0; kb < KB; ++kb)
+            acc[hb * KB + kb] = V::fma(qv, kv[kb], acc[hb * KB + kb]);
+        }
+      }
+      Acc sums[NR * W];
+      TOPTHETA_UNROLL
+      for (int r = 0; r < NR; ++r) V::reduce_many(acc + r * W).store(sums + r * W);
+      TOPTHETA_UNROLL
+      for (int hb = 0; hb < HB; ++hb)
+        TOPTHETA_UNROLL
+        for (int kb = 0; kb < KB; ++kb) out[hb * out_stride + b * KB + kb] = sums[hb * KB + kb];
     }
   }
 
-  /// dot_batch<r> for 1 <= r <= KB.
-  template <int KB, class T, class Acc>
-  TT_ATTR static void dot_batch_upto(int r, const Acc* q, Index G, Index d, const T* const* kp,
-                                     Acc* out, Index out_stride) {
-    if constexpr (KB > 1) {
-      if (r < KB) return dot_batch_upto<KB - 1>(r, q, G, d, kp, out, out_stride);
+  /// dot_rows of HB heads: batches of KB = dot_keys_per_step keys, then the keys left over in
+  /// batches of 2 and 1 (a run of 3 keys per batch leaving one key over gives its last batch's
+  /// keys to 2 + 2 instead: a one-key batch has only HB accumulators in flight).
+  template <int HB, class T, class Acc>
+  TT_ATTR static void dot_heads(const Acc* q, Index d, const T* const* keys, Index n, Acc* out,
+                                Index out_stride) {
+    constexpr int KB = dot_keys_per_step<Vec<Acc>, HB>();
+    Index nb = n / KB;
+    if (KB == 3 && nb > 0 && n - nb * KB == 1) --nb;
+    if (nb > 0) dot_batch<HB, KB>(q, d, keys, nb, out, out_stride);
+    Index u = nb * KB;
+    if constexpr (KB > 2) {
+      if (n - u >= 2) {
+        const Index pairs = (n - u) / 2;
+        dot_batch<HB, 2>(q, d, keys + u, pairs, out + u, out_stride);
+        u += 2 * pairs;
+      }
     }
-    dot_batch<KB>(q, G, d, kp, 1, out, out_stride);
+    if constexpr (KB > 1) {
+      if (u < n) dot_batch<HB, 1>(q, d, keys + u, n - u, out + u, out_stride);
+    }
   }
 
   /// out[h * out_stride + u] = q_h . keys[u] for h < G, u < n. q: G rows of d values
   /// (contiguous, already scaled); keys: row pointers in storage type T, converted in registers.
-  /// Each result depends only on (q_h, keys[u], d): its lanes accumulate in d order and reduce
-  /// by reduce_many's tree, whatever batch of heads and keys it falls in.
+  /// Heads go dot_heads_per_step at a time, the last heads of the group in one smaller batch
+  /// (an MHA group, G = 1, computes its one head, not four copies of it). Each result depends
+  /// only on (q_h, keys[u], d): its lanes accumulate in d order and reduce by reduce_many's
+  /// tree, whatever batch of heads and keys it falls in.
   template <class T, class Acc = acc_t<T>>
   TT_ATTR TOPTHETA_NOINLINE static void dot_rows(const Acc* q, Index G, Index d,
                                                  const T* const* keys, Index n, Acc* out,
                                                  Index out_stride) {
-    constexpr int KB = dot_keys_per_step<Vec<Acc>>();
-    // Batches of KB keys; KB + 1 keys left over go as 2 + (KB - 1) rather than KB + 1, as a
-    // one-key batch has only HB accumulators in flight.
-    Index nb = n / KB;
-    if (KB > 2 && nb > 0 && n - nb * KB == 1) --nb;
-    if (nb > 0) dot_batch<KB>(q, G, d, keys, nb, out, out_stride);
-    Index u = nb * KB;
-    if constexpr (KB > 2) {
-      if (n - u > KB) {
-        dot_batch<2>(q, G, d, keys + u, 1, out + u, out_stride);
-        u += 2;
-      }
+    constexpr int HB = dot_heads_per_step<Vec<Acc>>();
+    Index h0 = 0;
+    for (; h0 + HB <= G; h0 += HB)
+      dot_heads<HB>(q + h0 * d, d, keys, n, out + h0 * out_stride, out_stride);
+    if (h0 == G) return;
+    q += h0 * d;
+    out += h0 * out_stride;
+    if constexpr (HB >= 4) {
+      if (G - h0 == 3) return dot_heads<3>(q, d, keys, n, out, out_stride);
     }
-    if (u < n) dot_batch_upto<KB>(int(n - u), q, G, d, keys + u, out + u, out_stride);
+    if constexpr (HB >= 3) {
+      if (G - h0 == 2) return dot_heads<2>(q, d, keys, n, out, out_stride);
+    }
+    dot_heads<1>(q, d, keys, n, out, out_stride);
   }
 
   /// Column vectors per accumulate_rows block of NH heads when no weight of the call is zero:
@@ -399,31 +409,34 @@ struct Ops {
     return false;
   }
 
-  /// One block of accumulate_rows: NH heads x NV vectors of columns starting at c0 (the last
-  /// vector holds `last` columns), accumulators in registers. kSkipZero: a (row, head) pair of
-  /// weight 0 is skipped (a masked multiply-add or a branch); without it every pair is added
-  /// (the caller has checked that no weight is 0).
-  template <int NH, int NV, bool kSkipZero, class T, class Acc>
-  TT_ATTR static void accumulate_block(Acc* acc, Index d, Index c0, int last,
-                                       const T* const* rows, const Acc* w, Index w_u, Index w_h,
-                                       Index n) {
+  /// One block of accumulate_rows: NH heads x NV vectors of columns starting at c0,
+  /// accumulators in registers (out of line, as dot_batch: scripts/check_kernel_calls.py
+  /// --spills finds every block). kPartial: one vector of `last` < W columns (the last columns of
+  /// a row whose d is not a multiple of W), in a block of its own: the masks of a partial load
+  /// held across the row loop would take registers from the whole blocks' accumulators.
+  /// kSkipZero: a (row, head) pair of weight 0 is skipped (a masked multiply-add or a branch);
+  /// without it every pair is added (the caller has checked that no weight is 0).
+  template <int NH, int NV, bool kSkipZero, bool kPartial, class T, class Acc>
+  TT_ATTR TOPTHETA_NOINLINE static void accumulate_block(Acc* acc, Index d, Index c0, int last,
+                                                         const T* const* rows, const Acc* w,
+                                                         Index w_u, Index w_h, Index n) {
     using V = Vec<Acc>;
     constexpr int W = V::W;
+    static_assert(!kPartial || NV == 1, "a partial vector is a block of its own");
     V a[NH][NV];
     TOPTHETA_UNROLL
     for (int hb = 0; hb < NH; ++hb)
       TOPTHETA_UNROLL
       for (int v = 0; v < NV; ++v) {
         const Acc* p = acc + hb * d + c0 + v * W;
-        a[hb][v] = v + 1 < NV || last == W ? V::load(p) : V::load_n(p, last);
+        a[hb][v] = kPartial ? V::load_n(p, last) : V::load(p);
       }
     for (Index u = 0; u < n; ++u) {
       const T* r = rows[u];
       V x[NV];
       TOPTHETA_UNROLL
       for (int v = 0; v < NV; ++v)
-        x[v] = v + 1 < NV || last == W ? ld<T, V>(r, c0 + v * W)
-                                       : ld_n<T, V>(r, c0 + v * W, last);
+        x[v] = kPartial ? ld_n<T, V>(r, c0 + v * W, last) : ld<T, V>(r, c0 + v * W);
       const Acc* wu = w + u * w_u;
       TOPTHETA_UNROLL
       for (int hb = 0; hb < NH; ++hb) {
@@ -450,37 +463,41 @@ struct Ops {
       TOPTHETA_UNROLL
       for (int v = 0; v < NV; ++v) {
         Acc* p = acc + hb * d + c0 + v * W;
-        if (v + 1 < NV || last == W) a[hb][v].store(p);
-        else a[hb][v].store_n(p, last);
+        if (kPartial) a[hb][v].store_n(p, last);
+        else a[hb][v].store(p);
       }
   }
 
-  /// accumulate_rows for NH heads, every column: blocks of NV vectors of columns (4 when
-  /// skipping zero weights, else accumulate_vectors). A block that would leave one vector for
-  /// the last block takes one vector fewer: a one-vector block has only NH accumulators in
-  /// flight (d = 128 on AVX2: 3, 3, 3, 3, 2, 2 vectors rather than 3, 3, 3, 3, 3, 1).
+  /// accumulate_rows for NH heads, every column: blocks of NV whole vectors of columns (4 when
+  /// skipping zero weights, else accumulate_vectors), then a block for the columns of a partial
+  /// last vector. A block that would leave one vector for the last whole block takes one vector
+  /// fewer: a one-vector block has only NH accumulators in flight (d = 128 on AVX2: 3, 3, 3, 3,
+  /// 2, 2 vectors rather than 3, 3, 3, 3, 3, 1).
   template <int NH, bool kSkipZero, class T, class Acc>
   TT_ATTR static void accumulate_heads(Acc* acc, Index d, const T* const* rows, const Acc* w,
                                        Index w_u, Index w_h, Index n) {
     constexpr int W = Vec<Acc>::W;
     constexpr int NV = kSkipZero ? 4 : accumulate_vectors<Vec<Acc>, NH>();
-    const Index nvec = (d + W - 1) / W;
+    const Index nvec = d / W;
     for (Index v0 = 0; v0 < nvec;) {
       Index nv = nvec - v0 < NV ? nvec - v0 : NV;
       if (nv > 2 && nvec - v0 - nv == 1) --nv;
-      const Index c0 = v0 * W, tail = d - (v0 + nv - 1) * W;
-      const int last = int(tail < W ? tail : W);
+      const Index c0 = v0 * W;
       if (nv == 1) {
-        accumulate_block<NH, 1, kSkipZero>(acc, d, c0, last, rows, w, w_u, w_h, n);
+        accumulate_block<NH, 1, kSkipZero, false>(acc, d, c0, W, rows, w, w_u, w_h, n);
       } else if (nv == 2) {
-        accumulate_block<NH, 2, kSkipZero>(acc, d, c0, last, rows, w, w_u, w_h, n);
+        accumulate_block<NH, 2, kSkipZero, false>(acc, d, c0, W, rows, w, w_u, w_h, n);
       } else if constexpr (NV >= 3) {
-        if (nv == 3) accumulate_block<NH, 3, kSkipZero>(acc, d, c0, last, rows, w, w_u, w_h, n);
-        if constexpr (NV >= 4)
-          if (nv == 4) accumulate_block<NH, 4, kSkipZero>(acc, d, c0, last, rows, w, w_u, w_h, n);
+        if (nv == 3) {
+          accumulate_block<NH, 3, kSkipZero, false>(acc, d, c0, W, rows, w, w_u, w_h, n);
+        } else if constexpr (NV >= 4) {
+          accumulate_block<NH, 4, kSkipZero, false>(acc, d, c0, W, rows, w, w_u, w_h, n);
+        }
       }
       v0 += nv;
     }
+    if (d % W)
+      accumulate_block<NH, 1, kSkipZero, true>(acc, d, nvec * W, int(d % W), rows, w, w_u, w_h, n);
   }
 
   template <bool kSkipZero, class T, class Acc>
