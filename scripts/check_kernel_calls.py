@@ -2,9 +2,9 @@
 """Checks that the float SIMD kernels of a built binary call nothing outside the kernels.
 
 With --spills it checks instead that the register-blocked kernels (the prefill tiles'
-Ops::qk_micro and Ops::pv_micro, the decode dot products' Ops::dot_batch and value sums'
-Ops::accumulate_block, of the AVX2 and AVX-512 paths, float) keep their accumulators in
-registers.
+Ops::qk_micro and Ops::pv_micro and the decode dot products' Ops::dot_batch of the AVX2 and
+AVX-512 paths, the decode value sums' Ops::accumulate_block of the AVX2 path; float) keep their
+accumulators in registers.
 
 Every x86 SIMD path's primitives (`toptheta::detail::<path>::Ops::*`, detail/simd_kernels.inl,
 and the vector types VecAvx2 / VecAvx512) carry a target attribute, which also sets
@@ -33,9 +33,12 @@ dot_keys_per_step, accumulate_vectors in detail/simd_kernels.inl). A block too b
 registers makes the compiler spill: vector loads and stores on the stack (a ymm / zmm operand
 with an %rsp / %rbp address) inside the kernel, as the AVX-512 blocks (6 x 4 accumulators) did on
 AVX2's 16 registers, where they made dense prefill 1.4x slower. The micro-kernels take every
-operand by pointer and keep no vector locals in memory, so any such instruction is a spill. They
-are declared noinline, and the check fails unless it finds each kernel out of line on each path
-(the value sums' blocks without the zero-weight test on AVX2 only: AVX-512 never runs them). %rbp counts as a stack address
+operand by pointer; inside their innermost loops (ranges closed by a conditional jump back, with
+no such range inside; a kernel with none is checked whole) any such instruction is a spill.
+Outside them GCC may keep loop-invariant vectors in memory (the lane mask of a partial last
+vector, dot_batch's reduced sums), which the check ignores. They are declared noinline, and the
+check fails unless it finds each kernel out of line on each path (the value sums' blocks without
+the zero-weight test on AVX2 only: AVX-512 never runs them). %rbp counts as a stack address
 only in a function that sets it up as a frame pointer (`mov %rsp,%rbp`); elsewhere GCC may use
 it as an ordinary pointer. Caveat: GCC adds a target attribute's instruction sets to the
 build's, so in a -march=native build on an AVX-512 machine the AVX2 kernels may use 32 vector
@@ -68,8 +71,9 @@ ALLOWED = re.compile(r"^(.* )?toptheta::detail::(\w+::Ops::|VecAvx(2|512)::"
 
 # The register-blocked kernels of the x86 paths (prefill tiles; decode dot products and value
 # sums, float storage); the groups name the path and the kernel. The AVX-512 value sums always
-# run the masked blocks (kSkipZero); on AVX2 the 4 x 4 masked blocks spill (left as measured,
-# see accumulate_rows) and only the blocks without the test are checked.
+# run the blocks that skip zero weights by a masked multiply-add (kSkipZero). The AVX2 ones that
+# skip them by a branch keep 4 x 4 accumulators and spill (calls with a zero weight only; left
+# as measured, see accumulate_rows), so only the AVX2 blocks without the test are checked.
 MICRO = re.compile(r"toptheta::detail::(avx2|avx512)::Ops::"
                    r"(qk_micro|pv_micro|dot_batch|accumulate_block)"
                    r"<(?:\d+, \d+, float|\d+, \d+, float, float"
@@ -91,22 +95,25 @@ def disassemble(binary, objdump):
 
 # An instruction line of objdump: its address, then the instruction.
 INSN = re.compile(r"^\s*([0-9a-f]+):\t(.*)$")
-# A conditional jump to an address in the same function (<kernel+0x40>): the back edge of a
-# loop (GCC rotates loops to end in one; an unconditional jump back is a branch returning from
-# code placed out of the way).
-LOCAL_JUMP = re.compile(r"\t(?!jmp)j[a-z]+\s+(?:0x)?([0-9a-f]+)\s+<.*\+0x[0-9a-f]+>\s*$")
+# A conditional jump to an address of a function (<name> or <name+0x40>): within the kernel, the
+# back edge of a loop (GCC rotates loops to end in one; an unconditional jump back is a branch
+# returning from code placed out of the way).
+LOCAL_JUMP = re.compile(r"\t(?!jmp)j[a-z]+\s+(?:0x)?([0-9a-f]+)\s+<(.*?)(?:\+0x[0-9a-f]+)?>\s*$")
 
 
-def innermost_loops(insns):
-    """[start, end] address ranges of the innermost loops of a function: a backward jump and
-    its target, when no other backward jump lies strictly inside."""
-    loops = []
+def innermost_loops(kernel, insns):
+    """[start, end] address ranges of the innermost loops of a function: from the target of a
+    conditional jump back within the function to its last such jump to that target, when no
+    other such range lies inside."""
+    ends = {}
     for addr, text in insns:
         j = LOCAL_JUMP.search("\t" + text)
-        if j and int(j.group(1), 16) <= addr:
-            loops.append((int(j.group(1), 16), addr))
+        if j and j.group(2) == kernel and int(j.group(1), 16) <= addr:
+            start = int(j.group(1), 16)
+            ends[start] = max(ends.get(start, addr), addr)
+    loops = list(ends.items())
     return [(a, b) for a, b in loops
-            if not any((a, b) != (c, d) and a <= c and d <= b for c, d in loops)]
+            if not any(a != c and a <= c and d <= b for c, d in loops)]
 
 
 def micro_spills(binary, objdump):
@@ -115,7 +122,10 @@ def micro_spills(binary, objdump):
     loop-invariant vector there, such as the lane mask of a partial last vector: not a spill of
     the accumulators, and not in the loop that runs.)"""
     def finish(kernel, frame, insns):
-        for lo, hi in innermost_loops(insns):
+        loops = innermost_loops(kernel, insns)
+        if not loops and insns:
+            loops = [(insns[0][0], insns[-1][0])]
+        for lo, hi in loops:
             for addr, text in insns:
                 if lo <= addr <= hi and (SPILL.search(text) or (frame and SPILL_BP.search(text))):
                     yield kernel, text.strip()

@@ -36,7 +36,10 @@ struct Ops {
   // 6 x 2 made dense prefill about 1.4x faster (Zen 3, f16, T = 4096). The blocking never
   // changes a result: each output element accumulates its own terms in the same order whatever
   // block it falls in.
-  // The decode kernels are sized the same way: dot_keys_per_step, accumulate_vectors.
+  // The decode kernels are sized the same way (dot_keys_per_step, accumulate_vectors), except
+  // the value-sum blocks that skip zero weights by a branch (calls with a zero weight on AVX2,
+  // NEON and the one-lane paths): 4 x 4, which spills on AVX2, where 4 x 2 and 4 x 3 with the
+  // branch measured slower (each pass over the rows repeats the weight tests).
 
   /// Keys per qk_micro step: KU key broadcasts against MV query vectors.
   template <class V>
