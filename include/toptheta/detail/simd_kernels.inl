@@ -41,6 +41,17 @@ struct Ops {
   // NEON and the one-lane paths): 4 x 4, which spills on AVX2, where 4 x 2 and 4 x 3 with the
   // branch measured slower (each pass over the rows repeats the weight tests).
 
+  /// The most blocks (at most kCap) of kPerBlock accumulators plus one operand vector each that
+  /// fit the path's registers with one more register for a broadcast or a shared operand:
+  /// (kPerBlock + 1) x blocks + 1 <= V::kRegisters. The one formula behind qk_query_vectors,
+  /// pv_column_vectors, dot_keys_per_step and accumulate_vectors.
+  template <class V, int kPerBlock, int kCap>
+  static constexpr int registers_fit() {
+    constexpr int fit = (V::kRegisters - 1) / (kPerBlock + 1);
+    static_assert(fit >= 1, "a register block needs kPerBlock + 2 registers");
+    return fit < kCap ? fit : kCap;
+  }
+
   /// Keys per qk_micro step: KU key broadcasts against MV query vectors.
   template <class V>
   static constexpr int qk_keys_per_step() { return V::W >= 8 ? 6 : 4; }
@@ -48,8 +59,7 @@ struct Ops {
   /// vectors and one key broadcast fit the registers.
   template <class V>
   static constexpr int qk_query_vectors() {
-    constexpr int fit = (V::kRegisters - 1) / (qk_keys_per_step<V>() + 1);
-    static_assert(fit >= 1, "qk_micro needs KU + 2 registers");
+    constexpr int fit = registers_fit<V, qk_keys_per_step<V>(), 4>();
     return fit >= 4 ? 4 : fit >= 2 ? 2 : 1;
   }
   /// Output rows per pv_micro step: MR weight broadcasts against CV vectors of a V row.
@@ -59,9 +69,7 @@ struct Ops {
   /// vectors and one weight broadcast fit the registers.
   template <class V>
   static constexpr int pv_column_vectors() {
-    constexpr int fit = (V::kRegisters - 1) / (pv_rows_per_step<V>() + 1);
-    static_assert(fit >= 1, "pv_micro needs MR + 2 registers");
-    return fit < 8 ? fit : 8;
+    return registers_fit<V, pv_rows_per_step<V>(), 8>();
   }
 
   // ------------------------------------------------------------------------------------------
@@ -264,10 +272,7 @@ struct Ops {
   /// loads), measured 1.2-1.3x slower in isolation (Zen 3, f16, G = 4, d = 128, 16 keys).
   template <class V, int HB>
   static constexpr int dot_keys_per_step() {
-    constexpr int fit = (V::kRegisters - 1) / (HB + 1);
-    constexpr int cap = 16 / HB < 8 ? 16 / HB : 8;
-    static_assert(fit >= 1, "dot_rows needs HB + 2 registers");
-    return fit < cap ? fit : cap;
+    return registers_fit<V, HB, (16 / HB < 8 ? 16 / HB : 8)>();
   }
 
   /// Scores of HB heads (q: HB rows of d values) against nb batches of KB keys (keys[0 ..
@@ -375,9 +380,7 @@ struct Ops {
   /// fit the registers (AVX2: 3 for 3 or 4 heads; AVX-512 and NEON: 4).
   template <class V, int NH>
   static constexpr int accumulate_vectors() {
-    constexpr int fit = (V::kRegisters - 1) / (NH + 1);
-    static_assert(fit >= 1, "accumulate_block needs NH + 2 registers");
-    return fit < 4 ? fit : 4;
+    return registers_fit<V, NH, 4>();
   }
 
   /// True when a[i] == 0 (either sign) for some i < n.
