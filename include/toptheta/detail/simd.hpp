@@ -148,10 +148,12 @@ inline void prefetch_line(const void* p, PrefetchTo to = PrefetchTo::kL2) {
 /// measured against four per trip on the decode walks (f16 and f32, L = 16k), the back-to-back
 /// form ran up to 1.4x slower, as if requests issued in a burst were dropped. The cache level is
 /// tested once, outside the loop: at -O2 (a consumer's plain build) GCC kept the test in every
-/// trip, a taken branch and a jump per prefetcht0, and the prefetch-bound f32 walks ran 1.2-1.5x
-/// slower than the -O3 build's unswitched loop (Zen 3, L = 16k, Top-θ f32 head-major, 1 thread,
-/// the two binaries alternating: 9.4-12.8 ms before, 7.8-9.2 after, -O3 6.2-9.1; perf put the
-/// difference in the walk's prefetches, 48% of the -O2 samples against 33% at -O3, 36% after).
+/// trip (a compare and a conditional jump per line, plus a jump per prefetcht0 line), and the
+/// prefetch-bound f32 walks ran slower than the -O3 build's unswitched loop, most on the
+/// head-major (prefetcht0) walks (Zen 3, L = 16k, Top-θ f32 head-major, 1 thread, the binaries
+/// alternating, ranges over rounds: -O2 7.95-12.8 ms before, 7.75-9.24 after, -O3 6.2-9.1; perf
+/// put the difference in the walk's prefetches: 48% of the -O2 samples against 33% at -O3).
+/// scripts/check_prefetch_loops.py checks the loop's shape.
 inline void prefetch_bytes(const void* p, Index bytes, PrefetchTo to = PrefetchTo::kL2) {
   if (bytes <= 0) return;
   const std::uintptr_t end = reinterpret_cast<std::uintptr_t>(p) + std::uintptr_t(bytes);

@@ -266,8 +266,8 @@ struct Ops {
   static constexpr int dot_heads_per_step() { return V::W >= 4 ? 4 : V::W; }
   /// Keys per dot_rows step of HB heads: the most whose HB x KB accumulators, KB key vectors
   /// and one query vector fit the registers, with at most 16 accumulators and 8 keys. AVX-512:
-  /// 4 keys for 4 heads (16 accumulators); AVX2: 3 for 4 or 3 heads (12 accumulators, all 16
-  /// registers), 5 for 2, 7 for 1. Each query vector loaded serves KB multiply-adds: AVX2 ran 2
+  /// 4 keys for 4 heads (16 accumulators); AVX2: 3 for 4 heads (12 accumulators, all 16
+  /// registers) or 3 heads, 5 for 2, 7 for 1. Each query vector loaded serves KB multiply-adds: AVX2 ran 2
   /// keys per step (8 accumulators, each query vector loaded twice, the loop bound by its
   /// loads), measured 1.2-1.3x slower in isolation (Zen 3, f16, G = 4, d = 128, 16 keys).
   template <class V, int HB>
