@@ -124,9 +124,9 @@ class PrefillCall {
         w.keep = ar.take<std::uint64_t>(N);
         w.rows_any = ar.take<std::uint64_t>(N);
         w.unions = ar.take<Index>(R_);
-        w.pend_n = ar.take<Index>(R_);
-        w.pend_key = ar.take<std::int32_t>(R_ * kPending);
-        w.pend_w = ar.take<Acc>(R_ * kPending * G);
+        w.pend_n = ar.take<Index>(M_);
+        w.pend_key = ar.take<std::int32_t>(M_ * kPending);
+        w.pend_w = ar.take<Acc>(M_ * kPending);
         w.wc = ar.take<Acc>(N * G);
       } else {
         w.s = ar.take<Acc>(M_ * (L + kKeyTile));
@@ -189,9 +189,9 @@ class PrefillCall {
     std::uint64_t* keep = nullptr;  // (N) kept-row bits per key
     Index* unions = nullptr;        // (R) union sizes of the block's rows
     std::uint64_t* rows_any = nullptr;  // (N) rows keeping each key of the tile
-    Index* pend_n = nullptr;            // (R) queued kept keys per row
-    std::int32_t* pend_key = nullptr;   // (R, kPending)
-    Acc* pend_w = nullptr;              // (R, kPending, G)
+    Index* pend_n = nullptr;            // (M) queued kept keys per query (row, head)
+    std::int32_t* pend_key = nullptr;   // (M, kPending)
+    Acc* pend_w = nullptr;              // (M, kPending)
     Acc* vsum = nullptr;  // (d) running V sum
     Acc* vbar = nullptr;  // (d)
     Acc* s = nullptr;     // stored: (M, L + N) score rows
@@ -306,7 +306,8 @@ class PrefillCall {
       }
     }
     std::fill(w.o, w.o + M * d, Acc(0));
-    for (Index r = 0; r < rows; ++r) w.unions[r] = w.pend_n[r] = 0;
+    for (Index r = 0; r < rows; ++r) w.unions[r] = 0;
+    for (Index m = 0; m < M; ++m) w.pend_n[m] = 0;
     const bool want_drop = sparse && o_.sdc == SdcMode::kExact;
     const bool want_best = sparse && o_.empty_row == EmptyRowPolicy::kKeepMax;
     for (Index j0 = 0; j0 < Lmax; j0 += N) {
@@ -324,32 +325,37 @@ class PrefillCall {
         continue;
       }
       if (rescale)  // pending weights are relative to the old maxima too
-        for (Index r = 0; r < rows; ++r)
-          for (Index hh = 0; hh < G; ++hh) {
-            const Acc al = alpha[r * G + hh];
-            if (al == Acc(1)) continue;
-            Acc* pw = w.pend_w + r * kPending * G + hh;
-            for (Index i = 0; i < w.pend_n[r]; ++i) pw[i * G] *= al;
-          }
+        for (Index m = 0; m < M; ++m) {
+          const Acc al = alpha[m];
+          if (al == Acc(1)) continue;
+          Acc* pw = w.pend_w + m * kPending;
+          for (Index i = 0; i < w.pend_n[m]; ++i) pw[i] *= al;
+        }
 
       flash_pv_kept(j0, n, g, rows, w);
     }
-    for (Index r = 0; r < rows; ++r) flush_pending(r, g, w);
+    for (Index m = 0; m < M; ++m) flush_pending(m, g, w);
     flash_finish(b, g, t0, t1, w);
   }
 
-  /// Kept V rows of a block row are gathered in batches of kPending (their exp-weights stay
-  /// relative to the running maxima, rescaled with the output), so the (G, d) accumulators are
-  /// loaded and stored once per batch rather than once per key tile.
+  /// The kept V rows of each query m of the block (block row, group head) are gathered in
+  /// batches of kPending (their exp-weights stay relative to the running maxima, rescaled with
+  /// the output), so m's d accumulators are loaded and stored once per batch rather than once
+  /// per key tile. One queue per query, not per block row: a row's queue over the union of its
+  /// heads' keys carried a zero weight for every head that drops a key, and on paths without a
+  /// free masked multiply-add (AVX2) accumulate_rows then tests each weight by a branch, taken
+  /// at random here (post-softmax prefill, T = 1024, f32, Zen 3: that gather took 17% of the
+  /// samples, 0.8x the Q K^T tile products; a query's queue has no zero weight, and its gather
+  /// took 8.7%).
   static constexpr Index kPending = 32;
 
-  void flush_pending(Index r, Index g, Worker& w) {
-    const Index n = w.pend_n[r];
+  void flush_pending(Index m, Index g, Worker& w) {
+    const Index n = w.pend_n[m];
     if (n == 0) return;
     const T* vrows[kPending];
-    for (Index i = 0; i < n; ++i) vrows[i] = v_.row(w.pend_key[r * kPending + i], g);
-    Ops::accumulate_rows(w.o + r * G_ * d_, G_, d_, vrows, w.pend_w + r * kPending * G_, G_, 1, n);
-    w.pend_n[r] = 0;
+    for (Index i = 0; i < n; ++i) vrows[i] = v_.row(w.pend_key[m * kPending + i], g);
+    Ops::accumulate_rows(w.o + m * d_, 1, d_, vrows, w.pend_w + m * kPending, 1, 1, n);
+    w.pend_n[m] = 0;
   }
 
   /// O += P^T V for the whole tile (V converted once; non-finite rows only where weighted).
@@ -379,7 +385,7 @@ class PrefillCall {
   /// O += the tile's kept weights times V, from w.keep (bit m of keep[u]: query m of the block
   /// keeps key j0 + u): the union of the kept keys over the group's heads per block row
   /// (rows_any[u] bit r, counted in unions[r]), then the dense tile product when at least half
-  /// of the (row, key) pairs keep a key, else the kept-row queue.
+  /// of the (row, key) pairs keep a key, else the per-query kept-row queues.
   void flash_pv_kept(Index j0, Index n, Index g, Index rows, Worker& w) {
     const Index G = G_, M = rows * G;
     const std::uint64_t gmask = G >= 64 ? ~std::uint64_t(0) : (std::uint64_t(1) << G) - 1;
@@ -396,26 +402,30 @@ class PrefillCall {
         for (std::uint64_t any = w.rows_any[u]; any; any &= any - 1) ++w.unions[__builtin_ctzll(any)];
       flash_pv_dense(j0, n, g, M, w);
     } else {
-      flash_pv_sparse(j0, n, g, w);
+      flash_pv_sparse(j0, n, g, M, w);
     }
   }
 
-  /// Queues the tile's kept keys of each block row (union over the group's heads) with their
-  /// weights; a full queue is gathered (flush_pending).
-  void flash_pv_sparse(Index j0, Index n, Index g, Worker& w) {
-    const Index G = G_, Mp = Mp_;
+  /// Queues each kept (key, weight) pair of the tile on its query's queue (w.keep bit m, the
+  /// weight w.st[u * Mp + m]; queries m < M only), in key order; a full queue is gathered
+  /// (flush_pending). A kept V row is prefetched once per tile; unions[r] counts the keys that
+  /// some head of block row r keeps.
+  void flash_pv_sparse(Index j0, Index n, Index g, Index M, Worker& w) {
+    const Index Mp = Mp_;
+    const std::uint64_t queries = M >= 64 ? ~std::uint64_t(0) : (std::uint64_t(1) << M) - 1;
     for (Index u = 0; u < n; ++u) {
-      std::uint64_t any = w.rows_any[u];
-      while (any) {
-        const Index r = Index(__builtin_ctzll(any));
-        any &= any - 1;
-        ++w.unions[r];
-        if (w.pend_n[r] == kPending) flush_pending(r, g, w);
-        const Index i = w.pend_n[r]++;
-        w.pend_key[r * kPending + i] = std::int32_t(j0 + u);
-        if (r == 0 || !((w.rows_any[u] << (64 - r)) != 0)) prefetch_row(v_.row(j0 + u, g), HeadsView<const T>::row_items(d_));
-        Acc* pw = w.pend_w + (r * kPending + i) * G;
-        for (Index hh = 0; hh < G; ++hh) pw[hh] = w.st[u * Mp + r * G + hh];
+      for (std::uint64_t any = w.rows_any[u]; any; any &= any - 1) ++w.unions[__builtin_ctzll(any)];
+      std::uint64_t keep = w.keep[u] & queries;
+      if (!keep) continue;
+      prefetch_row(v_.row(j0 + u, g), HeadsView<const T>::row_items(d_));
+      const std::int32_t key = std::int32_t(j0 + u);
+      const Acc* wt = w.st + u * Mp;
+      for (; keep; keep &= keep - 1) {
+        const Index m = Index(__builtin_ctzll(keep));
+        if (w.pend_n[m] == kPending) flush_pending(m, g, w);
+        const Index i = w.pend_n[m]++;
+        w.pend_key[m * kPending + i] = key;
+        w.pend_w[m * kPending + i] = wt[m];
       }
     }
   }
@@ -639,7 +649,8 @@ class PrefillCall {
     }
     // Walk 3: selection and the kept rows' weighted V sum.
     std::fill(w.o, w.o + M * d, Acc(0));
-    for (Index r = 0; r < rows; ++r) w.unions[r] = w.pend_n[r] = 0;
+    for (Index r = 0; r < rows; ++r) w.unions[r] = 0;
+    for (Index m = 0; m < M; ++m) w.pend_n[m] = 0;
     for (Index j0 = 0; j0 < Lmax; j0 += N) {
       const Index n = std::min(N, Lmax - j0);
       const Acc* st = w.st;
@@ -650,7 +661,7 @@ class PrefillCall {
         continue;
       flash_pv_kept(j0, n, g, rows, w);
     }
-    for (Index r = 0; r < rows; ++r) flush_pending(r, g, w);
+    for (Index m = 0; m < M; ++m) flush_pending(m, g, w);
     post_finish(b, g, t0, t1, w);
   }
 
