@@ -3,8 +3,8 @@
 
 With --spills it checks instead that the register-blocked kernels (the prefill tiles'
 Ops::qk_micro and Ops::pv_micro and the decode dot products' Ops::dot_batch of the AVX2 and
-AVX-512 paths, the decode value sums' Ops::accumulate_block of the AVX2 path; float) keep their
-accumulators in registers.
+AVX-512 paths, float; the value sums' Ops::accumulate_block of the AVX2 path, for f32, f16, bf16
+and q8_0 rows) keep their accumulators in registers.
 
 Every x86 SIMD path's primitives (`toptheta::detail::<path>::Ops::*`, detail/simd_kernels.inl,
 and the vector types VecAvx2 / VecAvx512) carry a target attribute, which also sets
@@ -69,15 +69,17 @@ ALLOWED = re.compile(r"^(.* )?toptheta::detail::(\w+::Ops::|VecAvx(2|512)::"
                      r"|^(__asan_|__ubsan_|__tsan_|__sanitizer_|__stack_chk_fail)")
 
 
-# The register-blocked kernels of the x86 paths (prefill tiles; decode dot products and value
-# sums, float storage); the groups name the path and the kernel. The AVX-512 value sums always
+# The register-blocked kernels of the x86 paths (prefill tiles and decode dot products, float
+# accumulators; the value sums' blocks for every storage type: f32, f16, bf16 and q8_0 rows
+# converted in registers need their own); the groups name the path and the kernel. The AVX-512 value sums always
 # run the blocks that skip zero weights by a masked multiply-add (kSkipZero). The AVX2 ones that
 # skip them by a branch keep 4 x 4 accumulators and spill (calls with a zero weight only; left
 # as measured, see accumulate_rows), so only the AVX2 blocks without the test are checked.
 MICRO = re.compile(r"toptheta::detail::(avx2|avx512)::Ops::"
                    r"(qk_micro|pv_micro|dot_batch|accumulate_block)"
                    r"<(?:\d+, \d+, float|\d+, \d+, float, float"
-                   r"|\d+, \d+, false, false, float, float)>\(")
+                   r"|\d+, \d+, false, false, "
+                   r"(?:float|Eigen::half|Eigen::bfloat16|toptheta::BlockQ8_0), float)>\(")
 WANT = {(p, k) for p in ("avx2", "avx512") for k in ("qk_micro", "pv_micro", "dot_batch")} | {
     ("avx2", "accumulate_block")}
 # A ymm / zmm register operand (the float accumulators of AVX2 / AVX-512) together with an

@@ -43,8 +43,9 @@ struct Ops {
 
   /// The most blocks (at most kCap) of kPerBlock accumulators plus one operand vector each that
   /// fit the path's registers with one more register for a broadcast or a shared operand:
-  /// (kPerBlock + 1) x blocks + 1 <= V::kRegisters. The one formula behind qk_query_vectors,
-  /// pv_column_vectors, dot_keys_per_step and accumulate_vectors.
+  /// (kPerBlock + 1) x blocks + 1 <= V::kRegisters. The formula behind qk_query_vectors,
+  /// pv_column_vectors, dot_keys_per_step and accumulate_vectors (whose one-head blocks over
+  /// rows in the accumulator type need no operand register: half the registers).
   template <class V, int kPerBlock, int kCap>
   static constexpr int registers_fit() {
     constexpr int fit = (V::kRegisters - 1) / (kPerBlock + 1);
@@ -375,17 +376,25 @@ struct Ops {
     dot_heads<1>(q, d, keys, n, out, out_stride);
   }
 
-  /// Column vectors per accumulate_rows block of NH heads when no weight of the call is zero:
-  /// the most (at most 4) whose NH x NV accumulators, NV row vectors and one weight broadcast
-  /// fit the registers (AVX2: 3 for 3 or 4 heads; AVX-512 and NEON: 4). One head: each row
-  /// vector goes straight into its multiply-add (a memory operand), so up to 8 accumulators and
-  /// the broadcast, half the registers at most. Each accumulator is a chain of dependent
-  /// multiply-adds: the prefill's per-query kept-row gathers (f32, Zen 3, post-softmax T = 1024)
-  /// took 13% of the samples with 4 accumulators, 8.7% with 8.
-  template <class V, int NH>
+  /// Column vectors per accumulate_rows block of NH heads over rows of storage type T when no
+  /// weight of the call is zero: the most (at most 4) whose NH x NV accumulators, NV row
+  /// vectors and one weight broadcast fit the registers (AVX2: 3 for 3 or 4 heads; AVX-512 and
+  /// NEON: 4). One head holds more accumulators, each a chain of dependent multiply-adds: the
+  /// prefill's per-query kept-row gathers (f32, Zen 3, post-softmax T = 1024) took 13% of the
+  /// samples with 4, 8.7% with 8. Rows in the accumulator type go straight into their
+  /// multiply-adds (a memory operand): up to 8 accumulators and the broadcast, half the
+  /// registers at most. f16 and bf16 rows are converted into a register first: NV accumulators
+  /// and NV converted vectors (AVX2: 7; 8 spilled a converted row per row). q8_0 rows also
+  /// hold the block's scale and the integer widening's temporaries: the 4 of several heads
+  /// (AVX2: 6 to 8 spilled accumulators, scripts/check_kernel_calls.py --spills).
+  template <class V, int NH, class T, class Acc>
   static constexpr int accumulate_vectors() {
-    if constexpr (NH == 1) return V::kRegisters / 2 < 8 ? V::kRegisters / 2 : 8;
-    return registers_fit<V, NH, 4>();
+    if constexpr (NH == 1 && std::is_same_v<std::remove_const_t<T>, Acc>)
+      return V::kRegisters / 2 < 8 ? V::kRegisters / 2 : 8;
+    else if constexpr (NH == 1 && !std::is_same_v<std::remove_const_t<T>, BlockQ8_0>)
+      return registers_fit<V, 1, 8>();
+    else
+      return registers_fit<V, NH, 4>();
   }
 
   /// True when a[i] == 0 (either sign) for some i < n.
@@ -500,7 +509,7 @@ struct Ops {
   TT_ATTR static void accumulate_heads(Acc* acc, Index d, const T* const* rows, const Acc* w,
                                        Index w_u, Index w_h, Index n) {
     constexpr int W = Vec<Acc>::W;
-    constexpr int NV = kSkipZero ? 4 : accumulate_vectors<Vec<Acc>, NH>();
+    constexpr int NV = kSkipZero ? 4 : accumulate_vectors<Vec<Acc>, NH, T, Acc>();
     const Index nvec = d / W;
     for (Index v0 = 0; v0 < nvec;) {
       Index nv = nvec - v0 < NV ? nvec - v0 : NV;

@@ -345,8 +345,10 @@ class PrefillCall {
   /// heads' keys carried a zero weight for every head that drops a key, and on paths without a
   /// free masked multiply-add (AVX2) accumulate_rows then tests each weight by a branch, taken
   /// at random here (post-softmax prefill, T = 1024, f32, Zen 3: that gather took 17% of the
-  /// samples, 0.8x the Q K^T tile products; a query's queue has no zero weight, and its gather
-  /// took 8.7%).
+  /// samples, 0.8x the Q K^T tile products; a query's queue holds a zero weight only when a
+  /// kept key's weight is 0 itself (a threshold below 0 keeping masked keys, a -inf bias, an
+  /// exp that underflows), so accumulate_rows nearly always runs its blocks without the test,
+  /// and the gather took 8.7%).
   static constexpr Index kPending = 32;
 
   void flush_pending(Index m, Index g, Worker& w) {
@@ -407,9 +409,9 @@ class PrefillCall {
   }
 
   /// Queues each kept (key, weight) pair of the tile on its query's queue (w.keep bit m, the
-  /// weight w.st[u * Mp + m]; queries m < M only), in key order; a full queue is gathered
-  /// (flush_pending). A kept V row is prefetched once per tile; unions[r] counts the keys that
-  /// some head of block row r keeps.
+  /// weight w.st[u * Mp + m]; queries m < M only), each queue in key order; a full queue is
+  /// gathered (flush_pending). A kept V row is prefetched once per tile; unions[r] counts the
+  /// keys that some head of block row r keeps.
   void flash_pv_sparse(Index j0, Index n, Index g, Index M, Worker& w) {
     const Index Mp = Mp_;
     const std::uint64_t queries = M >= 64 ? ~std::uint64_t(0) : (std::uint64_t(1) << M) - 1;
@@ -567,7 +569,7 @@ class PrefillCall {
   // 2. Z in exp_shifted()'s order;
   // 3. selection: candidates in the log domain, s_j > M + log(theta Z) - slack, then the test
   //    on p_j itself; the kept rows' p_j V_j accumulate like the pre-softmax flash walk (dense
-  //    tile product or the pending kept-row queue). Rows that are not
+  //    tile product or the per-query pending kept-row queues). Rows that are not
   // thresholded keep every unmasked key (weights p_j); a threshold below 0 keeps every key
   // j < L_t, masked ones included (p_j = 0 > theta), as the stored path does.
 
