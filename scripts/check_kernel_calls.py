@@ -70,11 +70,12 @@ ALLOWED = re.compile(r"^(.* )?toptheta::detail::(\w+::Ops::|VecAvx(2|512)::"
 
 
 # The register-blocked kernels of the x86 paths (prefill tiles and decode dot products, float
-# accumulators; the value sums' blocks for every storage type: f32, f16, bf16 and q8_0 rows
-# converted in registers need their own); the groups name the path and the kernel. The AVX-512 value sums always
-# run the blocks that skip zero weights by a masked multiply-add (kSkipZero). The AVX2 ones that
-# skip them by a branch keep 4 x 4 accumulators and spill (calls with a zero weight only; left
-# as measured, see accumulate_rows), so only the AVX2 blocks without the test are checked.
+# accumulators; the value sums' blocks over f32, f16, bf16 and q8_0 rows: rows converted in
+# registers take registers of their own); the groups name the path and the kernel. The AVX-512
+# value sums always run the blocks that skip zero weights by a masked multiply-add (kSkipZero).
+# The AVX2 ones that skip them by a branch keep 4 x 4 accumulators and spill (calls with a zero
+# weight only; left as measured, see accumulate_rows), so only the AVX2 blocks without the test
+# are checked.
 MICRO = re.compile(r"toptheta::detail::(avx2|avx512)::Ops::"
                    r"(qk_micro|pv_micro|dot_batch|accumulate_block)"
                    r"<(?:\d+, \d+, float|\d+, \d+, float, float"

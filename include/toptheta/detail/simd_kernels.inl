@@ -385,8 +385,8 @@ struct Ops {
   /// multiply-adds (a memory operand): up to 8 accumulators and the broadcast, half the
   /// registers at most. f16 and bf16 rows are converted into a register first: NV accumulators
   /// and NV converted vectors (AVX2: 7; 8 spilled a converted row per row). q8_0 rows also
-  /// hold the block's scale and the integer widening's temporaries: the 4 of several heads
-  /// (AVX2: 6 to 8 spilled accumulators, scripts/check_kernel_calls.py --spills).
+  /// hold the block's scale and the integer widening's temporaries: at most 4, as for several
+  /// heads (AVX2: 6 to 8 spilled accumulators, scripts/check_kernel_calls.py --spills).
   template <class V, int NH, class T, class Acc>
   static constexpr int accumulate_vectors() {
     if constexpr (NH == 1 && std::is_same_v<std::remove_const_t<T>, Acc>)
