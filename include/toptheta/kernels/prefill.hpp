@@ -170,10 +170,11 @@ class PrefillCall {
     }
     // Group-major: consecutive tasks walk the same KV group's K and V rows (4 MiB at f32,
     // L = 4096), which the next block then finds in L2 / L3; block-major order interleaved the
-    // eight groups (32 MiB between two reads of a row). Measured on Zen 5 (AVX-512), causal
-    // prefill T = 4096 f32, 1 thread, 4 alternating rounds: dense 986-1051 -> 896-1071 ms
-    // (medians 1020 -> 902), pre + SDC 782-900 -> 725-854 ms; the key-tile copy's share of the
-    // samples fell from 0.55x to 0.44x the Q K^T tile products' (its loads wait on memory).
+    // eight groups (28 MiB of other groups' rows between two reads of a row). Measured on Zen 5
+    // (AVX-512), causal prefill T = 4096 f32, 1 thread, 4 alternating rounds: dense 986-1051 ->
+    // 896-1071 ms (medians 1020 -> 902), pre + SDC 782-900 -> 725-854 ms; the key-tile copy's
+    // share of the samples fell from 0.55x to 0.44x the Q K^T tile products' (its loads wait on
+    // memory).
     const Index g = task / nb_, b = task % nb_;
     if (post_) post_item(b, g, w);
     else if (flash_) flash_item(b, g, w);
