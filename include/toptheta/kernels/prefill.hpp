@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "../attention_args.hpp"
 #include "../gather.hpp"
@@ -239,6 +240,15 @@ class PrefillCall {
       }
   }
 
+  /// True when qk_tile reads the key rows where they are in the cache (row stride
+  /// token_stride) instead of a converted copy in w.kf: storage of the accumulator type (f32)
+  /// in a strided view (one key tile's rows evenly spaced; a paged view's tile may cross
+  /// blocks). The copy was an exact one, so the scores are the same bits. Why: the copy waited
+  /// on the rows' loads (perf annotate: 77% of its samples on the instruction after the load)
+  /// and wrote a 32 KiB tile that, with the 32 KiB of transposed queries, overflowed L1.
+  static constexpr bool kDirectKeys =
+      std::is_same_v<T, Acc> && std::is_same_v<KView, HeadsView<const T>>;
+
   /// Scores of the key tile [j0, j0 + n) for rows [t0, t1) of group g into w.st (n, Mp):
   /// finished (bias, NaN), causally masked (-inf where key > P + t).
   void score_tile(Index t0, Index t1, Index g, Index j0, Index n, Worker& w) const {
@@ -257,9 +267,13 @@ class PrefillCall {
         prefetch_row(k_.row(up, g), HeadsView<const T>::row_items(d));
         if (prefetch_v) prefetch_row(v_.row(up, g), HeadsView<const T>::row_items(d));
       }
-      Ops::convert_row(k_.row(j0 + u, g), d, w.kf + u * d);
+      if constexpr (!kDirectKeys) Ops::convert_row(k_.row(j0 + u, g), d, w.kf + u * d);
     }
-    Ops::qk_tile(w.qt, Mp, d, w.kf, d, n, st);
+    if constexpr (kDirectKeys) {
+      Ops::qk_tile(w.qt, Mp, d, k_.row(j0, g), k_.token_stride, n, st);
+    } else {
+      Ops::qk_tile(w.qt, Mp, d, w.kf, d, n, st);
+    }
     if (!a_.bias.empty()) {
       for (Index u = 0; u < n; ++u)
         for (Index t = t0; t < t1; ++t) {
@@ -406,24 +420,40 @@ class PrefillCall {
       pairs += __builtin_popcountll(any);
     }
     if (pairs == 0) return;
+    count_unions(n, rows, w);
     if (2 * pairs * G >= n * M) {
-      for (Index u = 0; u < n; ++u)
-        for (std::uint64_t any = w.rows_any[u]; any; any &= any - 1) ++w.unions[__builtin_ctzll(any)];
       flash_pv_dense(j0, n, g, M, w);
     } else {
       flash_pv_sparse(j0, n, g, M, w);
     }
   }
 
+  /// unions[r] += the keys u < n of the tile that some head of block row r keeps (bit r of
+  /// rows_any[u]). The count feeds the statistics only (V rows read, AttentionStats), so a call
+  /// without them skips it. Branch-free: the former per-key loop over the set bits of
+  /// rows_any[u] mispredicted its exit at nearly every key (0-16 rows keep a key at random);
+  /// perf put about a third of post_item's own samples on it and on the misprediction's
+  /// landing (post-softmax prefill T = 1024, f16, 1 thread, AVX-512).
+  void count_unions(Index n, Index rows, Worker& w) const {
+#ifndef TOPTHETA_NO_STATS
+    if (!o_.stats) return;
+    for (Index r = 0; r < rows; ++r) {
+      Index c = 0;
+      for (Index u = 0; u < n; ++u) c += Index((w.rows_any[u] >> r) & 1);
+      w.unions[r] += c;
+    }
+#else
+    (void)n, (void)rows, (void)w;
+#endif
+  }
+
   /// Queues each kept (key, weight) pair of the tile on its query's queue (w.keep bit m, the
   /// weight w.st[u * Mp + m]; queries m < M only), each queue in key order; a full queue is
-  /// gathered (flush_pending). A kept V row is prefetched once per tile; unions[r] counts the
-  /// keys that some head of block row r keeps.
+  /// gathered (flush_pending). A kept V row is prefetched once per tile.
   void flash_pv_sparse(Index j0, Index n, Index g, Index M, Worker& w) {
     const Index Mp = Mp_;
     const std::uint64_t queries = M >= 64 ? ~std::uint64_t(0) : (std::uint64_t(1) << M) - 1;
     for (Index u = 0; u < n; ++u) {
-      for (std::uint64_t any = w.rows_any[u]; any; any &= any - 1) ++w.unions[__builtin_ctzll(any)];
       std::uint64_t keep = w.keep[u] & queries;
       if (!keep) continue;
       prefetch_row(v_.row(j0 + u, g), HeadsView<const T>::row_items(d_));
@@ -508,7 +538,7 @@ class PrefillCall {
           const T* row = v_.row(am, g);
           Ops::accumulate_rows(out, 1, d, &row, &wmax, 1, 1, 1);
           if (o_.vmc == VmcMode::kOn) coeff[hh] = Acc(1) - wmax;
-          bool shared = false;
+          bool shared = !o_.stats;  // the union's size feeds the statistics only
           for (Index i = 0; i < n_added && !shared; ++i) shared = added[i] == am;
           for (Index h2 = 0; h2 < G && !shared; ++h2)
             if (h2 != hh) shared = score_of(t, g, h2, am, w) > theta[r * G + h2];
@@ -742,7 +772,7 @@ class PrefillCall {
         const T* row = v_.row(am, g);
         Ops::accumulate_rows(out, 1, d, &row, &wmax, 1, 1, 1);
         if (o_.vmc == VmcMode::kOn) coeff[hh] = Acc(1) - wmax;
-        bool shared = false;
+        bool shared = !o_.stats;  // the union's size feeds the statistics only
         for (Index i = 0; i < n_added && !shared; ++i) shared = added[i] == am;
         for (Index h2 = 0; h2 < G && !shared; ++h2)
           if (h2 != hh) shared = post_keeps(t, g, r, h2, am, w);
