@@ -106,7 +106,13 @@ inline constexpr Index kValuePrefetchTokens = 32;
 /// sliding windows (token-major dense 0.90x, head-major 0.82x) and keeps the re-issued ones. Every
 /// line must be requested: prefetching every other line (as if the hardware fetched the adjacent
 /// one) halves the bandwidth (f16 1 thread 3.5-4.1 -> 7.0-7.2 ms).
-inline constexpr Index kKeySlideTokens = 16;
+/// Since the Zen 5 host: 48 tokens (12 KiB of f16 keys ahead), into L2 (see `prefetch_to`), for
+/// 16 into L1 before. Bench decode_paired, head-major, 1 thread, the variants in a shuffled order
+/// per round, recommended Top-θ over dense (the dense walk's keys use the window too): L = 16k f16
+/// (4 rounds) 1.56-1.61 -> 1.64-1.72, with 64 tokens into L2 1.65-1.67 and 48 into L1 1.59-1.62;
+/// L = 64k (3 rounds) f16 1.63-1.66 -> 1.70-1.73, bf16 1.63-1.65 -> 1.71-1.72; L = 1024
+/// unchanged (f16 0.94-0.97 -> 0.94-0.98, bf16 0.96-0.98 -> 0.94-0.96).
+inline constexpr Index kKeySlideTokens = 48;
 inline constexpr Index kValueSlideTokens = 48;
 static_assert(kKeySlideTokens >= kScoreTile && kValueSlideTokens >= kValueTile,
               "a sliding window shorter than its tile would leave rows unrequested");
@@ -346,26 +352,40 @@ class DecodeCall {
     *j1 = std::min(L_, *j0 + chunk_);
   }
 
+  /// Which of the two walks a prefetch serves.
+  enum class Walk { kKeys, kValues };
+
   /// Software prefetch of KV head g's rows of tokens [t, min(t + n, L)) (any view: a paged
   /// cache's rows are looked up through its block table, so the window crosses blocks), into
   /// the cache level of `prefetch_to`.
-  void prefetch_head(const KView& view, Index g, Index t, Index n) const {
+  void prefetch_head(const KView& view, Walk walk, Index g, Index t, Index n) const {
     const Index end = std::min(L_, t + n), items = HeadsView<const T>::row_items(d_);
-    const PrefetchTo to = prefetch_to(view);
+    const PrefetchTo to = prefetch_to(view, walk);
     for (Index u = t; u < end; ++u) prefetch_row(view.row(u, g), items, to);
   }
 
-  /// The cache level the walks prefetch into: L1 (prefetcht0) for storage under 4 bytes per
-  /// value and for head-major runs, L2 (prefetcht1) for the interleaved walks of f32 and wider
-  /// caches. Measured (harness, Hq = 32, Hkv = 8, d = 128, L = 16k and 64k, the hints in a
+  /// The cache level the walks prefetch into: L2 (prefetcht1) for the key walks of storage
+  /// under 4 bytes per value and for the interleaved walks of f32 and wider caches, L1
+  /// (prefetcht0) for the value walks of storage under 4 bytes per value and for head-major
+  /// runs of f32 and wider caches. Measured before the Zen 5 host (all walks of narrow storage
+  /// in L1 then) (harness, Hq = 32, Hkv = 8, d = 128, L = 16k and 64k, the hints in a
   /// shuffled order per round, median per-round ratio of 12-40 rounds, speed-up of L1 over L2):
   /// f32 head-major dense 1.17-1.39x, pre-softmax Top-θ 1.09-1.23x; f16 / bf16 token-major dense
   /// 1.01-1.11x, pre 0.98-1.11x; f16 / bf16 head-major 0.93-1.07x (the session's noise was about
   /// +-5%). f32 token-major (windows re-issued at every tile: 4 tokens for keys, 16 for values)
   /// was neutral with L1 for dense (0.93-1.07x) and slower for pre-softmax (0.85-0.93x), and
   /// keeps L2. The sparse gather's prefetches (gather.hpp) keep L2: L1 there was neutral
-  /// (0.99-1.02x).
-  PrefetchTo prefetch_to(const KView& view) const {
+  /// (0.99-1.02x). Since the Zen 5 host the key walks of storage under 4 bytes per value
+  /// prefetch into L2 on every layout (head-major runs: with a 48-token window, see
+  /// kKeySlideTokens). Token-major, keys into L2 with the same 32-token window (bench
+  /// decode_paired, L = 16k, 1 thread, 3 rounds, variants shuffled per round), recommended
+  /// Top-θ over dense: f16 1.61-1.65 -> 1.67-1.69, bf16 1.62-1.66 -> 1.65-1.71; pre-softmax
+  /// f16 1.73-1.78 -> 1.75-1.83; 2 threads f16 1.75-1.77 -> 1.78-1.80, bf16 1.74-1.75 ->
+  /// 1.68-1.79; q8_0 (bench engine_q8, L = 16k, 3 rounds) unchanged within the noise. Their
+  /// value walks stay in L1: both walks into L2 made dense decode slower (L = 16k f16
+  /// head-major, 1 thread, 2.9-3.1 -> 3.1-3.3 ms).
+  PrefetchTo prefetch_to(const KView& view, Walk walk) const {
+    if (walk == Walk::kKeys && narrow()) return PrefetchTo::kL2;
     return narrow() || head_runs(view) ? PrefetchTo::kL1 : PrefetchTo::kL2;
   }
 
@@ -432,7 +452,7 @@ class DecodeCall {
                long_tiles ? kKeyInterleavedWindow : kKeySlideTokens, group >= 0 ? only : nullptr,
                [&](Index g, Index t0, Index pf, Index npf) {
                  const Index nt = std::min(tile, j1 - t0);
-                 prefetch_head(k_, g, pf, npf);
+                 prefetch_head(k_, Walk::kKeys, g, pf, npf);
                  for (Index u = 0; u < nt; ++u) keys[u] = k_.row(t0 + u, g);
                  Ops::dot_rows(q_ + g * G * d, G, d, keys, nt, s + g * G * ss + (t0 - j0), ss);
                });
@@ -451,7 +471,7 @@ class DecodeCall {
     walk_tiles(v_, j0, j1, kValueTile, kValuePrefetchTokens, kValueSlideTokens, dense,
                [&](Index g, Index t0, Index pf, Index npf) {
                  const Index nt = std::min(kValueTile, j1 - t0);
-                 prefetch_head(v_, g, pf, npf);
+                 prefetch_head(v_, Walk::kValues, g, pf, npf);
                  for (Index u = 0; u < nt; ++u) rows[u] = v_.row(t0 + u, g);
                  Ops::accumulate_rows(acc + g * G * d, G, d, rows, w + g * wg + (t0 - j0), 1, ws,
                                       nt);
