@@ -106,15 +106,20 @@ inline constexpr Index kValuePrefetchTokens = 32;
 /// sliding windows (token-major dense 0.90x, head-major 0.82x) and keeps the re-issued ones. Every
 /// line must be requested: prefetching every other line (as if the hardware fetched the adjacent
 /// one) halves the bandwidth (f16 1 thread 3.5-4.1 -> 7.0-7.2 ms).
-/// Since the Zen 5 host: 48 tokens (12 KiB of f16 keys ahead), into L2 (see `prefetch_to`), for
-/// 16 into L1 before. Bench decode_paired, head-major, 1 thread, the variants in a shuffled order
-/// per round, recommended Top-θ over dense (the dense walk's keys use the window too): L = 16k f16
-/// (4 rounds) 1.56-1.61 -> 1.64-1.72, with 64 tokens into L2 1.65-1.67 and 48 into L1 1.59-1.62;
-/// L = 64k (3 rounds) f16 1.63-1.66 -> 1.70-1.73, bf16 1.63-1.65 -> 1.71-1.72; L = 1024
-/// unchanged (f16 0.94-0.97 -> 0.94-0.98, bf16 0.96-0.98 -> 0.94-0.96).
-inline constexpr Index kKeySlideTokens = 48;
+inline constexpr Index kKeySlideTokens = 16;
+/// The head-major key walk's sliding window of a selective call (Top-θ, top-k: the key walk is
+/// then nearly all of the call's memory traffic), into L2 (see `prefetch_to`), since the Zen 5
+/// host: 48 tokens (12 KiB of f16 keys ahead). Bench decode_paired, head-major, 1 thread, the
+/// variants in a shuffled order per round, recommended Top-θ over dense, 16 tokens into L1 ->
+/// 48 into L2 (measured with the dense walk's keys changed the same way, which left dense
+/// unchanged within the noise): L = 16k f16 (4 rounds) 1.56-1.61 -> 1.64-1.72, with 64 tokens
+/// into L2 1.65-1.67 and 48 into L1 1.59-1.62; L = 64k (3 rounds) f16 1.63-1.66 -> 1.70-1.73,
+/// bf16 1.63-1.65 -> 1.71-1.72; L = 1024 unchanged (f16 0.94-0.97 -> 0.94-0.98, bf16
+/// 0.96-0.98 -> 0.94-0.96).
+inline constexpr Index kSelectiveKeySlideTokens = 48;
 inline constexpr Index kValueSlideTokens = 48;
-static_assert(kKeySlideTokens >= kScoreTile && kValueSlideTokens >= kValueTile,
+static_assert(kKeySlideTokens >= kScoreTile && kSelectiveKeySlideTokens >= kScoreTile &&
+                  kValueSlideTokens >= kValueTile,
               "a sliding window shorter than its tile would leave rows unrequested");
 /// Chunks are whole multiples of this many tokens.
 inline constexpr Index kTokenTile = 16;
@@ -196,6 +201,7 @@ class DecodeCall {
     s_stride_ = score_row_stride<Acc>(L_);
     thresholded_ = cx_.thresholded(L_);
     keep_all_ = thresholded_ && keeps_every_key(o);
+    selective_ = thresholded_ && !keep_all_;
     // Calibration observes full rows: always two passes.
     fused_ = !cx_.calibrate &&
              (!thresholded_ || keep_all_ ||
@@ -364,28 +370,33 @@ class DecodeCall {
     for (Index u = t; u < end; ++u) prefetch_row(view.row(u, g), items, to);
   }
 
-  /// The cache level the walks prefetch into: L2 (prefetcht1) for the key walks of storage
-  /// under 4 bytes per value and for the interleaved walks of f32 and wider caches, L1
-  /// (prefetcht0) for the value walks of storage under 4 bytes per value and for head-major
-  /// runs of f32 and wider caches. Measured before the Zen 5 host (all walks of narrow storage
-  /// in L1 then) (harness, Hq = 32, Hkv = 8, d = 128, L = 16k and 64k, the hints in a
-  /// shuffled order per round, median per-round ratio of 12-40 rounds, speed-up of L1 over L2):
+  /// The cache level the walks prefetch into: L2 (prefetcht1) for the interleaved walks of f32
+  /// and wider caches and for the key walk of a selective call over head-major runs of storage
+  /// under 4 bytes per value; L1 (prefetcht0) for the other walks of storage under 4 bytes per
+  /// value and for head-major runs of f32 and wider caches. Measured before the Zen 5 host
+  /// (every walk of narrow storage in L1 then; harness, Hq = 32, Hkv = 8, d = 128, L = 16k and
+  /// 64k, the hints in a shuffled order per round, median per-round ratio of 12-40 rounds,
+  /// speed-up of L1 over L2):
   /// f32 head-major dense 1.17-1.39x, pre-softmax Top-θ 1.09-1.23x; f16 / bf16 token-major dense
   /// 1.01-1.11x, pre 0.98-1.11x; f16 / bf16 head-major 0.93-1.07x (the session's noise was about
   /// +-5%). f32 token-major (windows re-issued at every tile: 4 tokens for keys, 16 for values)
   /// was neutral with L1 for dense (0.93-1.07x) and slower for pre-softmax (0.85-0.93x), and
   /// keeps L2. The sparse gather's prefetches (gather.hpp) keep L2: L1 there was neutral
-  /// (0.99-1.02x). Since the Zen 5 host the key walks of storage under 4 bytes per value
-  /// prefetch into L2 on every layout (head-major runs: with a 48-token window, see
-  /// kKeySlideTokens). Token-major, keys into L2 with the same 32-token window (bench
-  /// decode_paired, L = 16k, 1 thread, 3 rounds, variants shuffled per round), recommended
-  /// Top-θ over dense: f16 1.61-1.65 -> 1.67-1.69, bf16 1.62-1.66 -> 1.65-1.71; pre-softmax
-  /// f16 1.73-1.78 -> 1.75-1.83; 2 threads f16 1.75-1.77 -> 1.78-1.80, bf16 1.74-1.75 ->
-  /// 1.68-1.79; q8_0 (bench engine_q8, L = 16k, 3 rounds) unchanged within the noise. Their
-  /// value walks stay in L1: both walks into L2 made dense decode slower (L = 16k f16
-  /// head-major, 1 thread, 2.9-3.1 -> 3.1-3.3 ms).
+  /// (0.99-1.02x). Since the Zen 5 host the key walk of a selective call (see `selective_`) over
+  /// head-major runs of storage under 4 bytes per value prefetches into L2, with a 48-token
+  /// window (kSelectiveKeySlideTokens). Measured there and not taken:
+  ///  - the value walks into L2 as well: dense decode slower (L = 16k f16 head-major, 1 thread,
+  ///    2.9-3.1 -> 3.1-3.3 ms);
+  ///  - dense calls' keys into L2: a dense decode over a paged cache (token-major blocks)
+  ///    slower (bench engine_paged, L = 16k f16, 1 thread, 3 rounds: 16-token blocks
+  ///    3.9-4.05 -> 5.0-5.1 ms, 256-token blocks 3.15-3.3 -> 3.55-4.0 ms);
+  ///  - token-major selective calls' keys into L2 (same 32-token window): undecided. Bench
+  ///    decode_paired, L = 16k, 1 thread, recommended Top-θ over dense: an A/B in one binary
+  ///    (3 rounds) f16 1.61-1.65 -> 1.67-1.69, bf16 1.62-1.66 -> 1.65-1.71; an A/B of two
+  ///    binaries (2 rounds) f16 1.64-1.65 -> 1.59-1.64, bf16 1.63-1.67 -> 1.61-1.65,
+  ///    pre-softmax f16 1.74-1.77 -> 1.62-1.69. Paged Top-θ gained 2-5%.
   PrefetchTo prefetch_to(const KView& view, Walk walk) const {
-    if (walk == Walk::kKeys && narrow()) return PrefetchTo::kL2;
+    if (walk == Walk::kKeys && selective_ && narrow() && head_runs(view)) return PrefetchTo::kL2;
     return narrow() || head_runs(view) ? PrefetchTo::kL1 : PrefetchTo::kL2;
   }
 
@@ -448,8 +459,11 @@ class DecodeCall {
     if (group >= 0) only[group] = 1;
     // Long tiles are narrow storage, which always slides: kKeyPrefetchTokens (the re-issued
     // window) serves f32 and wider caches only.
+    const Index key_slide = long_tiles ? kKeyInterleavedWindow
+                            : selective_ ? kSelectiveKeySlideTokens
+                                         : kKeySlideTokens;
     walk_tiles(k_, j0, j1, tile, kKeyPrefetchTokens,
-               long_tiles ? kKeyInterleavedWindow : kKeySlideTokens, group >= 0 ? only : nullptr,
+               key_slide, group >= 0 ? only : nullptr,
                [&](Index g, Index t0, Index pf, Index npf) {
                  const Index nt = std::min(tile, j1 - t0);
                  prefetch_head(k_, Walk::kKeys, g, pf, npf);
@@ -833,6 +847,7 @@ class DecodeCall {
   Index sc_stride_ = 0, s_stride_ = 0;  // row strides of w.sc and s_ (score_row_stride)
   bool thresholded_ = false, keep_all_ = false, fused_ = true, sparse_fused_ = false,
        group_tasks_ = false,
+       selective_ = false,  // a selection (Top-θ, top-k, calibration) that does not keep every key
        need_vbar_ = false,
        need_mz_ = false, per_head_stats_ = false;
   int threads_ = 1;
