@@ -2,9 +2,10 @@
 """Checks that the float SIMD kernels of a built binary call nothing outside the kernels.
 
 With --spills it checks instead that the register-blocked kernels (the prefill tiles'
-Ops::qk_micro and Ops::pv_micro and the decode dot products' Ops::dot_batch of the AVX2 and
-AVX-512 paths, float; the value sums' Ops::accumulate_block of the AVX2 path, for f32, f16, bf16
-and q8_0 rows) keep their accumulators in registers.
+Ops::qk_micro and Ops::pv_micro, the prefill's key-by-key gathers Ops::scatter_block and the
+decode dot products' Ops::dot_batch of the AVX2 and AVX-512 paths, float; the value sums'
+Ops::accumulate_block of the AVX2 path, for f32, f16, bf16 and q8_0 rows) keep their
+accumulators (scatter_block: its row's vectors) in registers.
 
 Every x86 SIMD path's primitives (`toptheta::detail::<path>::Ops::*`, detail/simd_kernels.inl,
 and the vector types VecAvx2 / VecAvx512) carry a target attribute, which also sets
@@ -77,11 +78,14 @@ ALLOWED = re.compile(r"^(.* )?toptheta::detail::(\w+::Ops::|VecAvx(2|512)::"
 # weight only; left as measured, see accumulate_rows), so only the AVX2 blocks without the test
 # are checked.
 MICRO = re.compile(r"toptheta::detail::(avx2|avx512)::Ops::"
-                   r"(qk_micro|pv_micro|dot_batch|accumulate_block)"
+                   r"(qk_micro|pv_micro|dot_batch|accumulate_block|scatter_block)"
                    r"<(?:\d+, \d+, float|\d+, \d+, float, float"
                    r"|\d+, \d+, false, false, "
+                   r"(?:float|Eigen::half|Eigen::bfloat16|toptheta::BlockQ8_0), float"
+                   r"|\d+, false, "
                    r"(?:float|Eigen::half|Eigen::bfloat16|toptheta::BlockQ8_0), float)>\(")
-WANT = {(p, k) for p in ("avx2", "avx512") for k in ("qk_micro", "pv_micro", "dot_batch")} | {
+WANT = {(p, k) for p in ("avx2", "avx512")
+        for k in ("qk_micro", "pv_micro", "dot_batch", "scatter_block")} | {
     ("avx2", "accumulate_block")}
 # A ymm / zmm register operand (the float accumulators of AVX2 / AVX-512) together with an
 # %rsp-based address (SPILL_BP: %rbp-based, for functions with a frame pointer). 64-bit xmm moves

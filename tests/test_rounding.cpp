@@ -256,6 +256,60 @@ void decode_value_sums_do_not_depend_on_the_block() {
   });
 }
 
+/// Prefill key-by-key gathers (scatter_row: one V row into several outputs): after a sequence
+/// of calls, every output element equals its initial value followed by the multiply-add chain
+/// over the rows it was given, in call order, for head dims that use every column-vector count
+/// (whole and with a partial last vector) and 1 to 9 outputs per call; an output a call does not
+/// name is left as it was (bit for bit), and a weight of 0 given to a call is added (0 x row).
+template <class Acc>
+void prefill_scatter_is_the_chain_in_call_order() {
+  toptheta::testing::for_each_isa([&](auto ops) {
+    using Ops = decltype(ops);
+    constexpr Index W = Ops::template Vec<Acc>::W;
+    const bool fuse = fused(Ops::kIsa);
+    std::mt19937_64 rng(0x5ca7ull + sizeof(Acc));
+    std::vector<Index> dims{1, 100, 128};
+    for (Index v = 1; v <= 9; ++v) dims.insert(dims.end(), {v * W, v * W + 1});
+    const Index n_out = 9, n_rows = 13;
+    for (Index d : dims) {
+      SCOPED_TRACE("d=" + std::to_string(d));
+      const std::vector<Acc> rows = random_values<Acc>(rng, std::size_t(n_rows * d));
+      const std::vector<Acc> out0 = random_values<Acc>(rng, std::size_t(n_out * d));
+      std::vector<Acc> out = out0, want = out0;
+      std::uniform_int_distribution<int> coin(0, 1);
+      for (Index u = 0; u < n_rows; ++u) {
+        // Row u goes to a random subset of the outputs (every output for row 0), in index
+        // order, with random weights; one weight of 0 on row 5.
+        std::vector<Acc*> ptrs;
+        std::vector<Acc> wts;
+        for (Index i = 0; i < n_out; ++i) {
+          if (u > 0 && coin(rng) == 0) continue;
+          ptrs.push_back(out.data() + i * d);
+          const Acc wv = (u == 5 && ptrs.size() == 1) ? Acc(0) : random_values<Acc>(rng, 1)[0];
+          wts.push_back(wv);
+          for (Index c = 0; c < d; ++c) {
+            Acc& x = want[std::size_t(i * d + c)];
+            x = chain_step(fuse, wv, rows[std::size_t(u * d + c)], x);
+          }
+        }
+        Ops::scatter_row(ptrs.data(), wts.data(), Index(ptrs.size()), rows.data() + u * d, d);
+      }
+      for (Index i = 0; i < n_out; ++i)
+        for (Index c = 0; c < d; ++c)
+          ASSERT_TRUE(same_bits(want[std::size_t(i * d + c)], out[std::size_t(i * d + c)]))
+              << "output " << i << " column " << c << ": " << out[std::size_t(i * d + c)]
+              << " vs chain " << want[std::size_t(i * d + c)];
+    }
+  });
+}
+
+TEST(Rounding, PrefillScatterIsTheChainInCallOrderFloat) {
+  prefill_scatter_is_the_chain_in_call_order<float>();
+}
+TEST(Rounding, PrefillScatterIsTheChainInCallOrderDouble) {
+  prefill_scatter_is_the_chain_in_call_order<double>();
+}
+
 TEST(Rounding, DecodeDotsDoNotDependOnTheBatchFloat) { decode_dots_do_not_depend_on_the_batch<float>(); }
 TEST(Rounding, DecodeDotsDoNotDependOnTheBatchDouble) {
   decode_dots_do_not_depend_on_the_batch<double>();

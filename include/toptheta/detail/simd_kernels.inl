@@ -567,6 +567,68 @@ struct Ops {
     if (i < n) V::fma(av, V::load_n(x + i, int(n - i)), V::load_n(y + i, int(n - i))).store_n(y + i, int(n - i));
   }
 
+  /// Vectors of columns per scatter_row block: the NV row vectors stay in registers with the
+  /// weight's broadcast and one output vector (8 at most; AVX2's 16 registers hold 8 + 2).
+  /// q8_0 rows also hold the block's scale and the widening's temporaries while they load: 4,
+  /// as accumulate_vectors takes for them.
+  template <class V, class T>
+  static constexpr int scatter_vectors() {
+    constexpr int cap = std::is_same_v<std::remove_const_t<T>, BlockQ8_0> ? 4 : 8;
+    return V::kRegisters - 2 < cap ? V::kRegisters - 2 : cap;
+  }
+
+  /// One block of scatter_row: NV vectors of columns from c0 (kPartial: one vector of `last`
+  /// < W columns), the row's vectors loaded (converted) once for all n outputs.
+  template <int NV, bool kPartial, class T, class Acc>
+  TT_ATTR TOPTHETA_NOINLINE static void scatter_block(Acc* const* outs, const Acc* w, Index n,
+                                                      const T* row, Index c0, int last) {
+    using V = Vec<Acc>;
+    constexpr int W = V::W;
+    static_assert(!kPartial || NV == 1, "a partial vector is a block of its own");
+    V x[NV];
+    TOPTHETA_UNROLL
+    for (int v = 0; v < NV; ++v)
+      x[v] = kPartial ? ld_n<T, V>(row, c0 + v * W, last) : ld<T, V>(row, c0 + v * W);
+    for (Index i = 0; i < n; ++i) {
+      const V ww = V::set1(w[i]);
+      Acc* p = outs[i] + c0;
+      TOPTHETA_UNROLL
+      for (int v = 0; v < NV; ++v) {
+        if constexpr (kPartial) V::fma(ww, x[v], V::load_n(p, last)).store_n(p, last);
+        else V::fma(ww, x[v], V::load(p + v * W)).store(p + v * W);
+      }
+    }
+  }
+
+  /// scatter_block of nv (1 <= nv <= NV) whole vectors.
+  template <int NV, class T, class Acc>
+  TT_ATTR static void scatter_block_upto(int nv, Acc* const* outs, const Acc* w, Index n,
+                                         const T* row, Index c0) {
+    if constexpr (NV > 1) {
+      if (nv < NV) return scatter_block_upto<NV - 1>(nv, outs, w, n, row, c0);
+    }
+    scatter_block<NV, false>(outs, w, n, row, c0, Vec<Acc>::W);
+  }
+
+  /// outs[i][c] += w[i] * row[c] for i < n, c < d: one V row (storage type T) into n outputs,
+  /// its columns loaded and converted once per block of scatter_vectors() vectors rather than
+  /// once per output. Each output element takes one multiply-add (V::fma): an output that
+  /// receives rows by successive calls accumulates them in call order, as accumulate_rows
+  /// accumulates its rows in order. Every weight is added, 0 included (the caller leaves out
+  /// the pairs that must not be added).
+  template <class T, class Acc = acc_t<T>>
+  TT_ATTR TOPTHETA_NOINLINE static void scatter_row(Acc* const* outs, const Acc* w, Index n,
+                                                    const T* row, Index d) {
+    constexpr int W = Vec<Acc>::W;
+    constexpr int NV = scatter_vectors<Vec<Acc>, T>();
+    const Index nvec = d / W;
+    for (Index v0 = 0; v0 < nvec; v0 += NV) {
+      const Index nv = nvec - v0 < NV ? nvec - v0 : NV;
+      scatter_block_upto<NV>(int(nv), outs, w, n, row, v0 * W);
+    }
+    if (d % W) scatter_block<1, true>(outs, w, n, row, nvec * W, int(d % W));
+  }
+
   /// y[i] *= a, i < n.
   template <class Acc>
   TT_ATTR static void scale(Acc* y, Acc a, Index n) {

@@ -9,7 +9,8 @@
 ///   a register-blocked microkernel (Ops::qk_tile), the softmax runs online across the tile
 ///   with vectors across the M query rows (Ops::softmax_tile: running max, kept / dropped exp
 ///   sums for SDC, kept counts, first maximum), and the exp-weights of the kept keys multiply
-///   the V tile (Ops::pv_tile, or a gather of the kept rows when few are kept). No score block
+///   the V tile (Ops::pv_tile, or when few are kept a gather of the kept rows, each read once for
+///   the block's queries that keep it: Ops::scatter_row). No score block
 ///   is stored or re-read. Top-θ selection is a per-score comparison with theta(l, h, L_t)
 ///   (semantics §4), so it fits the tile loop; the dense rows are the same loop with
 ///   theta = -inf.
@@ -125,9 +126,6 @@ class PrefillCall {
         w.keep = ar.take<std::uint64_t>(N);
         w.rows_any = ar.take<std::uint64_t>(N);
         w.unions = ar.take<Index>(R_);
-        w.pend_n = ar.take<Index>(M_);
-        w.pend_key = ar.take<std::int32_t>(M_ * kPending);
-        w.pend_w = ar.take<Acc>(M_ * kPending);
         w.wc = ar.take<Acc>(N * G);
       } else {
         w.s = ar.take<Acc>(M_ * (L + kKeyTile));
@@ -197,9 +195,6 @@ class PrefillCall {
     std::uint64_t* keep = nullptr;  // (N) kept-row bits per key
     Index* unions = nullptr;        // (R) union sizes of the block's rows
     std::uint64_t* rows_any = nullptr;  // (N) bit r * G: some head of row r keeps the key
-    Index* pend_n = nullptr;            // (M) queued kept keys per query (row, head)
-    std::int32_t* pend_key = nullptr;   // (M, kPending)
-    Acc* pend_w = nullptr;              // (M, kPending)
     Acc* vsum = nullptr;  // (d) running V sum
     Acc* vbar = nullptr;  // (d)
     Acc* s = nullptr;     // stored: (M, L + N) score rows
@@ -328,12 +323,11 @@ class PrefillCall {
     }
     std::fill(w.o, w.o + M * d, Acc(0));
     for (Index r = 0; r < rows; ++r) w.unions[r] = 0;
-    for (Index m = 0; m < M; ++m) w.pend_n[m] = 0;
     const bool want_drop = sparse && o_.sdc == SdcMode::kExact;
     const bool want_best = sparse && o_.empty_row == EmptyRowPolicy::kKeepMax;
     // The next tile's V rows are prefetched with its keys while the product runs dense (a
     // block without a thresholded row, or a tile that kept at least half of its pairs); a
-    // sparse tile prefetches only its kept rows, when it queues them (flash_pv_sparse). Every
+    // sparse tile prefetches only its kept rows, before it gathers them (flash_pv_sparse). Every
     // V row of the next tile, as before, kept the walk waiting on prefetches that 90% of the
     // rows never use: the two prefetch loops of score_tile held 29% of flash_item's own
     // samples (pre-softmax prefill T = 4096, f32, 1 thread, AVX-512, Zen 5). With this and
@@ -354,40 +348,9 @@ class PrefillCall {
         flash_pv_dense(j0, n, g, M, w);
         continue;
       }
-      if (rescale)  // pending weights are relative to the old maxima too
-        for (Index m = 0; m < M; ++m) {
-          const Acc al = alpha[m];
-          if (al == Acc(1)) continue;
-          Acc* pw = w.pend_w + m * kPending;
-          for (Index i = 0; i < w.pend_n[m]; ++i) pw[i] *= al;
-        }
-
       v_dense = flash_pv_kept(j0, n, g, rows, w);
     }
-    for (Index m = 0; m < M; ++m) flush_pending(m, g, w);
     flash_finish(b, g, t0, t1, w);
-  }
-
-  /// The kept V rows of each query m of the block (block row, group head) are gathered in
-  /// batches of kPending (their exp-weights stay relative to the running maxima, rescaled with
-  /// the output), so m's d accumulators are loaded and stored once per batch rather than once
-  /// per key tile. One queue per query, not per block row: a row's queue over the union of its
-  /// heads' keys carried a zero weight for every head that drops a key, and on paths without a
-  /// free masked multiply-add (AVX2) accumulate_rows then tests each weight by a branch, taken
-  /// at random here (post-softmax prefill, T = 1024, f32, Zen 3: that gather took 17% of the
-  /// samples, 0.8x the Q K^T tile products; a query's queue holds a zero weight only when a
-  /// kept key's weight is 0 itself (a threshold below 0 keeping masked keys, a -inf bias, an
-  /// exp that underflows), so accumulate_rows nearly always runs its blocks without the test,
-  /// and the gather took 8.7%).
-  static constexpr Index kPending = 32;
-
-  void flush_pending(Index m, Index g, Worker& w) {
-    const Index n = w.pend_n[m];
-    if (n == 0) return;
-    const T* vrows[kPending];
-    for (Index i = 0; i < n; ++i) vrows[i] = v_.row(w.pend_key[m * kPending + i], g);
-    Ops::accumulate_rows(w.o + m * d_, 1, d_, vrows, w.pend_w + m * kPending, 1, 1, n);
-    w.pend_n[m] = 0;
   }
 
   /// O += P^T V for the whole tile (V converted once; non-finite rows only where weighted).
@@ -427,10 +390,11 @@ class PrefillCall {
   /// O += the tile's kept weights times V, from w.keep (bit m of keep[u]: query m of the block
   /// keeps key j0 + u): the union of the kept keys over the group's heads per block row
   /// (rows_any[u] bit r * G, counted in unions[r]), then the dense tile product when at least
-  /// half of the (row, key) pairs keep a key, else the per-query kept-row queues. Returns
-  /// whether the tile ran the dense product. The per-row union bits are a fold of each row's G
-  /// bits (any_of_groups), not a loop over the rows: that loop was 11% of flash_item's own
-  /// samples (pre-softmax prefill T = 4096, f32, 1 thread, AVX-512, Zen 5).
+  /// half of the (row, key) pairs keep a key, else the kept rows' gather key by key
+  /// (flash_pv_sparse). Returns whether the tile ran the dense product. The per-row union bits
+  /// are a fold of each row's G bits (any_of_groups), not a loop over the rows: that loop was
+  /// 11% of flash_item's own samples (pre-softmax prefill T = 4096, f32, 1 thread, AVX-512,
+  /// Zen 5).
   bool flash_pv_kept(Index j0, Index n, Index g, Index rows, Worker& w) {
     const Index G = G_, M = rows * G;
     std::uint64_t starts = 0;  // bit r * G for each block row r
@@ -472,25 +436,34 @@ class PrefillCall {
 #endif
   }
 
-  /// Queues each kept (key, weight) pair of the tile on its query's queue (w.keep bit m, the
-  /// weight w.st[u * Mp + m]; queries m < M only), each queue in key order; a full queue is
-  /// gathered (flush_pending). A kept V row is prefetched once per tile.
+  /// O += the tile's kept weights times V, key by key (w.keep bit m of keep[u]: query m < M
+  /// keeps key j0 + u, weight w.st[u * Mp + m]): the V rows of the kept keys are prefetched,
+  /// then each is read once and added to every query of the block that keeps it
+  /// (Ops::scatter_row), so each query's output takes its kept rows in key order. A pair whose
+  /// weight is exactly 0 is left out: its row never enters that query's sum (a non-finite value
+  /// there cannot reach the output; docs/semantics.md).
+  /// Why key by key: a kept key is kept by about 4 of the block's 64 queries on average
+  /// (pre-softmax prefill, T = 4096, k = 64, G = 4), and the former per-query queues fetched
+  /// its 512-byte row from L2 / L3 once per query, about 9 ns per (query, row) pair.
   void flash_pv_sparse(Index j0, Index n, Index g, Index M, Worker& w) {
-    const Index Mp = Mp_;
+    const Index Mp = Mp_, d = d_;
     const std::uint64_t queries = M >= 64 ? ~std::uint64_t(0) : (std::uint64_t(1) << M) - 1;
+    for (Index u = 0; u < n; ++u)
+      if (w.keep[u] & queries) prefetch_row(v_.row(j0 + u, g), HeadsView<const T>::row_items(d));
+    Acc* outs[64];
+    Acc wts[64];
     for (Index u = 0; u < n; ++u) {
       std::uint64_t keep = w.keep[u] & queries;
       if (!keep) continue;
-      prefetch_row(v_.row(j0 + u, g), HeadsView<const T>::row_items(d_));
-      const std::int32_t key = std::int32_t(j0 + u);
       const Acc* wt = w.st + u * Mp;
+      Index c = 0;
       for (; keep; keep &= keep - 1) {
         const Index m = Index(__builtin_ctzll(keep));
-        if (w.pend_n[m] == kPending) flush_pending(m, g, w);
-        const Index i = w.pend_n[m]++;
-        w.pend_key[m * kPending + i] = key;
-        w.pend_w[m * kPending + i] = wt[m];
+        outs[c] = w.o + m * d;
+        wts[c] = wt[m];
+        c += Index(wt[m] != Acc(0));
       }
+      if (c) Ops::scatter_row(outs, wts, c, v_.row(j0 + u, g), d);
     }
   }
 
@@ -631,7 +604,7 @@ class PrefillCall {
   // 2. Z in exp_shifted()'s order;
   // 3. selection: candidates in the log domain, s_j > M + log(theta Z) - slack, then the test
   //    on p_j itself; the kept rows' p_j V_j accumulate like the pre-softmax flash walk (dense
-  //    tile product or the per-query pending kept-row queues). Rows that are not
+  //    tile product, or a sparse tile's kept rows gathered key by key). Rows that are not
   // thresholded keep every unmasked key (weights p_j); a threshold below 0 keeps every key
   // j < L_t, masked ones included (p_j = 0 > theta), as the stored path does.
 
@@ -714,7 +687,6 @@ class PrefillCall {
     // Walk 3: selection and the kept rows' weighted V sum.
     std::fill(w.o, w.o + M * d, Acc(0));
     for (Index r = 0; r < rows; ++r) w.unions[r] = 0;
-    for (Index m = 0; m < M; ++m) w.pend_n[m] = 0;
     for (Index j0 = 0; j0 < Lmax; j0 += N) {
       const Index n = std::min(N, Lmax - j0);
       const Acc* st = w.st;
@@ -725,7 +697,6 @@ class PrefillCall {
         continue;
       flash_pv_kept(j0, n, g, rows, w);
     }
-    for (Index m = 0; m < M; ++m) flush_pending(m, g, w);
     post_finish(b, g, t0, t1, w);
   }
 
