@@ -51,6 +51,13 @@ std::vector<Acc> random_values(std::mt19937_64& rng, std::size_t n) {
   return v;
 }
 
+/// Head dims `extra`, then v * W and v * W + 1 for v = 1 .. vmax: every column-vector count
+/// up to vmax of a path of width W, whole and with a partial last vector.
+std::vector<Index> column_dims(Index W, Index vmax, std::vector<Index> extra) {
+  for (Index v = 1; v <= vmax; ++v) extra.insert(extra.end(), {v * W, v * W + 1});
+  return extra;
+}
+
 /// Q K^T tiles (qk_tile): every score equals the multiply-add chain over d in index order, for
 /// tile widths that route it through every query-vector block the path uses (qk_keys<4>, <2>,
 /// <1>, as its registers allow) and key counts that route it through the full key block and
@@ -106,9 +113,7 @@ void pv_outputs_do_not_depend_on_the_tile_position() {
     constexpr Index W = Ops::template Vec<Acc>::W;
     const bool fuse = fused(Ops::kIsa);
     std::mt19937_64 rng(0xb00cull + sizeof(Acc));
-    std::vector<Index> dims{1, 100};
-    for (Index v = 1; v <= 8; ++v) dims.insert(dims.end(), {v * W, v * W + 1});
-    for (Index d : dims)
+    for (Index d : column_dims(W, 8, {1, 100}))
       for (Index M = 1; M <= 13; ++M) {
         SCOPED_TRACE("d=" + std::to_string(d) + " M=" + std::to_string(M));
         const Index n = 9;
@@ -191,9 +196,7 @@ void decode_value_sums_do_not_depend_on_the_block() {
     constexpr Index W = Ops::template Vec<Acc>::W;
     const bool fuse = fused(Ops::kIsa);
     std::mt19937_64 rng(0xacc5ull + sizeof(Acc));
-    std::vector<Index> dims{1, 100, 128};
-    for (Index v = 1; v <= 7; ++v) dims.insert(dims.end(), {v * W, v * W + 1});
-    for (Index d : dims)
+    for (Index d : column_dims(W, 7, {1, 100, 128}))
       for (Index G = 1; G <= 9; ++G)
         for (int zeros = 0; zeros < 4; ++zeros)
           for (int by_row = 0; by_row < 2; ++by_row) {
@@ -268,10 +271,8 @@ void prefill_scatter_is_the_chain_in_call_order() {
     constexpr Index W = Ops::template Vec<Acc>::W;
     const bool fuse = fused(Ops::kIsa);
     std::mt19937_64 rng(0x5ca7ull + sizeof(Acc));
-    std::vector<Index> dims{1, 100, 128};
-    for (Index v = 1; v <= 9; ++v) dims.insert(dims.end(), {v * W, v * W + 1});
     const Index n_out = 9, n_rows = 13;
-    for (Index d : dims) {
+    for (Index d : column_dims(W, 9, {1, 100, 128})) {
       SCOPED_TRACE("d=" + std::to_string(d));
       const std::vector<Acc> rows = random_values<Acc>(rng, std::size_t(n_rows * d));
       const std::vector<Acc> out0 = random_values<Acc>(rng, std::size_t(n_out * d));

@@ -684,18 +684,20 @@ class PrefillCall {
       const Acc slack = Acc(1e-4) + Acc(1e-5) * (std::abs(mx) + std::abs(lg));
       ps.bound[m] = mx + lg - slack;
     }
-    // Walk 3: selection and the kept rows' weighted V sum.
+    // Walk 3: selection and the kept rows' weighted V sum. When it recomputes the scores, the
+    // next tile's V rows are prefetched with its keys only after a tile whose product ran dense,
+    // as in flash_item (a sparse tile prefetches its kept rows itself).
     std::fill(w.o, w.o + M * d, Acc(0));
     for (Index r = 0; r < rows; ++r) w.unions[r] = 0;
+    bool v_dense = true;
     for (Index j0 = 0; j0 < Lmax; j0 += N) {
       const Index n = std::min(N, Lmax - j0);
       const Acc* st = w.st;
       if (store_scores_) st = w.sblk + j0 * Mp;
-      else score_tile(t0, t1, g, j0, n, w, w.st, true);
-      if (!Ops::threshold_tile(st, w.st, n, Mp, j0, ps.bound, ps.mx, ps.inv, ps.theta, ps.lim,
-                               ps.wsum, ps.n_kept, w.keep))
-        continue;
-      flash_pv_kept(j0, n, g, rows, w);
+      else score_tile(t0, t1, g, j0, n, w, w.st, v_dense);
+      v_dense = Ops::threshold_tile(st, w.st, n, Mp, j0, ps.bound, ps.mx, ps.inv, ps.theta,
+                                    ps.lim, ps.wsum, ps.n_kept, w.keep) &&
+                flash_pv_kept(j0, n, g, rows, w);
     }
     post_finish(b, g, t0, t1, w);
   }
