@@ -262,8 +262,9 @@ void decode_value_sums_do_not_depend_on_the_block() {
 /// Prefill key-by-key gathers (scatter_row: one V row into several outputs): after a sequence
 /// of calls, every output element equals its initial value followed by the multiply-add chain
 /// over the rows it was given, in call order, for head dims that use every column-vector count
-/// (whole and with a partial last vector) and 1 to 9 outputs per call; an output a call does not
-/// name is left as it was (bit for bit), and a weight of 0 given to a call is added (0 x row).
+/// (whole and with a partial last vector) and 0 to 9 outputs per call (all 9 for the first row);
+/// an output a call does not name is left as it was (bit for bit), and a weight of 0 given to a
+/// call is added (0 x row).
 template <class Acc>
 void prefill_scatter_is_the_chain_in_call_order() {
   toptheta::testing::for_each_isa([&](auto ops) {

@@ -66,20 +66,36 @@ void compact_weights(Index G, const std::int32_t* const* kept, const Acc* const*
   }
 }
 
+/// Software prefetch of a gather (`gather_group`): the cache level its hints fill, and the V
+/// rows the caller gathers next (rows next_uni[0..next_n) of KV head next_g; none when
+/// next_n = 0).
+struct GatherPrefetch {
+  detail::PrefetchTo to = detail::PrefetchTo::kL2;
+  const std::int32_t* next_uni = nullptr;
+  Index next_n = 0;
+  Index next_g = 0;
+};
+
 /// acc[h * d + i] += sum_{u < nu} wc[u * G + h] * V(uni[u], g)[i] for the G heads of KV head g
 /// of `v` (any view with `row(token, head)`); rows read in order, each once. Before each tile the
-/// rows of this tile and the next are prefetched, again for rows already requested (as the
-/// decode walks of f32 and wider caches do). Zero weights skip their row.
+/// rows of this tile and the next are prefetched (into `pf.to`), again for rows already
+/// requested (as the decode walks of f32 and wider caches do); where that window runs past
+/// uni[nu - 1] it continues into the first rows of `pf`'s next gather, so that they are in flight
+/// when the caller starts it. Zero weights skip their row.
 template <class Ops, class View, class Acc>
 void gather_group(const View& v, Index g, Index G, Index d, const std::int32_t* uni, Index nu,
-                  const Acc* wc, Acc* acc) {
+                  const Acc* wc, Acc* acc, const GatherPrefetch& pf = {}) {
   using T = std::remove_const_t<typename View::value_type>;
   const T* rows[kGatherTile];
+  const Index items = d / kValuesPerItem<T>;
   for (Index u0 = 0; u0 < nu; u0 += kGatherTile) {
     const Index n = std::min(kGatherTile, nu - u0);
     for (Index u = 0; u < n; ++u) rows[u] = v.row(uni[u0 + u], g);
-    for (Index u = u0; u < std::min(nu, u0 + 2 * kGatherTile); ++u)
-      detail::prefetch_row(v.row(uni[u], g), d / kValuesPerItem<T>);
+    const Index window_end = u0 + 2 * kGatherTile;
+    for (Index u = u0; u < std::min(nu, window_end); ++u)
+      detail::prefetch_row(v.row(uni[u], g), items, pf.to);
+    for (Index u = 0; u < std::min(pf.next_n, window_end - nu); ++u)
+      detail::prefetch_row(v.row(pf.next_uni[u], pf.next_g), items, pf.to);
     Ops::accumulate_rows(acc, G, d, rows, wc + u0 * G, G, 1, n);
   }
 }

@@ -358,8 +358,9 @@ class DecodeCall {
     *j1 = std::min(L_, *j0 + chunk_);
   }
 
-  /// Which of the two walks a prefetch serves.
-  enum class Walk { kKeys, kValues };
+  /// Which walk a prefetch serves: the key walk, the dense value walk, or the sparse gather of
+  /// kept V rows (gather_group).
+  enum class Walk { kKeys, kValues, kGather };
 
   /// Software prefetch of KV head g's rows of tokens [t, min(t + n, L)) (any view: a paged
   /// cache's rows are looked up through its block table, so the window crosses blocks), into
@@ -381,7 +382,7 @@ class DecodeCall {
   /// 1.01-1.11x, pre 0.98-1.11x; f16 / bf16 head-major 0.93-1.07x (the session's noise was about
   /// +-5%). f32 token-major (windows re-issued at every tile: 4 tokens for keys, 16 for values)
   /// was neutral with L1 for dense (0.93-1.07x) and slower for pre-softmax (0.85-0.93x), and
-  /// keeps L2. The sparse gather's prefetches (gather.hpp) keep L2: L1 there was neutral
+  /// keeps L2. The sparse gather's prefetches (gather.hpp) kept L2: L1 there was neutral
   /// (0.99-1.02x). Since the Zen 5 host the key walk of a selective call (see `selective_`) over
   /// head-major runs of storage under 4 bytes per value prefetches into L2, with a 48-token
   /// window (kSelectiveKeySlideTokens). Measured there and not taken:
@@ -395,7 +396,20 @@ class DecodeCall {
   ///    (3 rounds) f16 1.61-1.65 -> 1.67-1.69, bf16 1.62-1.66 -> 1.65-1.71; an A/B of two
   ///    binaries (2 rounds) f16 1.64-1.65 -> 1.59-1.64, bf16 1.63-1.67 -> 1.61-1.65,
   ///    pre-softmax f16 1.74-1.77 -> 1.62-1.69. Paged Top-θ gained 2-5%.
+  ///
+  /// The sparse gather of kept V rows (Walk::kGather) prefetches into L1 on interleaved
+  /// (token-major) caches of storage under 4 bytes per value, and into L2 otherwise. Measured on
+  /// the Zen 5 host (bench decode_paired, the two hints in one binary, in a shuffled order per
+  /// run, 2-3 runs; speed-up over dense, L2 -> L1): L = 1024 token-major f16 1 thread,
+  /// recommended Top-θ 0.85 -> 1.03-1.12, pre-softmax 0.93 -> 1.09-1.18, top-k 0.73 -> 0.82-0.89;
+  /// 2 threads, recommended 0.88-1.02 -> 1.05-1.22; bf16 alike; L = 16k token-major +2-8%;
+  /// L = 64k unchanged. Not taken: f32 token-major (L = 1024, 2 threads, recommended
+  /// 1.40-1.45 -> 1.34-1.35; L = 16k +1-4%) and head-major caches (L = 1024 f16, 1 thread,
+  /// pre-softmax 1.04-1.05 -> 0.89-0.90, recommended 0.99 -> 0.92-0.93, though L = 16k gained
+  /// 0-17%).
   PrefetchTo prefetch_to(const KView& view, Walk walk) const {
+    if (walk == Walk::kGather)
+      return narrow() && !head_runs(view) ? PrefetchTo::kL1 : PrefetchTo::kL2;
     if (walk == Walk::kKeys && selective_ && narrow() && head_runs(view)) return PrefetchTo::kL2;
     return narrow() || head_runs(view) ? PrefetchTo::kL1 : PrefetchTo::kL2;
   }
@@ -564,7 +578,9 @@ class DecodeCall {
         }
       }
       for (Index u = 0; u < nu; ++u) w.uni[u] += std::int32_t(j0);
-      gather_group<Ops>(v_, g, G, d, w.uni, nu, w.wc, accg);
+      GatherPrefetch pf;
+      pf.to = prefetch_to(v_, Walk::kGather);
+      gather_group<Ops>(v_, g, G, d, w.uni, nu, w.wc, accg, pf);
     }
   }
 
@@ -802,15 +818,34 @@ class DecodeCall {
       touched_[c * Hkv_ + g] = dense[g];
     }
     if (any_dense) accumulate_dense(j0, j1, wc_ + j0, L, L * G, acc, dense);
+    // Each group's kept rows in this chunk: uni_[g * L + p0[g] .. p1[g]). A group's gather
+    // prefetches the first rows of the next group's, so that its rows are in flight when it
+    // starts (bench decode_paired, L = 1024 token-major, gather into L1, one binary, 3 runs:
+    // recommended Top-θ over dense, 1 thread, f16 0.99-1.01 -> 1.05-1.06, bf16 1.01-1.07 ->
+    // 1.09-1.11; 2 threads f16 1.01-1.14 -> 1.04-1.22, bf16 1.00-1.16 -> 1.21-1.22; L = 16k
+    // within the noise).
+    Index p0[kMaxKv], p1[kMaxKv];
     for (Index g = g0; g < g1; ++g) {
+      p0[g] = p1[g] = 0;
       if (dense[g]) continue;
       const std::int32_t* uni = uni_ + g * L;
       const Index nu = nuni_[g];
-      const Index p0 = std::lower_bound(uni, uni + nu, std::int32_t(j0)) - uni;
-      const Index p1 = std::lower_bound(uni + p0, uni + nu, std::int32_t(j1)) - uni;
-      if (p1 == p0) continue;
+      p0[g] = std::lower_bound(uni, uni + nu, std::int32_t(j0)) - uni;
+      p1[g] = std::lower_bound(uni + p0[g], uni + nu, std::int32_t(j1)) - uni;
+    }
+    for (Index g = g0; g < g1; ++g) {
+      if (p1[g] == p0[g]) continue;
       touched_[c * Hkv_ + g] = 1;
-      gather_group<Ops>(v_, g, G, d, uni + p0, p1 - p0, wc_ + g * L * G + p0 * G, acc + g * G * d);
+      GatherPrefetch pf;  // the next group with rows here: its first rows join the window
+      pf.to = prefetch_to(v_, Walk::kGather);
+      for (Index gn = g + 1; gn < g1 && pf.next_n == 0; ++gn)
+        if (p1[gn] > p0[gn]) {
+          pf.next_uni = uni_ + gn * L + p0[gn];
+          pf.next_n = p1[gn] - p0[gn];
+          pf.next_g = gn;
+        }
+      gather_group<Ops>(v_, g, G, d, uni_ + g * L + p0[g], p1[g] - p0[g],
+                        wc_ + g * L * G + p0[g] * G, acc + g * G * d, pf);
     }
   }
 
