@@ -70,10 +70,10 @@ void compact_weights(Index G, const std::int32_t* const* kept, const Acc* const*
 /// rows the caller gathers next (rows next_uni[0..next_n) of KV head next_g; none when
 /// next_n = 0).
 struct GatherPrefetch {
-  detail::PrefetchTo to = detail::PrefetchTo::kL2;
-  const std::int32_t* next_uni = nullptr;
-  Index next_n = 0;
-  Index next_g = 0;
+  detail::PrefetchTo to = detail::PrefetchTo::kL2;  ///< cache level of the prefetch hints
+  const std::int32_t* next_uni = nullptr;  ///< token indices of the next gather's rows
+  Index next_n = 0;                        ///< how many (0: no next gather)
+  Index next_g = 0;                        ///< KV head of the next gather
 };
 
 /// acc[h * d + i] += sum_{u < nu} wc[u * G + h] * V(uni[u], g)[i] for the G heads of KV head g
