@@ -17,6 +17,8 @@
 ///          threads:1
 ///   decode_dim/<dense|toptheta>/d:<n>/L:16384/dtype:f32/layout:token/threads:1
 ///   prefill/<dense|topk|toptheta|toptheta_pre>/T:<n>/dtype:<f32|f16>/threads:<n>
+///   prefill_paired/T:<n>/dtype:<f32|f16>  (all modes on 1 and 2 threads shuffled within each
+///          round, paired ratios: bench_prefill.cpp)
 ///   engine_batch/<dense|toptheta|toptheta_pre>/call:<batch|singles>/seqs:8/Lmax:<n>/dtype:f16/
 ///          threads:<n>
 ///   engine_paged/<dense|toptheta|toptheta_pre>/kv:<contiguous|paged16|paged256>/L:<n>/dtype:f16/
@@ -25,9 +27,10 @@
 /// with <mode> one of dense, topk, toptheta, toptheta_pre, toptheta_dense_fallback (Mode below;
 /// each benchmark's label names its variant). The engine_* families (bench_engine.cpp) use f32
 /// queries over f16 / q8_0 caches (AttentionArgs<T, float>). Every benchmark measures wall time:
-/// UseRealTime, or for decode_paired, which times each call itself, UseManualTime with its own
-/// MinTime. bench_main.cpp strips the "/real_time", "/manual_time" and "/min_time:..." suffixes
-/// Google Benchmark would append, so reported names are exactly the ones above.
+/// UseRealTime, or for decode_paired and prefill_paired, which time each call themselves
+/// (bench_paired.hpp), UseManualTime with their own MinTime or number of rounds. bench_main.cpp
+/// strips the "/real_time", "/manual_time", "/min_time:..." and "/iterations:..." suffixes Google
+/// Benchmark would append, so reported names are exactly the ones above.
 ///
 /// Synthetic inputs (d = 128, Hq = 32, Hkv = 8; the decode_dim family varies d):
 /// - keys and values are i.i.d. ~N(0, 1) per element (Irwin-Hall approximation, counter-based

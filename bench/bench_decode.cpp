@@ -39,11 +39,10 @@
 /// `resident_bytes` (K + V bytes of the repeated blocks).
 
 #include "bench_common.hpp"
+#include "bench_paired.hpp"
 
 #include <algorithm>
-#include <chrono>
 #include <map>
-#include <random>
 #include <utility>
 
 namespace ttbench {
@@ -292,42 +291,16 @@ void bm_decode(benchmark::State& state, DecodeConfig cfg) {
         total / 1e12, benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
 }
 
-/// The modes and thread counts decode_paired runs in each round.
+/// The modes decode_paired runs in each round (on each of kPairedThreads).
 constexpr Mode kPairedModes[] = {Mode::kDense, Mode::kTopK, Mode::kTopTheta, Mode::kTopThetaPre,
                                  Mode::kFallback};
 constexpr int kNumModes = int(sizeof(kPairedModes) / sizeof(kPairedModes[0]));
-constexpr int kPairedThreads[] = {1, 2};
-constexpr int kNumThreads = int(sizeof(kPairedThreads) / sizeof(kPairedThreads[0]));
-constexpr int kNumPaired = kNumModes * kNumThreads;  // entry e: mode e % kNumModes, threads e / kNumModes
+// Entry e: mode e % kNumModes on kPairedThreads[e / kNumModes] threads.
+constexpr int kNumPaired = kNumModes * kNumPairedThreads;
 
-/// The q-quantile (0..1, linear interpolation) of `x`, which it sorts.
-double quantile(std::vector<double>& x, double q) {
-  if (x.empty()) return 0;
-  std::sort(x.begin(), x.end());
-  const double pos = q * double(x.size() - 1);
-  const std::size_t i = std::size_t(pos);
-  const double f = pos - double(i);
-  return i + 1 < x.size() ? x[i] * (1 - f) + x[i + 1] * f : x[i];
-}
-
-/// decode_paired: every mode of one (L, dtype, layout) on 1 and 2 threads, in one timed loop.
-/// Each iteration (a round) calls each (mode, threads) entry once, on the next cache copy, and
-/// times each call alone (steady_clock). A ratio of two entries is taken within each round, from
-/// calls milliseconds apart, and the counters give its median over the rounds: this cancels the
-/// slow drift of a shared machine's speed, which moves the separate decode/ benchmarks of one
-/// configuration by tens of percent against each other. Order within a round: the entries of one
-/// thread count, then those of the other, each group in a fresh pseudo-random order (fixed seed)
-/// and the groups alternating which goes first, so the thread count changes once per round; the
-/// first call after that change is preceded by an untimed call of itself. Measured with the
-/// every-key-kept mode, which does dense's work, as the control (median of t_dense /
-/// t_every_key_kept, L = 16k and 64k, f16, both layouts, two runs each, 8 values per thread
-/// count): a fixed rotation, where every entry always follows the same one, read 0.94-1.04 on
-/// 1 thread and 1.01-1.11 on 2 (a 2-thread call right after a 1-thread one ran slower); adding
-/// only the untimed call at the switches, 0.94-1.04 and 0.99-1.06; this order, 0.99-1.00 and
-/// 0.98-1.00. Counters, with <t> the thread count: t_<mode>_t<t> (median seconds per
-/// call), x_<mode>_t<t> (median over rounds of t_dense / t_mode at the same thread count, with
-/// x25_ / x75_ its quartiles), k_<mode>_t<t> for the Top-θ modes (median of t_topk / t_mode),
-/// s_<mode> (median of t(1 thread) / t(2 threads)), rounds.
+/// decode_paired: every mode of one (L, dtype, layout) on 1 and 2 threads, in one timed loop
+/// (run_paired, bench_paired.hpp: the order of the calls within a round, the counters). Each
+/// call reads the next cache copy.
 template <class T>
 void bm_decode_paired(benchmark::State& state, DecodeConfig cfg) {
   DecodeSet<T>& s = decode_set<T>(cfg.L, cfg.d, cfg.layout);
@@ -342,71 +315,13 @@ void bm_decode_paired(benchmark::State& state, DecodeConfig cfg) {
     if (!error.empty())
       return state.SkipWithError((std::string(mode_name(ec.mode)) + ": " + error).c_str());
   }
-
-  std::vector<std::vector<double>> times(kNumPaired);
-  for (auto& t : times) t.reserve(std::size_t(state.max_iterations));
-  std::mt19937 rng(20261202);
-  std::vector<std::size_t> order(kNumPaired);
   int c = 0;
-  std::int64_t round = 0;
-  int prev_threads = 0;
-  auto call = [&](std::size_t e) {
+  run_paired(state, kPairedModes, kNumModes, [&](std::size_t e) {
     (void)toptheta::decode(pm[e].args[std::size_t(c)], pm[e].o, pm[e].ws);
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
     if (++c == s.copies) c = 0;
-  };
-  for (auto _ : state) {
-    for (int g = 0; g < kNumThreads; ++g) {  // group g of the round: thread count index gi
-      const int gi = int((round + g) % kNumThreads);
-      auto first = order.begin() + g * kNumModes;
-      for (int m = 0; m < kNumModes; ++m) first[m] = std::size_t(gi * kNumModes + m);
-      std::shuffle(first, first + kNumModes, rng);
-    }
-    double round_seconds = 0;
-    for (const std::size_t e : order) {
-      if (pm[e].o.threads != prev_threads) {  // untimed call at the thread-count switch
-        prev_threads = pm[e].o.threads;
-        call(e);
-      }
-      const auto t0 = std::chrono::steady_clock::now();
-      call(e);
-      const double dt =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      times[e].push_back(dt);
-      round_seconds += dt;
-    }
-    ++round;
-    state.SetIterationTime(round_seconds);
-  }
-
-  const std::size_t rounds = times[0].size();
-  auto ratios = [&](std::size_t num, std::size_t den) {
-    std::vector<double> r(rounds);
-    for (std::size_t i = 0; i < rounds; ++i) r[i] = times[num][i] / times[den][i];
-    return r;
-  };
-  state.counters["rounds"] = double(rounds);
-  for (std::size_t e = 0; e < std::size_t(kNumPaired); ++e) {
-    const Mode m = kPairedModes[e % kNumModes];
-    const std::size_t ti = e / kNumModes, dense = ti * kNumModes, topk = dense + 1;
-    const std::string name = std::string(mode_name(m)) + "_t" + std::to_string(kPairedThreads[ti]);
-    std::vector<double> t = times[e];
-    state.counters["t_" + name] = quantile(t, 0.5);
-    if (ti == 0) {
-      std::vector<double> sp = ratios(e, e + kNumModes);
-      state.counters[std::string("s_") + mode_name(m)] = quantile(sp, 0.5);
-    }
-    if (m == Mode::kDense) continue;
-    std::vector<double> x = ratios(dense, e);
-    state.counters["x_" + name] = quantile(x, 0.5);
-    state.counters["x25_" + name] = quantile(x, 0.25);
-    state.counters["x75_" + name] = quantile(x, 0.75);
-    if (m == Mode::kTopTheta || m == Mode::kTopThetaPre) {
-      std::vector<double> k = ratios(topk, e);
-      state.counters["k_" + name] = quantile(k, 0.5);
-    }
-  }
+  });
 }
 
 /// decode_resident: an estimate of the dense walk's compute ceiling. A dense decode of

@@ -6,11 +6,13 @@
 ///
 /// Every benchmark measures wall time (the kernels run their own OpenMP threads): UseRealTime, for
 /// which Google Benchmark appends "/real_time" to the instance name, or, for decode_paired, which
-/// times each call itself, UseManualTime ("/manual_time") with its own MinTime ("/min_time:..").
+/// times each call itself, UseManualTime ("/manual_time") with its own MinTime ("/min_time:.."),
+/// and for prefill_paired UseManualTime with a fixed number of rounds ("/iterations:<n>").
 /// The reporters below remove those suffixes, so names in the console and JSON output are exactly
 /// the documented ones (bench_common.hpp). --benchmark_filter and --benchmark_list_tests still
 /// see the internal name, so a filter anchored with '$' must allow the suffix
-/// ("threads:1(/real_time)?$", "layout:token(/min_time:2.000/manual_time)?$").
+/// ("threads:1(/real_time)?$", "layout:token(/min_time:2.000/manual_time)?$",
+/// "dtype:f16(/iterations:16/manual_time)?$").
 
 #include "bench_common.hpp"
 
@@ -23,8 +25,8 @@
 
 namespace {
 
-/// Forwards to `inner` with the run names' time-type ("real_time", "manual_time") and min-time
-/// ("min_time:2.000") suffixes removed.
+/// Forwards to `inner` with the run names' time-type ("real_time", "manual_time"), min-time
+/// ("min_time:2.000") and iteration-count ("iterations:16") suffixes removed.
 class ExactNameReporter : public benchmark::BenchmarkReporter {
  public:
   explicit ExactNameReporter(benchmark::BenchmarkReporter* inner) : inner_(inner) {}
@@ -38,6 +40,7 @@ class ExactNameReporter : public benchmark::BenchmarkReporter {
     for (Run& r : fixed) {
       r.run_name.time_type.clear();
       r.run_name.min_time.clear();
+      r.run_name.iterations.clear();
     }
     inner_->ReportRuns(fixed);
   }

@@ -1,5 +1,6 @@
 /// \file bench_prefill.cpp
 /// prefill/<dense|topk|toptheta|toptheta_pre>/T:<n>/dtype:<t>/threads:<n>
+/// prefill_paired/T:<n>/dtype:<t>   (the four modes on 1 and 2 threads in one timed loop)
 ///
 /// Causal prefill of T new tokens with no earlier cache (L = T), d = 128, Hq = 32, Hkv = 8,
 /// token-major (interleaved) Q/K/V. Keys and values as in decode (bench_common.hpp); row t's
@@ -16,9 +17,11 @@
 /// mask, 2 * d * T(T+1)/2 * Hq * 2 per call, whatever the mode (so flops ratios are speed
 /// ratios); bytes_per_second over the Q + K + V bytes; `kept_frac`, `vrows_frac`, `rel_err`
 /// (sparse modes, against the dense output), `ref_err` (dense rows 0, T/2, T-1 of heads 0 and
-/// Hq-1 against a double reference), `bit_identical` (threads > 1).
+/// Hq-1 against a double reference), `bit_identical` (threads > 1). prefill_paired
+/// (bm_prefill_paired) reports only times and per-round ratios, as decode_paired does.
 
 #include "bench_common.hpp"
+#include "bench_paired.hpp"
 
 #include <map>
 
@@ -205,6 +208,54 @@ void bm_prefill(benchmark::State& state, PrefillConfig cfg) {
   state.SetBytesProcessed(std::int64_t(v.bytes * double(state.iterations())));
 }
 
+/// The modes prefill_paired runs in each round (on each of kPairedThreads).
+constexpr Mode kPrefillPairedModes[] = {Mode::kDense, Mode::kTopK, Mode::kTopTheta,
+                                        Mode::kTopThetaPre};
+constexpr int kNumPrefillModes = int(sizeof(kPrefillPairedModes) / sizeof(kPrefillPairedModes[0]));
+
+/// Rounds of one prefill_paired run: fixed, since a round at T = 4096 takes about 5 s of calls
+/// (Google Benchmark's MinTime would rerun the loop from one round up, and discard that run).
+Index prefill_paired_rounds(Index Tn) { return Tn <= 1024 ? 16 : 6; }
+
+/// prefill_paired: every mode of one (T, dtype) on 1 and 2 threads, in one timed loop
+/// (run_paired, bench_paired.hpp: the order of the calls within a round, the counters), on the
+/// same inputs as the prefill/ benchmarks, which validate each of these configurations. Each
+/// entry's first call (untimed) checks its status.
+template <class T>
+void bm_prefill_paired(benchmark::State& state, Index Tn) {
+  PrefillSet<T>& s = prefill_set<T>(Tn);
+  state.SetLabel("all modes and thread counts, shuffled within each round; paired ratios");
+  struct Entry {
+    toptheta::AttentionOptions o;
+    WorkspaceBuffer wb;
+    toptheta::Workspace ws;
+  };
+  constexpr int kEntries = kNumPrefillModes * kNumPairedThreads;
+  std::vector<Entry> entries(kEntries);
+  std::vector<float> out(s.q.size());
+  const auto a = s.args(s.q, out.data());
+  for (int e = 0; e < kEntries; ++e) {
+    const Mode m = kPrefillPairedModes[e % kNumPrefillModes];
+    toptheta::Placement p;
+    if (needs_table(m, &p)) {
+      const toptheta::Status st = ensure_table(s, p);
+      if (!st.ok()) return state.SkipWithError(("calibration: " + st.to_string()).c_str());
+    }
+    Entry& en = entries[std::size_t(e)];
+    en.o = mode_options(m, s.tables);
+    en.o.threads = kPairedThreads[e / kNumPrefillModes];
+    en.ws = en.wb.get(a, en.o, false);
+    const toptheta::Status st = toptheta::prefill(a, en.o, en.ws);
+    if (!st.ok())
+      return state.SkipWithError((std::string(mode_name(m)) + ": " + st.to_string()).c_str());
+  }
+  run_paired(state, kPrefillPairedModes, kNumPrefillModes, [&](std::size_t e) {
+    (void)toptheta::prefill(a, entries[e].o, entries[e].ws);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  });
+}
+
 template <class T>
 void register_one(Mode mode, Index Tn, int threads) {
   const std::string name = std::string("prefill/") + mode_name(mode) + "/T:" + std::to_string(Tn) +
@@ -218,15 +269,20 @@ void register_one(Mode mode, Index Tn, int threads) {
 
 template <class T>
 void register_dtype(Index Tn) {
-  for (int t : {1, 2})
-    for (Mode m : {Mode::kDense, Mode::kTopK, Mode::kTopTheta, Mode::kTopThetaPre})
-      register_one<T>(m, Tn, t);
+  for (int t : kPairedThreads)
+    for (Mode m : kPrefillPairedModes) register_one<T>(m, Tn, t);
+  benchmark::RegisterBenchmark(
+      ("prefill_paired/T:" + std::to_string(Tn) + "/dtype:" + toptheta::dtype_name<T>()).c_str(),
+      [Tn](benchmark::State& s) { bm_prefill_paired<T>(s, Tn); })
+      ->UseManualTime()
+      ->Iterations(prefill_paired_rounds(Tn))
+      ->Unit(benchmark::kMillisecond);
 }
 
 }  // namespace
 
 void register_prefill_benchmarks() {
-  // Order: T, dtype, threads, mode -- one input set per (T, dtype).
+  // Order: T, dtype, threads, mode, then prefill_paired -- one input set per (T, dtype).
   for (Index Tn : {Index(1024), Index(4096)}) {
     register_dtype<float>(Tn);
     register_dtype<Eigen::half>(Tn);

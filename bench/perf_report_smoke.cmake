@@ -7,6 +7,7 @@ set(_filter
     "^(probe/(read_bandwidth|read_blocks/block:32768|fma_peak)/threads:1"
     "|decode/[^/]+/L:1024/dtype:f16/layout:token/"
     "|decode_paired/L:1024/dtype:f16/layout:token|prefill/[^/]+/T:1024/dtype:f16/threads:1"
+    "|prefill_paired/T:1024/dtype:f16"
     "|decode_resident/dense/L:16384/dtype:f16/layout:token/threads:1)")
 string(JOIN "" _filter ${_filter})
 execute_process(
@@ -22,7 +23,8 @@ endif()
 file(READ "${WORK_DIR}/performance.md" _page)
 # Every family of the subset reached the page with numbers: the paired section has a row on 1 and
 # on 2 threads (rounds, top-k speed-up, the recommended variant's speed-up with its quartiles),
-# the decode and prefill tables have rows, and the decode ratio targets say they are paired.
+# the decode and prefill tables have rows, prefill_paired has a row per thread count, and the
+# decode ratio targets say they are paired.
 string(FIND "${_page}" "## Decode: paired ratios" _at)
 if(_at EQUAL -1)
   message(FATAL_ERROR "${WORK_DIR}/performance.md has no paired-ratio section")
@@ -42,6 +44,9 @@ foreach(_re "\\| threads \\| read GB/s \\| shuffled 32 KiB blocks GB/s \\| FMA G
             "\\| `probe/read_bandwidth/threads:1` \\| [0-9.]+ GB/s \\| [0-9.]+ GB/s \\|"
             "\\| 1024 \\| f16 \\| token \\| 1 \\| dense \\| [0-9.]+ \\|"
             "\\| 1024 \\| f16 \\| 1 \\| dense \\| [0-9.]+ \\|"
+            "### Prefill: paired ratios"
+            "\\| 1024 \\| f16 \\| 1 \\| 16 \\| [0-9.]+x \\| [0-9.]+x \\([0-9.]+-[0-9.]+\\) \\|"
+            "\\| 1024 \\| f16 \\| 2 \\| 16 \\| [0-9.]+x \\| [0-9.]+x \\([0-9.]+-[0-9.]+\\) \\|"
             "## Decode: the dense walk's compute ceiling"
             "\\| f16 \\| 1 \\| 256 \\| [0-9.]+ \\| [0-9.]+ \\| [0-9]+% \\| — \\| — \\| — \\| — \\|"
             "- f16, 1 thread: the resident walk reads at [0-9.]+ of the probe, against the dense-decode target.s 0.60: .* [0-9]+ ns per token resident; its 16384 FLOP per token take [0-9]+ ns"

@@ -31,7 +31,8 @@ The decode ratio targets (over dense, over top-k, every key kept, 2 threads over
 decode_paired family where it was measured: the modes of one (L, dtype, layout) on 1 and 2
 threads in one timed loop, in a shuffled order per round, the ratio per round, median over the
 rounds (and over the repetitions). Ratios of the separate decode/ benchmarks, run seconds apart,
-drift by tens of percent on a shared machine; the page lists both.
+drift by tens of percent on a shared machine; the page lists both. The prefill ratio targets use
+prefill_paired the same way (the four modes of one (T, dtype) on 1 and 2 threads).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 QUICK_FILTER = (r"^(probe/|decode/[^/]+/L:(1024|16384)/|decode_paired/L:(1024|16384)/"
                 r"|decode_isa/|decode_dim/|decode_resident/"
-                r"|prefill/[^/]+/T:1024/"
+                r"|prefill/[^/]+/T:1024/|prefill_paired/T:1024/"
                 r"|engine_batch/[^/]+/[^/]+/seqs:8/Lmax:8192/|engine_paged/[^/]+/[^/]+/L:16384/"
                 r"|engine_q8/[^/]+/L:16384/)")
 # The portable comparison's groups: each round runs each group with both binaries, back to back.
@@ -89,6 +90,7 @@ RE_RESIDENT = re.compile(
     r"/layout:(?P<layout>[^/]+)/threads:(?P<threads>\d+)$")
 RE_PREFILL = re.compile(
     r"^prefill/(?P<mode>[^/]+)/T:(?P<T>\d+)/dtype:(?P<dtype>[^/]+)/threads:(?P<threads>\d+)$")
+RE_PPAIRED = re.compile(r"^prefill_paired/T:(?P<T>\d+)/dtype:(?P<dtype>[^/]+)$")
 RE_EBATCH = re.compile(
     r"^engine_batch/(?P<mode>[^/]+)/call:(?P<call>[^/]+)/seqs:(?P<n>\d+)/Lmax:(?P<L>\d+)"
     r"/dtype:(?P<dtype>[^/]+)/threads:(?P<threads>\d+)$")
@@ -221,6 +223,7 @@ class Data:
     dim: dict = field(default_factory=dict)      # (mode, d) -> Result
     resident: dict = field(default_factory=dict)  # (dtype, t) -> Result (decode_resident, dense)
     prefill: dict = field(default_factory=dict)  # (mode, T, dtype, t) -> Result
+    ppaired: dict = field(default_factory=dict)  # (T, dtype) -> Result (prefill_paired)
     ebatch: dict = field(default_factory=dict)   # (mode, call, Lmax, t) -> Result
     epaged: dict = field(default_factory=dict)   # (mode, kv, L, t) -> Result
     eq8: dict = field(default_factory=dict)      # (mode, L, dtype, t) -> Result
@@ -249,6 +252,8 @@ def classify(results) -> Data:
             D.resident[(m["dtype"], int(m["threads"]))] = r
         elif m := RE_PREFILL.match(name):
             D.prefill[(m["mode"], int(m["T"]), m["dtype"], int(m["threads"]))] = r
+        elif m := RE_PPAIRED.match(name):
+            D.ppaired[(int(m["T"]), m["dtype"])] = r
         elif m := RE_EBATCH.match(name):
             D.ebatch[(m["mode"], m["call"], int(m["L"]), int(m["threads"]))] = r
         elif m := RE_EPAGED.match(name):
@@ -353,6 +358,44 @@ def paired_cfgs(D: Data):
     """(L, dtype, layout, threads) of every configuration decode_paired measured."""
     return sorted(cfg + (t,) for cfg, r in D.paired.items() for t in (1, 2)
                   if f"t_dense_t{t}" in r.counters)
+
+
+def prefill_ratio_src(D: Data, counter, key, sep_num, sep_den):
+    """(value, paired): the prefill_paired counter of (T, dtype) key when it was measured, else
+    the time ratio sep_num / sep_den of the separate prefill/ benchmarks (keys of D.prefill);
+    (None, False) when neither is there."""
+    p = D.ppaired.get(key)
+    if p is not None and counter in p.counters:
+        return p.counters[counter], True
+    a, b = D.prefill.get(sep_num), D.prefill.get(sep_den)
+    return (a.seconds / b.seconds, False) if a and b else (None, False)
+
+
+def prefill_speedup_src(D: Data, mode, cfg, over="dense"):
+    """(time(over) / time(mode), paired) of prefill configuration cfg = (T, dtype, threads), over
+    "dense" or "topk": the paired median of prefill_paired when it was measured, else the ratio
+    of the separate prefill/ benchmarks."""
+    counter = ("x_" if over == "dense" else "k_") + f"{mode}_t{cfg[2]}"
+    return prefill_ratio_src(D, counter, cfg[:2], (over,) + cfg, (mode,) + cfg)
+
+
+def prefill_cfgs(D: Data):
+    """(T, dtype, threads) of every prefill configuration measured (separately or paired)."""
+    return sorted({k[1:] for k in D.prefill} |
+                  {cfg + (t,) for cfg, r in D.ppaired.items() for t in (1, 2)
+                   if f"t_dense_t{t}" in r.counters})
+
+
+def prefill_pairs(D: Data, mode, over="dense", keep=lambda cfg: True, prefix=""):
+    """([(ratio, configuration)], tag) of prefill_speedup_src over every prefill configuration
+    that `keep` accepts."""
+    pairs, flags = [], []
+    for cfg in prefill_cfgs(D):
+        v, paired = prefill_speedup_src(D, mode, cfg, over) if keep(cfg) else (None, False)
+        if v is not None:
+            pairs.append((v, prefix + pcfg((mode,) + cfg)))
+            flags.append(paired)
+    return pairs, flags
 
 
 def decode_cfgs(D: Data):
@@ -533,12 +576,11 @@ def compute_targets(D: Data):
         pairs, pn = speedup_pairs(D, mode, over="topk")
         T.append(make_target(f"{short(mode)} decode: speed-up over top-k (k = 64), all L{pn}",
                              ">= 1.00x", pairs, ">=", 1.0))
-    Tp, tnote = largest([k[1] for k in pre], 4096)
+    Tp, tnote = largest([k[1] for k in pre] + [k[0] for k in D.ppaired], 4096)
     for mode in TOPTHETA_MODES:
-        pairs = [(pre[("topk",) + k[1:]].seconds / r.seconds, pcfg(k)) for k, r in pre.items()
-                 if k[0] == mode and k[1] == Tp and ("topk",) + k[1:] in pre]
-        T.append(make_target(f"{short(mode)} prefill T = L = 4096: speed-up over top-k{tnote}",
-                             ">= 1.30x", pairs, ">=", 1.3))
+        pairs, flags = prefill_pairs(D, mode, over="topk", keep=lambda cfg: cfg[0] == Tp)
+        T.append(make_target(f"{short(mode)} prefill T = L = 4096: speed-up over top-k{tnote}"
+                             f"{paired_tag(flags)}", ">= 1.30x", pairs, ">=", 1.3))
 
     # Prefill dense against the FMA probe, Top-theta against dense.
     pairs = [(r.counters["flops"] / D.fma[k[3]], pcfg(k)) for k, r in pre.items()
@@ -546,18 +588,16 @@ def compute_targets(D: Data):
     T.append(make_target(f"dense causal prefill T = L = 4096: GFLOP/s / FMA probe GFLOP/s "
                          f"(same threads){tnote}", ">= 0.40", pairs, ">=", 0.40))
     for mode in TOPTHETA_MODES:
-        pairs = [(pre[("dense",) + k[1:]].seconds / r.seconds, pcfg(k)) for k, r in pre.items()
-                 if k[0] == mode and k[1] == Tp and ("dense",) + k[1:] in pre]
+        pairs, flags = prefill_pairs(D, mode, keep=lambda cfg: cfg[0] == Tp)
         T.append(make_target(f"{short(mode)} prefill T = L = 4096 (k = 64): speed-up over "
-                             f"dense{tnote}", ">= 1.50x", pairs, ">=", 1.5))
+                             f"dense{tnote}{paired_tag(flags)}", ">= 1.50x", pairs, ">=", 1.5))
 
     # The README's options never slower than dense (every decode and prefill configuration).
     pairs, pn = speedup_pairs(D, "toptheta", prefix="decode ")
-    pairs += [(pre[("dense",) + k[1:]].seconds / r.seconds, "prefill " + pcfg(k))
-              for k, r in pre.items() if k[0] == "toptheta" and ("dense",) + k[1:] in pre]
+    ppairs, flags = prefill_pairs(D, "toptheta", prefix="prefill ")
     T.append(make_target("recommended options (`toptheta_options`, as in the README): speed-up "
-                         f"over dense, every decode{pn} and prefill configuration", ">= 1.00x",
-                         pairs, ">=", 1.0))
+                         f"over dense, every decode{pn} and prefill{paired_tag(flags)} "
+                         "configuration", ">= 1.00x", pairs + ppairs, ">=", 1.0))
 
     # Thread scaling.
     Lp, lnote = thread_scaling_L(D)
@@ -570,10 +610,18 @@ def compute_targets(D: Data):
     pn = paired_tag(flags)
     T.append(make_target(f"decode L = 64k: 2-thread speed-up over 1 thread, all modes{lnote}"
                          f"{pn}", ">= 1.30x", pairs, ">=", 1.3))
-    pairs = [(r.seconds / pre[k[:3] + (2,)].seconds, f"{k[0]} " + pcfg(k)[:-4])
-             for k, r in pre.items() if k[1] == Tp and k[3] == 1 and k[:3] + (2,) in pre]
-    T.append(make_target(f"prefill T = 4096: 2-thread speed-up over 1 thread, all modes{tnote}",
-                         ">= 1.80x", pairs, ">=", 1.8))
+    pairs, flags = [], []
+    for (T_, dtype, t) in prefill_cfgs(D):
+        if T_ != Tp or t != 1:
+            continue
+        for mode in ("dense", "topk") + TOPTHETA_MODES:
+            v, paired = prefill_ratio_src(D, "s_" + mode, (T_, dtype), (mode, T_, dtype, 1),
+                                          (mode, T_, dtype, 2))
+            if v is not None:
+                pairs.append((v, f"{mode} T={T_} {dtype}"))
+                flags.append(paired)
+    T.append(make_target(f"prefill T = 4096: 2-thread speed-up over 1 thread, all modes{tnote}"
+                         f"{paired_tag(flags)}", ">= 1.80x", pairs, ">=", 1.8))
 
     # Bit-identity across thread counts.
     flags = [(r.counters["bit_identical"], "decode " + f"{k[0]} " + dcfg(k))
@@ -1112,6 +1160,41 @@ def write_paired_section(w, D: Data):
     w("")
 
 
+def write_prefill_paired_section(w, D: Data):
+    if not D.ppaired:
+        return
+    w("### Prefill: paired ratios")
+    w("")
+    w("`prefill_paired/T:<n>/dtype:<t>` runs the four prefill modes of one (T, dtype) on 1 and 2 "
+      "threads, eight entries, inside one timed loop, ordered as `decode_paired` orders its "
+      "entries (see *Decode: paired ratios*), for a fixed number of rounds. A ratio is taken "
+      "between two calls of the same round and the table gives its median over the rounds (the "
+      "prefill target rows marked [paired] use these). *speed-up* = time(dense) / time(mode), "
+      "with its quartiles over the rounds; *over top-k* = time(top-k) / time(mode); *separate* = "
+      "the recommended variant's speed-up over dense from the separate `prefill/` benchmarks "
+      "above, for comparison.")
+    w("")
+    w("| T | dtype | thr | rounds | top-k | recommended (quartiles) | pre + SDC (quartiles) | "
+      "rec. over top-k | pre over top-k | separate |")
+    w("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for T_, dtype, t in prefill_cfgs(D):
+        pp = D.ppaired.get((T_, dtype))
+        if pp is None or f"t_dense_t{t}" not in pp.counters:
+            continue
+        suffix = f"_t{t}"
+        c = {k[:-len(suffix)]: v for k, v in pp.counters.items() if k.endswith(suffix)}
+
+        def x(mode):
+            return (f"{c['x_' + mode]:.2f}x ({c['x25_' + mode]:.2f}-{c['x75_' + mode]:.2f})"
+                    if "x_" + mode in c else "—")
+        dn, tt = D.prefill.get(("dense", T_, dtype, t)), D.prefill.get(("toptheta", T_, dtype, t))
+        sep = fmt_x(dn.seconds / tt.seconds if dn and tt else None)
+        w(f"| {T_} | {dtype} | {t} | {pp.counters.get('rounds', 0):.0f} | "
+          f"{fmt_x(c.get('x_topk'))} | {x('toptheta')} | {x('toptheta_pre')} | "
+          f"{fmt_x(c.get('k_toptheta'))} | {fmt_x(c.get('k_toptheta_pre'))} | {sep} |")
+    w("")
+
+
 def probe_anomaly(D: Data):
     """A warning when the 2-thread read probe looks too slow to be the floor: no faster than
     the 1-thread probe, or slower than a 2-thread decode at L >= 16k (out of cache). A second
@@ -1366,6 +1449,7 @@ def write_report(args, json_path, main: Run, pt: Portable | None, end: Run | Non
     if not D.prefill:
         w("| — | | | not measured | | | | | | | | |")
     w("")
+    write_prefill_paired_section(w, D)
 
     # ---- engine interfaces ----------------------------------------------------------------
     write_engine_section(w, D, etargets, probe_rows)
@@ -1392,8 +1476,9 @@ def write_report(args, json_path, main: Run, pt: Portable | None, end: Run | Non
     Lp, _ = thread_scaling_L(D)
     Tps = sorted({k[1] for k in D.prefill})
     w(f"Speed-up of 2 threads over 1 (time(1) / time(2)): decode at L = {Lp}, prefill at every T."
-      + (" *paired*: the decode speed-up within `decode_paired` (1- and 2-thread calls of the "
-         "same round, median over the rounds); the target uses it." if D.paired else ""))
+      + (" *paired*: the speed-up within `decode_paired` / `prefill_paired` (1- and 2-thread "
+         "calls of the same round, median over the rounds); the target uses it."
+         if D.paired or D.ppaired else ""))
     w("")
     w("| benchmark | variant | 1 thread (ms) | 2 threads (ms) | speed-up | paired |")
     w("|---|---|---:|---:|---:|---:|")
@@ -1412,8 +1497,10 @@ def write_report(args, json_path, main: Run, pt: Portable | None, end: Run | Non
         r2 = D.prefill.get(key[:3] + (2,))
         if r2:
             r1 = D.prefill[key]
+            pp = D.ppaired.get(key[1:3])
+            sp = pp.counters.get("s_" + key[0]) if pp else None
             w(f"| prefill T={key[1]} {key[2]} | {short(key[0])} | {1e3 * r1.seconds:.1f} "
-              f"| {1e3 * r2.seconds:.1f} | {r1.seconds / r2.seconds:.2f}x | |")
+              f"| {1e3 * r2.seconds:.1f} | {r1.seconds / r2.seconds:.2f}x | {fmt_x(sp)} |")
     if not Tps and Lp is None:
         w("| — | not measured | | | | |")
     w("")
@@ -1539,6 +1626,7 @@ def write_report(args, json_path, main: Run, pt: Portable | None, end: Run | Non
       "with mode `dense|topk|toptheta|toptheta_pre|toptheta_dense_fallback`; "
       "`decode_paired/L:<n>/dtype:<f32|f16|bf16>/layout:<token|head>`; "
       "`prefill/<dense|topk|toptheta|toptheta_pre>/T:<n>/dtype:<f32|f16>/threads:<n>`; "
+      "`prefill_paired/T:<n>/dtype:<f32|f16>`; "
       "`decode_isa/<dense|toptheta>/isa:<auto|scalar|avx2|avx512|neon>/L:16384/dtype:f32/layout:token/threads:1`; "
       "`decode_dim/<dense|toptheta>/d:<n>/L:16384/dtype:f32/layout:token/threads:1`; "
       "`decode_resident/dense/L:16384/dtype:<f32|f16|bf16>/layout:token/threads:<n>`; "
