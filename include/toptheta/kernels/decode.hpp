@@ -833,11 +833,12 @@ class DecodeCall {
       p0[g] = std::lower_bound(uni, uni + nu, std::int32_t(j0)) - uni;
       p1[g] = std::lower_bound(uni + p0[g], uni + nu, std::int32_t(j1)) - uni;
     }
+    const PrefetchTo to = prefetch_to(v_, Walk::kGather);
     for (Index g = g0; g < g1; ++g) {
       if (p1[g] == p0[g]) continue;
       touched_[c * Hkv_ + g] = 1;
       GatherPrefetch pf;  // the next group with rows here: its first rows join the window
-      pf.to = prefetch_to(v_, Walk::kGather);
+      pf.to = to;
       for (Index gn = g + 1; gn < g1 && pf.next_n == 0; ++gn)
         if (p1[gn] > p0[gn]) {
           pf.next_uni = uni_ + gn * L + p0[gn];

@@ -389,12 +389,19 @@ class PrefillCall {
 
   /// O += the tile's kept weights times V, from w.keep (bit m of keep[u]: query m of the block
   /// keeps key j0 + u): the union of the kept keys over the group's heads per block row
-  /// (rows_any[u] bit r * G, counted in unions[r]), then the dense tile product when at least
-  /// half of the (row, key) pairs keep a key, else the kept rows' gather key by key
-  /// (flash_pv_sparse). Returns whether the tile ran the dense product. The per-row union bits
-  /// are a fold of each row's G bits (any_of_groups), not a loop over the rows: that loop was
-  /// 11% of flash_item's own samples (pre-softmax prefill T = 4096, f32, 1 thread, AVX-512,
-  /// Zen 5).
+  /// (rows_any[u] bit r * G, counted in unions[r]), then the dense tile product when every
+  /// (block row, key) pair keeps the key (some head of the row does), else the kept rows' gather
+  /// key by key (flash_pv_sparse). Returns whether the tile ran the dense product. The per-row
+  /// union bits are a fold of each row's G bits (any_of_groups), not a loop over the rows: that
+  /// loop was 11% of flash_item's own samples (pre-softmax prefill T = 4096, f32, 1 thread,
+  /// AVX-512, Zen 5).
+  /// The dense product ran from half of the pairs before; the gather is the cheaper one down to
+  /// there. Measured (bench prefill_paired, the rules in one binary in a shuffled order per run,
+  /// speed-up over dense; half -> all): recommended Top-θ, T = 1024 f32, 1 thread,
+  /// 0.999-1.039 -> 1.047-1.076 (5 runs), 2 threads 1.003-1.046 -> 1.047-1.075; f16 1 thread
+  /// 1.007-1.038 -> 1.020-1.041, 2 threads 1.001-1.036 -> 1.022-1.048; pre-softmax within
+  /// +-2%; T = 4096 f16 unchanged (recommended 1.17-1.18 either way, 2 runs). The dense product
+  /// from a third of the pairs lost (recommended 0.93, T = 1024, both types).
   bool flash_pv_kept(Index j0, Index n, Index g, Index rows, Worker& w) {
     const Index G = G_, M = rows * G;
     std::uint64_t starts = 0;  // bit r * G for each block row r
@@ -407,7 +414,7 @@ class PrefillCall {
     }
     if (pairs == 0) return false;
     count_unions(n, rows, w);
-    if (2 * pairs * G >= n * M) {
+    if (pairs >= n * rows) {
       flash_pv_dense(j0, n, g, M, w);
       return true;
     }
