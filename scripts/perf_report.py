@@ -331,15 +331,20 @@ def largest(values, want):
     return vals[-1], f" ({vals[-1]} measured, not {want})"
 
 
-def paired_value(D: Data, cfg3, counter, sep_num, sep_den):
-    """(value, paired): the decode_paired counter of (L, dtype, layout) cfg3 when it was
-    measured, else the time ratio sep_num / sep_den of the separate decode/ benchmarks (keys of
-    D.decode); (None, False) when neither is there."""
-    p = D.paired.get(cfg3)
+def paired_or_separate(paired: dict, separate: dict, key, counter, sep_num, sep_den):
+    """(value, paired): the counter of the paired benchmark paired[key] when it was measured,
+    else the time ratio sep_num / sep_den of the separate benchmarks (keys of `separate`);
+    (None, False) when neither is there."""
+    p = paired.get(key)
     if p is not None and counter in p.counters:
         return p.counters[counter], True
-    a, b = D.decode.get(sep_num), D.decode.get(sep_den)
+    a, b = separate.get(sep_num), separate.get(sep_den)
     return (a.seconds / b.seconds, False) if a and b else (None, False)
+
+
+def paired_value(D: Data, cfg3, counter, sep_num, sep_den):
+    """paired_or_separate over decode_paired (key (L, dtype, layout)) and decode/."""
+    return paired_or_separate(D.paired, D.decode, cfg3, counter, sep_num, sep_den)
 
 
 def decode_speedup_src(D: Data, mode, cfg, over="dense"):
@@ -361,14 +366,8 @@ def paired_cfgs(D: Data):
 
 
 def prefill_ratio_src(D: Data, counter, key, sep_num, sep_den):
-    """(value, paired): the prefill_paired counter of (T, dtype) key when it was measured, else
-    the time ratio sep_num / sep_den of the separate prefill/ benchmarks (keys of D.prefill);
-    (None, False) when neither is there."""
-    p = D.ppaired.get(key)
-    if p is not None and counter in p.counters:
-        return p.counters[counter], True
-    a, b = D.prefill.get(sep_num), D.prefill.get(sep_den)
-    return (a.seconds / b.seconds, False) if a and b else (None, False)
+    """paired_or_separate over prefill_paired (key (T, dtype)) and prefill/."""
+    return paired_or_separate(D.ppaired, D.prefill, key, counter, sep_num, sep_den)
 
 
 def prefill_speedup_src(D: Data, mode, cfg, over="dense"):
