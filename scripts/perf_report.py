@@ -385,16 +385,23 @@ def prefill_cfgs(D: Data):
                    if f"t_dense_t{t}" in r.counters})
 
 
-def prefill_pairs(D: Data, mode, over="dense", keep=lambda cfg: True, prefix=""):
-    """([(ratio, configuration)], tag) of prefill_speedup_src over every prefill configuration
-    that `keep` accepts."""
+def ratio_pairs(cfgs, src, name, keep, prefix):
+    """([(ratio, configuration)], [paired flags]): src(cfg) = (ratio, paired) over the
+    configurations `cfgs` that `keep` accepts, each named prefix + name(cfg)."""
     pairs, flags = [], []
-    for cfg in prefill_cfgs(D):
-        v, paired = prefill_speedup_src(D, mode, cfg, over) if keep(cfg) else (None, False)
+    for cfg in cfgs:
+        v, paired = src(cfg) if keep(cfg) else (None, False)
         if v is not None:
-            pairs.append((v, prefix + pcfg((mode,) + cfg)))
+            pairs.append((v, prefix + name(cfg)))
             flags.append(paired)
     return pairs, flags
+
+
+def prefill_pairs(D: Data, mode, over="dense", keep=lambda cfg: True, prefix=""):
+    """([(ratio, configuration)], [paired flags]) of prefill_speedup_src over every prefill
+    configuration that `keep` accepts."""
+    return ratio_pairs(prefill_cfgs(D), lambda cfg: prefill_speedup_src(D, mode, cfg, over),
+                       lambda cfg: pcfg((mode,) + cfg), keep, prefix)
 
 
 def decode_cfgs(D: Data):
@@ -410,12 +417,8 @@ def paired_tag(flags):
 
 def speedup_pairs(D: Data, mode, over="dense", keep=lambda cfg: True, prefix=""):
     """([(speed-up, configuration)], tag) over every decode configuration that `keep` accepts."""
-    pairs, flags = [], []
-    for cfg in decode_cfgs(D):
-        v, paired = decode_speedup_src(D, mode, cfg, over) if keep(cfg) else (None, False)
-        if v is not None:
-            pairs.append((v, prefix + dcfg((mode,) + cfg)))
-            flags.append(paired)
+    pairs, flags = ratio_pairs(decode_cfgs(D), lambda cfg: decode_speedup_src(D, mode, cfg, over),
+                               lambda cfg: dcfg((mode,) + cfg), keep, prefix)
     return pairs, paired_tag(flags)
 
 
