@@ -9,8 +9,9 @@
 ///   a register-blocked microkernel (Ops::qk_tile), the softmax runs online across the tile
 ///   with vectors across the M query rows (Ops::softmax_tile: running max, kept / dropped exp
 ///   sums for SDC, kept counts, first maximum), and the exp-weights of the kept keys multiply
-///   the V tile (Ops::pv_tile, or when few are kept a gather of the kept rows, each read once for
-///   the block's queries that keep it: Ops::scatter_row). No score block
+///   the V tile (Ops::pv_tile when every block row keeps every key of the tile, else a gather
+///   of the kept rows, each read once for the block's queries that keep it: Ops::scatter_row;
+///   see flash_pv_kept). No score block
 ///   is stored or re-read. Top-θ selection is a per-score comparison with theta(l, h, L_t)
 ///   (semantics §4), so it fits the tile loop; the dense rows are the same loop with
 ///   theta = -inf.
@@ -326,7 +327,7 @@ class PrefillCall {
     const bool want_drop = sparse && o_.sdc == SdcMode::kExact;
     const bool want_best = sparse && o_.empty_row == EmptyRowPolicy::kKeepMax;
     // The next tile's V rows are prefetched with its keys while the product runs dense (a
-    // block without a thresholded row, or a tile that kept at least half of its pairs); a
+    // block without a thresholded row, or a tile whose every (row, key) pair was kept); a
     // sparse tile prefetches only its kept rows, before it gathers them (flash_pv_sparse). Every
     // V row of the next tile, as before, kept the walk waiting on prefetches that 90% of the
     // rows never use: the two prefetch loops of score_tile held 29% of flash_item's own
