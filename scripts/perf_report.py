@@ -1121,6 +1121,21 @@ def err_text(r):
     return "" if e is None else f"{e:.2e}"
 
 
+def thread_counters(counters, t):
+    """A paired benchmark's counters of thread count `t` (those named `<key>_t<t>`), keyed by
+    `<key>`."""
+    suffix = f"_t{t}"
+    return {k[:-len(suffix)]: v for k, v in counters.items() if k.endswith(suffix)}
+
+
+def quartile_cell(c, mode):
+    """A paired table's speed-up cell of `mode`: the median ratio over the rounds with its
+    quartiles, from one thread count's counters `c` (the `x_`, `x25_` and `x75_` keys);
+    "—" when the mode was not measured."""
+    return (f"{c['x_' + mode]:.2f}x ({c['x25_' + mode]:.2f}-{c['x75_' + mode]:.2f})"
+            if "x_" + mode in c else "—")
+
+
 def write_paired_section(w, D: Data):
     if not D.paired:
         return
@@ -1144,19 +1159,14 @@ def write_paired_section(w, D: Data):
     for cfg in sorted(paired_cfgs(D), key=lambda c: (c[0], dtype_order(c[1]), c[2] != "token",
                                                      c[3])):
         L, dtype, layout, t = cfg
-        suffix = f"_t{t}"
-        c = {k[:-len(suffix)]: v for k, v in D.paired[cfg[:3]].counters.items()
-             if k.endswith(suffix)}
+        c = thread_counters(D.paired[cfg[:3]].counters, t)
         c["rounds"] = D.paired[cfg[:3]].counters.get("rounds", 0)
-
-        def x(mode):
-            return (f"{c['x_' + mode]:.2f}x ({c['x25_' + mode]:.2f}-{c['x75_' + mode]:.2f})"
-                    if "x_" + mode in c else "—")
         fb = c.get("x_toptheta_dense_fallback")
         dn, tt = D.decode.get(("dense",) + cfg), D.decode.get(("toptheta",) + cfg)
         sep = fmt_x(dn.seconds / tt.seconds if dn and tt else None)
         w(f"| {L} | {dtype} | {layout} | {t} | {c.get('rounds', 0):.0f} | "
-          f"{fmt_x(c.get('x_topk'))} | {x('toptheta')} | {x('toptheta_pre')} | "
+          f"{fmt_x(c.get('x_topk'))} | {quartile_cell(c, 'toptheta')} | "
+          f"{quartile_cell(c, 'toptheta_pre')} | "
           f"{fmt_val(None if not fb else 1.0 / fb, 3)} | {fmt_x(c.get('k_toptheta'))} | "
           f"{fmt_x(c.get('k_toptheta_pre'))} | {sep} |")
     w("")
@@ -1183,16 +1193,12 @@ def write_prefill_paired_section(w, D: Data):
         pp = D.ppaired.get((T_, dtype))
         if pp is None or f"t_dense_t{t}" not in pp.counters:
             continue
-        suffix = f"_t{t}"
-        c = {k[:-len(suffix)]: v for k, v in pp.counters.items() if k.endswith(suffix)}
-
-        def x(mode):
-            return (f"{c['x_' + mode]:.2f}x ({c['x25_' + mode]:.2f}-{c['x75_' + mode]:.2f})"
-                    if "x_" + mode in c else "—")
+        c = thread_counters(pp.counters, t)
         dn, tt = D.prefill.get(("dense", T_, dtype, t)), D.prefill.get(("toptheta", T_, dtype, t))
         sep = fmt_x(dn.seconds / tt.seconds if dn and tt else None)
         w(f"| {T_} | {dtype} | {t} | {pp.counters.get('rounds', 0):.0f} | "
-          f"{fmt_x(c.get('x_topk'))} | {x('toptheta')} | {x('toptheta_pre')} | "
+          f"{fmt_x(c.get('x_topk'))} | {quartile_cell(c, 'toptheta')} | "
+          f"{quartile_cell(c, 'toptheta_pre')} | "
           f"{fmt_x(c.get('k_toptheta'))} | {fmt_x(c.get('k_toptheta_pre'))} | {sep} |")
     w("")
 
