@@ -242,6 +242,22 @@ TEST(ThresholdsCli, ExitStatuses) {
   expect_one_line_error(run_cli({"info", valid("crlf.toptheta"), "--missing-heads", "silent"}),
                         "--missing-heads");
   expect_one_line_error(run_cli({"info", valid("crlf.toptheta"), "--heads", "0"}), "--heads");
+  // Integer options say so, with integer bounds (CLI::PositiveNumber printed a double range up
+  // to DBL_MAX); a tolerance must be a finite number: NaN compared false against every
+  // difference and diff exited 0 on files it reported as different.
+  for (const char* k : {"abc", "-1", "1.5"})
+    expect_one_line_error(run_cli({"info", valid("crlf.toptheta"), "--k", k}),
+                          "--k: '" + std::string(k) + "' is not an integer from 1 to ");
+  expect_one_line_error(run_cli({"info", valid("crlf.toptheta"), "--layers", "x"}),
+                        "--layers: 'x' is not an integer from 1 to 1024");
+  for (const char* tol : {"nan", "NaN", "inf", "-1", "abc"})
+    expect_one_line_error(
+        run_cli({"diff", valid("crlf.toptheta"), valid("crlf.toptheta"), "--tolerance", tol}),
+        "--tolerance: '" + std::string(tol) + "' is not a finite number >= 0");
+  expect_one_line_error(run_cli({"synth", "--layers", "1", "--heads", "1", "--context", "64",
+                                 "--k", "4,4", "--out", dir.file("s.toptheta")}),
+                        "--k: the budget 4 is given twice");
+  EXPECT_FALSE(std::filesystem::exists(dir.file("s.toptheta")));
   // 2: input errors: missing, unreadable (a directory), malformed, incomplete input.
   expect_one_line_error(run_cli({"convert", dir.file("nope"), dir.file("x"), "--to", "native"}),
                         dir.file("nope") + ": cannot open: No such file or directory");

@@ -53,6 +53,31 @@ inline std::string pad(std::string s, std::size_t width, bool right = true) {
   return right ? std::string(width - s.size(), ' ') + s : s + std::string(width - s.size(), ' ');
 }
 
+/// CLI11 check of an integer option: an integer in [lo, hi], named as one in the message
+/// (CLI::Range and CLI::PositiveNumber print their bounds as doubles, up to DBL_MAX).
+inline CLI::Validator integer_in(Index lo, Index hi) {
+  return CLI::Validator(
+      [lo, hi](std::string& s) -> std::string {
+        Index v = 0;
+        if (CLI::detail::lexical_cast(s, v) && v >= lo && v <= hi) return {};
+        return "'" + s + "' is not an integer from " + std::to_string(lo) + " to " +
+               std::to_string(hi);
+      },
+      "INT in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+}
+
+/// CLI11 check of a tolerance: a finite number >= 0. (CLI::NonNegativeNumber lets NaN through,
+/// and a NaN --tolerance compared false against every difference: diff exited 0.)
+inline CLI::Validator finite_non_negative() {
+  return CLI::Validator(
+      [](std::string& s) -> std::string {
+        double v = 0.0;
+        if (CLI::detail::lexical_cast(s, v) && std::isfinite(v) && v >= 0.0) return {};
+        return "'" + s + "' is not a finite number >= 0";
+      },
+      "FINITE >= 0");
+}
+
 /// Exit statuses.
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitRuntime = 1;
@@ -76,10 +101,10 @@ inline void add_input_options(CLI::App* sub, InputOptions* o) {
       ->check(CLI::IsMember(name_map<Placement>()));
   sub->add_option("--layers", o->layers,
                   "expected number of layers (authors' files: the table shape; default: inferred)")
-      ->check(CLI::Range(Index(1), kMaxThresholdLayers));
+      ->check(integer_in(1, kMaxThresholdLayers));
   sub->add_option("--heads", o->heads,
                   "expected number of query heads per layer (authors' files: the table shape)")
-      ->check(CLI::Range(Index(1), kMaxThresholdHeads));
+      ->check(integer_in(1, kMaxThresholdHeads));
   sub->add_option("--from", o->from, "input format (default: detected from the content)")
       ->check(CLI::IsMember(name_map<ThresholdFormat>()));
   sub->add_option("--missing-heads", o->missing_heads,
@@ -88,7 +113,7 @@ inline void add_input_options(CLI::App* sub, InputOptions* o) {
       ->check(CLI::IsMember({"error", "dense"}));
   sub->add_option("--k", o->k,
                   "files holding several tables (native version 2): the table of this k")
-      ->check(CLI::PositiveNumber);
+      ->check(integer_in(1, std::numeric_limits<Index>::max()));
 }
 
 /// Loads `path` (with an optional authors' sdc.txt); returns the detected format in `*fmt`.
@@ -373,7 +398,7 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
   convert->add_option("--buckets-per-octave", conv_bpo,
                       "--to compact: length buckets per octave of the fitted curves")
       ->capture_default_str()
-      ->check(CLI::Range(1, 16));
+      ->check(integer_in(1, 16));
   convert->add_option("--sdc", conv_sdc, "authors' sdc.txt to merge into the input");
   convert->add_option("--sdc-out", conv_sdc_out,
                       "--to reference: where to write sdc.txt when the table has SDC terms "
@@ -395,7 +420,7 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
   diff->add_option("--tolerance", tolerance,
                    "exit with status 3 when the max absolute theta difference exceeds X, or when "
                    "shape, k, placement or the set of entries differ")
-      ->check(CLI::NonNegativeNumber);
+      ->check(finite_non_negative());
   add_input_options(diff, &diff_in);
 
   Index syn_layers = 0, syn_heads = 0, syn_context = 0;
@@ -404,13 +429,13 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
   CLI::App* synth = app.add_subcommand(
       "synth", "Write a synthetic compact table (for size and load checks): smooth random "
                "curves over every length bucket from k+1 to --context");
-  synth->add_option("--layers", syn_layers)->required()->check(CLI::Range(Index(1), kMaxThresholdLayers));
-  synth->add_option("--heads", syn_heads)->required()->check(CLI::Range(Index(1), kMaxThresholdHeads));
+  synth->add_option("--layers", syn_layers)->required()->check(integer_in(1, kMaxThresholdLayers));
+  synth->add_option("--heads", syn_heads)->required()->check(integer_in(1, kMaxThresholdHeads));
   synth->add_option("--context", syn_context, "longest calibrated row length")
       ->required()
-      ->check(CLI::Range(Index(2), Index(1) << 40));
+      ->check(integer_in(2, Index(1) << 40));
   synth->add_option("--k", syn_k, "budgets, e.g. 16,32,64")->required();
-  synth->add_option("--buckets-per-octave", syn_bpo)->capture_default_str()->check(CLI::Range(1, 16));
+  synth->add_option("--buckets-per-octave", syn_bpo)->capture_default_str()->check(integer_in(1, 16));
   synth->add_option("--out", syn_out, "output file (native version 2)")->required();
 
   const auto one_line = [](std::string m) {
@@ -526,6 +551,8 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
         const long long k = std::strtoll(item.c_str(), &e, 10);
         if (item.empty() || *e != '\0' || k < 1 || k >= syn_context)
           return fail("--k: '" + item + "' is not a budget in [1, --context)");
+        if (std::find(ks.begin(), ks.end(), Index(k)) != ks.end())
+          return fail("--k: the budget " + item + " is given twice");
         ks.push_back(Index(k));
         if (comma == std::string::npos) break;
         start = comma + 1;
