@@ -837,5 +837,35 @@ TEST(ThresholdFuzzCorpus, EveryInputKeepsTheLoaderProperties) {
   EXPECT_GE(n, 60u);
 }
 
+// A null output pointer is an error naming the function, not a crash (it was a null member call
+// in load_thresholds).
+TEST(ThresholdFile, NullOutputsAreInvalidArgument) {
+  const std::string path = threshold_data_dir() + "/valid/dense_heads.toptheta";
+  const std::string text = read_all(path);
+  ThresholdTable t;
+  ASSERT_TRUE(load_thresholds(path, &t).ok());
+  const auto expect_null = [](const Status& s, const std::string& message) {
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.message();
+    EXPECT_EQ(s.message(), message);
+  };
+  expect_null(load_thresholds(path, nullptr), "load_thresholds: out is null");
+  expect_null(load_threshold_set(path, nullptr), "load_threshold_set: out is null");
+  expect_null(parse_thresholds(text, path, nullptr), "parse_thresholds: out is null");
+  expect_null(parse_native_thresholds(text, path, nullptr), "parse_native_thresholds: out is null");
+  expect_null(parse_native_threshold_set(text, path, nullptr),
+              "parse_native_threshold_set: out is null");
+  expect_null(parse_reference_thresholds("L0_H0:10 0.5 3 2\n", "th.txt", nullptr),
+              "parse_reference_thresholds: out is null");
+  expect_null(format_native_thresholds(t, nullptr), "format_native_thresholds: out is null");
+  expect_null(format_native_threshold_set(ThresholdSet(), nullptr),
+              "format_native_threshold_set: out is null");
+  std::string th;
+  expect_null(format_reference_thresholds(t, nullptr, &th),
+              "format_reference_thresholds: th is null");
+  expect_null(format_reference_thresholds(t, &th, nullptr),
+              "format_reference_thresholds: sdc is null");
+  expect_null(read_file(path, nullptr, 1 << 20), "read_file: out is null");
+}
+
 }  // namespace
 }  // namespace toptheta::testing

@@ -86,4 +86,13 @@ class [[nodiscard]] Status {
     if (!toptheta_status_.ok()) return toptheta_status_; \
   } while (0)
 
+namespace detail {
+/// The check of a public function's output pointer: kInvalidArgument "<fn>: <arg> is null"
+/// when `p` is null, ok otherwise.
+inline Status require_output(const void* p, const char* fn, const char* arg) {
+  if (p != nullptr) return {};
+  return Status::invalid_argument(std::string(fn) + ": " + arg + " is null");
+}
+}  // namespace detail
+
 }  // namespace toptheta

@@ -42,6 +42,7 @@ inline std::string errno_text(int e) { return std::strerror(e); }
 /// it does not exist, kIoError for other failures (a directory, a read error), kDataLoss when it
 /// is larger than `max_bytes`. Messages start with `path: `.
 inline Status read_file(const std::string& path, std::string* out, std::size_t max_bytes) {
+  TOPTHETA_RETURN_IF_ERROR(detail::require_output(out, "read_file", "out"));
   errno = 0;
   std::FILE* fp = std::fopen(path.c_str(), "rb");
   if (!fp) {

@@ -53,6 +53,7 @@ inline constexpr int kNativeThresholdVersionPerLength = 1;
 /// Serialises `table` in the native format (after `table.validate()` and the file limits):
 /// version 1 for a per-length table, version 2 for a compact one. `out` is untouched on error.
 inline Status format_native_thresholds(const ThresholdTable& table, std::string* out) {
+  TOPTHETA_RETURN_IF_ERROR(detail::require_output(out, "format_native_thresholds", "out"));
   TOPTHETA_RETURN_IF_ERROR(detail::check_writable(table));
   if (table.is_compact()) {
     ThresholdSet set;
@@ -110,6 +111,7 @@ inline Status format_native_thresholds(const ThresholdTable& table, std::string*
 /// table; on error `*out` is untouched.
 inline Status parse_native_thresholds(std::string_view text, const std::string& name,
                                       ThresholdTable* out, const LoadOptions& opts = {}) {
+  TOPTHETA_RETURN_IF_ERROR(detail::require_output(out, "parse_native_thresholds", "out"));
   using detail::NumberParse;
   using detail::quote_token;
   detail::LineScanner sc(text);
@@ -391,6 +393,7 @@ inline Status parse_native_thresholds(std::string_view text, const std::string& 
 /// Serialises a set: version 2 for compact tables (all in one file); a set of one per-length
 /// table as version 1 (per-length tables cannot share a file).
 inline Status format_native_threshold_set(const ThresholdSet& set, std::string* out) {
+  TOPTHETA_RETURN_IF_ERROR(detail::require_output(out, "format_native_threshold_set", "out"));
   if (set.size() == 1 && !set.tables().front().is_compact())
     return format_native_thresholds(set.tables().front(), out);
   return detail::format_native_v2(set, out);
@@ -400,6 +403,7 @@ inline Status format_native_threshold_set(const ThresholdSet& set, std::string* 
 /// one table of a version-1 file.
 inline Status parse_native_threshold_set(std::string_view text, const std::string& name,
                                          ThresholdSet* out, const LoadOptions& opts = {}) {
+  TOPTHETA_RETURN_IF_ERROR(detail::require_output(out, "parse_native_threshold_set", "out"));
   std::string_view body = detail::strip_utf8_bom(text);
   const std::string_view v2 = "toptheta-thresholds 2";
   if (body.substr(0, v2.size()) == v2 &&

@@ -75,6 +75,8 @@ inline bool looks_like_reference(std::string_view text) {
 /// post-softmax table with `expected_placement`. Outputs are untouched on error.
 inline Status format_reference_thresholds(const ThresholdTable& table, std::string* th,
                                           std::string* sdc) {
+  TOPTHETA_RETURN_IF_ERROR(detail::require_output(th, "format_reference_thresholds", "th"));
+  TOPTHETA_RETURN_IF_ERROR(detail::require_output(sdc, "format_reference_thresholds", "sdc"));
   TOPTHETA_RETURN_IF_ERROR(detail::check_writable(table));
   if (table.is_compact())
     return Status::invalid_argument(
@@ -119,6 +121,7 @@ inline Status parse_reference_thresholds(std::string_view th_text, const std::st
                                          ThresholdTable* out, const LoadOptions& opts = {},
                                          std::string_view sdc_text = {},
                                          const std::string& sdc_name = "sdc.txt") {
+  TOPTHETA_RETURN_IF_ERROR(detail::require_output(out, "parse_reference_thresholds", "out"));
   using detail::NumberParse;
   using detail::quote_token;
   struct Row {

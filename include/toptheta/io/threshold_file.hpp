@@ -49,9 +49,11 @@ inline ThresholdFormat detect_threshold_format(std::string_view text) {
 /// Parses a threshold file held in memory (`name` prefixes error messages), in `opts.format` or
 /// the detected format (a leading UTF-8 byte-order mark is skipped in every format). For the authors' format only th.txt content is parsed here
 /// (`opts.sdc_path` is ignored; see parse_reference_thresholds() to merge an sdc.txt text).
-/// On error `*out` is untouched.
+/// On error `*out` is untouched. A null `out` is kInvalidArgument ("<function>: out is
+/// null").
 inline Status parse_thresholds(std::string_view text, const std::string& name, ThresholdTable* out,
                                const LoadOptions& opts = {}) {
+  TOPTHETA_RETURN_IF_ERROR(detail::require_output(out, "parse_thresholds", "out"));
   ThresholdFormat fmt = opts.format;
   if (fmt == ThresholdFormat::kAuto) fmt = detect_threshold_format(text);
   if (fmt == ThresholdFormat::kNative) return parse_native_thresholds(text, name, out, opts);
@@ -81,9 +83,11 @@ inline Status parse_thresholds(std::string_view text, const std::string& name, T
 /// Loads the threshold file at `path` in `opts.format` or the detected format (see
 /// parse_thresholds(); for the authors' format `opts.sdc_path`, when set, names an sdc.txt to
 /// merge, and it is an error for a native file). `*format`, when given, receives the format
-/// used (kAuto when it was not recognised). On error `*out` is untouched.
+/// used (kAuto when it was not recognised). On error `*out` is untouched. A null `out` is
+/// kInvalidArgument ("<function>: out is null").
 inline Status load_thresholds(const std::string& path, ThresholdTable* out,
                               const LoadOptions& opts = {}, ThresholdFormat* format = nullptr) {
+  TOPTHETA_RETURN_IF_ERROR(detail::require_output(out, "load_thresholds", "out"));
   if (format) *format = opts.format;
   std::string text;
   TOPTHETA_RETURN_IF_ERROR(read_file(path, &text, kMaxThresholdFileBytes));
@@ -147,8 +151,10 @@ inline Status save_thresholds(const std::string& path, const ThresholdTable& tab
 
 /// Loads every table of a threshold file: all tables of a native version-2 file, or the one
 /// table of a version-1 or authors' file (`opts.k` is ignored; pick with ThresholdSet::find()).
+/// A null `out` is kInvalidArgument ("<function>: out is null").
 inline Status load_threshold_set(const std::string& path, ThresholdSet* out,
                                  const LoadOptions& opts = {}) {
+  TOPTHETA_RETURN_IF_ERROR(detail::require_output(out, "load_threshold_set", "out"));
   std::string text;
   TOPTHETA_RETURN_IF_ERROR(read_file(path, &text, kMaxThresholdFileBytes));
   ThresholdFormat fmt = opts.format;
