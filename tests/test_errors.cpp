@@ -300,6 +300,23 @@ TEST(ErrorsOptions, TopThetaTableShapeMismatch) {
   expect_rejected(p, a, o, {"layer -1"}, "negative layer");
 }
 
+// A table whose layer budget is below 1 (constructed with default_k = 0; validate() rejects it)
+// is rejected by the kernels too, rather than thresholding every row.
+TEST(ErrorsOptions, TopThetaTableBudgetBelowOne) {
+  auto p = base_problem();
+  ThresholdTable t(1, 4, /*default_k=*/0);
+  ThresholdEntry e;
+  e.length = 8;
+  e.theta = 0.0;
+  for (Index h = 0; h < 4; ++h) ASSERT_TRUE(t.set(0, h, e).ok());
+  AttentionOptions o;
+  o.mode = AttentionMode::kTopTheta;
+  o.thresholds = &t;
+  expect_rejected(p, p.args(), o, {"layer 0 has budget k = 0"}, "k = 0");
+  ASSERT_TRUE(t.set_k(0, 2).ok());
+  EXPECT_TRUE(prefill(p.args(), o).ok());
+}
+
 TEST(ErrorsOptions, CalibratedSdcWithoutSdcTerms) {
   auto p = base_problem();
   ThresholdTable t(1, 4, 2);

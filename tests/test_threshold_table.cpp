@@ -165,13 +165,21 @@ TEST(ThresholdTableValidate, Errors) {
   EXPECT_FALSE(t.validate().ok());
   t.metadata().lambda = 0.1;
   EXPECT_TRUE(t.validate().ok());
-  // A negative SDC term is rejected and the message names where.
-  ASSERT_TRUE(t.set(0, 1, entry(7, 0.0, -1.0)).ok());
-  const Status s = t.validate();
-  ASSERT_FALSE(s.ok());
-  EXPECT_NE(s.message().find("layer 0 head 1 length 7"), std::string::npos) << s.message();
-  ASSERT_TRUE(t.set(0, 1, entry(7, 0.0, std::numeric_limits<double>::infinity())).ok());
-  EXPECT_FALSE(t.validate().ok());
+  // A negative or infinite SDC term never enters the table: set() rejects it, as validate()
+  // does for the tables the file readers build (a negative term reached the kernels, which
+  // shrank the softmax denominator with it).
+  for (double bad : {-1.0, -1e-300, std::numeric_limits<double>::infinity(),
+                     -std::numeric_limits<double>::infinity()}) {
+    const Status s = t.set(0, 1, entry(7, 0.0, bad));
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(s.message().find("SDC term must be finite and >= 0, or NaN (none)"),
+              std::string::npos)
+        << s.message();
+    EXPECT_FALSE(t.contains(0, 1, 7));
+  }
+  EXPECT_TRUE(t.validate().ok());
+  ASSERT_TRUE(t.set(0, 1, entry(7, 0.0, 0.0)).ok());
+  ASSERT_TRUE(t.set(0, 1, entry(7, 0.0, -0.0)).ok());  // -0 is zero
   ASSERT_TRUE(t.set(0, 1, entry(7, 0.0, 0.25)).ok());
   EXPECT_TRUE(t.validate().ok());
   // An entry without SDC term: the table as a whole no longer "has SDC".
@@ -319,6 +327,14 @@ TEST(ThresholdTableComplete, CheckLayerForTheKernels) {
               std::string::npos)
         << w.message();
   }
+  // A layer budget below 1 (a table constructed with default_k = 0) does not reach the kernels.
+  ThresholdTable z(1, 2, /*default_k=*/0);
+  ASSERT_TRUE(z.set_dense(0, 0).ok());
+  ASSERT_TRUE(z.set_dense(0, 1).ok());
+  EXPECT_FALSE(z.validate().ok());
+  const Status zk = z.check_layer(0, 2);
+  EXPECT_EQ(zk.code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(zk.message(), "threshold table: layer 0 has budget k = 0 (k must be >= 1)");
   // Success allocates nothing (the kernels call it on every call).
   const long long before = allocation_count();
   for (int i = 0; i < 1000; ++i) {

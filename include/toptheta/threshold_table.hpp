@@ -245,7 +245,11 @@ class ThresholdTable {
     return {};
   }
 
-  /// Insert or replace the entry for (layer, head, entry.length).
+  /// Insert or replace the entry for (layer, head, entry.length). Errors (kInvalidArgument): a
+  /// length < 1, theta NaN or +inf, an SDC term that is neither NaN (none) nor finite and
+  /// >= 0 (validate() rejects the same; a negative term would shrink the softmax denominator
+  /// below the kept keys' sum), a head declared dense; kOutOfRange for (layer, head) outside the
+  /// table; kFailedPrecondition on a compact table.
   Status set(Index layer, Index head, const ThresholdEntry& entry) {
     TOPTHETA_RETURN_IF_ERROR(check_index(layer, head));
     if (is_compact())
@@ -255,6 +259,9 @@ class ThresholdTable {
                                       std::to_string(entry.length));
     if (!std::isfinite(entry.theta) && !(std::isinf(entry.theta) && entry.theta < 0))
       return Status::invalid_argument("theta must be finite or -inf");
+    if (entry.has_sdc() && (!std::isfinite(entry.sdc) || entry.sdc < 0))
+      return Status::invalid_argument("SDC term must be finite and >= 0, or NaN (none); got " +
+                                      std::to_string(entry.sdc));
     if (dense_[slot(layer, head)])
       return Status::invalid_argument("layer " + std::to_string(layer) + " head " +
                                       std::to_string(head) +
@@ -477,14 +484,20 @@ class ThresholdTable {
 
   /// The per-call check for the kernels: the table covers `layer` with `num_heads` query heads
   /// and each of those heads has entries or is declared dense. O(num_heads), no allocation when
-  /// it succeeds. Errors: kInvalidArgument for a shape mismatch, kFailedPrecondition for heads
-  /// without thresholds (listed, with the table shape and the call's layer and heads).
+  /// it succeeds. Errors: kInvalidArgument for a shape mismatch or a layer budget k < 1 (a
+  /// table constructed with default_k < 1: validate() rejects it too), kFailedPrecondition for
+  /// heads without thresholds (listed, with the table shape and the call's layer and heads).
   Status check_layer(Index layer, Index num_heads) const {
     if (layer < 0 || layer >= num_layers_ || num_heads != num_heads_)
       return Status::invalid_argument("threshold table (layers x heads) " +
                                       shape_string(num_layers_, num_heads_) +
                                       " does not cover layer " + std::to_string(layer) + " with " +
                                       std::to_string(num_heads) + " query heads");
+    if (layer_k_[static_cast<std::size_t>(layer)] < 1)
+      return Status::invalid_argument("threshold table: layer " + std::to_string(layer) +
+                                      " has budget k = " +
+                                      std::to_string(layer_k_[static_cast<std::size_t>(layer)]) +
+                                      " (k must be >= 1)");
     const std::size_t base = slot(layer, 0);
     bool ok = true;
     for (std::size_t s = base; s < base + static_cast<std::size_t>(num_heads_); ++s)
