@@ -675,6 +675,10 @@ TEST(EngineErrors, PagedCache) {
   auto dim = a;
   dim.paged.dim = 16;
   expect_error(decode(dim, o), "head_dim");
+  // The pool's dim counts for k and v: against q and out that is a 2-2 split, and the error
+  // names the paged cache with every shape rather than blaming q.
+  expect_error(decode(dim, o), "disagree on head_dim");
+  expect_error(decode(dim, o), "the paged cache's k");
   auto bs = a;
   bs.paged.block_size = 0;
   expect_error(decode(bs, o), "block_size");

@@ -157,6 +157,15 @@ TEST(ErrorsShape, WrongQueryIsNamedAsQuery) {
   a = p.args();
   a.k.dim = 6;
   expect_rejected(p, a, AttentionOptions{}, {"k has shape", shape_string(8, 2, 8)}, "k dim");
+  // A 2-2 split (k and v against q and out): no view is the odd one out, so the error gives
+  // all four shapes (it used to name q, with the cache's head_dim as "of k, v, out").
+  a = p.args();
+  a.k.dim = 4;
+  a.v.dim = 4;
+  expect_rejected(p, a, AttentionOptions{},
+                  {"q, k, v and out disagree on head_dim", "q has shape " + shape_string(a.q),
+                   "k " + shape_string(a.k), "v " + shape_string(a.v), "out " + shape_string(a.out)},
+                  "k and v dim");
   // out differs from q: named as out, with q's shape beside it.
   a = p.args();
   a.out.heads = 8;

@@ -202,6 +202,20 @@ Status check_paged(const PagedKv<T>& p, Index d) {
   return {};
 }
 
+/// True when the four values have no clear majority: a 2-2 split or four different values (then
+/// no view can be named as the odd one out; 2-1-1 names the two single ones).
+inline bool no_majority(Index a, Index b, Index c, Index e) {
+  const Index vals[4] = {a, b, c, e};
+  Index best = 0, pairs = 0;
+  for (Index x : vals) {
+    Index n = 0;
+    for (Index y : vals) n += (x == y);
+    best = n > best ? n : best;
+    pairs += (n == 2);
+  }
+  return best == 1 || pairs == 4;
+}
+
 /// The value most of the four agree on; ties go to the first (the cache's).
 inline Index majority(Index first, Index b, Index c, Index e) {
   const Index vals[4] = {first, b, c, e};
@@ -241,6 +255,13 @@ Status validate(const AttentionArgs<T, Q>& args, const AttentionOptions& opt) {
   const Index Tq = args.q.tokens, Hq = args.q.heads;
   const Index L = kshape.tokens, Hkv = kshape.heads;
   const Index d = detail::majority(kshape.dim, args.q.dim, vshape.dim, args.out.dim);
+  if (detail::no_majority(kshape.dim, args.q.dim, vshape.dim, args.out.dim))
+    return Status::invalid_argument(
+        std::string("q, k, v and out disagree on head_dim (no view is the odd one out): q has "
+                    "shape ") +
+        shape_string(args.q) + ", " + (paged ? "the paged cache's k " : "k ") +
+        shape_string(kshape) + ", v " + shape_string(vshape) + ", out " +
+        shape_string(args.out));
   if (Tq < 1) return Status::invalid_argument("q has no tokens: " + shape_string(args.q));
   if (Hq < 1) return Status::invalid_argument("q has no heads: " + shape_string(args.q));
   if (d < 1)
