@@ -708,6 +708,39 @@ TEST(EngineErrors, BatchAndPlan) {
   args = b.args;
   args[1] = as_paged(args[1], pc.kv);
   expect_error(decode_batch(DecodeBatch<float>{args.data(), 2}, o), "one kind of cache");
+  // An output that shares memory with another sequence's cache or output: each sequence alone
+  // is valid, so only the batch check can see it (sequences run in parallel). Nothing is written.
+  for (auto& p : b.problems) p.clear_out();
+  const std::vector<float> out0 = snapshot(b.args[0].out), out1 = snapshot(b.args[1].out);
+  args = b.args;
+  args[1].out = HeadsView<float>::token_major(b.problems[0].v.view.data, 1, 8, 32);  // 5 x 2 x 32
+  expect_error(decode_batch(DecodeBatch<float>{args.data(), 2}, o),
+               "sequence 1: out overlaps sequence 0's v");
+  args = b.args;
+  args[1].out = args[0].out;
+  expect_error(decode_batch(DecodeBatch<float>{args.data(), 2}, o),
+               "out overlaps sequence 1's out");
+  EXPECT_TRUE(same_bits(out0, snapshot(b.args[0].out)));
+  EXPECT_TRUE(same_bits(out1, snapshot(b.args[1].out)));
+  {
+    // Outputs sliced in order from one tensor (the O(n log n) path), a query read from inside
+    // another sequence's output; and the same outputs with a shared (valid) query.
+    Batch<float> b3 = make_batch<float>({5, 9, 7}, 17);
+    std::vector<float> outs(3 * 8 * 32), q0(8 * 32, 0.5f);
+    std::vector<AttentionArgs<float>> a3 = b3.args;
+    for (int i = 0; i < 3; ++i)
+      a3[std::size_t(i)].out = HeadsView<float>::token_major(outs.data() + i * 8 * 32, 1, 8, 32);
+    a3[2].q = HeadsView<const float>::token_major(outs.data() + 8 * 32, 1, 8, 32);  // out 1
+    expect_error(decode_batch(DecodeBatch<float>{a3.data(), 3}, o),
+                 "sequence 1: out overlaps sequence 2's q");
+    for (auto& a : a3) a.q = HeadsView<const float>::token_major(q0.data(), 1, 8, 32);
+    EXPECT_TRUE(decode_batch(DecodeBatch<float>{a3.data(), 3}, o).ok());
+    // Reversed order (the pairwise path) finds the same overlap.
+    std::swap(a3[0].out, a3[2].out);
+    a3[1].q = HeadsView<const float>::token_major(outs.data() + 2 * 8 * 32, 1, 8, 32);  // out 0
+    expect_error(decode_batch(DecodeBatch<float>{a3.data(), 3}, o),
+                 "sequence 0: out overlaps sequence 1's q");
+  }
   // Calibration: one sequence per call.
   Calibrator cal(calib_options(8, Placement::kPreSoftmax));
   AttentionOptions oc = options_of(kVariants[7], nullptr, nullptr, &cal, nullptr);

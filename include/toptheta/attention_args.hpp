@@ -3,6 +3,7 @@
 /// Typed arguments of the attention entry points (`decode`, `prefill` in attention.hpp), their
 /// validation, and `toptheta_options`, the recommended Top-θ options for a calibrated table.
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -175,6 +176,45 @@ inline bool ranges_overlap(const void* a, std::size_t na, const void* b, std::si
   return x < y + nb && y < x + na;
 }
 
+/// A byte range a call reads or writes, named as the argument it belongs to.
+struct ByteRange {
+  const char* name;
+  const void* p;
+  std::size_t n;
+};
+
+/// The bytes a call writes: out's extent. Needs the shapes validate() checks.
+template <class T, class Q>
+ByteRange out_range(const AttentionArgs<T, Q>& a) {
+  return {"out", a.out.data, std::size_t(view_extent(a.out)) * sizeof(acc_t<T>)};
+}
+
+/// The bytes a call reads: q, k and v (the two pools of a paged cache, whole), v_sum, bias (empty
+/// ranges for absent ones). Needs the shapes validate() checks.
+template <class T, class Q>
+std::array<ByteRange, 5> input_ranges(const AttentionArgs<T, Q>& a) {
+  using Acc = acc_t<T>;
+  const bool paged = !a.paged.empty();
+  const Index Hkv = paged ? a.paged.heads : a.k.heads, d = a.q.dim;
+  const std::size_t pool =
+      paged ? std::size_t(a.paged.num_blocks * a.paged.block_stride) * sizeof(T) : 0;
+  return {{
+      {"q", a.q.data, std::size_t(view_extent(a.q)) * sizeof(Q)},
+      {"k", paged ? static_cast<const void*>(a.paged.k_pool) : a.k.data,
+       paged ? pool : std::size_t(view_extent(a.k)) * sizeof(T)},
+      {"v", paged ? static_cast<const void*>(a.paged.v_pool) : a.v.data,
+       paged ? pool : std::size_t(view_extent(a.v)) * sizeof(T)},
+      {"v_sum", a.v_sum,
+       a.v_sum
+           ? std::size_t((Hkv - 1) * (a.v_sum_stride > 0 ? a.v_sum_stride : d) + d) * sizeof(Acc)
+           : 0},
+      {"bias", a.bias.data,
+       a.bias.data
+           ? std::size_t((a.bias.rows - 1) * a.bias.row_stride + a.bias.cols) * sizeof(float)
+           : 0},
+  }};
+}
+
 /// Checks a paged cache: block size, pools, the in-block strides (rows never overlap, a block
 /// fits its stride) and every block-table entry (O(L / B), no allocation when valid).
 template <class T>
@@ -238,7 +278,6 @@ inline Index majority(Index first, Index b, Index c, Index e) {
 /// Returns `StatusCode::kInvalidArgument` on any error, ok otherwise.
 template <class T, class Q>
 Status validate(const AttentionArgs<T, Q>& args, const AttentionOptions& opt) {
-  using Acc = acc_t<T>;
   const bool paged = !args.paged.empty();
   // The cache's shape: from k / v, or from the paged cache (then k / v must stay empty).
   if (paged && (args.k.data || args.v.data || args.k.tokens || args.v.tokens))
@@ -307,30 +346,9 @@ Status validate(const AttentionArgs<T, Q>& args, const AttentionOptions& opt) {
     return Status::invalid_argument("v_sum_stride " + std::to_string(args.v_sum_stride) +
                                     " must be 0 (= d) or >= d = " + std::to_string(d));
   // The output is written: it must not share memory with anything the call reads.
-  const std::size_t out_bytes = std::size_t(detail::view_extent(args.out)) * sizeof(Acc);
-  const struct {
-    const char* name;
-    const void* p;
-    std::size_t n;
-  } inputs[] = {
-      {"q", args.q.data, std::size_t(detail::view_extent(args.q)) * sizeof(Q)},
-      {"k", paged ? static_cast<const void*>(args.paged.k_pool) : args.k.data,
-       paged ? std::size_t(args.paged.num_blocks * args.paged.block_stride) * sizeof(T)
-             : std::size_t(detail::view_extent(args.k)) * sizeof(T)},
-      {"v", paged ? static_cast<const void*>(args.paged.v_pool) : args.v.data,
-       paged ? std::size_t(args.paged.num_blocks * args.paged.block_stride) * sizeof(T)
-             : std::size_t(detail::view_extent(args.v)) * sizeof(T)},
-      {"v_sum", args.v_sum,
-       args.v_sum ? std::size_t((Hkv - 1) * (args.v_sum_stride > 0 ? args.v_sum_stride : d) + d) *
-                        sizeof(Acc)
-                  : 0},
-      {"bias", args.bias.data,
-       args.bias.data ? std::size_t((args.bias.rows - 1) * args.bias.row_stride + args.bias.cols) *
-                            sizeof(float)
-                      : 0},
-  };
-  for (const auto& in : inputs)
-    if (detail::ranges_overlap(args.out.data, out_bytes, in.p, in.n))
+  const detail::ByteRange out = detail::out_range(args);
+  for (const detail::ByteRange& in : detail::input_ranges(args))
+    if (detail::ranges_overlap(out.p, out.n, in.p, in.n))
       return Status::invalid_argument(std::string("out overlaps ") + in.name +
                                       ": the output must not alias an input");
   if (!(std::isfinite(args.scale) && args.scale >= 0))

@@ -196,7 +196,68 @@ std::size_t carve_batch(Arena& ar, const Args* seqs, Index n, const AttentionOpt
   return ar.used();
 }
 
-/// Validates a batch: every sequence (errors name it), one query token each, one kind of cache.
+/// Status of sequence i's output overlapping sequence j's range r (a read, or j's output).
+inline Status batch_overlap(Index i, Index j, const ByteRange& r) {
+  return Status::invalid_argument("sequence " + std::to_string(i) + ": out overlaps sequence " +
+                                  std::to_string(j) + "'s " + r.name +
+                                  ": an output must not share memory with anything the batch "
+                                  "reads or writes");
+}
+
+/// Across the sequences of a validated batch (each call's own output was checked against its
+/// own inputs): no output overlaps another sequence's output or inputs (sequences run in
+/// parallel, so one sequence would corrupt another's cache or output mid-call). Inputs may
+/// share memory (one KV pool for every sequence). Outputs laid out in ascending, disjoint order
+/// (one output tensor sliced by sequence, as engines do) take O(n log n): each input range is
+/// looked up among them by binary search; otherwise every pair is compared (O(n^2)). No
+/// allocation either way.
+template <class T, class Q>
+Status check_batch_outputs(const DecodeBatch<T, Q>& batch) {
+  const Index n = batch.count;
+  if (n < 2) return {};
+  const auto begin = [](const ByteRange& r) { return reinterpret_cast<std::uintptr_t>(r.p); };
+  const auto out = [&](Index i) { return out_range(batch.seqs[i]); };
+  bool ascending = true;
+  for (Index i = 1; i < n && ascending; ++i) {
+    const ByteRange a = out(i - 1), b = out(i);
+    ascending = begin(a) + a.n <= begin(b);
+  }
+  if (ascending) {
+    for (Index j = 0; j < n; ++j)
+      for (const ByteRange& r : input_ranges(batch.seqs[j])) {
+        if (r.p == nullptr || r.n == 0) continue;
+        // The outputs that can overlap r start before its end (indices < lo); disjoint and
+        // ascending, they end in ascending order too, so going down from lo - 1 the first one
+        // that ends at or before r's start ends the search.
+        Index lo = 0, hi = n;  // lo: the first output starting at or after r's end
+        while (lo < hi) {
+          const Index mid = (lo + hi) / 2;
+          if (begin(out(mid)) < begin(r) + r.n) lo = mid + 1;
+          else hi = mid;
+        }
+        for (Index i = lo - 1; i >= 0; --i) {
+          const ByteRange o = out(i);
+          if (begin(o) + o.n <= begin(r)) break;
+          if (i != j) return batch_overlap(i, j, r);
+        }
+      }
+    return {};
+  }
+  for (Index i = 0; i < n; ++i) {
+    const ByteRange o = out(i);
+    for (Index j = 0; j < n; ++j) {
+      if (j == i) continue;
+      const ByteRange other = out(j);
+      if (ranges_overlap(o.p, o.n, other.p, other.n)) return batch_overlap(i, j, other);
+      for (const ByteRange& r : input_ranges(batch.seqs[j]))
+        if (ranges_overlap(o.p, o.n, r.p, r.n)) return batch_overlap(i, j, r);
+    }
+  }
+  return {};
+}
+
+/// Validates a batch: every sequence (errors name it), one query token each, one kind of cache,
+/// and no output sharing memory with another sequence's arguments (check_batch_outputs).
 template <class T, class Q>
 Status check_batch(const DecodeBatch<T, Q>& batch, const AttentionOptions& o, Isa* isa) {
   if (batch.count < 1 || batch.seqs == nullptr)
@@ -218,7 +279,7 @@ Status check_batch(const DecodeBatch<T, Q>& batch, const AttentionOptions& o, Is
                                     (paged ? " has a contiguous cache" : " has a paged cache") +
                                     " but sequence 0 does not: a batch uses one kind of cache");
   }
-  return {};
+  return check_batch_outputs(batch);
 }
 
 /// The cache views of one sequence, of the batch's view type.
