@@ -759,6 +759,27 @@ TEST(EngineErrors, BatchAndPlan) {
   EXPECT_TRUE(same_bits(before, snapshot(b.args[1].out)));
   EXPECT_FALSE(plan.finish().ok()) << "an empty plan cannot finish";
   expect_error(plan_decode(batch, o, 2, Workspace{ws.data(), ws.size()}, nullptr), "null");
+  // finish() before every task ran is an error (the outputs are not written), and the plan
+  // stays usable: run the tasks, then finish.
+  ASSERT_TRUE(plan_decode(batch, o, 2, Workspace{ws.data(), ws.size()}, &plan).ok());
+  Index total = 0;
+  for (int s = 0; s < plan.num_stages(); ++s) total += plan.num_tasks(s);
+  const Status early = plan.finish();
+  EXPECT_EQ(early.code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(early.message(), "AttentionPlan::finish: 0 of the plan's " + std::to_string(total) +
+                                 " tasks ran; run every task of every stage before finish()");
+  EXPECT_FALSE(plan.empty());
+  for (int s = 0; s < plan.num_stages(); ++s)
+    for (Index t = 0; t < plan.num_tasks(s); ++t) plan.run_task(s, t, 0);
+  EXPECT_TRUE(plan.finish().ok());
+  EXPECT_TRUE(plan.empty());
+  std::vector<float> single(8 * 32);
+  for (int i = 0; i < 2; ++i) {
+    auto one = b.args[std::size_t(i)];
+    one.out = HeadsView<float>::token_major(single.data(), 1, 8, 32);
+    ASSERT_TRUE(decode(one, o).ok());
+    EXPECT_TRUE(same_bits(single, snapshot(b.args[std::size_t(i)].out))) << "sequence " << i;
+  }
 }
 
 }  // namespace

@@ -16,6 +16,7 @@
 /// and unchanged until `AttentionPlan::finish` has returned.
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <new>
 #include <string>
@@ -71,9 +72,18 @@ class AttentionPlan {
     run_(impl_, stage, task, worker);
   }
   /// After every task of every stage: adds the statistics into the options' (and per-sequence)
-  /// statistics. Returns kFailedPrecondition when the plan is empty or was already finished.
+  /// statistics. Returns kFailedPrecondition when the plan is empty or was already finished, and
+  /// when fewer run_task calls than tasks were made (a pool that skipped tasks left outputs
+  /// unwritten); the plan then stays unfinished.
   Status finish() {
     if (!impl_) return Status::failed_precondition("AttentionPlan::finish: the plan is empty or finished");
+    Index total = 0;
+    for (int s = 0; s < stages_; ++s) total += tasks_[s];
+    const Index ran = ran_(impl_);
+    if (ran < total)
+      return Status::failed_precondition(
+          "AttentionPlan::finish: " + std::to_string(ran) + " of the plan's " +
+          std::to_string(total) + " tasks ran; run every task of every stage before finish()");
     finish_(impl_);
     impl_ = nullptr;
     return {};
@@ -88,7 +98,12 @@ class AttentionPlan {
     workers_ = b->workers;
     stages_ = b->num_stages();
     for (int s = 0; s < stages_; ++s) tasks_[s] = b->num_tasks(s);
-    run_ = [](void* p, int s, Index t, int w) { static_cast<Batch*>(p)->run_task(s, t, w); };
+    run_ = [](void* p, int s, Index t, int w) {
+      Batch* batch = static_cast<Batch*>(p);
+      batch->ran.fetch_add(1, std::memory_order_relaxed);
+      batch->run_task(s, t, w);
+    };
+    ran_ = [](void* p) { return static_cast<Batch*>(p)->ran.load(std::memory_order_relaxed); };
     finish_ = [](void* p) { static_cast<Batch*>(p)->finish(); };
   }
 
@@ -101,6 +116,7 @@ class AttentionPlan {
   int workers_ = 0;
   Index tasks_[kMaxStages] = {0, 0, 0, 0};
   void (*run_)(void*, int, Index, int) = nullptr;
+  Index (*ran_)(void*) = nullptr;
   void (*finish_)(void*) = nullptr;
 };
 
@@ -120,6 +136,7 @@ struct BatchCall {
   Index n = 0;
   int workers = 1;
   int stages = 0;
+  std::atomic<Index> ran{0};  // run_task calls made through an AttentionPlan (finish() checks)
 
   int num_stages() const { return stages; }
   Index num_tasks(int s) const { return offsets[s * (n + 1) + n]; }
