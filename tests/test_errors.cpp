@@ -309,15 +309,26 @@ TEST(ErrorsOptions, TopThetaTableShapeMismatch) {
   expect_rejected(p, a, o, {"layer -1"}, "negative layer");
 }
 
+/// A (1 layer x 4 heads) table with budget `k` and the entry `e` (length 8, theta 0) for every
+/// head.
+ThresholdTable one_entry_table(Index k, const ThresholdEntry& e) {
+  ThresholdTable t(1, 4, k);
+  for (Index h = 0; h < 4; ++h) EXPECT_TRUE(t.set(0, h, e).ok());
+  return t;
+}
+
+ThresholdEntry theta_zero_at_8() {
+  ThresholdEntry e;
+  e.length = 8;
+  e.theta = 0.0;
+  return e;
+}
+
 // A table whose layer budget is below 1 (constructed with default_k = 0; validate() rejects it)
 // is rejected by the kernels too, rather than thresholding every row.
 TEST(ErrorsOptions, TopThetaTableBudgetBelowOne) {
   auto p = base_problem();
-  ThresholdTable t(1, 4, /*default_k=*/0);
-  ThresholdEntry e;
-  e.length = 8;
-  e.theta = 0.0;
-  for (Index h = 0; h < 4; ++h) ASSERT_TRUE(t.set(0, h, e).ok());
+  ThresholdTable t = one_entry_table(/*k=*/0, theta_zero_at_8());
   AttentionOptions o;
   o.mode = AttentionMode::kTopTheta;
   o.thresholds = &t;
@@ -328,11 +339,8 @@ TEST(ErrorsOptions, TopThetaTableBudgetBelowOne) {
 
 TEST(ErrorsOptions, CalibratedSdcWithoutSdcTerms) {
   auto p = base_problem();
-  ThresholdTable t(1, 4, 2);
-  ThresholdEntry e;
-  e.length = 8;
-  e.theta = 0.0;
-  for (Index h = 0; h < 4; ++h) ASSERT_TRUE(t.set(0, h, e).ok());
+  ThresholdEntry e = theta_zero_at_8();
+  ThresholdTable t = one_entry_table(2, e);
   AttentionOptions o;
   o.mode = AttentionMode::kTopTheta;
   o.sdc = SdcMode::kCalibrated;
