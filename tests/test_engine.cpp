@@ -773,6 +773,26 @@ TEST(EngineErrors, BatchAndPlan) {
     for (Index t = 0; t < plan.num_tasks(s); ++t) plan.run_task(s, t, 0);
   EXPECT_TRUE(plan.finish().ok());
   EXPECT_TRUE(plan.empty());
+  // A task run twice is an error even when the count of runs matches (a pool that repeats one
+  // task and skips another): the plan is discarded, and a new plan runs as usual.
+  ASSERT_TRUE(plan_decode(batch, o, 2, Workspace{ws.data(), ws.size()}, &plan).ok());
+  const int last = plan.num_stages() - 1;
+  ASSERT_GE(plan.num_tasks(last), 2);
+  for (int s = 0; s < plan.num_stages(); ++s)
+    for (Index t = 0; t < plan.num_tasks(s); ++t)
+      plan.run_task(s, s == last && t == 1 ? 0 : t, 0);
+  const Status twice = plan.finish();
+  EXPECT_EQ(twice.code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(twice.message(),
+            "AttentionPlan::finish: task 0 of stage " + std::to_string(last) +
+                " ran more than once (its outputs may be wrong); the plan is discarded, plan the "
+                "call again and run each task exactly once");
+  EXPECT_TRUE(plan.empty());
+  EXPECT_FALSE(plan.finish().ok());
+  ASSERT_TRUE(plan_decode(batch, o, 2, Workspace{ws.data(), ws.size()}, &plan).ok());
+  for (int s = 0; s < plan.num_stages(); ++s)
+    for (Index t = 0; t < plan.num_tasks(s); ++t) plan.run_task(s, t, 1);
+  EXPECT_TRUE(plan.finish().ok());
   std::vector<float> single(8 * 32);
   for (int i = 0; i < 2; ++i) {
     auto one = b.args[std::size_t(i)];

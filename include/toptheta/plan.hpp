@@ -44,6 +44,17 @@ DecodeBatch<T, Q> single_sequence(const AttentionArgs<T, Q>& args) {
   return DecodeBatch<T, Q>{&args, 1, nullptr};
 }
 
+namespace detail {
+/// Which tasks of a plan ran (AttentionPlan::finish): `ran` of `total` tasks ran at least once;
+/// `repeat_stage` / `repeat_task` name the first task that ran more than once (-1: none).
+struct TaskRuns {
+  Index ran = 0;
+  Index total = 0;
+  int repeat_stage = -1;
+  Index repeat_task = -1;
+};
+}  // namespace detail
+
 /// A planned attention call whose tasks the caller runs (on an engine's thread pool):
 ///
 ///     for (int s = 0; s < plan.num_stages(); ++s) {
@@ -72,18 +83,26 @@ class AttentionPlan {
     run_(impl_, stage, task, worker);
   }
   /// After every task of every stage: adds the statistics into the options' (and per-sequence)
-  /// statistics. Returns kFailedPrecondition when the plan is empty or was already finished, and
-  /// when fewer run_task calls than tasks were made (a pool that skipped tasks left outputs
-  /// unwritten); the plan then stays unfinished.
+  /// statistics. Returns kFailedPrecondition when the plan is empty or was already finished;
+  /// when some task has not run (a pool that skipped tasks left outputs unwritten), and the
+  /// plan then stays unfinished, so the missing tasks can still run; and when a task ran more
+  /// than once (its outputs and statistics may be wrong), and the plan is then discarded: plan
+  /// the call again. Each plan keeps one byte per task to know which tasks ran.
   Status finish() {
     if (!impl_) return Status::failed_precondition("AttentionPlan::finish: the plan is empty or finished");
-    Index total = 0;
-    for (int s = 0; s < stages_; ++s) total += tasks_[s];
-    const Index ran = ran_(impl_);
-    if (ran < total)
+    const detail::TaskRuns r = runs_(impl_);
+    if (r.repeat_stage >= 0) {
+      impl_ = nullptr;
       return Status::failed_precondition(
-          "AttentionPlan::finish: " + std::to_string(ran) + " of the plan's " +
-          std::to_string(total) + " tasks ran; run every task of every stage before finish()");
+          "AttentionPlan::finish: task " + std::to_string(r.repeat_task) + " of stage " +
+          std::to_string(r.repeat_stage) +
+          " ran more than once (its outputs may be wrong); the plan is discarded, plan the call "
+          "again and run each task exactly once");
+    }
+    if (r.ran < r.total)
+      return Status::failed_precondition(
+          "AttentionPlan::finish: " + std::to_string(r.ran) + " of the plan's " +
+          std::to_string(r.total) + " tasks ran; run every task of every stage before finish()");
     finish_(impl_);
     impl_ = nullptr;
     return {};
@@ -100,10 +119,10 @@ class AttentionPlan {
     for (int s = 0; s < stages_; ++s) tasks_[s] = b->num_tasks(s);
     run_ = [](void* p, int s, Index t, int w) {
       Batch* batch = static_cast<Batch*>(p);
-      batch->ran.fetch_add(1, std::memory_order_relaxed);
+      batch->mark_run(s, t);
       batch->run_task(s, t, w);
     };
-    ran_ = [](void* p) { return static_cast<Batch*>(p)->ran.load(std::memory_order_relaxed); };
+    runs_ = [](void* p) { return static_cast<const Batch*>(p)->task_runs(); };
     finish_ = [](void* p) { static_cast<Batch*>(p)->finish(); };
   }
 
@@ -116,7 +135,7 @@ class AttentionPlan {
   int workers_ = 0;
   Index tasks_[kMaxStages] = {0, 0, 0, 0};
   void (*run_)(void*, int, Index, int) = nullptr;
-  Index (*ran_)(void*) = nullptr;
+  detail::TaskRuns (*runs_)(void*) = nullptr;
   void (*finish_)(void*) = nullptr;
 };
 
@@ -133,10 +152,13 @@ struct BatchCall {
   AttentionStats* seq_stats = nullptr;  // optional, one per call
   AttentionStats* total = nullptr;      // the caller's options.stats
   Index* offsets = nullptr;             // (kMaxStages, n + 1) prefix sums of tasks
+  // One byte per task of every stage (stage s's tasks start at run_base[s]), for the tasks run
+  // through an AttentionPlan: bit 0 set on the first run, bit 1 on any later one.
+  std::atomic<unsigned char>* runs = nullptr;
+  Index run_base[AttentionPlan::kMaxStages + 1] = {};
   Index n = 0;
   int workers = 1;
   int stages = 0;
-  std::atomic<Index> ran{0};  // run_task calls made through an AttentionPlan (finish() checks)
 
   int num_stages() const { return stages; }
   Index num_tasks(int s) const { return offsets[s * (n + 1) + n]; }
@@ -146,6 +168,24 @@ struct BatchCall {
     const Index* o = offsets + s * (n + 1);
     const Index i = Index(std::upper_bound(o, o + n + 1, t) - o) - 1;
     calls[i].run_task(s, t - o[i], worker);
+  }
+  void mark_run(int s, Index t) {
+    std::atomic<unsigned char>& r = runs[run_base[s] + t];
+    if (r.fetch_or(1, std::memory_order_relaxed) & 1) r.fetch_or(2, std::memory_order_relaxed);
+  }
+  TaskRuns task_runs() const {
+    TaskRuns out;
+    out.total = run_base[stages];
+    for (int s = 0; s < stages; ++s)
+      for (Index t = 0; t < num_tasks(s); ++t) {
+        const unsigned char r = runs[run_base[s] + t].load(std::memory_order_relaxed);
+        out.ran += r & 1;
+        if ((r & 2) && out.repeat_stage < 0) {
+          out.repeat_stage = s;
+          out.repeat_task = t;
+        }
+      }
+    return out;
   }
   void finish() {
     for (Index i = 0; i < n; ++i) {
@@ -176,6 +216,10 @@ std::size_t carve_batch(Arena& ar, const Args* seqs, Index n, const AttentionOpt
   Index* offsets = ar.template take<Index>(AttentionPlan::kMaxStages * (n + 1));
   const bool real = b != nullptr;
   int stages = 0;
+  Index tasks = 0;  // of every stage of every call
+  const auto count_tasks = [&tasks](const Call& c) {
+    for (int s = 0; s < c.num_stages(); ++s) tasks += c.num_tasks(s);
+  };
   for (Index i = 0; i < n; ++i) {
     AttentionOptions oi = options;
     oi.stats = seq_stats ? &seq_stats[i] : options.stats;
@@ -185,11 +229,14 @@ std::size_t carve_batch(Arena& ar, const Args* seqs, Index n, const AttentionOpt
       Call* c = new (&calls[i]) Call(make(args[i], opts[i], workers));
       c->carve(ar);
       stages = std::max(stages, c->num_stages());
+      count_tasks(*c);
     } else {
       Call c = make(seqs[i], oi, workers);
       c.carve(ar);
+      count_tasks(c);
     }
   }
+  auto* runs = ar.template take<std::atomic<unsigned char>>(tasks);
   if (real && !ar.overflowed()) {
     b = new (b) BatchCall<Call, Args>();
     b->calls = calls;
@@ -206,7 +253,11 @@ std::size_t carve_batch(Arena& ar, const Args* seqs, Index n, const AttentionOpt
       o[0] = 0;
       for (Index i = 0; i < n; ++i)
         o[i + 1] = o[i] + (s < calls[i].num_stages() ? calls[i].num_tasks(s) : 0);
+      b->run_base[s + 1] = b->run_base[s] + o[n];
     }
+    TOPTHETA_ASSERT(b->run_base[AttentionPlan::kMaxStages] == tasks, "plan task count");
+    for (Index t = 0; t < tasks; ++t) new (&runs[t]) std::atomic<unsigned char>(0);
+    b->runs = runs;
     for (Index i = 0; i < n; ++i) calls[i].prepare();
     *out = b;
   }
