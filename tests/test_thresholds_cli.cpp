@@ -243,11 +243,12 @@ TEST(ThresholdsCli, ExitStatuses) {
                         "--missing-heads");
   expect_one_line_error(run_cli({"info", valid("crlf.toptheta"), "--heads", "0"}), "--heads");
   // Integer options say so, with integer bounds (CLI::PositiveNumber printed a double range up
-  // to DBL_MAX); a tolerance must be a finite number: NaN compared false against every
+  // to DBL_MAX; an option without an upper bound says ">= 1", not the Index maximum); a
+  // tolerance must be a finite number: NaN compared false against every
   // difference and diff exited 0 on files it reported as different.
   for (const char* k : {"abc", "-1", "1.5"})
     expect_one_line_error(run_cli({"info", valid("crlf.toptheta"), "--k", k}),
-                          "--k: '" + std::string(k) + "' is not an integer from 1 to ");
+                          "--k: '" + std::string(k) + "' is not an integer >= 1");
   expect_one_line_error(run_cli({"info", valid("crlf.toptheta"), "--layers", "x"}),
                         "--layers: 'x' is not an integer from 1 to 1024");
   for (const char* tol : {"nan", "NaN", "inf", "-1", "abc"})

@@ -54,16 +54,20 @@ inline std::string pad(std::string s, std::size_t width, bool right = true) {
 }
 
 /// CLI11 check of an integer option: an integer in [lo, hi], named as one in the message
-/// (CLI::Range and CLI::PositiveNumber print their bounds as doubles, up to DBL_MAX).
-inline CLI::Validator integer_in(Index lo, Index hi) {
+/// (CLI::Range and CLI::PositiveNumber print their bounds as doubles, up to DBL_MAX). With no
+/// upper bound of its own (hi = the Index maximum) the message says ">= lo".
+inline CLI::Validator integer_in(Index lo, Index hi = std::numeric_limits<Index>::max()) {
+  const bool unbounded = hi == std::numeric_limits<Index>::max();
+  const std::string range = unbounded ? ">= " + std::to_string(lo)
+                                      : "from " + std::to_string(lo) + " to " + std::to_string(hi);
   return CLI::Validator(
-      [lo, hi](std::string& s) -> std::string {
+      [lo, hi, range](std::string& s) -> std::string {
         Index v = 0;
         if (CLI::detail::lexical_cast(s, v) && v >= lo && v <= hi) return {};
-        return "'" + s + "' is not an integer from " + std::to_string(lo) + " to " +
-               std::to_string(hi);
+        return "'" + s + "' is not an integer " + range;
       },
-      "INT in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+      unbounded ? "INT >= " + std::to_string(lo)
+                : "INT in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
 }
 
 /// CLI11 check of a tolerance: a finite number >= 0. (CLI::NonNegativeNumber lets NaN through,
@@ -113,7 +117,7 @@ inline void add_input_options(CLI::App* sub, InputOptions* o) {
       ->check(CLI::IsMember({"error", "dense"}));
   sub->add_option("--k", o->k,
                   "files holding several tables (native version 2): the table of this k")
-      ->check(integer_in(1, std::numeric_limits<Index>::max()));
+      ->check(integer_in(1));
 }
 
 /// Loads `path` (with an optional authors' sdc.txt); returns the detected format in `*fmt`.
