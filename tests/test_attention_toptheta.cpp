@@ -136,7 +136,8 @@ void run_variant(const Variant& v) {
   opt.sdc = v.sdc;
   opt.sdc_scale = v.sdc == SdcMode::kCalibrated ? 0.75 : 1.0;
   opt.vmc = v.vmc;
-  opt.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
+  // The caller's running sum when the variant gives one, else the kernel sums V itself.
+  opt.vbar = v.give_vsum ? VbarSource::kRunningSum : VbarSource::kSumCache;
   opt.cap_k = v.cap_k;
   opt.empty_row = v.empty;
   opt.k = v.k;
@@ -268,7 +269,7 @@ TEST(TopThetaByHand, WeightFormulas) {
     expect_out({1.0 / den, 0, std::exp(-1.0) / den, 0}, "pre calibrated");
     // + VMC: (1 - sum w) * vbar, vbar = (1/4, 1/4, 1/4, 1/4).
     o.vmc = VmcMode::kOn;
-    o.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
+    o.vbar = VbarSource::kSumCache;  // the kernel sums V (a v_sum is not read)
     const double w0 = 1.0 / den, w2 = std::exp(-1.0) / den, r = (1 - w0 - w2) / 4;
     expect_out({w0 + r, r, w2 + r, r}, "pre calibrated + VMC");
   }
@@ -277,31 +278,31 @@ TEST(TopThetaByHand, WeightFormulas) {
   ASSERT_TRUE(t.set(0, 0, e).ok());
   o.sdc = SdcMode::kNone;
   o.vmc = VmcMode::kOff;
-  o.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
+  o.vbar = VbarSource::kSumCache;  // the kernel sums V (a v_sum is not read)
   expect_out({1, 0, 0, 0}, "empty keep-max");
   o.empty_row = EmptyRowPolicy::kMeanV;
   expect_out({0.25, 0.25, 0.25, 0.25}, "empty mean-V");
   o.vmc = VmcMode::kOn;
-  o.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
+  o.vbar = VbarSource::kSumCache;  // the kernel sums V (a v_sum is not read)
   expect_out({0.25, 0.25, 0.25, 0.25}, "empty mean-V + VMC");
   // post placement: w = p for p > theta. p = (e2, e0, e1, em1) / Z.
   t.metadata().placement = Placement::kPostSoftmax;
   o.placement = Placement::kPostSoftmax;
   o.vmc = VmcMode::kOff;
-  o.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
+  o.vbar = VbarSource::kSumCache;  // the kernel sums V (a v_sum is not read)
   o.sdc = SdcMode::kExact;  // ignored for post
   e.theta = 0.2;            // keeps p0 = 0.64, p2 = 0.24
   ASSERT_TRUE(t.set(0, 0, e).ok());
   expect_out({e2 / Z, 0, e1 / Z, 0}, "post");
   o.vmc = VmcMode::kOn;
-  o.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
+  o.vbar = VbarSource::kSumCache;  // the kernel sums V (a v_sum is not read)
   {
     const double r = (1 - (e2 + e1) / Z) / 4;
     expect_out({e2 / Z + r, r, e1 / Z + r, r}, "post + VMC");
   }
   // cap_k = 1 keeps the most recent kept index (2), not the largest score.
   o.vmc = VmcMode::kOff;
-  o.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
+  o.vbar = VbarSource::kSumCache;  // the kernel sums V (a v_sum is not read)
   o.cap_k = 1;
   expect_out({0, 0, e1 / Z, 0}, "post cap_k 1");
 }
@@ -425,7 +426,7 @@ void absent_lengths_case(LookupPolicy pol, bool prefill_call) {
   o.thresholds = &t;
   o.lookup = pol;
   o.vmc = VmcMode::kOn;
-  o.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
+  o.vbar = VbarSource::kSumCache;  // the kernel sums V (a v_sum is not read)
   o.sdc = SdcMode::kExact;
   AttentionStats st;
   o.stats = &st;
@@ -474,7 +475,7 @@ void toptheta_prefill_vs_decodes(Placement pl, SdcMode sdc, EmptyRowPolicy er, L
   o.placement = pl;
   o.sdc = sdc;
   o.vmc = VmcMode::kOn;
-  o.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
+  o.vbar = VbarSource::kSumCache;  // the kernel sums V (a v_sum is not read)
   o.empty_row = er;
   o.cap_k = 5;
   o.thresholds = &table;
@@ -558,6 +559,49 @@ TEST(TopThetaVSum, CallerSumIsUsed) {
     double m = 0;
     for (Index j = 0; j < 20; ++j) m += double(p.v.view(j, 0, i));
     EXPECT_NEAR(double(p.out.view(0, 0, i)), m / 20 + 1.0, 1e-5);
+  }
+}
+
+// VbarSource::kSumCache means the kernel sums the V rows itself: a caller's v_sum, even a
+// poisoned one, is not read (before, a set v_sum was used whatever the option said), and the
+// oracle agrees.
+TEST(TopThetaVSum, SumCacheIgnoresTheCallerSum) {
+  for (const bool prefill_call : {false, true}) {
+    ProblemSpec sp;
+    sp.T = prefill_call ? 3 : 1;
+    sp.P = 17;
+    sp.Hq = 4;
+    sp.Hkv = 2;
+    sp.d = 16;
+    sp.discrete = true;
+    sp.scale = pow2_scale(16);
+    Problem<float> p = make_problem<float>(sp);
+    ThresholdTable t(1, 4, 4);
+    for (Index h = 0; h < 4; ++h) {
+      ThresholdEntry e;
+      e.length = 20;
+      e.theta = 1e6;  // empty rows: mean-V outputs vbar
+      ASSERT_TRUE(t.set(0, h, e).ok());
+    }
+    AttentionOptions o;
+    o.mode = AttentionMode::kTopTheta;
+    o.thresholds = &t;
+    o.empty_row = EmptyRowPolicy::kMeanV;
+    o.vbar = VbarSource::kSumCache;
+    auto run = [&] {
+      const Status st = prefill_call ? prefill(p.args(), o) : decode(p.args(), o);
+      EXPECT_TRUE(st.ok()) << st.to_string();
+      return snapshot(p.out.view);
+    };
+    const std::vector<float> own = run();
+    p.set_vsum(prefill_call);
+    for (float& x : p.vsum) x = std::numeric_limits<float>::quiet_NaN();
+    const std::vector<float> poisoned = run();
+    EXPECT_TRUE(same_bits(own, poisoned)) << (prefill_call ? "prefill" : "decode");
+    for (float x : poisoned) EXPECT_TRUE(std::isfinite(x));
+    reference::ReferenceOptions ro;
+    ro.prefill_call = prefill_call;
+    EXPECT_TRUE(outputs_close(reference::attention(p.args(), o, ro), p.out.view, 1e-5));
   }
 }
 

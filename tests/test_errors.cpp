@@ -385,7 +385,7 @@ TEST(ErrorsWorkspace, TooSmallOrNullIsRejected) {
     o.mode = m;
     o.k = 4;
     o.vmc = VmcMode::kOn;
-    o.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
+    o.vbar = VbarSource::kSumCache;  // the kernel sums V (a v_sum is not read)
     const auto a = p.args();
     const std::size_t need = workspace_size(a, o);
     ASSERT_GT(need, 0u);

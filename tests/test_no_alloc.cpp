@@ -71,7 +71,7 @@ void no_alloc_all_modes(bool prefill_call) {
             o.placement = pl;
             o.sdc = sdc;
             o.vmc = vmc;
-            o.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
+            o.vbar = VbarSource::kSumCache;  // the kernel sums V (a v_sum is not read)
             o.empty_row = er;
             o.cap_k = vmc == VmcMode::kOn ? 3 : 0;
             o.thresholds = pl == Placement::kPreSoftmax ? &pre_table : &post_table;
@@ -150,7 +150,7 @@ TEST(NoAllocWorkspace, ExactSizeWorksTooSmallFails) {
     o.mode = AttentionMode::kTopK;
     o.k = 4;
     o.vmc = VmcMode::kOn;
-    o.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
+    o.vbar = VbarSource::kSumCache;  // the kernel sums V (a v_sum is not read)
     o.threads = threads;
     const std::size_t bytes = workspace_size(p.args(), o);
     WorkspaceBuffer ws(bytes);

@@ -166,7 +166,7 @@ void no_nan_everywhere() {
                       o.sdc = sdc;
                       o.sdc_scale = sdc_scale;
                       o.vmc = vmc;
-                      o.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
+                      o.vbar = VbarSource::kSumCache;  // the kernel sums V (a v_sum is not read)
                       o.empty_row = er;
                       o.cap_k = cap;
                       o.thresholds = &table;
@@ -233,7 +233,7 @@ TYPED_TEST(NoNaN, FullyMaskedRowsAreZero) {
         o.mode = mode;
         o.k = 4;
         o.vmc = vmc;
-        o.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
+        o.vbar = VbarSource::kSumCache;  // the kernel sums V (a v_sum is not read)
         o.empty_row = er;
         o.sdc = SdcMode::kExact;
         o.thresholds = &table;
@@ -248,6 +248,45 @@ TYPED_TEST(NoNaN, FullyMaskedRowsAreZero) {
         const auto ref =
             reference::attention(p.args(), o, reference::ReferenceOptions{true, nullptr, true});
         EXPECT_EQ(st.empty_rows, ref.stats.empty_rows);
+      }
+}
+
+// §5's fallback to SDC none when D + sdc_scale * D~ is 0 is decided in the accumulation type:
+// cap_k drops the row maximum and every kept exp(s - M) is 0 in float but not in double. The
+// oracle models that test (before, it computed in double and gave 1.331 where the kernel gave
+// 4.378, and 5.9 apart with VMC).
+TEST(NoNaNHanded, SdcFallbackIsDecidedInTheAccumulationType) {
+  const Index L = 12, d = 4;
+  std::vector<float> q = {1, 0, 0, 0}, k(L * d, 0.f), v(L * d), out(d), vs(d, 0.f);
+  k[0] = 300.f;  // key 0: score 150 (scale 1/2): the row maximum, which cap_k drops
+  for (Index j = 1; j < L; ++j) k[std::size_t(j * d)] = -float(j);  // exp(s - M) < 1e-66
+  for (Index j = 0; j < L; ++j)
+    for (Index i = 0; i < d; ++i) v[std::size_t(j * d + i)] = float(j + 1) * float(i + 1);
+  for (Index j = 0; j < L - 1; ++j)
+    for (Index i = 0; i < d; ++i) vs[std::size_t(i)] += v[std::size_t(j * d + i)];
+  AttentionArgs<float> a;
+  a.q = HeadsView<const float>::token_major(q.data(), 1, 1, d);
+  a.k = HeadsView<const float>::token_major(k.data(), L, 1, d);
+  a.v = HeadsView<const float>::token_major(v.data(), L, 1, d);
+  a.out = HeadsView<float>::token_major(out.data(), 1, 1, d);
+  a.v_sum = vs.data();
+  for (double scale : {0.0, 1.0})
+    for (SdcMode sdc : {SdcMode::kExact, SdcMode::kExpThreshold})
+      for (VmcMode vmc : {VmcMode::kOff, VmcMode::kOn}) {
+        AttentionOptions o;
+        o.mode = AttentionMode::kTopK;
+        o.k = 5;
+        o.cap_k = 2;
+        o.sdc = sdc;
+        o.sdc_scale = scale;
+        o.vmc = vmc;
+        ASSERT_TRUE(decode(a, o).ok());
+        const reference::Result ref = reference::attention(a, o);
+        for (Index i = 0; i < d; ++i) {
+          EXPECT_TRUE(std::isfinite(out[std::size_t(i)]));
+          EXPECT_NEAR(out[std::size_t(i)], ref.at(0, 0, i), 1e-5 * (1 + std::fabs(ref.at(0, 0, i))))
+              << to_string(sdc) << " x" << scale << " vmc " << (vmc == VmcMode::kOn) << " i " << i;
+        }
       }
 }
 

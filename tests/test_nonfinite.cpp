@@ -111,7 +111,8 @@ void run_case(bool prefill_call, const Config& c, std::uint64_t seed) {
   o.placement = c.placement;
   o.sdc = c.sdc;
   o.vmc = c.vmc;
-  o.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
+  // The running sum of the finite values (set_vsum above) when a V mean is used.
+  o.vbar = uses_vbar ? VbarSource::kRunningSum : VbarSource::kSumCache;
   o.empty_row = c.empty;
   o.thresholds = &table;
 

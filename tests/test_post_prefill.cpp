@@ -106,7 +106,8 @@ AttentionOptions post_options(const Case& c, const ThresholdTable* table) {
   o.thresholds = table;
   o.vmc = c.vmc;
   o.empty_row = c.empty;
-  o.vbar = VbarSource::kSumCache;  // the running sum is given only sometimes
+  // The caller's running sum when the case gives one, else the kernel sums V itself.
+  o.vbar = c.vsum ? VbarSource::kRunningSum : VbarSource::kSumCache;
   o.threads = c.threads;
   o.post_score_tile_bytes = TT_POST_SCORE_TILE_BYTES;
   return o;

@@ -209,7 +209,8 @@ void run_config(const SweepConfig& c) {
   o.sdc = c.sdc;
   o.sdc_scale = c.sdc_scale;
   o.vmc = c.vmc;
-  o.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
+  // The caller's running sum when the case gives one, else the kernel sums V itself.
+  o.vbar = c.vsum ? VbarSource::kRunningSum : VbarSource::kSumCache;
   o.empty_row = c.empty;
   o.lookup = c.lookup;
   o.cap_k = c.cap_k;

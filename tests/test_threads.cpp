@@ -87,7 +87,7 @@ void threads_bit_identical(bool prefill_call, bool packed_head_major = false) {
       o.placement = v.pl;
       o.sdc = v.sdc;
       o.vmc = v.vmc;
-      o.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
+      o.vbar = VbarSource::kSumCache;  // the kernel sums V (a v_sum is not read)
       o.empty_row = v.er;
       o.thresholds = v.pl == Placement::kPreSoftmax ? &table : &post_table;
       o.calibrator = &cal;

@@ -89,7 +89,7 @@ void check_problem(Problem<T>& p, bool prefill_call, const char* what) {
       o.placement = mc.placement;
       o.sdc = mc.sdc;
       o.vmc = mc.vmc;
-      o.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
+      o.vbar = VbarSource::kSumCache;  // the kernel sums V (a v_sum is not read)
       o.thresholds = mc.placement == Placement::kPreSoftmax ? &pre : &post;
       o.calibrator = &cal;
       o.threads = threads;

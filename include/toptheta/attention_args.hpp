@@ -47,7 +47,8 @@ struct AttentionArgs {
   HeadsView<Acc> out;      ///< (T, Hq, d) output, written (never read); must not alias q/k/v
   /// (Hkv, d) running sums of the V rows **before the new tokens** (rows 0..P-1, P = L - T),
   /// row stride `v_sum_stride` (d when 0); the kernel adds the new rows itself. Needed by VMC
-  /// and the mean-V empty-row policy unless `AttentionOptions::vbar` is VbarSource::kSumCache.
+  /// and the mean-V empty-row policy unless `AttentionOptions::vbar` is VbarSource::kSumCache,
+  /// which never reads it (the kernel sums the V rows itself).
   /// RunningVSum and KvCache (kv_cache.hpp) keep it at O(d) per appended token.
   const Acc* v_sum = nullptr;
   Index v_sum_stride = 0;  ///< items between the KV heads' rows of v_sum (0: d)
@@ -92,6 +93,15 @@ inline bool needs_vbar(const AttentionOptions& o) {
   return o.vmc == VmcMode::kOn ||
          (o.mode == AttentionMode::kTopTheta && o.empty_row == EmptyRowPolicy::kMeanV);
 }
+
+namespace detail {
+/// The running V sum a call reads: `args.v_sum`, or null with VbarSource::kSumCache (the kernel
+/// then sums V rows 0..P-1 itself, whatever `args.v_sum` holds).
+template <class Args>
+auto running_v_sum(const Args& a, const AttentionOptions& o) -> decltype(a.v_sum) {
+  return o.vbar == VbarSource::kSumCache ? nullptr : a.v_sum;
+}
+}  // namespace detail
 
 namespace detail {
 

@@ -870,7 +870,7 @@ class DecodeCall {
   /// vbar_g = (sum of V rows 0..L-2, the caller's running sum or the cache's, + row L-1) / L.
   void compute_vbar(Index g) {
     Acc* vb = vbar_ + g * d_;
-    VbarSetup::prefix<Ops>(v_, g, d_, L_ - 1, a_.v_sum, a_.v_sum_stride, vb);
+    VbarSetup::prefix<Ops>(v_, g, d_, L_ - 1, running_v_sum(a_, o_), a_.v_sum_stride, vb);
     VbarSetup::add_rows<Ops>(v_, g, d_, L_ - 1, L_, vb);
     Ops::scale(vb, Acc(1) / Acc(L_), d_);
   }

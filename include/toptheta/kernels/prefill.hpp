@@ -216,7 +216,7 @@ class PrefillCall {
   void vprefix_group(Index g) {
     const Index d = d_;
     Acc* cur = vprefix_ + g * d;
-    VbarSetup::prefix<Ops>(v_, g, d, P_, a_.v_sum, a_.v_sum_stride, cur);
+    VbarSetup::prefix<Ops>(v_, g, d, P_, running_v_sum(a_, o_), a_.v_sum_stride, cur);
     for (Index b = 1; b < nb_; ++b) {
       Acc* next = vprefix_ + (b * Hkv_ + g) * d;
       std::memcpy(next, vprefix_ + ((b - 1) * Hkv_ + g) * d, sizeof(Acc) * std::size_t(d));

@@ -16,6 +16,7 @@
 #include <functional>
 #include <limits>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #include "../attention_args.hpp"
@@ -132,17 +133,26 @@ inline std::vector<double> softmax(const std::vector<double>& s) {
   return p;
 }
 
+/// exp(x) as the kernels' exponential gives it in the accumulation type Acc, to the precision
+/// that decides whether it is 0: float is 0 below -87.3 (exp_poly, §11), double below its own
+/// underflow.
+template <class Acc>
+double kernel_exp(double x) {
+  if constexpr (std::is_same_v<Acc, float>) return x < -87.3 ? 0.0 : double(float(std::exp(x)));
+  else return std::exp(x);
+}
+
 /// vbar_{L_t}: mean of V rows 0..L_t-1 of KV head g. Uses the caller's running sum where the
-/// kernel would: it covers rows 0..P-1 (the rows before the new tokens), the new rows up to L_t
-/// are added.
+/// kernel would (`args.v_sum` set and `vbar` not VbarSource::kSumCache): it covers rows 0..P-1
+/// (the rows before the new tokens), the new rows up to L_t are added.
 template <class T, class Q>
-std::vector<double> v_mean(const AttentionArgs<T, Q>& args, Index t, Index g, bool /*prefill_call*/) {
+std::vector<double> v_mean(const AttentionArgs<T, Q>& args, VbarSource vbar, Index t, Index g) {
   const Index Tq = args.q.tokens, d = args.q.dim, L = args.cache_tokens();
   const Index P = L - Tq;
   const Index Lt = P + t + 1;
   std::vector<double> m(static_cast<std::size_t>(d), 0.0);
   Index from = 0;
-  if (args.v_sum) {
+  if (args.v_sum && vbar != VbarSource::kSumCache) {
     const Index stride = args.v_sum_stride ? args.v_sum_stride : d;
     for (Index i = 0; i < d; ++i)
       m[static_cast<std::size_t>(i)] = double(args.v_sum[g * stride + i]);
@@ -299,43 +309,55 @@ Result attention(const AttentionArgs<T, Q>& args, const AttentionOptions& opt,
             for (Index j = 0; j < Lt; ++j)
               if (keep[static_cast<std::size_t>(j)])
                 w[static_cast<std::size_t>(j)] = p[static_cast<std::size_t>(j)];
-          } else if (opt.sdc == SdcMode::kNone) {
-            double Mk = -kInf;
-            for (Index j = 0; j < Lt; ++j)
-              if (keep[static_cast<std::size_t>(j)])
-                Mk = std::max(Mk, s[static_cast<std::size_t>(j)]);
-            double z = 0.0;
-            for (Index j = 0; j < Lt; ++j)
-              if (keep[static_cast<std::size_t>(j)])
-                z += std::exp(s[static_cast<std::size_t>(j)] - Mk);
-            for (Index j = 0; j < Lt; ++j)
-              if (keep[static_cast<std::size_t>(j)])
-                w[static_cast<std::size_t>(j)] = std::exp(s[static_cast<std::size_t>(j)] - Mk) / z;
           } else {
-            double D = 0.0;
-            for (Index j = 0; j < Lt; ++j)
-              if (keep[static_cast<std::size_t>(j)])
-                D += std::exp(s[static_cast<std::size_t>(j)] - M);
-            double Dt = 0.0;
-            switch (opt.sdc) {
-              case SdcMode::kNone:
-                break;
-              case SdcMode::kExact:
-                for (Index j = 0; j < Lt; ++j)
-                  if (!keep[static_cast<std::size_t>(j)])
-                    Dt += std::exp(s[static_cast<std::size_t>(j)] - M);
-                break;
-              case SdcMode::kExpThreshold:
+            // SDC none: renormalise over the kept set.
+            const auto renormalise = [&] {
+              double Mk = -kInf;
+              for (Index j = 0; j < Lt; ++j)
+                if (keep[static_cast<std::size_t>(j)])
+                  Mk = std::max(Mk, s[static_cast<std::size_t>(j)]);
+              double z = 0.0;
+              for (Index j = 0; j < Lt; ++j)
+                if (keep[static_cast<std::size_t>(j)])
+                  z += std::exp(s[static_cast<std::size_t>(j)] - Mk);
+              for (Index j = 0; j < Lt; ++j)
+                if (keep[static_cast<std::size_t>(j)])
+                  w[static_cast<std::size_t>(j)] = std::exp(s[static_cast<std::size_t>(j)] - Mk) / z;
+            };
+            if (opt.sdc == SdcMode::kNone) {
+              renormalise();
+            } else {
+              // D and D~ in double; `den_acc` is D + sdc_scale * D~ as the kernels form it in
+              // the accumulation type (float: their exponential is 0 below -87.3, §11), which
+              // decides §5's fallback to SDC none.
+              double D = 0.0, Dt = 0.0, D_acc = 0.0, Dt_acc = 0.0;
+              for (Index j = 0; j < Lt; ++j) {
+                const double e = std::exp(s[static_cast<std::size_t>(j)] - M);
+                const double e_acc = kernel_exp<acc_t<T>>(s[static_cast<std::size_t>(j)] - M);
+                if (keep[static_cast<std::size_t>(j)]) {
+                  D += e;
+                  D_acc += e_acc;
+                } else if (opt.sdc == SdcMode::kExact) {
+                  Dt += e;
+                  Dt_acc += e_acc;
+                }
+              }
+              if (opt.sdc == SdcMode::kExpThreshold) {
                 Dt = double(Lt - n_kept) * std::exp(theta - M);
-                break;
-              case SdcMode::kCalibrated:
-                Dt = opt.thresholds->lookup(args.layer, args.head_offset + h, Lt, opt.lookup).sdc;
-                break;
+                Dt_acc = double(Lt - n_kept) * double(acc_t<T>(std::exp(theta - M)));
+              } else if (opt.sdc == SdcMode::kCalibrated) {
+                Dt = Dt_acc = opt.thresholds->lookup(args.layer, args.head_offset + h, Lt, opt.lookup).sdc;
+              }
+              const double den = D + (opt.sdc_scale != 0.0 ? opt.sdc_scale * Dt : 0.0);
+              const double den_acc = D_acc + (opt.sdc_scale != 0.0 ? opt.sdc_scale * Dt_acc : 0.0);
+              if (!(den_acc > 0.0)) {
+                renormalise();
+              } else {
+                for (Index j = 0; j < Lt; ++j)
+                  if (keep[static_cast<std::size_t>(j)])
+                    w[static_cast<std::size_t>(j)] = std::exp(s[static_cast<std::size_t>(j)] - M) / den;
+              }
             }
-            const double den = D + opt.sdc_scale * Dt;
-            for (Index j = 0; j < Lt; ++j)
-              if (keep[static_cast<std::size_t>(j)])
-                w[static_cast<std::size_t>(j)] = std::exp(s[static_cast<std::size_t>(j)] - M) / den;
           }
         }
       }
@@ -356,10 +378,10 @@ Result attention(const AttentionArgs<T, Q>& args, const AttentionOptions& opt,
       }
       rec.weight_sum = wsum;
       if (rec.mean_v) {
-        const std::vector<double> vb = v_mean(args, t, g, ropt.prefill_call);
+        const std::vector<double> vb = v_mean(args, opt.vbar, t, g);
         for (Index i = 0; i < d; ++i) o[i] = vb[static_cast<std::size_t>(i)];
       } else if (rec.thresholded && !rec.masked && opt.vmc == VmcMode::kOn) {
-        const std::vector<double> vb = v_mean(args, t, g, ropt.prefill_call);
+        const std::vector<double> vb = v_mean(args, opt.vbar, t, g);
         for (Index i = 0; i < d; ++i) o[i] += (1.0 - wsum) * vb[static_cast<std::size_t>(i)];
       }
 
