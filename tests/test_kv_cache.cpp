@@ -14,6 +14,7 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <tuple>
 #include <vector>
 
 #include "test_util.hpp"
@@ -58,6 +59,106 @@ TEST(RunningVSum, AddRemoveAndErrors) {
   EXPECT_EQ(s.remove(rows).code(), StatusCode::kOutOfRange);
   ASSERT_TRUE(s.remove(rows.slice_tokens(0, 3)).ok());
   for (Index i = 0; i < Hkv * d; ++i) EXPECT_EQ(s.data()[i], 0.f) << "exact zero once empty";
+}
+
+// A row holding a non-finite value (an fp16 overflow in a rejected speculative token) makes
+// the sum non-finite while it is in it, and removing it restores the sum of the other rows:
+// before, inf - inf left NaN for good. A large finite row leaves no float rounding residue.
+TEST(RunningVSum, RemovingNonFiniteAndLargeRowsRestoresTheSum) {
+  const Index Hkv = 1, d = 4;
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::nanf("");
+  std::vector<float> ones(3 * d, 1.f);
+  RunningVSum<float> s(Hkv, d);
+  ASSERT_TRUE(s.add(HeadsView<const float>::token_major(ones.data(), 3, Hkv, d)).ok());
+  const std::vector<std::vector<float>> rows = {
+      {inf, -inf, nan, 3e8f}, {inf, inf, 1.f, -3e8f}, {-inf, nan, nan, 1e12f}};
+  for (const auto& r : rows) {
+    const auto view = HeadsView<const float>::token_major(r.data(), 1, Hkv, d);
+    ASSERT_TRUE(s.add(view).ok());
+    for (Index i = 0; i < d; ++i) {
+      const float x = r[std::size_t(i)];
+      if (std::isnan(x)) EXPECT_TRUE(std::isnan(s.data()[i])) << i;
+      else if (std::isinf(x)) EXPECT_EQ(s.data()[i], x) << i;
+      else EXPECT_EQ(s.data()[i], float(3.0 + double(x))) << i;
+    }
+    ASSERT_TRUE(s.remove(view).ok());
+    for (Index i = 0; i < d; ++i) EXPECT_EQ(s.data()[i], 3.f) << "after removing, element " << i;
+  }
+  // +inf and -inf in one element is NaN (IEEE), and removing one of them leaves the other.
+  std::vector<float> p{inf, 0, 0, 0}, m{-inf, 0, 0, 0};
+  const auto pv = HeadsView<const float>::token_major(p.data(), 1, Hkv, d);
+  const auto mv = HeadsView<const float>::token_major(m.data(), 1, Hkv, d);
+  ASSERT_TRUE(s.add(pv).ok());
+  ASSERT_TRUE(s.add(mv).ok());
+  EXPECT_TRUE(std::isnan(s.data()[0]));
+  ASSERT_TRUE(s.remove(pv).ok());
+  EXPECT_EQ(s.data()[0], -inf);
+  ASSERT_TRUE(s.remove(mv).ok());
+  EXPECT_EQ(s.data()[0], 3.f);
+  EXPECT_EQ(s.rows(), 3);
+}
+
+// Bad row views are errors that add nothing (before: tokens < 0 gave rows() < 0, a null data
+// pointer was dereferenced).
+TEST(RunningVSum, BadViewsAreErrors) {
+  RunningVSum<float> s(2, 4);
+  HeadsView<const float> neg{nullptr, -3, 2, 4, 8, 4};
+  const Status a = s.add(neg);
+  EXPECT_EQ(a.code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(a.message(), "RunningVSum::add: rows have -3 tokens");
+  HeadsView<const float> null_rows{nullptr, 2, 2, 4, 8, 4};
+  const Status b = s.add(null_rows);
+  EXPECT_EQ(b.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(b.message().find("null data pointer"), std::string::npos) << b.message();
+  EXPECT_EQ(s.remove(null_rows).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.rows(), 0);
+  for (Index i = 0; i < 8; ++i) EXPECT_EQ(s.data()[i], 0.f);
+}
+
+// KvCache<half>: a rejected speculative token whose V overflowed fp16 (inf) is truncated; the
+// running sum then equals the sum of the rows that remain, and a VMC decode is finite.
+TEST(KvCacheVSum, TruncatingAnOverflowedRowLeavesAFiniteSum) {
+  const Index Hkv = 1, d = 8;
+  KvCacheOptions co;
+  co.num_kv_heads = Hkv;
+  co.head_dim = d;
+  co.capacity = 8;
+  KvCache<Eigen::half> cache(co);
+  std::vector<float> k(d, 0.5f), v(d, 1.f), big(d, 1e6f);  // 1e6 overflows fp16: inf
+  const auto rows = [&](const std::vector<float>& x) {
+    return HeadsView<const float>::token_major(x.data(), 1, Hkv, d);
+  };
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(cache.append(rows(k), rows(v)).ok());
+  ASSERT_TRUE(cache.append(rows(k), rows(big)).ok());  // speculative
+  ASSERT_TRUE(cache.append(rows(k), rows(v)).ok());    // folds the inf row into the sum
+  EXPECT_TRUE(std::isinf(cache.v_sum()[0]));
+  ASSERT_TRUE(cache.truncate(3).ok());                 // both rejected
+  ASSERT_TRUE(cache.append(rows(k), rows(v)).ok());
+  for (Index i = 0; i < d; ++i) EXPECT_EQ(cache.v_sum()[i], 3.f) << i;
+}
+
+// Sizes whose product cannot be addressed are an invalid option (before: the product wrapped,
+// to 0 for 2^57 x 128 x 1, and the first append wrote through a null buffer; or the
+// constructor threw std::bad_alloc).
+TEST(KvCacheOptions, UnaddressableSizesAreRejected) {
+  for (const auto& [cap, heads, dim] :
+       {std::tuple<Index, Index, Index>{Index(1) << 57, 128, 1},
+        {Index(1) << 40, Index(1) << 30, 128}, {std::numeric_limits<Index>::max(), 2, 2}}) {
+    KvCacheOptions co;
+    co.capacity = cap;
+    co.num_kv_heads = heads;
+    co.head_dim = dim;
+    KvCache<float> cache(co);
+    EXPECT_EQ(cache.status().code(), StatusCode::kInvalidArgument) << cap;
+    EXPECT_NE(cache.status().message().find("too large"), std::string::npos)
+        << cache.status().message();
+    EXPECT_EQ(cache.capacity(), 0);
+    std::vector<float> x(std::size_t(heads * dim > 0 && heads * dim < 1024 ? heads * dim : 1));
+    if (heads * dim < 1024) {
+      const auto r = HeadsView<const float>::token_major(x.data(), 1, heads, dim);
+      EXPECT_EQ(cache.append(r, r).code(), StatusCode::kInvalidArgument);
+    }
+  }
 }
 
 TEST(KvCacheVSum, CoversTheRowsBeforeTheLastAppend) {

@@ -18,6 +18,9 @@
 /// kernels read, so VMC's mean V matches the cache it runs on.
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
+#include <new>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -31,6 +34,13 @@ namespace toptheta {
 /// Per KV head, the sum of V rows (in the accumulation type). Row stride `stride()` = head_dim.
 /// For a q8_0 cache (T = BlockQ8_0) the rows are q8_0 blocks and the sum adds their dequantised
 /// values d * q_i (float), the values the kernels read; head_dim must then be a multiple of 32.
+///
+/// `data()` is, element by element, the IEEE sum of the rows currently in the sum (semantics §7:
+/// a non-finite V row makes vbar non-finite while it is in the sum), and `remove` undoes `add`
+/// exactly for non-finite values: the finite values are summed in double and the +inf, -inf and
+/// NaN values are counted, so rolling back a row that held an fp16 overflow (inf) leaves no NaN
+/// (inf - inf) behind, and a large finite row added and removed leaves no rounding residue at
+/// float precision. Memory: Hkv * d * (sizeof(Acc) + 32) bytes.
 template <class T>
 class RunningVSum {
   static_assert(kIsCacheType<T> && !std::is_const_v<T>,
@@ -45,16 +55,20 @@ class RunningVSum {
   RunningVSum(Index num_kv_heads, Index head_dim)
       : heads_(std::max<Index>(num_kv_heads, 0)),
         dim_(std::max<Index>(head_dim, 0)),
-        sum_(std::size_t(heads_ * dim_), Acc(0)) {}
+        sum_(std::size_t(heads_ * dim_), Acc(0)),
+        parts_(sum_.size()) {}
 
-  /// Adds the rows of `rows` (n, Hkv, d): O(n Hkv d). Errors: kInvalidArgument when the heads
-  /// or dim differ from the sum's, or (q8_0) dim is not a multiple of 32 (nothing is added then).
-  Status add(HeadsView<const T> rows) { return update(rows, Acc(1)); }
-  /// Subtracts rows that were added before (a truncated or rolled-back cache).
-  Status remove(HeadsView<const T> rows) { return update(rows, Acc(-1)); }
+  /// Adds the rows of `rows` (n, Hkv, d): O(n Hkv d). Errors (nothing is added then):
+  /// kInvalidArgument when the heads or dim differ from the sum's, n < 0, the data pointer is
+  /// null with n > 0, or (q8_0) dim is not a multiple of 32.
+  Status add(HeadsView<const T> rows) { return update(rows, 1); }
+  /// Subtracts rows that were added before (a truncated or rolled-back cache). Errors as `add`,
+  /// and kOutOfRange when more rows are removed than the sum holds.
+  Status remove(HeadsView<const T> rows) { return update(rows, -1); }
   /// Back to the empty sum (zero rows).
   void reset() {
     std::fill(sum_.begin(), sum_.end(), Acc(0));
+    std::fill(parts_.begin(), parts_.end(), Parts{});
     rows_ = 0;
   }
 
@@ -70,32 +84,67 @@ class RunningVSum {
   Index head_dim() const { return dim_; }
 
  private:
-  Status update(HeadsView<const T> rows, Acc sign) {
+  // One element of the sum: the finite values' sum and the count of each non-finite kind.
+  struct Parts {
+    double finite = 0.0;
+    Index pos_inf = 0, neg_inf = 0, nan = 0;
+    void add(double x, int sign) {
+      if (std::isnan(x)) nan += sign;
+      else if (x == std::numeric_limits<double>::infinity()) pos_inf += sign;
+      else if (x == -std::numeric_limits<double>::infinity()) neg_inf += sign;
+      else finite += sign * x;
+    }
+    // The IEEE sum of the values held: NaN with a NaN among them or +inf and -inf both, else
+    // the infinity they hold, else the finite sum (rounded to Acc; it may overflow to inf as
+    // an Acc sum would). A negative count (a value removed that was never added) is NaN.
+    Acc value() const {
+      if (nan != 0 || pos_inf < 0 || neg_inf < 0 || (pos_inf > 0 && neg_inf > 0))
+        return std::numeric_limits<Acc>::quiet_NaN();
+      if (pos_inf > 0) return std::numeric_limits<Acc>::infinity();
+      if (neg_inf > 0) return -std::numeric_limits<Acc>::infinity();
+      return Acc(finite);
+    }
+  };
+
+  Status update(HeadsView<const T> rows, int sign) {
+    const char* what = sign > 0 ? "RunningVSum::add" : "RunningVSum::remove";
     if (rows.heads != heads_ || rows.dim != dim_)
-      return Status::invalid_argument("RunningVSum: rows have shape " + shape_string(rows) +
-                                      " but the sum is for (n, " + std::to_string(heads_) + ", " +
-                                      std::to_string(dim_) + ")");
+      return Status::invalid_argument(std::string(what) + ": rows have shape " +
+                                      shape_string(rows) + " but the sum is for (n, " +
+                                      std::to_string(heads_) + ", " + std::to_string(dim_) + ")");
+    if (rows.tokens < 0)
+      return Status::invalid_argument(std::string(what) + ": rows have " +
+                                      std::to_string(rows.tokens) + " tokens");
+    if (rows.data == nullptr && rows.tokens > 0 && heads_ > 0 && dim_ > 0)
+      return Status::invalid_argument(std::string(what) + ": rows " + shape_string(rows) +
+                                      " have a null data pointer");
     if (dim_ % kValuesPerItem<T> != 0)
-      return Status::invalid_argument(std::string("RunningVSum: ") + dtype_name<T>() +
+      return Status::invalid_argument(std::string(what) + ": " + dtype_name<T>() +
                                       " rows need head_dim a multiple of " +
                                       std::to_string(kValuesPerItem<T>) + ", got " +
                                       std::to_string(dim_));
     if (sign < 0 && rows.tokens > rows_)
-      return Status::out_of_range("RunningVSum: removing " + std::to_string(rows.tokens) +
-                                  " rows from a sum of " + std::to_string(rows_));
+      return Status::out_of_range(std::string(what) + ": removing " +
+                                  std::to_string(rows.tokens) + " rows from a sum of " +
+                                  std::to_string(rows_));
     for (Index t = 0; t < rows.tokens; ++t)
       for (Index g = 0; g < heads_; ++g) {
         const T* r = rows.row(t, g);
-        Acc* s = sum_.data() + g * dim_;
-        for (Index i = 0; i < dim_; ++i) s[i] += sign * Acc(value_at(r, i));
+        Parts* e = parts_.data() + g * dim_;
+        for (Index i = 0; i < dim_; ++i) e[i].add(double(value_at(r, i)), sign);
       }
     rows_ += sign > 0 ? rows.tokens : -rows.tokens;
-    if (rows_ == 0) std::fill(sum_.begin(), sum_.end(), Acc(0));  // no rounding residue
+    if (rows_ == 0) {  // no rounding residue
+      reset();
+      return {};
+    }
+    for (std::size_t i = 0; i < sum_.size(); ++i) sum_[i] = parts_[i].value();
     return {};
   }
 
   Index heads_ = 0, dim_ = 0, rows_ = 0;
-  std::vector<Acc> sum_;
+  std::vector<Acc> sum_;    // published: parts_[i].value()
+  std::vector<Parts> parts_;
 };
 
 /// Layout of KvCache's buffers.
@@ -125,8 +174,9 @@ struct KvCacheOptions {
 /// quantize.hpp). Queries stay float: `AttentionArgs<T, float>` over `keys()` / `values()`.
 ///
 /// Options are checked at construction (`validate`): a q8_0 cache whose head_dim is not a
-/// multiple of 32, or a negative size, leaves the cache empty with `status()` saying why, and
-/// every `append` returns that error.
+/// multiple of 32, a negative size or sizes whose product cannot be addressed leave the cache
+/// empty with `status()` saying why (kInvalidArgument), and every `append` returns that error;
+/// so does a cache whose buffers could not be allocated (kFailedPrecondition).
 template <class T>
 class KvCache {
   static_assert(kIsCacheType<T> && !std::is_const_v<T>,
@@ -149,17 +199,40 @@ class KvCache {
           std::string("KvCache: a ") + dtype_name<T>() + " cache stores blocks of " +
           std::to_string(kValuesPerItem<T>) + " values, so head_dim must be a multiple of " +
           std::to_string(kValuesPerItem<T>) + "; got head_dim " + std::to_string(o.head_dim));
+    // capacity x Hkv x row items of T, for K and for V, must be addressable (the product is
+    // formed in Index, and the buffers' bytes in size_t).
+    const Index row = o.head_dim / kValuesPerItem<T>;
+    const std::size_t max_items = std::min<std::size_t>(
+        std::size_t(std::numeric_limits<Index>::max()), std::vector<T>().max_size());
+    const double items = double(o.capacity) * double(o.num_kv_heads) * double(row);
+    if (items > double(max_items) / 2)
+      return Status::invalid_argument(
+          "KvCache: capacity " + std::to_string(o.capacity) + " x num_kv_heads " +
+          std::to_string(o.num_kv_heads) + " x head_dim " + std::to_string(o.head_dim) +
+          " values is too large to address");
     return {};
   }
 
   KvCache() = default;
-  /// A cache for `o` (allocates capacity x Hkv x d of K and of V). Invalid options leave it
-  /// empty with status() saying why.
+  /// A cache for `o` (allocates capacity x Hkv x d of K and of V). Invalid options, or
+  /// buffers the allocator cannot provide, leave it empty with status() saying why (no
+  /// exception leaves the constructor).
   explicit KvCache(const KvCacheOptions& o) : o_(o), status_(validate(o)) {
     if (!status_.ok()) return;
-    k_.resize(std::size_t(o.capacity * o.num_kv_heads * row_items()));
-    v_.resize(k_.size());
-    sum_ = RunningVSum<T>(o.num_kv_heads, o.head_dim);
+    const std::size_t items = std::size_t(o.capacity) * std::size_t(o.num_kv_heads) *
+                              std::size_t(row_items());  // no overflow: validate
+    try {
+      k_.resize(items);
+      v_.resize(items);
+      sum_ = RunningVSum<T>(o.num_kv_heads, o.head_dim);
+    } catch (const std::bad_alloc&) {
+      k_ = {};
+      v_ = {};
+      status_ = Status::failed_precondition(
+          "KvCache: could not allocate " + std::to_string(2 * items * sizeof(T)) +
+          " bytes for K and V (capacity " + std::to_string(o.capacity) + ", num_kv_heads " +
+          std::to_string(o.num_kv_heads) + ", head_dim " + std::to_string(o.head_dim) + ")");
+    }
   }
 
   /// The options the cache was made with.
