@@ -73,6 +73,26 @@ TEST(ThresholdTableLookup, LinearInterpolation) {
   EXPECT_DOUBLE_EQ(t.lookup(1, 2, 27, LookupPolicy::kLinear).sdc, 1.5 + 0.7 * 2.0);
 }
 
+// Linear interpolation next to a theta of -inf (which keeps every score) gives -inf strictly
+// between the two entries, and the entries' own values at their lengths (before: -inf + t * inf
+// was NaN, and a NaN theta kept nothing: 1 key per row, no error).
+TEST(ThresholdTableLookup, LinearNextToMinusInfinityKeepsEverything) {
+  const double ninf = -std::numeric_limits<double>::infinity();
+  ThresholdTable t(1, 1, 4);
+  ASSERT_TRUE(t.set(0, 0, entry(10, ninf)).ok());
+  ASSERT_TRUE(t.set(0, 0, entry(20, 2.0)).ok());
+  ASSERT_TRUE(t.set(0, 0, entry(40, ninf)).ok());
+  ASSERT_TRUE(t.set(0, 0, entry(50, ninf)).ok());
+  ASSERT_TRUE(t.validate().ok());
+  for (Index L : {11, 15, 19, 21, 30, 39, 45}) {
+    EXPECT_EQ(t.lookup(0, 0, L, LookupPolicy::kLinear).theta, ninf) << L;
+    EXPECT_FALSE(std::isnan(t.lookup(0, 0, L, LookupPolicy::kLinear).theta)) << L;
+  }
+  EXPECT_EQ(t.lookup(0, 0, 20, LookupPolicy::kLinear).theta, 2.0);
+  EXPECT_EQ(t.lookup(0, 0, 10, LookupPolicy::kLinear).theta, ninf);
+  EXPECT_EQ(t.lookup(0, 0, 5, LookupPolicy::kLinear).theta, ninf);
+}
+
 TEST(ThresholdTableLookup, SingleEntryServesEveryLength) {
   ThresholdTable t(1, 1, 4);
   ASSERT_TRUE(t.set(0, 0, entry(50, -0.25)).ok());

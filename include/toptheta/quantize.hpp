@@ -17,9 +17,11 @@ namespace toptheta {
 /// Quantises `n` floats (n a multiple of 32) into n / 32 q8_0 blocks: per block of 32 values,
 /// scale d = max|x| / 127 (stored as fp16) and q_i = round(x_i / d) (q = 0 when d = 0).
 ///
-/// Non-finite input: a block holding a NaN or ±Inf, or whose scale overflows fp16
-/// (max|x| > 65504 * 127), gets a NaN scale, so every value of that block reads back as NaN
-/// (q8_0 cannot represent ±Inf per value). Returns kInvalidArgument (writing nothing) when n is
+/// Non-finite input: a block holding a NaN or ±Inf, or whose scale overflows fp16 (max|x| / 127
+/// rounds to infinity: max|x| / 127 >= 65520, the rounding boundary above fp16's largest finite
+/// value 65504), gets a NaN scale, so every value of that block reads back as NaN (q8_0 cannot
+/// represent ±Inf per value). A block with max|x| / 127 in [65504, 65520) gets the scale 65504,
+/// so its values read back up to 0.025% smaller in magnitude. Returns kInvalidArgument (writing nothing) when n is
 /// negative or not a multiple of 32 or a pointer is null with n > 0; ok otherwise.
 inline Status quantize_row_q8_0(const float* x, BlockQ8_0* y, Index n) {
   if (n < 0 || n % 32 != 0)

@@ -387,7 +387,9 @@ class ThresholdTable {
   /// theta and SDC term for a row of length `length` (semantics §4.2 uses it for Top-θ, §5 for
   /// calibrated SDC).
   /// kNearest: nearest calibrated length, ties to the smaller, clamped to the calibrated range.
-  /// kLinear: linear interpolation between the two neighbours, clamped outside the range.
+  /// kLinear: linear interpolation between the two neighbours, clamped outside the range; a
+  /// length strictly between a neighbour of theta = -inf and another gets -inf (keeps every
+  /// score).
   /// A (layer, head) without entries yields theta = -inf (keeps everything): that is how a pair
   /// declared dense runs. An undeclared pair without entries makes the table incomplete; callers
   /// must reject such tables first (validate(), check_layer()).
@@ -416,7 +418,11 @@ class ThresholdTable {
       return {e.theta, e.sdc};
     }
     const double t = double(length - lo.length) / double(hi.length - lo.length);
-    r.theta = lo.theta + t * (hi.theta - lo.theta);
+    // Next to a theta of -inf (keeps every score) the interpolation's limit is -inf, not the
+    // NaN that -inf + t * inf would give (a NaN theta would keep nothing).
+    r.theta = std::isinf(lo.theta) || std::isinf(hi.theta)
+                  ? -std::numeric_limits<double>::infinity()
+                  : lo.theta + t * (hi.theta - lo.theta);
     r.sdc = lo.sdc + t * (hi.sdc - lo.sdc);
     return r;
   }
