@@ -137,7 +137,7 @@ void calibrate_vs_reference(const CalCase& c) {
     o.mode = AttentionMode::kCalibrate;
     o.calibrator = &kc;
     o.vmc = VmcMode::kOn;
-    o.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
+    o.vbar = VbarSource::kSumCache;  // the kernel sums V (a v_sum is not read)
     o.sdc = SdcMode::kExact;
     AttentionStats st;
     o.stats = &st;
@@ -238,7 +238,9 @@ TEST(CalibratorObserve, ScoresAndCausalBlockMatchReference) {
     for (int rep = 0; rep < 3; ++rep) {
       for (auto& x : block) x = float(nd(rng));
       for (Index h = 0; h < 2; ++h) {
-        cal.observe_causal_block(0, h, MatrixView<const float>{block.data(), T, cols, cols + 2}, P);
+        ASSERT_TRUE(
+            cal.observe_causal_block(0, h, MatrixView<const float>{block.data(), T, cols, cols + 2}, P)
+                .ok());
         for (Index i = 0; i < T; ++i) {
           std::vector<double> s(std::size_t(P + i + 1));
           for (Index j = 0; j <= P + i; ++j)
@@ -253,6 +255,265 @@ TEST(CalibratorObserve, ScoresAndCausalBlockMatchReference) {
     }
     const double rel = pl == Placement::kPreSoftmax ? 1e-12 : 1e-5;
     EXPECT_TRUE(tables_close(rc.finalize(), cal.finalize(), rel, 1e-12)) << to_string(pl);
+  }
+}
+
+// Semantics §8: a row with at most k_l unmasked keys has no tau, for BOTH placements. Masked
+// (-inf) keys have p_j = 0 in post-softmax, a finite value, but they do not make a row eligible.
+TEST(CalibratorEligibility, MaskedKeysDoNotCountForEitherPlacement) {
+  const float ninf = -std::numeric_limits<float>::infinity();
+  const float full[6] = {5, 4, 3, 2, 1, 0};
+  const float padded[6] = {5, 4, ninf, ninf, ninf, ninf};   // 2 real keys, k = 2: no tau
+  const float masked[6] = {ninf, ninf, ninf, ninf, ninf, ninf};  // fully masked row
+  const float three[6] = {ninf, 1, ninf, 2, ninf, 0.5f};    // 3 real keys > k: eligible
+  for (Placement pl : {Placement::kPreSoftmax, Placement::kPostSoftmax}) {
+    const CalibrationOptions co = cal_options(1, 1, 2, pl, TacMode::kOn, 0.0);
+    Calibrator cal(co), only_full(co);
+    reference::Calibration rc(co);
+    for (const float* r : {full, padded, masked}) {
+      cal.observe_scores(0, 0, r, 6);
+      rc.observe_scores(0, 0, std::vector<double>(r, r + 6));
+    }
+    only_full.observe_scores(0, 0, full, 6);
+    EXPECT_EQ(cal.rows_used(), 1u) << to_string(pl);
+    EXPECT_EQ(rc.rows_used(), 1u) << to_string(pl);
+    ThresholdTable t;
+    ASSERT_TRUE(cal.finalize(&t).ok());
+    ASSERT_EQ(t.entries(0, 0).size(), 1u);
+    EXPECT_EQ(t.entries(0, 0)[0].samples, 1u) << to_string(pl);
+    EXPECT_TRUE(tables_close(only_full.finalize(), t, 0.0, 0.0)) << to_string(pl);
+    EXPECT_TRUE(tables_close(rc.finalize(), t, 1e-6, 0.0)) << to_string(pl);
+    if (pl == Placement::kPreSoftmax) {
+      EXPECT_EQ(t.entries(0, 0)[0].theta, 3.0);
+    }
+    // k_l + 1 unmasked keys: eligible, tau is the smallest real one (never a masked key's 0).
+    Calibrator c3(co);
+    c3.observe_scores(0, 0, three, 6);
+    ASSERT_EQ(c3.rows_used(), 1u) << to_string(pl);
+    const double tau = c3.finalize().entries(0, 0)[0].theta;
+    const double want_tau = pl == Placement::kPreSoftmax
+                                ? 0.5
+                                : std::exp(0.5 - 2.0) / (1 + std::exp(-1.0) + std::exp(-1.5));
+    EXPECT_NEAR(tau, want_tau, 1e-7) << to_string(pl);
+  }
+  // Several budgets: each budget has its own rule (3 real keys: k = 2 eligible, k = 4 not).
+  CalibrationOptions co = cal_options(1, 1, 2, Placement::kPostSoftmax, TacMode::kOn, 0.0);
+  co.k_values = {2, 4};
+  Calibrator multi(co);
+  multi.observe_scores(0, 0, three, 6);
+  EXPECT_EQ(multi.rows_used_of(0), 1u);
+  EXPECT_EQ(multi.rows_used_of(1), 0u);
+}
+
+// The kernels' kCalibrate path follows the same rule (rows masked by the bias, fully masked
+// rows), and agrees with the oracle.
+TEST(CalibratorEligibility, KernelCalibrationSkipsRowsWithAtMostKUnmaskedKeys) {
+  const Index k = 4;
+  for (Placement pl : {Placement::kPreSoftmax, Placement::kPostSoftmax}) {
+    ProblemSpec sp;
+    sp.T = 16;
+    sp.P = 8;
+    sp.Hq = 2;
+    sp.Hkv = 1;
+    sp.d = 16;
+    sp.seed = 91;
+    Problem<float> p = make_problem<float>(sp);
+    const float ninf = -std::numeric_limits<float>::infinity();
+    // t % 4 == 0: only keys j % 3 == 0 unmasked; t % 4 == 1: fully masked; else no mask.
+    p.set_bias([&](Index t, Index j) {
+      if (t % 4 == 1) return ninf;
+      return (t % 4 == 0 && j % 3 != 0) ? ninf : 0.0f;
+    });
+    std::uint64_t want_rows = 0;
+    for (Index t = 0; t < sp.T; ++t) {
+      Index unmasked = 0;
+      for (Index j = 0; j <= sp.P + t; ++j)
+        unmasked += t % 4 == 1 ? 0 : (t % 4 == 0 && j % 3 != 0) ? 0 : 1;
+      if (unmasked > k) want_rows += std::uint64_t(sp.Hq);
+    }
+    ASSERT_LT(want_rows, std::uint64_t(sp.T * sp.Hq));  // some rows are not eligible
+    const CalibrationOptions co = cal_options(1, sp.Hq, k, pl, TacMode::kOn, 0.1);
+    Calibrator cal(co);
+    reference::Calibration rc(co);
+    AttentionOptions o;
+    o.mode = AttentionMode::kCalibrate;
+    o.calibrator = &cal;
+    const auto args = p.args();
+    ASSERT_TRUE(prefill(args, o).ok());
+    reference::ReferenceOptions ro;
+    ro.calibration = &rc;
+    ro.prefill_call = true;
+    (void)reference::attention(args, o, ro);
+    EXPECT_EQ(cal.rows_used(), want_rows) << to_string(pl);
+    EXPECT_EQ(rc.rows_used(), want_rows) << to_string(pl);
+    const double serr = problem_score_error(p);
+    const double u = unit_roundoff<float>();
+    const double rel =
+        pl == Placement::kPreSoftmax ? 1e-12 : 4 * (2 * serr + gamma_n(40, u) + 8 * u);
+    const double abs_tol = pl == Placement::kPreSoftmax ? 4 * serr + 1e-12 : 0.0;
+    EXPECT_TRUE(tables_close(rc.finalize(), cal.finalize(), rel, abs_tol)) << to_string(pl);
+  }
+}
+
+// Semantics §2 in the convenience observers: NaN is -inf (masked), +inf the largest finite
+// float. The result equals that of the sanitised row, whatever the order of the keys (NaN used
+// to reach std::nth_element, which needs a strict weak order).
+TEST(CalibratorNonFinite, ObserveScoresAppliesTheScoreRules) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  const float big = std::numeric_limits<float>::max();
+  const auto sanitised = [&](std::vector<float> r) {
+    for (float& x : r) x = std::isnan(x) ? -inf : x == inf ? big : x;
+    return r;
+  };
+  const std::vector<std::vector<float>> rows = {
+      {nan, 5, nan, 4, 3, nan, 1, 0, nan, -1},      // pre k = 2: theta 3
+      {inf, inf, 1, 2, -inf, 0.5f, nan, 3, 2, 1},   // two +inf
+      {inf, 1, 2, 3, 4, 5, -inf, -inf, 0, 7},       // one +inf
+      {nan, nan, nan, nan, 2, 1, -inf, nan, 0, nan},  // 3 unmasked keys (k = 2): eligible
+      {nan, nan, nan, nan, 2, 1, -inf, nan, nan, nan},  // 2 unmasked keys: no tau
+  };
+  Rng rng(17);
+  for (Placement pl : {Placement::kPreSoftmax, Placement::kPostSoftmax})
+    for (std::size_t r = 0; r < rows.size(); ++r)
+      for (int shuffle = 0; shuffle < 40; ++shuffle) {
+        std::vector<float> row = rows[r];
+        if (shuffle > 0) std::shuffle(row.begin(), row.end(), rng);
+        const std::vector<float> clean = sanitised(row);
+        const CalibrationOptions co = cal_options(1, 1, 2, pl, TacMode::kOn, 0.0);
+        Calibrator got(co), want(co), direct(co), block(co);
+        got.observe_scores(0, 0, row.data(), Index(row.size()));
+        want.observe_scores(0, 0, clean.data(), Index(clean.size()));
+        ASSERT_TRUE(block.observe_causal_block(
+                             0, 0, MatrixView<const float>{row.data(), 1, 10, 10}, 9).ok());
+        // observe_row with NaN in its input (its precondition broken): NaN is a masked key.
+        std::vector<float> a = row, scratch(row.size());
+        if (pl == Placement::kPostSoftmax) {
+          const float m = toptheta::detail::row_max(clean.data(), 10);
+          toptheta::detail::softmax_probs(clean.data(), 10, m, a.data());
+          for (std::size_t j = 0; j < a.size(); ++j)
+            if (std::isnan(row[j])) a[j] = nan;
+        }
+        direct.observe_row<float>(0, 0, a.data(), 10, row.data(), 0.0f, scratch.data());
+        const std::string what = std::string(to_string(pl)) + " row " + std::to_string(r) +
+                                 " shuffle " + std::to_string(shuffle);
+        EXPECT_EQ(got.rows_used(), r == 4 ? 0u : 1u) << what;
+        for (const Calibrator* c : {&got, &block, &direct}) {
+          EXPECT_EQ(c->rows_used(), want.rows_used()) << what;
+          EXPECT_TRUE(tables_close(want.finalize(), c->finalize(), 0.0, 0.0)) << what;
+        }
+        // Third largest: {NaN.., 5, 4, 3, ..}: 3; {big, big, 3, ..}: 3 (pre), p = 0 (post);
+        // {big, 7, 5, ..}: 5 (pre), p = 0 (post).
+        const double want_theta[3][2] = {{3.0, -1.0}, {3.0, 0.0}, {5.0, 0.0}};
+        if (r < 3 && want_theta[r][pl == Placement::kPreSoftmax ? 0 : 1] >= 0) {
+          EXPECT_EQ(got.finalize().entries(0, 0)[0].theta,
+                    want_theta[r][pl == Placement::kPreSoftmax ? 0 : 1])
+              << what;
+        }
+      }
+  // k = 1, {+inf, +inf, 1, 2}: pre tau = FLT_MAX, post tau = 0.5 (two equal largest scores).
+  for (Placement pl : {Placement::kPreSoftmax, Placement::kPostSoftmax}) {
+    Calibrator c(cal_options(1, 1, 1, pl, TacMode::kOn, 0.0));
+    const float s[4] = {inf, inf, 1, 2};
+    c.observe_scores(0, 0, s, 4);
+    ThresholdTable t;
+    ASSERT_TRUE(c.finalize(&t).ok()) << to_string(pl);
+    EXPECT_EQ(t.entries(0, 0)[0].theta, pl == Placement::kPreSoftmax ? double(big) : 0.5);
+  }
+}
+
+// Bad input never reaches memory: a block with cols < past + rows, a (layer, head) out of range,
+// L < 0, null pointers, and a calibrator whose options do not validate.
+TEST(CalibratorBadInput, ObserveRejectsWhatItCannotRead) {
+  const CalibrationOptions co = cal_options(1, 2, 2, Placement::kPreSoftmax, TacMode::kOn, 0.0);
+  const std::vector<float> s(16, 1.0f);  // exactly 4 x 4: any read past it is out of bounds
+  {
+    Calibrator cal(co);
+    const Status st = cal.observe_causal_block(0, 0, MatrixView<const float>{s.data(), 4, 4, 4}, 10);
+    EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(st.message().find("observe_causal_block(): scores has cols = 4 but past + rows = 10 + 4"),
+              std::string::npos)
+        << st.message();
+    EXPECT_EQ(cal.observe_causal_block(0, 0, MatrixView<const float>{s.data(), 4, 4, 4}, 1).code(),
+              StatusCode::kInvalidArgument);  // needs cols >= 5
+    EXPECT_TRUE(cal.observe_causal_block(0, 0, MatrixView<const float>{s.data(), 4, 4, 4}, 0).ok());
+    EXPECT_TRUE(cal.observe_causal_block(0, 0, MatrixView<const float>{s.data(), 2, 8, 8}, 6).ok());
+    EXPECT_TRUE(cal.observe_causal_block(0, 0, MatrixView<const float>{nullptr, 0, 4, 4}, 7).ok());
+    const std::pair<MatrixView<const float>, Index> bad[] = {
+        {{s.data(), 4, 4, 4}, -1},   // past < 0
+        {{nullptr, 2, 4, 4}, 0},     // null data
+        {{s.data(), 2, 4, 3}, 0},    // row_stride < cols
+        {{s.data(), -1, 4, 4}, 0},   // negative rows
+    };
+    for (const auto& b : bad)
+      EXPECT_EQ(cal.observe_causal_block(0, 0, b.first, b.second).code(),
+                StatusCode::kInvalidArgument);
+    const Status hs = cal.observe_causal_block(0, 2, MatrixView<const float>{s.data(), 4, 4, 4}, 0);
+    EXPECT_NE(hs.message().find("(layer, head) = (0, 2) is out of range for the (1 x 2)"),
+              std::string::npos)
+        << hs.message();
+    EXPECT_FALSE(cal.observe_causal_block(-1, 0, MatrixView<const float>{s.data(), 4, 4, 4}, 0).ok());
+    EXPECT_EQ(cal.rows_used(), 2u + 2u) << "only the valid blocks are observed";
+    EXPECT_TRUE(cal.observe_status().ok()) << "observe_causal_block reports its errors itself";
+  }
+  {
+    // observe_scores / observe_row are void: rejected rows are recorded and fail finalize*().
+    Calibrator cal(co);
+    cal.observe_scores(0, 7, s.data(), 8);  // head 7 of a 2-head calibrator
+    cal.observe_scores(1, 0, s.data(), 8);
+    cal.observe_scores(0, 0, s.data(), -3);
+    cal.observe_scores(0, 0, nullptr, 8);
+    std::vector<float> scratch(8);
+    cal.observe_row<float>(0, -1, s.data(), 8, s.data(), 1.0f, scratch.data());
+    cal.observe_row<float>(0, 0, s.data(), 8, nullptr, 1.0f, scratch.data());
+    cal.observe_row<float>(0, 0, s.data(), 8, s.data(), 1.0f, nullptr);
+    EXPECT_EQ(cal.rows_used(), 0u);
+    cal.observe_scores(0, 0, s.data(), 8);
+    cal.observe_scores(0, 1, s.data(), 8);
+    EXPECT_EQ(cal.rows_used(), 2u);
+    const Status os = cal.observe_status();
+    EXPECT_EQ(os.code(), StatusCode::kInvalidArgument);
+    EXPECT_EQ(os.message(),
+              "the calibrator rejected 7 observed rows; the first: observe_scores(): (layer, head) "
+              "= (0, 7) is out of range for the (1 x 2) (layers x heads) calibrator");
+    ThresholdTable t(1, 1, 99);
+    EXPECT_EQ(cal.finalize(&t).message(), os.message());
+    EXPECT_EQ(t.k(0), 99) << "output modified on error";
+    ThresholdSet set;
+    EXPECT_EQ(cal.finalize_per_length(&set).message(), os.message());
+    EXPECT_EQ(cal.finalize_compact(&set).message(), os.message());
+    // merge() carries the rejections; copies keep them.
+    Calibrator clean(co);
+    clean.observe_scores(0, 0, s.data(), 8);
+    clean.observe_scores(0, 1, s.data(), 8);
+    EXPECT_TRUE(clean.finalize(&t).ok());
+    Calibrator copy = cal;
+    EXPECT_EQ(copy.observe_status().message(), os.message());
+    ASSERT_TRUE(clean.merge(cal).ok());
+    EXPECT_EQ(clean.observe_status().message(), os.message());
+  }
+  {
+    // Options that do not validate: nothing is observed (default_k = -1 used to index
+    // scratch[-1]), observe_causal_block and finalize*() return the validate() error.
+    CalibrationOptions bad = co;
+    bad.default_k = -1;
+    Calibrator cal(bad);
+    const std::string want = "CalibrationOptions::default_k must be >= 1, got -1";
+    cal.observe_scores(0, 0, s.data(), 8);
+    std::vector<float> scratch(8);
+    cal.observe_row<float>(0, 0, s.data(), 8, s.data(), 1.0f, scratch.data());
+    EXPECT_EQ(cal.observe_causal_block(0, 0, MatrixView<const float>{s.data(), 4, 4, 4}, 0).message(),
+              want);
+    EXPECT_EQ(cal.rows_used(), 0u);
+    ThresholdTable t;
+    EXPECT_EQ(cal.finalize(&t).message(), want);
+    // A default-constructed calibrator (no layers) observes nothing either.
+    Calibrator none;
+    none.observe_scores(0, 0, s.data(), 8);
+    none.observe_row<float>(0, 0, s.data(), 8, s.data(), 1.0f, scratch.data());
+    EXPECT_EQ(none.observe_causal_block(0, 0, MatrixView<const float>{s.data(), 4, 4, 4}, 0).code(),
+              StatusCode::kInvalidArgument);
+    EXPECT_FALSE(none.finalize(&t).ok());
   }
 }
 
@@ -356,7 +617,7 @@ void neg_inf_is_dense(bool prefill_call) {
           o.placement = pl;
           o.sdc = sdc;
           o.vmc = vmc;
-          o.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
+          o.vbar = VbarSource::kSumCache;  // the kernel sums V (a v_sum is not read)
           o.thresholds = &table;
           AttentionStats st;
           o.stats = &st;
@@ -477,7 +738,7 @@ void vmc_equal_rows(bool prefill_call) {
             o.sdc = sdc;
             o.sdc_scale = 1.5;
             o.vmc = VmcMode::kOn;
-            o.vbar = VbarSource::kSumCache;  // v_sum is given only sometimes
+            o.vbar = VbarSource::kSumCache;  // the kernel sums V (a v_sum is not read)
             o.empty_row = er;
             o.cap_k = cap;
             o.thresholds = &table;
@@ -835,6 +1096,35 @@ TEST(CalibratorFinalize, CheckedFinalizeReportsHeadsWithoutEligibleRows) {
   CalibrationOptions bad = cal_options(2, 4, 5, Placement::kPreSoftmax, TacMode::kOn, -1.0);
   EXPECT_NE(Calibrator(bad).finalize(&out).message().find("CalibrationOptions::lambda"),
             std::string::npos);
+}
+
+// With several budgets there is one table per k: finalize(ThresholdTable*) is an error that names
+// the ThresholdSet forms (it used to return the smallest k's table as if it were the only one).
+TEST(CalibratorFinalize, SeveralBudgetsNeedAThresholdSet) {
+  CalibrationOptions co = cal_options(1, 1, 2, Placement::kPreSoftmax, TacMode::kOn, 0.0);
+  co.k_values = {8, 2, 4};
+  Calibrator cal(co);
+  const float s[10] = {9, 8, 7, 6, 5, 4, 3, 2, 1, 0};
+  cal.observe_scores(0, 0, s, 10);
+  ThresholdTable t(1, 1, 99);
+  const Status st = cal.finalize(&t);
+  EXPECT_EQ(st.code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(st.message(),
+            "finalize(ThresholdTable*): the calibration has 3 budgets (CalibrationOptions::k_values, "
+            "k = 2, 4, 8), one table each; use finalize_per_length() or finalize_compact(), which "
+            "return a ThresholdSet");
+  EXPECT_EQ(t.k(0), 99) << "output modified on error";
+  ThresholdSet set;
+  ASSERT_TRUE(cal.finalize_per_length(&set).ok());
+  ASSERT_EQ(set.ks(), (std::vector<Index>{2, 4, 8}));
+  for (Index k : {2, 4, 8}) EXPECT_EQ(set.find(k)->lookup(0, 0, 10).theta, double(9 - k)) << k;
+  // One budget given as k_values is a single table.
+  co.k_values = {4};
+  Calibrator one(co);
+  one.observe_scores(0, 0, s, 10);
+  ASSERT_TRUE(one.finalize(&t).ok());
+  EXPECT_EQ(t.k(0), 4);
+  EXPECT_EQ(t.lookup(0, 0, 10).theta, 5.0);
 }
 
 }  // namespace

@@ -3,9 +3,9 @@
 /// `Calibrator`: streaming threshold calibration (docs/semantics.md §8; the paper's offline
 /// calibration of per-head thresholds, arXiv 2502.08363).
 ///
-/// For every observed row of length L > k_l it takes tau = the (k_l + 1)-th largest value a_j,
-/// for each budget of the calibration (`CalibrationOptions::k_values`: several k from one pass),
-/// and folds it into
+/// For every observed row with more than k_l unmasked keys (finite scores after the §2 rules)
+/// it takes tau = the (k_l + 1)-th largest value a_j, for each budget of the calibration
+/// (`CalibrationOptions::k_values`: several k from one pass), and folds it into
 /// - the pooled statistics of its log-spaced length bucket (always; threshold_fit.hpp): constant
 ///   memory, O(budgets * layers * heads * log max L); `finalize_compact()` fits the compact
 ///   curves and reports buckets with too few samples (CalibrationReport);
@@ -26,6 +26,7 @@
 #include <cstdio>
 #include <functional>
 #include <limits>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -148,9 +149,20 @@ class Calibrator {
  public:
   /// An unusable calibrator (no layers); validate() fails.
   Calibrator() = default;
-  /// A calibrator for `options`; nothing is checked here: call validate() (the kernels do) before
-  /// observing rows.
+  /// A calibrator for `options`. The options (and the tables they point to, which must outlive
+  /// the calibrator and not change) are checked once here with validate(): a calibrator whose
+  /// options do not validate observes nothing (every observe_* call is a no-op, and
+  /// observe_causal_block() returns the validate() error), and finalize*() return that error.
   explicit Calibrator(CalibrationOptions options) : opts_(std::move(options)) {
+    init();
+    ready_ = validate().ok();
+  }
+
+  /// Largest num_layers x num_heads a calibrator accepts.
+  static constexpr Index kMaxPairs = Index(1) << 24;
+
+ private:
+  void init() {
     if (!shape_ok()) return;
     const std::size_t pairs = static_cast<std::size_t>(opts_.num_layers * opts_.num_heads);
     if (opts_.k_values.empty()) {
@@ -178,9 +190,7 @@ class Calibrator {
                                                     : opts_.sdc_thresholds);
   }
 
-  /// Largest num_layers x num_heads a calibrator accepts.
-  static constexpr Index kMaxPairs = Index(1) << 24;
-
+ public:
   /// Checks every option; the message names the field at fault (`CalibrationOptions::<field>`)
   /// and its value: num_layers / num_heads >= 1 (and layers x heads <= kMaxPairs); default_k >= 1
   /// when layer_k is empty, else layer_k has num_layers values, each >= 1; lambda finite and
@@ -285,21 +295,41 @@ class Calibrator {
     return v;
   }
 
-  /// Observes one row of placement values `a[0..L)` (scores for pre-softmax, probabilities for
-  /// post-softmax) of (layer, head). `scores` (the raw scores s_j, may equal `a`) and `row_max`
-  /// (max_j s_j) are used only for the SDC term. `scratch` holds at least L values and is
-  /// clobbered. Rows with L <= k_l are ignored (they are never thresholded).
+  /// Observes one row of (layer, head): `scores[0..L)` are its scores s_j after the §2 rules
+  /// (NaN already -inf, +inf already the largest finite value: what the kernels pass), `a[0..L)`
+  /// its placement values (`a` = `scores` for pre-softmax, the probabilities p_j for
+  /// post-softmax), `row_max` = max_j s_j (used only for the SDC term). `scratch` holds at least
+  /// L values and is clobbered.
+  ///
+  /// Eligibility (semantics §8), the same for both placements: a row with at most k_l unmasked
+  /// keys (s_j > -inf) has no tau and is skipped for budget k_l; so are rows with L <= k_l
+  /// (never thresholded). In particular masked keys (p_j = 0 in post-softmax) never make a row
+  /// eligible.
+  ///
+  /// Robustness: a NaN in `a` or `scores` (a caller that did not apply §2) counts as a masked key
+  /// (-inf) and never reaches the selection. A calibrator whose options did not validate observes
+  /// nothing. A (layer, head) out of range, L < 0 or a null pointer is not observed and is
+  /// recorded: finalize*() then fail with observe_status(). The sizes of the buffers cannot be
+  /// checked: each must hold L values.
   template <class Acc>
   void observe_row(Index layer, Index head, const Acc* a, Index L, const Acc* scores, Acc row_max,
                    Acc* scratch) {
-    TOPTHETA_ASSERT(layer >= 0 && layer < opts_.num_layers && head >= 0 && head < opts_.num_heads,
-                    "layer/head out of range");
+    if (!ready_) return;
+    if (!row_ok("observe_row()", layer, head, L)) return;
     if (L <= k(layer)) return;
+    if (!a || !scores || !scratch) {
+      reject("observe_row(): a, scores and scratch must not be null (L = " + std::to_string(L) + ")");
+      return;
+    }
+    // Unmasked keys: s_j > -inf (false for NaN, which §2 masks).
+    Index unmasked = 0;
+    for (Index j = 0; j < L; ++j) unmasked += scores[j] > -std::numeric_limits<Acc>::infinity();
+    if (unmasked <= k(layer)) return;  // no budget has a tau (the smallest needs > k values)
     const std::size_t pair = slot(layer, head);
     const std::uint64_t row_id = rows_seen_[pair]++;
     if (opts_.sample_fraction < 1.0 && !sampled(layer, head, L, row_id)) return;
     const std::size_t ns = set_k_.size();
-    // The (k+1)-th largest for every budget below L, largest k first, each selection on the
+    // The (k+1)-th largest for every eligible budget, largest k first, each selection on the
     // front part left by the previous one: O(L + sum of k).
     Index prev = L;
     bool copied = false;
@@ -309,17 +339,18 @@ class Calibrator {
     const double bx = std::log(double(L)) - bucket_log_edge(bucket, b);
     for (std::size_t si = ns; si-- > 0;) {
       const Index kl = set_k_[si][static_cast<std::size_t>(layer)];
-      if (L <= kl) continue;
+      if (unmasked <= kl) continue;  // at most k_l unmasked keys (or L <= k_l): no tau
       if (!copied) {
-        std::copy(a, a + L, scratch);
+        // §2 on the copy: NaN (unordered, UB for nth_element) becomes -inf, +inf the largest
+        // finite value; a no-op for rows that follow the precondition.
+        for (Index j = 0; j < L; ++j) scratch[j] = detail::sanitize_score(a[j]);
         copied = true;
       }
       std::nth_element(scratch, scratch + kl, scratch + prev, std::greater<Acc>());
       prev = kl;
       // tau = (k+1)-th largest: exactly k values are strictly greater (absent ties).
       const double tau = double(scratch[kl]);
-      // A row with at most k finite values (masked padding) has no threshold to learn from.
-      if (!std::isfinite(tau)) continue;
+      if (!std::isfinite(tau)) continue;  // only if `a` contradicts `scores`
       HeadAcc& ha = heads_[si * pair_count() + pair];
       double sdc = 0.0;
       const ThresholdTable* st = sdc_table(si);
@@ -328,6 +359,7 @@ class Calibrator {
         double dropped = 0.0;
         Index kept = 0, argmax = 0;
         for (Index j = 0; j < L; ++j) {
+          if (std::isnan(scores[j])) continue;  // masked (§2): exp(s_j - M) = 0
           if (double(a[j]) > theta) ++kept;
           else dropped += double(detail::exp_shifted(scores[j], row_max));
           if (a[j] > a[argmax]) argmax = j;
@@ -350,19 +382,74 @@ class Calibrator {
     }
   }
 
-  /// Convenience: observe a row of raw scores `s[0..L)` (applies the placement). Allocates
-  /// scratch on every call; use the kernels' kCalibrate mode or observe_row() in hot loops.
+  /// Convenience: observe a row of raw scores `s[0..L)` of (layer, head). Applies the §2 rules
+  /// (NaN is -inf, a masked key; +inf the largest finite float), then the placement, then
+  /// observe_row(). A calibrator whose options did not validate observes nothing; a (layer,
+  /// head) out of range, L < 0 or a null `s` with L > 0 is not observed and is recorded
+  /// (observe_status(), reported by finalize*()). Allocates on every call; use the kernels'
+  /// kCalibrate mode or observe_row() in hot loops.
   void observe_scores(Index layer, Index head, const float* s, Index L) {
-    std::vector<float> a(s, s + L), scratch(static_cast<std::size_t>(L));
-    float m = detail::row_max(s, L);
-    if (opts_.placement == Placement::kPostSoftmax) detail::softmax_probs(s, L, m, a.data());
-    observe_row<float>(layer, head, a.data(), L, s, m, scratch.data());
+    if (!ready_) return;
+    if (!row_ok("observe_scores()", layer, head, L)) return;
+    if (L <= k(layer)) return;
+    if (!s) {
+      reject("observe_scores(): s is null (L = " + std::to_string(L) + ")");
+      return;
+    }
+    const std::size_t n = static_cast<std::size_t>(L);
+    std::vector<float> sv(n), scratch(n);
+    for (std::size_t j = 0; j < n; ++j) sv[j] = detail::sanitize_score(s[j]);
+    const float m = detail::row_max(sv.data(), L);
+    if (opts_.placement == Placement::kPostSoftmax) {
+      std::vector<float> p(n);
+      detail::softmax_probs(sv.data(), L, m, p.data());
+      observe_row<float>(layer, head, p.data(), L, sv.data(), m, scratch.data());
+    } else {
+      observe_row<float>(layer, head, sv.data(), L, sv.data(), m, scratch.data());
+    }
   }
 
-  /// Convenience: observe the rows of a causal score block `(T x cols)`: row i has length
-  /// `past + i + 1` (entries beyond it are ignored).
-  void observe_causal_block(Index layer, Index head, MatrixView<const float> scores, Index past) {
+  /// Convenience: observe the rows of a causal score block `(T x cols)` of (layer, head): row i
+  /// has length `past + i + 1`, so `cols` must be at least `past + T` (entries beyond a row's
+  /// length are ignored). Each row as observe_scores(). Checks everything first and observes
+  /// nothing on error: the validate() error of a calibrator whose options are invalid, or
+  /// kInvalidArgument for a (layer, head) out of range, past < 0, a null or malformed view, or
+  /// cols < past + T.
+  Status observe_causal_block(Index layer, Index head, MatrixView<const float> scores, Index past) {
+    if (!ready_) return validate();
+    const auto bad = [](const std::string& m) {
+      return Status::invalid_argument("observe_causal_block(): " + m);
+    };
+    if (!pair_ok(layer, head))
+      return bad("(layer, head) = (" + std::to_string(layer) + ", " + std::to_string(head) +
+                 ") is out of range for the " + shape_string(opts_.num_layers, opts_.num_heads) +
+                 " (layers x heads) calibrator");
+    if (past < 0) return bad("past must be >= 0, got " + std::to_string(past));
+    if (scores.rows < 0 || scores.cols < 0)
+      return bad("scores has negative shape (" + std::to_string(scores.rows) + " x " +
+                 std::to_string(scores.cols) + ")");
+    if (scores.rows == 0) return {};
+    if (!scores.data) return bad("scores.data is null");
+    if (scores.rows > 1 && scores.row_stride < scores.cols)
+      return bad("scores.row_stride = " + std::to_string(scores.row_stride) + " is below cols = " +
+                 std::to_string(scores.cols));
+    if (scores.cols - scores.rows < past)
+      return bad("scores has cols = " + std::to_string(scores.cols) + " but past + rows = " +
+                 std::to_string(past) + " + " + std::to_string(scores.rows) +
+                 " (row i has length past + i + 1, the last one past + rows)");
     for (Index i = 0; i < scores.rows; ++i) observe_scores(layer, head, scores.row(i), past + i + 1);
+    return {};
+  }
+
+  /// Ok, or kInvalidArgument describing the first of the rows observe_row() / observe_scores()
+  /// rejected (a (layer, head) out of range, L < 0, a null pointer) and how many there were.
+  /// finalize*() return it: a calibration fed such rows has no trustworthy table.
+  Status observe_status() const {
+    std::lock_guard<std::mutex> g(rejected_.m);
+    if (rejected_.count == 0) return {};
+    return Status::invalid_argument(
+        "the calibrator rejected " + std::to_string(rejected_.count) + " observed row" +
+        (rejected_.count == 1 ? "" : "s") + "; the first: " + rejected_.first);
   }
 
   /// Adds the observations of `other` (same options). Equivalent, up to rounding, to having
@@ -384,6 +471,12 @@ class Calibrator {
         (other.opts_.sdc_threshold_set == nullptr) != (opts_.sdc_threshold_set == nullptr))
       return Status::invalid_argument("cannot merge a calibrator with SDC terms and one without");
     for (std::size_t i = 0; i < rows_seen_.size(); ++i) rows_seen_[i] += other.rows_seen_[i];
+    {
+      RejectLog theirs(other.rejected_);  // copied under other's lock
+      std::lock_guard<std::mutex> g(rejected_.m);
+      if (rejected_.count == 0) rejected_.first = theirs.first;
+      rejected_.count += theirs.count;
+    }
     for (std::size_t i = 0; i < heads_.size(); ++i) {
       HeadAcc& a = heads_[i];
       const HeadAcc& b = other.heads_[i];
@@ -406,12 +499,22 @@ class Calibrator {
     return n;
   }
 
-  /// The calibrated table, checked: validate() of the options, and every (layer, head) must have
-  /// received at least one eligible row. Otherwise fails (kFailedPrecondition) naming the pairs
-  /// that got none, and `*out` is untouched. Heads meant to keep every score can be declared
+  /// The calibrated table of a single-budget calibration, checked: validate() of the options,
+  /// observe_status(), and every (layer, head) must have received at least one eligible row
+  /// (else kFailedPrecondition naming the pairs that got none). A calibration with several
+  /// budgets (`CalibrationOptions::k_values` with more than one k) has one table per budget, so
+  /// this fails with kFailedPrecondition: use finalize_per_length() or finalize_compact() (a
+  /// ThresholdSet). On error `*out` is untouched. Heads meant to keep every score can be declared
   /// dense on the result of finalize() with ThresholdTable::set_dense() instead.
   Status finalize(ThresholdTable* out) const {
     TOPTHETA_RETURN_IF_ERROR(validate());
+    TOPTHETA_RETURN_IF_ERROR(observe_status());
+    if (set_k_.size() > 1)
+      return Status::failed_precondition(
+          "finalize(ThresholdTable*): the calibration has " + std::to_string(set_k_.size()) +
+          " budgets (CalibrationOptions::k_values, k = " + ks_text() +
+          "), one table each; use finalize_per_length() or finalize_compact(), which return a "
+          "ThresholdSet");
     if (!opts_.per_length)
       return Status::failed_precondition(
           "finalize(): CalibrationOptions::per_length is off; use finalize_compact()");
@@ -424,6 +527,7 @@ class Calibrator {
   /// Per-length tables of every budget (per_length must be on), checked like finalize().
   Status finalize_per_length(ThresholdSet* out) const {
     TOPTHETA_RETURN_IF_ERROR(validate());
+    TOPTHETA_RETURN_IF_ERROR(observe_status());
     if (!opts_.per_length)
       return Status::failed_precondition(
           "finalize_per_length(): CalibrationOptions::per_length is off; use finalize_compact()");
@@ -442,6 +546,7 @@ class Calibrator {
   /// than `compact.min_bucket_samples` rows (CalibrationReport::warnings()).
   Status finalize_compact(ThresholdSet* out, CalibrationReport* report = nullptr) const {
     TOPTHETA_RETURN_IF_ERROR(validate());
+    TOPTHETA_RETURN_IF_ERROR(observe_status());
     ThresholdSet set;
     CalibrationReport rep = make_report();
     const bool post = opts_.placement == Placement::kPostSoftmax;
@@ -495,8 +600,9 @@ class Calibrator {
           std::to_string(opts_.num_layers * opts_.num_heads) + " (layer, head) pairs of the " +
           shape_string(opts_.num_layers, opts_.num_heads) + " (layers x heads) calibrator: " +
           t.describe_heads(false) +
-          " (no eligible rows: a row counts when its length L > k_l, its (k_l+1)-th largest value "
-          "is finite and it is sampled; observe longer or more rows, or use a smaller k)");
+          " (no eligible rows: a row counts when its length L > k_l, it has more than k_l unmasked "
+          "keys (scores > -inf) and it is sampled; observe longer or more rows, or use a smaller "
+          "k)");
     return {};
   }
 
@@ -505,7 +611,8 @@ class Calibrator {
   /// The calibrated table, unchecked: one entry per (layer, head, L) with at least one sample. A
   /// (layer, head) that received no eligible row has no entries, so the table is incomplete and
   /// fails validate(), saving and the kernels' check; prefer finalize(ThresholdTable*), which
-  /// reports such pairs.
+  /// reports such pairs (and rejected rows). With several budgets (k_values) this is the table
+  /// of the smallest k only (table_ks()[0]); finalize_per_length() gives all of them.
   ThresholdTable finalize() const { return finalize_set(0); }
 
  private:
@@ -575,6 +682,50 @@ class Calibrator {
   std::size_t slot(Index layer, Index head) const {
     return static_cast<std::size_t>(layer * opts_.num_heads + head);
   }
+  bool pair_ok(Index layer, Index head) const {
+    return layer >= 0 && layer < opts_.num_layers && head >= 0 && head < opts_.num_heads;
+  }
+  std::string ks_text() const {
+    std::string t;
+    for (Index k : table_ks()) t += (t.empty() ? "" : ", ") + std::to_string(k);
+    return t;
+  }
+  // A row an observe_* call can take: (layer, head) in range and L >= 0; else recorded.
+  bool row_ok(const char* fn, Index layer, Index head, Index L) {
+    if (TOPTHETA_LIKELY(pair_ok(layer, head) && L >= 0)) return true;
+    if (!pair_ok(layer, head))
+      reject(std::string(fn) + ": (layer, head) = (" + std::to_string(layer) + ", " +
+             std::to_string(head) + ") is out of range for the " +
+             shape_string(opts_.num_layers, opts_.num_heads) + " (layers x heads) calibrator");
+    else
+      reject(std::string(fn) + ": L must be >= 0, got " + std::to_string(L));
+    return false;
+  }
+  void reject(std::string what) {
+    std::lock_guard<std::mutex> g(rejected_.m);
+    if (rejected_.count++ == 0) rejected_.first = std::move(what);
+  }
+  // Rows the observe_* calls rejected (observe_status()); thread-safe, copied with the calibrator.
+  struct RejectLog {
+    mutable std::mutex m;
+    std::uint64_t count = 0;
+    std::string first;
+    RejectLog() = default;
+    RejectLog(const RejectLog& o) {
+      std::lock_guard<std::mutex> g(o.m);
+      count = o.count;
+      first = o.first;
+    }
+    RejectLog& operator=(const RejectLog& o) {
+      if (this != &o) {
+        RejectLog c(o);
+        std::lock_guard<std::mutex> g(m);
+        count = c.count;
+        first = std::move(c.first);
+      }
+      return *this;
+    }
+  };
   bool shape_ok() const {
     return opts_.num_layers > 0 && opts_.num_heads > 0 && opts_.num_layers <= kMaxPairs &&
            opts_.num_heads <= kMaxPairs / opts_.num_layers;
@@ -603,6 +754,8 @@ class Calibrator {
   std::vector<std::uint64_t> rows_seen_;   // per (layer, head): eligible rows offered
   std::vector<HeadAcc> heads_;             // [table * pairs + layer * heads + head]
   std::vector<const ThresholdTable*> sdc_tables_;  // per table: the SDC pass's thresholds
+  bool ready_ = false;    // validate() passed at construction: observe_* may index the state
+  RejectLog rejected_;    // rows observe_* rejected
 };
 
 

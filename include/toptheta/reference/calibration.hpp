@@ -36,18 +36,22 @@ class Calibration {
     return opts_.layer_k.empty() ? opts_.default_k : opts_.layer_k[static_cast<std::size_t>(layer)];
   }
 
-  /// Observes one row: `a` = placement values (scores or dense probabilities), `s` = the raw
-  /// scores of the same row (only used for the SDC term). Rows with L <= k_l are ignored.
+  /// Observes one row: `a` = placement values (scores or dense probabilities), `s` = the scores
+  /// of the same row after the §2 rules (no NaN, no +inf). A row with at most k_l unmasked keys
+  /// (s_j > -inf; so also L <= k_l) has no tau and is ignored, for both placements.
   void observe(Index layer, Index head, const std::vector<double>& a,
                const std::vector<double>& s) {
     const Index L = Index(a.size());
     const Index kl = k(layer);
     if (L <= kl) return;
+    Index unmasked = 0;
+    for (double x : s) unmasked += x > -std::numeric_limits<double>::infinity();
+    if (unmasked <= kl) return;  // at most k unmasked keys: nothing to learn
     // tau: the (k_l + 1)-th largest a_j.
     std::vector<double> sorted = a;
     std::sort(sorted.begin(), sorted.end(), std::greater<double>());
     const double tau = sorted[static_cast<std::size_t>(kl)];
-    if (!std::isfinite(tau)) return;  // at most k finite values: nothing to learn
+    if (!std::isfinite(tau)) return;
     const Key key{layer, head, L};
     taus_[key].push_back(tau);
     if (opts_.sdc_thresholds) {
@@ -76,8 +80,13 @@ class Calibration {
     }
   }
 
-  /// Observes a row of raw scores, applying the calibration placement.
-  void observe_scores(Index layer, Index head, const std::vector<double>& s) {
+  /// Observes a row of raw scores: the §2 rules (NaN is -inf, +inf the largest finite double),
+  /// then the calibration placement.
+  void observe_scores(Index layer, Index head, std::vector<double> s) {
+    for (double& x : s) {
+      if (std::isnan(x)) x = -std::numeric_limits<double>::infinity();
+      else if (x == std::numeric_limits<double>::infinity()) x = std::numeric_limits<double>::max();
+    }
     observe(layer, head, placement_values(s), s);
   }
 
