@@ -537,6 +537,25 @@ TEST(Llama2cKvCache, Q8_0NeedsAHeadDimMultipleOf32AndOneTypePerSequence) {
   EXPECT_TRUE(r.forward(seq.data(), Index(seq.size()), AttentionSetup::dense(), &out).ok());
 }
 
+// generate(): a temperature that is NaN, infinite or negative is refused (a NaN one compared
+// false everywhere in sample_token() and drew the last token of the vocabulary at every step).
+TEST(Llama2cGenerate, RefusesANonFiniteOrNegativeTemperature) {
+  const Model m = synthetic_model(4);
+  Sequence out;
+  for (const float t : {std::nanf(""), INFINITY, -INFINITY, -1.0f}) {
+    const Status s =
+        llama2c::generate(m, Sequence{llama2c::kBos}, 3, t, 1, AttentionSetup::dense(), &out);
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << t << ": " << s.to_string();
+    EXPECT_NE(s.message().find("temperature"), std::string::npos) << s.message();
+  }
+  for (const float t : {0.0f, 1.0f}) {
+    const Status s =
+        llama2c::generate(m, Sequence{llama2c::kBos}, 3, t, 1, AttentionSetup::dense(), &out);
+    EXPECT_TRUE(s.ok()) << t << ": " << s.to_string();
+    EXPECT_GE(out.size(), 1u);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Loader errors.
 
@@ -686,6 +705,41 @@ TEST_F(Llama2cLoader, RejectsBadTokenizerAndTokenFiles) {
   EXPECT_NE(s.message().find(":1: token id 512 outside"), std::string::npos) << s.message();
   s = llama2c::read_token_file(write("word.tok", text("1 x2\n")), 512, 512, &seqs);
   EXPECT_NE(s.message().find("'x2' is not an integer"), std::string::npos) << s.message();
+}
+
+// Token files: a line holding nothing but std::isspace characters (space, \t, \n, \v, \f, \r)
+// is blank, and the same characters separate ids. A line of a form feed or a vertical tab alone
+// was not blank but gave no id, and read_token_file() read the first id of an empty sequence.
+TEST_F(Llama2cLoader, TokenFilesTreatEveryWhitespaceOnlyLineAsBlank) {
+  auto text = [](const std::string& x) { return std::vector<char>(x.begin(), x.end()); };
+  std::vector<Sequence> seqs;
+  for (const std::string blank : {"\f", "\v", "\r", "\t", " ", " \f\v\t\r ", "\v\f", "\f\f\f"}) {
+    const std::string body = "1 5 6\n" + blank + "\n" + blank + "# comment\n1\v7\f8\t9\r\n" + blank;
+    const Status s = llama2c::read_token_file(write("ws.tok", text(body)), 512, 512, &seqs);
+    ASSERT_TRUE(s.ok()) << "blank line of " << blank.size() << " characters: " << s.to_string();
+    ASSERT_EQ(seqs.size(), 2u);
+    EXPECT_EQ(seqs[0], (Sequence{1, 5, 6}));
+    EXPECT_EQ(seqs[1], (Sequence{1, 7, 8, 9}));
+  }
+  // Only blank lines: no sequence, an error naming the file (not a crash).
+  const std::string blanks = write("blanks.tok", text("\f\n\v\n \r\n\t\n\r\n"));
+  Status s = llama2c::read_token_file(blanks, 512, 512, &seqs);
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss);
+  EXPECT_NE(s.message().find("'" + blanks + "' holds no sequence"), std::string::npos)
+      << s.message();
+  // A NUL byte is no separator: the field holding it is not an integer.
+  s = llama2c::read_token_file(write("nul.tok", text(std::string("1 5\0 6\n", 7))), 512, 512,
+                               &seqs);
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss);
+  EXPECT_NE(s.message().find(":1: '5\\x00' is not an integer token id"), std::string::npos)
+      << s.message();
+  // One token: too short, whatever surrounds it.
+  s = llama2c::read_token_file(write("one.tok", text("\f1\v\n")), 512, 512, &seqs);
+  EXPECT_NE(s.message().find(":1: sequence of 1 tokens (need 2..512)"), std::string::npos)
+      << s.message();
+  EXPECT_EQ(llama2c::split_fields(" \f1\v22 \r"), (std::vector<std::string>{"1", "22"}));
+  EXPECT_TRUE(llama2c::split_fields("\f\v\t\r\n ").empty());
+  EXPECT_TRUE(llama2c::split_fields("").empty());
 }
 
 }  // namespace

@@ -2,7 +2,7 @@
 # ctest of toptheta-llama2c's exit statuses (registered by CMakeLists.txt here), on the small
 # models of tests/data/llama2c (no shared model files needed):
 #   0 success, 1 runtime failure (an output that cannot be written), 2 usage or input error.
-# Every case also checks the one-line message on stderr.
+# Every case also checks the one-line message on stderr (which never prints DBL_MAX as a bound).
 # Usage: cli_exit_codes_test.sh BIN DATA_DIR WORK_DIR
 set -uo pipefail
 BIN=$1
@@ -13,6 +13,7 @@ mkdir -p "$WORK"
 MIN=$DATA/min_model.bin      # dim 2, 1 layer, 1 head, vocab 4, context 4 (handed case)
 TOK=$DATA/min_tok.bin        # its 4-token tokenizer, no byte pieces
 TINY=$DATA/tiny_l2h2.bin     # 2 layers, 2 heads, vocab 8, context 32
+V1=$DATA/v1_header_only.bin  # fails to load: errors that name it were found before loading
 failures=0
 
 # expect CODE NEEDLE CMD...: runs CMD, checks its exit status and that stderr contains NEEDLE.
@@ -27,6 +28,10 @@ expect() {
     failures=$((failures + 1))
   elif [[ -n $needle ]] && ! grep -qF -- "$needle" "$WORK/err.txt"; then
     echo "FAIL: stderr lacks '$needle': $*" >&2
+    sed 's/^/  stderr: /' "$WORK/err.txt" >&2
+    failures=$((failures + 1))
+  elif grep -qF "179769313486231" "$WORK/err.txt"; then  # CLI::Range's DBL_MAX as a bound
+    echo "FAIL: stderr prints DBL_MAX: $*" >&2
     sed 's/^/  stderr: /' "$WORK/err.txt" >&2
     failures=$((failures + 1))
   fi
@@ -50,7 +55,50 @@ expect 0 "" "$BIN" calibrate --model "$MIN" --sample-sequences 1 --seq-len 4 --k
 expect 2 "A subcommand is required" "$BIN"
 expect 2 "bogus" "$BIN" eval --model "$TINY" --attention dense --bogus
 expect 2 "--tokenizer is required" "$BIN" generate --model "$MIN"
-expect 2 "--steps" "$BIN" generate --model "$MIN" --tokenizer "$TOK" --steps -1
+expect 2 "--steps: '-1' is not an integer >= 0" "$BIN" generate --model "$MIN" --tokenizer "$TOK" \
+  --steps -1
+expect 2 "--steps: '99999999999' is not an integer from 0 to 2147483647" "$BIN" generate \
+  --model "$MIN" --tokenizer "$TOK" --steps 99999999999
+expect 2 "--seed: '-1' is not an integer >= 0" "$BIN" generate --model "$MIN" --tokenizer "$TOK" \
+  --seed -1
+expect 2 "--sample-sequences: '0' is not an integer >= 1" "$BIN" eval --model "$TINY" \
+  --sample-sequences 0 --attention dense
+expect 2 "--seq-len: '1' is not an integer from 2 to 1048576" "$BIN" eval --model "$TINY" \
+  --sample-sequences 1 --seq-len 1 --attention dense
+expect 2 "--k: '0' is not an integer >= 1" "$BIN" eval --model "$TINY" --sample-sequences 1 \
+  --seq-len 8 --attention topk --k 0
+expect 2 "--cap-k: '-1' is not an integer >= 0" "$BIN" eval --model "$TINY" --sample-sequences 1 \
+  --seq-len 8 --attention topk --cap-k -1
+expect 2 "--buckets-per-octave: '17' is not an integer from 1 to 16" "$BIN" calibrate \
+  --model "$TINY" --sample-sequences 1 --seq-len 8 --k 2 --buckets-per-octave 17 --out "$WORK/x.thr"
+expect 2 "--k: budget k 4 given twice" "$BIN" calibrate --model "$TINY" --sample-sequences 1 \
+  --seq-len 8 --k 4,4 --out "$WORK/x.thr"
+printf 'd --attention dense\n' >"$WORK/grid_dense.txt"
+expect 2 "--length-edges: length edge 16 given twice" "$BIN" eval-grid --model "$TINY" \
+  --sample-sequences 1 --seq-len 8 --grid "$WORK/grid_dense.txt" --length-edges 8,16,16
+expect 2 "--length-edges: '0' is not a length edge (an integer >= 1)" "$BIN" eval-grid \
+  --model "$TINY" --sample-sequences 1 --seq-len 8 --grid "$WORK/grid_dense.txt" --length-edges 0
+# Real options: finite numbers in their documented ranges (NaN passed CLI::NonNegativeNumber).
+expect 2 "--temperature: 'nan' is not a finite number >= 0" "$BIN" generate --model "$MIN" \
+  --tokenizer "$TOK" --steps 1 --temperature nan
+expect 2 "--temperature: 'inf' is not a finite number >= 0" "$BIN" generate --model "$MIN" \
+  --tokenizer "$TOK" --steps 1 --temperature inf
+expect 2 "--temperature: '-0.5' is not a finite number >= 0" "$BIN" generate --model "$MIN" \
+  --tokenizer "$TOK" --steps 1 --temperature -0.5
+expect 2 "--sdc-scale: 'nan' is not a finite number >= 0" "$BIN" generate --model "$MIN" \
+  --tokenizer "$TOK" --steps 1 --attention topk --sdc exact --sdc-scale nan
+expect 2 "--sdc-scale: 'nan' is not a finite number >= 0" "$BIN" eval --model "$TINY" \
+  --sample-sequences 1 --seq-len 8 --attention topk --k 2 --sdc exact --sdc-scale nan
+expect 2 "--sdc-scale: '-inf' is not a finite number >= 0" "$BIN" eval --model "$TINY" \
+  --sample-sequences 1 --seq-len 8 --attention topk --k 2 --sdc exact --sdc-scale -inf
+expect 2 "--sigma: 'nan' is not a finite number >= 0" "$BIN" calibrate --model "$TINY" \
+  --sample-sequences 1 --seq-len 8 --k 2 --sigma nan --out "$WORK/x.thr"
+expect 2 "--sigma: '-1' is not a finite number >= 0" "$BIN" calibrate --model "$TINY" \
+  --sample-sequences 1 --seq-len 8 --k 2 --sigma -1 --out "$WORK/x.thr"
+expect 2 "--sample-fraction: 'nan' is not a finite number in (0, 1]" "$BIN" calibrate \
+  --model "$TINY" --sample-sequences 1 --seq-len 8 --k 2 --sample-fraction nan --out "$WORK/x.thr"
+expect 2 "--sample-fraction: '1.5' is not a finite number in (0, 1]" "$BIN" calibrate \
+  --model "$TINY" --sample-sequences 1 --seq-len 8 --k 2 --sample-fraction 1.5 --out "$WORK/x.thr"
 expect 2 "File does not exist" "$BIN" eval --model "$WORK/missing.bin" --attention dense
 expect 2 "--layer-k" "$BIN" eval --model "$TINY" --attention topk --layer-k 0-3 --sample-sequences 1 --seq-len 8
 expect 2 "--sample-fraction" "$BIN" calibrate --model "$TINY" --sample-sequences 1 --seq-len 8 --k 2 \
@@ -59,6 +107,30 @@ expect 2 "give either --tokens FILE or --sample-sequences N" "$BIN" eval --model
 expect 2 "--attention dense takes no" "$BIN" eval --model "$TINY" --attention dense --vmc \
   --sample-sequences 1 --seq-len 8
 expect 2 "needs --thresholds" "$BIN" eval --model "$TINY" --attention toptheta --sample-sequences 1 --seq-len 8
+# Flags the kernels reject together: exit 2 before the model loads (V1 would fail to load), not
+# exit 1 from the kernel.
+expect 2 "--sdc calibrated needs the SDC terms of a threshold file" "$BIN" eval --model "$TINY" \
+  --sample-sequences 1 --seq-len 8 --attention topk --k 8 --sdc calibrated
+expect 2 "--sdc calibrated needs the SDC terms of a threshold file" "$BIN" eval --model "$V1" \
+  --sample-sequences 1 --seq-len 8 --attention topk --k 8 --sdc calibrated --placement pre
+expect 2 "--sdc calibrated needs the SDC terms of a threshold file" "$BIN" generate --model "$V1" \
+  --tokenizer "$TOK" --attention topk --sdc calibrated
+expect 0 "" "$BIN" eval --model "$TINY" --sample-sequences 1 --seq-len 8 --attention topk --k 2 \
+  --sdc calibrated --placement post  # post-softmax rows have no denominator to compensate
+expect 2 "--attention dense takes no" "$BIN" eval --model "$V1" --attention dense --vmc \
+  --sample-sequences 1 --seq-len 8
+expect 2 "needs --thresholds" "$BIN" eval --model "$V1" --attention toptheta --sample-sequences 1
+expect 2 "--thresholds and --sdc-file are for --attention toptheta" "$BIN" eval --model "$V1" \
+  --attention topk --thresholds "$WORK/tiny.thr" --sample-sequences 1
+expect 2 "give either --tokens FILE or --sample-sequences N" "$BIN" eval --model "$V1" --attention dense
+expect 2 "--layer-k needs a single --k" "$BIN" calibrate --model "$V1" --sample-sequences 1 --k 2,4 \
+  --layer-k 0:3 --out "$WORK/x.thr"
+printf 'a --attention topk --k 2 --sdc calibrated\n' >"$WORK/grid_sdc.txt"
+expect 2 "grid_sdc.txt:1: --sdc calibrated needs" "$BIN" eval-grid --model "$V1" --sample-sequences 1 \
+  --grid "$WORK/grid_sdc.txt"
+printf '# setups\nb --attention topk --k 2 --sdc exact --sdc-scale nan\n' >"$WORK/grid_nan.txt"
+expect 2 "grid_nan.txt:2: --sdc-scale: 'nan' is not a finite number >= 0" "$BIN" eval-grid \
+  --model "$V1" --sample-sequences 1 --grid "$WORK/grid_nan.txt"
 # KV cache storage: f16 / bf16 run on any head dim; q8_0 needs a multiple of 32 (tiny: 4).
 expect 0 "" "$BIN" eval --model "$TINY" --tokens "$WORK/tiny.tok" --attention toptheta \
   --thresholds "$WORK/tiny.thr" --vmc --kv-cache f16 --json
@@ -80,6 +152,26 @@ expect 2 "truncated at token 4 of 8" "$BIN" generate --model "$TINY" --tokenizer
 printf '1 2 3\n1 9\n' >"$WORK/bad.tok"
 expect 2 "bad.tok:2: token id 9 outside the vocabulary" "$BIN" eval --model "$TINY" \
   --tokens "$WORK/bad.tok" --attention dense
+# Lines of nothing but whitespace (any of std::isspace's characters) are blank; a form feed or a
+# vertical tab alone used to crash the reader.
+printf '\f\n1 2 3\n\v\n \t\r\n\f\v\n1\v2\f3\t4\r\n' >"$WORK/blank.tok"
+expect 0 "" "$BIN" eval --model "$TINY" --tokens "$WORK/blank.tok" --attention topk --k 4
+expect 0 "" "$BIN" eval --model "$TINY" --tokens "$WORK/blank.tok" --attention dense --json
+grep -q '"perplexity"' "$WORK/out.txt" || { echo "FAIL: eval of blank.tok printed no JSON" >&2; failures=$((failures + 1)); }
+printf '\v\n\f\n1 2\n' >"$WORK/blank_prompt.tok"
+expect 0 "" "$BIN" generate --model "$MIN" --tokenizer "$TOK" --prompt-tokens "$WORK/blank_prompt.tok" \
+  --steps 1
+printf 'a --attention topk --k 2\r\n\f\n\v\r\n \t\n\f# comment\nb --attention dense\n' >"$WORK/blank_grid.txt"
+expect 0 "" "$BIN" eval-grid --model "$TINY" --tokens "$WORK/blank.tok" --grid "$WORK/blank_grid.txt"
+[[ $(grep -c '"name"' "$WORK/out.txt") -eq 2 ]] || { echo "FAIL: eval-grid of blank_grid.txt: $(cat "$WORK/out.txt")" >&2; failures=$((failures + 1)); }
+printf '\f\n\v\n \r\n' >"$WORK/only_blank.tok"
+expect 2 "only_blank.tok' holds no sequence" "$BIN" eval --model "$TINY" --tokens "$WORK/only_blank.tok" \
+  --attention dense
+expect 2 "holds no sequence" "$BIN" generate --model "$MIN" --tokenizer "$TOK" \
+  --prompt-tokens "$WORK/only_blank.tok"
+printf '1 2\0 3\n' >"$WORK/nul.tok"
+expect 2 "nul.tok:1: '2\x00' is not an integer token id" "$BIN" eval --model "$TINY" \
+  --tokens "$WORK/nul.tok" --attention dense
 printf '1 2 3 3 3\n' >"$WORK/long.tok"
 expect 2 "sequence of 5 tokens (need 2..4)" "$BIN" eval --model "$MIN" --tokens "$WORK/long.tok" \
   --attention dense
@@ -117,6 +209,15 @@ if [[ -w /dev/full ]]; then
     2>"$WORK/err.txt"
   rc=$?
   [[ $rc -eq 1 ]] || { echo "FAIL: eval --json >/dev/full exited $rc" >&2; failures=$((failures + 1)); }
+  for help in --help --help-all "eval --help" "eval-grid --help"; do
+    # shellcheck disable=SC2086  # "eval --help": two arguments
+    "$BIN" $help >/dev/full 2>"$WORK/err.txt"
+    rc=$?
+    if [[ $rc -ne 1 ]] || ! grep -q "cannot write to standard output" "$WORK/err.txt"; then
+      echo "FAIL: $help >/dev/full exited $rc: $(cat "$WORK/err.txt")" >&2
+      failures=$((failures + 1))
+    fi
+  done
 fi
 
 if [[ $failures -ne 0 ]]; then

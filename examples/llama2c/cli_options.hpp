@@ -1,8 +1,10 @@
 #pragma once
 /// \file cli_options.hpp
 /// The options of every `toptheta-llama2c` subcommand, one typed struct per subcommand, and
-/// their registration with CLI11. Registration only declares the flags; checks that need the
-/// model (layer indices, threshold shapes) happen in commands.hpp.
+/// their registration with CLI11. Every option's value is checked while parsing (integers and
+/// finite reals in their ranges, lists, choices); check_attention_flags() checks the attention
+/// flags that only fail together, before anything is loaded; checks that need the model (layer
+/// indices, threshold shapes) happen in commands.hpp.
 
 #include <CLI/CLI.hpp>
 
@@ -10,11 +12,15 @@
 
 #include "kv_cache_type.hpp"
 
-#include <cstdint>
 #include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdint>
 #include <cstdlib>
+#include <limits>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -155,27 +161,137 @@ struct EvalGridOptions {
   int threads = 1;
 };
 
-/// Parses "16" or "16,32,64" (each >= 1, distinct); returns an error message, empty on success.
-inline std::string parse_k_list(const std::string& spec, std::vector<Index>* out) {
+namespace detail {
+/// Parses "16" or "16,32,64" (each an integer >= 1, distinct) into `*out`; `what` names one item
+/// in the messages ("budget k", "length edge"). Returns an error message, empty on success.
+inline std::string parse_positive_list(const std::string& spec, const std::string& what,
+                                       std::vector<Index>* out) {
   std::vector<Index> v;
   std::size_t start = 0;
   while (start <= spec.size()) {
     const std::size_t comma = spec.find(',', start);
     const std::string item = spec.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
     char* e = nullptr;
-    const long k = std::strtol(item.c_str(), &e, 10);
-    if (item.empty() || *e != '\0' || k < 1) return "'" + item + "' is not a budget k >= 1";
-    for (Index x : v)
-      if (x == k) return "k = " + item + " given twice";
-    v.push_back(Index(k));
+    errno = 0;
+    const long long x = std::strtoll(item.c_str(), &e, 10);
+    if (item.empty() || e != item.c_str() + item.size() || errno == ERANGE || x < 1 ||
+        x > std::numeric_limits<Index>::max())
+      return "'" + item + "' is not a " + what + " (an integer >= 1)";
+    for (Index y : v)
+      if (y == x) return what + " " + item + " given twice";
+    v.push_back(Index(x));
     if (comma == std::string::npos) break;
     start = comma + 1;
   }
   *out = std::move(v);
   return {};
 }
+}  // namespace detail
+
+/// `--k` of calibrate: "16" or "16,32,64" (each >= 1, distinct); returns an error message,
+/// empty on success.
+inline std::string parse_k_list(const std::string& spec, std::vector<Index>* out) {
+  return detail::parse_positive_list(spec, "budget k", out);
+}
+
+/// `--length-edges` of eval-grid: "64,128,256" (each >= 1, strictly ascending); returns an error
+/// message, empty on success.
+inline std::string parse_length_edges(const std::string& spec, std::vector<Index>* out) {
+  std::vector<Index> v;
+  std::string e = detail::parse_positive_list(spec, "length edge", &v);
+  if (e.empty() && !std::is_sorted(v.begin(), v.end())) e = "length edges must ascend";
+  if (e.empty()) *out = std::move(v);
+  return e;
+}
+
+/// The attention flags that the kernels reject together, checked without the model or a
+/// threshold file (commands.hpp runs it before loading anything, and again on each eval-grid
+/// line): returns an error message naming the flags, empty when they go together.
+inline std::string check_attention_flags(const AttentionFlags& f) {
+  using toptheta::AttentionMode;
+  if (!(std::isfinite(f.sdc_scale) && f.sdc_scale >= 0))
+    return "--sdc-scale must be a finite number >= 0";
+  if (f.k < 1) return "--k must be >= 1";
+  if (f.cap_k < 0) return "--cap-k must be >= 0";
+  if (f.threads < 0) return "--threads must be >= 0";
+  switch (f.mode) {
+    case AttentionMode::kDense:
+      if (!f.thresholds.empty() || !f.sdc_file.empty() || !f.layer_k.empty() || f.vmc ||
+          f.sdc != toptheta::SdcMode::kNone)
+        return "--attention dense takes no --thresholds, --sdc-file, --layer-k, --sdc or --vmc";
+      break;
+    case AttentionMode::kTopK:
+      if (!f.thresholds.empty() || !f.sdc_file.empty())
+        return "--thresholds and --sdc-file are for --attention toptheta";
+      // The kernel: calibrated SDC takes its terms from a threshold table; top-k has none.
+      if (f.sdc == toptheta::SdcMode::kCalibrated &&
+          f.placement.value_or(toptheta::Placement::kPreSoftmax) ==
+              toptheta::Placement::kPreSoftmax)
+        return "--sdc calibrated needs the SDC terms of a threshold file (--attention toptheta); "
+               "--attention topk has none (use --sdc exact or exp-threshold)";
+      break;
+    case AttentionMode::kTopTheta:
+      if (f.thresholds.empty()) return "--attention toptheta needs --thresholds FILE";
+      break;
+    case AttentionMode::kCalibrate:
+      return "--attention takes dense, topk or toptheta";
+  }
+  return {};
+}
 
 namespace cli {
+
+/// CLI11 check of an integer option stored in a T: an integer in [lo, hi], named as one in the
+/// message (CLI::Range and CLI::PositiveNumber print their bounds as doubles, up to DBL_MAX).
+/// With no upper bound of its own (hi = T's maximum) the message says ">= lo", unless the value
+/// is an integer too large for T.
+template <class T>
+CLI::Validator integer_in(T lo, T hi = std::numeric_limits<T>::max()) {
+  const bool unbounded = hi == std::numeric_limits<T>::max();
+  const std::string bounded = "from " + std::to_string(lo) + " to " + std::to_string(hi);
+  const std::string range = unbounded ? ">= " + std::to_string(lo) : bounded;
+  return CLI::Validator(
+      [lo, hi, range, bounded](std::string& s) -> std::string {
+        T v{};
+        // An unsigned T: CLI11 would wrap "-1" around to T's maximum.
+        const bool negative = std::is_unsigned<T>::value && s.find('-') != std::string::npos;
+        if (!negative && CLI::detail::lexical_cast(s, v) && v >= lo && v <= hi) return {};
+        // Digits only (after an optional '+') that T cannot hold: too large.
+        const std::size_t d = !s.empty() && s[0] == '+' ? 1 : 0;
+        const bool digits =
+            s.size() > d && s.find_first_not_of("0123456789", d) == std::string::npos;
+        if (digits && !CLI::detail::lexical_cast(s, v))
+          return "'" + s + "' is not an integer " + bounded;
+        return "'" + s + "' is not an integer " + range;
+      },
+      unbounded ? "INT >= " + std::to_string(lo)
+                : "INT in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+}
+
+/// CLI11 check of a real option: a finite number >= lo (> lo when `open_lo`), and <= hi when hi
+/// is finite. CLI::NonNegativeNumber and CLI::Range let NaN through (a NaN --temperature sampled
+/// token n-1 at every step).
+inline CLI::Validator finite_in(double lo, double hi = std::numeric_limits<double>::infinity(),
+                                bool open_lo = false) {
+  const auto num = [](double x) {
+    std::string t = std::to_string(x);
+    t.erase(t.find_last_not_of('0') + 1);
+    if (!t.empty() && t.back() == '.') t.pop_back();
+    return t;
+  };
+  const std::string range =
+      std::isfinite(hi) ? std::string(open_lo ? "in (" : "in [") + num(lo) + ", " + num(hi) + "]"
+                        : std::string(open_lo ? "> " : ">= ") + num(lo);
+  return CLI::Validator(
+      [lo, hi, open_lo, range](std::string& s) -> std::string {
+        double v = 0.0;
+        if (CLI::detail::lexical_cast(s, v) && std::isfinite(v) && (open_lo ? v > lo : v >= lo) &&
+            v <= hi)
+          return {};
+        return "'" + s + "' is not a finite number " + range;
+      },
+      "FINITE " + range);
+}
 
 /// An option holding one of `names`, stored into `*target` with toptheta::parse.
 template <class E>
@@ -227,17 +343,18 @@ inline void add_sequences(CLI::App* app, SequenceOptions* o) {
   auto* ns = app->add_option("--sample-sequences", o->sample_sequences,
                              "Instead of --tokens: draw N sequences from the dense model at "
                              "temperature 1 (decode kernel)")
-                 ->check(CLI::PositiveNumber);
+                 ->check(integer_in<int>(1));
   tok->excludes(ns);
   app->add_option("--seq-len", o->seq_len,
                   "Tokens per sampled sequence, BOS included (with --sample-sequences)")
       ->capture_default_str()
-      ->check(CLI::Range(2, 1 << 20));
+      ->check(integer_in<int>(2, 1 << 20));
   app->add_option("--seed", o->seed,
                   "Seed of the sampled sequences; sequence i uses mix(seed, i), so the first n "
                   "sequences are the same for any N. Use different seeds for calibration and "
                   "evaluation sets (they must be disjoint)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(integer_in<std::uint64_t>(0));
   app->add_option("--save-tokens", o->save_tokens,
                   "Also write the sequences used to this token file (reusable with --tokens)");
 }
@@ -256,7 +373,7 @@ inline void add_attention(CLI::App* app, AttentionFlags* o, bool attention_requi
          "Budget k per row for topk (rows with L <= k are dense). For toptheta the budgets come "
          "from the threshold file; --k, if given, must match them")
       ->default_str(std::to_string(o->k))
-      ->check(CLI::PositiveNumber);
+      ->check(integer_in<Index>(1));
   add_layer_k(app, &o->layer_k,
               "Per-layer budgets overriding --k, e.g. 0:64,1:64 (the paper keeps layers 0 and 1 "
               "at a larger k); for toptheta they must match the threshold file");
@@ -283,16 +400,17 @@ inline void add_attention(CLI::App* app, AttentionFlags* o, bool attention_requi
              "Softmax-denominator compensation (pre-softmax only): none (renormalise over the "
              "kept set), exact (add the dropped exp-sum), exp-threshold (dropped count x "
              "exp(theta - max)), calibrated (C(l,h,L) from the threshold file)");
-  app->add_option("--sdc-scale", o->sdc_scale, "Scale of the SDC term: D + scale * D~")
+  app->add_option("--sdc-scale", o->sdc_scale,
+                  "Scale of the SDC term: D + scale * D~ (a finite number >= 0)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(finite_in(0.0));
   app->add_flag("--vmc", o->vmc,
                 "V-mean compensation: add (1 - sum of kept weights) * mean(V[0:L]) to the output "
                 "of thresholded rows");
   app->add_option("--cap-k", o->cap_k,
                   "Keep at most N elements per thresholded row (the most recent); 0 = no cap")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(integer_in<Index>(0));
   add_choice(app, "--empty-row", &o->empty_row, {"keep-max", "mean-v"},
              "Thresholded row where nothing passes: keep-max (keep the row maximum) or mean-v "
              "(output the mean of V, i.e. uniform attention)");
@@ -301,7 +419,7 @@ inline void add_attention(CLI::App* app, AttentionFlags* o, bool attention_requi
              "linear interpolation");
   app->add_option("--threads", o->threads, "Threads of the attention kernels (0 = OpenMP default)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(integer_in<int>(0));
   add_kv_cache(app, &o->kv_cache,
                "Storage of the K and V caches: f32, f16, bf16 or q8_0 (llama.cpp's blocks of 32 "
                "int8 values and an fp16 scale; needs a head dim that is a multiple of 32). "
@@ -328,7 +446,7 @@ inline CLI::App* add_generate(CLI::App* app, GenerateOptions* o) {
   pr->excludes(pt);
   gen->add_option("--prompt-length", o->prompt_length,
                   "Keep only the first N tokens of the prompt (0: all)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(integer_in<int>(0));
   gen->add_flag("--compare-dense", o->compare_dense,
                 "Generate twice from the same prompt and seed: dense attention first, then the "
                 "attention asked; prints the decode speed and attention share of both");
@@ -337,11 +455,14 @@ inline CLI::App* add_generate(CLI::App* app, GenerateOptions* o) {
                   "Maximum number of new tokens (generation also stops at a story boundary, "
                   "BOS/EOS, or at the model's context)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
-  gen->add_option("--temperature", o->temperature, "Sampling temperature; 0 = greedy")
+      ->check(integer_in<int>(0));
+  gen->add_option("--temperature", o->temperature,
+                  "Sampling temperature, a finite number >= 0; 0 = greedy")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
-  gen->add_option("--seed", o->seed, "Seed of the sampler")->capture_default_str();
+      ->check(finite_in(0.0));
+  gen->add_option("--seed", o->seed, "Seed of the sampler")
+      ->capture_default_str()
+      ->check(integer_in<std::uint64_t>(0));
   add_attention(gen, &o->attention, /*attention_required=*/false);
   return gen;
 }
@@ -380,11 +501,11 @@ inline CLI::App* add_calibrate(CLI::App* app, CalibrateOptions* o) {
   cal->add_option("--buckets-per-octave", o->buckets_per_octave,
                   "Compact form: length buckets per octave")
       ->capture_default_str()
-      ->check(CLI::Range(1, 16));
+      ->check(integer_in<int>(1, 16));
   cal->add_option("--min-bucket-samples", o->min_bucket_samples,
                   "Compact form: buckets with fewer rows get no knot of their own (warned)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(integer_in<std::uint64_t>(1));
   cal->add_option("--report", o->report,
                   "Write the per-(k, layer, head, bucket) sample counts as JSON to this file");
   add_layer_k(cal, &o->layer_k,
@@ -394,8 +515,10 @@ inline CLI::App* add_calibrate(CLI::App* app, CalibrateOptions* o) {
              "Calibrate thresholds on raw scores (pre) or softmax probabilities (post; the "
              "recommended variant with --vmc at evaluation, see docs/results.md)");
   cal->add_option("--sigma", o->sigma,
-                  "lambda of theta = mean(tau) + lambda * std(tau) over the calibration rows")
-      ->capture_default_str();
+                  "lambda of theta = mean(tau) + lambda * std(tau) over the calibration rows (a "
+                  "finite number >= 0)")
+      ->capture_default_str()
+      ->check(finite_in(0.0));
   cal->add_option_function<std::string>(
          "--tac", [o](const std::string& s) { o->tac = s == "on"; },
          "Top-k at calibration: thresholded rows output exact top-k while calibrating, so later "
@@ -405,13 +528,7 @@ inline CLI::App* add_calibrate(CLI::App* app, CalibrateOptions* o) {
   cal->add_option("--sample-fraction", o->sample_fraction,
                   "Fraction of eligible rows used, sampled with --seed, in (0, 1] (1 = all)")
       ->capture_default_str()
-      ->check(CLI::Range(0.0, 1.0))
-      ->check(CLI::Validator(
-          [](std::string& s) {
-            return std::strtod(s.c_str(), nullptr) > 0.0 ? std::string()
-                                                         : std::string("must be in (0, 1]");
-          },
-          "(0, 1]"));
+      ->check(finite_in(0.0, 1.0, /*open_lo=*/true));
   cal->add_flag("--sdc-terms", o->sdc_terms,
                 "Second pass: also calibrate the SDC terms C(l, h, L) (for --sdc calibrated)");
   cal->add_option("--out", o->out, "Output threshold file (written atomically)")->required();
@@ -420,7 +537,7 @@ inline CLI::App* add_calibrate(CLI::App* app, CalibrateOptions* o) {
              "in the same directory with --sdc-terms)");
   cal->add_option("--threads", o->threads, "Threads of the attention kernels (0 = OpenMP default)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(integer_in<int>(0));
   add_kv_cache(cal, &o->kv_cache,
                "Storage of the K and V caches during calibration: f32, f16, bf16 or q8_0 "
                "(head dim a multiple of 32); --sample-sequences always uses f32");
@@ -461,20 +578,18 @@ inline CLI::App* add_eval_grid(CLI::App* app, EvalGridOptions* o) {
       ->check(CLI::ExistingFile);
   ev->add_option_function<std::string>(
         "--length-edges",
-        [o](const std::string& s) { (void)parse_k_list(s, &o->length_edges); },
+        [o](const std::string& s) { (void)parse_length_edges(s, &o->length_edges); },
         "Ascending row lengths e1,e2,...: also report kept per thresholded row for the rows with "
         "length in (e_i-1, e_i]")
       ->check(CLI::Validator(
           [](std::string& s) {
             std::vector<Index> v;
-            std::string e = parse_k_list(s, &v);
-            if (e.empty() && !std::is_sorted(v.begin(), v.end())) e = "edges must ascend";
-            return e;
+            return parse_length_edges(s, &v);
           },
           "E1,E2,..."));
   ev->add_option("--threads", o->threads, "Threads of the attention kernels (0 = OpenMP default)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(integer_in<int>(0));
   return ev;
 }
 

@@ -11,7 +11,8 @@
 ///      mismatching model, tokenizer, token file or threshold file, a threshold table whose shape
 ///      or budgets do not fit the model, sequences or a prompt that do not fit the model.
 /// Each command validates every input before it computes anything, so the phase an error comes
-/// from decides its status.
+/// from decides its status; the option checks that need no file (check_options) come first,
+/// before the model is loaded.
 
 #include <unistd.h>
 
@@ -128,6 +129,20 @@ inline CommandStatus flush_stdout() {
   return {};
 }
 
+/// The options of the sequences that need no file: --tokens or --sample-sequences.
+inline CommandStatus check_options(const SequenceOptions& o) {
+  if (o.tokens_file.empty() && o.sample_sequences < 1)
+    return CommandStatus::input(
+        "give either --tokens FILE or --sample-sequences N (with --seq-len and --seed)");
+  return {};
+}
+
+/// The attention flags that only fail together (cli_options.hpp check_attention_flags()).
+inline CommandStatus check_options(const AttentionFlags& f) {
+  const std::string e = check_attention_flags(f);
+  return e.empty() ? CommandStatus() : CommandStatus::input(e);
+}
+
 inline CommandStatus load_model(const std::string& path, Model* m) {
   return CommandStatus::input(Model::load(path, m));
 }
@@ -186,21 +201,15 @@ inline CommandStatus make_attention(const AttentionFlags& f, const Model& model,
   o.threads = f.threads;
   o.k = f.k;
   if (f.placement) o.placement = *f.placement;
+  LLAMA2C_TRY(cmd::check_options(f));
   LLAMA2C_TRY(cmd::check_kv_cache(f.kv_cache, model));
   s.kv_cache = f.kv_cache;
-  const bool sparse = o.mode != toptheta::AttentionMode::kDense;
-  if (!sparse && (!f.thresholds.empty() || !f.layer_k.empty() || f.vmc ||
-                  f.sdc != toptheta::SdcMode::kNone))
-    return CommandStatus::input("--attention dense takes no --thresholds, --layer-k, --sdc or --vmc");
   std::string err;
   if (o.mode == toptheta::AttentionMode::kTopK) {
-    if (!f.thresholds.empty())
-      return CommandStatus::input("--thresholds is for --attention toptheta");
     if (!f.layer_k.empty() && !f.layer_k.resolve(c.n_layers, f.k, &s.layer_k, &err))
       return CommandStatus::input(err);
   }
   if (o.mode == toptheta::AttentionMode::kTopTheta) {
-    if (f.thresholds.empty()) return CommandStatus::input("--attention toptheta needs --thresholds FILE");
     toptheta::LoadOptions lo;
     if (f.placement) lo.expected_placement = *f.placement;
     lo.expected_layers = c.n_layers;
@@ -269,6 +278,7 @@ inline nlohmann::json stats_json(const toptheta::AttentionStats& s) {
 /// `generate`: encodes the prompt, generates, prints the text, the attention statistics and the
 /// decode speed (with --compare-dense: dense first, same prompt and seed).
 inline CommandStatus run_generate(const GenerateOptions& o) {
+  LLAMA2C_TRY(cmd::check_options(o.attention));
   Model model;
   LLAMA2C_TRY(cmd::load_model(o.model, &model));
   const Config& c = model.config();
@@ -281,7 +291,8 @@ inline CommandStatus run_generate(const GenerateOptions& o) {
   if (!o.prompt_tokens.empty()) {
     std::vector<Sequence> seqs;
     LLAMA2C_TRY(CommandStatus::input(read_token_file(o.prompt_tokens, c.vocab_size, c.seq_len, &seqs)));
-    if (seqs.empty()) return CommandStatus::input("--prompt-tokens: no sequence in the file");
+    if (seqs.empty() || seqs.front().empty())
+      return CommandStatus::input("--prompt-tokens: no sequence in '" + o.prompt_tokens + "'");
     in = seqs.front();
   } else {
     in = tok.encode(o.prompt, /*bos=*/true);
@@ -343,9 +354,7 @@ inline std::string replace_k(std::string pattern, Index k) {
 /// toptheta::calibrate_two_pass(); compact tables (version 2, all k in one file) or per-length
 /// tables (version 1, one k); bucket warnings on stderr.
 inline CommandStatus run_calibrate(const CalibrateOptions& o) {
-  Model model;
-  LLAMA2C_TRY(cmd::load_model(o.model, &model));
-  const Config& c = model.config();
+  LLAMA2C_TRY(cmd::check_options(o.sequences));
   toptheta::CalibrationOptions co;
   const std::vector<Index> ks = o.ks.empty() ? std::vector<Index>{o.k} : o.ks;
   co.default_k = ks.front();
@@ -364,6 +373,9 @@ inline CommandStatus run_calibrate(const CalibrateOptions& o) {
   }
   if (!per_length_form && o.format == toptheta::ThresholdFormat::kReference)
     return CommandStatus::input("--format reference holds per-length tables: add --form per-length");
+  Model model;
+  LLAMA2C_TRY(cmd::load_model(o.model, &model));
+  const Config& c = model.config();
   if (!o.layer_k.empty() && !o.layer_k.resolve(c.n_layers, o.k, &co.layer_k, &err))
     return CommandStatus::input(err);
   co.placement = o.placement;
@@ -460,6 +472,8 @@ inline CommandStatus run_calibrate(const CalibrateOptions& o) {
 
 /// `eval`: teacher-forced dense vs sparse, printed as text or JSON.
 inline CommandStatus run_eval(const EvalOptions& o) {
+  LLAMA2C_TRY(cmd::check_options(o.sequences));
+  LLAMA2C_TRY(cmd::check_options(o.attention));
   Model model;
   LLAMA2C_TRY(cmd::load_model(o.model, &model));
   toptheta::ThresholdTable table;
@@ -522,44 +536,60 @@ inline CommandStatus run_eval(const EvalOptions& o) {
 
 /// `eval-grid`: every setup of the grid file against one shared dense pass; one JSON line each.
 inline CommandStatus run_eval_grid(const EvalGridOptions& o) {
-  Model model;
-  LLAMA2C_TRY(cmd::load_model(o.model, &model));
+  LLAMA2C_TRY(cmd::check_options(o.sequences));
+  // The grid's lines first (syntax and the flags that fail together), before the model loads.
   std::ifstream in(o.grid);
   if (!in) return CommandStatus::input("--grid: cannot read '" + o.grid + "'");
-  std::vector<std::string> names;
-  std::vector<AttentionSetup> setups;
-  std::vector<std::unique_ptr<toptheta::ThresholdTable>> tables;
+  struct GridLine {
+    std::string where;  ///< "--grid FILE:LINE"
+    std::string name;
+    AttentionFlags flags;
+  };
+  std::vector<GridLine> lines;
   std::string line;
   int ln = 0;
   while (std::getline(in, line)) {
     ++ln;
-    const std::size_t p = line.find_first_not_of(" \t");
-    if (p == std::string::npos || line[p] == '#') continue;
-    const std::size_t e = line.find_first_of(" \t", p);
-    const std::string name = line.substr(p, e == std::string::npos ? std::string::npos : e - p);
-    const std::string rest = e == std::string::npos ? std::string() : line.substr(e);
+    // Blank lines (only std::isspace characters) and comments, as in token files.
+    const std::vector<std::string> fields = split_fields(line);
+    if (fields.empty() || fields.front()[0] == '#') continue;
+    GridLine g;
+    g.where = "--grid " + o.grid + ":" + std::to_string(ln);
+    g.name = fields.front();
+    const std::size_t e = line.find(g.name) + g.name.size();
     CLI::App app{"grid line"};
-    AttentionFlags f;
-    cli::add_attention(&app, &f, /*attention_required=*/true);
+    cli::add_attention(&app, &g.flags, /*attention_required=*/true);
     try {
-      app.parse(rest, false);
+      app.parse(line.substr(e), false);
+    } catch (const CLI::CallForHelp&) {
+      return CommandStatus::input(g.where + ": --help is not an attention flag");
     } catch (const CLI::ParseError& x) {
-      return CommandStatus::input("--grid " + o.grid + ":" + std::to_string(ln) + ": " + x.what());
+      return CommandStatus::input(g.where + ": " + x.what());
     }
-    f.threads = o.threads;
+    g.flags.threads = o.threads;
+    const std::string bad = check_attention_flags(g.flags);
+    if (!bad.empty()) return CommandStatus::input(g.where + ": " + bad);
+    lines.push_back(std::move(g));
+  }
+  if (lines.empty()) return CommandStatus::input("--grid: no setups in '" + o.grid + "'");
+  Model model;
+  LLAMA2C_TRY(cmd::load_model(o.model, &model));
+  std::vector<std::string> names;
+  std::vector<AttentionSetup> setups;
+  std::vector<std::unique_ptr<toptheta::ThresholdTable>> tables;
+  for (const GridLine& g : lines) {
     tables.push_back(std::make_unique<toptheta::ThresholdTable>());
     AttentionSetup s;
     LLAMA2C_TRY(CommandStatus::input(
         [&] {
-          const CommandStatus cs = cmd::make_attention(f, model, tables.back().get(), &s);
+          const CommandStatus cs = cmd::make_attention(g.flags, model, tables.back().get(), &s);
           return cs.ok() ? toptheta::Status() : toptheta::Status::invalid_argument(cs.message());
         }(),
-        "--grid " + o.grid + ":" + std::to_string(ln)));
+        g.where));
     s.length_edges = o.length_edges;
-    names.push_back(name);
+    names.push_back(g.name);
     setups.push_back(std::move(s));
   }
-  if (setups.empty()) return CommandStatus::input("--grid: no setups in '" + o.grid + "'");
   std::vector<Sequence> seqs;
   LLAMA2C_TRY(cmd::load_sequences(o.sequences, model, o.threads, &seqs));
   std::vector<EvalResult> res;

@@ -2,6 +2,7 @@
 /// \file generation.hpp
 /// Text generation: the prompt through the prefill kernel, then token by token through decode.
 
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -23,12 +24,16 @@ struct GenerationTiming {
 
 /// Generates up to `steps` tokens after `prompt` (which starts with BOS). The prompt runs
 /// through the prefill kernel (decode when it is one token), every new token through decode.
-/// Stops early at BOS or EOS when `stop_at_boundary`, or at the context limit.
+/// Stops early at BOS or EOS when `stop_at_boundary`, or at the context limit. `temperature`
+/// is a finite number >= 0 (0: greedy); anything else is kInvalidArgument.
 inline Status generate(const Model& model, const Sequence& prompt, int steps, float temperature,
                        std::uint64_t seed, const AttentionSetup& setup, Sequence* out,
                        bool stop_at_boundary = true, GenerationTiming* timing = nullptr) {
   const Config& c = model.config();
   if (prompt.empty()) return Status::invalid_argument("generate: empty prompt (BOS missing)");
+  if (!(std::isfinite(temperature) && temperature >= 0.0f))
+    return Status::invalid_argument("generate: temperature " + std::to_string(temperature) +
+                                    " is not a finite number >= 0");
   if (Index(prompt.size()) > c.seq_len)
     return Status::invalid_argument("generate: prompt of " + std::to_string(prompt.size()) +
                                     " tokens exceeds the context " + std::to_string(c.seq_len));

@@ -49,8 +49,9 @@ int run(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    const int rc = app.exit(e);  // prints the help or the error
-    return rc == 0 ? 0 : llama2c::CommandStatus::kInput;
+    const int rc = app.exit(e);  // prints the help (stdout) or the error (stderr)
+    // The help went to stdout: a write error there is a runtime failure, as for any output.
+    return rc == 0 ? report(llama2c::cmd::flush_stdout()) : llama2c::CommandStatus::kInput;
   }
   if (gen->parsed()) return report(llama2c::run_generate(gen_opts));
   if (cal->parsed()) return report(llama2c::run_calibrate(cal_opts));

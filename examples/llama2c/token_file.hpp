@@ -1,12 +1,14 @@
 #pragma once
 /// \file token_file.hpp
 /// Token files (`toptheta-llama2c --tokens` / `--save-tokens`): one sequence per line,
-/// space-separated ids, BOS (1) first; blank lines and lines starting with '#' are skipped.
+/// whitespace-separated ids, BOS (1) first; blank lines (nothing but std::isspace characters:
+/// space, \t, \n, \v, \f, \r) and lines whose first field starts with '#' are skipped.
 
+#include <cctype>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -19,9 +21,43 @@ namespace llama2c {
 
 using toptheta::Status;
 
-/// Reads a token file: one sequence per line, space-separated ids, BOS (1) first, between 2
-/// and `max_len` tokens; blank lines and lines starting with '#' are skipped. Errors name the
-/// file and the line.
+/// The fields of `line`: its runs of characters other than std::isspace ones (space, \t, \n,
+/// \v, \f, \r in the "C" locale). A line holding only such characters has none. Token files
+/// and eval-grid files split their lines with it, so every blank line is blank in both.
+inline std::vector<std::string> split_fields(const std::string& line) {
+  std::vector<std::string> fields;
+  std::size_t i = 0;
+  const auto space = [&line](std::size_t j) {
+    return std::isspace(static_cast<unsigned char>(line[j])) != 0;
+  };
+  while (i < line.size()) {
+    while (i < line.size() && space(i)) ++i;
+    const std::size_t start = i;
+    while (i < line.size() && !space(i)) ++i;
+    if (i > start) fields.push_back(line.substr(start, i - start));
+  }
+  return fields;
+}
+
+/// `field` for a message: non-printable bytes (a NUL, a control character) as \xNN.
+inline std::string printable(const std::string& field) {
+  std::string out;
+  for (const char ch : field) {
+    const auto u = static_cast<unsigned char>(ch);
+    if (std::isprint(u)) {
+      out += ch;
+    } else {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02X", unsigned(u));
+      out += buf;
+    }
+  }
+  return out;
+}
+
+/// Reads a token file: one sequence per line, whitespace-separated ids, BOS (1) first, between
+/// 2 and `max_len` tokens; blank lines (split_fields() finds no field) and lines whose first
+/// field starts with '#' are skipped. Errors name the file and the line.
 inline Status read_token_file(const std::string& path, int vocab_size, int max_len,
                               std::vector<Sequence>* out) {
   std::ifstream in(path);
@@ -31,24 +67,23 @@ inline Status read_token_file(const std::string& path, int vocab_size, int max_l
   int ln = 0;
   while (std::getline(in, line)) {
     ++ln;
-    if (!line.empty() && line.back() == '\r') line.pop_back();  // CRLF files
     const std::string where = path + ":" + std::to_string(ln) + ": ";
-    const auto first = line.find_first_not_of(" \t\r");
-    if (first == std::string::npos || line[first] == '#') continue;
-    std::istringstream ss(line);
-    std::string tok;
+    const std::vector<std::string> fields = split_fields(line);
+    if (fields.empty() || fields.front()[0] == '#') continue;
     Sequence s;
-    while (ss >> tok) {
+    for (const std::string& tok : fields) {
       char* end = nullptr;
       const long v = std::strtol(tok.c_str(), &end, 10);
-      if (end == tok.c_str() || *end != '\0')
-        return Status::data_loss(where + "'" + tok + "' is not an integer token id");
+      // The whole field must be the number (a NUL byte inside it ends c_str() early); one out
+      // of long's range saturates, outside the vocabulary.
+      if (end != tok.c_str() + tok.size())
+        return Status::data_loss(where + "'" + printable(tok) + "' is not an integer token id");
       if (v < 0 || v >= vocab_size)
         return Status::data_loss(where + "token id " + tok + " outside the vocabulary [0, " +
                                  std::to_string(vocab_size) + ")");
       s.push_back(std::int32_t(v));
     }
-    if (s.front() != kBos)
+    if (!s.empty() && s.front() != kBos)
       return Status::data_loss(where + "a sequence must start with BOS (1), got " +
                                std::to_string(s.front()));
     if (s.size() < 2 || int(s.size()) > max_len)
