@@ -161,6 +161,35 @@ TEST(KvCacheOptions, UnaddressableSizesAreRejected) {
   }
 }
 
+// Sizes whose product cannot be addressed are an error, not an exception from std::vector
+// (before: RunningVSum(2^40, 2^40) formed heads x dim in Index, which overflowed). KvCache
+// bounds capacity x Hkv x d but not Hkv x d alone (capacity 0), so it reports its sum's error.
+TEST(RunningVSum, UnaddressableSizesAreErrors) {
+  const Index big = Index(1) << 40;
+  RunningVSum<float> s(big, big);
+  EXPECT_EQ(s.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.status().message(),
+            "RunningVSum: num_kv_heads 1099511627776 x head_dim 1099511627776 values is too "
+            "large to address");
+  EXPECT_EQ(s.data(), nullptr);
+  float x[4] = {1, 2, 3, 4};
+  const HeadsView<const float> r{x, 1, big, big, 4, 2};  // never read
+  EXPECT_EQ(s.add(r).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.remove(r).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.rows(), 0);
+  RunningVSum<float> ok(2, 2);
+  EXPECT_TRUE(ok.status().ok());
+
+  KvCacheOptions co;
+  co.capacity = 0;
+  co.num_kv_heads = big;
+  co.head_dim = big;
+  KvCache<float> cache(co);
+  EXPECT_EQ(cache.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(cache.status().message().find("RunningVSum"), std::string::npos)
+      << cache.status().message();
+}
+
 TEST(KvCacheVSum, CoversTheRowsBeforeTheLastAppend) {
   const Index Hkv = 2, d = 4;
   for (KvLayout layout : {KvLayout::kTokenMajor, KvLayout::kHeadMajor}) {

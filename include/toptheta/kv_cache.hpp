@@ -51,12 +51,36 @@ class RunningVSum {
   using Acc = acc_t<T>;  ///< type of the sums: float (double for a double cache)
   RunningVSum() = default;
   /// An empty (all-zero) sum for `num_kv_heads` KV heads of `head_dim` values (negative sizes
-  /// count as 0).
+  /// count as 0). Sizes whose product cannot be addressed (kInvalidArgument) or buffers the
+  /// allocator cannot provide (kFailedPrecondition) leave the sum empty with status() saying
+  /// why, and every add / remove returns that error; no exception leaves the constructor.
   RunningVSum(Index num_kv_heads, Index head_dim)
-      : heads_(std::max<Index>(num_kv_heads, 0)),
-        dim_(std::max<Index>(head_dim, 0)),
-        sum_(std::size_t(heads_ * dim_), Acc(0)),
-        parts_(sum_.size()) {}
+      : heads_(std::max<Index>(num_kv_heads, 0)), dim_(std::max<Index>(head_dim, 0)) {
+    const std::size_t max_items =
+        std::min(std::vector<Acc>().max_size(), std::vector<Parts>().max_size());
+    if (double(heads_) * double(dim_) > double(max_items) / 2) {
+      status_ = Status::invalid_argument("RunningVSum: num_kv_heads " + std::to_string(heads_) +
+                                         " x head_dim " + std::to_string(dim_) +
+                                         " values is too large to address");
+    } else {
+      try {
+        sum_.assign(std::size_t(heads_) * std::size_t(dim_), Acc(0));
+        parts_.resize(sum_.size());
+        return;
+      } catch (const std::bad_alloc&) {
+        status_ = Status::failed_precondition(
+            "RunningVSum: could not allocate " +
+            std::to_string(std::size_t(heads_) * std::size_t(dim_) * (sizeof(Acc) + sizeof(Parts))) +
+            " bytes for num_kv_heads " + std::to_string(heads_) + " x head_dim " +
+            std::to_string(dim_));
+      }
+    }
+    sum_ = {};
+    parts_ = {};
+  }
+
+  /// Why the sizes were rejected (ok when they were not): what every add / remove returns then.
+  const Status& status() const { return status_; }
 
   /// Adds the rows of `rows` (n, Hkv, d): O(n Hkv d). Errors (nothing is added then):
   /// kInvalidArgument when the heads or dim differ from the sum's, n < 0, the data pointer is
@@ -108,6 +132,7 @@ class RunningVSum {
 
   Status update(HeadsView<const T> rows, int sign) {
     const char* what = sign > 0 ? "RunningVSum::add" : "RunningVSum::remove";
+    if (!status_.ok()) return status_;
     if (rows.heads != heads_ || rows.dim != dim_)
       return Status::invalid_argument(std::string(what) + ": rows have shape " +
                                       shape_string(rows) + " but the sum is for (n, " +
@@ -143,6 +168,7 @@ class RunningVSum {
   }
 
   Index heads_ = 0, dim_ = 0, rows_ = 0;
+  Status status_;
   std::vector<Acc> sum_;    // published: parts_[i].value()
   std::vector<Parts> parts_;
 };
@@ -225,6 +251,11 @@ class KvCache {
       k_.resize(items);
       v_.resize(items);
       sum_ = RunningVSum<T>(o.num_kv_heads, o.head_dim);
+      if (!sum_.status().ok()) {  // Hkv x d, which validate() does not bound at capacity 0
+        k_ = {};
+        v_ = {};
+        status_ = sum_.status();
+      }
     } catch (const std::bad_alloc&) {
       k_ = {};
       v_ = {};
