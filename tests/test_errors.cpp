@@ -13,6 +13,7 @@
 #include "test_util.hpp"
 #include "toptheta/attention.hpp"
 #include "toptheta/calibrator.hpp"
+#include "toptheta/plan.hpp"
 
 namespace {
 
@@ -421,6 +422,90 @@ TEST(ErrorsWorkspace, TooSmallOrNullIsRejected) {
       << "names the required size: " << s.message();
   EXPECT_TRUE(pp.out_padding_intact());
   EXPECT_TRUE(prefill(pp.args(), o, ws.get(need)).ok());
+}
+
+// A paged cache whose K and V blocks alternate in one allocation (integration.md: v_pool =
+// k_pool + one block, block_stride = two blocks) with the output right after the pools: the
+// pools end one block before num_blocks x block_stride, so out does not overlap v (before:
+// "out overlaps v"). A block_stride whose pool span overflows an index is an error (before:
+// signed overflow in the overlap check, then a read far outside the pools).
+TEST(ErrorsPaged, InterleavedPoolsAndHugeBlockStrides) {
+  const Index Hkv = 2, Hq = 4, d = 8, B = 4, nb = 3, L = 10;
+  const Index blk = B * Hkv * d;
+  std::vector<float> mem(std::size_t(2 * nb * blk + Hq * d), 0.f);
+  for (Index i = 0; i < 2 * nb * blk; ++i) mem[std::size_t(i)] = std::sin(0.37f * float(i));
+  const std::int32_t table[3] = {2, 0, 1};
+  auto kv = PagedKv<float>::token_major(mem.data(), mem.data() + blk, nb, table, L, Hkv, d, B);
+  kv.block_stride = 2 * blk;
+  std::vector<float> q(std::size_t(Hq * d));
+  for (std::size_t i = 0; i < q.size(); ++i) q[i] = std::cos(0.11f * float(i));
+  AttentionArgs<float> a;
+  a.q = HeadsView<const float>::token_major(q.data(), 1, Hq, d);
+  a.paged = kv;
+  a.out = HeadsView<float>::token_major(mem.data() + 2 * nb * blk, 1, Hq, d);
+  const Status st = decode(a, AttentionOptions{});
+  ASSERT_TRUE(st.ok()) << st.to_string();
+  std::vector<float> sep(std::size_t(Hq * d));
+  AttentionArgs<float> b = a;
+  b.out = HeadsView<float>::token_major(sep.data(), 1, Hq, d);
+  ASSERT_TRUE(decode(b, AttentionOptions{}).ok());
+  for (Index i = 0; i < Hq * d; ++i) EXPECT_EQ(mem[std::size_t(2 * nb * blk + i)], sep[std::size_t(i)]);
+  // One item further and out does overlap the last V block.
+  a.out.data -= 1;
+  EXPECT_TRUE(contains(decode(a, AttentionOptions{}).message(), "out overlaps v"));
+  a.out.data += 1;
+  for (Index stride : {Index(1) << 61, std::numeric_limits<Index>::max() / 2}) {
+    a.paged.block_stride = stride;
+    const Status s = decode(a, AttentionOptions{});
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << stride;
+    EXPECT_TRUE(contains(s.message(), "span more memory than an index can address")) << s.message();
+    EXPECT_EQ(workspace_size(a, AttentionOptions{}), 0u);
+  }
+}
+
+// threads < 0 was taken as "the OpenMP default" without a word; the docs name 0 for that.
+TEST(ErrorsOptions, NegativeThreads) {
+  auto p = base_problem();
+  AttentionOptions o;
+  o.threads = -3;
+  expect_rejected(p, p.args(), o, {"threads must be >= 0", "-3"}, "threads -3");
+}
+
+// Per-head statistics sized for another head count were skipped (the call returned ok and the
+// breakdown stayed at zero, e.g. a shard sizing them to its own heads); now an error naming
+// both counts, for the call's options and for decode_batch's per-sequence statistics.
+TEST(ErrorsOptions, PerHeadStatisticsOfTheWrongSize) {
+  auto p = base_problem(1, 6);
+  AttentionStats st;
+  AttentionOptions o;
+  o.stats = &st;
+  st.enable_per_head(3);
+  expect_rejected(p, p.args(), o, {"options.stats", "3 (kept)", "model has 4", "enable_per_head(4)"},
+                  "per-head 3 of 4");
+  // A shard (heads 4..7 of 8) with statistics sized to its own 4 heads.
+  auto sh = p.args();
+  sh.head_offset = 4;
+  sh.model_heads = 8;
+  st.enable_per_head(4);
+  expect_rejected(p, sh, o, {"model has 8", "enable_per_head(8)"}, "shard sized to its heads");
+  st.enable_per_head(8);
+  p.clear_out();
+  ASSERT_TRUE(decode(sh, o).ok());
+  std::uint64_t kept = 0;
+  for (Index h = 0; h < 8; ++h) kept += st.kept_per_head[std::size_t(h)];
+  EXPECT_EQ(kept, st.elements_kept);
+  EXPECT_EQ(st.kept_per_head[0], 0u);
+  EXPECT_GT(st.kept_per_head[4], 0u);
+  // decode_batch: the sequence's statistics are checked too.
+  AttentionArgs<float> seqs[1] = {p.args()};
+  AttentionStats seq_st[1];
+  seq_st[0].enable_per_head(2);
+  DecodeBatch<float> batch{seqs, 1, seq_st};
+  const Status bs = decode_batch(batch, AttentionOptions{});
+  EXPECT_EQ(bs.code(), StatusCode::kInvalidArgument);
+  EXPECT_TRUE(contains(bs.message(), "seq_stats[0]")) << bs.message();
+  seq_st[0].enable_per_head(4);
+  EXPECT_TRUE(decode_batch(batch, AttentionOptions{}).ok());
 }
 
 }  // namespace

@@ -118,6 +118,22 @@ Index view_extent(const HeadsView<T>& v) {
   return nt * v.token_stride + nh * v.head_stride + HeadsView<T>::row_items(v.dim);
 }
 
+/// Elements one pool of a paged cache spans from its base: the last block's offset plus one
+/// block's extent (not num_blocks x block_stride, which reaches block_stride - extent past the
+/// pool: an interleaved K / V allocation puts the V pool's last block there), or -1 when that
+/// does not fit an Index. Needs block_size, num_blocks >= 1 and strides >= 0.
+template <class T>
+Index paged_pool_extent(const PagedKv<T>& p) {
+  const HeadsView<const T> block{p.k_pool, p.block_size, p.heads, p.dim, p.token_stride,
+                                 p.head_stride};
+  const Index one = view_extent(block);
+  constexpr Index kMax = Index(1) << 60;
+  if (one < 0 || p.num_blocks < 1 || p.block_stride < 0) return -1;
+  const Index nb = p.num_blocks - 1;
+  if (p.block_stride > 0 && nb > (kMax - one) / p.block_stride) return -1;
+  return nb * p.block_stride + one;
+}
+
 /// Checks one view against its required shape and its strides: no negative strides, and the
 /// `dim`-element rows of distinct (token, head) pairs never overlap, i.e. one stride is at least
 /// `dim` and the other spans all rows of the first (nested layouts: token-major, head-major,
@@ -206,8 +222,7 @@ std::array<ByteRange, 5> input_ranges(const AttentionArgs<T, Q>& a) {
   using Acc = acc_t<T>;
   const bool paged = !a.paged.empty();
   const Index Hkv = paged ? a.paged.heads : a.k.heads, d = a.q.dim;
-  const std::size_t pool =
-      paged ? std::size_t(a.paged.num_blocks * a.paged.block_stride) * sizeof(T) : 0;
+  const std::size_t pool = paged ? std::size_t(paged_pool_extent(a.paged)) * sizeof(T) : 0;
   return {{
       {"q", a.q.data, std::size_t(view_extent(a.q)) * sizeof(Q)},
       {"k", paged ? static_cast<const void*>(a.paged.k_pool) : a.k.data,
@@ -223,6 +238,23 @@ std::array<ByteRange, 5> input_ranges(const AttentionArgs<T, Q>& a) {
            ? std::size_t((a.bias.rows - 1) * a.bias.row_stride + a.bias.cols) * sizeof(float)
            : 0},
   }};
+}
+
+/// Checks the per-head breakdown of `st` (when enabled): both vectors hold one counter per query
+/// head of the model, `model_heads` (the call's heads land on head_offset + h). A breakdown of
+/// another size was skipped without a word before, which left it at zero.
+inline Status check_per_head_stats(const AttentionStats* st, Index model_heads,
+                                   const std::string& what) {
+  if (!st || (st->kept_per_head.empty() && st->total_per_head.empty())) return {};
+  const std::size_t want = std::size_t(model_heads);
+  if (st->kept_per_head.size() != want || st->total_per_head.size() != want)
+    return Status::invalid_argument(
+        what + " has per-head counters for " + std::to_string(st->kept_per_head.size()) +
+        " (kept) and " + std::to_string(st->total_per_head.size()) +
+        " (total) query heads but the model has " + std::to_string(model_heads) +
+        " (model_heads, else q heads): size them with enable_per_head(" +
+        std::to_string(model_heads) + ")");
+  return {};
 }
 
 /// Checks a paged cache: block size, pools, the in-block strides (rows never overlap, a block
@@ -243,6 +275,10 @@ Status check_paged(const PagedKv<T>& p, Index d) {
     return Status::invalid_argument("paged cache block_stride " + std::to_string(p.block_stride) +
                                     " is smaller than a block's extent " +
                                     std::to_string(view_extent(block)) + " (blocks would overlap)");
+  if (paged_pool_extent(p) < 0)
+    return Status::invalid_argument(
+        "paged cache pools of num_blocks " + std::to_string(p.num_blocks) + " x block_stride " +
+        std::to_string(p.block_stride) + " span more memory than an index can address");
   const Index nb = (p.tokens + p.block_size - 1) / p.block_size;
   for (Index b = 0; b < nb; ++b)
     if (p.block_table[b] < 0 || Index(p.block_table[b]) >= p.num_blocks)
@@ -371,6 +407,10 @@ Status validate(const AttentionArgs<T, Q>& args, const AttentionOptions& opt) {
                                     ") of the call (head_offset, q heads) are not inside the " +
                                     std::to_string(model_heads) + " heads of the model (model_heads)");
   if (opt.cap_k < 0) return Status::invalid_argument("cap_k must be >= 0");
+  if (opt.threads < 0)
+    return Status::invalid_argument("threads must be >= 0 (0: the OpenMP default), got " +
+                                    std::to_string(opt.threads));
+  TOPTHETA_RETURN_IF_ERROR(detail::check_per_head_stats(opt.stats, model_heads, "options.stats"));
   if (needs_vbar(opt) && opt.vbar == VbarSource::kRunningSum && args.v_sum == nullptr)
     return Status::invalid_argument(
         std::string(opt.vmc == VmcMode::kOn ? "VMC" : "the mean-V empty-row policy") +

@@ -226,7 +226,7 @@ struct AttentionOptions {
   AttentionStats* stats = nullptr;             ///< optional; counts are added
   /// Source of the V mean (VMC, mean-V rows). The default needs `AttentionArgs::v_sum`.
   VbarSource vbar = VbarSource::kRunningSum;
-  int threads = 0;                 ///< 0: OpenMP default (1 without OpenMP)
+  int threads = 0;                 ///< 0: OpenMP default (1 without OpenMP); < 0 is an error
   Isa isa = Isa::kAuto;            ///< force an instruction-set path (tests, benchmarks)
   /// Bytes per worker that a post-softmax Top-θ prefill may spend on keeping the score tiles its
   /// first walk over the keys computes (row maxima) for the two walks that follow (softmax

@@ -337,7 +337,12 @@ Status check_batch(const DecodeBatch<T, Q>& batch, const AttentionOptions& o, Is
         "AttentionMode::kCalibrate");
   const bool paged = !batch.seqs[0].paged.empty();
   for (Index i = 0; i < batch.count; ++i) {
-    const Status st = check_call(batch.seqs[i], o, /*is_decode=*/true, isa);
+    Status st = check_call(batch.seqs[i], o, /*is_decode=*/true, isa);
+    if (st.ok() && batch.seq_stats) {
+      const AttentionArgs<T, Q>& a = batch.seqs[i];
+      st = check_per_head_stats(&batch.seq_stats[i], a.model_heads > 0 ? a.model_heads : a.q.heads,
+                                "seq_stats[" + std::to_string(i) + "]");
+    }
     if (!st.ok()) {
       if (batch.count == 1) return st;
       return Status(st.code(), "sequence " + std::to_string(i) + ": " + st.message());

@@ -44,8 +44,9 @@ struct AttentionCounts {
 
 /// Counters of one or more calls, with an optional per-query-head breakdown.
 struct AttentionStats : AttentionCounts {
-  /// Per query head: kept elements and total elements; sized by `enable_per_head`, left empty
-  /// otherwise.
+  /// Per query head of the model: kept elements; sized by `enable_per_head` (the model's query
+  /// heads: AttentionArgs::model_heads, else q heads; a call whose statistics have another
+  /// non-zero size is kInvalidArgument), left empty otherwise.
   std::vector<std::uint64_t> kept_per_head;
   /// Per query head: the dense attention elements (sum of L), the denominator of that head's
   /// kept fraction; same size as kept_per_head.
