@@ -8,6 +8,10 @@
 
 #include <sys/resource.h>
 #include <sys/stat.h>
+#if defined(__linux__)
+#include <sys/sysmacros.h>  // makedev
+#endif
+#include <unistd.h>
 #include <csignal>
 #include <cstring>
 #include <filesystem>
@@ -410,6 +414,46 @@ TEST(ReferenceFormat, SdcPathAndNoSdcFile) {
   EXPECT_EQ(read_all(dir2.file("th.txt")), "L0_H0:3 0 0 2\n");
 }
 
+// An SDC path naming th.txt under another spelling is refused before anything is written (the
+// guard compared strings, so `./x/th.txt` overwrote x/th.txt with the SDC lines).
+TEST(ReferenceFormat, SdcPathNamingTheSameFileIsRefused) {
+  TempDir dir;
+  ASSERT_TRUE(std::filesystem::create_directory(dir.file("x")));
+  ASSERT_TRUE(std::filesystem::create_directory(dir.file("y")));
+  const std::string th = dir.file("x/th.txt");
+  const ThresholdTable t = special_table(7, /*all_sdc=*/true);
+  ASSERT_EQ(::symlink(th.c_str(), dir.file("y/link.txt").c_str()), 0);  // dangling until saved
+  for (bool exists : {false, true}) {
+    if (exists) write_all(th, "old\n");
+    for (const std::string& sdc :
+         {dir.path() + "/./x/th.txt", dir.path() + "/x/../x/th.txt", dir.path() + "/y/../x/th.txt",
+          dir.path() + "//x//th.txt", dir.file("y/link.txt")}) {
+      if (!exists && sdc == dir.file("y/link.txt")) continue;  // a dangling link is replaced
+      SaveOptions so;
+      so.format = ThresholdFormat::kReference;
+      so.sdc_path = sdc;
+      const Status s = save_thresholds(th, t, so);
+      EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << sdc << ": " << s.message();
+      EXPECT_EQ(s.message(),
+                th + ": th.txt and sdc.txt would be the same file (" + sdc + " names " + th + ")");
+      if (exists) {
+        EXPECT_EQ(read_all(th), "old\n");
+      }
+      EXPECT_EQ(dir.list(), (std::vector<std::string>{"x", "y"}));
+      EXPECT_EQ(std::filesystem::exists(th), exists) << sdc;
+    }
+  }
+  // A different file in the same directory is fine.
+  SaveOptions so;
+  so.format = ThresholdFormat::kReference;
+  so.sdc_path = dir.path() + "/./x/sdc.txt";
+  ASSERT_TRUE(save_thresholds(th, t, so).ok());
+  ThresholdTable back;
+  LoadOptions lo;
+  lo.sdc_path = dir.file("x/sdc.txt");
+  ASSERT_TRUE(load_thresholds(th, &back, lo).ok());
+}
+
 TEST(ReferenceFormat, ShapeInferredOrExpected) {
   const std::string th = "L0_H0:5 0.5 3 4\nL0_H1:5 0.5 3 4\nL0_H2:5 0.5 3 4\n"
                          "L1_H0:6 -1.5 2 8\nL1_H1:6 -1.5 2 8\nL1_H2:6 -1.5 2 8\n";
@@ -729,16 +773,60 @@ TEST(AtomicSave, FailedWriteLeavesOldFileAndNoTemporary) {
   EXPECT_EQ(dir.list(), std::vector<std::string>{"t.toptheta"});
 }
 
-TEST(AtomicSave, RenameFailureLeavesTargetAndNoTemporary) {
+TEST(AtomicSave, DirectoryInTheWayLeavesTargetAndNoTemporary) {
   TempDir dir;
   const std::string target = dir.file("occupied");
   ASSERT_TRUE(std::filesystem::create_directory(target));
   write_all(dir.file("occupied/inside"), "keep");
   const Status s = save_thresholds(target, special_table(1));
   ASSERT_FALSE(s.ok());
-  EXPECT_NE(s.message().find("cannot rename"), std::string::npos) << s.message();
+  EXPECT_EQ(s.code(), StatusCode::kIoError);
+  EXPECT_EQ(s.message(), target + ": is a directory, not a regular file; it is not replaced");
   EXPECT_EQ(read_all(dir.file("occupied/inside")), "keep");
   EXPECT_EQ(dir.list(), std::vector<std::string>{"occupied"});
+}
+
+// A device, FIFO or socket at the output path is refused, not replaced by a regular file (saving
+// to a copy of /dev/null used to turn it into a regular file and report success).
+TEST(AtomicSave, NonRegularTargetIsRefusedAndLeftAlone) {
+  TempDir dir;
+  const std::string fifo = dir.file("pipe");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0644), 0) << std::strerror(errno);
+  Status s = save_thresholds(fifo, special_table(1));
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), StatusCode::kIoError);
+  EXPECT_EQ(s.message(), fifo + ": is a FIFO (named pipe), not a regular file; it is not replaced");
+  struct stat st;
+  ASSERT_EQ(::lstat(fifo.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISFIFO(st.st_mode));
+  EXPECT_EQ(dir.list(), std::vector<std::string>{"pipe"});
+  // The authors' format checks th.txt the same way (and writes no sdc.txt).
+  SaveOptions so;
+  so.format = ThresholdFormat::kReference;
+  s = save_thresholds(fifo, special_table(7, /*all_sdc=*/true), so);
+  EXPECT_EQ(s.code(), StatusCode::kIoError) << s.message();
+  EXPECT_EQ(dir.list(), std::vector<std::string>{"pipe"});
+  // A character device (mknod needs root; the FIFO above covers the check otherwise).
+  if (::geteuid() == 0) {
+    const std::string dev = dir.file("fulldev");
+    if (::mknod(dev.c_str(), S_IFCHR | 0666, makedev(1, 7)) == 0) {
+      s = save_thresholds(dev, special_table(1));
+      EXPECT_EQ(s.code(), StatusCode::kIoError);
+      EXPECT_EQ(s.message(), dev + ": is a character device, not a regular file; it is not replaced");
+      ASSERT_EQ(::lstat(dev.c_str(), &st), 0);
+      EXPECT_TRUE(S_ISCHR(st.st_mode));
+      EXPECT_EQ(dir.list(), (std::vector<std::string>{"fulldev", "pipe"}));
+    }
+  }
+  // A symbolic link is still replaced by a regular file (the link target is not written).
+  const std::string target = dir.file("target.toptheta");
+  write_all(target, "keep\n");
+  const std::string link = dir.file("link.toptheta");
+  ASSERT_EQ(::symlink(target.c_str(), link.c_str()), 0);
+  ASSERT_TRUE(save_thresholds(link, special_table(1)).ok());
+  ASSERT_EQ(::lstat(link.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISREG(st.st_mode));
+  EXPECT_EQ(read_all(target), "keep\n");
 }
 
 TEST(AtomicSave, MissingDirectoryReportsErrno) {

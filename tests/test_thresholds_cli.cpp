@@ -8,10 +8,23 @@
 
 #if __has_include(<CLI/CLI.hpp>)
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <sstream>
 #include <string>
 #include <vector>
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#if defined(__linux__)
+#include <sys/sysmacros.h>  // makedev
+#endif
+#endif
 
 #include "../tools/thresholds_cli.hpp"
 #include "threshold_file_test_util.hpp"
@@ -283,7 +296,7 @@ TEST(ThresholdsCli, ExitStatuses) {
   ASSERT_TRUE(std::filesystem::create_directory(dir.file("occupied")));
   expect_one_line_error(run_cli({"convert", valid("crlf.toptheta"), dir.file("occupied"), "--to",
                                  "native"}),
-                        "cannot rename", 1);
+                        dir.file("occupied") + ": is a directory, not a regular file", 1);
   expect_one_line_error(run_cli({"convert", valid("crlf.toptheta"), dir.file("no/dir/t.txt"), "--to",
                                  "reference"}),
                         "No such file or directory", 1);
@@ -294,6 +307,103 @@ TEST(ThresholdsCli, ExitStatuses) {
   EXPECT_EQ(d.status, 3) << d.err;
   EXPECT_NE(d.out.find("placement:           differs (A pre, B post)"), std::string::npos) << d.out;
   EXPECT_EQ(dir.list(), (std::vector<std::string>{"occupied", "ok.toptheta"}));
+}
+
+#if defined(__unix__) || defined(__APPLE__)
+// Runs the tool's main (thresholds_cli_main) in a child process with RLIMIT_FSIZE set to
+// `fsize_limit` bytes; returns the wait status and, through `err`, its error stream.
+int run_cli_main_with_fsize_limit(std::vector<std::string> args, rlim_t fsize_limit,
+                                  std::string* err) {
+  args.insert(args.begin(), "toptheta-thresholds");
+  std::vector<const char*> argv;
+  for (const auto& a : args) argv.push_back(a.c_str());
+  int fds[2];
+  if (::pipe(fds) != 0) return -1;
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::close(fds[0]);
+    struct rlimit lim;
+    ::getrlimit(RLIMIT_FSIZE, &lim);
+    lim.rlim_cur = fsize_limit;
+    ::setrlimit(RLIMIT_FSIZE, &lim);
+    std::ostringstream out, e;
+    const int status = tools::thresholds_cli_main(int(argv.size()), argv.data(), out, e);
+    const std::string text = e.str();
+    (void)!::write(fds[1], text.data(), text.size());
+    ::_exit(status);
+  }
+  ::close(fds[1]);
+  err->clear();
+  char buf[4096];
+  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) err->append(buf, std::size_t(n));
+  ::close(fds[0]);
+  int wstatus = -1;
+  if (pid < 0 || ::waitpid(pid, &wstatus, 0) != pid) return -1;
+  return wstatus;
+}
+#endif
+
+// Outputs that cannot be written: exit 1 (a file size limit, a device or FIFO in the way), and
+// exit 2 for --sdc-out naming OUT under another spelling; nothing is replaced or left behind.
+TEST(ThresholdsCli, ExitStatusesForUnwritableOutputs) {
+  TempDir dir;
+#if defined(__unix__) || defined(__APPLE__)
+  // `ulimit -f`: the tool ignores SIGXFSZ, so the write fails with EFBIG (it used to be killed by
+  // SIGXFSZ, exit 153 in a shell, leaving keep.toptheta.tmp.XXXXXX behind).
+  const std::string keep = dir.file("keep.toptheta");
+  write_all(keep, "old\n");
+  std::string err;
+  const int w = run_cli_main_with_fsize_limit(
+      {"convert", valid("calibrated.toptheta"), keep, "--to", "native"}, 4096, &err);
+  ASSERT_TRUE(WIFEXITED(w)) << "killed by signal " << (WIFSIGNALED(w) ? WTERMSIG(w) : 0);
+  EXPECT_EQ(WEXITSTATUS(w), 1) << err;
+  EXPECT_EQ(err.rfind("toptheta-thresholds: error: " + keep + ": write failed on " + keep +
+                          ".tmp.", 0),
+            0u)
+      << err;
+  EXPECT_NE(err.find(std::strerror(EFBIG)), std::string::npos) << err;
+  EXPECT_EQ(read_all(keep), "old\n");
+  EXPECT_EQ(dir.list(), std::vector<std::string>{"keep.toptheta"});
+  // A FIFO (or a device, as root: a copy of /dev/full) at OUT: refused, left as it is.
+  const std::string fifo = dir.file("pipe");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0644), 0);
+  expect_one_line_error(run_cli({"convert", valid("calibrated.toptheta"), fifo, "--to", "native"}),
+                        fifo + ": is a FIFO (named pipe), not a regular file; it is not replaced",
+                        1);
+  struct stat st;
+  ASSERT_EQ(::lstat(fifo.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISFIFO(st.st_mode));
+  if (::geteuid() == 0) {
+    const std::string dev = dir.file("fulldev");
+    if (::mknod(dev.c_str(), S_IFCHR | 0666, makedev(1, 7)) == 0) {
+      const CliResult r =
+          run_cli({"convert", valid("calibrated.toptheta"), dev, "--to", "native"});
+      expect_one_line_error(r, dev + ": is a character device, not a regular file", 1);
+      EXPECT_TRUE(r.out.empty()) << r.out;
+      ASSERT_EQ(::lstat(dev.c_str(), &st), 0);
+      EXPECT_TRUE(S_ISCHR(st.st_mode));
+      ASSERT_EQ(::unlink(dev.c_str()), 0);
+    }
+  }
+  ASSERT_EQ(::unlink(fifo.c_str()), 0);
+#endif
+  // --sdc-out naming OUT under another spelling (it used to overwrite th.txt with the SDC lines).
+  ASSERT_TRUE(std::filesystem::create_directory(dir.file("x")));
+  const std::string th = dir.file("x/th.txt");
+  for (const std::string& sdc : {dir.path() + "/./x/th.txt", dir.path() + "/x/../x/th.txt"}) {
+    expect_one_line_error(run_cli({"convert", valid("calibrated.toptheta"), th, "--to",
+                                   "reference", "--sdc-out", sdc}),
+                          th + ": th.txt and sdc.txt would be the same file (" + sdc + " names " +
+                              th + ")");
+    EXPECT_FALSE(std::filesystem::exists(th)) << sdc;
+  }
+  write_all(th, "old\n");
+  const std::string sdc = dir.path() + "/./x/th.txt";
+  expect_one_line_error(
+      run_cli({"convert", valid("calibrated.toptheta"), th, "--to", "reference", "--sdc-out", sdc}),
+      th + ": th.txt and sdc.txt would be the same file (" + sdc + " names " + th + ")");
+  EXPECT_EQ(read_all(th), "old\n");
+  EXPECT_EQ(dir.list(), (std::vector<std::string>{"keep.toptheta", "x"}));
 }
 
 // info summarises a table with empty heads (listing them), then fails like a strict load; dense

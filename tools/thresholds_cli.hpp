@@ -25,6 +25,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <limits>
 #include <ostream>
@@ -681,6 +682,18 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
     return fail(e.what(), kExitRuntime);
   }
   return fail("no subcommand");
+}
+
+/// The tool's `main`: ignores SIGXFSZ first, so that a save beyond a file size limit
+/// (`ulimit -f`) fails with exit status 1, "File too large", the old output untouched and no
+/// temporary file left, instead of the signal killing the process mid-write (see
+/// io/atomic_write.hpp); then run_thresholds_cli().
+inline int thresholds_cli_main(int argc, const char* const* argv, std::ostream& out,
+                               std::ostream& err) {
+#ifdef SIGXFSZ
+  std::signal(SIGXFSZ, SIG_IGN);
+#endif
+  return run_thresholds_cli(argc, argv, out, err);
 }
 
 }  // namespace toptheta::tools

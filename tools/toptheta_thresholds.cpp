@@ -6,5 +6,6 @@
 #include "thresholds_cli.hpp"
 
 int main(int argc, char** argv) {
-  return toptheta::tools::run_thresholds_cli(argc, argv, std::cout, std::cerr);
+  // Ignores SIGXFSZ, so a file size limit is an error (exit 1), not a kill mid-write.
+  return toptheta::tools::thresholds_cli_main(argc, argv, std::cout, std::cerr);
 }

@@ -198,6 +198,16 @@ expect 1 "--out" "$BIN" calibrate --model "$TINY" --sample-sequences 2 --seq-len
   --out "$WORK/no/such/dir/t.thr"
 expect 1 "--save-tokens" "$BIN" eval --model "$TINY" --sample-sequences 1 --seq-len 8 --attention dense \
   --save-tokens "$WORK/no/such/dir/t.tok"
+# A file size limit of 0 bytes: exit 1 with "File too large", the old file intact and no
+# temporary file left (SIGXFSZ used to kill the process mid-write, exit 153). The limit holds in
+# a subshell whose stderr goes through a pipe (err.txt, a file, would be limited too).
+mkdir -p "$WORK/fsize"
+echo old >"$WORK/fsize/t.thr"
+expect 1 "File too large" bash -c 'set -o pipefail; (ulimit -f 0 && exec "$@") 2>&1 >/dev/null | cat >&2' \
+  _ "$BIN" calibrate --model "$TINY" \
+  --sample-sequences 2 --seq-len 16 --k 2 --out "$WORK/fsize/t.thr"
+[[ $(cat "$WORK/fsize/t.thr") == old && $(ls "$WORK/fsize") == t.thr ]] ||
+  { echo "FAIL: ulimit -f: $(ls "$WORK/fsize")" >&2; failures=$((failures + 1)); }
 if [[ -w /dev/full ]]; then
   "$BIN" generate --model "$MIN" --tokenizer "$TOK" --steps 1 >/dev/full 2>"$WORK/err.txt"
   rc=$?

@@ -14,6 +14,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <csignal>
 #include <cstdio>
 #include <exception>
 #include <new>
@@ -63,6 +64,12 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+#ifdef SIGXFSZ
+  // A save beyond a file size limit (ulimit -f) is then an error (exit 1, the old file intact,
+  // no temporary file left) instead of the signal killing the process mid-write
+  // (toptheta/io/atomic_write.hpp).
+  std::signal(SIGXFSZ, SIG_IGN);
+#endif
   try {
     return run(argc, argv);
   } catch (const std::bad_alloc&) {

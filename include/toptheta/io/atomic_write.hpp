@@ -7,12 +7,23 @@
 /// `fsync`s the directory. Readers see either the old or the new file, never a mix; on any
 /// failure the temporary file is removed and an existing `path` is left untouched. The new file
 /// keeps the mode of the file it replaces, or gets 0644 when there was none. A symbolic link at
-/// `path` is replaced by a regular file (the link target is not written).
+/// `path` is replaced by a regular file (the link target is not written). Anything else at `path`
+/// that is not a regular file (a character or block device, a FIFO, a socket, a directory) is
+/// refused before anything is written: kIoError `path: is a character device, not a regular
+/// file`, and it is left as it is (saving over /dev/null does not replace /dev/null).
+///
+/// File size limit (RLIMIT_FSIZE, `ulimit -f`): a write past the limit raises SIGXFSZ, whose
+/// default action kills the process (leaving the temporary file behind). The library does not
+/// change signal dispositions; a process that wants the documented error instead (kIoError
+/// `... write failed on path.tmp.XXXXXX: File too large`, temporary file removed, `path`
+/// untouched) must ignore SIGXFSZ, e.g. `signal(SIGXFSZ, SIG_IGN)` at the start of `main`, as
+/// `toptheta-thresholds` does.
 /// On other platforms a best-effort fallback writes the temporary file with stdio and renames it
 /// (removing the target first where rename cannot replace; not atomic there).
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <string_view>
@@ -23,6 +34,7 @@
 /// the target with rename(2); 0 elsewhere (std::rename, no fsync).
 #if defined(__unix__) || defined(__APPLE__)
 #include <fcntl.h>
+#include <stdlib.h>  // realpath
 #include <sys/stat.h>
 #include <unistd.h>
 #define TOPTHETA_IO_POSIX 1
@@ -76,12 +88,69 @@ inline Status read_file(const std::string& path, std::string* out, std::size_t m
   return {};
 }
 
+namespace detail {
+#if TOPTHETA_IO_POSIX
+/// "a character device", "a FIFO (named pipe)", ... for a `st_mode` that is not a regular file.
+inline const char* non_regular_file_kind(mode_t m) {
+  if (S_ISDIR(m)) return "a directory";
+  if (S_ISCHR(m)) return "a character device";
+  if (S_ISBLK(m)) return "a block device";
+  if (S_ISFIFO(m)) return "a FIFO (named pipe)";
+  if (S_ISSOCK(m)) return "a socket";
+  return "a special file";
+}
+
+/// `path` with its directory part resolved (realpath) and the last component kept as written, or
+/// `path` itself when the directory cannot be resolved.
+inline std::string resolved_parent_path(const std::string& path) {
+  const std::size_t slash = path.find_last_of('/');
+  const std::string dir =
+      slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+  const std::string leaf = slash == std::string::npos ? path : path.substr(slash + 1);
+  char* real = ::realpath(dir.c_str(), nullptr);
+  if (!real) return path;
+  std::string out(real);
+  std::free(real);
+  if (out.empty() || out.back() != '/') out += '/';
+  return out + leaf;
+}
+#endif
+
+/// True when `a` and `b` name the same file: on POSIX, when both exist, the same device and
+/// inode (so `x/t.txt`, `./x/t.txt`, `x/../x/t.txt`, a symbolic link to it and a hard link all
+/// match); otherwise the same path once their directories are resolved. Elsewhere: equal strings.
+inline bool same_file_path(const std::string& a, const std::string& b) {
+  if (a == b) return true;
+#if TOPTHETA_IO_POSIX
+  struct stat sa, sb;
+  if (::stat(a.c_str(), &sa) == 0 && ::stat(b.c_str(), &sb) == 0)
+    return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+  return resolved_parent_path(a) == resolved_parent_path(b);
+#else
+  return false;
+#endif
+}
+}  // namespace detail
+
 /// Atomically replaces (or creates) the file at `path` with `data` (see the file comment).
 /// Errors are kIoError with the operating system's reason, e.g.
-/// `out/th.txt: cannot create a temporary file out/th.txt.tmp.XXXXXX: Permission denied`.
+/// `out/th.txt: cannot create a temporary file out/th.txt.tmp.XXXXXX: Permission denied`;
+/// kIoError `path: is a character device, not a regular file` (likewise a block device, a FIFO,
+/// a socket, a directory) when `path` exists and is neither a regular file nor a symbolic link,
+/// with nothing written; kInvalidArgument for an empty `path`. A file size limit is reported as
+/// kIoError (`File too large`) only when the process ignores SIGXFSZ (see the file comment);
+/// otherwise the signal kills the process.
 inline Status write_file_atomic(const std::string& path, std::string_view data) {
   if (path.empty()) return Status::invalid_argument("empty output path");
 #if TOPTHETA_IO_POSIX
+  {
+    // Only a regular file (or a symbolic link, which rename replaces) may be replaced: renaming
+    // over a device or FIFO would silently swap it for a regular file.
+    struct stat lst;
+    if (::lstat(path.c_str(), &lst) == 0 && !S_ISREG(lst.st_mode) && !S_ISLNK(lst.st_mode))
+      return Status::io_error(path + ": is " + detail::non_regular_file_kind(lst.st_mode) +
+                              ", not a regular file; it is not replaced");
+  }
   std::vector<char> tmp(path.begin(), path.end());
   const char suffix[] = ".tmp.XXXXXX";
   tmp.insert(tmp.end(), suffix, suffix + sizeof suffix);  // includes the terminating NUL

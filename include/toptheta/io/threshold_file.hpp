@@ -118,8 +118,13 @@ inline std::string reference_sdc_path(const std::string& path, const SaveOptions
 /// format: th.txt at `path`, and when any entry has an SDC term, sdc.txt at
 /// reference_sdc_path(path, opts); each file is replaced atomically on its own. A table the
 /// format cannot hold (invalid, incomplete or empty; dense heads in the authors' format) is
-/// refused with `path: cannot save: <reason>` and nothing is written; kIoError means the file
-/// system refused the write.
+/// refused with `path: cannot save: <reason>` and nothing is written; so is an SDC path naming the
+/// same file as `path` under any spelling (`./x/th.txt`, `x/../x/th.txt`, a symbolic link):
+/// kInvalidArgument `path: th.txt and sdc.txt would be the same file (<sdc path> names <path>)`.
+/// kIoError means the file system refused the write, including an existing `path` that is not a
+/// regular file or symbolic link (a device, a FIFO, a directory; left untouched), and a file size
+/// limit when the process ignores SIGXFSZ (otherwise the signal kills it; see
+/// io/atomic_write.hpp).
 inline Status save_thresholds(const std::string& path, const ThresholdTable& table,
                               const SaveOptions& opts = {}) {
   // A table the format cannot hold: `path: cannot save: <reason>`, nothing written.
@@ -130,8 +135,9 @@ inline Status save_thresholds(const std::string& path, const ThresholdTable& tab
     std::string th, sdc;
     TOPTHETA_RETURN_IF_ERROR(cannot(format_reference_thresholds(table, &th, &sdc)));
     const std::string sdc_path = reference_sdc_path(path, opts);
-    if (!sdc.empty() && sdc_path == path)
-      return Status::invalid_argument(path + ": th.txt and sdc.txt would be the same file");
+    if (!sdc.empty() && detail::same_file_path(sdc_path, path))
+      return Status::invalid_argument(path + ": th.txt and sdc.txt would be the same file (" +
+                                      sdc_path + " names " + path + ")");
     TOPTHETA_RETURN_IF_ERROR(write_file_atomic(path, th));
     if (!sdc.empty()) TOPTHETA_RETURN_IF_ERROR(write_file_atomic(sdc_path, sdc));
     return {};
