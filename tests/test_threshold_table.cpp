@@ -364,4 +364,49 @@ TEST(ThresholdTableComplete, CheckLayerForTheKernels) {
   EXPECT_EQ(allocation_count() - before, 0);
 }
 
+// set_curve() stores values, slopes and SDC terms rounded to float (the file's precision) and
+// refuses what a float cannot hold; compact() gives a valid buckets_per_octave.
+TEST(ThresholdCurveTable, SetCurveRoundsToFloatAndRefusesWhatAFloatCannotHold) {
+  ThresholdTable t = ThresholdTable::compact(1, 1, 4);
+  EXPECT_EQ(t.metadata().buckets_per_octave, 2);
+  EXPECT_EQ(ThresholdTable::compact(1, 1, 4, 5).metadata().buckets_per_octave, 5);
+  ThresholdCurve c;
+  c.knots.push_back({10, 0.1, 3, 0.3});
+  c.slope_above = 0.7;
+  ASSERT_TRUE(t.set_curve(0, 0, c).ok());
+  EXPECT_EQ(t.curve(0, 0).knots[0].value, double(0.1f));
+  EXPECT_NE(t.curve(0, 0).knots[0].value, 0.1);
+  EXPECT_EQ(t.curve(0, 0).knots[0].sdc, double(0.3f));
+  EXPECT_EQ(t.curve(0, 0).slope_above, double(0.7f));
+  EXPECT_EQ(t.lookup(0, 0, 10).theta, double(0.1f));
+  // FLT_MAX itself is fine.
+  c.slope_above = double(std::numeric_limits<float>::max());
+  EXPECT_TRUE(t.set_curve(0, 0, c).ok());
+
+  const auto expect_refused = [&](ThresholdTable& table, ThresholdCurve curve, const std::string& m) {
+    const Status s = table.set_curve(0, 0, std::move(curve));
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+    EXPECT_EQ(s.message(), m);
+  };
+  ThresholdCurve big = c;
+  big.slope_above = 1e300;
+  expect_refused(t, big, "layer 0 head 0: slope_above 1e+300 is beyond the float range of the threshold file");
+  big = c;
+  big.knots[0].value = -1e300;
+  expect_refused(t, big, "layer 0 head 0 knot length 10: value -1e+300 is beyond the float range of the threshold file");
+  big = c;
+  big.knots[0].sdc = 1e300;
+  expect_refused(t, big, "layer 0 head 0 knot length 10: SDC term 1e+300 is beyond the float range of the threshold file");
+  EXPECT_EQ(t.curve(0, 0).slope_above, double(std::numeric_limits<float>::max()));  // unchanged
+
+  ThresholdTable post = ThresholdTable::compact(1, 1, 4);
+  post.metadata().placement = Placement::kPostSoftmax;
+  ThresholdCurve tiny;
+  tiny.knots.push_back({10, 1e-50, 3, std::nan("")});
+  expect_refused(post, tiny, "layer 0 head 0 knot length 10: post-softmax value 1e-50 rounds to 0 as a float (L * theta must be > 0)");
+  tiny.knots[0].value = 1e-40;  // a float subnormal: kept
+  EXPECT_TRUE(post.set_curve(0, 0, tiny).ok());
+  EXPECT_EQ(post.curve(0, 0).knots[0].value, double(1e-40f));
+}
+
 }  // namespace

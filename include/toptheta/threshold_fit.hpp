@@ -24,7 +24,8 @@
 /// (g = identity for pre-softmax, ln for post-softmax), 0 with fewer than two knots there.
 ///
 /// Knot values and slopes are rounded to float (the kernels compare in float at most), which
-/// keeps files short: a 32-layer x 32-head table calibrated to 32k tokens is about 0.5 MB.
+/// keeps files short: a 32-layer x 32-head table calibrated to 32k tokens is about 0.36 MB
+/// (`toptheta-thresholds synth --layers 32 --heads 32 --context 32768 --k 64`: 355,273 bytes).
 
 #include <algorithm>
 #include <cmath>

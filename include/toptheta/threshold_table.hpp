@@ -24,6 +24,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <limits>
 #include <string>
 #include <vector>
@@ -101,6 +103,24 @@ struct ThresholdMetadata {
 };
 
 namespace detail {
+
+/// Rounds `v` to the nearest float into `*out` (as a double) when that float is finite; false
+/// (and `*out` untouched) for NaN, infinities and magnitudes that round to a float infinity.
+inline bool to_finite_float(double v, double* out) {
+  if (!std::isfinite(v) || std::fabs(v) >= 0x1.ffffffp+127) return false;  // FLT_MAX + ulp/2
+  *out = double(static_cast<float>(v));
+  return true;
+}
+
+/// `v` as printed in error messages: the shortest "%g" text that reads back as `v`.
+inline std::string float_range_text(double v) {
+  char buf[40];
+  for (int prec = 1; prec <= 17; ++prec) {
+    std::snprintf(buf, sizeof(buf), "%.*g", prec, v);
+    if (std::strtod(buf, nullptr) == v) break;
+  }
+  return buf;
+}
 
 /// Builds a compact description of (layer, head) pairs given in ascending order, e.g.
 /// "layer 0 heads 1-7; layer 1 heads 1-3, 5". At most `max_layers` layers and `max_ranges` head
@@ -195,8 +215,12 @@ class ThresholdTable {
         dense_(entries_.size(), 0) {}
 
   /// A compact table (ThresholdForm::kCompact) of the given shape: fill it with set_curve().
-  static ThresholdTable compact(Index num_layers, Index num_heads, Index default_k = 64) {
+  /// metadata().buckets_per_octave is set to `buckets_per_octave` (the version-2 file needs it in
+  /// [1, 16]; the default 2 is CompactFitOptions' default).
+  static ThresholdTable compact(Index num_layers, Index num_heads, Index default_k = 64,
+                                int buckets_per_octave = 2) {
     ThresholdTable t(num_layers, num_heads, default_k);
+    t.metadata_.buckets_per_octave = buckets_per_octave;
     t.form_ = ThresholdForm::kCompact;
     t.curves_.resize(t.entries_.size());
     t.log_len_.resize(t.entries_.size());
@@ -287,6 +311,12 @@ class ThresholdTable {
   /// Compact tables: installs the curve of (layer, head) (replacing any). Knots need ascending,
   /// distinct positive lengths, finite values (> 0 for post-softmax tables: set the placement
   /// first), finite slopes and finite non-negative SDC terms or NaN.
+  /// Knot values, slopes and SDC terms are stored rounded to float, the precision of the file
+  /// (version 2), so lookups give the same theta before and after a save and load.
+  /// Errors (kInvalidArgument, naming the layer, head and knot length): the rules above; a
+  /// value, slope or SDC term whose magnitude is beyond the float range (e.g. 1e300); a
+  /// post-softmax value that rounds to 0 as a float (e.g. 1e-50).
+  /// kFailedPrecondition for a per-length table; kOutOfRange for a bad (layer, head).
   Status set_curve(Index layer, Index head, ThresholdCurve curve) {
     TOPTHETA_RETURN_IF_ERROR(check_index(layer, head));
     if (!is_compact())
@@ -295,8 +325,10 @@ class ThresholdTable {
     if (dense_[s] && !curve.empty())
       return Status::invalid_argument("layer " + std::to_string(layer) + " head " +
                                       std::to_string(head) + " is declared dense");
-    TOPTHETA_RETURN_IF_ERROR(check_curve(curve, "layer " + std::to_string(layer) + " head " +
-                                                    std::to_string(head)));
+    const std::string where = "layer " + std::to_string(layer) + " head " + std::to_string(head);
+    TOPTHETA_RETURN_IF_ERROR(check_curve(curve, where));
+    TOPTHETA_RETURN_IF_ERROR(round_curve_to_float(&curve, where));
+    TOPTHETA_RETURN_IF_ERROR(check_curve(curve, where));
     std::vector<double> logs(curve.knots.size());
     for (std::size_t i = 0; i < logs.size(); ++i) logs[i] = std::log(double(curve.knots[i].length));
     curves_[s] = std::move(curve);
@@ -547,6 +579,29 @@ class ThresholdTable {
         return Status::invalid_argument(w + ": post-softmax value L * theta must be > 0");
       if (k.has_sdc() && (!std::isfinite(k.sdc) || k.sdc < 0))
         return Status::invalid_argument(w + ": SDC term is not a finite non-negative value");
+    }
+    return {};
+  }
+  // Rounds the values, slopes and SDC terms of a checked curve to float (see set_curve()).
+  Status round_curve_to_float(ThresholdCurve* c, const std::string& where) {
+    const auto round = [](double* v, const std::string& what) -> Status {
+      if (std::isnan(*v)) return {};
+      if (!detail::to_finite_float(*v, v))
+        return Status::invalid_argument(what + " " + detail::float_range_text(*v) +
+                                        " is beyond the float range of the threshold file");
+      return {};
+    };
+    TOPTHETA_RETURN_IF_ERROR(round(&c->slope_below, where + ": slope_below"));
+    TOPTHETA_RETURN_IF_ERROR(round(&c->slope_above, where + ": slope_above"));
+    for (CurveKnot& k : c->knots) {
+      const std::string w = where + " knot length " + std::to_string(k.length);
+      const double value = k.value;
+      TOPTHETA_RETURN_IF_ERROR(round(&k.value, w + ": value"));
+      if (metadata_.placement == Placement::kPostSoftmax && !(k.value > 0))
+        return Status::invalid_argument(w + ": post-softmax value " +
+                                        detail::float_range_text(value) +
+                                        " rounds to 0 as a float (L * theta must be > 0)");
+      TOPTHETA_RETURN_IF_ERROR(round(&k.sdc, w + ": SDC term"));
     }
     return {};
   }

@@ -87,9 +87,16 @@ namespace detail {
 
 /// Rejects tables a threshold file cannot represent faithfully (so that every saved file loads):
 /// an invalid table (including an incomplete or empty one), shapes beyond the loader limits,
-/// lengths or k beyond kMaxThresholdLength.
+/// lengths or k beyond kMaxThresholdLength; compact tables whose metadata().buckets_per_octave
+/// is outside [1, 16]. Knot values, slopes and SDC terms are floats already (set_curve() rounds
+/// them), so they are written exactly. Errors are kInvalidArgument naming the field and value.
 inline Status check_writable(const ThresholdTable& t) {
   TOPTHETA_RETURN_IF_ERROR(t.validate());
+  if (t.is_compact() && (t.metadata().buckets_per_octave < 1 || t.metadata().buckets_per_octave > 16))
+    return Status::invalid_argument("buckets_per_octave " +
+                                    std::to_string(t.metadata().buckets_per_octave) +
+                                    " must be in [1, 16] (metadata().buckets_per_octave of a "
+                                    "compact table)");
   if (t.num_layers() > kMaxThresholdLayers || t.num_heads() > kMaxThresholdHeads ||
       t.num_layers() * t.num_heads() > kMaxThresholdSlots)
     return Status::invalid_argument("table shape " + shape_string(t.num_layers(), t.num_heads()) +

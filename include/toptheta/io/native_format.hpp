@@ -52,6 +52,10 @@ inline constexpr int kNativeThresholdVersionPerLength = 1;
 
 /// Serialises `table` in the native format (after `table.validate()` and the file limits):
 /// version 1 for a per-length table, version 2 for a compact one. `out` is untouched on error.
+/// Errors (kInvalidArgument / validate()'s codes): what the readers would reject, so every
+/// written text parses back identically (detail::check_writable(): validate() failures, shapes,
+/// lengths and k beyond the limits, a compact table's buckets_per_octave outside [1, 16],
+/// model / notes text that does not fit a line).
 inline Status format_native_thresholds(const ThresholdTable& table, std::string* out) {
   TOPTHETA_RETURN_IF_ERROR(detail::require_output(out, "format_native_thresholds", "out"));
   TOPTHETA_RETURN_IF_ERROR(detail::check_writable(table));
@@ -183,8 +187,11 @@ inline Status parse_native_thresholds(std::string_view text, const std::string& 
     const std::string_view key = f[0];
     if (key == "entries") {
       if (f.size() != 2) return bad(ln, "'entries' takes one value: the number of entry lines");
-      if (!detail::parse_uint(f[1], std::uint64_t(1) << 62, &declared))
+      if (!detail::parse_uint(f[1], std::uint64_t(1) << 62, &declared)) {
+        if (!f[1].empty() && f[1].find_first_not_of("0123456789") == std::string_view::npos)
+          return bad(ln, "number " + quote_token(f[1]) + " for 'entries' is too large (at most 2^62)");
         return num_error(NumberParse::kMalformed, f[1], "'entries'");
+      }
       entries_line = ln;
       break;
     }
@@ -400,16 +407,28 @@ inline Status format_native_threshold_set(const ThresholdSet& set, std::string* 
 }
 
 /// Parses a native file into a set: every table of a version-2 file (`opts.k` ignored), or the
-/// one table of a version-1 file.
+/// one table of a version-1 file. The format line is checked as parse_native_thresholds() checks
+/// it, with the same errors (kDataLoss `name:1: ...`, e.g. "the format line must be
+/// 'toptheta-thresholds <version>'" for extra fields); then the errors of that version's reader.
 inline Status parse_native_threshold_set(std::string_view text, const std::string& name,
                                          ThresholdSet* out, const LoadOptions& opts = {}) {
   TOPTHETA_RETURN_IF_ERROR(detail::require_output(out, "parse_native_threshold_set", "out"));
-  std::string_view body = detail::strip_utf8_bom(text);
-  const std::string_view v2 = "toptheta-thresholds 2";
-  if (body.substr(0, v2.size()) == v2 &&
-      (body.size() == v2.size() || body[v2.size()] == '\n' || body[v2.size()] == '\r' ||
-       detail::is_blank(body[v2.size()])))
-    return detail::parse_native_v2(text, name, out, opts);
+  // Version 2 exactly when parse_native_thresholds() would take the format line as version 2
+  // (two fields, the magic and the number 2); any other first line goes through it for the
+  // same errors (e.g. "the format line must be 'toptheta-thresholds <version>'").
+  {
+    detail::LineScanner sc(text);
+    std::string_view line;
+    Index ln = 0;
+    std::vector<std::string_view> f;
+    std::uint64_t version = 0;
+    if (sc.next(&line, &ln) && detail::check_line_bytes(line).empty()) {
+      detail::split_fields(line, &f);
+      if (f.size() == 2 && f[0] == kNativeThresholdMagic &&
+          detail::parse_uint(f[1], std::uint64_t(1) << 62, &version) && version == 2)
+        return detail::parse_native_v2(text, name, out, opts);
+    }
+  }
   LoadOptions o = opts;
   o.k = 0;
   ThresholdTable t;

@@ -204,20 +204,21 @@ inline Status parse_native_v2(std::string_view text, const std::string& name, Th
     }
     return false;
   };
+  // An integer in [min, max]; the message gives that range.
   const auto uint_field = [&](std::string_view tok, std::uint64_t max, const std::string& what,
-                              std::uint64_t* v) -> bool {
-    if (parse_uint(tok, max, v)) return true;
-    st = bad(ln, "malformed or out-of-range " + what + " " + quote_token(tok) + " (an integer in [0, " +
-                     std::to_string(max) + "])");
+                              std::uint64_t* v, std::uint64_t min = 0) -> bool {
+    std::uint64_t x = 0;
+    if (parse_uint(tok, max, &x) && x >= min) {
+      *v = x;
+      return true;
+    }
+    st = bad(ln, "malformed or out-of-range " + what + " " + quote_token(tok) + " (an integer in [" +
+                     std::to_string(min) + ", " + std::to_string(max) + "])");
     return false;
   };
   const auto float_field = [&](std::string_view tok, const std::string& what, double* v) -> bool {
     const NumberParse r = parse_double(tok, v);
-    if (r == NumberParse::kOk && std::isfinite(*v) &&
-        std::fabs(*v) <= double(std::numeric_limits<float>::max())) {
-      *v = double(float(*v));
-      return true;
-    }
+    if (r == NumberParse::kOk && to_finite_float(*v, v)) return true;  // rounds to a finite float
     st = bad(ln, "malformed or non-finite " + what + " " + quote_token(tok) +
                      " (a finite float)");
     return false;
@@ -253,7 +254,7 @@ inline Status parse_native_v2(std::string_view text, const std::string& name, Th
     } else if (key == 1 || key == 2) {
       std::uint64_t& v = key == 1 ? layers : heads;
       const Index limit = key == 1 ? kMaxThresholdLayers : kMaxThresholdHeads;
-      if (!uint_field(f[1], std::uint64_t(limit), "'" + std::string(keys[key]) + "'", &v)) return st;
+      if (!uint_field(f[1], std::uint64_t(limit), "'" + std::string(keys[key]) + "'", &v, 1)) return st;
       if (v < 1) return bad(ln, "'" + std::string(keys[key]) + "' must be >= 1");
       const Index expect = key == 1 ? opts.expected_layers : opts.expected_heads;
       if (expect > 0 && Index(v) != expect)
@@ -262,13 +263,13 @@ inline Status parse_native_v2(std::string_view text, const std::string& name, Th
                         std::to_string(expect) + " are expected");
     } else if (key == 3) {
       const NumberParse r = parse_double(f[1], &lambda);
-      if (r != NumberParse::kOk || !std::isfinite(lambda) || lambda < 0)
-        return bad(ln, "malformed lambda " + quote_token(f[1]) + " (finite, >= 0)");
+      if (r != NumberParse::kOk || !std::isfinite(lambda))  // as version 1: any finite value
+        return bad(ln, "'lambda' must be finite, got " + quote_token(f[1]));
     } else if (key == 6) {
-      if (!uint_field(f[1], 16, "'buckets_per_octave'", &bpo)) return st;
+      if (!uint_field(f[1], 16, "'buckets_per_octave'", &bpo, 1)) return st;
       if (bpo < 1) return bad(ln, "'buckets_per_octave' must be in [1, 16]");
     } else if (key == 7) {
-      if (!uint_field(f[1], 4096, "'tables'", &ntables)) return st;
+      if (!uint_field(f[1], 4096, "'tables'", &ntables, 1)) return st;
       if (ntables < 1) return bad(ln, "'tables' must be >= 1");
       break;
     }
@@ -289,7 +290,7 @@ inline Status parse_native_v2(std::string_view text, const std::string& name, Th
       return bad(ln, "expected 'table <k>' (table " + std::to_string(ti + 1) + " of " +
                          std::to_string(ntables) + ")");
     std::uint64_t tk = 0;
-    if (!uint_field(f[1], std::uint64_t(kMaxThresholdLength), "table k", &tk)) return st;
+    if (!uint_field(f[1], std::uint64_t(kMaxThresholdLength), "table k", &tk, 1)) return st;
     const Index table_line = ln;
     ThresholdTable t = ThresholdTable::compact(L, H);
     t.metadata().placement = placement;
@@ -310,7 +311,7 @@ inline Status parse_native_v2(std::string_view text, const std::string& name, Th
                              std::to_string(f.size() - 1));
         for (Index l = 0; l < L; ++l) {
           std::uint64_t v = 0;
-          if (!uint_field(f[std::size_t(l) + 1], std::uint64_t(kMaxThresholdLength), "k", &v)) return st;
+          if (!uint_field(f[std::size_t(l) + 1], std::uint64_t(kMaxThresholdLength), "k", &v, 1)) return st;
           if (v < 1) return bad(ln, "k must be >= 1");
           (void)t.set_k(l, Index(v));
         }
@@ -378,7 +379,7 @@ inline Status parse_native_v2(std::string_view text, const std::string& name, Th
       if (!float_field(f[2], "slope_below", &c.slope_below)) return st;
       if (!float_field(f[3], "slope_above", &c.slope_above)) return st;
       std::uint64_t nk = 0;
-      if (!uint_field(f[4], 65536, "knot count", &nk)) return st;
+      if (!uint_field(f[4], 65536, "knot count", &nk, 1)) return st;
       if (nk < 1) return bad(ln, "a curve needs at least one knot");
       if (f.size() != 5 + nk * per_knot)
         return bad(ln, std::to_string(nk) + " knots of " + std::to_string(per_knot) + " fields need " +
@@ -387,7 +388,7 @@ inline Status parse_native_v2(std::string_view text, const std::string& name, Th
         const std::size_t o = 5 + std::size_t(i) * per_knot;
         CurveKnot k;
         std::uint64_t len = 0;
-        if (!uint_field(f[o], std::uint64_t(kMaxThresholdLength), "knot length", &len)) return st;
+        if (!uint_field(f[o], std::uint64_t(kMaxThresholdLength), "knot length", &len, 1)) return st;
         k.length = Index(len);
         if (!float_field(f[o + 1], "knot value", &k.value)) return st;
         if (!uint_field(f[o + 2], ~std::uint64_t(0), "knot samples", &k.samples)) return st;
