@@ -255,7 +255,6 @@ inline Status parse_native_v2(std::string_view text, const std::string& name, Th
       std::uint64_t& v = key == 1 ? layers : heads;
       const Index limit = key == 1 ? kMaxThresholdLayers : kMaxThresholdHeads;
       if (!uint_field(f[1], std::uint64_t(limit), "'" + std::string(keys[key]) + "'", &v, 1)) return st;
-      if (v < 1) return bad(ln, "'" + std::string(keys[key]) + "' must be >= 1");
       const Index expect = key == 1 ? opts.expected_layers : opts.expected_heads;
       if (expect > 0 && Index(v) != expect)
         return fail(StatusCode::kInvalidArgument, ln,
@@ -267,10 +266,8 @@ inline Status parse_native_v2(std::string_view text, const std::string& name, Th
         return bad(ln, "'lambda' must be finite, got " + quote_token(f[1]));
     } else if (key == 6) {
       if (!uint_field(f[1], 16, "'buckets_per_octave'", &bpo, 1)) return st;
-      if (bpo < 1) return bad(ln, "'buckets_per_octave' must be in [1, 16]");
     } else if (key == 7) {
       if (!uint_field(f[1], 4096, "'tables'", &ntables, 1)) return st;
-      if (ntables < 1) return bad(ln, "'tables' must be >= 1");
       break;
     }
   }
@@ -312,7 +309,6 @@ inline Status parse_native_v2(std::string_view text, const std::string& name, Th
         for (Index l = 0; l < L; ++l) {
           std::uint64_t v = 0;
           if (!uint_field(f[std::size_t(l) + 1], std::uint64_t(kMaxThresholdLength), "k", &v, 1)) return st;
-          if (v < 1) return bad(ln, "k must be >= 1");
           (void)t.set_k(l, Index(v));
         }
         have_k = true;
@@ -380,7 +376,6 @@ inline Status parse_native_v2(std::string_view text, const std::string& name, Th
       if (!float_field(f[3], "slope_above", &c.slope_above)) return st;
       std::uint64_t nk = 0;
       if (!uint_field(f[4], 65536, "knot count", &nk, 1)) return st;
-      if (nk < 1) return bad(ln, "a curve needs at least one knot");
       if (f.size() != 5 + nk * per_knot)
         return bad(ln, std::to_string(nk) + " knots of " + std::to_string(per_knot) + " fields need " +
                            std::to_string(5 + nk * per_knot) + " fields, got " + std::to_string(f.size()));
