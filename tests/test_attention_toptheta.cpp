@@ -354,6 +354,65 @@ void strict_case(bool prefill_call) {
 TEST(TopThetaStrict, ThetaEqualToAScoreIsNotKeptDecode) { strict_case<float>(false); }
 TEST(TopThetaStrict, ThetaEqualToAScoreIsNotKeptPrefill) { strict_case<Eigen::half>(true); }
 
+// A threshold between two floats: keep_j = a_j > theta compares the float a_j with the table's
+// double theta exactly (semantics §4.2, §11), so a score just above theta is kept even where
+// float(theta) rounds up past it. theta = 1 - 1e-12 (float(theta) = 1) with scores (1, 3, 0, 0)
+// keeps keys 0 and 1; post-softmax theta = 0.25 - 1e-12 with four equal scores (p_j = 0.25)
+// keeps all four. Rounding theta to nearest dropped key 0 (pre) and made the post row empty.
+// Every ISA path, decode and prefill (T = 1), each a different kernel site: decode's single
+// pass (pre) and its row pipeline (post), prefill's flash (pre) and post-softmax walks.
+TEST(TopThetaStrict, ThetaBetweenFloatsKeepsTheScoresAboveIt) {
+  for (Placement pl : {Placement::kPreSoftmax, Placement::kPostSoftmax}) {
+    const bool pre = pl == Placement::kPreSoftmax;
+    const Index L = 4, d = 4;
+    std::vector<float> q{1, 0, 0, 0}, k(L * d, 0.0f), v(L * d, 0.0f), out(d, -1.0f);
+    const float sc[L] = {1, 3, 0, 0};
+    for (Index j = 0; j < L; ++j) {
+      if (pre) k[std::size_t(j * d)] = sc[j];
+      v[std::size_t(j * d + j)] = 1.0f;  // V row j = e_j: out_j = w_j
+    }
+    AttentionArgs<float> a;
+    a.q = HeadsView<const float>::token_major(q.data(), 1, 1, d);
+    a.k = HeadsView<const float>::token_major(k.data(), L, 1, d);
+    a.v = HeadsView<const float>::token_major(v.data(), L, 1, d);
+    a.out = HeadsView<float>::token_major(out.data(), 1, 1, d);
+    a.scale = 1.0;
+    ThresholdTable t(1, 1, 1);
+    t.metadata().placement = pl;
+    ThresholdEntry e;
+    e.length = L;
+    e.theta = pre ? 1.0 - 1e-12 : 0.25 - 1e-12;
+    ASSERT_GT(double(float(e.theta)), e.theta);  // the case needs float(theta) above theta
+    ASSERT_TRUE(t.set(0, 0, e).ok());
+    const double e1 = std::exp(1.0), e3 = std::exp(3.0);
+    const std::vector<double> want =
+        pre ? std::vector<double>{e1 / (e1 + e3), e3 / (e1 + e3), 0, 0}
+            : std::vector<double>{0.25, 0.25, 0.25, 0.25};
+    for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kNeon}) {
+      if (!isa_supported(isa)) continue;
+      for (bool use_prefill : {false, true}) {
+        SCOPED_TRACE(std::string(to_string(pl)) + " " + to_string(isa) +
+                     (use_prefill ? " prefill" : " decode"));
+        AttentionOptions o;
+        o.mode = AttentionMode::kTopTheta;
+        o.placement = pl;
+        o.thresholds = &t;
+        o.isa = isa;
+        AttentionStats st;
+        o.stats = &st;
+        std::fill(out.begin(), out.end(), -1.0f);
+        ASSERT_TRUE((use_prefill ? prefill(a, o) : decode(a, o)).ok());
+        EXPECT_EQ(st.elements_kept, pre ? 2u : 4u);
+        EXPECT_EQ(st.empty_rows, 0u);
+        for (Index i = 0; i < d; ++i) EXPECT_NEAR(out[std::size_t(i)], want[std::size_t(i)], 1e-6) << i;
+        const reference::Result ref = reference::attention(a, o);
+        ASSERT_TRUE(ref.status.ok());
+        EXPECT_EQ(ref.stats.elements_kept, st.elements_kept) << "oracle";
+      }
+    }
+  }
+}
+
 TEST(TopThetaStrict, KeepMaxTiesKeepTheFirstMaximum) {
   // Scores [1, 2, 2, 0, 2]: theta = 5 empties the row; keep-max keeps index 1.
   const Index L = 5;

@@ -19,13 +19,27 @@
 
 namespace toptheta {
 
+/// A threshold θ of the table (a double) in the accumulation type, rounded toward -inf: the
+/// largest Acc value <= θ. For every value a of type Acc, a > threshold_in<Acc>(θ) exactly when
+/// a > θ, so Top-θ's strict test a_j > θ (semantics §4.2) is exact although the comparisons run
+/// in Acc (§11). Rounding to nearest instead dropped the float scores in (θ, float(θ)] whenever
+/// float(θ) > θ, which interpolated and compact-curve thresholds hit (θ = 2/3: the score
+/// float(2/3) > 2/3 was dropped). A θ beyond the largest Acc becomes that largest value (no
+/// sanitized score exceeds it); -inf, a head declared dense, stays -inf.
+template <class Acc>
+inline Acc threshold_in(double theta) {
+  Acc t = static_cast<Acc>(theta);
+  if (static_cast<double>(t) > theta) t = std::nextafter(t, -std::numeric_limits<Acc>::infinity());
+  return t;
+}
+
 /// Per-row selection parameters, resolved by the kernel for one (layer, head, L).
 template <class Acc>
 struct RowSelectParams {
   AttentionMode mode = AttentionMode::kDense;  ///< kDense, kTopK or kTopTheta (already resolved)
   Placement placement = Placement::kPreSoftmax;  ///< domain of theta: s_j or p_j (semantics §2)
   Index k = 0;                                  ///< budget k_l; the row is thresholded iff L > k
-  Acc theta = 0;                                ///< Top-θ threshold in the placement's domain
+  Acc theta = 0;  ///< Top-θ threshold in the placement's domain (threshold_in<Acc>(θ))
   EmptyRowPolicy empty_row = EmptyRowPolicy::kKeepMax;  ///< Top-θ rows nothing passes (§4.3)
   Index cap_k = 0;                              ///< 0 = no cap
   /// Optional: the row maximum M and the softmax denominator Z = sum_j exp(s_j - M), when the

@@ -28,6 +28,40 @@ struct RowWeightParams {
   Acc sdc_term = 0;   ///< calibrated C(l, h, L)
 };
 
+/// D~, the dropped part of the softmax denominator relative to exp(M), for a row of L keys of
+/// which n are kept (semantics §5; the paper's softmax-denominator compensation, SDC, §3.3):
+/// - none: 0;
+/// - exact: `exact`, sum over the dropped keys of exp(s_j - M), which only the caller can sum;
+/// - exp-threshold: (L - n) * exp(theta - M), every dropped key counted at the threshold; 0 when
+///   nothing is dropped or theta is -inf;
+/// - calibrated: `calibrated`, the table's offline term C(l, h, L) (semantics §8).
+/// A keep-max empty row passes n = 1 and, for exact, its dropped sum less the maximum's exp(0).
+/// The one formula of every kernel (decode, prefill, the row pipeline).
+template <class Acc>
+inline Acc sdc_dropped(SdcMode mode, Index L, Index n, Acc M, Acc theta, Acc exact,
+                       Acc calibrated) {
+  switch (mode) {
+    case SdcMode::kNone: return Acc(0);
+    case SdcMode::kExact: return exact;
+    case SdcMode::kExpThreshold:
+      return (L == n || theta == -std::numeric_limits<Acc>::infinity())
+                 ? Acc(0)
+                 : Acc(L - n) * std::exp(theta - M);
+    case SdcMode::kCalibrated: return calibrated;
+  }
+  return Acc(0);
+}
+
+/// The compensated denominator D + sdc_scale * D~ (semantics §5) of a row whose kept keys sum
+/// to `kept` = D (relative to exp(M)), or D itself when the mode is none, when sdc_scale is 0
+/// (no 0 * inf) or when the sum is not > 0 (the caller then renormalises over the kept set).
+template <class Acc>
+inline Acc sdc_denominator(SdcMode mode, Acc sdc_scale, Acc kept, Acc dropped) {
+  const Acc den =
+      kept + (mode != SdcMode::kNone && sdc_scale != Acc(0) ? sdc_scale * dropped : Acc(0));
+  return den > Acc(0) ? den : kept;
+}
+
 /// Writes w[i], the weight of key kept[i], for a row selected by select_row(); returns
 /// sum_i w[i] (the weight that VMC complements). `scratch` (L values) and `probs` must still
 /// hold what select_row() left there (post-softmax); the pre-softmax paths clobber scratch.
@@ -66,25 +100,18 @@ Acc row_weights(const Acc* s, Index L, const RowSelection<Acc>& sel, const std::
     return sum > 0 ? Acc(1) : Acc(0);
   }
   const Acc d_kept = Ops::exp_shifted(scratch, n, M, w);
-  Acc d_dropped = 0;
-  if (p.sdc_scale != Acc(0)) switch (p.sdc) {
-      case SdcMode::kExact: {  // sum over the complement of the (sorted) kept list
-        Ops::exp_shifted(s, L, M, scratch);
-        for (Index i = 0; i < n; ++i) scratch[kept[i]] = 0;
-        Acc lane[16] = {};
-        for (Index j = 0; j < L; ++j) lane[j & 15] += scratch[j];
-        for (Index l = 0; l < 16; ++l) d_dropped += lane[l];
-        break;
-      }
-      case SdcMode::kExpThreshold:
-        d_dropped = (L == n || p.theta == -std::numeric_limits<Acc>::infinity())
-                        ? Acc(0)
-                        : Acc(L - n) * std::exp(p.theta - M);
-        break;
-      case SdcMode::kCalibrated: d_dropped = p.sdc_term; break;
-      case SdcMode::kNone: break;
-    }
-  const Acc denom = d_kept + (p.sdc_scale != Acc(0) ? p.sdc_scale * d_dropped : Acc(0));
+  Acc exact = 0;
+  if (p.sdc == SdcMode::kExact && p.sdc_scale != Acc(0)) {
+    // The sum over the complement of the (sorted) kept list.
+    Ops::exp_shifted(s, L, M, scratch);
+    for (Index i = 0; i < n; ++i) scratch[kept[i]] = 0;
+    Acc lane[16] = {};
+    for (Index j = 0; j < L; ++j) lane[j & 15] += scratch[j];
+    for (Index l = 0; l < 16; ++l) exact += lane[l];
+  }
+  const Acc d_dropped =
+      p.sdc_scale != Acc(0) ? sdc_dropped(p.sdc, L, n, M, p.theta, exact, p.sdc_term) : Acc(0);
+  const Acc denom = sdc_denominator(p.sdc, p.sdc_scale, d_kept, d_dropped);
   if (!(denom > Acc(0))) {
     // Every kept exp(s - M) underflowed (cap_k dropped the row maximum) and nothing is
     // compensated: fall back to renormalising over the kept set, as with SDC none.

@@ -289,7 +289,7 @@ class DecodeCall {
     if (sparse_fused_)
       for (Index h = 0; h < Hq_; ++h) {
         const ThresholdLookup th = cx_.lookup(h, L_);
-        theta_[h] = Acc(th.theta);
+        theta_[h] = threshold_in<Acc>(th.theta);
         sdc_term_[h] = std::isnan(th.sdc) ? Acc(0) : Acc(th.sdc);
       }
   }
@@ -653,21 +653,10 @@ class DecodeCall {
   }
 
   /// The denominator D + sdc_scale * D~ of a thresholded single-pass row (D, Dd relative to M).
+  /// SDC none renormalises over the kept set (D).
   Acc fused_denominator(Index h, Acc M, Acc D, Acc Dd, Index nk) const {
-    Acc dropped = 0;
-    switch (o_.sdc) {
-      case SdcMode::kNone: return D;  // renormalise over the kept set
-      case SdcMode::kExact: dropped = Dd; break;
-      case SdcMode::kExpThreshold:
-        dropped = (nk == L_ || theta_[h] == -std::numeric_limits<Acc>::infinity())
-                      ? Acc(0)
-                      : Acc(L_ - nk) * std::exp(theta_[h] - M);
-        break;
-      case SdcMode::kCalibrated: dropped = sdc_term_[h]; break;
-    }
-    const Acc sc = Acc(o_.sdc_scale);
-    const Acc den = D + (sc != Acc(0) ? sc * dropped : Acc(0));
-    return den > Acc(0) ? den : D;
+    return sdc_denominator(o_.sdc, Acc(o_.sdc_scale), D,
+                           sdc_dropped(o_.sdc, L_, nk, M, theta_[h], Dd, sdc_term_[h]));
   }
 
   /// A thresholded single-pass row of query head g * G + hh where nothing passed theta.
@@ -701,22 +690,10 @@ class DecodeCall {
         }
     }
     if (am < 0) am = j0;  // unreachable: the chunk max is one of its scores
-    // Weight of the kept maximum: exp(0) / (1 + sdc_scale * D~).
-    Acc dropped = 0;
-    switch (o_.sdc) {
-      case SdcMode::kNone: break;
-      case SdcMode::kExact: dropped = std::max(Dd - Acc(1), Acc(0)); break;
-      case SdcMode::kExpThreshold:
-        dropped = (L_ == 1 || theta_[h] == -std::numeric_limits<Acc>::infinity())
-                      ? Acc(0)
-                      : Acc(L_ - 1) * std::exp(theta_[h] - M);
-        break;
-      case SdcMode::kCalibrated: dropped = sdc_term_[h]; break;
-    }
-    const Acc sc = Acc(o_.sdc_scale);
-    Acc den = Acc(1) + (o_.sdc != SdcMode::kNone && sc != Acc(0) ? sc * dropped : Acc(0));
-    if (!(den > Acc(0))) den = 1;
-    const Acc wmax = Acc(1) / den;
+    // Weight of the kept maximum: exp(0) / (1 + sdc_scale * D~), D~ over the other keys.
+    const Acc dropped = sdc_dropped(o_.sdc, L_, Index(1), M, theta_[h],
+                                    std::max(Dd - Acc(1), Acc(0)), sdc_term_[h]);
+    const Acc wmax = Acc(1) / sdc_denominator(o_.sdc, Acc(o_.sdc_scale), Acc(1), dropped);
     const T* row = v_.row(am, g);
     Ops::accumulate_rows(out, 1, d, &row, &wmax, 1, 1, 1);
     if (o_.vmc == VmcMode::kOn) *coeff = Acc(1) - wmax;

@@ -317,7 +317,7 @@ class PrefillCall {
       const Index t = t0 + m / G, Lt = P_ + t + 1;
       if (cx_.thresholded(Lt)) {
         const ThresholdLookup th = cx_.lookup(g * G + m % G, Lt);
-        theta[m] = Acc(th.theta);
+        theta[m] = threshold_in<Acc>(th.theta);
         sdc_term[m] = std::isnan(th.sdc) ? Acc(0) : Acc(th.sdc);
         sparse = true;
       }
@@ -526,21 +526,11 @@ class PrefillCall {
             continue;
           }
           const Index am = Index(best_idx[m]);
-          Acc dropped = 0;
-          switch (o_.sdc) {
-            case SdcMode::kNone: break;
-            case SdcMode::kExact: dropped = std::max(drop_sum[m] - Acc(1), Acc(0)); break;
-            case SdcMode::kExpThreshold:
-              dropped = (Lt == 1 || theta[m] == -std::numeric_limits<Acc>::infinity())
-                            ? Acc(0)
-                            : Acc(Lt - 1) * std::exp(theta[m] - M);
-              break;
-            case SdcMode::kCalibrated: dropped = sdc_term[m]; break;
-          }
-          const Acc sc = Acc(o_.sdc_scale);
-          Acc den = Acc(1) + (o_.sdc != SdcMode::kNone && sc != Acc(0) ? sc * dropped : Acc(0));
-          if (!(den > Acc(0))) den = 1;
-          const Acc wmax = Acc(1) / den;
+          // exp(0) / (1 + sdc_scale * D~), D~ over the other keys.
+          const Acc dropped = sdc_dropped(o_.sdc, Lt, Index(1), M, theta[m],
+                                          std::max(drop_sum[m] - Acc(1), Acc(0)), sdc_term[m]);
+          const Acc wmax =
+              Acc(1) / sdc_denominator(o_.sdc, Acc(o_.sdc_scale), Acc(1), dropped);
           const T* row = v_.row(am, g);
           Ops::accumulate_rows(out, 1, d, &row, &wmax, 1, 1, 1);
           if (o_.vmc == VmcMode::kOn) coeff[hh] = Acc(1) - wmax;
@@ -555,22 +545,8 @@ class PrefillCall {
           w.sink.row(h, Lt, 1, cx_.k, true, true);
           continue;
         }
-        Acc dropped = 0;
-        bool compensate = true;
-        switch (o_.sdc) {
-          case SdcMode::kNone: compensate = false; break;
-          case SdcMode::kExact: dropped = drop_sum[m]; break;
-          case SdcMode::kExpThreshold:
-            dropped = (nk == Lt || theta[m] == -std::numeric_limits<Acc>::infinity())
-                          ? Acc(0)
-                          : Acc(Lt - nk) * std::exp(theta[m] - M);
-            break;
-          case SdcMode::kCalibrated: dropped = sdc_term[m]; break;
-        }
-        const Acc sc = Acc(o_.sdc_scale);
-        Acc den = kept_sum[m] + (compensate && sc != Acc(0) ? sc * dropped : Acc(0));
-        if (!(den > Acc(0))) den = kept_sum[m];
-        const Acc inv = Acc(1) / den;
+        const Acc dropped = sdc_dropped(o_.sdc, Lt, nk, M, theta[m], drop_sum[m], sdc_term[m]);
+        const Acc inv = Acc(1) / sdc_denominator(o_.sdc, Acc(o_.sdc_scale), kept_sum[m], dropped);
         for (Index i = 0; i < d; ++i) out[i] = om[i] * inv;
         if (o_.vmc == VmcMode::kOn) coeff[hh] = Acc(1) - kept_sum[m] * inv;
         w.sink.row(h, Lt, nk, cx_.k, true, false);
@@ -679,7 +655,7 @@ class PrefillCall {
         ps.bound[m] = ps.theta[m] = ninf;
         continue;
       }
-      const Acc th = Acc(cx_.lookup(g * G + m % G, Lt).theta);
+      const Acc th = threshold_in<Acc>(cx_.lookup(g * G + m % G, Lt).theta);
       ps.theta[m] = th;
       if (th < Acc(0)) {  // every key j < L_t passes (p_j >= 0 > theta)
         ps.bound[m] = pinf;

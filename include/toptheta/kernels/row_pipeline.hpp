@@ -108,8 +108,7 @@ HeadRow<Acc> process_head_row(const RowContext<Acc>& cx, Index h, const Acc* s, 
   wp.sdc_scale = Acc(o.sdc_scale);
   if (cx.sel_mode == AttentionMode::kTopTheta && L > cx.k) {
     const ThresholdLookup th = cx.lookup(h, L);
-    sp.theta = Acc(th.theta);
-    wp.theta = Acc(th.theta);
+    sp.theta = wp.theta = threshold_in<Acc>(th.theta);
     wp.sdc_term = std::isnan(th.sdc) ? Acc(0) : Acc(th.sdc);
   }
   const RowSelection<Acc> sel = select_row<Ops>(s, L, sp, rs.a, rs.kept, rs.probs);
