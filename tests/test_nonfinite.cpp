@@ -206,6 +206,65 @@ TEST(NonFiniteHanded, PrefillMaskedNanV) {
   }
 }
 
+// The oracle follows semantics §2 / §7 in the cases where double arithmetic would not (the
+// kernels compute in float, §11); each case is by hand, kernel and oracle:
+// - a +inf score (bias +inf; a key element +inf) is the largest finite float, so that key takes
+//   all the weight (the oracle gave NaN from inf - inf);
+// - scores beyond the float range overflow to +inf in the kernels and both become FLT_MAX: equal
+//   weights (the oracle, in double, weighed them 0 and 1);
+// - a weight whose exponential underflows in float is exactly 0, so its NaN V row is not read
+//   (the oracle's double exp(-200) weighed the NaN);
+// - pre-softmax Top-θ without SDC renormalises (weights sum to 1 by definition), so VMC's
+//   coefficient is 0 and a NaN V row that is dropped stays out of the output through vbar too.
+TEST(NonFiniteHanded, OracleSanitizesAndUnderflowsAsTheKernels) {
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  struct Case {
+    const char* name;
+    std::vector<float> q, k, v, bias;  // d = 2, L = k.size() / 2
+    std::vector<double> want;
+    bool toptheta_vmc = false;  // Top-θ pre, SDC none, VMC on, theta 0.5
+  };
+  const std::vector<Case> cases = {
+      {"+inf bias", {1, 0}, {0, 0, 0, 0, 0, 0}, {1, 0, 0, 1, 0, 1}, {inf, 0, 0}, {1, 0}},
+      {"+inf key element", {1, 0}, {inf, 0, 0, 0, 0, 0}, {1, 0, 0, 1, 0, 1}, {}, {1, 0}},
+      {"scores beyond float", {1e20f, 0}, {1e20f, 0, 2e20f, 0}, {1, 0, 0, 1}, {}, {0.5, 0.5}},
+      {"underflowed weight, NaN V", {1, 0}, {0, 0, -200, 0}, {1, 2, nan, inf}, {}, {1, 2}},
+      {"dropped NaN V under VMC", {1, 0}, {1, 0, 0, 0, 0, 0}, {1, 0, nan, 0, 0, 1}, {}, {1, 0}, true},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const Index d = 2, L = Index(c.k.size()) / d;
+    std::vector<float> out(2, -1.0f);
+    AttentionArgs<float> a;
+    a.q = HeadsView<const float>::token_major(c.q.data(), 1, 1, d);
+    a.k = HeadsView<const float>::token_major(c.k.data(), L, 1, d);
+    a.v = HeadsView<const float>::token_major(c.v.data(), L, 1, d);
+    a.out = HeadsView<float>::token_major(out.data(), 1, 1, d);
+    a.scale = 1.0;
+    if (!c.bias.empty()) a.bias = MatrixView<const float>{c.bias.data(), 1, L, L};
+    ThresholdTable t(1, 1, 1);
+    AttentionOptions o;  // dense
+    if (c.toptheta_vmc) {
+      ThresholdEntry e;
+      e.length = L;
+      e.theta = 0.5;  // keeps key 0 (score 1) only
+      ASSERT_TRUE(t.set(0, 0, e).ok());
+      o.mode = AttentionMode::kTopTheta;
+      o.thresholds = &t;
+      o.vmc = VmcMode::kOn;
+      o.vbar = VbarSource::kSumCache;
+    }
+    for (bool use_prefill : {false, true}) {
+      ASSERT_TRUE((use_prefill ? prefill(a, o) : decode(a, o)).ok());
+      for (Index i = 0; i < d; ++i)
+        EXPECT_EQ(double(out[std::size_t(i)]), c.want[std::size_t(i)]) << (use_prefill ? "prefill " : "decode ") << i;
+    }
+    const reference::Result ref = reference::attention(a, o);
+    ASSERT_TRUE(ref.status.ok());
+    for (Index i = 0; i < d; ++i) EXPECT_NEAR(ref.out[std::size_t(i)], c.want[std::size_t(i)], 1e-12) << "oracle " << i;
+  }
+}
+
 // A causal prefill: the V row of the last new token is NaN; every earlier row must stay finite
 // (for them it is a future token), only the last row sees it.
 TEST(NonFiniteHanded, FutureTokenNanVOnlyReachesTheRowsThatSeeIt) {

@@ -100,7 +100,10 @@ double effective_scale(const AttentionArgs<T, Q>& args) {
   return args.scale == 0.0 ? 1.0 / std::sqrt(double(args.q.dim)) : args.scale;
 }
 
-/// Scores s_j, j < L_t = P + t + 1, of (token t, query head h); NaN scores become -inf.
+/// Scores s_j, j < L_t = P + t + 1, of (token t, query head h), sanitized as semantics §2 says
+/// in the accumulation type acc_t<T> (§11): NaN becomes -inf (a masked key), +inf its largest
+/// finite value. A score beyond that type's range, which the kernels' score overflows to ±inf,
+/// is clamped the same way (above: the largest finite value; below: -inf).
 template <class T, class Q>
 std::vector<double> scores(const AttentionArgs<T, Q>& args, Index t, Index h) {
   const Index Tq = args.q.tokens, Hq = args.q.heads, d = args.q.dim;
@@ -115,7 +118,9 @@ std::vector<double> scores(const AttentionArgs<T, Q>& args, Index t, Index h) {
     for (Index i = 0; i < d; ++i) dot += to_double(args.q(t, h, i)) * cache_value(args, 0, j, g, i);
     double x = scale * dot;
     if (!args.bias.empty()) x += double(args.bias(t, j));
-    if (std::isnan(x)) x = -kInf;
+    constexpr double big = double(std::numeric_limits<acc_t<T>>::max());
+    if (std::isnan(x) || x < -big) x = -kInf;
+    else if (x > big) x = big;
     s[static_cast<std::size_t>(j)] = x;
   }
   return s;
@@ -198,7 +203,9 @@ Result attention(const AttentionArgs<T, Q>& args, const AttentionOptions& opt,
   r.heads = Hq;
   r.dim = d;
   r.out.assign(static_cast<std::size_t>(Tq * Hq * d), 0.0);
-  r.stats.enable_per_head(Hq);
+  // Per-head statistics are the model's heads; the call's head h is head_offset + h (§1).
+  const Index model_heads = args.model_heads > 0 ? args.model_heads : Hq;
+  r.stats.enable_per_head(model_heads);
   if (ropt.record_rows) r.rows.resize(static_cast<std::size_t>(Tq * Hq));
 
   // Budget, sparsity, placement for this call.
@@ -250,13 +257,21 @@ Result attention(const AttentionArgs<T, Q>& args, const AttentionOptions& opt,
       std::vector<bool> keep(static_cast<std::size_t>(Lt), false);
       std::vector<double> w(static_cast<std::size_t>(Lt), 0.0);
       double theta = std::numeric_limits<double>::quiet_NaN();
+      // A weight whose exponential exp(s_j - m) the kernels' accumulation type flushes to 0 is
+      // exactly 0 there, so its V row never reaches the output (§7, §11); w_j otherwise.
+      const auto acc_weight = [&](Index j, double m, double wj) {
+        return kernel_exp<acc_t<T>>(s[static_cast<std::size_t>(j)] - m) == 0.0 ? 0.0 : wj;
+      };
+      // Pre-softmax rows renormalised over the kept set (SDC none, or §5's fallback to it) have
+      // weights summing to 1 by definition: VMC's coefficient is exactly 0 (§6), as in the kernels.
+      bool renormalised = false;
 
       if (rec.masked) {
         // Fully masked: output 0, nothing kept, never empty.
       } else if (!rec.thresholded) {
         for (Index j = 0; j < Lt; ++j) {
           keep[static_cast<std::size_t>(j)] = true;
-          w[static_cast<std::size_t>(j)] = p[static_cast<std::size_t>(j)];
+          w[static_cast<std::size_t>(j)] = acc_weight(j, M, p[static_cast<std::size_t>(j)]);
         }
       } else {
         // 1. selection
@@ -308,7 +323,7 @@ Result attention(const AttentionArgs<T, Q>& args, const AttentionOptions& opt,
           if (placement == Placement::kPostSoftmax) {
             for (Index j = 0; j < Lt; ++j)
               if (keep[static_cast<std::size_t>(j)])
-                w[static_cast<std::size_t>(j)] = p[static_cast<std::size_t>(j)];
+                w[static_cast<std::size_t>(j)] = acc_weight(j, M, p[static_cast<std::size_t>(j)]);
           } else {
             // SDC none: renormalise over the kept set.
             const auto renormalise = [&] {
@@ -322,7 +337,9 @@ Result attention(const AttentionArgs<T, Q>& args, const AttentionOptions& opt,
                   z += std::exp(s[static_cast<std::size_t>(j)] - Mk);
               for (Index j = 0; j < Lt; ++j)
                 if (keep[static_cast<std::size_t>(j)])
-                  w[static_cast<std::size_t>(j)] = std::exp(s[static_cast<std::size_t>(j)] - Mk) / z;
+                  w[static_cast<std::size_t>(j)] =
+                      acc_weight(j, Mk, std::exp(s[static_cast<std::size_t>(j)] - Mk) / z);
+              renormalised = true;
             };
             if (opt.sdc == SdcMode::kNone) {
               renormalise();
@@ -355,7 +372,8 @@ Result attention(const AttentionArgs<T, Q>& args, const AttentionOptions& opt,
               } else {
                 for (Index j = 0; j < Lt; ++j)
                   if (keep[static_cast<std::size_t>(j)])
-                    w[static_cast<std::size_t>(j)] = std::exp(s[static_cast<std::size_t>(j)] - M) / den;
+                    w[static_cast<std::size_t>(j)] =
+                        acc_weight(j, M, std::exp(s[static_cast<std::size_t>(j)] - M) / den);
               }
             }
           }
@@ -380,7 +398,9 @@ Result attention(const AttentionArgs<T, Q>& args, const AttentionOptions& opt,
       if (rec.mean_v) {
         const std::vector<double> vb = v_mean(args, opt.vbar, t, g);
         for (Index i = 0; i < d; ++i) o[i] = vb[static_cast<std::size_t>(i)];
-      } else if (rec.thresholded && !rec.masked && opt.vmc == VmcMode::kOn) {
+      } else if (rec.thresholded && !rec.masked && opt.vmc == VmcMode::kOn && !renormalised &&
+                 1.0 - wsum != 0.0) {
+        // A coefficient of exactly 0 does not use vbar (§7: 0 * NaN is never formed).
         const std::vector<double> vb = v_mean(args, opt.vbar, t, g);
         for (Index i = 0; i < d; ++i) o[i] += (1.0 - wsum) * vb[static_cast<std::size_t>(i)];
       }
@@ -394,8 +414,8 @@ Result attention(const AttentionArgs<T, Q>& args, const AttentionOptions& opt,
       r.stats.thresholded_rows += rec.thresholded;
       r.stats.empty_rows += rec.empty;
       if (rec.thresholded) r.stats.elements_kept_thresholded += std::uint64_t(kept);
-      r.stats.kept_per_head[static_cast<std::size_t>(h)] += std::uint64_t(kept);
-      r.stats.total_per_head[static_cast<std::size_t>(h)] += std::uint64_t(Lt);
+      r.stats.kept_per_head[static_cast<std::size_t>(args.head_offset + h)] += std::uint64_t(kept);
+      r.stats.total_per_head[static_cast<std::size_t>(args.head_offset + h)] += std::uint64_t(Lt);
       for (std::int32_t j : rec.kept)
         group_union[static_cast<std::size_t>(g)][static_cast<std::size_t>(j)] = true;
       if (ropt.record_rows) r.rows[static_cast<std::size_t>(t * Hq + h)] = std::move(rec);
