@@ -188,7 +188,7 @@ inline Status parse_native_thresholds(std::string_view text, const std::string& 
     if (key == "entries") {
       if (f.size() != 2) return bad(ln, "'entries' takes one value: the number of entry lines");
       if (!detail::parse_uint(f[1], std::uint64_t(1) << 62, &declared)) {
-        if (!f[1].empty() && f[1].find_first_not_of("0123456789") == std::string_view::npos)
+        if (detail::is_digits(f[1]))
           return bad(ln, "number " + quote_token(f[1]) + " for 'entries' is too large (at most 2^62)");
         return num_error(NumberParse::kMalformed, f[1], "'entries'");
       }
@@ -201,13 +201,13 @@ inline Status parse_native_thresholds(std::string_view text, const std::string& 
         return bad(ln, "'dense_heads' takes a layer and at least one head or range "
                        "'<first>-<last>' of heads declared dense");
       Index l = 0;
-      if (!detail::parse_int(f[1], &l)) return num_error(NumberParse::kMalformed, f[1], "layer");
+      if (!detail::parse_int(f[1], &l)) return num_error(detail::integer_failure(f[1]), f[1], "layer");
       for (std::size_t i = 2; i < f.size(); ++i) {
         const std::string_view tok = f[i];
         const std::size_t dash = tok.find('-', 1);
         Index a = 0, b = 0;
         if (dash == std::string_view::npos) {
-          if (!detail::parse_int(tok, &a)) return num_error(NumberParse::kMalformed, tok, "head");
+          if (!detail::parse_int(tok, &a)) return num_error(detail::integer_failure(tok), tok, "head");
           b = a;
         } else if (!detail::parse_int(tok.substr(0, dash), &a) ||
                    !detail::parse_int(tok.substr(dash + 1), &b) || b < a) {
@@ -242,10 +242,12 @@ inline Status parse_native_thresholds(std::string_view text, const std::string& 
     } else if (k == kLayers || k == kHeads) {
       const Index limit = k == kLayers ? kMaxThresholdLayers : kMaxThresholdHeads;
       std::uint64_t v = 0;
-      if (!detail::parse_uint(f[1], ~std::uint64_t(0), &v)) return num_error(NumberParse::kMalformed, f[1], "'" + kname + "'");
-      if (v < 1 || v > std::uint64_t(limit))
+      const bool parsed = detail::parse_uint(f[1], ~std::uint64_t(0), &v);
+      if (!parsed && !detail::is_digits(f[1]))
+        return num_error(NumberParse::kMalformed, f[1], "'" + kname + "'");
+      if (!parsed || v < 1 || v > std::uint64_t(limit))  // digits beyond 2^64 - 1 too
         return bad(ln, "'" + kname + "' must be in [1, " + std::to_string(limit) + "], got " +
-                           std::to_string(v));
+                           std::string(f[1]));
       (k == kLayers ? layers : heads) = Index(v);
       const Index expected = k == kLayers ? opts.expected_layers : opts.expected_heads;
       if (expected > 0 && expected != Index(v))
@@ -256,11 +258,12 @@ inline Status parse_native_thresholds(std::string_view text, const std::string& 
       if (f.size() < 2) return bad(ln, "'k' needs one value per layer");
       for (std::size_t i = 1; i < f.size(); ++i) {
         std::uint64_t v = 0;
-        if (!detail::parse_uint(f[i], ~std::uint64_t(0), &v))
+        const bool parsed = detail::parse_uint(f[i], ~std::uint64_t(0), &v);
+        if (!parsed && !detail::is_digits(f[i]))
           return num_error(NumberParse::kMalformed, f[i], "k of layer " + std::to_string(i - 1));
-        if (v < 1 || v > std::uint64_t(kMaxThresholdLength))
+        if (!parsed || v < 1 || v > std::uint64_t(kMaxThresholdLength))
           return bad(ln, "k of layer " + std::to_string(i - 1) + " must be in [1, " +
-                             std::to_string(kMaxThresholdLength) + "], got " + std::to_string(v));
+                             std::to_string(kMaxThresholdLength) + "], got " + std::string(f[i]));
         ks.push_back(Index(v));
       }
     } else if (k == kLambda) {
@@ -269,7 +272,7 @@ inline Status parse_native_thresholds(std::string_view text, const std::string& 
       if (!std::isfinite(lambda)) return bad(ln, "'lambda' must be finite, got " + quote_token(f[1]));
     } else if (k == kRows) {
       if (!detail::parse_uint(f[1], ~std::uint64_t(0), &rows))
-        return num_error(NumberParse::kMalformed, f[1], "'calibration_rows'");
+        return num_error(detail::integer_failure(f[1]), f[1], "'calibration_rows'");
     }
   }
   if (entries_line == 0)
@@ -345,9 +348,9 @@ inline Status parse_native_thresholds(std::string_view text, const std::string& 
       return bad(ln, "an entry is 'layer head length theta samples [sdc]', got " +
                          std::to_string(f.size()) + " fields");
     Index l = 0, h = 0, L = 0;
-    if (!detail::parse_int(f[0], &l)) return num_error(NumberParse::kMalformed, f[0], "layer");
-    if (!detail::parse_int(f[1], &h)) return num_error(NumberParse::kMalformed, f[1], "head");
-    if (!detail::parse_int(f[2], &L)) return num_error(NumberParse::kMalformed, f[2], "length");
+    if (!detail::parse_int(f[0], &l)) return num_error(detail::integer_failure(f[0]), f[0], "layer");
+    if (!detail::parse_int(f[1], &h)) return num_error(detail::integer_failure(f[1]), f[1], "head");
+    if (!detail::parse_int(f[2], &L)) return num_error(detail::integer_failure(f[2]), f[2], "length");
     if (l < 0 || l >= layers)
       return fail(StatusCode::kOutOfRange, ln,
                   "layer " + std::to_string(l) + " out of range [0, " + std::to_string(layers) + ")");
@@ -364,7 +367,7 @@ inline Status parse_native_thresholds(std::string_view text, const std::string& 
     if (std::isnan(e.theta) || (std::isinf(e.theta) && e.theta > 0))
       return bad(ln, "non-finite theta " + quote_token(f[3]) + " (only -inf is allowed)");
     if (!detail::parse_uint(f[4], ~std::uint64_t(0), &e.samples))
-      return num_error(NumberParse::kMalformed, f[4], "samples");
+      return num_error(detail::integer_failure(f[4]), f[4], "samples");
     if (f.size() == 6) {
       r = detail::parse_double(f[5], &e.sdc);
       if (r != NumberParse::kOk) return num_error(r, f[5], "sdc");

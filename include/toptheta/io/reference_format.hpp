@@ -201,12 +201,13 @@ inline Status parse_reference_thresholds(std::string_view th_text, const std::st
       if (std::isnan(r.e.theta) || (std::isinf(r.e.theta) && r.e.theta > 0))
         return bad("non-finite theta " + quote_token(f[1]) + " (only -inf is allowed)");
       if (!detail::parse_uint(f[2], ~std::uint64_t(0), &r.e.samples))
-        return num_error(NumberParse::kMalformed, f[2], "n_samples");
+        return num_error(detail::integer_failure(f[2]), f[2], "n_samples");
       std::uint64_t k = 0;
-      if (!detail::parse_uint(f[3], ~std::uint64_t(0), &k)) return num_error(NumberParse::kMalformed, f[3], "k");
-      if (k < 1 || k > std::uint64_t(kMaxThresholdLength))
+      const bool parsed = detail::parse_uint(f[3], ~std::uint64_t(0), &k);
+      if (!parsed && !detail::is_digits(f[3])) return num_error(NumberParse::kMalformed, f[3], "k");
+      if (!parsed || k < 1 || k > std::uint64_t(kMaxThresholdLength))  // digits beyond 2^64 - 1 too
         return bad("k must be in [1, " + std::to_string(kMaxThresholdLength) + "], got " +
-                   std::to_string(k));
+                   std::string(f[3]));
       const std::size_t li = static_cast<std::size_t>(r.layer);
       if (layer_k.size() <= li) {
         layer_k.resize(li + 1, 0);
@@ -295,7 +296,10 @@ inline Status parse_reference_thresholds(std::string_view th_text, const std::st
       return bad("SDC term must be finite and non-negative, got " + quote_token(f[1]));
     std::uint64_t n = 0;
     if (!detail::parse_uint(f[2], ~std::uint64_t(0), &n))
-      return bad("malformed number " + quote_token(f[2]) + " for n_samples");
+      return bad(std::string(detail::integer_failure(f[2]) == NumberParse::kOverflow
+                                 ? "number out of range "
+                                 : "malformed number ") +
+                 quote_token(f[2]) + " for n_samples");
     if (l >= layers || h >= heads || !t.contains(l, h, L))
       return detail::file_error(StatusCode::kOutOfRange, sdc_name, ln,
                                 "SDC term for layer " + std::to_string(l) + ", head " +

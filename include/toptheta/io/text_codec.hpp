@@ -211,6 +211,22 @@ inline bool parse_uint(std::string_view tok, std::uint64_t max, std::uint64_t* o
   return true;
 }
 
+/// Result of parse_double() (and integer_failure()).
+enum class NumberParse { kOk, kMalformed, kOverflow };
+
+/// True when `tok` is one or more decimal digits (a number parse_uint() refused only for its
+/// size, so the message can say "too large" rather than "malformed").
+inline bool is_digits(std::string_view tok) {
+  return !tok.empty() && tok.find_first_not_of("0123456789") == std::string_view::npos;
+}
+
+/// Why an unsigned integer token failed to parse: kOverflow for digits that are only too large,
+/// kMalformed otherwise (a sign included); for the "number out of range" / "malformed number"
+/// messages.
+inline NumberParse integer_failure(std::string_view tok) {
+  return is_digits(tok) ? NumberParse::kOverflow : NumberParse::kMalformed;
+}
+
 /// Signed decimal integer: optional '-' then digits, |value| < 2^62. Used where a negative value
 /// deserves its own message ("layer -1 out of range") rather than "malformed number".
 inline bool parse_int(std::string_view tok, Index* out) {
@@ -236,8 +252,6 @@ inline bool ascii_iequal(std::string_view a, const char* b) {
   return true;
 }
 
-/// Result of parse_double().
-enum class NumberParse { kOk, kMalformed, kOverflow };
 
 /// Strict decimal floating-point grammar (docs/threshold-format.md, "Numbers"):
 /// `[+-]? (D+ ('.' D*)? | '.' D+) ([eE] [+-]? D+)?`, or `[+-]?inf`, `[+-]?infinity`, `[+-]?nan`
