@@ -98,6 +98,36 @@ TEST(RunningVSum, RemovingNonFiniteAndLargeRowsRestoresTheSum) {
   EXPECT_EQ(s.rows(), 3);
 }
 
+// A large finite row removed next to small ones leaves their sum (double-double sums): with a
+// double accumulator add(1), add(1e20), remove(1e20) left 0, so after KvCache::truncate rolled
+// back a speculative outlier row, VMC's vbar was 0 for good.
+TEST(RunningVSum, RemovingALargeFiniteRowLeavesTheSmallOnes) {
+  RunningVSum<float> s(1, 1);
+  const float one = 1.f, big = 1e20f;
+  ASSERT_TRUE(s.add(HeadsView<const float>::token_major(&one, 1, 1, 1)).ok());
+  ASSERT_TRUE(s.add(HeadsView<const float>::token_major(&big, 1, 1, 1)).ok());
+  EXPECT_EQ(s.data()[0], 1e20f);
+  ASSERT_TRUE(s.remove(HeadsView<const float>::token_major(&big, 1, 1, 1)).ok());
+  EXPECT_EQ(s.data()[0], 1.f);
+  RunningVSum<Eigen::bfloat16> b(1, 1);
+  const Eigen::bfloat16 three(3.f), bbig(1e20f);
+  ASSERT_TRUE(b.add(HeadsView<const Eigen::bfloat16>::token_major(&three, 1, 1, 1)).ok());
+  ASSERT_TRUE(b.add(HeadsView<const Eigen::bfloat16>::token_major(&bbig, 1, 1, 1)).ok());
+  ASSERT_TRUE(b.remove(HeadsView<const Eigen::bfloat16>::token_major(&bbig, 1, 1, 1)).ok());
+  EXPECT_EQ(b.data()[0], 3.f);
+  // KvCache: rows {1,2,3,4}, {1e20 x4}, {1,2,3,4}; truncate to 1 row, append one more.
+  KvCache<float> c(KvCacheOptions{1, 4, 8});
+  ASSERT_TRUE(c.status().ok());
+  const float k[4] = {0, 0, 0, 0}, v1[4] = {1, 2, 3, 4}, v2[4] = {1e20f, 1e20f, 1e20f, 1e20f};
+  const auto kv = HeadsView<const float>::token_major(k, 1, 1, 4);
+  ASSERT_TRUE(c.append(kv, HeadsView<const float>::token_major(v1, 1, 1, 4)).ok());
+  ASSERT_TRUE(c.append(kv, HeadsView<const float>::token_major(v2, 1, 1, 4)).ok());
+  ASSERT_TRUE(c.append(kv, HeadsView<const float>::token_major(v1, 1, 1, 4)).ok());
+  ASSERT_TRUE(c.truncate(1).ok());
+  ASSERT_TRUE(c.append(kv, HeadsView<const float>::token_major(v1, 1, 1, 4)).ok());
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(c.v_sum()[i], v1[i]) << "the rows before the new one: row 0";
+}
+
 // Bad row views are errors that add nothing (before: tokens < 0 gave rows() < 0, a null data
 // pointer was dereferenced).
 TEST(RunningVSum, BadViewsAreErrors) {
