@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <string>
 #include <vector>
@@ -469,6 +470,35 @@ TEST(ErrorsOptions, NegativeThreads) {
   AttentionOptions o;
   o.threads = -3;
   expect_rejected(p, p.args(), o, {"threads must be >= 0", "-3"}, "threads -3");
+}
+
+// An integer cast to an option enumeration (a value outside its name table) fell through the
+// kernels' switches: mode 99 ran dense attention and returned ok, isa 99 said "the ? path is not
+// compiled in this build" (kFailedPrecondition). Now kInvalidArgument naming the field and its
+// values, for every enumeration of the options.
+TEST(ErrorsOptions, EnumValuesOutsideTheirTables) {
+  auto p = base_problem();
+  const auto bad = [](auto e) { return static_cast<decltype(e)>(99); };
+  struct Case {
+    const char* field;
+    std::function<void(AttentionOptions&)> set;
+  };
+  const std::vector<Case> cases = {
+      {"mode", [&](AttentionOptions& o) { o.mode = bad(o.mode); }},
+      {"placement", [&](AttentionOptions& o) { o.placement = bad(o.placement); }},
+      {"sdc", [&](AttentionOptions& o) { o.sdc = bad(o.sdc); }},
+      {"vmc", [&](AttentionOptions& o) { o.vmc = bad(o.vmc); }},
+      {"empty_row", [&](AttentionOptions& o) { o.empty_row = bad(o.empty_row); }},
+      {"lookup", [&](AttentionOptions& o) { o.lookup = bad(o.lookup); }},
+      {"vbar", [&](AttentionOptions& o) { o.vbar = bad(o.vbar); }},
+      {"isa", [&](AttentionOptions& o) { o.isa = bad(o.isa); }},
+  };
+  for (const Case& c : cases) {
+    AttentionOptions o;
+    c.set(o);
+    const std::string field = std::string("options.") + c.field + " = 99 is not one of ";
+    expect_rejected(p, p.args(), o, {field}, c.field);
+  }
 }
 
 // Per-head statistics sized for another head count were skipped (the call returned ok and the

@@ -257,6 +257,29 @@ inline Status check_per_head_stats(const AttentionStats* st, Index model_heads,
   return {};
 }
 
+/// kInvalidArgument when `e` is not a value of its name table (an integer cast to the enum),
+/// naming the field and the values it takes; such a value fell through the kernels' switches
+/// (a mode 99 ran dense, an isa 99 said "the ? path is not compiled").
+template <class E>
+Status check_enum(E e, const char* field) {
+  if (std::string_view(to_string(e)) != "?") return {};
+  return Status::invalid_argument(std::string("options.") + field + " = " +
+                                  std::to_string(static_cast<long long>(e)) + " is not one of " +
+                                  names_list<E>(", "));
+}
+
+/// The enumerations of the options, each a value of its table (check_enum).
+inline Status check_option_enums(const AttentionOptions& o) {
+  TOPTHETA_RETURN_IF_ERROR(check_enum(o.mode, "mode"));
+  TOPTHETA_RETURN_IF_ERROR(check_enum(o.placement, "placement"));
+  TOPTHETA_RETURN_IF_ERROR(check_enum(o.sdc, "sdc"));
+  TOPTHETA_RETURN_IF_ERROR(check_enum(o.vmc, "vmc"));
+  TOPTHETA_RETURN_IF_ERROR(check_enum(o.empty_row, "empty_row"));
+  TOPTHETA_RETURN_IF_ERROR(check_enum(o.lookup, "lookup"));
+  TOPTHETA_RETURN_IF_ERROR(check_enum(o.vbar, "vbar"));
+  return check_enum(o.isa, "isa");
+}
+
 /// Checks a paged cache: block size, pools, the in-block strides (rows never overlap, a block
 /// fits its stride) and every block-table entry (O(L / B), no allocation when valid).
 template <class T>
@@ -324,6 +347,7 @@ inline Index majority(Index first, Index b, Index c, Index e) {
 /// Returns `StatusCode::kInvalidArgument` on any error, ok otherwise.
 template <class T, class Q>
 Status validate(const AttentionArgs<T, Q>& args, const AttentionOptions& opt) {
+  TOPTHETA_RETURN_IF_ERROR(detail::check_option_enums(opt));
   const bool paged = !args.paged.empty();
   // The cache's shape: from k / v, or from the paged cache (then k / v must stay empty).
   if (paged && (args.k.data || args.v.data || args.k.tokens || args.v.tokens))
