@@ -211,6 +211,41 @@ TEST(CalibratorCompact, BucketsOnlyNeedNoPerLengthMemoryAndReportSparseBuckets) 
   for (const auto& k : set.tables()[0].curve(0, 0).knots) EXPECT_GE(k.samples, 50u);
 }
 
+// When no bucket of a head reaches min_bucket_samples, fit_curve gives every non-empty bucket a
+// knot (its fallback); the warnings said "pooled into the neighbouring buckets, no knot of their
+// own" for each of them all the same (found through toptheta-llama2c calibrate
+// --min-bucket-samples 100000). Now those buckets are marked own_knot and reported in one line
+// per k that says what happened.
+TEST(CalibratorCompact, WarningsSayWhenNoBucketReachesTheMinimum) {
+  CalibrationOptions o = options({8});
+  o.per_length = false;
+  o.compact.min_bucket_samples = 100000;
+  Calibrator cal(o);
+  observe_sequences(&cal, 3, 300, 1);
+  ThresholdSet set;
+  CalibrationReport rep;
+  ASSERT_TRUE(cal.finalize_compact(&set, &rep).ok());
+  ASSERT_FALSE(rep.sparse.empty());
+  for (const SparseBucket& b : rep.sparse) EXPECT_TRUE(b.own_knot);
+  const std::vector<std::string> w = rep.warnings();
+  ASSERT_EQ(w.size(), 1u);
+  EXPECT_NE(w[0].find("heads have no length bucket with 100000 samples (the fullest has"),
+            std::string::npos) << w[0];
+  EXPECT_NE(w[0].find("every non-empty length bucket got a knot of its own"), std::string::npos) << w[0];
+  EXPECT_EQ(w[0].find("no knot of their own"), std::string::npos) << w[0];
+  std::size_t knots = 0;
+  for (const SparseBucket& b : rep.sparse) knots += (b.layer == 0 && b.head == 0);
+  EXPECT_EQ(set.tables()[0].curve(0, 0).knots.size(), knots);  // one knot per bucket
+  // With a minimum some buckets reach, the sparse ones pool and are not own_knot.
+  o.compact.min_bucket_samples = 50;
+  Calibrator cal2(o);
+  observe_sequences(&cal2, 3, 300, 1);
+  CalibrationReport rep2;
+  ASSERT_TRUE(cal2.finalize_compact(&set, &rep2).ok());
+  ASSERT_FALSE(rep2.sparse.empty());
+  for (const SparseBucket& b : rep2.sparse) EXPECT_FALSE(b.own_knot);
+}
+
 TEST(CalibratorCompact, PooledThresholdsAreStableWithFewSequences) {
   // theta at the longest lengths from 4 vs 32 sequences: the compact form agrees within a few
   // percent; the per-length form, one sample per length and sequence, scatters far more.

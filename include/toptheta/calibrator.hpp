@@ -27,6 +27,7 @@
 #include <functional>
 #include <limits>
 #include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -82,15 +83,27 @@ struct CalibrationReport {
   std::vector<Index> ks;                        ///< one per table
   /// counts[(t * num_layers + layer) * num_heads + head][bucket]: rows in that bucket.
   std::vector<std::vector<std::uint64_t>> counts;
-  std::vector<SparseBucket> sparse;             ///< cells below min_bucket_samples (no knot)
+  std::vector<SparseBucket> sparse;             ///< cells below min_bucket_samples
 
-  /// One line per (k, bucket) with sparse cells: how many heads, the fewest samples.
+  /// One line per (k, bucket) with sparse cells that pooled into their neighbours: how many
+  /// heads, the fewest samples. Then one line per k for the heads none of whose buckets reached
+  /// the minimum, where every non-empty bucket got a knot of its own instead (fit_curve's
+  /// fallback; SparseBucket::own_knot): how many heads, the most samples of a bucket of theirs.
   std::vector<std::string> warnings() const {
     std::vector<std::string> w;
     for (Index k : ks) {
       std::vector<const SparseBucket*> v;
-      for (const auto& s : sparse)
-        if (s.k == k) v.push_back(&s);
+      std::set<std::pair<Index, Index>> fallback_heads;  // (layer, head)
+      std::uint64_t fullest = 0;
+      for (const auto& s : sparse) {
+        if (s.k != k) continue;
+        if (s.own_knot) {
+          fallback_heads.emplace(s.layer, s.head);
+          fullest = std::max(fullest, s.samples);
+        } else {
+          v.push_back(&s);
+        }
+      }
       std::sort(v.begin(), v.end(), [](const SparseBucket* a, const SparseBucket* b) {
         return a->length_lo < b->length_lo;
       });
@@ -106,6 +119,13 @@ struct CalibrationReport {
                     "); pooled into the neighbouring buckets, no knot of their own");
         i = j;
       }
+      if (!fallback_heads.empty())
+        w.push_back("k = " + std::to_string(k) + ": " + std::to_string(fallback_heads.size()) +
+                    " of " + std::to_string(num_layers * num_heads) +
+                    " heads have no length bucket with " + std::to_string(min_bucket_samples) +
+                    " samples (the fullest has " + std::to_string(fullest) +
+                    "): every non-empty length bucket got a knot of its own (none reaches the "
+                    "minimum, so none was pooled)");
     }
     return w;
   }

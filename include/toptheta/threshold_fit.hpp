@@ -123,7 +123,9 @@ struct BucketStats {
   }
 };
 
-/// One bucket below the minimum sample count (reported, no knot of its own).
+/// One bucket below the minimum sample count (reported). It pools into its neighbours with no
+/// knot of its own, unless no bucket of its (k, layer, head) reaches the minimum: fit_curve
+/// then gives every non-empty bucket a knot (`own_knot`).
 struct SparseBucket {
   Index k = 0;      ///< the budget k_l the bucket was calibrated for
   Index layer = 0;  ///< layer l
@@ -131,6 +133,7 @@ struct SparseBucket {
   Index length_lo = 0;  ///< smallest row length of the bucket
   Index length_hi = 0;  ///< largest row length of the bucket
   std::uint64_t samples = 0;  ///< rows observed in the bucket (below min_bucket_samples)
+  bool own_knot = false;  ///< no bucket of the head reached the minimum: this one got a knot
 };
 
 namespace detail {
@@ -174,13 +177,16 @@ inline ThresholdCurve fit_curve(const std::vector<BucketStats>& buckets, bool po
   const int b = opts.buckets_per_octave;
   const int nb = int(buckets.size());
   bool any_full = false;
-  for (int j = 0; j < nb; ++j) {
+  for (int j = 0; j < nb; ++j)
+    if (buckets[std::size_t(j)].n >= double(opts.min_bucket_samples) && buckets[std::size_t(j)].n > 0)
+      any_full = true;
+  for (int j = 0; j < nb && sparse; ++j) {
     const double n = buckets[std::size_t(j)].n;
-    if (n > 0 && n >= double(opts.min_bucket_samples)) any_full = true;
-    if (n > 0 && n < double(opts.min_bucket_samples) && sparse) {
+    if (n > 0 && n < double(opts.min_bucket_samples)) {
       SparseBucket s = where;
       bucket_lengths(j, b, &s.length_lo, &s.length_hi);
       s.samples = std::uint64_t(std::llround(n));
+      s.own_knot = !any_full;  // the fallback below: every non-empty bucket gets a knot
       sparse->push_back(s);
     }
   }
