@@ -556,6 +556,26 @@ TEST(Llama2cGenerate, RefusesANonFiniteOrNegativeTemperature) {
   }
 }
 
+// generate() stops at the model's context: a prompt that fills it gets no new token (the token
+// after it was appended, one past the context), a shorter one is filled up to it.
+TEST(Llama2cGenerate, StopsAtTheContext) {
+  const Model m = synthetic_model(4);
+  const int ctx = m.config().seq_len;
+  for (const int prompt_len : {ctx, ctx - 1, ctx - 3, 1}) {
+    SCOPED_TRACE("prompt of " + std::to_string(prompt_len) + " tokens");
+    Sequence prompt(std::size_t(prompt_len), 5);
+    prompt[0] = llama2c::kBos;
+    Sequence out;
+    llama2c::GenerationTiming timing;
+    const Status s = llama2c::generate(m, prompt, ctx + 10, 1.0f, 3, AttentionSetup::dense(), &out,
+                                       /*stop_at_boundary=*/false, &timing);
+    ASSERT_TRUE(s.ok()) << s.to_string();
+    EXPECT_EQ(out.size(), std::size_t(ctx));
+    EXPECT_TRUE(std::equal(prompt.begin(), prompt.end(), out.begin()));
+    EXPECT_LT(timing.decode_tokens, ctx - prompt_len + 1);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Loader errors.
 
@@ -698,13 +718,22 @@ TEST_F(Llama2cLoader, RejectsBadTokenizerAndTokenFiles) {
                                        512, &seqs)
                   .ok());
   EXPECT_EQ(seqs.size(), 2u);
+  // A malformed token file is bad user input (kInvalidArgument), not lost data.
   s = llama2c::read_token_file(write("nobos.tok", text("1 2\n5 6 7\n")), 512, 512, &seqs);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find(":2: a sequence must start with BOS"), std::string::npos)
       << s.message();
   s = llama2c::read_token_file(write("range.tok", text("1 512\n")), 512, 512, &seqs);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find(":1: token id 512 outside"), std::string::npos) << s.message();
-  s = llama2c::read_token_file(write("word.tok", text("1 x2\n")), 512, 512, &seqs);
-  EXPECT_NE(s.message().find("'x2' is not an integer"), std::string::npos) << s.message();
+  s = llama2c::read_token_file(write("word.tok", text("1 6x\n")), 512, 512, &seqs);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find(":1: '6x' is not an integer token id"), std::string::npos)
+      << s.message();
+  s = llama2c::read_token_file(write("long.tok", text("1 2 3 4\n")), 512, 3, &seqs);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find(":1: sequence of 4 tokens (need 2..3)"), std::string::npos)
+      << s.message();
 }
 
 // Token files: a line holding nothing but std::isspace characters (space, \t, \n, \v, \f, \r)
@@ -724,13 +753,13 @@ TEST_F(Llama2cLoader, TokenFilesTreatEveryWhitespaceOnlyLineAsBlank) {
   // Only blank lines: no sequence, an error naming the file (not a crash).
   const std::string blanks = write("blanks.tok", text("\f\n\v\n \r\n\t\n\r\n"));
   Status s = llama2c::read_token_file(blanks, 512, 512, &seqs);
-  EXPECT_EQ(s.code(), StatusCode::kDataLoss);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("'" + blanks + "' holds no sequence"), std::string::npos)
       << s.message();
   // A NUL byte is no separator: the field holding it is not an integer.
   s = llama2c::read_token_file(write("nul.tok", text(std::string("1 5\0 6\n", 7))), 512, 512,
                                &seqs);
-  EXPECT_EQ(s.code(), StatusCode::kDataLoss);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find(":1: '5\\x00' is not an integer token id"), std::string::npos)
       << s.message();
   // One token: too short, whatever surrounds it.

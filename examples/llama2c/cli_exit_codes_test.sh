@@ -37,6 +37,15 @@ expect() {
   fi
 }
 
+# reject NEEDLE: the stderr of the last expect lacks NEEDLE.
+reject() {
+  if grep -qF -- "$1" "$WORK/err.txt"; then
+    echo "FAIL: stderr holds '$1'" >&2
+    sed 's/^/  stderr: /' "$WORK/err.txt" >&2
+    failures=$((failures + 1))
+  fi
+}
+
 # ---- 0: success
 expect 0 "" "$BIN" --help
 expect 0 "" "$BIN" generate --help
@@ -61,6 +70,22 @@ expect 2 "--steps: '99999999999' is not an integer from 0 to 2147483647" "$BIN" 
   --model "$MIN" --tokenizer "$TOK" --steps 99999999999
 expect 2 "--seed: '-1' is not an integer >= 0" "$BIN" generate --model "$MIN" --tokenizer "$TOK" \
   --seed -1
+# Beyond 64 bits: strtoull / strtoll saturate, and the value was taken as the type's maximum.
+expect 2 "--seed: '18446744073709551616' is not an integer from 0 to 18446744073709551615" "$BIN" \
+  generate --model "$MIN" --tokenizer "$TOK" --seed 18446744073709551616
+expect 2 "--seed: '99999999999999999999' is not an integer from 0 to 18446744073709551615" "$BIN" \
+  eval --model "$V1" --sample-sequences 1 --seed 99999999999999999999 --attention dense
+expect 0 "" "$BIN" generate --model "$MIN" --tokenizer "$TOK" --steps 1 --seed 18446744073709551615
+expect 2 "--k: '99999999999999999999' is not an integer from 1 to 9223372036854775807" "$BIN" eval \
+  --model "$V1" --sample-sequences 1 --attention topk --k 99999999999999999999
+expect 2 "--cap-k: '9223372036854775808' is not an integer from 0 to 9223372036854775807" "$BIN" \
+  eval --model "$V1" --sample-sequences 1 --attention topk --cap-k 9223372036854775808
+expect 2 "--min-bucket-samples: '18446744073709551616' is not an integer from 1 to" "$BIN" calibrate \
+  --model "$V1" --sample-sequences 1 --k 2 --min-bucket-samples 18446744073709551616 --out "$WORK/x.thr"
+expect 2 "--layer-k: k 99999999999999999999 is too large" "$BIN" eval --model "$V1" \
+  --sample-sequences 1 --attention topk --layer-k 0:99999999999999999999
+expect 2 "--layer-k: layer 99999999999999999999 is too large" "$BIN" eval --model "$V1" \
+  --sample-sequences 1 --attention topk --layer-k 99999999999999999999:4
 expect 2 "--sample-sequences: '0' is not an integer >= 1" "$BIN" eval --model "$TINY" \
   --sample-sequences 0 --attention dense
 expect 2 "--seq-len: '1' is not an integer from 2 to 1048576" "$BIN" eval --model "$TINY" \
@@ -85,6 +110,15 @@ expect 2 "--temperature: 'inf' is not a finite number >= 0" "$BIN" generate --mo
   --tokenizer "$TOK" --steps 1 --temperature inf
 expect 2 "--temperature: '-0.5' is not a finite number >= 0" "$BIN" generate --model "$MIN" \
   --tokenizer "$TOK" --steps 1 --temperature -0.5
+# Options the runner narrows to float (the sampler's temperature, the kernels' SDC scale) are
+# checked in float's range: 1e39 passed as a double, then became inf (exit 1 after loading).
+expect 2 "--temperature: '1e39' is not a finite number in [0, 3.40282347e+38]" "$BIN" generate \
+  --model "$MIN" --tokenizer "$TOK" --steps 1 --temperature 1e39
+expect 2 "--temperature: '1e308' is not a finite number in [0, 3.40282347e+38]" "$BIN" generate \
+  --model "$MIN" --tokenizer "$TOK" --steps 1 --temperature 1e308
+expect 0 "" "$BIN" generate --model "$MIN" --tokenizer "$TOK" --steps 1 --temperature 3e38
+expect 2 "--sdc-scale: '1e39' is not a finite number in [0, 3.40282347e+38]" "$BIN" eval \
+  --model "$TINY" --sample-sequences 1 --seq-len 8 --attention topk --k 2 --sdc exact --sdc-scale 1e39
 expect 2 "--sdc-scale: 'nan' is not a finite number >= 0" "$BIN" generate --model "$MIN" \
   --tokenizer "$TOK" --steps 1 --attention topk --sdc exact --sdc-scale nan
 expect 2 "--sdc-scale: 'nan' is not a finite number >= 0" "$BIN" eval --model "$TINY" \
@@ -115,8 +149,33 @@ expect 2 "--sdc calibrated needs the SDC terms of a threshold file" "$BIN" eval 
   --sample-sequences 1 --seq-len 8 --attention topk --k 8 --sdc calibrated --placement pre
 expect 2 "--sdc calibrated needs the SDC terms of a threshold file" "$BIN" generate --model "$V1" \
   --tokenizer "$TOK" --attention topk --sdc calibrated
+# Post-softmax rows have no softmax denominator to compensate: --sdc (any mode but none),
+# --sdc-file and calibrate's --sdc-terms are refused with them, before the model loads (they
+# were ignored: same perplexity with and without --sdc). tiny.thr holds post-softmax thresholds.
+expect 2 "--sdc calibrated compensates the softmax denominator of pre-softmax rows; --placement post" \
+  "$BIN" eval --model "$V1" --sample-sequences 1 --seq-len 8 --attention topk --k 2 \
+  --sdc calibrated --placement post
+expect 2 "--sdc exact compensates the softmax denominator of pre-softmax rows; --placement post" \
+  "$BIN" eval --model "$V1" --sample-sequences 1 --attention topk --k 2 --placement post --sdc exact
+expect 2 "--sdc exp-threshold compensates the softmax denominator of pre-softmax rows; --placement post" \
+  "$BIN" generate --model "$V1" --tokenizer "$TOK" --attention topk --placement post --sdc exp-threshold
+expect 2 "--sdc exact compensates the softmax denominator of pre-softmax rows; --thresholds '$WORK/tiny.thr' holds post-softmax" \
+  "$BIN" eval --model "$V1" --sample-sequences 1 --attention toptheta --thresholds "$WORK/tiny.thr" \
+  --k 2 --sdc exact
+expect 2 "--sdc calibrated compensates the softmax denominator of pre-softmax rows; --thresholds" \
+  "$BIN" eval --model "$V1" --sample-sequences 1 --attention toptheta --thresholds "$WORK/tiny.thr" \
+  --sdc calibrated
+expect 2 "--sdc-file: SDC terms compensate the softmax denominator of pre-softmax rows; --placement post" \
+  "$BIN" eval --model "$V1" --sample-sequences 1 --attention toptheta --thresholds "$WORK/tiny.thr" \
+  --sdc-file "$WORK/tiny.thr" --placement post
+expect 2 "--sdc-terms: SDC terms compensate the softmax denominator of pre-softmax rows; --placement post" \
+  "$BIN" calibrate --model "$V1" --sample-sequences 1 --k 2 --sdc-terms --out "$WORK/x.thr"
+printf 'ok --attention topk --k 2\npost --attention toptheta --thresholds %s --sdc exact\n' \
+  "$WORK/tiny.thr" >"$WORK/grid_post_sdc.txt"
+expect 2 "grid_post_sdc.txt:2: --sdc exact compensates the softmax denominator" "$BIN" eval-grid \
+  --model "$V1" --sample-sequences 1 --grid "$WORK/grid_post_sdc.txt"
 expect 0 "" "$BIN" eval --model "$TINY" --sample-sequences 1 --seq-len 8 --attention topk --k 2 \
-  --sdc calibrated --placement post  # post-softmax rows have no denominator to compensate
+  --placement pre --sdc exact
 expect 2 "--attention dense takes no" "$BIN" eval --model "$V1" --attention dense --vmc \
   --sample-sequences 1 --seq-len 8
 expect 2 "needs --thresholds" "$BIN" eval --model "$V1" --attention toptheta --sample-sequences 1
@@ -131,6 +190,27 @@ expect 2 "grid_sdc.txt:1: --sdc calibrated needs" "$BIN" eval-grid --model "$V1"
 printf '# setups\nb --attention topk --k 2 --sdc exact --sdc-scale nan\n' >"$WORK/grid_nan.txt"
 expect 2 "grid_nan.txt:2: --sdc-scale: 'nan' is not a finite number >= 0" "$BIN" eval-grid \
   --model "$V1" --sample-sequences 1 --grid "$WORK/grid_nan.txt"
+# eval-grid setup names are the keys of its output: a name given twice is refused before the
+# model loads, naming the first line (two JSON objects of the same name came out).
+printf 'tk8 --attention topk --k 2\n# comment\ntk8 --attention dense\n' >"$WORK/grid_dup.txt"
+expect 2 "grid_dup.txt:3: setup name 'tk8' given twice (first on line 1)" "$BIN" eval-grid \
+  --model "$V1" --sample-sequences 1 --grid "$WORK/grid_dup.txt"
+# TOPTHETA_ISA is checked once at start-up, before anything loads (V1 would fail to load), with
+# the library's message (was exit 1 from the first kernel call, after the model and the dense
+# pass).
+expect 2 "TOPTHETA_ISA='AVX2' is not one of auto|scalar|avx2|avx512|neon" env TOPTHETA_ISA=AVX2 \
+  "$BIN" eval --model "$V1" --sample-sequences 1 --attention dense
+expect 2 "TOPTHETA_ISA=' avx2' is not one of" env "TOPTHETA_ISA= avx2" "$BIN" generate \
+  --model "$V1" --tokenizer "$TOK"
+expect 2 "TOPTHETA_ISA='sse' is not one of" env TOPTHETA_ISA=sse "$BIN" calibrate --model "$V1" \
+  --sample-sequences 1 --k 2 --out "$WORK/x.thr"
+if [[ $(uname -m) == x86_64 ]]; then
+  expect 2 "TOPTHETA_ISA: failed precondition: the neon path is not compiled in this build" \
+    env TOPTHETA_ISA=neon "$BIN" eval-grid --model "$V1" --sample-sequences 1 \
+    --grid "$WORK/grid_dense.txt"
+fi
+expect 0 "" env TOPTHETA_ISA=scalar "$BIN" generate --model "$MIN" --tokenizer "$TOK" --steps 1
+expect 0 "" env TOPTHETA_ISA=AVX2 "$BIN" --help
 # KV cache storage: f16 / bf16 run on any head dim; q8_0 needs a multiple of 32 (tiny: 4).
 expect 0 "" "$BIN" eval --model "$TINY" --tokens "$WORK/tiny.tok" --attention toptheta \
   --thresholds "$WORK/tiny.thr" --vmc --kv-cache f16 --json
@@ -172,9 +252,30 @@ expect 2 "holds no sequence" "$BIN" generate --model "$MIN" --tokenizer "$TOK" \
 printf '1 2\0 3\n' >"$WORK/nul.tok"
 expect 2 "nul.tok:1: '2\x00' is not an integer token id" "$BIN" eval --model "$TINY" \
   --tokens "$WORK/nul.tok" --attention dense
+printf '1 6x\n' >"$WORK/junk.tok"  # a malformed input file is an invalid argument, not data loss
+expect 2 "invalid argument: $WORK/junk.tok:1: '6x' is not an integer token id" "$BIN" eval \
+  --model "$TINY" --tokens "$WORK/junk.tok" --attention dense
 printf '1 2 3 3 3\n' >"$WORK/long.tok"
 expect 2 "sequence of 5 tokens (need 2..4)" "$BIN" eval --model "$MIN" --tokens "$WORK/long.tok" \
   --attention dense
+# --prompt-length cuts a prompt line longer than the context before its length is checked;
+# without it (or still too long) the line is refused.
+expect 0 "" "$BIN" generate --model "$MIN" --tokenizer "$TOK" --prompt-tokens "$WORK/long.tok" \
+  --prompt-length 3 --steps 1 --no-stop
+grep -q "tokens: 4 (prompt 3)" "$WORK/out.txt" || { echo "FAIL: --prompt-length 3: $(cat "$WORK/out.txt")" >&2; failures=$((failures + 1)); }
+expect 2 "sequence of 5 tokens (need 2..4)" "$BIN" generate --model "$MIN" --tokenizer "$TOK" \
+  --prompt-tokens "$WORK/long.tok" --steps 1
+expect 2 "--prompt-tokens: 5 tokens (BOS included; --prompt-length 5) exceed the model's context of 4" \
+  "$BIN" generate --model "$MIN" --tokenizer "$TOK" --prompt-tokens "$WORK/long.tok" \
+  --prompt-length 5 --steps 1
+# A prompt that fills the context leaves no room: generation stops there (the output had
+# context + 1 tokens).
+printf '1 2 3 3\n' >"$WORK/full.tok"
+expect 0 "" "$BIN" generate --model "$MIN" --tokenizer "$TOK" --prompt-tokens "$WORK/full.tok" \
+  --steps 3 --no-stop
+grep -q "tokens: 4 (prompt 4)" "$WORK/out.txt" || { echo "FAIL: full prompt: $(cat "$WORK/out.txt")" >&2; failures=$((failures + 1)); }
+expect 0 "" "$BIN" generate --model "$MIN" --tokenizer "$TOK" --steps 9 --no-stop
+grep -q "tokens: 4 (prompt 1)" "$WORK/out.txt" || { echo "FAIL: --steps 9: $(cat "$WORK/out.txt")" >&2; failures=$((failures + 1)); }
 printf 'not a threshold file\n' >"$WORK/garbage.thr"
 expect 2 "garbage.thr" "$BIN" eval --model "$TINY" --sample-sequences 1 --seq-len 8 --attention toptheta \
   --thresholds "$WORK/garbage.thr"
@@ -192,6 +293,19 @@ expect 2 "not more than k = 16" "$BIN" calibrate --model "$TINY" --sample-sequen
   --seq-len 8 --k 16 --out "$WORK/x.thr"
 expect 2 "exceed the model's context of 4" "$BIN" generate --model "$MIN" --tokenizer "$TOK" \
   --prompt "     "
+# --min-bucket-samples that no bucket reaches: every non-empty bucket gets a knot (the fit's
+# fallback), and the warning says so (it said "no knot of their own").
+expect 0 "every non-empty length bucket got a knot" "$BIN" calibrate --model "$TINY" \
+  --sample-sequences 2 --seq-len 16 --k 2 --min-bucket-samples 100000 --out "$WORK/x.thr"
+reject "no knot of their own"
+# --sigma whose thresholds do not fit a float (they were clamped to FLT_MAX, or written as
+# doubles that the kernels read as inf: every row empty).
+expect 2 "--sigma 1e+308: the threshold of layer 0 head 0" "$BIN" calibrate --model "$TINY" \
+  --sample-sequences 2 --seq-len 16 --k 2 --sigma 1e308 --out "$WORK/x.thr"
+expect 2 "does not fit a float" "$BIN" calibrate --model "$TINY" --sample-sequences 2 --seq-len 16 \
+  --k 2 --sigma 1e300 --form per-length --out "$WORK/x.thr"
+expect 2 "does not fit a float" "$BIN" calibrate --model "$TINY" --sample-sequences 2 --seq-len 16 \
+  --k 2 --sigma 1e39 --placement pre --out "$WORK/x.thr"
 
 # ---- 1: runtime failures: outputs that cannot be written
 expect 1 "--out" "$BIN" calibrate --model "$TINY" --sample-sequences 2 --seq-len 16 --k 2 \

@@ -3,8 +3,8 @@
 /// The options of every `toptheta-llama2c` subcommand, one typed struct per subcommand, and
 /// their registration with CLI11. Every option's value is checked while parsing (integers and
 /// finite reals in their ranges, lists, choices); check_attention_flags() checks the attention
-/// flags that only fail together, before anything is loaded; checks that need the model (layer
-/// indices, threshold shapes) happen in commands.hpp.
+/// flags that only fail together, before anything is loaded; checks that need the threshold file
+/// (its placement, SDC terms) or the model (layer indices, table shapes) happen in commands.hpp.
 
 #include <CLI/CLI.hpp>
 
@@ -16,6 +16,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <limits>
 #include <optional>
@@ -48,11 +49,18 @@ struct LayerBudgets {
       const std::string ls = item.substr(0, colon), ks = item.substr(colon + 1);
       char* e1 = nullptr;
       char* e2 = nullptr;
+      // strtol saturates beyond long's range (ERANGE): such a number is refused, not clamped.
+      errno = 0;
       const long l = std::strtol(ls.c_str(), &e1, 10);
+      const bool l_huge = errno == ERANGE && l > 0;
+      errno = 0;
       const long k = std::strtol(ks.c_str(), &e2, 10);
+      const bool k_huge = errno == ERANGE && k > 0;
       if (ls.empty() || ks.empty() || *e1 != '\0' || *e2 != '\0')
         return "'" + item + "' is not of the form layer:k";
+      if (l_huge) return "layer " + ls + " is too large";
       if (l < 0) return "layer " + ls + " is negative";
+      if (k_huge) return "k " + ks + " is too large";
       if (k < 1) return "k must be >= 1 in '" + item + "'";
       for (const auto& p : b.items)
         if (p.first == l) return "layer " + ls + " given twice";
@@ -101,7 +109,7 @@ struct AttentionFlags {
   std::string sdc_file;
   std::optional<toptheta::Placement> placement;  ///< unset: the table's (toptheta) or pre
   toptheta::SdcMode sdc = toptheta::SdcMode::kNone;
-  double sdc_scale = 1.0;
+  double sdc_scale = 1.0;  ///< the kernels use it as a float: checked in float's range
   bool vmc = false;
   Index cap_k = 0;
   toptheta::EmptyRowPolicy empty_row = toptheta::EmptyRowPolicy::kKeepMax;
@@ -119,7 +127,7 @@ struct GenerateOptions {
   bool compare_dense = false;  ///< --compare-dense: run dense first, then the attention asked
   bool no_stop = false;        ///< --no-stop: do not stop at BOS/EOS
   int steps = 256;
-  double temperature = 1.0;
+  double temperature = 1.0;  ///< generate() takes a float: checked in float's range
   std::uint64_t seed = 42;
   AttentionFlags attention;
 };
@@ -204,13 +212,22 @@ inline std::string parse_length_edges(const std::string& spec, std::vector<Index
   return e;
 }
 
-/// The attention flags that the kernels reject together, checked without the model or a
-/// threshold file (commands.hpp runs it before loading anything, and again on each eval-grid
-/// line): returns an error message naming the flags, empty when they go together.
+/// Why an SDC option would go unused: SDC compensates the softmax denominator of pre-softmax
+/// rows, and post-softmax rows have none (the kernels ignore the option there). `sdc` names the
+/// option ("--sdc exact compensates"), `post` what makes the rows post-softmax, `fix` the way out.
+inline std::string sdc_needs_pre_softmax(const std::string& sdc, const std::string& post,
+                                         const std::string& fix) {
+  return sdc + " the softmax denominator of pre-softmax rows; " + post + " (" + fix + ")";
+}
+
+/// The attention flags that the kernels reject together or would ignore, checked without the
+/// model or a threshold file (commands.hpp runs it before loading anything, and again on each
+/// eval-grid line; load_table() checks --sdc against the placement of a threshold file):
+/// returns an error message naming the flags, empty when they go together.
 inline std::string check_attention_flags(const AttentionFlags& f) {
   using toptheta::AttentionMode;
-  if (!(std::isfinite(f.sdc_scale) && f.sdc_scale >= 0))
-    return "--sdc-scale must be a finite number >= 0";
+  if (!(f.sdc_scale >= 0 && f.sdc_scale <= double(std::numeric_limits<float>::max())))
+    return "--sdc-scale must be a finite float >= 0";  // the kernels use it as a float
   if (f.k < 1) return "--k must be >= 1";
   if (f.cap_k < 0) return "--cap-k must be >= 0";
   if (f.threads < 0) return "--threads must be >= 0";
@@ -223,12 +240,6 @@ inline std::string check_attention_flags(const AttentionFlags& f) {
     case AttentionMode::kTopK:
       if (!f.thresholds.empty() || !f.sdc_file.empty())
         return "--thresholds and --sdc-file are for --attention toptheta";
-      // The kernel: calibrated SDC takes its terms from a threshold table; top-k has none.
-      if (f.sdc == toptheta::SdcMode::kCalibrated &&
-          f.placement.value_or(toptheta::Placement::kPreSoftmax) ==
-              toptheta::Placement::kPreSoftmax)
-        return "--sdc calibrated needs the SDC terms of a threshold file (--attention toptheta); "
-               "--attention topk has none (use --sdc exact or exp-threshold)";
       break;
     case AttentionMode::kTopTheta:
       if (f.thresholds.empty()) return "--attention toptheta needs --thresholds FILE";
@@ -236,6 +247,19 @@ inline std::string check_attention_flags(const AttentionFlags& f) {
     case AttentionMode::kCalibrate:
       return "--attention takes dense, topk or toptheta";
   }
+  if (f.placement == toptheta::Placement::kPostSoftmax) {
+    if (f.sdc != toptheta::SdcMode::kNone)
+      return sdc_needs_pre_softmax(
+          std::string("--sdc ") + toptheta::to_string(f.sdc) + " compensates",
+          "--placement post has none", "drop --sdc, or use --placement pre");
+    if (!f.sdc_file.empty())
+      return sdc_needs_pre_softmax("--sdc-file: SDC terms compensate", "--placement post has none",
+                                   "drop --sdc-file, or use --placement pre");
+  }
+  // The kernel: calibrated SDC takes its terms from a threshold table; top-k has none.
+  if (f.mode == AttentionMode::kTopK && f.sdc == toptheta::SdcMode::kCalibrated)
+    return "--sdc calibrated needs the SDC terms of a threshold file (--attention toptheta); "
+           "--attention topk has none (use --sdc exact or exp-threshold)";
   return {};
 }
 
@@ -244,7 +268,9 @@ namespace cli {
 /// CLI11 check of an integer option stored in a T: an integer in [lo, hi], named as one in the
 /// message (CLI::Range and CLI::PositiveNumber print their bounds as doubles, up to DBL_MAX).
 /// With no upper bound of its own (hi = T's maximum) the message says ">= lo", unless the value
-/// is an integer too large for T.
+/// is an integer too large for T. CLI11 reads with strtoll / strtoull (base 0), which saturate
+/// beyond 64 bits without a word: such a value is refused as too large, not clamped to T's
+/// maximum.
 template <class T>
 CLI::Validator integer_in(T lo, T hi = std::numeric_limits<T>::max()) {
   const bool unbounded = hi == std::numeric_limits<T>::max();
@@ -255,12 +281,21 @@ CLI::Validator integer_in(T lo, T hi = std::numeric_limits<T>::max()) {
         T v{};
         // An unsigned T: CLI11 would wrap "-1" around to T's maximum.
         const bool negative = std::is_unsigned<T>::value && s.find('-') != std::string::npos;
-        if (!negative && CLI::detail::lexical_cast(s, v) && v >= lo && v <= hi) return {};
+        // Beyond 64 bits: CLI11's strtoll / strtoull saturate and set ERANGE, which it ignores.
+        errno = 0;
+        char* end = nullptr;
+        if (std::is_unsigned<T>::value)
+          (void)std::strtoull(s.c_str(), &end, 0);
+        else
+          (void)std::strtoll(s.c_str(), &end, 0);
+        const bool saturated = errno == ERANGE;
+        if (!negative && !saturated && CLI::detail::lexical_cast(s, v) && v >= lo && v <= hi)
+          return {};
         // Digits only (after an optional '+') that T cannot hold: too large.
         const std::size_t d = !s.empty() && s[0] == '+' ? 1 : 0;
         const bool digits =
             s.size() > d && s.find_first_not_of("0123456789", d) == std::string::npos;
-        if (digits && !CLI::detail::lexical_cast(s, v))
+        if (digits && (saturated || !CLI::detail::lexical_cast(s, v)))
           return "'" + s + "' is not an integer " + bounded;
         return "'" + s + "' is not an integer " + range;
       },
@@ -270,27 +305,31 @@ CLI::Validator integer_in(T lo, T hi = std::numeric_limits<T>::max()) {
 
 /// CLI11 check of a real option: a finite number >= lo (> lo when `open_lo`), and <= hi when hi
 /// is finite. CLI::NonNegativeNumber and CLI::Range let NaN through (a NaN --temperature sampled
-/// token n-1 at every step).
-inline CLI::Validator finite_in(double lo, double hi = std::numeric_limits<double>::infinity(),
-                                bool open_lo = false) {
+/// token n-1 at every step). T is the type the value is used as: for an option the runner
+/// narrows to float (the sampler's temperature, the kernels' SDC scale) the value must also be
+/// at most FLT_MAX (1e39 passed as a double and became inf after loading the model). As in
+/// integer_in(), the message says ">= lo" unless the value is a finite number too large for T.
+template <class T = double>
+CLI::Validator finite_in(double lo, double hi = std::numeric_limits<double>::infinity(),
+                         bool open_lo = false) {
   const auto num = [](double x) {
-    std::string t = std::to_string(x);
-    t.erase(t.find_last_not_of('0') + 1);
-    if (!t.empty() && t.back() == '.') t.pop_back();
-    return t;
+    char t[32];
+    std::snprintf(t, sizeof t, "%.9g", x);
+    return std::string(t);
   };
+  const double top = std::min(hi, double(std::numeric_limits<T>::max()));
+  const std::string bounded =
+      std::string(open_lo ? "in (" : "in [") + num(lo) + ", " + num(top) + "]";
   const std::string range =
-      std::isfinite(hi) ? std::string(open_lo ? "in (" : "in [") + num(lo) + ", " + num(hi) + "]"
-                        : std::string(open_lo ? "> " : ">= ") + num(lo);
+      std::isfinite(hi) ? bounded : std::string(open_lo ? "> " : ">= ") + num(lo);
   return CLI::Validator(
-      [lo, hi, open_lo, range](std::string& s) -> std::string {
+      [lo, top, open_lo, range, bounded](std::string& s) -> std::string {
         double v = 0.0;
-        if (CLI::detail::lexical_cast(s, v) && std::isfinite(v) && (open_lo ? v > lo : v >= lo) &&
-            v <= hi)
-          return {};
-        return "'" + s + "' is not a finite number " + range;
+        const bool finite = CLI::detail::lexical_cast(s, v) && std::isfinite(v);
+        if (finite && (open_lo ? v > lo : v >= lo) && v <= top) return {};
+        return "'" + s + "' is not a finite number " + (finite && v > top ? bounded : range);
       },
-      "FINITE " + range);
+      "FINITE " + (top < std::numeric_limits<double>::max() ? bounded : range));
 }
 
 /// An option holding one of `names`, stored into `*target` with toptheta::parse.
@@ -383,7 +422,7 @@ inline void add_attention(CLI::App* app, AttentionFlags* o, bool attention_requi
       ->check(CLI::ExistingFile);
   app->add_option("--sdc-file", o->sdc_file,
                   "The authors' sdc.txt with calibrated SDC terms, merged into a th.txt given by "
-                  "--thresholds (native files carry their SDC terms inline)")
+                  "--thresholds (native files carry their SDC terms inline); pre-softmax only")
       ->check(CLI::ExistingFile);
   app->add_option_function<std::string>(
          "--placement",
@@ -397,13 +436,14 @@ inline void add_attention(CLI::App* app, AttentionFlags* o, bool attention_requi
          "th.txt records none: it loads as pre unless given here), pre for topk")
       ->check(CLI::IsMember({"pre", "post"}));
   add_choice(app, "--sdc", &o->sdc, {"none", "exact", "exp-threshold", "calibrated"},
-             "Softmax-denominator compensation (pre-softmax only): none (renormalise over the "
-             "kept set), exact (add the dropped exp-sum), exp-threshold (dropped count x "
-             "exp(theta - max)), calibrated (C(l,h,L) from the threshold file)");
+             "Softmax-denominator compensation, pre-softmax only (refused with --placement post "
+             "or a post-softmax threshold file): none (renormalise over the kept set), exact "
+             "(add the dropped exp-sum), exp-threshold (dropped count x exp(theta - max)), "
+             "calibrated (C(l,h,L) from the threshold file)");
   app->add_option("--sdc-scale", o->sdc_scale,
-                  "Scale of the SDC term: D + scale * D~ (a finite number >= 0)")
+                  "Scale of the SDC term: D + scale * D~ (a finite float >= 0)")
       ->capture_default_str()
-      ->check(finite_in(0.0));
+      ->check(finite_in<float>(0.0));
   app->add_flag("--vmc", o->vmc,
                 "V-mean compensation: add (1 - sum of kept weights) * mean(V[0:L]) to the output "
                 "of thresholded rows");
@@ -445,7 +485,8 @@ inline CLI::App* add_generate(CLI::App* app, GenerateOptions* o) {
                  ->check(CLI::ExistingFile);
   pr->excludes(pt);
   gen->add_option("--prompt-length", o->prompt_length,
-                  "Keep only the first N tokens of the prompt (0: all)")
+                  "Keep only the first N tokens of the prompt (0: all); a --prompt-tokens line "
+                  "longer than the context is cut before its length is checked")
       ->check(integer_in<int>(0));
   gen->add_flag("--compare-dense", o->compare_dense,
                 "Generate twice from the same prompt and seed: dense attention first, then the "
@@ -457,9 +498,9 @@ inline CLI::App* add_generate(CLI::App* app, GenerateOptions* o) {
       ->capture_default_str()
       ->check(integer_in<int>(0));
   gen->add_option("--temperature", o->temperature,
-                  "Sampling temperature, a finite number >= 0; 0 = greedy")
+                  "Sampling temperature, a finite float >= 0; 0 = greedy")
       ->capture_default_str()
-      ->check(finite_in(0.0));
+      ->check(finite_in<float>(0.0));
   gen->add_option("--seed", o->seed, "Seed of the sampler")
       ->capture_default_str()
       ->check(integer_in<std::uint64_t>(0));
@@ -503,7 +544,8 @@ inline CLI::App* add_calibrate(CLI::App* app, CalibrateOptions* o) {
       ->capture_default_str()
       ->check(integer_in<int>(1, 16));
   cal->add_option("--min-bucket-samples", o->min_bucket_samples,
-                  "Compact form: buckets with fewer rows get no knot of their own (warned)")
+                  "Compact form: buckets with fewer rows get no knot of their own (warned); a head "
+                  "none of whose buckets reaches it gets a knot in every non-empty bucket (warned)")
       ->capture_default_str()
       ->check(integer_in<std::uint64_t>(1));
   cal->add_option("--report", o->report,
@@ -516,7 +558,8 @@ inline CLI::App* add_calibrate(CLI::App* app, CalibrateOptions* o) {
              "recommended variant with --vmc at evaluation, see docs/results.md)");
   cal->add_option("--sigma", o->sigma,
                   "lambda of theta = mean(tau) + lambda * std(tau) over the calibration rows (a "
-                  "finite number >= 0)")
+                  "finite number >= 0; refused after calibrating when a threshold does not fit a "
+                  "float)")
       ->capture_default_str()
       ->check(finite_in(0.0));
   cal->add_option_function<std::string>(
@@ -530,7 +573,8 @@ inline CLI::App* add_calibrate(CLI::App* app, CalibrateOptions* o) {
       ->capture_default_str()
       ->check(finite_in(0.0, 1.0, /*open_lo=*/true));
   cal->add_flag("--sdc-terms", o->sdc_terms,
-                "Second pass: also calibrate the SDC terms C(l, h, L) (for --sdc calibrated)");
+                "Second pass: also calibrate the SDC terms C(l, h, L) (for --sdc calibrated; "
+                "needs --placement pre)");
   cal->add_option("--out", o->out, "Output threshold file (written atomically)")->required();
   add_choice(cal, "--format", &o->format, {"native", "reference"},
              "native (versioned, with metadata) or reference (the authors' th.txt, plus sdc.txt "

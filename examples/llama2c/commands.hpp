@@ -11,18 +11,23 @@
 ///      mismatching model, tokenizer, token file or threshold file, a threshold table whose shape
 ///      or budgets do not fit the model, sequences or a prompt that do not fit the model.
 /// Each command validates every input before it computes anything, so the phase an error comes
-/// from decides its status; the option checks that need no file (check_options) come first,
-/// before the model is loaded.
+/// from decides its status; the option checks that need no file (check_options, and
+/// TOPTHETA_ISA: check_isa) come first, then the threshold files (load_table), before the model
+/// is loaded. One check follows the calibration: thresholds that --sigma puts beyond the float
+/// range.
 
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
 #include <chrono>
-#include <fstream>
-#include <memory>
+#include <cmath>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
+#include <limits>
+#include <map>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -57,6 +62,10 @@ class CommandStatus {
   bool ok() const { return exit_ == kOk; }
   int exit_code() const { return int(exit_); }
   const std::string& message() const { return message_; }
+  /// The same status with `context` prefixing the message (ok stays ok).
+  CommandStatus within(const std::string& context) const {
+    return ok() ? *this : CommandStatus(exit_, context + ": " + message_);
+  }
 
  private:
   CommandStatus(Exit e, std::string m) : exit_(e), message_(std::move(m)) {}
@@ -143,6 +152,15 @@ inline CommandStatus check_options(const AttentionFlags& f) {
   return e.empty() ? CommandStatus() : CommandStatus::input(e);
 }
 
+/// The kernels' SIMD path: the environment variable TOPTHETA_ISA as the library resolves it
+/// (toptheta::resolve_isa(), which reads it once per process). main() checks it at start-up, so
+/// a bad value is a usage error before anything loads, with the library's message (it was a
+/// kernel failure, exit 1, after the model and eval's dense pass).
+inline CommandStatus check_isa() {
+  toptheta::Isa isa = toptheta::Isa::kAuto;
+  return CommandStatus::input(toptheta::resolve_isa(toptheta::Isa::kAuto, &isa), "TOPTHETA_ISA");
+}
+
 inline CommandStatus load_model(const std::string& path, Model* m) {
   return CommandStatus::input(Model::load(path, m));
 }
@@ -184,10 +202,39 @@ inline CommandStatus check_kv_cache(KvCacheType t, const Model& model) {
   return {};
 }
 
-/// The attention setup of generate / eval, with its threshold table (which must outlive the
-/// setup). Every error is an input error.
+/// The threshold table of --attention toptheta (nothing to do for the other modes), read before
+/// the model: its placement decides whether --sdc applies (post-softmax rows have no softmax
+/// denominator), and --sdc calibrated needs its SDC terms. Its shape is checked against the
+/// model by make_attention(). Every error is an input error.
+inline CommandStatus load_table(const AttentionFlags& f, toptheta::ThresholdTable* table) {
+  if (f.mode != toptheta::AttentionMode::kTopTheta) return {};
+  toptheta::LoadOptions lo;
+  if (f.placement) lo.expected_placement = *f.placement;
+  lo.sdc_path = f.sdc_file;
+  // --k picks the table of a file holding several (native version 2); --layer-k alone
+  // picks the table whose smallest budget is the smallest of the resolved budgets.
+  if (f.k_given) lo.k = f.k;
+  LLAMA2C_TRY(CommandStatus::input(toptheta::load_thresholds(f.thresholds, table, lo)));
+  if (!f.sdc_file.empty() && !table->has_sdc())
+    return CommandStatus::input(
+        "--sdc-file: '" + f.sdc_file + "' gave no SDC terms to '" + f.thresholds +
+        "' (native threshold files carry them inline; --sdc-file is for the authors' th.txt)");
+  if (f.sdc != toptheta::SdcMode::kNone && table->placement() == toptheta::Placement::kPostSoftmax)
+    return CommandStatus::input(sdc_needs_pre_softmax(
+        std::string("--sdc ") + toptheta::to_string(f.sdc) + " compensates",
+        "--thresholds '" + f.thresholds + "' holds post-softmax thresholds, which have none",
+        "drop --sdc, or use a table calibrated with --placement pre"));
+  if (f.sdc == toptheta::SdcMode::kCalibrated && !table->has_sdc())
+    return CommandStatus::input("--sdc calibrated: '" + f.thresholds +
+                                "' has no SDC terms (calibrate with --sdc-terms; "
+                                "for the authors' th.txt pass their sdc.txt with --sdc-file)");
+  return {};
+}
+
+/// The attention setup of generate / eval, with the threshold table that load_table() read
+/// (which must outlive the setup), checked against the model. Every error is an input error.
 inline CommandStatus make_attention(const AttentionFlags& f, const Model& model,
-                                    toptheta::ThresholdTable* table, AttentionSetup* out) {
+                                    const toptheta::ThresholdTable* table, AttentionSetup* out) {
   const Config& c = model.config();
   AttentionSetup s;
   toptheta::AttentionOptions& o = s.options;
@@ -210,25 +257,9 @@ inline CommandStatus make_attention(const AttentionFlags& f, const Model& model,
       return CommandStatus::input(err);
   }
   if (o.mode == toptheta::AttentionMode::kTopTheta) {
-    toptheta::LoadOptions lo;
-    if (f.placement) lo.expected_placement = *f.placement;
-    lo.expected_layers = c.n_layers;
-    lo.expected_heads = c.n_heads;
-    lo.sdc_path = f.sdc_file;
-    // --k picks the table of a file holding several (native version 2); --layer-k alone
-    // picks the table whose smallest budget is the smallest of the resolved budgets.
-    if (f.k_given) lo.k = f.k;
-    LLAMA2C_TRY(CommandStatus::input(toptheta::load_thresholds(f.thresholds, table, lo)));
-    if (!f.sdc_file.empty() && !table->has_sdc())
-      return CommandStatus::input(
-          "--sdc-file: '" + f.sdc_file + "' gave no SDC terms to '" + f.thresholds +
-          "' (native threshold files carry them inline; --sdc-file is for the authors' th.txt)");
+    LLAMA2C_TRY(CommandStatus::input(table->check_shape(c.n_layers, c.n_heads),
+                                     "--thresholds '" + f.thresholds + "'"));
     if (!f.placement) o.placement = table->placement();
-    if (o.sdc == toptheta::SdcMode::kCalibrated &&
-        o.placement == toptheta::Placement::kPreSoftmax && !table->has_sdc())
-      return CommandStatus::input("--sdc calibrated: '" + f.thresholds +
-                                  "' has no SDC terms (calibrate with --sdc-terms; "
-                                  "for the authors' th.txt pass their sdc.txt with --sdc-file)");
     std::vector<Index> want(std::size_t(c.n_layers), f.k);
     if (!f.layer_k.empty() && !f.layer_k.resolve(c.n_layers, f.k, &want, &err))
       return CommandStatus::input(err);
@@ -279,18 +310,22 @@ inline nlohmann::json stats_json(const toptheta::AttentionStats& s) {
 /// decode speed (with --compare-dense: dense first, same prompt and seed).
 inline CommandStatus run_generate(const GenerateOptions& o) {
   LLAMA2C_TRY(cmd::check_options(o.attention));
+  toptheta::ThresholdTable table;
+  LLAMA2C_TRY(cmd::load_table(o.attention, &table));
   Model model;
   LLAMA2C_TRY(cmd::load_model(o.model, &model));
   const Config& c = model.config();
   Tokenizer tok;
   LLAMA2C_TRY(CommandStatus::input(Tokenizer::load(o.tokenizer, c.vocab_size, &tok)));
-  toptheta::ThresholdTable table;
   AttentionSetup setup;
   LLAMA2C_TRY(cmd::make_attention(o.attention, model, &table, &setup));
   Sequence in;
   if (!o.prompt_tokens.empty()) {
     std::vector<Sequence> seqs;
-    LLAMA2C_TRY(CommandStatus::input(read_token_file(o.prompt_tokens, c.vocab_size, c.seq_len, &seqs)));
+    // With --prompt-length a line of any length reads: it is cut before the context check.
+    const int max_len = o.prompt_length > 0 ? std::numeric_limits<int>::max() : c.seq_len;
+    LLAMA2C_TRY(
+        CommandStatus::input(read_token_file(o.prompt_tokens, c.vocab_size, max_len, &seqs)));
     if (seqs.empty() || seqs.front().empty())
       return CommandStatus::input("--prompt-tokens: no sequence in '" + o.prompt_tokens + "'");
     in = seqs.front();
@@ -299,9 +334,11 @@ inline CommandStatus run_generate(const GenerateOptions& o) {
   }
   if (o.prompt_length > 0 && Index(in.size()) > o.prompt_length) in.resize(std::size_t(o.prompt_length));
   if (Index(in.size()) > c.seq_len)
-    return CommandStatus::input("--prompt: " + std::to_string(in.size()) +
-                                " tokens (BOS included) exceed the model's context of " +
-                                std::to_string(c.seq_len));
+    return CommandStatus::input(
+        std::string(o.prompt_tokens.empty() ? "--prompt: " : "--prompt-tokens: ") +
+        std::to_string(in.size()) + " tokens (BOS included" +
+        (o.prompt_length > 0 ? "; --prompt-length " + std::to_string(o.prompt_length) : "") +
+        ") exceed the model's context of " + std::to_string(c.seq_len));
   struct Run {
     std::string label;
     AttentionSetup setup;
@@ -343,6 +380,36 @@ inline CommandStatus run_generate(const GenerateOptions& o) {
 }
 
 namespace cmd {
+/// The thresholds of a calibration against --sigma: theta = mean + sigma * std must fit a float,
+/// which the kernels compare in (the compact fit clamps it to FLT_MAX, a per-length table keeps
+/// the double, read as inf: no row would keep anything). An input error naming the first
+/// threshold that does not fit.
+inline CommandStatus check_thresholds_fit_float(const toptheta::ThresholdSet& set, double sigma) {
+  constexpr double kMax = double(std::numeric_limits<float>::max());
+  for (const toptheta::ThresholdTable& t : set.tables())
+    for (Index l = 0; l < t.num_layers(); ++l)
+      for (Index h = 0; h < t.num_heads(); ++h) {
+        Index at = 0;  // the row length of the first threshold beyond the float range
+        if (t.is_compact()) {
+          for (const auto& knot : t.curve(l, h).knots)
+            if (!(knot.value < kMax) && at == 0) at = knot.length;
+        } else {
+          for (const auto& e : t.entries(l, h))
+            if (!(e.theta < kMax) && at == 0) at = e.length;
+        }
+        if (at == 0) continue;
+        char text[32];
+        std::snprintf(text, sizeof text, "%g", sigma);
+        return CommandStatus::input(
+            "--sigma " + std::string(text) + ": the threshold of layer " + std::to_string(l) +
+            " head " + std::to_string(h) + " at length " + std::to_string(at) +
+            " (k = " + std::to_string(t.k(l)) +
+            "), mean + sigma * std of its rows, does not fit a float "
+            "(the kernels compare in float; no row would keep anything): use a smaller --sigma");
+      }
+  return {};
+}
+
 inline std::string replace_k(std::string pattern, Index k) {
   const std::size_t p = pattern.find("{k}");
   if (p != std::string::npos) pattern.replace(p, 3, std::to_string(k));
@@ -373,6 +440,10 @@ inline CommandStatus run_calibrate(const CalibrateOptions& o) {
   }
   if (!per_length_form && o.format == toptheta::ThresholdFormat::kReference)
     return CommandStatus::input("--format reference holds per-length tables: add --form per-length");
+  if (o.sdc_terms && o.placement == toptheta::Placement::kPostSoftmax)
+    return CommandStatus::input(
+        sdc_needs_pre_softmax("--sdc-terms: SDC terms compensate", "--placement post has none",
+                              "drop --sdc-terms, or calibrate with --placement pre"));
   Model model;
   LLAMA2C_TRY(cmd::load_model(o.model, &model));
   const Config& c = model.config();
@@ -419,6 +490,8 @@ inline CommandStatus run_calibrate(const CalibrateOptions& o) {
       return CommandStatus::input(s, "calibration");
     LLAMA2C_TRY(CommandStatus::runtime(s, "calibration"));
   }
+  LLAMA2C_TRY(cmd::check_thresholds_fit_float(result.per_length, o.sigma));
+  LLAMA2C_TRY(cmd::check_thresholds_fit_float(result.compact, o.sigma));
   const std::vector<std::string> warnings = result.report.warnings();
   for (const std::string& w : warnings) std::fprintf(stderr, "warning: sparse length bucket: %s\n", w.c_str());
   std::size_t entries = 0;
@@ -474,9 +547,10 @@ inline CommandStatus run_calibrate(const CalibrateOptions& o) {
 inline CommandStatus run_eval(const EvalOptions& o) {
   LLAMA2C_TRY(cmd::check_options(o.sequences));
   LLAMA2C_TRY(cmd::check_options(o.attention));
+  toptheta::ThresholdTable table;
+  LLAMA2C_TRY(cmd::load_table(o.attention, &table));
   Model model;
   LLAMA2C_TRY(cmd::load_model(o.model, &model));
-  toptheta::ThresholdTable table;
   AttentionSetup setup;
   LLAMA2C_TRY(cmd::make_attention(o.attention, model, &table, &setup));
   std::vector<Sequence> seqs;
@@ -537,15 +611,18 @@ inline CommandStatus run_eval(const EvalOptions& o) {
 /// `eval-grid`: every setup of the grid file against one shared dense pass; one JSON line each.
 inline CommandStatus run_eval_grid(const EvalGridOptions& o) {
   LLAMA2C_TRY(cmd::check_options(o.sequences));
-  // The grid's lines first (syntax and the flags that fail together), before the model loads.
+  // The grid's lines first (syntax, distinct names, the flags that fail together, the threshold
+  // files), before the model loads.
   std::ifstream in(o.grid);
   if (!in) return CommandStatus::input("--grid: cannot read '" + o.grid + "'");
   struct GridLine {
     std::string where;  ///< "--grid FILE:LINE"
     std::string name;
     AttentionFlags flags;
+    std::unique_ptr<toptheta::ThresholdTable> table;  ///< toptheta's, read by load_table()
   };
   std::vector<GridLine> lines;
+  std::map<std::string, int> first_line;  // setup name -> the line that gave it
   std::string line;
   int ln = 0;
   while (std::getline(in, line)) {
@@ -556,6 +633,12 @@ inline CommandStatus run_eval_grid(const EvalGridOptions& o) {
     GridLine g;
     g.where = "--grid " + o.grid + ":" + std::to_string(ln);
     g.name = fields.front();
+    // The names key the output: two setups of one name could not be told apart.
+    const auto named = first_line.emplace(g.name, ln);
+    if (!named.second)
+      return CommandStatus::input(g.where + ": setup name '" + g.name +
+                                  "' given twice (first on line " +
+                                  std::to_string(named.first->second) + ")");
     const std::size_t e = line.find(g.name) + g.name.size();
     CLI::App app{"grid line"};
     cli::add_attention(&app, &g.flags, /*attention_required=*/true);
@@ -567,8 +650,9 @@ inline CommandStatus run_eval_grid(const EvalGridOptions& o) {
       return CommandStatus::input(g.where + ": " + x.what());
     }
     g.flags.threads = o.threads;
-    const std::string bad = check_attention_flags(g.flags);
-    if (!bad.empty()) return CommandStatus::input(g.where + ": " + bad);
+    LLAMA2C_TRY(cmd::check_options(g.flags).within(g.where));
+    g.table = std::make_unique<toptheta::ThresholdTable>();
+    LLAMA2C_TRY(cmd::load_table(g.flags, g.table.get()).within(g.where));
     lines.push_back(std::move(g));
   }
   if (lines.empty()) return CommandStatus::input("--grid: no setups in '" + o.grid + "'");
@@ -576,16 +660,9 @@ inline CommandStatus run_eval_grid(const EvalGridOptions& o) {
   LLAMA2C_TRY(cmd::load_model(o.model, &model));
   std::vector<std::string> names;
   std::vector<AttentionSetup> setups;
-  std::vector<std::unique_ptr<toptheta::ThresholdTable>> tables;
   for (const GridLine& g : lines) {
-    tables.push_back(std::make_unique<toptheta::ThresholdTable>());
     AttentionSetup s;
-    LLAMA2C_TRY(CommandStatus::input(
-        [&] {
-          const CommandStatus cs = cmd::make_attention(g.flags, model, tables.back().get(), &s);
-          return cs.ok() ? toptheta::Status() : toptheta::Status::invalid_argument(cs.message());
-        }(),
-        g.where));
+    LLAMA2C_TRY(cmd::make_attention(g.flags, model, g.table.get(), &s).within(g.where));
     s.length_edges = o.length_edges;
     names.push_back(g.name);
     setups.push_back(std::move(s));

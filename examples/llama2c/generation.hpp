@@ -24,7 +24,8 @@ struct GenerationTiming {
 
 /// Generates up to `steps` tokens after `prompt` (which starts with BOS). The prompt runs
 /// through the prefill kernel (decode when it is one token), every new token through decode.
-/// Stops early at BOS or EOS when `stop_at_boundary`, or at the context limit. `temperature`
+/// Stops early at BOS or EOS when `stop_at_boundary`, or at the context limit (the output never
+/// exceeds the model's context: a prompt that fills it gets no new token). `temperature`
 /// is a finite number >= 0 (0: greedy); anything else is kInvalidArgument.
 inline Status generate(const Model& model, const Sequence& prompt, int steps, float temperature,
                        std::uint64_t seed, const AttentionSetup& setup, Sequence* out,
@@ -45,7 +46,8 @@ inline Status generate(const Model& model, const Sequence& prompt, int steps, fl
   GenerationTiming tm;
   tm.prefill_seconds = runner.forward_seconds();
   runner.reset_timing();
-  for (int step = 0; step < steps; ++step) {
+  // A prompt that fills the context leaves no room for a new token.
+  for (int step = 0; step < steps && Index(out->size()) < c.seq_len; ++step) {
     const float* last = logits.data() + logits.size() - std::size_t(c.vocab_size);
     const std::int32_t next = sample_token(last, c.vocab_size, temperature, rng);
     if (stop_at_boundary && (next == kBos || next == kEos)) break;

@@ -54,6 +54,9 @@ int run(int argc, char** argv) {
     // The help went to stdout: a write error there is a runtime failure, as for any output.
     return rc == 0 ? report(llama2c::cmd::flush_stdout()) : llama2c::CommandStatus::kInput;
   }
+  // The kernels' SIMD path (TOPTHETA_ISA) once, before a subcommand loads anything.
+  const llama2c::CommandStatus isa = llama2c::cmd::check_isa();
+  if (!isa.ok()) return report(isa);
   if (gen->parsed()) return report(llama2c::run_generate(gen_opts));
   if (cal->parsed()) return report(llama2c::run_calibrate(cal_opts));
   if (ev->parsed()) return report(llama2c::run_eval(eval_opts));

@@ -57,7 +57,8 @@ inline std::string printable(const std::string& field) {
 
 /// Reads a token file: one sequence per line, whitespace-separated ids, BOS (1) first, between
 /// 2 and `max_len` tokens; blank lines (split_fields() finds no field) and lines whose first
-/// field starts with '#' are skipped. Errors name the file and the line.
+/// field starts with '#' are skipped. Errors name the file and the line; malformed content is
+/// kInvalidArgument (bad user input, not lost data), an unreadable file kNotFound.
 inline Status read_token_file(const std::string& path, int vocab_size, int max_len,
                               std::vector<Sequence>* out) {
   std::ifstream in(path);
@@ -77,21 +78,22 @@ inline Status read_token_file(const std::string& path, int vocab_size, int max_l
       // The whole field must be the number (a NUL byte inside it ends c_str() early); one out
       // of long's range saturates, outside the vocabulary.
       if (end != tok.c_str() + tok.size())
-        return Status::data_loss(where + "'" + printable(tok) + "' is not an integer token id");
+        return Status::invalid_argument(where + "'" + printable(tok) +
+                                        "' is not an integer token id");
       if (v < 0 || v >= vocab_size)
-        return Status::data_loss(where + "token id " + tok + " outside the vocabulary [0, " +
-                                 std::to_string(vocab_size) + ")");
+        return Status::invalid_argument(where + "token id " + tok + " outside the vocabulary [0, " +
+                                        std::to_string(vocab_size) + ")");
       s.push_back(std::int32_t(v));
     }
     if (!s.empty() && s.front() != kBos)
-      return Status::data_loss(where + "a sequence must start with BOS (1), got " +
-                               std::to_string(s.front()));
+      return Status::invalid_argument(where + "a sequence must start with BOS (1), got " +
+                                      std::to_string(s.front()));
     if (s.size() < 2 || int(s.size()) > max_len)
-      return Status::data_loss(where + "sequence of " + std::to_string(s.size()) +
-                               " tokens (need 2.." + std::to_string(max_len) + ")");
+      return Status::invalid_argument(where + "sequence of " + std::to_string(s.size()) +
+                                      " tokens (need 2.." + std::to_string(max_len) + ")");
     out->push_back(std::move(s));
   }
-  if (out->empty()) return Status::data_loss("token file '" + path + "' holds no sequence");
+  if (out->empty()) return Status::invalid_argument("token file '" + path + "' holds no sequence");
   return {};
 }
 
