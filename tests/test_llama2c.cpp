@@ -719,21 +719,22 @@ TEST_F(Llama2cLoader, RejectsBadTokenizerAndTokenFiles) {
                   .ok());
   EXPECT_EQ(seqs.size(), 2u);
   // A malformed token file is bad user input (kInvalidArgument), not lost data.
-  s = llama2c::read_token_file(write("nobos.tok", text("1 2\n5 6 7\n")), 512, 512, &seqs);
-  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(s.message().find(":2: a sequence must start with BOS"), std::string::npos)
-      << s.message();
-  s = llama2c::read_token_file(write("range.tok", text("1 512\n")), 512, 512, &seqs);
-  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(s.message().find(":1: token id 512 outside"), std::string::npos) << s.message();
-  s = llama2c::read_token_file(write("word.tok", text("1 6x\n")), 512, 512, &seqs);
-  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(s.message().find(":1: '6x' is not an integer token id"), std::string::npos)
-      << s.message();
-  s = llama2c::read_token_file(write("long.tok", text("1 2 3 4\n")), 512, 3, &seqs);
-  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(s.message().find(":1: sequence of 4 tokens (need 2..3)"), std::string::npos)
-      << s.message();
+  const struct {
+    const char* file;
+    const char* text;
+    int max_len;
+    const char* message;
+  } bad[] = {
+      {"nobos.tok", "1 2\n5 6 7\n", 512, ":2: a sequence must start with BOS"},
+      {"range.tok", "1 512\n", 512, ":1: token id 512 outside"},
+      {"word.tok", "1 6x\n", 512, ":1: '6x' is not an integer token id"},
+      {"long.tok", "1 2 3 4\n", 3, ":1: sequence of 4 tokens (need 2..3)"},
+  };
+  for (const auto& c : bad) {
+    s = llama2c::read_token_file(write(c.file, text(c.text)), 512, c.max_len, &seqs);
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << c.file;
+    EXPECT_NE(s.message().find(c.message), std::string::npos) << s.message();
+  }
 }
 
 // Token files: a line holding nothing but std::isspace characters (space, \t, \n, \v, \f, \r)

@@ -217,14 +217,18 @@ TEST(CalibratorCompact, BucketsOnlyNeedNoPerLengthMemoryAndReportSparseBuckets) 
 // --min-bucket-samples 100000). Now those buckets are marked own_knot and reported in one line
 // per k that says what happened.
 TEST(CalibratorCompact, WarningsSayWhenNoBucketReachesTheMinimum) {
-  CalibrationOptions o = options({8});
-  o.per_length = false;
-  o.compact.min_bucket_samples = 100000;
-  Calibrator cal(o);
-  observe_sequences(&cal, 3, 300, 1);
+  // k = 8 over 3 sequences of 300 tokens (rows of lengths 9..300), compact only.
+  const auto calibrate = [](std::uint64_t min_samples, ThresholdSet* set, CalibrationReport* rep) {
+    CalibrationOptions o = options({8});
+    o.per_length = false;
+    o.compact.min_bucket_samples = min_samples;
+    Calibrator cal(o);
+    observe_sequences(&cal, 3, 300, 1);
+    ASSERT_TRUE(cal.finalize_compact(set, rep).ok());
+  };
   ThresholdSet set;
   CalibrationReport rep;
-  ASSERT_TRUE(cal.finalize_compact(&set, &rep).ok());
+  calibrate(100000, &set, &rep);
   ASSERT_FALSE(rep.sparse.empty());
   for (const SparseBucket& b : rep.sparse) EXPECT_TRUE(b.own_knot);
   const std::vector<std::string> w = rep.warnings();
@@ -237,11 +241,8 @@ TEST(CalibratorCompact, WarningsSayWhenNoBucketReachesTheMinimum) {
   for (const SparseBucket& b : rep.sparse) knots += (b.layer == 0 && b.head == 0);
   EXPECT_EQ(set.tables()[0].curve(0, 0).knots.size(), knots);  // one knot per bucket
   // With a minimum some buckets reach, the sparse ones pool and are not own_knot.
-  o.compact.min_bucket_samples = 50;
-  Calibrator cal2(o);
-  observe_sequences(&cal2, 3, 300, 1);
   CalibrationReport rep2;
-  ASSERT_TRUE(cal2.finalize_compact(&set, &rep2).ok());
+  calibrate(50, &set, &rep2);
   ASSERT_FALSE(rep2.sparse.empty());
   for (const SparseBucket& b : rep2.sparse) EXPECT_FALSE(b.own_knot);
 }
