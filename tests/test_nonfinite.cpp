@@ -265,6 +265,56 @@ TEST(NonFiniteHanded, OracleSanitizesAndUnderflowsAsTheKernels) {
   }
 }
 
+// A head declared dense in the table (theta = -inf) keeps every unmasked key (pre-softmax) or
+// every key (post-softmax), so its weights sum to 1 by definition and VMC's coefficient is 0
+// (semantics §6): a NaN V row of a bias-masked key stays out of the output through vbar too, on
+// every path, and the output is dense attention's. Before, the coefficient 1 - sum p was 0 only
+// up to rounding: the post-softmax row came out NaN on the scalar decode path and finite on the
+// others (found by a spec-conformance probe).
+TEST(NonFiniteHanded, DenseHeadWithVmcKeepsAMaskedNanVRowOut) {
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  const Index L = 4, d = 2;
+  std::vector<float> q{1, 0}, k{1, 0, 0, 0, 2, 0, 0.5f, 0}, v{1, 2, 3, 4, 5, 6, nan, nan};
+  std::vector<float> bias{0, 0, 0, -inf}, out(d), dense(d);
+  AttentionArgs<float> a;
+  a.q = HeadsView<const float>::token_major(q.data(), 1, 1, d);
+  a.k = HeadsView<const float>::token_major(k.data(), L, 1, d);
+  a.v = HeadsView<const float>::token_major(v.data(), L, 1, d);
+  a.bias = MatrixView<const float>{bias.data(), 1, L, L};
+  a.scale = 1.0;
+  a.out = HeadsView<float>::token_major(dense.data(), 1, 1, d);
+  ASSERT_TRUE(decode(a, AttentionOptions{}).ok());
+  a.out = HeadsView<float>::token_major(out.data(), 1, 1, d);
+  for (Placement pl : {Placement::kPreSoftmax, Placement::kPostSoftmax}) {
+    ThresholdTable t(1, 1, 1);
+    t.metadata().placement = pl;
+    ASSERT_TRUE(t.set_dense(0, 0).ok());
+    for (SdcMode sdc : {SdcMode::kNone, SdcMode::kExact, SdcMode::kExpThreshold}) {
+      if (pl == Placement::kPostSoftmax && sdc != SdcMode::kNone) continue;
+      for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kNeon}) {
+        if (!isa_supported(isa)) continue;
+        for (bool use_prefill : {false, true}) {
+          SCOPED_TRACE(std::string(to_string(pl)) + " sdc " + to_string(sdc) + " " +
+                       to_string(isa) + (use_prefill ? " prefill" : " decode"));
+          AttentionOptions o;
+          o.mode = AttentionMode::kTopTheta;
+          o.placement = pl;
+          o.thresholds = &t;
+          o.sdc = sdc;
+          o.vmc = VmcMode::kOn;
+          o.vbar = VbarSource::kSumCache;  // vbar holds the NaN row
+          o.isa = isa;
+          ASSERT_TRUE((use_prefill ? prefill(a, o) : decode(a, o)).ok());
+          for (Index i = 0; i < d; ++i) EXPECT_NEAR(out[std::size_t(i)], dense[std::size_t(i)], 1e-6) << i;
+          const reference::Result ref = reference::attention(a, o);
+          ASSERT_TRUE(ref.status.ok());
+          for (Index i = 0; i < d; ++i) EXPECT_NEAR(ref.out[std::size_t(i)], dense[std::size_t(i)], 1e-6) << "oracle " << i;
+        }
+      }
+    }
+  }
+}
+
 // A causal prefill: the V row of the last new token is NaN; every earlier row must stay finite
 // (for them it is a future token), only the last row sees it.
 TEST(NonFiniteHanded, FutureTokenNanVOnlyReachesTheRowsThatSeeIt) {

@@ -63,7 +63,10 @@ inline Acc sdc_denominator(SdcMode mode, Acc sdc_scale, Acc kept, Acc dropped) {
 }
 
 /// Writes w[i], the weight of key kept[i], for a row selected by select_row(); returns
-/// sum_i w[i] (the weight that VMC complements). `scratch` (L values) and `probs` must still
+/// sum_i w[i] (the weight that VMC complements), exactly 1 where the weights sum to 1 by
+/// definition (semantics §6): a pre-softmax row whose denominator gets no compensation (SDC
+/// none, sdc_scale * D~ = 0, the fallback to SDC none) and a post-softmax row that keeps every
+/// key (so that VMC's coefficient there is 0, not a rounding of it, and vbar is not used). `scratch` (L values) and `probs` must still
 /// hold what select_row() left there (post-softmax); the pre-softmax paths clobber scratch.
 template <class Ops, class Acc>
 Acc row_weights(const Acc* s, Index L, const RowSelection<Acc>& sel, const std::int32_t* kept,
@@ -87,7 +90,7 @@ Acc row_weights(const Acc* s, Index L, const RowSelection<Acc>& sel, const std::
       const Acc inv = Acc(1) / z;
       for (Index i = 0; i < n; ++i) sum += (w[i] = scratch[kept[i]] * inv);
     }
-    return sum;
+    return n == L ? Acc(1) : sum;  // every key kept: the probabilities sum to 1
   }
   // Pre-softmax: the kept scores, gathered contiguously so exp runs vectorised over them.
   for (Index i = 0; i < n; ++i) scratch[i] = s[kept[i]];
@@ -121,7 +124,7 @@ Acc row_weights(const Acc* s, Index L, const RowSelection<Acc>& sel, const std::
   }
   const Acc inv = Acc(1) / denom;  // denom = +inf (huge D~) gives zero weights, never NaN
   for (Index i = 0; i < n; ++i) sum += (w[i] *= inv);
-  return sum;
+  return denom == d_kept ? Acc(1) : sum;  // no compensation: renormalised, sums to 1
 }
 
 }  // namespace toptheta

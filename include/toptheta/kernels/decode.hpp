@@ -629,8 +629,8 @@ class DecodeCall {
           const Acc e = chunk_scale(c, h, M) * inv;
           if (e != Acc(0)) Ops::axpy(e, part_acc_ + (c * Hq_ + h) * d, out, d);
         }
-        // A post-softmax row keeping every key: thresholded, weights p_j (sum D / D).
-        if (keep_all_ && o_.vmc == VmcMode::kOn) coeff[hh] = Acc(1) - D * inv;
+        // A post-softmax row keeping every key: thresholded, weights p_j, which sum to 1 by
+        // definition: VMC's coefficient stays exactly 0 (semantics §6; see row_weights).
         w.sink.row(h, L_, L_, cx_.k, keep_all_, false);
         continue;
       }
@@ -645,7 +645,8 @@ class DecodeCall {
         if (e != Acc(0) && part_l_[c * Hq_ + h] != Acc(0))
           Ops::axpy(e, part_acc_ + (c * Hq_ + h) * d, out, d);
       }
-      if (o_.vmc == VmcMode::kOn) coeff[hh] = Acc(1) - D * inv;
+      // No compensation (denom = D): renormalised weights, which sum to 1 (row_weights).
+      if (o_.vmc == VmcMode::kOn && denom != D) coeff[hh] = Acc(1) - D * inv;
       w.sink.row(h, L_, nk, cx_.k, true, false);
     }
     if (need_vbar_) add_vmc<Ops>(out_ptrs, G, d, coeff, vbar_ + g * d);

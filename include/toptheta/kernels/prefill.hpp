@@ -546,9 +546,11 @@ class PrefillCall {
           continue;
         }
         const Acc dropped = sdc_dropped(o_.sdc, Lt, nk, M, theta[m], drop_sum[m], sdc_term[m]);
-        const Acc inv = Acc(1) / sdc_denominator(o_.sdc, Acc(o_.sdc_scale), kept_sum[m], dropped);
+        const Acc den = sdc_denominator(o_.sdc, Acc(o_.sdc_scale), kept_sum[m], dropped);
+        const Acc inv = Acc(1) / den;
         for (Index i = 0; i < d; ++i) out[i] = om[i] * inv;
-        if (o_.vmc == VmcMode::kOn) coeff[hh] = Acc(1) - kept_sum[m] * inv;
+        // No compensation (den = D): renormalised weights, which sum to 1 (row_weights).
+        if (o_.vmc == VmcMode::kOn && den != kept_sum[m]) coeff[hh] = Acc(1) - kept_sum[m] * inv;
         w.sink.row(h, Lt, nk, cx_.k, true, false);
       }
       if (need_vbar_) add_vmc<Ops>(out_ptrs, G, d, coeff, w.vbar);
@@ -735,7 +737,8 @@ class PrefillCall {
         const Index nk = Index(ps.n_kept[m]);
         if (nk > 0) {
           std::memcpy(out, om, sizeof(Acc) * std::size_t(d));
-          if (o_.vmc == VmcMode::kOn) coeff[hh] = Acc(1) - ps.wsum[m];
+          // Every key kept: the probabilities sum to 1, coefficient 0 (row_weights).
+          if (o_.vmc == VmcMode::kOn && nk != Lt) coeff[hh] = Acc(1) - ps.wsum[m];
           w.sink.row(h, Lt, nk, cx_.k, true, false);
           continue;
         }

@@ -262,9 +262,11 @@ Result attention(const AttentionArgs<T, Q>& args, const AttentionOptions& opt,
       const auto acc_weight = [&](Index j, double m, double wj) {
         return kernel_exp<acc_t<T>>(s[static_cast<std::size_t>(j)] - m) == 0.0 ? 0.0 : wj;
       };
-      // Pre-softmax rows renormalised over the kept set (SDC none, or §5's fallback to it) have
-      // weights summing to 1 by definition: VMC's coefficient is exactly 0 (§6), as in the kernels.
-      bool renormalised = false;
+      // Rows whose weights sum to 1 by definition have VMC coefficient exactly 0 (§6), as in the
+      // kernels: pre-softmax rows with no compensation in the denominator (renormalised: SDC
+      // none or §5's fallback; or sdc_scale * D~ = 0 in the accumulation type) and post-softmax
+      // rows that keep every key.
+      bool sums_to_one = false;
 
       if (rec.masked) {
         // Fully masked: output 0, nothing kept, never empty.
@@ -324,6 +326,7 @@ Result attention(const AttentionArgs<T, Q>& args, const AttentionOptions& opt,
             for (Index j = 0; j < Lt; ++j)
               if (keep[static_cast<std::size_t>(j)])
                 w[static_cast<std::size_t>(j)] = acc_weight(j, M, p[static_cast<std::size_t>(j)]);
+            sums_to_one = n_kept == Lt;
           } else {
             // SDC none: renormalise over the kept set.
             const auto renormalise = [&] {
@@ -339,7 +342,7 @@ Result attention(const AttentionArgs<T, Q>& args, const AttentionOptions& opt,
                 if (keep[static_cast<std::size_t>(j)])
                   w[static_cast<std::size_t>(j)] =
                       acc_weight(j, Mk, std::exp(s[static_cast<std::size_t>(j)] - Mk) / z);
-              renormalised = true;
+              sums_to_one = true;
             };
             if (opt.sdc == SdcMode::kNone) {
               renormalise();
@@ -370,6 +373,9 @@ Result attention(const AttentionArgs<T, Q>& args, const AttentionOptions& opt,
               if (!(den_acc > 0.0)) {
                 renormalise();
               } else {
+                // No compensation as the kernels' accumulation type adds it: D + sdc_scale * D~
+                // rounds to D there.
+                sums_to_one = double(acc_t<T>(den_acc)) == double(acc_t<T>(D_acc));
                 for (Index j = 0; j < Lt; ++j)
                   if (keep[static_cast<std::size_t>(j)])
                     w[static_cast<std::size_t>(j)] =
@@ -398,7 +404,7 @@ Result attention(const AttentionArgs<T, Q>& args, const AttentionOptions& opt,
       if (rec.mean_v) {
         const std::vector<double> vb = v_mean(args, opt.vbar, t, g);
         for (Index i = 0; i < d; ++i) o[i] = vb[static_cast<std::size_t>(i)];
-      } else if (rec.thresholded && !rec.masked && opt.vmc == VmcMode::kOn && !renormalised &&
+      } else if (rec.thresholded && !rec.masked && opt.vmc == VmcMode::kOn && !sums_to_one &&
                  1.0 - wsum != 0.0) {
         // A coefficient of exactly 0 does not use vbar (§7: 0 * NaN is never formed).
         const std::vector<double> vb = v_mean(args, opt.vbar, t, g);
