@@ -385,9 +385,8 @@ TEST(TopThetaStrict, ThetaBetweenFloatsKeepsTheScoresAboveIt) {
     ASSERT_GT(double(float(e.theta)), e.theta);  // the case needs float(theta) above theta
     ASSERT_TRUE(t.set(0, 0, e).ok());
     const double e1 = std::exp(1.0), e3 = std::exp(3.0);
-    const std::vector<double> want =
-        pre ? std::vector<double>{e1 / (e1 + e3), e3 / (e1 + e3), 0, 0}
-            : std::vector<double>{0.25, 0.25, 0.25, 0.25};
+    const std::vector<double> want = pre ? std::vector<double>{e1 / (e1 + e3), e3 / (e1 + e3), 0, 0}
+                                         : std::vector<double>{0.25, 0.25, 0.25, 0.25};
     for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kNeon}) {
       if (!isa_supported(isa)) continue;
       for (bool use_prefill : {false, true}) {
@@ -404,7 +403,8 @@ TEST(TopThetaStrict, ThetaBetweenFloatsKeepsTheScoresAboveIt) {
         ASSERT_TRUE((use_prefill ? prefill(a, o) : decode(a, o)).ok());
         EXPECT_EQ(st.elements_kept, pre ? 2u : 4u);
         EXPECT_EQ(st.empty_rows, 0u);
-        for (Index i = 0; i < d; ++i) EXPECT_NEAR(out[std::size_t(i)], want[std::size_t(i)], 1e-6) << i;
+        for (Index i = 0; i < d; ++i)
+          EXPECT_NEAR(out[std::size_t(i)], want[std::size_t(i)], 1e-6) << i;
         const reference::Result ref = reference::attention(a, o);
         ASSERT_TRUE(ref.status.ok());
         EXPECT_EQ(ref.stats.elements_kept, st.elements_kept) << "oracle";

@@ -125,7 +125,8 @@ TEST(RunningVSum, RemovingALargeFiniteRowLeavesTheSmallOnes) {
   ASSERT_TRUE(c.append(kv, HeadsView<const float>::token_major(v1, 1, 1, 4)).ok());
   ASSERT_TRUE(c.truncate(1).ok());
   ASSERT_TRUE(c.append(kv, HeadsView<const float>::token_major(v1, 1, 1, 4)).ok());
-  for (int i = 0; i < 4; ++i) EXPECT_EQ(c.v_sum()[i], v1[i]) << "the rows before the new one: row 0";
+  for (int i = 0; i < 4; ++i)
+    EXPECT_EQ(c.v_sum()[i], v1[i]) << "the rows before the new one: row 0";
 }
 
 // Bad row views are errors that add nothing (before: tokens < 0 gave rows() < 0, a null data

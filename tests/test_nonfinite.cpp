@@ -217,7 +217,8 @@ TEST(NonFiniteHanded, PrefillMaskedNanV) {
 // - pre-softmax Top-θ without SDC renormalises (weights sum to 1 by definition), so VMC's
 //   coefficient is 0 and a NaN V row that is dropped stays out of the output through vbar too.
 TEST(NonFiniteHanded, OracleSanitizesAndUnderflowsAsTheKernels) {
-  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity(),
+              nan = std::numeric_limits<float>::quiet_NaN();
   struct Case {
     const char* name;
     std::vector<float> q, k, v, bias;  // d = 2, L = k.size() / 2
@@ -229,7 +230,7 @@ TEST(NonFiniteHanded, OracleSanitizesAndUnderflowsAsTheKernels) {
       {"+inf key element", {1, 0}, {inf, 0, 0, 0, 0, 0}, {1, 0, 0, 1, 0, 1}, {}, {1, 0}},
       {"scores beyond float", {1e20f, 0}, {1e20f, 0, 2e20f, 0}, {1, 0, 0, 1}, {}, {0.5, 0.5}},
       {"underflowed weight, NaN V", {1, 0}, {0, 0, -200, 0}, {1, 2, nan, inf}, {}, {1, 2}},
-      {"dropped NaN V under VMC", {1, 0}, {1, 0, 0, 0, 0, 0}, {1, 0, nan, 0, 0, 1}, {}, {1, 0}, true},
+      {"NaN V dropped, VMC", {1, 0}, {1, 0, 0, 0, 0, 0}, {1, 0, nan, 0, 0, 1}, {}, {1, 0}, true},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
@@ -257,11 +258,13 @@ TEST(NonFiniteHanded, OracleSanitizesAndUnderflowsAsTheKernels) {
     for (bool use_prefill : {false, true}) {
       ASSERT_TRUE((use_prefill ? prefill(a, o) : decode(a, o)).ok());
       for (Index i = 0; i < d; ++i)
-        EXPECT_EQ(double(out[std::size_t(i)]), c.want[std::size_t(i)]) << (use_prefill ? "prefill " : "decode ") << i;
+        EXPECT_EQ(double(out[std::size_t(i)]), c.want[std::size_t(i)])
+            << (use_prefill ? "prefill " : "decode ") << i;
     }
     const reference::Result ref = reference::attention(a, o);
     ASSERT_TRUE(ref.status.ok());
-    for (Index i = 0; i < d; ++i) EXPECT_NEAR(ref.out[std::size_t(i)], c.want[std::size_t(i)], 1e-12) << "oracle " << i;
+    for (Index i = 0; i < d; ++i)
+      EXPECT_NEAR(ref.out[std::size_t(i)], c.want[std::size_t(i)], 1e-12) << "oracle " << i;
   }
 }
 
@@ -272,7 +275,8 @@ TEST(NonFiniteHanded, OracleSanitizesAndUnderflowsAsTheKernels) {
 // up to rounding: the post-softmax row came out NaN on the scalar decode path and finite on the
 // others (found by a spec-conformance probe).
 TEST(NonFiniteHanded, DenseHeadWithVmcKeepsAMaskedNanVRowOut) {
-  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity(),
+              nan = std::numeric_limits<float>::quiet_NaN();
   const Index L = 4, d = 2;
   std::vector<float> q{1, 0}, k{1, 0, 0, 0, 2, 0, 0.5f, 0}, v{1, 2, 3, 4, 5, 6, nan, nan};
   std::vector<float> bias{0, 0, 0, -inf}, out(d), dense(d);
@@ -305,10 +309,12 @@ TEST(NonFiniteHanded, DenseHeadWithVmcKeepsAMaskedNanVRowOut) {
           o.vbar = VbarSource::kSumCache;  // vbar holds the NaN row
           o.isa = isa;
           ASSERT_TRUE((use_prefill ? prefill(a, o) : decode(a, o)).ok());
-          for (Index i = 0; i < d; ++i) EXPECT_NEAR(out[std::size_t(i)], dense[std::size_t(i)], 1e-6) << i;
+          for (Index i = 0; i < d; ++i)
+            EXPECT_NEAR(out[std::size_t(i)], dense[std::size_t(i)], 1e-6) << i;
           const reference::Result ref = reference::attention(a, o);
           ASSERT_TRUE(ref.status.ok());
-          for (Index i = 0; i < d; ++i) EXPECT_NEAR(ref.out[std::size_t(i)], dense[std::size_t(i)], 1e-6) << "oracle " << i;
+          for (Index i = 0; i < d; ++i)
+            EXPECT_NEAR(ref.out[std::size_t(i)], dense[std::size_t(i)], 1e-6) << "oracle " << i;
         }
       }
     }

@@ -234,8 +234,10 @@ TEST(CalibratorCompact, WarningsSayWhenNoBucketReachesTheMinimum) {
   const std::vector<std::string> w = rep.warnings();
   ASSERT_EQ(w.size(), 1u);
   EXPECT_NE(w[0].find("heads have no length bucket with 100000 samples (the fullest has"),
-            std::string::npos) << w[0];
-  EXPECT_NE(w[0].find("every non-empty length bucket got a knot of its own"), std::string::npos) << w[0];
+            std::string::npos)
+      << w[0];
+  EXPECT_NE(w[0].find("every non-empty length bucket got a knot of its own"), std::string::npos)
+      << w[0];
   EXPECT_EQ(w[0].find("no knot of their own"), std::string::npos) << w[0];
   std::size_t knots = 0;
   for (const SparseBucket& b : rep.sparse) knots += (b.layer == 0 && b.head == 0);

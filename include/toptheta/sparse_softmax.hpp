@@ -66,8 +66,9 @@ inline Acc sdc_denominator(SdcMode mode, Acc sdc_scale, Acc kept, Acc dropped) {
 /// sum_i w[i] (the weight that VMC complements), exactly 1 where the weights sum to 1 by
 /// definition (semantics §6): a pre-softmax row whose denominator gets no compensation (SDC
 /// none, sdc_scale * D~ = 0, the fallback to SDC none) and a post-softmax row that keeps every
-/// key (so that VMC's coefficient there is 0, not a rounding of it, and vbar is not used). `scratch` (L values) and `probs` must still
-/// hold what select_row() left there (post-softmax); the pre-softmax paths clobber scratch.
+/// key (so that VMC's coefficient there is 0, not a rounding of it, and vbar is not used).
+/// `scratch` (L values) and `probs` must still hold what select_row() left there (post-softmax);
+/// the pre-softmax paths clobber scratch.
 template <class Ops, class Acc>
 Acc row_weights(const Acc* s, Index L, const RowSelection<Acc>& sel, const std::int32_t* kept,
                 const RowWeightParams<Acc>& p, Acc* scratch, const Acc* probs, Acc* w) {

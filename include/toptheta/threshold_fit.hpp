@@ -133,7 +133,7 @@ struct SparseBucket {
   Index length_lo = 0;  ///< smallest row length of the bucket
   Index length_hi = 0;  ///< largest row length of the bucket
   std::uint64_t samples = 0;  ///< rows observed in the bucket (below min_bucket_samples)
-  bool own_knot = false;  ///< no bucket of the head reached the minimum: this one got a knot
+  bool own_knot = false;      ///< no bucket of the head reached the minimum: this one got a knot
 };
 
 namespace detail {
@@ -178,7 +178,8 @@ inline ThresholdCurve fit_curve(const std::vector<BucketStats>& buckets, bool po
   const int nb = int(buckets.size());
   bool any_full = false;
   for (int j = 0; j < nb; ++j)
-    if (buckets[std::size_t(j)].n >= double(opts.min_bucket_samples) && buckets[std::size_t(j)].n > 0)
+    if (buckets[std::size_t(j)].n >= double(opts.min_bucket_samples) &&
+        buckets[std::size_t(j)].n > 0)
       any_full = true;
   for (int j = 0; j < nb && sparse; ++j) {
     const double n = buckets[std::size_t(j)].n;

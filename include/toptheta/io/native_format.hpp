@@ -201,13 +201,15 @@ inline Status parse_native_thresholds(std::string_view text, const std::string& 
         return bad(ln, "'dense_heads' takes a layer and at least one head or range "
                        "'<first>-<last>' of heads declared dense");
       Index l = 0;
-      if (!detail::parse_int(f[1], &l)) return num_error(detail::integer_failure(f[1]), f[1], "layer");
+      if (!detail::parse_int(f[1], &l))
+        return num_error(detail::integer_failure(f[1]), f[1], "layer");
       for (std::size_t i = 2; i < f.size(); ++i) {
         const std::string_view tok = f[i];
         const std::size_t dash = tok.find('-', 1);
         Index a = 0, b = 0;
         if (dash == std::string_view::npos) {
-          if (!detail::parse_int(tok, &a)) return num_error(detail::integer_failure(tok), tok, "head");
+          if (!detail::parse_int(tok, &a))
+            return num_error(detail::integer_failure(tok), tok, "head");
           b = a;
         } else if (!detail::parse_int(tok.substr(0, dash), &a) ||
                    !detail::parse_int(tok.substr(dash + 1), &b) || b < a) {
@@ -348,9 +350,11 @@ inline Status parse_native_thresholds(std::string_view text, const std::string& 
       return bad(ln, "an entry is 'layer head length theta samples [sdc]', got " +
                          std::to_string(f.size()) + " fields");
     Index l = 0, h = 0, L = 0;
-    if (!detail::parse_int(f[0], &l)) return num_error(detail::integer_failure(f[0]), f[0], "layer");
+    if (!detail::parse_int(f[0], &l))
+      return num_error(detail::integer_failure(f[0]), f[0], "layer");
     if (!detail::parse_int(f[1], &h)) return num_error(detail::integer_failure(f[1]), f[1], "head");
-    if (!detail::parse_int(f[2], &L)) return num_error(detail::integer_failure(f[2]), f[2], "length");
+    if (!detail::parse_int(f[2], &L))
+      return num_error(detail::integer_failure(f[2]), f[2], "length");
     if (l < 0 || l >= layers)
       return fail(StatusCode::kOutOfRange, ln,
                   "layer " + std::to_string(l) + " out of range [0, " + std::to_string(layers) + ")");

@@ -252,7 +252,6 @@ inline bool ascii_iequal(std::string_view a, const char* b) {
   return true;
 }
 
-
 /// Strict decimal floating-point grammar (docs/threshold-format.md, "Numbers"):
 /// `[+-]? (D+ ('.' D*)? | '.' D+) ([eE] [+-]? D+)?`, or `[+-]?inf`, `[+-]?infinity`, `[+-]?nan`
 /// (case-insensitive). No hex floats, no blanks. Values are correctly rounded; magnitudes below

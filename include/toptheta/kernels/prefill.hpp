@@ -529,8 +529,7 @@ class PrefillCall {
           // exp(0) / (1 + sdc_scale * D~), D~ over the other keys.
           const Acc dropped = sdc_dropped(o_.sdc, Lt, Index(1), M, theta[m],
                                           std::max(drop_sum[m] - Acc(1), Acc(0)), sdc_term[m]);
-          const Acc wmax =
-              Acc(1) / sdc_denominator(o_.sdc, Acc(o_.sdc_scale), Acc(1), dropped);
+          const Acc wmax = Acc(1) / sdc_denominator(o_.sdc, Acc(o_.sdc_scale), Acc(1), dropped);
           const T* row = v_.row(am, g);
           Ops::accumulate_rows(out, 1, d, &row, &wmax, 1, 1, 1);
           if (o_.vmc == VmcMode::kOn) coeff[hh] = Acc(1) - wmax;

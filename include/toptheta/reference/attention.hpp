@@ -119,8 +119,10 @@ std::vector<double> scores(const AttentionArgs<T, Q>& args, Index t, Index h) {
     double x = scale * dot;
     if (!args.bias.empty()) x += double(args.bias(t, j));
     constexpr double big = double(std::numeric_limits<acc_t<T>>::max());
-    if (std::isnan(x) || x < -big) x = -kInf;
-    else if (x > big) x = big;
+    if (std::isnan(x) || x < -big)
+      x = -kInf;
+    else if (x > big)
+      x = big;
     s[static_cast<std::size_t>(j)] = x;
   }
   return s;
