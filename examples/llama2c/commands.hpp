@@ -381,9 +381,9 @@ inline CommandStatus run_generate(const GenerateOptions& o) {
 
 namespace cmd {
 /// The thresholds of a calibration against --sigma: theta = mean + sigma * std must fit a float,
-/// which the kernels compare in (the compact fit clamps it to FLT_MAX, a per-length table keeps
-/// the double, read as inf: no row would keep anything). An input error naming the first
-/// threshold that does not fit.
+/// which the kernels compare in (the compact fit clamps it to FLT_MAX; a per-length table keeps
+/// the double, which the kernels round down to FLT_MAX: either way no row would keep anything).
+/// An input error naming the first threshold that does not fit.
 inline CommandStatus check_thresholds_fit_float(const toptheta::ThresholdSet& set, double sigma) {
   constexpr double kMax = double(std::numeric_limits<float>::max());
   for (const toptheta::ThresholdTable& t : set.tables())
