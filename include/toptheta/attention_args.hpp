@@ -257,17 +257,6 @@ inline Status check_per_head_stats(const AttentionStats* st, Index model_heads,
   return {};
 }
 
-/// kInvalidArgument when `e` is not a value of its name table (an integer cast to the enum),
-/// naming the field and the values it takes; such a value fell through the kernels' switches
-/// (a mode 99 ran dense, an isa 99 said "the ? path is not compiled").
-template <class E>
-Status check_enum(E e, const char* field) {
-  if (std::string_view(to_string(e)) != "?") return {};
-  return Status::invalid_argument(std::string("options.") + field + " = " +
-                                  std::to_string(static_cast<long long>(e)) + " is not one of " +
-                                  names_list<E>(", "));
-}
-
 /// The enumerations of the options, each a value of its table (check_enum).
 inline Status check_option_enums(const AttentionOptions& o) {
   TOPTHETA_RETURN_IF_ERROR(check_enum(o.mode, "mode"));

@@ -12,6 +12,7 @@
 #include <string_view>
 #include <type_traits>
 
+#include "status.hpp"
 #include "types.hpp"
 
 namespace toptheta {
@@ -185,6 +186,19 @@ std::string names_list(const char* sep = "|") {
   }
   return s;
 }
+
+namespace detail {
+/// kInvalidArgument when `e` is not a value of its name table (an integer cast to the enum),
+/// naming the field as `options.<field>` and the values it takes; such a value fell through the
+/// kernels' switches (a mode 99 ran dense, an isa 99 said "the ? path is not compiled").
+template <class E, std::enable_if_t<HasEnumNames<E>::value, int> = 0>
+Status check_enum(E e, const char* field) {
+  if (std::string_view(to_string(e)) != "?") return {};
+  return Status::invalid_argument(std::string("options.") + field + " = " +
+                                  std::to_string(static_cast<long long>(e)) + " is not one of " +
+                                  names_list<E>(", "));
+}
+}  // namespace detail
 
 /// name -> value map (e.g. for CLI11's CheckedTransformer).
 template <class E, std::enable_if_t<HasEnumNames<E>::value, int> = 0>

@@ -169,9 +169,7 @@ inline Isa best_isa() {
 /// variable TOPTHETA_ISA when set, else best_isa()). Returns kFailedPrecondition naming the
 /// path when it is not compiled or not supported here, kInvalidArgument for a bad TOPTHETA_ISA.
 inline Status resolve_isa(Isa requested, Isa* out) {
-  if (std::string_view(to_string(requested)) == "?")
-    return Status::invalid_argument("options.isa = " + std::to_string(static_cast<int>(requested)) +
-                                    " is not one of " + names_list<Isa>(", "));
+  TOPTHETA_RETURN_IF_ERROR(detail::check_enum(requested, "isa"));
   Isa want = requested;
   if (want == Isa::kAuto) {
     static const std::string env = [] {

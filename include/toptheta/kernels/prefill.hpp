@@ -45,6 +45,9 @@ namespace toptheta::detail {
 
 /// Keys per tile of the prefill walks.
 inline constexpr Index kKeyTile = 64;
+/// Largest GQA group of the flash and post walks (a block's queries are the bits of a 64-bit
+/// mask); larger groups take the stored walk.
+inline constexpr Index kMaxTileGroup = 64;
 /// Score budget of a stored block per worker.
 inline constexpr std::size_t kScoreBlockBytes = std::size_t(4) << 20;
 template <class Ops, class Args, class KView>
@@ -66,7 +69,7 @@ class PrefillCall {
     G_ = Hq_ / std::max<Index>(Hkv_, 1);
     d_ = a.q.dim;
     const bool any_thresholded = cx_.thresholded(L_);
-    const bool tiles_ok = G_ <= 64 && L_ < (Index(1) << 24) && !cx_.calibrate;
+    const bool tiles_ok = G_ <= kMaxTileGroup && L_ < (Index(1) << 24) && !cx_.calibrate;
     flash_ = tiles_ok &&
              (!any_thresholded ||
               (cx_.sel_mode == AttentionMode::kTopTheta &&
@@ -475,6 +478,67 @@ class PrefillCall {
     }
   }
 
+  /// V rows added to a block row's union by keep-max heads (statistics only): a head's maximum
+  /// counts unless an earlier keep-max head of the row added it or another head keeps it.
+  struct KeepMaxUnion {
+    Index extra = 0;
+    Index added[kMaxTileGroup];
+    Index n_added = 0;
+    /// `kept_by(h2)`: whether head h2 of the group keeps key `am` (the walk's own test).
+    template <class KeptBy>
+    void add(Index am, Index hh, Index G, bool stats, KeptBy&& kept_by) {
+      bool shared = !stats;  // the union's size feeds the statistics only
+      for (Index i = 0; i < n_added && !shared; ++i) shared = added[i] == am;
+      for (Index h2 = 0; h2 < G && !shared; ++h2)
+        if (h2 != hh) shared = kept_by(h2);
+      if (!shared) {
+        ++extra;
+        added[n_added++] = am;
+      }
+    }
+  };
+
+  /// Adds V row Lt - 1 to the running sum w.vsum and sets w.vbar = mean(V[0:Lt]).
+  void next_vbar(Index g, Index Lt, Worker& w) const {
+    VbarSetup::add_rows<Ops>(v_, g, d_, Lt - 1, Lt, w.vsum);
+    for (Index i = 0; i < d_; ++i) w.vbar[i] = w.vsum[i] / Acc(Lt);
+  }
+
+  /// The outputs of block b's rows [t0, t1) of group g after a flash or post walk, row by row:
+  /// the running mean of V (VMC, mean-V), a fully masked head's zero output (run_max = -inf),
+  /// `head(t, r, hh, Lt, thr, out, coeff, uni)` for the others (writes `out`, VMC's `coeff`,
+  /// the row's statistics and keep-max's union rows), then VMC and the V-row statistics.
+  template <class Head>
+  void finish_rows(Index b, Index g, Index t0, Index t1, const Acc* run_max, Worker& w,
+                   Head&& head) {
+    const Index G = G_, d = d_;
+    if (need_vbar_) std::memcpy(w.vsum, vprefix_ + (b * Hkv_ + g) * d, sizeof(Acc) * std::size_t(d));
+    Acc* out_ptrs[kMaxTileGroup];
+    Acc coeff[kMaxTileGroup];
+    for (Index t = t0; t < t1; ++t) {
+      const Index Lt = P_ + t + 1, r = t - t0;
+      const bool thr = cx_.thresholded(Lt);
+      if (need_vbar_) next_vbar(g, Lt, w);
+      KeepMaxUnion uni;
+      bool any_unmasked = false;
+      for (Index hh = 0; hh < G; ++hh) {
+        const Index m = r * G + hh, h = g * G + hh;
+        Acc* out = a_.out.row(t, h);
+        out_ptrs[hh] = out;
+        coeff[hh] = 0;
+        if (run_max[m] == -std::numeric_limits<Acc>::infinity()) {  // fully masked: output 0
+          std::fill(out, out + d, Acc(0));
+          w.sink.row(h, Lt, 0, cx_.k, thr, false);
+          continue;
+        }
+        any_unmasked = true;
+        head(t, r, hh, Lt, thr, out, coeff[hh], uni);
+      }
+      if (need_vbar_) add_vmc<Ops>(out_ptrs, G, d, coeff, w.vbar);
+      w.sink.vrows(Lt, thr ? w.unions[r] + uni.extra : (any_unmasked ? Lt : 0));
+    }
+  }
+
   void flash_finish(Index b, Index g, Index t0, Index t1, Worker& w) {
     const Index G = G_, d = d_, Mp = Mp_;
     const Acc* theta = w.state;
@@ -484,77 +548,47 @@ class PrefillCall {
     const Acc* n_kept = w.state + 5 * Mp;
     const Acc* best_idx = w.state + 7 * Mp;
     const Acc* sdc_term = w.state + 8 * Mp;
-    if (need_vbar_) std::memcpy(w.vsum, vprefix_ + (b * Hkv_ + g) * d, sizeof(Acc) * std::size_t(d));
-    Acc* out_ptrs[64];
-    Acc coeff[64];
-    for (Index t = t0; t < t1; ++t) {
-      const Index Lt = P_ + t + 1, r = t - t0;
-      const bool thr = cx_.thresholded(Lt);
-      if (need_vbar_) {
-        VbarSetup::add_rows<Ops>(v_, g, d, Lt - 1, Lt, w.vsum);
-        for (Index i = 0; i < d; ++i) w.vbar[i] = w.vsum[i] / Acc(Lt);
-      }
-      Index union_extra = 0;
-      Index added[64];
-      Index n_added = 0;
-      bool any_unmasked = false;
-      for (Index hh = 0; hh < G; ++hh) {
-        const Index m = r * G + hh, h = g * G + hh;
-        Acc* out = a_.out.row(t, h);
-        out_ptrs[hh] = out;
-        coeff[hh] = 0;
-        const Acc M = run_max[m];
-        if (M == -std::numeric_limits<Acc>::infinity()) {  // fully masked: output 0
-          std::fill(out, out + d, Acc(0));
-          w.sink.row(h, Lt, 0, cx_.k, thr, false);
-          continue;
-        }
-        any_unmasked = true;
-        const Acc* om = w.o + m * d;
-        if (!thr) {  // dense row
-          const Acc inv = Acc(1) / kept_sum[m];
-          for (Index i = 0; i < d; ++i) out[i] = om[i] * inv;
-          w.sink.row(h, Lt, Lt, cx_.k, false, false);
-          continue;
-        }
-        const Index nk = Index(n_kept[m]);
-        if (nk == 0) {  // empty Top-θ row
-          std::fill(out, out + d, Acc(0));
-          if (o_.empty_row == EmptyRowPolicy::kMeanV) {
-            coeff[hh] = 1;
-            w.sink.row(h, Lt, 0, cx_.k, true, true);
-            continue;
-          }
-          const Index am = Index(best_idx[m]);
-          // exp(0) / (1 + sdc_scale * D~), D~ over the other keys.
-          const Acc dropped = sdc_dropped(o_.sdc, Lt, Index(1), M, theta[m],
-                                          std::max(drop_sum[m] - Acc(1), Acc(0)), sdc_term[m]);
-          const Acc wmax = Acc(1) / sdc_denominator(o_.sdc, Acc(o_.sdc_scale), Acc(1), dropped);
-          const T* row = v_.row(am, g);
-          Ops::accumulate_rows(out, 1, d, &row, &wmax, 1, 1, 1);
-          if (o_.vmc == VmcMode::kOn) coeff[hh] = Acc(1) - wmax;
-          bool shared = !o_.stats;  // the union's size feeds the statistics only
-          for (Index i = 0; i < n_added && !shared; ++i) shared = added[i] == am;
-          for (Index h2 = 0; h2 < G && !shared; ++h2)
-            if (h2 != hh) shared = score_of(t, g, h2, am, w) > theta[r * G + h2];
-          if (!shared) {
-            ++union_extra;
-            added[n_added++] = am;
-          }
-          w.sink.row(h, Lt, 1, cx_.k, true, true);
-          continue;
-        }
-        const Acc dropped = sdc_dropped(o_.sdc, Lt, nk, M, theta[m], drop_sum[m], sdc_term[m]);
-        const Acc den = sdc_denominator(o_.sdc, Acc(o_.sdc_scale), kept_sum[m], dropped);
-        const Acc inv = Acc(1) / den;
+    finish_rows(b, g, t0, t1, run_max, w,
+                [&](Index t, Index r, Index hh, Index Lt, bool thr, Acc* out, Acc& coeff,
+                    KeepMaxUnion& uni) {
+      const Index m = r * G + hh, h = g * G + hh;
+      const Acc M = run_max[m];
+      const Acc* om = w.o + m * d;
+      if (!thr) {  // dense row
+        const Acc inv = Acc(1) / kept_sum[m];
         for (Index i = 0; i < d; ++i) out[i] = om[i] * inv;
-        // No compensation (den = D): renormalised weights, which sum to 1 (row_weights).
-        if (o_.vmc == VmcMode::kOn && den != kept_sum[m]) coeff[hh] = Acc(1) - kept_sum[m] * inv;
-        w.sink.row(h, Lt, nk, cx_.k, true, false);
+        w.sink.row(h, Lt, Lt, cx_.k, false, false);
+        return;
       }
-      if (need_vbar_) add_vmc<Ops>(out_ptrs, G, d, coeff, w.vbar);
-      w.sink.vrows(Lt, thr ? w.unions[r] + union_extra : (any_unmasked ? Lt : 0));
-    }
+      const Index nk = Index(n_kept[m]);
+      if (nk == 0) {  // empty Top-θ row
+        std::fill(out, out + d, Acc(0));
+        if (o_.empty_row == EmptyRowPolicy::kMeanV) {
+          coeff = 1;
+          w.sink.row(h, Lt, 0, cx_.k, true, true);
+          return;
+        }
+        const Index am = Index(best_idx[m]);
+        // exp(0) / (1 + sdc_scale * D~), D~ over the other keys.
+        const Acc dropped = sdc_dropped(o_.sdc, Lt, Index(1), M, theta[m],
+                                        std::max(drop_sum[m] - Acc(1), Acc(0)), sdc_term[m]);
+        const Acc wmax = Acc(1) / sdc_denominator(o_.sdc, Acc(o_.sdc_scale), Acc(1), dropped);
+        const T* row = v_.row(am, g);
+        Ops::accumulate_rows(out, 1, d, &row, &wmax, 1, 1, 1);
+        if (o_.vmc == VmcMode::kOn) coeff = Acc(1) - wmax;
+        uni.add(am, hh, G, o_.stats,
+                [&](Index h2) { return score_of(t, g, h2, am, w) > theta[r * G + h2]; });
+        w.sink.row(h, Lt, 1, cx_.k, true, true);
+        return;
+      }
+      const Acc dropped = sdc_dropped(o_.sdc, Lt, nk, M, theta[m], drop_sum[m], sdc_term[m]);
+      const Acc den = sdc_denominator(o_.sdc, Acc(o_.sdc_scale), kept_sum[m], dropped);
+      const Acc inv = Acc(1) / den;
+      for (Index i = 0; i < d; ++i) out[i] = om[i] * inv;
+      // No compensation (den = D): renormalised weights, which sum to 1 (row_weights).
+      if (o_.vmc == VmcMode::kOn && den != kept_sum[m]) coeff = Acc(1) - kept_sum[m] * inv;
+      w.sink.row(h, Lt, nk, cx_.k, true, false);
+    });
   }
 
   /// The score of (row t, head hh of group g, key j) exactly as the tile walk computed it.
@@ -702,73 +736,42 @@ class PrefillCall {
   void post_finish(Index b, Index g, Index t0, Index t1, Worker& w) {
     const Index G = G_, d = d_;
     const PostState ps = post_state(w);
-    if (need_vbar_) std::memcpy(w.vsum, vprefix_ + (b * Hkv_ + g) * d, sizeof(Acc) * std::size_t(d));
-    Acc* out_ptrs[64];
-    Acc coeff[64];
-    for (Index t = t0; t < t1; ++t) {
-      const Index Lt = P_ + t + 1, r = t - t0;
-      const bool thr = cx_.thresholded(Lt);
-      if (need_vbar_) {
-        VbarSetup::add_rows<Ops>(v_, g, d, Lt - 1, Lt, w.vsum);
-        for (Index i = 0; i < d; ++i) w.vbar[i] = w.vsum[i] / Acc(Lt);
+    finish_rows(b, g, t0, t1, ps.run_max, w,
+                [&](Index t, Index r, Index hh, Index Lt, bool thr, Acc* out, Acc& coeff,
+                    KeepMaxUnion& uni) {
+      const Index m = r * G + hh, h = g * G + hh;
+      const Acc* om = w.o + m * d;
+      if (!thr) {  // dense row: the weights were the probabilities already
+        std::memcpy(out, om, sizeof(Acc) * std::size_t(d));
+        w.sink.row(h, Lt, Lt, cx_.k, false, false);
+        return;
       }
-      Index union_extra = 0;
-      Index added[64];
-      Index n_added = 0;
-      bool any_unmasked = false;
-      for (Index hh = 0; hh < G; ++hh) {
-        const Index m = r * G + hh, h = g * G + hh;
-        Acc* out = a_.out.row(t, h);
-        out_ptrs[hh] = out;
-        coeff[hh] = 0;
-        if (ps.run_max[m] == -std::numeric_limits<Acc>::infinity()) {  // fully masked: output 0
-          std::fill(out, out + d, Acc(0));
-          w.sink.row(h, Lt, 0, cx_.k, thr, false);
-          continue;
-        }
-        any_unmasked = true;
-        const Acc* om = w.o + m * d;
-        if (!thr) {  // dense row: the weights were the probabilities already
-          std::memcpy(out, om, sizeof(Acc) * std::size_t(d));
-          w.sink.row(h, Lt, Lt, cx_.k, false, false);
-          continue;
-        }
-        const Index nk = Index(ps.n_kept[m]);
-        if (nk > 0) {
-          std::memcpy(out, om, sizeof(Acc) * std::size_t(d));
-          // Every key kept: the probabilities sum to 1, coefficient 0 (row_weights).
-          if (o_.vmc == VmcMode::kOn && nk != Lt) coeff[hh] = Acc(1) - ps.wsum[m];
-          w.sink.row(h, Lt, nk, cx_.k, true, false);
-          continue;
-        }
-        // Empty row.
-        std::fill(out, out + d, Acc(0));
-        if (o_.empty_row == EmptyRowPolicy::kMeanV) {
-          coeff[hh] = 1;
-          w.sink.row(h, Lt, 0, cx_.k, true, true);
-          continue;
-        }
-        // keep-max: the first maximum, weighed by its probability exp(0) / Z.
-        const Index am = Index(ps.best_idx[m]);
-        Acc e = 0;
-        Ops::exp_shifted(&ps.run_max[m], 1, ps.mx[m], &e);
-        const Acc wmax = e * ps.inv[m];
-        const T* row = v_.row(am, g);
-        Ops::accumulate_rows(out, 1, d, &row, &wmax, 1, 1, 1);
-        if (o_.vmc == VmcMode::kOn) coeff[hh] = Acc(1) - wmax;
-        bool shared = !o_.stats;  // the union's size feeds the statistics only
-        for (Index i = 0; i < n_added && !shared; ++i) shared = added[i] == am;
-        for (Index h2 = 0; h2 < G && !shared; ++h2)
-          if (h2 != hh) shared = post_keeps(t, g, r, h2, am, w);
-        if (!shared) {
-          ++union_extra;
-          added[n_added++] = am;
-        }
-        w.sink.row(h, Lt, 1, cx_.k, true, true);
+      const Index nk = Index(ps.n_kept[m]);
+      if (nk > 0) {
+        std::memcpy(out, om, sizeof(Acc) * std::size_t(d));
+        // Every key kept: the probabilities sum to 1, coefficient 0 (row_weights).
+        if (o_.vmc == VmcMode::kOn && nk != Lt) coeff = Acc(1) - ps.wsum[m];
+        w.sink.row(h, Lt, nk, cx_.k, true, false);
+        return;
       }
-      if (need_vbar_) add_vmc<Ops>(out_ptrs, G, d, coeff, w.vbar);
-      w.sink.vrows(Lt, thr ? w.unions[r] + union_extra : (any_unmasked ? Lt : 0));
-    }
+      // Empty row.
+      std::fill(out, out + d, Acc(0));
+      if (o_.empty_row == EmptyRowPolicy::kMeanV) {
+        coeff = 1;
+        w.sink.row(h, Lt, 0, cx_.k, true, true);
+        return;
+      }
+      // keep-max: the first maximum, weighed by its probability exp(0) / Z.
+      const Index am = Index(ps.best_idx[m]);
+      Acc e = 0;
+      Ops::exp_shifted(&ps.run_max[m], 1, ps.mx[m], &e);
+      const Acc wmax = e * ps.inv[m];
+      const T* row = v_.row(am, g);
+      Ops::accumulate_rows(out, 1, d, &row, &wmax, 1, 1, 1);
+      if (o_.vmc == VmcMode::kOn) coeff = Acc(1) - wmax;
+      uni.add(am, hh, G, o_.stats, [&](Index h2) { return post_keeps(t, g, r, h2, am, w); });
+      w.sink.row(h, Lt, 1, cx_.k, true, true);
+    });
   }
 
   // ---- stored -----------------------------------------------------------------------------
@@ -794,10 +797,7 @@ class PrefillCall {
     Acc* out_ptrs[kMaxGroup];
     for (Index t = t0; t < t1; ++t) {
       const Index Lt = P_ + t + 1;
-      if (need_vbar_) {
-        VbarSetup::add_rows<Ops>(v_, g, d, Lt - 1, Lt, w.vsum);
-        for (Index i = 0; i < d; ++i) w.vbar[i] = w.vsum[i] / Acc(Lt);
-      }
+      if (need_vbar_) next_vbar(g, Lt, w);
       bool all = true;
       for (Index hh = 0; hh < G; ++hh) {
         const Index m = (t - t0) * G + hh, h = g * G + hh;
