@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <string>
@@ -462,6 +463,96 @@ TEST(ErrorsPaged, InterleavedPoolsAndHugeBlockStrides) {
     EXPECT_TRUE(contains(s.message(), "span more memory than an index can address")) << s.message();
     EXPECT_EQ(workspace_size(a, AttentionOptions{}), 0u);
   }
+}
+
+// The block table is an input, and the workspace is written: neither may share memory with what
+// the call writes or reads. An `out` over the block table passed validate(), the kernel wrote
+// output rows over the table, read them back as block indices and loaded rows from outside the
+// pool (a segfault in prefill); a workspace over the KV cache had the kernels write their
+// scratch into the cache. Each is now kInvalidArgument, nothing written.
+TEST(ErrorsPaged, OutputOrWorkspaceOverTheBlockTableOrTheCacheIsRejected) {
+  const auto expect_error = [](const Status& s, const std::string& want) {
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.to_string();
+    EXPECT_NE(s.message().find(want), std::string::npos) << s.message();
+  };
+  const Index Hkv = 2, Hq = 4, d = 8, B = 4, nb = 3, L = 10, T = 2;
+  const Index blk = B * Hkv * d;
+  // k, v, q and two outputs 256 KiB apart in one allocation: a workspace of the call's size
+  // placed at one of them reaches none of the others.
+  const std::size_t region = std::size_t(1) << 16;  // floats
+  std::vector<float> arena(5 * region, 0.0f);
+  float* const kp = arena.data();
+  float* const vp = kp + region;
+  float* const qp = vp + region;
+  float* const outp = qp + region;
+  float* const out2p = outp + region;
+  for (Index i = 0; i < nb * blk; ++i) {
+    kp[i] = std::sin(0.37f * float(i));
+    vp[i] = std::cos(0.23f * float(i));
+  }
+  for (Index i = 0; i < T * Hq * d; ++i) qp[i] = std::cos(0.11f * float(i));
+  // Output rows and the block table in one buffer: the table sits inside out's extent.
+  alignas(64) unsigned char buf[4 * T * Hq * d + 64];
+  std::memset(buf, 0, sizeof buf);
+  const std::int32_t entries[3] = {2, 0, 1};
+  std::int32_t* table = reinterpret_cast<std::int32_t*>(buf + 64);
+  std::memcpy(table, entries, sizeof entries);
+  unsigned char before[sizeof buf];
+  std::memcpy(before, buf, sizeof buf);
+  AttentionArgs<float> a;
+  a.q = HeadsView<const float>::token_major(qp, T, Hq, d);
+  a.paged = PagedKv<float>::token_major(kp, vp, nb, table, L, Hkv, d, B);
+  a.out = HeadsView<float>::token_major(reinterpret_cast<float*>(buf), T, Hq, d);
+  AttentionArgs<float> one = a;
+  one.q.tokens = 1;
+  one.out.tokens = 1;
+  expect_error(prefill(a, AttentionOptions{}), "out overlaps paged.block_table");
+  expect_error(decode(one, AttentionOptions{}), "out overlaps paged.block_table");
+  EXPECT_EQ(std::memcmp(before, buf, sizeof buf), 0);
+  // Away from the table, the same call runs.
+  a.out = HeadsView<float>::token_major(outp, T, Hq, d);
+  one.out = HeadsView<float>::token_major(outp, 1, Hq, d);
+  ASSERT_TRUE(prefill(a, AttentionOptions{}).ok());
+  // Workspaces over the cache, the block table, q and out; one beside them runs.
+  const std::size_t need = workspace_size(a, AttentionOptions{});
+  const std::size_t plan_need = plan_prefill_workspace_size(a, AttentionOptions{}, 1);
+  ASSERT_GT(need, 0u);
+  ASSERT_LT(std::max(need, plan_need), region * sizeof(float));
+  const std::vector<float> before_arena = arena;
+  const std::pair<std::byte*, const char*> cases[] = {
+      {reinterpret_cast<std::byte*>(kp), "the workspace overlaps k"},
+      {reinterpret_cast<std::byte*>(vp + blk), "the workspace overlaps v"},
+      {reinterpret_cast<std::byte*>(buf), "the workspace overlaps paged.block_table"},
+      {reinterpret_cast<std::byte*>(qp), "the workspace overlaps q"},
+      {reinterpret_cast<std::byte*>(outp), "the workspace overlaps out"},
+  };
+  for (const auto& [at, want] : cases) {
+    // The bytes the call would use decide; the buffer is exactly as large as the call needs.
+    expect_error(prefill(a, AttentionOptions{}, Workspace{at, need}), want);
+    expect_error(decode(one, AttentionOptions{}, Workspace{at, need}), want);
+    AttentionPlan plan;
+    expect_error(plan_prefill(a, AttentionOptions{}, 1, Workspace{at, plan_need}, &plan), want);
+  }
+  EXPECT_EQ(arena, before_arena);
+  EXPECT_EQ(std::memcmp(before, buf, sizeof buf), 0);
+  std::vector<std::byte> ws(need);
+  EXPECT_TRUE(prefill(a, AttentionOptions{}, Workspace{ws.data(), need}).ok());
+  // A batch names the sequence whose memory the workspace covers, and a workspace that is too
+  // small names the function that sizes a batch.
+  AttentionArgs<float> seqs[2] = {one, one};
+  seqs[1].out = HeadsView<float>::token_major(out2p, 1, Hq, d);
+  const DecodeBatch<float> batch{seqs, 2};
+  const std::size_t bneed = decode_batch_workspace_size(batch, AttentionOptions{});
+  ASSERT_GT(bneed, 0u);
+  ASSERT_LT(bneed, region * sizeof(float));
+  std::vector<std::byte> bws(bneed);
+  expect_error(decode_batch(batch, AttentionOptions{}, Workspace{bws.data(), bneed - 1}),
+               "size it with decode_batch_workspace_size() (decode_batch) or "
+               "plan_decode_workspace_size() (plan_decode)");
+  expect_error(decode_batch(batch, AttentionOptions{},
+                            Workspace{reinterpret_cast<std::byte*>(out2p), bneed}),
+               "sequence 1: the workspace overlaps out");
+  EXPECT_TRUE(decode_batch(batch, AttentionOptions{}, Workspace{bws.data(), bneed}).ok());
 }
 
 // threads < 0 was taken as "the OpenMP default" without a word; the docs name 0 for that.

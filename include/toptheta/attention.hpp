@@ -42,14 +42,15 @@ Status check_call(const AttentionArgs<T, Q>& a, const AttentionOptions& o, bool 
   return resolve_isa(o.isa, isa);
 }
 
-/// Runs a planned call (DecodeCall / PrefillCall) on the caller's workspace.
-template <class Call>
-Status run_call(Call& call, Workspace ws) {
+/// Runs a planned call (DecodeCall / PrefillCall) of arguments `a` on the caller's workspace.
+template <class Call, class T, class Q>
+Status run_call(Call& call, const AttentionArgs<T, Q>& a, Workspace ws) {
   Arena measure;
   call.carve(measure);
   const std::size_t need = measure.used();
   // Checked before anything is carved or written: the measure assumes the worst alignment.
   if (ws.data == nullptr || ws.bytes < need) return workspace_too_small(ws, need, call.threads());
+  TOPTHETA_RETURN_IF_ERROR(check_workspace_disjoint(ws.data, need, a));
   Arena ar(ws);
   call.carve(ar);
   TOPTHETA_ASSERT(!ar.overflowed(), "workspace measure and carve disagree");
@@ -126,7 +127,7 @@ Status decode(const AttentionArgs<T, Q>& args, const AttentionOptions& options, 
   return detail::with_call_views(isa, args, [&](auto ops, const auto& kv, const auto& vv) {
     detail::DecodeCall<decltype(ops), AttentionArgs<T, Q>, std::decay_t<decltype(kv)>> call(
         args, options, kv, vv);
-    return detail::run_call(call, ws);
+    return detail::run_call(call, args, ws);
   });
 }
 
@@ -142,7 +143,7 @@ Status prefill(const AttentionArgs<T, Q>& args, const AttentionOptions& options,
   return detail::with_call_views(isa, args, [&](auto ops, const auto& kv, const auto& vv) {
     detail::PrefillCall<decltype(ops), AttentionArgs<T, Q>, std::decay_t<decltype(kv)>> call(
         args, options, kv, vv);
-    return detail::run_call(call, ws);
+    return detail::run_call(call, args, ws);
   });
 }
 

@@ -215,10 +215,11 @@ ByteRange out_range(const AttentionArgs<T, Q>& a) {
   return {"out", a.out.data, std::size_t(view_extent(a.out)) * sizeof(acc_t<T>)};
 }
 
-/// The bytes a call reads: q, k and v (the two pools of a paged cache, whole), v_sum, bias (empty
-/// ranges for absent ones). Needs the shapes validate() checks.
+/// The bytes a call reads: q, k and v (the two pools of a paged cache, whole), the paged cache's
+/// block table (its ceil(L / B) entries), v_sum, bias (empty ranges for absent ones). Needs the
+/// shapes validate() checks.
 template <class T, class Q>
-std::array<ByteRange, 5> input_ranges(const AttentionArgs<T, Q>& a) {
+std::array<ByteRange, 6> input_ranges(const AttentionArgs<T, Q>& a) {
   using Acc = acc_t<T>;
   const bool paged = !a.paged.empty();
   const Index Hkv = paged ? a.paged.heads : a.k.heads, d = a.q.dim;
@@ -237,7 +238,30 @@ std::array<ByteRange, 5> input_ranges(const AttentionArgs<T, Q>& a) {
        a.bias.data
            ? std::size_t((a.bias.rows - 1) * a.bias.row_stride + a.bias.cols) * sizeof(float)
            : 0},
+      {"paged.block_table", a.paged.block_table,
+       paged && a.paged.block_size > 0
+           ? std::size_t((a.paged.tokens + a.paged.block_size - 1) / a.paged.block_size) *
+                 sizeof(std::int32_t)
+           : 0},
   }};
+}
+
+/// kInvalidArgument when the first `n` bytes of the workspace at `p` share memory with `out` or
+/// an input of `a` (`who` prefixes the message, e.g. "sequence 2: "): the kernels write their
+/// scratch there, so a workspace over the KV cache overwrote the cache, and one over `out` or
+/// `q` mixed scratch into the results. Needs the shapes validate() checks.
+template <class T, class Q>
+Status check_workspace_disjoint(const void* p, std::size_t n, const AttentionArgs<T, Q>& a,
+                                const std::string& who = {}) {
+  const auto overlap = [&](const char* name) {
+    return Status::invalid_argument(who + "the workspace overlaps " + name +
+                                    ": the kernels write their scratch memory there");
+  };
+  const ByteRange out = out_range(a);
+  if (ranges_overlap(p, n, out.p, out.n)) return overlap(out.name);
+  for (const ByteRange& in : input_ranges(a))
+    if (ranges_overlap(p, n, in.p, in.n)) return overlap(in.name);
+  return {};
 }
 
 /// Checks the per-head breakdown of `st` (when enabled): both vectors hold one counter per query

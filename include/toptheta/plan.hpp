@@ -373,7 +373,7 @@ View v_view(const AttentionArgs<T, Q>& a) {
 template <template <class, class, class> class CallT, class T, class Q>
 Status plan_calls(Isa isa, const AttentionArgs<T, Q>* seqs, Index n, AttentionStats* seq_stats,
                   const AttentionOptions& o, int workers, Workspace ws, AttentionPlan* plan,
-                  std::size_t* bytes) {
+                  std::size_t* bytes, const char* sizing) {
   using Args = AttentionArgs<T, Q>;
   if (workers < 1)
     return Status::invalid_argument("workers must be >= 1, got " + std::to_string(workers));
@@ -388,7 +388,11 @@ Status plan_calls(Isa isa, const AttentionArgs<T, Q>* seqs, Index n, AttentionSt
     const std::size_t need = carve_batch<Call>(measure, seqs, n, o, seq_stats, workers, make, &b);
     if (bytes) *bytes = need;
     if (!plan) return {};
-    if (ws.data == nullptr || ws.bytes < need) return workspace_too_small(ws, need, workers);
+    if (ws.data == nullptr || ws.bytes < need)
+      return workspace_too_small(ws, need, workers, sizing);
+    for (Index i = 0; i < n; ++i)
+      TOPTHETA_RETURN_IF_ERROR(check_workspace_disjoint(
+          ws.data, need, seqs[i], n > 1 ? "sequence " + std::to_string(i) + ": " : std::string()));
     Arena ar(ws);
     carve_batch<Call>(ar, seqs, n, o, seq_stats, workers, make, &b);
     TOPTHETA_ASSERT(!ar.overflowed() && b, "workspace measure and carve disagree");
@@ -403,8 +407,10 @@ Status plan_decode_impl(const DecodeBatch<T, Q>& batch, const AttentionOptions& 
                         Workspace ws, AttentionPlan* plan, std::size_t* bytes) {
   Isa isa;
   TOPTHETA_RETURN_IF_ERROR(check_batch(batch, o, &isa));
-  return plan_calls<DecodeCall>(isa, batch.seqs, batch.count, batch.seq_stats, o, workers, ws,
-                                plan, bytes);
+  return plan_calls<DecodeCall>(isa, batch.seqs, batch.count, batch.seq_stats, o, workers, ws, plan,
+                                bytes,
+                                "decode_batch_workspace_size() (decode_batch) or "
+                                "plan_decode_workspace_size() (plan_decode)");
 }
 
 /// Plans or measures a prefill (see plan_calls).
@@ -413,7 +419,8 @@ Status plan_prefill_impl(const AttentionArgs<T, Q>& args, const AttentionOptions
                          Workspace ws, AttentionPlan* plan, std::size_t* bytes) {
   Isa isa;
   TOPTHETA_RETURN_IF_ERROR(check_call(args, o, /*is_decode=*/false, &isa));
-  return plan_calls<PrefillCall>(isa, &args, 1, nullptr, o, workers, ws, plan, bytes);
+  return plan_calls<PrefillCall>(isa, &args, 1, nullptr, o, workers, ws, plan, bytes,
+                                 "plan_prefill_workspace_size()");
 }
 
 /// Threads `decode_batch` uses: OpenMP's for the batch's total work and tasks.

@@ -144,11 +144,13 @@ inline Index decode_chunk_tokens(Index L) {
 }
 
 /// The error for a workspace smaller than the `need` bytes a call carves from it.
-inline Status workspace_too_small(const Workspace& ws, std::size_t need, int threads) {
+/// `sizing` names the function that sizes the workspace of the call that failed.
+inline Status workspace_too_small(const Workspace& ws, std::size_t need, int threads,
+                                  const char* sizing = "workspace_size()") {
   return Status::invalid_argument("workspace of " + std::to_string(ws.bytes) +
                                   " bytes is smaller than this call needs (" +
                                   std::to_string(need) + " bytes for " + std::to_string(threads) +
-                                  " thread(s)); size it with workspace_size()");
+                                  " thread(s)); size it with " + sizing);
 }
 
 /// Row stride (elements) of a block of score rows of n values: whole 64-byte lines, an odd
