@@ -422,6 +422,64 @@ TEST(CalibratorNonFinite, ObserveScoresAppliesTheScoreRules) {
   }
 }
 
+// The SDC pass of observe_row (pre-softmax, a table of thresholds): a NaN in `a` or `scores` is
+// a masked key, whichever position it holds. A NaN at key 0 was taken as the row maximum (every
+// a[j] > NaN is false) and made the row's SDC term NaN: the per-length table lost its terms
+// (has_sdc() false) and finalize_compact() failed with "no eligible rows".
+TEST(CalibratorNonFinite, SdcPassMasksANaNAtAnyKey) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  // theta = 10 keeps nothing: keep-max keeps the maximum, the SDC term sums the other keys.
+  // {NaN, 1, 2, 3, 0}, max 3: e^-2 + e^-1 + e^-3; {4, 1, 2, 3, 0}, max 4: e^-3 + e^-2 + e^-1 +
+  // e^-4.
+  const double row1 = std::exp(-1.0) + std::exp(-2.0) + std::exp(-3.0);
+  const double row2 = row1 + std::exp(-4.0);
+  for (int pos = 0; pos < 5; ++pos)
+    for (const bool compact : {false, true}) {
+      ThresholdTable per_length(1, 1, 2);
+      per_length.metadata().placement = Placement::kPreSoftmax;
+      ThresholdEntry e;
+      e.length = 5;
+      e.theta = 10;
+      e.samples = 1;
+      ASSERT_TRUE(per_length.set(0, 0, e).ok());
+      CalibrationOptions co = cal_options(1, 1, 2, Placement::kPreSoftmax, TacMode::kOn, 0.0);
+      co.sdc_thresholds = &per_length;
+      co.compact.min_bucket_samples = 1;
+      Calibrator cal(co);
+      std::vector<float> a = {3, 1, 2, 3, 0}, scratch(5);
+      a[std::size_t(pos)] = nan;
+      std::vector<float> s = a;
+      // The row has two 3s: its maximum is 3 wherever the NaN is.
+      cal.observe_row<float>(0, 0, a.data(), 5, s.data(), 3.0f, scratch.data());
+      const float clean[5] = {4, 1, 2, 3, 0};
+      cal.observe_row<float>(0, 0, clean, 5, clean, 4.0f, scratch.data());
+      ASSERT_EQ(cal.rows_used(), 2u);
+      // The dropped keys of row 1 are the unmasked ones other than its maximum (a 3).
+      double want1 = 0;
+      std::vector<float> rest;
+      for (int j = 0; j < 5; ++j)
+        if (j != pos) rest.push_back(a[std::size_t(j)]);
+      const auto top = std::max_element(rest.begin(), rest.end());
+      for (auto it = rest.begin(); it != rest.end(); ++it)
+        if (it != top) want1 += std::exp(double(*it) - 3.0);
+      if (pos == 0) {
+        EXPECT_NEAR(want1, row1, 1e-12);
+      }
+      const double want = (want1 + row2) / 2;
+      if (!compact) {
+        ThresholdTable t;
+        ASSERT_TRUE(cal.finalize(&t).ok());
+        ASSERT_TRUE(t.has_sdc()) << "NaN at key " << pos;
+        EXPECT_NEAR(t.entries(0, 0)[0].sdc, want, 1e-6) << "NaN at key " << pos;
+      } else {
+        ThresholdSet set;
+        const Status st = cal.finalize_compact(&set);
+        ASSERT_TRUE(st.ok()) << "NaN at key " << pos << ": " << st.message();
+        EXPECT_NEAR(set.tables()[0].lookup(0, 0, 5).sdc, want, 1e-6) << "NaN at key " << pos;
+      }
+    }
+}
+
 // Bad input never reaches memory: a block with cols < past + rows, a (layer, head) out of range,
 // L < 0, null pointers, and a calibrator whose options do not validate.
 TEST(CalibratorBadInput, ObserveRejectsWhatItCannotRead) {
@@ -467,6 +525,9 @@ TEST(CalibratorBadInput, ObserveRejectsWhatItCannotRead) {
     cal.observe_row<float>(0, -1, s.data(), 8, s.data(), 1.0f, scratch.data());
     cal.observe_row<float>(0, 0, s.data(), 8, nullptr, 1.0f, scratch.data());
     cal.observe_row<float>(0, 0, s.data(), 8, s.data(), 1.0f, nullptr);
+    // A null pointer is recorded for a row too short to observe too (L <= k = 2).
+    cal.observe_scores(0, 0, nullptr, 2);
+    cal.observe_row<float>(0, 0, nullptr, 1, s.data(), 1.0f, scratch.data());
     EXPECT_EQ(cal.rows_used(), 0u);
     cal.observe_scores(0, 0, s.data(), 8);
     cal.observe_scores(0, 1, s.data(), 8);
@@ -474,7 +535,7 @@ TEST(CalibratorBadInput, ObserveRejectsWhatItCannotRead) {
     const Status os = cal.observe_status();
     EXPECT_EQ(os.code(), StatusCode::kInvalidArgument);
     EXPECT_EQ(os.message(),
-              "the calibrator rejected 7 observed rows; the first: observe_scores(): (layer, head) "
+              "the calibrator rejected 9 observed rows; the first: observe_scores(): (layer, head) "
               "= (0, 7) is out of range for the (1 x 2) (layers x heads) calibrator");
     ThresholdTable t(1, 1, 99);
     EXPECT_EQ(cal.finalize(&t).message(), os.message());
@@ -868,6 +929,13 @@ TEST(CalibratorMerge, RejectsIncompatibleCalibrators) {
   CalibrationOptions with = cal_options(2, 4, 5, Placement::kPreSoftmax, TacMode::kOn);
   with.sdc_thresholds = &t;
   EXPECT_FALSE(a.merge(Calibrator(with)).ok());
+  // Rows sampled at another fraction stand for another share of the stream.
+  CalibrationOptions half = cal_options(2, 4, 5, Placement::kPreSoftmax, TacMode::kOn);
+  half.sample_fraction = 0.5;
+  const Status hs = a.merge(Calibrator(half));
+  EXPECT_EQ(hs.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(hs.message().find("different sample fractions (1 and 0.5)"), std::string::npos)
+      << hs.message();
   EXPECT_TRUE(
       a.merge(Calibrator(cal_options(2, 4, 5, Placement::kPreSoftmax, TacMode::kOff))).ok());
 }

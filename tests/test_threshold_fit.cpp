@@ -302,6 +302,63 @@ std::string temp_path(const std::string& name) {
   return ::testing::TempDir() + "/toptheta_fit_" + name;
 }
 
+// to_compact() fits the thresholds a per-length table observed. A theta at or below -FLT_MAX
+// keeps every key, like -inf (rounded toward -inf into float), and observes no curve: the
+// authors' files write -FLT_MAX for fully masked rows, and the fit of one such entry among 69
+// pulled head (0, 3) of tests/data/thresholds/valid/authors/th.txt to about -5.5e36 at every
+// length, a head that silently ran dense.
+TEST(ToCompact, ThresholdsThatKeepEveryKeyAreNotFitted) {
+  const double lowest = -double(std::numeric_limits<float>::max());
+  ThresholdTable clean(1, 1, 4), with(1, 1, 4);
+  for (ThresholdTable* t : {&clean, &with}) t->metadata().placement = Placement::kPreSoftmax;
+  for (Index L = 8; L <= 200; L += 3) {
+    ThresholdEntry e;
+    e.length = L;
+    e.theta = 0.5 + 0.1 * std::log(double(L));
+    e.samples = 4;
+    ASSERT_TRUE(clean.set(0, 0, e).ok());
+    ASSERT_TRUE(with.set(0, 0, e).ok());
+  }
+  for (const auto& [L, theta] :
+       {std::pair<Index, double>{9, lowest}, {100, lowest}, {130, 2 * lowest}, {400, lowest}}) {
+    ThresholdEntry e;
+    e.length = L;
+    e.theta = theta;
+    e.samples = 4;
+    ASSERT_TRUE(with.set(0, 0, e).ok());
+  }
+  ThresholdTable a, b;
+  ASSERT_TRUE(to_compact(clean, &a).ok());
+  ASSERT_TRUE(to_compact(with, &b).ok());
+  for (Index L : {5, 9, 50, 100, 130, 200, 400, 5000})
+    EXPECT_EQ(a.lookup(0, 0, L).theta, b.lookup(0, 0, L).theta) << L;
+  // The authors' file: every head's curve stays near its finite thresholds' range (within the
+  // range's width of it: a least-squares line may overshoot the noisy values a little).
+  ThresholdTable per_length, compact;
+  LoadOptions lo;
+  lo.sdc_path = std::string(TOPTHETA_TEST_DATA_DIR) + "/thresholds/valid/authors/sdc.txt";
+  ASSERT_TRUE(
+      load_thresholds(std::string(TOPTHETA_TEST_DATA_DIR) + "/thresholds/valid/authors/th.txt",
+                      &per_length, lo)
+          .ok());
+  ASSERT_TRUE(to_compact(per_length, &compact).ok());
+  for (Index l = 0; l < per_length.num_layers(); ++l)
+    for (Index h = 0; h < per_length.num_heads(); ++h) {
+      double lo_theta = INFINITY, hi_theta = -INFINITY;
+      for (const ThresholdEntry& e : per_length.entries(l, h))
+        if (e.theta > lowest) {
+          lo_theta = std::min(lo_theta, e.theta);
+          hi_theta = std::max(hi_theta, e.theta);
+        }
+      const double width = hi_theta - lo_theta;
+      for (const ThresholdEntry& e : per_length.entries(l, h)) {
+        const double got = compact.lookup(l, h, e.length).theta;
+        EXPECT_GE(got, lo_theta - width) << l << " " << h << " " << e.length;
+        EXPECT_LE(got, hi_theta + width) << l << " " << h << " " << e.length;
+      }
+    }
+}
+
 TEST(NativeV2, RoundTripChooseKAndConvertVersion1) {
   Calibrator cal(options({4, 16}));
   observe_sequences(&cal, 2, 150, 5);

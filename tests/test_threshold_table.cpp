@@ -93,6 +93,17 @@ TEST(ThresholdTableLookup, LinearNextToMinusInfinityKeepsEverything) {
   EXPECT_EQ(t.lookup(0, 0, 5, LookupPolicy::kLinear).theta, ninf);
 }
 
+// Neighbours of opposite sign near DBL_MAX: hi - lo overflows to +inf, and lo + t * inf was +inf
+// (a threshold that keeps nothing) halfway between -1.7e308 and 1.7e308, where theta is 0.
+TEST(ThresholdTableLookup, LinearBetweenHugeThresholdsOfOppositeSign) {
+  ThresholdTable t(1, 1, 2);
+  ASSERT_TRUE(t.set(0, 0, entry(4, -1.7e308)).ok());
+  ASSERT_TRUE(t.set(0, 0, entry(8, 1.7e308)).ok());
+  EXPECT_EQ(t.lookup(0, 0, 6, LookupPolicy::kLinear).theta, 0.0);
+  EXPECT_DOUBLE_EQ(t.lookup(0, 0, 5, LookupPolicy::kLinear).theta, -0.85e308);
+  EXPECT_DOUBLE_EQ(t.lookup(0, 0, 7, LookupPolicy::kLinear).theta, 0.85e308);
+}
+
 TEST(ThresholdTableLookup, SingleEntryServesEveryLength) {
   ThresholdTable t(1, 1, 4);
   ASSERT_TRUE(t.set(0, 0, entry(50, -0.25)).ok());

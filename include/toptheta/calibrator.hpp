@@ -336,11 +336,11 @@ class Calibrator {
                    Acc* scratch) {
     if (!ready_) return;
     if (!row_ok("observe_row()", layer, head, L)) return;
-    if (L <= k(layer)) return;
-    if (!a || !scores || !scratch) {
+    if (L > 0 && (!a || !scores || !scratch)) {  // recorded for rows too short to observe too
       reject("observe_row(): a, scores and scratch must not be null (L = " + std::to_string(L) + ")");
       return;
     }
+    if (L <= k(layer)) return;
     // Unmasked keys: s_j > -inf (false for NaN, which §2 masks).
     Index unmasked = 0;
     for (Index j = 0; j < L; ++j) unmasked += scores[j] > -std::numeric_limits<Acc>::infinity();
@@ -377,16 +377,23 @@ class Calibrator {
       if (st) {
         const double theta = st->lookup(layer, head, L).theta;
         double dropped = 0.0;
-        Index kept = 0, argmax = 0;
+        Index kept = 0, argmax = -1;
         for (Index j = 0; j < L; ++j) {
-          if (std::isnan(scores[j])) continue;  // masked (§2): exp(s_j - M) = 0
-          if (double(a[j]) > theta) ++kept;
-          else dropped += double(detail::exp_shifted(scores[j], row_max));
-          if (a[j] > a[argmax]) argmax = j;
+          // A NaN in either buffer is a masked key (§2): exp(s_j - M) = 0, and it is never the
+          // row maximum (a NaN at key 0 made every a[j] > a[argmax] false: a NaN SDC term).
+          if (std::isnan(scores[j]) || std::isnan(a[j])) continue;
+          const Acc sj = detail::sanitize_score(scores[j]);  // +inf: the largest finite value
+          if (double(a[j]) > theta) {
+            ++kept;
+          } else {
+            dropped += double(detail::exp_shifted(sj, row_max));
+          }
+          if (argmax < 0 || a[j] > a[argmax]) argmax = j;
         }
         // keep-max empty-row policy: the row maximum is kept, so it is not part of the sum.
-        if (kept == 0) dropped -= double(detail::exp_shifted(scores[argmax], row_max));
-        sdc = std::max(dropped, 0.0);
+        if (kept == 0 && argmax >= 0)
+          dropped -= double(detail::exp_shifted(detail::sanitize_score(scores[argmax]), row_max));
+        sdc = dropped > 0.0 ? dropped : 0.0;
       }
       if (opts_.per_length) {
         if (Index(ha.per_length.size()) <= L) ha.per_length.resize(static_cast<std::size_t>(L) + 1);
@@ -411,11 +418,11 @@ class Calibrator {
   void observe_scores(Index layer, Index head, const float* s, Index L) {
     if (!ready_) return;
     if (!row_ok("observe_scores()", layer, head, L)) return;
-    if (L <= k(layer)) return;
-    if (!s) {
+    if (L > 0 && !s) {  // recorded for rows too short to observe too
       reject("observe_scores(): s is null (L = " + std::to_string(L) + ")");
       return;
     }
+    if (L <= k(layer)) return;
     const std::size_t n = static_cast<std::size_t>(L);
     std::vector<float> sv(n), scratch(n);
     for (std::size_t j = 0; j < n; ++j) sv[j] = detail::sanitize_score(s[j]);
@@ -472,8 +479,13 @@ class Calibrator {
         (rejected_.count == 1 ? "" : "s") + "; the first: " + rejected_.first);
   }
 
-  /// Adds the observations of `other` (same options). Equivalent, up to rounding, to having
-  /// observed both streams with one calibrator.
+  /// Adds the observations of `other` (same options; `lambda` and the compact fit's options are
+  /// this calibrator's at finalize*()). With sample_fraction 1 it is equivalent, up to rounding,
+  /// to having observed both streams with one calibrator. With sampling each calibrator draws its
+  /// own coins (keyed on its own row count), so the merge keeps the same expected fraction of the
+  /// rows but not the rows one calibrator would have kept; give shards different seeds, or their
+  /// coins repeat row for row. kInvalidArgument for a different shape, budgets, per_length or
+  /// buckets_per_octave, placement, sample_fraction, or SDC pass.
   Status merge(const Calibrator& other) {
     if (other.opts_.num_layers != opts_.num_layers || other.opts_.num_heads != opts_.num_heads)
       return Status::invalid_argument("cannot merge calibrators of shapes " +
@@ -487,6 +499,10 @@ class Calibrator {
           "cannot merge calibrators with different per_length or buckets_per_octave");
     if (other.opts_.placement != opts_.placement)
       return Status::invalid_argument("cannot merge calibrators with different placements");
+    if (other.opts_.sample_fraction != opts_.sample_fraction)
+      return Status::invalid_argument("cannot merge calibrators with different sample fractions (" +
+                                      number(opts_.sample_fraction) + " and " +
+                                      number(other.opts_.sample_fraction) + ")");
     if ((other.opts_.sdc_thresholds == nullptr) != (opts_.sdc_thresholds == nullptr) ||
         (other.opts_.sdc_threshold_set == nullptr) != (opts_.sdc_threshold_set == nullptr))
       return Status::invalid_argument("cannot merge a calibrator with SDC terms and one without");
@@ -584,7 +600,7 @@ class Calibrator {
           where.head = h;
           ThresholdCurve c = fit_curve(heads_[si * pair_count() + slot(l, h)].buckets, post,
                                        opts_.lambda, sdc, opts_.compact, &rep.sparse, where);
-          if (!c.empty()) (void)t.set_curve(l, h, std::move(c));
+          if (!c.empty()) TOPTHETA_RETURN_IF_ERROR(t.set_curve(l, h, std::move(c)));
         }
       TOPTHETA_RETURN_IF_ERROR(check_missing(t));
       TOPTHETA_RETURN_IF_ERROR(set.add(std::move(t)));

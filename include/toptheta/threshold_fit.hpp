@@ -277,7 +277,10 @@ inline Status to_compact(const ThresholdTable& in, ThresholdTable* out,
       }
       std::vector<BucketStats> buckets;
       for (const ThresholdEntry& e : in.entries(l, h)) {
-        if (e.length < 2 || !std::isfinite(e.theta)) continue;  // -inf: keeps all, no fit
+        // -inf keeps every key, and so does a theta at or below -FLT_MAX (rounded toward -inf
+        // into float, semantics §11): no observation of the curve. The authors' files write
+        // -FLT_MAX for fully masked rows; fitted, it pulled the whole curve to about -5e36.
+        if (e.length < 2 || !(e.theta > -double(std::numeric_limits<float>::max()))) continue;
         const int j = length_bucket(e.length, b);
         if (int(buckets.size()) <= j) buckets.resize(std::size_t(j) + 1);
         const double x = std::log(double(e.length)) - bucket_log_edge(j, b);

@@ -452,9 +452,12 @@ class ThresholdTable {
     const double t = double(length - lo.length) / double(hi.length - lo.length);
     // Next to a theta of -inf (keeps every score) the interpolation's limit is -inf, not the
     // NaN that -inf + t * inf would give (a NaN theta would keep nothing).
+    // hi - lo overflows for neighbours of opposite sign near DBL_MAX: then the weighted sum.
+    const double span = hi.theta - lo.theta;
     r.theta = std::isinf(lo.theta) || std::isinf(hi.theta)
                   ? -std::numeric_limits<double>::infinity()
-                  : lo.theta + t * (hi.theta - lo.theta);
+              : std::isfinite(span) ? lo.theta + t * span
+                                    : lo.theta * (1 - t) + hi.theta * t;
     r.sdc = lo.sdc + t * (hi.sdc - lo.sdc);
     return r;
   }
