@@ -211,6 +211,63 @@ TEST(ThresholdsCli, DiffReportsDifferencesAndHonoursTolerance) {
             3);
 }
 
+// Compact curves differ by their end slopes, which act only outside the knots, and by their knots'
+// samples: diff compared them at the knot lengths only, with no samples, and called two tables
+// "identical thresholds" (exit 0 under --tolerance 0) whose theta at L = 1000 was 6.6 and 166.
+TEST(ThresholdsCli, DiffOfCompactTablesSeesSlopesAndSamples) {
+  TempDir dir;
+  ThresholdTable per_length, c;
+  ASSERT_TRUE(load_thresholds(valid("calibrated.toptheta"), &per_length).ok());
+  ASSERT_TRUE(to_compact(per_length, &c).ok());
+  ASSERT_TRUE(save_thresholds(dir.file("c.toptheta"), c).ok());
+  for (const int change : {0, 1, 2}) {
+    ThresholdTable u = c;
+    ThresholdCurve curve = u.curve(0, 0);
+    if (change == 0) curve.slope_above += 1.0;
+    if (change == 1) curve.slope_below -= 1.0;
+    if (change == 2) curve.knots[0].samples += 999;
+    ASSERT_TRUE(u.set_curve(0, 0, curve).ok());
+    ASSERT_TRUE(save_thresholds(dir.file("u.toptheta"), u).ok());
+    const CliResult r =
+        run_cli({"diff", dir.file("c.toptheta"), dir.file("u.toptheta"), "--tolerance", "0"});
+    EXPECT_EQ(r.status, change == 2 ? 0 : 3) << change << r.out << r.err;
+    EXPECT_NE(r.out.find("result:              different"), std::string::npos) << change << r.out;
+    const char* where = change == 2 ? "samples differ:      1 entries" : "(layer 0 head 0 length";
+    EXPECT_NE(r.out.find(where), std::string::npos) << r.out;
+  }
+  const CliResult same =
+      run_cli({"diff", dir.file("c.toptheta"), dir.file("c.toptheta"), "--tolerance", "0"});
+  EXPECT_EQ(same.status, 0) << same.out;
+  EXPECT_NE(same.out.find("identical thresholds"), std::string::npos) << same.out;
+}
+
+// --buckets-per-octave shapes the fit of a per-length table: elsewhere it was accepted and
+// silently unused (a compact input kept its own 2 buckets per octave).
+TEST(ThresholdsCli, BucketsPerOctaveOnlyWhereItIsUsed) {
+  TempDir dir;
+  const std::string c2 = dir.file("c2.toptheta");
+  CliResult r = run_cli({"convert", valid("calibrated.toptheta"), c2, "--to", "compact"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  expect_one_line_error(run_cli({"convert", c2, dir.file("x.toptheta"), "--to", "compact",
+                                 "--buckets-per-octave", "7"}),
+                        "is compact already, with 2 buckets per octave: --buckets-per-octave 7 "
+                        "refits per-length tables only");
+  expect_one_line_error(run_cli({"convert", valid("calibrated.toptheta"), dir.file("x.toptheta"),
+                                 "--to", "native", "--buckets-per-octave", "7"}),
+                        "--buckets-per-octave applies only to --to compact");
+  EXPECT_FALSE(std::filesystem::exists(dir.file("x.toptheta")));
+  // Where it is used, it is used; the compact input's own value passes.
+  r = run_cli({"convert", valid("calibrated.toptheta"), dir.file("c4.toptheta"), "--to", "compact",
+               "--buckets-per-octave", "4"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  ThresholdTable t;
+  ASSERT_TRUE(load_thresholds(dir.file("c4.toptheta"), &t).ok());
+  EXPECT_EQ(t.metadata().buckets_per_octave, 4);
+  r = run_cli(
+      {"convert", c2, dir.file("c2b.toptheta"), "--to", "compact", "--buckets-per-octave", "2"});
+  EXPECT_EQ(r.status, 0) << r.err;
+}
+
 TEST(ThresholdsCli, ErrorsAreOneLineWithNonZeroStatus) {
   expect_one_line_error(run_cli({}), "subcommand is required");
   expect_one_line_error(run_cli({"frobnicate"}), "unknown subcommand 'frobnicate'");
@@ -271,6 +328,28 @@ TEST(ThresholdsCli, ExitStatuses) {
   expect_one_line_error(run_cli({"synth", "--layers", "1", "--heads", "1", "--context", "64",
                                  "--k", "4,4", "--out", dir.file("s.toptheta")}),
                         "--k: the budget 4 is given twice");
+  // Integers are decimal: CLI11 alone reads them in base 0 (010 was 8, 0x10 was 16, 01025
+  // was 533 and passed the bound of 1024), and saturates beyond 64 bits (--k
+  // 99999999999999999999 was the Index maximum and passed ">= 1").
+  for (const char* k : {"0x10", "1e3", " 5", "+"})
+    expect_one_line_error(run_cli({"info", valid("crlf.toptheta"), "--k", k}),
+                          "--k: '" + std::string(k) + "' is not an integer >= 1");
+  expect_one_line_error(run_cli({"info", valid("crlf.toptheta"), "--layers", "01025"}),
+                        "--layers: '01025' is not an integer from 1 to 1024");
+  expect_one_line_error(run_cli({"info", valid("crlf.toptheta"), "--k", "99999999999999999999"}),
+                        "--k: '99999999999999999999' is not an integer from 1 to " +
+                            std::to_string(std::numeric_limits<Index>::max()));
+  {
+    TempDir d10;  // dir's listing is checked below
+    const std::string s10 = d10.file("s.toptheta");
+    const CliResult r = run_cli({"synth", "--layers", "010", "--heads", "+02", "--context", "0064",
+                                 "--k", "4", "--out", s10});
+    ASSERT_EQ(r.status, 0) << r.err;
+    ThresholdTable t;
+    ASSERT_TRUE(load_thresholds(s10, &t).ok());
+    EXPECT_EQ(t.num_layers(), 10);
+    EXPECT_EQ(t.num_heads(), 2);
+  }
   EXPECT_FALSE(std::filesystem::exists(dir.file("s.toptheta")));
   // 2: input errors: missing, unreadable (a directory), malformed, incomplete input.
   expect_one_line_error(run_cli({"convert", dir.file("nope"), dir.file("x"), "--to", "native"}),
@@ -385,6 +464,21 @@ TEST(ThresholdsCli, ExitStatusesForUnwritableOutputs) {
       ASSERT_EQ(::unlink(dev.c_str()), 0);
     }
   }
+  // The authors' format writes two files: sdc.txt refused leaves th.txt as it was (it used to be
+  // replaced first, without its SDC terms), whether th.txt existed or not.
+  const std::string th2 = dir.file("th2.txt");
+  expect_one_line_error(run_cli({"convert", valid("calibrated.toptheta"), th2, "--to", "reference",
+                                 "--sdc-out", fifo}),
+                        fifo + ": is a FIFO (named pipe), not a regular file; it is not replaced",
+                        1);
+  EXPECT_FALSE(std::filesystem::exists(th2));
+  write_all(th2, "old\n");
+  expect_one_line_error(run_cli({"convert", valid("calibrated.toptheta"), th2, "--to", "reference",
+                                 "--sdc-out", fifo}),
+                        fifo + ": is a FIFO (named pipe), not a regular file; it is not replaced",
+                        1);
+  EXPECT_EQ(read_all(th2), "old\n");
+  ASSERT_EQ(::unlink(th2.c_str()), 0);
   ASSERT_EQ(::unlink(fifo.c_str()), 0);
 #endif
   // --sdc-out naming OUT under another spelling (it used to overwrite th.txt with the SDC lines).

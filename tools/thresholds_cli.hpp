@@ -32,6 +32,7 @@
 #include <string>
 #include <vector>
 
+#include "cli_checks.hpp"
 #include "toptheta/io/threshold_file.hpp"
 #include "toptheta/threshold_fit.hpp"
 #include "toptheta/threshold_table.hpp"
@@ -52,35 +53,6 @@ inline std::string fmt_g(double v, int digits = 6) {
 inline std::string pad(std::string s, std::size_t width, bool right = true) {
   if (s.size() >= width) return s;
   return right ? std::string(width - s.size(), ' ') + s : s + std::string(width - s.size(), ' ');
-}
-
-/// CLI11 check of an integer option: an integer in [lo, hi], named as one in the message
-/// (CLI::Range and CLI::PositiveNumber print their bounds as doubles, up to DBL_MAX). With no
-/// upper bound of its own (hi = the Index maximum) the message says ">= lo".
-inline CLI::Validator integer_in(Index lo, Index hi = std::numeric_limits<Index>::max()) {
-  const bool unbounded = hi == std::numeric_limits<Index>::max();
-  const std::string range = unbounded ? ">= " + std::to_string(lo)
-                                      : "from " + std::to_string(lo) + " to " + std::to_string(hi);
-  return CLI::Validator(
-      [lo, hi, range](std::string& s) -> std::string {
-        Index v = 0;
-        if (CLI::detail::lexical_cast(s, v) && v >= lo && v <= hi) return {};
-        return "'" + s + "' is not an integer " + range;
-      },
-      unbounded ? "INT >= " + std::to_string(lo)
-                : "INT in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
-}
-
-/// CLI11 check of a tolerance: a finite number >= 0. (CLI::NonNegativeNumber lets NaN through,
-/// and a NaN --tolerance compared false against every difference: diff exited 0.)
-inline CLI::Validator finite_non_negative() {
-  return CLI::Validator(
-      [](std::string& s) -> std::string {
-        double v = 0.0;
-        if (CLI::detail::lexical_cast(s, v) && std::isfinite(v) && v >= 0.0) return {};
-        return "'" + s + "' is not a finite number >= 0";
-      },
-      "FINITE >= 0");
 }
 
 /// Exit statuses.
@@ -106,10 +78,10 @@ inline void add_input_options(CLI::App* sub, InputOptions* o) {
       ->check(CLI::IsMember(name_map<Placement>()));
   sub->add_option("--layers", o->layers,
                   "expected number of layers (authors' files: the table shape; default: inferred)")
-      ->check(integer_in(1, kMaxThresholdLayers));
+      ->transform(cli::integer_in<Index>(1, kMaxThresholdLayers));
   sub->add_option("--heads", o->heads,
                   "expected number of query heads per layer (authors' files: the table shape)")
-      ->check(integer_in(1, kMaxThresholdHeads));
+      ->transform(cli::integer_in<Index>(1, kMaxThresholdHeads));
   sub->add_option("--from", o->from, "input format (default: detected from the content)")
       ->check(CLI::IsMember(name_map<ThresholdFormat>()));
   sub->add_option("--missing-heads", o->missing_heads,
@@ -118,7 +90,7 @@ inline void add_input_options(CLI::App* sub, InputOptions* o) {
       ->check(CLI::IsMember({"error", "dense"}));
   sub->add_option("--k", o->k,
                   "files holding several tables (native version 2): the table of this k")
-      ->check(integer_in(1));
+      ->transform(cli::integer_in<Index>(1));
 }
 
 /// Loads `path` (with an optional authors' sdc.txt); returns the detected format in `*fmt`.
@@ -141,9 +113,25 @@ inline Status load(const std::string& path, const std::string& sdc, const InputO
   return load_thresholds(path, out, o, fmt);
 }
 
-/// A per-length view of a compact table for diff: theta and SDC terms at its knot lengths and at
-/// those of `other` (when compact too), so two compact tables, or a compact and a per-length one,
-/// compare at the same lengths. Per-length tables are returned as they are.
+/// Longest row length the diff evaluates a curve at (synth's largest --context).
+inline constexpr Index kMaxLength = Index(1) << 40;
+
+/// The sample count behind (l, h) at length L: the entry's or the knot's at exactly L, else 0.
+inline std::uint64_t samples_at(const ThresholdTable& t, Index l, Index h, Index L) {
+  if (t.is_compact()) {
+    for (const auto& k : t.curve(l, h).knots)
+      if (k.length == L) return k.samples;
+    return 0;
+  }
+  for (const auto& e : t.entries(l, h))
+    if (e.length == L) return e.samples;
+  return 0;
+}
+
+/// A per-length view of `t` for diff, so that two compact tables, or a compact and a per-length
+/// one, compare at the same lengths: theta, SDC term and samples of `t` at every length where
+/// either table has an entry or a knot, and beyond them (a curve's end slopes). When neither
+/// table is compact, `t` as it is.
 inline ThresholdTable per_length_view(const ThresholdTable& t, const ThresholdTable& other) {
   if (!t.is_compact() && !other.is_compact()) return t;
   ThresholdTable v(t.num_layers(), t.num_heads());
@@ -163,12 +151,25 @@ inline ThresholdTable per_length_view(const ThresholdTable& t, const ThresholdTa
       }
       std::sort(lens.begin(), lens.end());
       lens.erase(std::unique(lens.begin(), lens.end()), lens.end());
+      // A curve's end slopes act only outside its knots: compare there too, at half the first
+      // length (or the shortest thresholded row, L = k + 1, when that is longer) and at 2 and 16
+      // times the last. Without these, two curves that differed only in a slope diffed as
+      // identical.
+      if (!lens.empty()) {
+        const Index k = l < other.num_layers() ? std::min(t.k(l), other.k(l)) : t.k(l);
+        const Index lo = lens.front(), hi = lens.back();
+        const Index below = std::max(k + 1, lo / 2);
+        if (below < lo) lens.insert(lens.begin(), below);
+        for (Index m : {Index(2), Index(16)})
+          if (hi <= kMaxLength / m) lens.push_back(hi * m);
+      }
       for (Index L : lens) {
         const ThresholdLookup r = t.lookup(l, h, L);
         ThresholdEntry e;
         e.length = L;
         e.theta = r.theta;
         e.sdc = r.sdc;
+        e.samples = samples_at(t, l, h, L);
         (void)v.set(l, h, e);
       }
     }
@@ -400,10 +401,11 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
   convert->add_option("--to", conv_to, "output format")
       ->required()
       ->check(CLI::IsMember({"native", "compact", "reference"}));
-  convert->add_option("--buckets-per-octave", conv_bpo,
-                      "--to compact: length buckets per octave of the fitted curves")
+  convert
+      ->add_option("--buckets-per-octave", conv_bpo,
+                   "--to compact: length buckets per octave of the fitted curves")
       ->capture_default_str()
-      ->check(integer_in(1, 16));
+      ->transform(cli::integer_in<Index>(1, 16));
   convert->add_option("--sdc", conv_sdc, "authors' sdc.txt to merge into the input");
   convert->add_option("--sdc-out", conv_sdc_out,
                       "--to reference: where to write sdc.txt when the table has SDC terms "
@@ -425,7 +427,7 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
   diff->add_option("--tolerance", tolerance,
                    "exit with status 3 when the max absolute theta difference exceeds X, or when "
                    "shape, k, placement or the set of entries differ")
-      ->check(finite_non_negative());
+      ->check(cli::finite_in(0.0));
   add_input_options(diff, &diff_in);
 
   Index syn_layers = 0, syn_heads = 0, syn_context = 0;
@@ -434,13 +436,19 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
   CLI::App* synth = app.add_subcommand(
       "synth", "Write a synthetic compact table (for size and load checks): smooth random "
                "curves over every length bucket from k+1 to --context");
-  synth->add_option("--layers", syn_layers)->required()->check(integer_in(1, kMaxThresholdLayers));
-  synth->add_option("--heads", syn_heads)->required()->check(integer_in(1, kMaxThresholdHeads));
+  synth->add_option("--layers", syn_layers)
+      ->required()
+      ->transform(cli::integer_in<Index>(1, kMaxThresholdLayers));
+  synth->add_option("--heads", syn_heads)
+      ->required()
+      ->transform(cli::integer_in<Index>(1, kMaxThresholdHeads));
   synth->add_option("--context", syn_context, "longest calibrated row length")
       ->required()
-      ->check(integer_in(2, Index(1) << 40));
+      ->transform(cli::integer_in<Index>(2, kMaxLength));
   synth->add_option("--k", syn_k, "budgets, e.g. 16,32,64")->required();
-  synth->add_option("--buckets-per-octave", syn_bpo)->capture_default_str()->check(integer_in(1, 16));
+  synth->add_option("--buckets-per-octave", syn_bpo)
+      ->capture_default_str()
+      ->transform(cli::integer_in<Index>(1, 16));
   synth->add_option("--out", syn_out, "output file (native version 2)")->required();
 
   const auto one_line = [](std::string m) {
@@ -514,12 +522,21 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
       so.sdc_path = conv_sdc_out;
       if (so.format != ThresholdFormat::kReference && !conv_sdc_out.empty())
         return fail("--sdc-out applies only to --to reference");
+      const bool bpo_given = convert->count("--buckets-per-octave") > 0;
+      if (bpo_given && !to_compact_form)
+        return fail("--buckets-per-octave applies only to --to compact");
       ThresholdTable t;
       ThresholdFormat fmt = ThresholdFormat::kAuto;
       Status s = load(conv_in, conv_sdc, conv_opts, &t, &fmt);
       if (!s.ok()) return fail(s.message());
       if (fmt == ThresholdFormat::kReference && conv_opts.placement.empty())
         warn(assumed_placement_warning(conv_in, t));
+      if (to_compact_form && bpo_given && t.is_compact() &&
+          t.metadata().buckets_per_octave != conv_bpo)
+        return fail(conv_in + " is compact already, with " +
+                    std::to_string(t.metadata().buckets_per_octave) +
+                    " buckets per octave: --buckets-per-octave " + std::to_string(conv_bpo) +
+                    " refits per-length tables only (convert it from the per-length table)");
       if (to_compact_form) {
         CompactFitOptions fo;
         fo.buckets_per_octave = conv_bpo;

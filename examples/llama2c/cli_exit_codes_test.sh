@@ -96,6 +96,18 @@ expect 2 "--cap-k: '-1' is not an integer >= 0" "$BIN" eval --model "$TINY" --sa
   --seq-len 8 --attention topk --cap-k -1
 expect 2 "--buckets-per-octave: '17' is not an integer from 1 to 16" "$BIN" calibrate \
   --model "$TINY" --sample-sequences 1 --seq-len 8 --k 2 --buckets-per-octave 17 --out "$WORK/x.thr"
+# Integers are decimal (CLI11 alone read 017 as octal 15 and 0x10 as 16, both accepted here).
+expect 2 "--buckets-per-octave: '017' is not an integer from 1 to 16" "$BIN" calibrate \
+  --model "$TINY" --sample-sequences 1 --seq-len 8 --k 2 --buckets-per-octave 017 --out "$WORK/x.thr"
+expect 2 "--buckets-per-octave: '0x10' is not an integer from 1 to 16" "$BIN" calibrate \
+  --model "$TINY" --sample-sequences 1 --seq-len 8 --k 2 --buckets-per-octave 0x10 --out "$WORK/x.thr"
+expect 2 "--seq-len: '01' is not an integer from 2 to 1048576" "$BIN" eval --model "$TINY" \
+  --sample-sequences 1 --seq-len 01
+# --sdc-scale scales an SDC term: without --sdc there is none, and the value went unused.
+expect 2 "--sdc-scale scales the SDC term, and there is none without --sdc" "$BIN" eval \
+  --model "$TINY" --sample-sequences 1 --seq-len 8 --attention topk --k 2 --sdc-scale 0.5
+expect 2 "--sdc-scale scales the SDC term, and there is none without --sdc" "$BIN" generate \
+  --model "$MIN" --tokenizer "$TOK" --steps 1 --sdc-scale 2
 expect 2 "--k: budget k 4 given twice" "$BIN" calibrate --model "$TINY" --sample-sequences 1 \
   --seq-len 8 --k 4,4 --out "$WORK/x.thr"
 printf 'd --attention dense\n' >"$WORK/grid_dense.txt"

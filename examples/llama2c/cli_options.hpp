@@ -10,6 +10,7 @@
 
 #include <toptheta/toptheta.hpp>
 
+#include "../../tools/cli_checks.hpp"
 #include "kv_cache_type.hpp"
 
 #include <algorithm>
@@ -110,6 +111,7 @@ struct AttentionFlags {
   std::optional<toptheta::Placement> placement;  ///< unset: the table's (toptheta) or pre
   toptheta::SdcMode sdc = toptheta::SdcMode::kNone;
   double sdc_scale = 1.0;  ///< the kernels use it as a float: checked in float's range
+  bool sdc_scale_given = false;  ///< --sdc-scale was on the command line
   bool vmc = false;
   Index cap_k = 0;
   toptheta::EmptyRowPolicy empty_row = toptheta::EmptyRowPolicy::kKeepMax;
@@ -256,7 +258,10 @@ inline std::string check_attention_flags(const AttentionFlags& f) {
       return sdc_needs_pre_softmax("--sdc-file: SDC terms compensate", "--placement post has none",
                                    "drop --sdc-file, or use --placement pre");
   }
-  // The kernel: calibrated SDC takes its terms from a threshold table; top-k has none.
+  if (f.sdc_scale_given && f.sdc == toptheta::SdcMode::kNone)
+    return "--sdc-scale scales the SDC term, and there is none without --sdc (add --sdc exact, "
+           "exp-threshold or calibrated, or drop --sdc-scale)";
+  // The kernel: calibrated SDC takes its terms from a threshold file; top-k has none.
   if (f.mode == AttentionMode::kTopK && f.sdc == toptheta::SdcMode::kCalibrated)
     return "--sdc calibrated needs the SDC terms of a threshold file (--attention toptheta); "
            "--attention topk has none (use --sdc exact or exp-threshold)";
@@ -265,72 +270,8 @@ inline std::string check_attention_flags(const AttentionFlags& f) {
 
 namespace cli {
 
-/// CLI11 check of an integer option stored in a T: an integer in [lo, hi], named as one in the
-/// message (CLI::Range and CLI::PositiveNumber print their bounds as doubles, up to DBL_MAX).
-/// With no upper bound of its own (hi = T's maximum) the message says ">= lo", unless the value
-/// is an integer too large for T. CLI11 reads with strtoll / strtoull (base 0), which saturate
-/// beyond 64 bits without a word: such a value is refused as too large, not clamped to T's
-/// maximum.
-template <class T>
-CLI::Validator integer_in(T lo, T hi = std::numeric_limits<T>::max()) {
-  const bool unbounded = hi == std::numeric_limits<T>::max();
-  const std::string bounded = "from " + std::to_string(lo) + " to " + std::to_string(hi);
-  const std::string range = unbounded ? ">= " + std::to_string(lo) : bounded;
-  return CLI::Validator(
-      [lo, hi, range, bounded](std::string& s) -> std::string {
-        T v{};
-        // An unsigned T: CLI11 would wrap "-1" around to T's maximum.
-        const bool negative = std::is_unsigned<T>::value && s.find('-') != std::string::npos;
-        // Beyond 64 bits: CLI11's strtoll / strtoull saturate and set ERANGE, which it ignores.
-        errno = 0;
-        char* end = nullptr;
-        if (std::is_unsigned<T>::value)
-          (void)std::strtoull(s.c_str(), &end, 0);
-        else
-          (void)std::strtoll(s.c_str(), &end, 0);
-        const bool saturated = errno == ERANGE;
-        if (!negative && !saturated && CLI::detail::lexical_cast(s, v) && v >= lo && v <= hi)
-          return {};
-        // Digits only (after an optional '+') that T cannot hold: too large.
-        const std::size_t d = !s.empty() && s[0] == '+' ? 1 : 0;
-        const bool digits =
-            s.size() > d && s.find_first_not_of("0123456789", d) == std::string::npos;
-        if (digits && (saturated || !CLI::detail::lexical_cast(s, v)))
-          return "'" + s + "' is not an integer " + bounded;
-        return "'" + s + "' is not an integer " + range;
-      },
-      unbounded ? "INT >= " + std::to_string(lo)
-                : "INT in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
-}
-
-/// CLI11 check of a real option: a finite number >= lo (> lo when `open_lo`), and <= hi when hi
-/// is finite. CLI::NonNegativeNumber and CLI::Range let NaN through (a NaN --temperature sampled
-/// token n-1 at every step). T is the type the value is used as: for an option the runner
-/// narrows to float (the sampler's temperature, the kernels' SDC scale) the value must also be
-/// at most FLT_MAX (1e39 passed as a double and became inf after loading the model). As in
-/// integer_in(), the message says ">= lo" unless the value is a finite number too large for T.
-template <class T = double>
-CLI::Validator finite_in(double lo, double hi = std::numeric_limits<double>::infinity(),
-                         bool open_lo = false) {
-  const auto num = [](double x) {
-    char t[32];
-    std::snprintf(t, sizeof t, "%.9g", x);
-    return std::string(t);
-  };
-  const double top = std::min(hi, double(std::numeric_limits<T>::max()));
-  const std::string bounded =
-      std::string(open_lo ? "in (" : "in [") + num(lo) + ", " + num(top) + "]";
-  const std::string range =
-      std::isfinite(hi) ? bounded : std::string(open_lo ? "> " : ">= ") + num(lo);
-  return CLI::Validator(
-      [lo, top, open_lo, range, bounded](std::string& s) -> std::string {
-        double v = 0.0;
-        const bool finite = CLI::detail::lexical_cast(s, v) && std::isfinite(v);
-        if (finite && (open_lo ? v > lo : v >= lo) && v <= top) return {};
-        return "'" + s + "' is not a finite number " + (finite && v > top ? bounded : range);
-      },
-      "FINITE " + (top < std::numeric_limits<double>::max() ? bounded : range));
-}
+using toptheta::cli::finite_in;   // tools/cli_checks.hpp
+using toptheta::cli::integer_in;  // decimal integers in a range
 
 /// An option holding one of `names`, stored into `*target` with toptheta::parse.
 template <class E>
@@ -382,18 +323,18 @@ inline void add_sequences(CLI::App* app, SequenceOptions* o) {
   auto* ns = app->add_option("--sample-sequences", o->sample_sequences,
                              "Instead of --tokens: draw N sequences from the dense model at "
                              "temperature 1 (decode kernel)")
-                 ->check(integer_in<int>(1));
+                 ->transform(integer_in<int>(1));
   tok->excludes(ns);
   app->add_option("--seq-len", o->seq_len,
                   "Tokens per sampled sequence, BOS included (with --sample-sequences)")
       ->capture_default_str()
-      ->check(integer_in<int>(2, 1 << 20));
+      ->transform(integer_in<int>(2, 1 << 20));
   app->add_option("--seed", o->seed,
                   "Seed of the sampled sequences; sequence i uses mix(seed, i), so the first n "
                   "sequences are the same for any N. Use different seeds for calibration and "
                   "evaluation sets (they must be disjoint)")
       ->capture_default_str()
-      ->check(integer_in<std::uint64_t>(0));
+      ->transform(integer_in<std::uint64_t>(0));
   app->add_option("--save-tokens", o->save_tokens,
                   "Also write the sequences used to this token file (reusable with --tokens)");
 }
@@ -412,7 +353,7 @@ inline void add_attention(CLI::App* app, AttentionFlags* o, bool attention_requi
          "Budget k per row for topk (rows with L <= k are dense). For toptheta the budgets come "
          "from the threshold file; --k, if given, must match them")
       ->default_str(std::to_string(o->k))
-      ->check(integer_in<Index>(1));
+      ->transform(integer_in<Index>(1));
   add_layer_k(app, &o->layer_k,
               "Per-layer budgets overriding --k, e.g. 0:64,1:64 (the paper keeps layers 0 and 1 "
               "at a larger k); for toptheta they must match the threshold file");
@@ -440,9 +381,14 @@ inline void add_attention(CLI::App* app, AttentionFlags* o, bool attention_requi
              "or a post-softmax threshold file): none (renormalise over the kept set), exact "
              "(add the dropped exp-sum), exp-threshold (dropped count x exp(theta - max)), "
              "calibrated (C(l,h,L) from the threshold file)");
-  app->add_option("--sdc-scale", o->sdc_scale,
-                  "Scale of the SDC term: D + scale * D~ (a finite float >= 0)")
-      ->capture_default_str()
+  app->add_option_function<double>(
+         "--sdc-scale",
+         [o](const double& x) {
+           o->sdc_scale = x;
+           o->sdc_scale_given = true;
+         },
+         "Scale of the SDC term: D + scale * D~ (a finite float >= 0; needs --sdc)")
+      ->default_str("1")
       ->check(finite_in<float>(0.0));
   app->add_flag("--vmc", o->vmc,
                 "V-mean compensation: add (1 - sum of kept weights) * mean(V[0:L]) to the output "
@@ -450,7 +396,7 @@ inline void add_attention(CLI::App* app, AttentionFlags* o, bool attention_requi
   app->add_option("--cap-k", o->cap_k,
                   "Keep at most N elements per thresholded row (the most recent); 0 = no cap")
       ->capture_default_str()
-      ->check(integer_in<Index>(0));
+      ->transform(integer_in<Index>(0));
   add_choice(app, "--empty-row", &o->empty_row, {"keep-max", "mean-v"},
              "Thresholded row where nothing passes: keep-max (keep the row maximum) or mean-v "
              "(output the mean of V, i.e. uniform attention)");
@@ -459,7 +405,7 @@ inline void add_attention(CLI::App* app, AttentionFlags* o, bool attention_requi
              "linear interpolation");
   app->add_option("--threads", o->threads, "Threads of the attention kernels (0 = OpenMP default)")
       ->capture_default_str()
-      ->check(integer_in<int>(0));
+      ->transform(integer_in<int>(0));
   add_kv_cache(app, &o->kv_cache,
                "Storage of the K and V caches: f32, f16, bf16 or q8_0 (llama.cpp's blocks of 32 "
                "int8 values and an fp16 scale; needs a head dim that is a multiple of 32). "
@@ -487,7 +433,7 @@ inline CLI::App* add_generate(CLI::App* app, GenerateOptions* o) {
   gen->add_option("--prompt-length", o->prompt_length,
                   "Keep only the first N tokens of the prompt (0: all); a --prompt-tokens line "
                   "longer than the context is cut before its length is checked")
-      ->check(integer_in<int>(0));
+      ->transform(integer_in<int>(0));
   gen->add_flag("--compare-dense", o->compare_dense,
                 "Generate twice from the same prompt and seed: dense attention first, then the "
                 "attention asked; prints the decode speed and attention share of both");
@@ -496,14 +442,14 @@ inline CLI::App* add_generate(CLI::App* app, GenerateOptions* o) {
                   "Maximum number of new tokens (generation also stops at a story boundary, "
                   "BOS/EOS, or at the model's context)")
       ->capture_default_str()
-      ->check(integer_in<int>(0));
+      ->transform(integer_in<int>(0));
   gen->add_option("--temperature", o->temperature,
                   "Sampling temperature, a finite float >= 0; 0 = greedy")
       ->capture_default_str()
       ->check(finite_in<float>(0.0));
   gen->add_option("--seed", o->seed, "Seed of the sampler")
       ->capture_default_str()
-      ->check(integer_in<std::uint64_t>(0));
+      ->transform(integer_in<std::uint64_t>(0));
   add_attention(gen, &o->attention, /*attention_required=*/false);
   return gen;
 }
@@ -542,12 +488,12 @@ inline CLI::App* add_calibrate(CLI::App* app, CalibrateOptions* o) {
   cal->add_option("--buckets-per-octave", o->buckets_per_octave,
                   "Compact form: length buckets per octave")
       ->capture_default_str()
-      ->check(integer_in<int>(1, 16));
+      ->transform(integer_in<int>(1, 16));
   cal->add_option("--min-bucket-samples", o->min_bucket_samples,
                   "Compact form: buckets with fewer rows get no knot of their own (warned); a head "
                   "none of whose buckets reaches it gets a knot in every non-empty bucket (warned)")
       ->capture_default_str()
-      ->check(integer_in<std::uint64_t>(1));
+      ->transform(integer_in<std::uint64_t>(1));
   cal->add_option("--report", o->report,
                   "Write the per-(k, layer, head, bucket) sample counts as JSON to this file");
   add_layer_k(cal, &o->layer_k,
@@ -581,7 +527,7 @@ inline CLI::App* add_calibrate(CLI::App* app, CalibrateOptions* o) {
              "in the same directory with --sdc-terms)");
   cal->add_option("--threads", o->threads, "Threads of the attention kernels (0 = OpenMP default)")
       ->capture_default_str()
-      ->check(integer_in<int>(0));
+      ->transform(integer_in<int>(0));
   add_kv_cache(cal, &o->kv_cache,
                "Storage of the K and V caches during calibration: f32, f16, bf16 or q8_0 "
                "(head dim a multiple of 32); --sample-sequences always uses f32");
@@ -633,7 +579,7 @@ inline CLI::App* add_eval_grid(CLI::App* app, EvalGridOptions* o) {
           "E1,E2,..."));
   ev->add_option("--threads", o->threads, "Threads of the attention kernels (0 = OpenMP default)")
       ->capture_default_str()
-      ->check(integer_in<int>(0));
+      ->transform(integer_in<int>(0));
   return ev;
 }
 

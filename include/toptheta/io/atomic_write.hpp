@@ -132,17 +132,18 @@ inline bool same_file_path(const std::string& a, const std::string& b) {
 }
 }  // namespace detail
 
-/// Atomically replaces (or creates) the file at `path` with `data` (see the file comment).
-/// Errors are kIoError with the operating system's reason, e.g.
-/// `out/th.txt: cannot create a temporary file out/th.txt.tmp.XXXXXX: Permission denied`;
-/// kIoError `path: is a character device, not a regular file` (likewise a block device, a FIFO,
-/// a socket, a directory) when `path` exists and is neither a regular file nor a symbolic link,
-/// with nothing written; kInvalidArgument for an empty `path`. A file size limit is reported as
-/// kIoError (`File too large`) only when the process ignores SIGXFSZ (see the file comment);
-/// otherwise the signal kills the process.
-inline Status write_file_atomic(const std::string& path, std::string_view data) {
-  if (path.empty()) return Status::invalid_argument("empty output path");
 #if TOPTHETA_IO_POSIX
+namespace detail {
+/// A file written to its temporary `tmp` (fsynced and closed) that `commit_file` renames over
+/// `path`.
+struct StagedFile {
+  std::string path, tmp;
+};
+
+/// Everything of write_file_atomic() but the rename: on failure the temporary is removed and
+/// nothing else was touched.
+inline Status stage_file(const std::string& path, std::string_view data, StagedFile* out) {
+  if (path.empty()) return Status::invalid_argument("empty output path");
   {
     // Only a regular file (or a symbolic link, which rename replaces) may be replaced: renaming
     // over a device or FIFO would silently swap it for a regular file.
@@ -184,17 +185,45 @@ inline Status write_file_atomic(const std::string& path, std::string_view data) 
   }
   if (::fsync(fd) != 0) return fail("fsync failed on", errno, true);
   if (::close(fd) != 0) return fail("close failed on", errno, false);
-  if (::rename(tmp_path.c_str(), path.c_str()) != 0)
-    return fail("cannot rename", errno, false);
-  // Make the rename durable; failure here does not undo the (already visible) replacement.
-  const std::size_t slash = path.find_last_of('/');
-  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+  *out = {path, tmp_path};
+  return {};
+}
+
+/// Renames a staged file over its path and fsyncs the directory (a failure there does not undo
+/// the already visible replacement). On a failed rename the temporary is removed.
+inline Status commit_file(const StagedFile& f) {
+  if (::rename(f.tmp.c_str(), f.path.c_str()) != 0) {
+    const int e = errno;
+    ::unlink(f.tmp.c_str());
+    return Status::io_error(f.path + ": cannot rename " + f.tmp + ": " + detail::errno_text(e));
+  }
+  const std::size_t slash = f.path.find_last_of('/');
+  const std::string dir =
+      slash == std::string::npos ? "." : (slash == 0 ? "/" : f.path.substr(0, slash));
   const int dfd = ::open(dir.c_str(), O_RDONLY);
   if (dfd >= 0) {
     (void)::fsync(dfd);
     ::close(dfd);
   }
   return {};
+}
+}  // namespace detail
+#endif
+
+/// Atomically replaces (or creates) the file at `path` with `data` (see the file comment).
+/// Errors are kIoError with the operating system's reason, e.g.
+/// `out/th.txt: cannot create a temporary file out/th.txt.tmp.XXXXXX: Permission denied`;
+/// kIoError `path: is a character device, not a regular file` (likewise a block device, a FIFO,
+/// a socket, a directory) when `path` exists and is neither a regular file nor a symbolic link,
+/// with nothing written; kInvalidArgument for an empty `path`. A file size limit is reported as
+/// kIoError (`File too large`) only when the process ignores SIGXFSZ (see the file comment);
+/// otherwise the signal kills the process.
+inline Status write_file_atomic(const std::string& path, std::string_view data) {
+  if (path.empty()) return Status::invalid_argument("empty output path");
+#if TOPTHETA_IO_POSIX
+  detail::StagedFile f;
+  TOPTHETA_RETURN_IF_ERROR(detail::stage_file(path, data, &f));
+  return detail::commit_file(f);
 #else
   const std::string tmp_path = path + ".tmp.toptheta";
   errno = 0;
@@ -217,6 +246,34 @@ inline Status write_file_atomic(const std::string& path, std::string_view data) 
     }
   }
   return {};
+#endif
+}
+
+/// Replaces two files together, each atomically (write_file_atomic()): both are written to
+/// their temporaries first, and a failure there (a path that is not a regular file, a directory
+/// without write permission, a full disk) leaves both paths untouched. Only then are they renamed,
+/// `first` before `second`; a failure between the two renames (rare: both temporaries exist
+/// already) leaves `first` replaced. Same errors as write_file_atomic(). Elsewhere than POSIX,
+/// the two writes one after the other.
+inline Status write_files_atomic(const std::string& first, std::string_view first_data,
+                                 const std::string& second, std::string_view second_data) {
+#if TOPTHETA_IO_POSIX
+  detail::StagedFile a, b;
+  TOPTHETA_RETURN_IF_ERROR(detail::stage_file(first, first_data, &a));
+  const Status sb = detail::stage_file(second, second_data, &b);
+  if (!sb.ok()) {
+    ::unlink(a.tmp.c_str());
+    return sb;
+  }
+  const Status ca = detail::commit_file(a);
+  if (!ca.ok()) {
+    ::unlink(b.tmp.c_str());
+    return ca;
+  }
+  return detail::commit_file(b);
+#else
+  TOPTHETA_RETURN_IF_ERROR(write_file_atomic(first, first_data));
+  return write_file_atomic(second, second_data);
 #endif
 }
 

@@ -116,7 +116,8 @@ inline std::string reference_sdc_path(const std::string& path, const SaveOptions
 
 /// Saves `table` atomically. Native (default, also for kAuto): one file at `path`. Authors'
 /// format: th.txt at `path`, and when any entry has an SDC term, sdc.txt at
-/// reference_sdc_path(path, opts); each file is replaced atomically on its own. A table the
+/// reference_sdc_path(path, opts); each file is replaced atomically, and both are written before
+/// either is replaced (write_files_atomic(): a failed sdc.txt leaves th.txt untouched). A table the
 /// format cannot hold (invalid, incomplete or empty; dense heads in the authors' format) is
 /// refused with `path: cannot save: <reason>` and nothing is written; so is an SDC path naming the
 /// same file as `path` under any spelling (`./x/th.txt`, `x/../x/th.txt`, a symbolic link):
@@ -138,9 +139,8 @@ inline Status save_thresholds(const std::string& path, const ThresholdTable& tab
     if (!sdc.empty() && detail::same_file_path(sdc_path, path))
       return Status::invalid_argument(path + ": th.txt and sdc.txt would be the same file (" +
                                       sdc_path + " names " + path + ")");
-    TOPTHETA_RETURN_IF_ERROR(write_file_atomic(path, th));
-    if (!sdc.empty()) TOPTHETA_RETURN_IF_ERROR(write_file_atomic(sdc_path, sdc));
-    return {};
+    if (sdc.empty()) return write_file_atomic(path, th);
+    return write_files_atomic(path, th, sdc_path, sdc);
   }
   std::string text;
   TOPTHETA_RETURN_IF_ERROR(cannot(format_native_thresholds(table, &text)));

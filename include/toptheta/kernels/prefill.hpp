@@ -548,9 +548,8 @@ class PrefillCall {
     const Acc* n_kept = w.state + 5 * Mp;
     const Acc* best_idx = w.state + 7 * Mp;
     const Acc* sdc_term = w.state + 8 * Mp;
-    finish_rows(b, g, t0, t1, run_max, w,
-                [&](Index t, Index r, Index hh, Index Lt, bool thr, Acc* out, Acc& coeff,
-                    KeepMaxUnion& uni) {
+    const auto head = [&](Index t, Index r, Index hh, Index Lt, bool thr, Acc* out, Acc& coeff,
+                          KeepMaxUnion& uni) {
       const Index m = r * G + hh, h = g * G + hh;
       const Acc M = run_max[m];
       const Acc* om = w.o + m * d;
@@ -588,7 +587,8 @@ class PrefillCall {
       // No compensation (den = D): renormalised weights, which sum to 1 (row_weights).
       if (o_.vmc == VmcMode::kOn && den != kept_sum[m]) coeff = Acc(1) - kept_sum[m] * inv;
       w.sink.row(h, Lt, nk, cx_.k, true, false);
-    });
+    };
+    finish_rows(b, g, t0, t1, run_max, w, head);
   }
 
   /// The score of (row t, head hh of group g, key j) exactly as the tile walk computed it.
@@ -736,9 +736,8 @@ class PrefillCall {
   void post_finish(Index b, Index g, Index t0, Index t1, Worker& w) {
     const Index G = G_, d = d_;
     const PostState ps = post_state(w);
-    finish_rows(b, g, t0, t1, ps.run_max, w,
-                [&](Index t, Index r, Index hh, Index Lt, bool thr, Acc* out, Acc& coeff,
-                    KeepMaxUnion& uni) {
+    const auto head = [&](Index t, Index r, Index hh, Index Lt, bool thr, Acc* out, Acc& coeff,
+                          KeepMaxUnion& uni) {
       const Index m = r * G + hh, h = g * G + hh;
       const Acc* om = w.o + m * d;
       if (!thr) {  // dense row: the weights were the probabilities already
@@ -771,7 +770,8 @@ class PrefillCall {
       if (o_.vmc == VmcMode::kOn) coeff = Acc(1) - wmax;
       uni.add(am, hh, G, o_.stats, [&](Index h2) { return post_keeps(t, g, r, h2, am, w); });
       w.sink.row(h, Lt, 1, cx_.k, true, true);
-    });
+    };
+    finish_rows(b, g, t0, t1, ps.run_max, w, head);
   }
 
   // ---- stored -----------------------------------------------------------------------------
