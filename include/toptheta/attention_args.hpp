@@ -247,15 +247,17 @@ std::array<ByteRange, 6> input_ranges(const AttentionArgs<T, Q>& a) {
 }
 
 /// kInvalidArgument when the first `n` bytes of the workspace at `p` share memory with `out` or
-/// an input of `a` (`who` prefixes the message, e.g. "sequence 2: "): the kernels write their
-/// scratch there, so a workspace over the KV cache overwrote the cache, and one over `out` or
-/// `q` mixed scratch into the results. Needs the shapes validate() checks.
+/// an input of `a` (`seq` >= 0 names the sequence of a batch: "sequence 2: the workspace ..."):
+/// the kernels write their scratch there, so a workspace over the KV cache overwrote the cache,
+/// and one over `out` or `q` mixed scratch into the results. Needs the shapes validate() checks.
+/// Allocates only for the error message.
 template <class T, class Q>
 Status check_workspace_disjoint(const void* p, std::size_t n, const AttentionArgs<T, Q>& a,
-                                const std::string& who = {}) {
+                                Index seq = -1) {
   const auto overlap = [&](const char* name) {
-    return Status::invalid_argument(who + "the workspace overlaps " + name +
-                                    ": the kernels write their scratch memory there");
+    return Status::invalid_argument(
+        (seq >= 0 ? "sequence " + std::to_string(seq) + ": " : std::string()) +
+        "the workspace overlaps " + name + ": the kernels write their scratch memory there");
   };
   const ByteRange out = out_range(a);
   if (ranges_overlap(p, n, out.p, out.n)) return overlap(out.name);

@@ -391,8 +391,7 @@ Status plan_calls(Isa isa, const AttentionArgs<T, Q>* seqs, Index n, AttentionSt
     if (ws.data == nullptr || ws.bytes < need)
       return workspace_too_small(ws, need, workers, sizing);
     for (Index i = 0; i < n; ++i)
-      TOPTHETA_RETURN_IF_ERROR(check_workspace_disjoint(
-          ws.data, need, seqs[i], n > 1 ? "sequence " + std::to_string(i) + ": " : std::string()));
+      TOPTHETA_RETURN_IF_ERROR(check_workspace_disjoint(ws.data, need, seqs[i], n > 1 ? i : -1));
     Arena ar(ws);
     carve_batch<Call>(ar, seqs, n, o, seq_stats, workers, make, &b);
     TOPTHETA_ASSERT(!ar.overflowed() && b, "workspace measure and carve disagree");
