@@ -117,15 +117,15 @@ inline Status load(const std::string& path, const std::string& sdc, const InputO
 inline constexpr Index kMaxLength = Index(1) << 40;
 
 /// The sample count behind (l, h) at length L: the entry's or the knot's at exactly L, else 0.
+/// Both lists ascend in length: a binary search (a linear one made diff quadratic in the number
+/// of entries of a per-length table compared with a compact one).
 inline std::uint64_t samples_at(const ThresholdTable& t, Index l, Index h, Index L) {
-  if (t.is_compact()) {
-    for (const auto& k : t.curve(l, h).knots)
-      if (k.length == L) return k.samples;
-    return 0;
-  }
-  for (const auto& e : t.entries(l, h))
-    if (e.length == L) return e.samples;
-  return 0;
+  const auto at = [L](const auto& v) -> std::uint64_t {
+    const auto it = std::lower_bound(v.begin(), v.end(), L,
+                                     [](const auto& x, Index n) { return x.length < n; });
+    return it != v.end() && it->length == L ? it->samples : 0;
+  };
+  return t.is_compact() ? at(t.curve(l, h).knots) : at(t.entries(l, h));
 }
 
 /// A per-length view of `t` for diff, so that two compact tables, or a compact and a per-length
