@@ -15,6 +15,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <random>
 #include <string>
@@ -728,7 +729,7 @@ TEST_F(Llama2cLoader, RejectsBadTokenizerAndTokenFiles) {
       {"nobos.tok", "1 2\n5 6 7\n", 512, ":2: a sequence must start with BOS"},
       {"range.tok", "1 512\n", 512, ":1: token id 512 outside"},
       {"word.tok", "1 6x\n", 512, ":1: '6x' is not an integer token id"},
-      {"long.tok", "1 2 3 4\n", 3, ":1: sequence of 4 tokens (need 2..3)"},
+      {"long.tok", "1 2 3 4\n", 3, ":1: sequence of 4 tokens exceeds the model's context of 3"},
   };
   for (const auto& c : bad) {
     s = llama2c::read_token_file(write(c.file, text(c.text)), 512, c.max_len, &seqs);
@@ -763,10 +764,16 @@ TEST_F(Llama2cLoader, TokenFilesTreatEveryWhitespaceOnlyLineAsBlank) {
   EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find(":1: '5\\x00' is not an integer token id"), std::string::npos)
       << s.message();
-  // One token: too short, whatever surrounds it.
-  s = llama2c::read_token_file(write("one.tok", text("\f1\v\n")), 512, 512, &seqs);
-  EXPECT_NE(s.message().find(":1: sequence of 1 tokens (need 2..512)"), std::string::npos)
-      << s.message();
+  // One token: too short, whatever surrounds it and whatever the limit (--prompt-length
+  // reads with INT_MAX, which the message must not print as a bound).
+  for (const int max_len : {512, std::numeric_limits<int>::max()}) {
+    s = llama2c::read_token_file(write("one.tok", text("\f1\v\n")), 512, max_len, &seqs);
+    EXPECT_NE(s.message().find(":1: sequence of 1 token: a sequence needs BOS and at least one "
+                               "more token"),
+              std::string::npos)
+        << s.message();
+    EXPECT_EQ(s.message().find(std::to_string(max_len)), std::string::npos) << s.message();
+  }
   EXPECT_EQ(llama2c::split_fields(" \f1\v22 \r"), (std::vector<std::string>{"1", "22"}));
   EXPECT_TRUE(llama2c::split_fields("\f\v\t\r\n ").empty());
   EXPECT_TRUE(llama2c::split_fields("").empty());

@@ -268,14 +268,14 @@ printf '1 6x\n' >"$WORK/junk.tok"  # a malformed input file is an invalid argume
 expect 2 "invalid argument: $WORK/junk.tok:1: '6x' is not an integer token id" "$BIN" eval \
   --model "$TINY" --tokens "$WORK/junk.tok" --attention dense
 printf '1 2 3 3 3\n' >"$WORK/long.tok"
-expect 2 "sequence of 5 tokens (need 2..4)" "$BIN" eval --model "$MIN" --tokens "$WORK/long.tok" \
+expect 2 "sequence of 5 tokens exceeds the model's context of 4" "$BIN" eval --model "$MIN" --tokens "$WORK/long.tok" \
   --attention dense
 # --prompt-length cuts a prompt line longer than the context before its length is checked;
 # without it (or still too long) the line is refused.
 expect 0 "" "$BIN" generate --model "$MIN" --tokenizer "$TOK" --prompt-tokens "$WORK/long.tok" \
   --prompt-length 3 --steps 1 --no-stop
 grep -q "tokens: 4 (prompt 3)" "$WORK/out.txt" || { echo "FAIL: --prompt-length 3: $(cat "$WORK/out.txt")" >&2; failures=$((failures + 1)); }
-expect 2 "sequence of 5 tokens (need 2..4)" "$BIN" generate --model "$MIN" --tokenizer "$TOK" \
+expect 2 "sequence of 5 tokens exceeds the model's context of 4" "$BIN" generate --model "$MIN" --tokenizer "$TOK" \
   --prompt-tokens "$WORK/long.tok" --steps 1
 expect 2 "--prompt-tokens: 5 tokens (BOS included; --prompt-length 5) exceed the model's context of 4" \
   "$BIN" generate --model "$MIN" --tokenizer "$TOK" --prompt-tokens "$WORK/long.tok" \
@@ -324,6 +324,20 @@ expect 1 "--out" "$BIN" calibrate --model "$TINY" --sample-sequences 2 --seq-len
   --out "$WORK/no/such/dir/t.thr"
 expect 1 "--save-tokens" "$BIN" eval --model "$TINY" --sample-sequences 1 --seq-len 8 --attention dense \
   --save-tokens "$WORK/no/such/dir/t.tok"
+# --save-tokens and --report are written atomically like --out: a FIFO is refused (exit 1, not a
+# write that blocks until a reader comes), and a failed write leaves an old file as it was.
+mkfifo "$WORK/fifo"
+expect 1 "is a FIFO (named pipe), not a regular file" timeout 60 "$BIN" eval --model "$TINY" \
+  --sample-sequences 1 --seq-len 8 --attention dense --save-tokens "$WORK/fifo"
+expect 1 "--report: i/o error: $WORK/fifo: is a FIFO" timeout 60 "$BIN" calibrate --model "$TINY" \
+  --sample-sequences 2 --seq-len 16 --k 2 --out "$WORK/rep.thr" --report "$WORK/fifo"
+mkdir -p "$WORK/fsize_tok"
+echo old >"$WORK/fsize_tok/t.tok"
+expect 1 "File too large" bash -c 'set -o pipefail; (ulimit -f 0 && exec "$@") 2>&1 >/dev/null | cat >&2' \
+  _ "$BIN" eval --model "$TINY" --sample-sequences 1 --seq-len 8 --attention dense \
+  --save-tokens "$WORK/fsize_tok/t.tok"
+[[ $(cat "$WORK/fsize_tok/t.tok") == old && $(ls "$WORK/fsize_tok") == t.tok ]] ||
+  { echo "FAIL: --save-tokens under a 0-byte file size limit changed the old file" >&2; failures=$((failures + 1)); }
 # A file size limit of 0 bytes: exit 1 with "File too large", the old file intact and no
 # temporary file left (SIGXFSZ used to kill the process mid-write, exit 153). The limit holds in
 # a subshell whose stderr goes through a pipe (err.txt, a file, would be limited too).

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include <toptheta/io/atomic_write.hpp>
 #include <toptheta/status.hpp>
 
 #include "sequence.hpp"
@@ -56,7 +57,7 @@ inline std::string printable(const std::string& field) {
 }
 
 /// Reads a token file: one sequence per line, whitespace-separated ids, BOS (1) first, between
-/// 2 and `max_len` tokens; blank lines (split_fields() finds no field) and lines whose first
+/// 2 and `max_len` tokens (the model's context; INT_MAX for no limit); blank lines (split_fields() finds no field) and lines whose first
 /// field starts with '#' are skipped. Errors name the file and the line; malformed content is
 /// kInvalidArgument (bad user input, not lost data), an unreadable file kNotFound.
 inline Status read_token_file(const std::string& path, int vocab_size, int max_len,
@@ -88,25 +89,32 @@ inline Status read_token_file(const std::string& path, int vocab_size, int max_l
     if (!s.empty() && s.front() != kBos)
       return Status::invalid_argument(where + "a sequence must start with BOS (1), got " +
                                       std::to_string(s.front()));
-    if (s.size() < 2 || int(s.size()) > max_len)
+    if (s.size() < 2)
       return Status::invalid_argument(where + "sequence of " + std::to_string(s.size()) +
-                                      " tokens (need 2.." + std::to_string(max_len) + ")");
+                                      " token: a sequence needs BOS and at least one more token");
+    if (s.size() > std::size_t(max_len))
+      return Status::invalid_argument(where + "sequence of " + std::to_string(s.size()) +
+                                      " tokens exceeds the model's context of " +
+                                      std::to_string(max_len));
     out->push_back(std::move(s));
   }
   if (out->empty()) return Status::invalid_argument("token file '" + path + "' holds no sequence");
   return {};
 }
 
-/// Writes sequences in the token-file format.
+/// Writes sequences in the token-file format, atomically (toptheta::write_file_atomic(): a
+/// failed write leaves an existing file at `path` as it was). Errors: those of
+/// write_file_atomic() (kIoError naming `path`).
 inline Status write_token_file(const std::string& path, const std::vector<Sequence>& seqs) {
-  std::ofstream o(path);
-  if (!o) return Status::io_error("cannot write '" + path + "'");
+  std::string text;
   for (const Sequence& s : seqs) {
-    for (std::size_t i = 0; i < s.size(); ++i) o << (i ? " " : "") << s[i];
-    o << '\n';
+    for (std::size_t i = 0; i < s.size(); ++i) {
+      if (i) text += ' ';
+      text += std::to_string(s[i]);
+    }
+    text += '\n';
   }
-  o.flush();
-  return o ? Status() : Status::io_error("write error on '" + path + "'");
+  return toptheta::write_file_atomic(path, text);
 }
 
 }  // namespace llama2c
