@@ -101,6 +101,42 @@ TEST(ErrorsShape, QueryHeadsNotAMultipleOfKvHeads) {
   expect_rejected(p, a, AttentionOptions{}, {shape_string(a.q), shape_string(a.k)}, "Hq % Hkv");
 }
 
+// The kernels keep per-head arrays of kMaxKvHeads / kMaxGqaGroup entries on the stack:
+// validate() itself refuses more (it accepted them, and only decode / prefill refused), and the
+// largest accepted shapes run.
+TEST(ErrorsShape, HeadLimitsAreCheckedByValidate) {
+  const struct {
+    Index Hq, Hkv;
+    bool ok;
+  } cases[] = {{2 * kMaxGqaGroup, 1, false},
+               {kMaxKvHeads + 1, kMaxKvHeads + 1, false},
+               {kMaxGqaGroup, 1, true},
+               {kMaxKvHeads, kMaxKvHeads, true}};
+  for (const auto& c : cases) {
+    ProblemSpec sp;
+    sp.T = 1;
+    sp.P = 3;
+    sp.Hq = c.Hq;
+    sp.Hkv = c.Hkv;
+    sp.d = 8;
+    sp.seed = 2;
+    auto p = make_problem<float>(sp);
+    const auto a = p.args();
+    const std::string what = std::to_string(c.Hq) + " over " + std::to_string(c.Hkv);
+    const Status v = validate(a, AttentionOptions{});
+    if (c.ok) {
+      EXPECT_TRUE(v.ok()) << what << ": " << v.to_string();
+      EXPECT_TRUE(decode(a, AttentionOptions{}).ok()) << what;
+      continue;
+    }
+    EXPECT_EQ(v.code(), StatusCode::kInvalidArgument) << what;
+    EXPECT_TRUE(contains(v.message(), "at most 256 KV heads and 256 query heads per KV head, got q " +
+                                          shape_string(a.q)))
+        << v.message();
+    expect_rejected(p, a, AttentionOptions{}, {shape_string(a.q), shape_string(a.k)}, what.c_str());
+  }
+}
+
 TEST(ErrorsShape, FewerKeysThanQueries) {
   auto p = base_problem(3, 5);
   auto a = p.args();

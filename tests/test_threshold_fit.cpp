@@ -370,6 +370,22 @@ TEST(NativeV2, RoundTripChooseKAndConvertVersion1) {
   ThresholdSet back;
   ASSERT_TRUE(load_threshold_set(path, &back).ok());
   ASSERT_EQ(back.size(), 2u);
+  // An sdc.txt path is the authors' format's: for a native file both loaders refuse it (the
+  // set loader ignored it) and leave the output as it was.
+  {
+    LoadOptions with_sdc;
+    with_sdc.sdc_path = temp_path("sdc.txt");
+    ThresholdSet untouched;
+    const Status s = load_threshold_set(path, &untouched, with_sdc);
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(s.message().find("an SDC file applies only to the authors' format"),
+              std::string::npos)
+        << s.message();
+    EXPECT_EQ(untouched.size(), 0u);
+    ThresholdTable t16;
+    with_sdc.k = 16;
+    EXPECT_EQ(load_thresholds(path, &t16, with_sdc).code(), StatusCode::kInvalidArgument);
+  }
   for (std::size_t i = 0; i < 2; ++i) EXPECT_TRUE(thresholds_identical(set.tables()[i], back.tables()[i]));
   ThresholdTable t;
   const Status none = load_thresholds(path, &t);

@@ -8,8 +8,9 @@
 /// SIMD path of detail/isa.hpp (the fastest the CPU runs, or `AttentionOptions::isa`).
 ///
 /// Memory traffic of a decode step: all of K plus the union of the kept V rows of each KV group.
-/// Threads: OpenMP when compiled with it (`options.threads`, 0 = default); the work split does
-/// not depend on the thread count, so results are bit-identical for any number of threads.
+/// Threads: OpenMP when compiled with it (`options.threads`, 0 = default); the arithmetic and the
+/// order of every sum do not depend on the thread count (the split into tasks may), so results
+/// are bit-identical for any number of threads.
 /// Allocation: none when a workspace of `workspace_size(args, options)` bytes is given.
 
 #include <algorithm>
@@ -34,11 +35,7 @@ Status check_call(const AttentionArgs<T, Q>& a, const AttentionOptions& o, bool 
   if (is_decode && a.q.tokens != 1)
     return Status::invalid_argument("decode takes one query token, q has shape " +
                                     shape_string(a.q) + "; use prefill for several");
-  TOPTHETA_RETURN_IF_ERROR(validate(a, o));
-  if (a.q.heads / a.cache_heads() > kMaxGroup || a.cache_heads() > kMaxKv)
-    return Status::invalid_argument("at most 256 KV heads and 256 query heads per KV head, got " +
-                                    shape_string(a.q) + " over " + std::to_string(a.cache_heads()) +
-                                    " KV heads");
+  TOPTHETA_RETURN_IF_ERROR(validate(a, o));  // also the head limits kMaxKvHeads, kMaxGqaGroup
   return resolve_isa(o.isa, isa);
 }
 

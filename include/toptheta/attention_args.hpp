@@ -17,11 +17,16 @@
 
 namespace toptheta {
 
+/// Most KV heads a call may have (validate() refuses more).
+inline constexpr Index kMaxKvHeads = 256;
+/// Most query heads per KV head (the GQA group) a call may have (validate() refuses more).
+inline constexpr Index kMaxGqaGroup = 256;
+
 /// Buffers of one attention call. All views are non-owning and strided; nothing is copied.
 ///
 /// Shapes: T new query tokens, a KV cache of L = P + T tokens (the T new ones last), Hq query
-/// heads, Hkv KV heads (Hq a multiple of Hkv; query head h reads KV head h / (Hq / Hkv)), head
-/// dim d. Decode is T = 1.
+/// heads, Hkv KV heads (Hq a multiple of Hkv; query head h reads KV head h / (Hq / Hkv);
+/// Hkv <= kMaxKvHeads, Hq / Hkv <= kMaxGqaGroup), head dim d. Decode is T = 1.
 ///
 /// Storage: the cache type `T` is float, double, Eigen::half, Eigen::bfloat16 or BlockQ8_0
 /// (llama.cpp's q8_0; d a multiple of 32); the query type `Q` is T or float (float queries over
@@ -72,7 +77,8 @@ struct AttentionArgs {
 /// The library's recommended Top-θ variant for a calibrated table: post-softmax placement
 /// (taken from the table) with VMC, no SDC, keep-max empty rows. Chosen from the real-model
 /// evaluation (docs/results.md): post-softmax + VMC had the lowest perplexity cost at every k
-/// from 4 to 64 while reading the fewest V rows among the Top-θ variants, needs no SDC terms,
+/// evaluated there (32 to 256 on code28M, 8 to 64 on stories260K) while reading the fewest V
+/// rows among the Top-θ variants, needs no SDC terms,
 /// and its rows almost never come out empty. Pre-softmax tables get exact SDC + VMC, the best
 /// pre-softmax variant.
 inline AttentionOptions toptheta_options(const ThresholdTable& table) {
@@ -359,7 +365,10 @@ inline Index majority(Index first, Index b, Index c, Index e) {
 /// The cache `k` fixes L and Hkv; head_dim d is the value most of q, k, v and out agree on (so
 /// the one view that differs is the one named); `q` fixes T and Hq, which `out` must match.
 /// Every message names the argument at fault, its shape and the required one.
-/// Returns `StatusCode::kInvalidArgument` on any error, ok otherwise.
+/// Returns `StatusCode::kInvalidArgument` on any error (including more than kMaxKvHeads KV heads
+/// or kMaxGqaGroup query heads per KV head), except kFailedPrecondition for a threshold table
+/// that has no thresholds for a head of the call (ThresholdTable::check_layer()) and for a
+/// calibrator whose CalibrationOptions::sdc_thresholds table is incomplete; ok otherwise.
 template <class T, class Q>
 Status validate(const AttentionArgs<T, Q>& args, const AttentionOptions& opt) {
   TOPTHETA_RETURN_IF_ERROR(detail::check_option_enums(opt));
@@ -398,6 +407,11 @@ Status validate(const AttentionArgs<T, Q>& args, const AttentionOptions& opt) {
                                     " are not a multiple of KV heads " + std::to_string(Hkv) +
                                     " (q " + shape_string(args.q) + ", k " +
                                     shape_string(kshape) + ")");
+  if (Hkv > kMaxKvHeads || Hq / Hkv > kMaxGqaGroup)
+    return Status::invalid_argument(
+        "at most " + std::to_string(kMaxKvHeads) + " KV heads and " +
+        std::to_string(kMaxGqaGroup) + " query heads per KV head, got q " + shape_string(args.q) +
+        " over " + std::to_string(Hkv) + " KV heads (k " + shape_string(kshape) + ")");
   TOPTHETA_RETURN_IF_ERROR(detail::check_heads_view(
       "q", args.q, Tq, Hq, d, [&] { return "head_dim " + std::to_string(d) + " of k, v, out"; }));
   if (L < Tq)

@@ -214,7 +214,8 @@ std::map<std::string, E> name_map() {
 
 /// How a `decode` / `prefill` call sparsifies attention (docs/semantics.md).
 ///
-/// The defaults describe the plain top-k baseline (pre-softmax, renormalised, no VMC);
+/// `mode` defaults to kDense; the other defaults are the plain top-k baseline's settings
+/// (pre-softmax, renormalised, no VMC), used when `mode` is set to kTopK.
 /// `toptheta_options(table)` (attention_args.hpp) returns the recommended Top-θ variant.
 struct AttentionOptions {
   /// Which keys a thresholded row keeps (semantics §3-§4); kDense ignores every sparsity option.

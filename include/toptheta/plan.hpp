@@ -4,9 +4,11 @@
 /// (`AttentionPlan`) that lets an engine run a call on its own thread pool.
 ///
 /// A kernel call is a short sequence of *stages*, each a list of independent *tasks*; a stage
-/// starts when the previous one has finished (kernels/parallel.hpp). The split depends only on
-/// the shapes, never on the number of threads or workers, so every way of running a call (OpenMP,
-/// the engine's threads, one thread) gives bit-identical results. A batch of N sequences is run
+/// starts when the previous one has finished (kernels/parallel.hpp). Every value and the order of
+/// every sum depend only on the shapes, never on the number of threads or workers, so every way
+/// of running a call (OpenMP, the engine's threads, one thread) gives bit-identical results. (The
+/// split into tasks may follow the worker count: a two-pass decode over a head-major cache runs
+/// one task per KV group when the workers divide the KV heads, chunks of tokens otherwise.) A batch of N sequences is run
 /// as one call whose stage s is the concatenation of stage s of the N single-sequence calls: each
 /// sequence's result equals its single `decode` call bit for bit.
 ///

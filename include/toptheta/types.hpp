@@ -2,8 +2,9 @@
 /// \file types.hpp
 /// Scalar types and strided, non-owning views over row-major data.
 ///
-/// Storage may be `float`, `double`, `Eigen::half` or `Eigen::bfloat16`. All arithmetic runs in
-/// `acc_t<T>`: `double` for `double` storage, `float` otherwise.
+/// Storage may be `float`, `double`, `Eigen::half` or `Eigen::bfloat16`, and for K/V also
+/// `BlockQ8_0` (llama.cpp's q8_0). All arithmetic runs in `acc_t<T>`: `double` for `double`
+/// storage, `float` otherwise.
 ///
 /// `HeadsView<T>` describes a 3-D tensor `[token][head][dim]` with arbitrary token and head
 /// strides (the dim stride is 1). It covers, without copies:

@@ -65,7 +65,8 @@ struct LoadOptions {
   /// kAuto detects the format from the content.
   ThresholdFormat format = ThresholdFormat::kAuto;
   /// Authors' format only: path of an sdc.txt to merge into the table (empty = no SDC terms).
-  /// Ignored for native files, which carry their SDC terms inline.
+  /// Native files carry their SDC terms inline: a path given for one is kInvalidArgument (in
+  /// load_thresholds() and load_threshold_set()), not ignored.
   std::string sdc_path;
   /// (layer, head) pairs without entries and not declared dense: an error by default.
   MissingHeads missing_heads = MissingHeads::kError;
@@ -89,7 +90,8 @@ namespace detail {
 /// an invalid table (including an incomplete or empty one), shapes beyond the loader limits,
 /// lengths or k beyond kMaxThresholdLength; compact tables whose metadata().buckets_per_octave
 /// is outside [1, 16]. Knot values, slopes and SDC terms are floats already (set_curve() rounds
-/// them), so they are written exactly. Errors are kInvalidArgument naming the field and value.
+/// them), so they are written exactly. Errors are kInvalidArgument naming the field and value;
+/// an incomplete or empty table gives t.validate()'s kFailedPrecondition.
 inline Status check_writable(const ThresholdTable& t) {
   TOPTHETA_RETURN_IF_ERROR(t.validate());
   if (t.is_compact() && (t.metadata().buckets_per_octave < 1 || t.metadata().buckets_per_octave > 16))

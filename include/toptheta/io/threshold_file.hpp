@@ -80,6 +80,18 @@ inline Status parse_thresholds(std::string_view text, const std::string& name, T
   return detail::file_error(StatusCode::kDataLoss, name, 0, "empty file: no thresholds");
 }
 
+namespace detail {
+/// kInvalidArgument when `o.sdc_path` is set for a native file (`o.format` kNative): an sdc.txt
+/// belongs to the authors' format, and a native file carries its SDC terms inline, so the path
+/// would go unused.
+inline Status check_no_sdc_file(const std::string& path, const LoadOptions& o) {
+  if (o.format == ThresholdFormat::kNative && !o.sdc_path.empty())
+    return Status::invalid_argument(path + ": an SDC file applies only to the authors' format; "
+                                    "native files carry their SDC terms inline");
+  return {};
+}
+}  // namespace detail
+
 /// Loads the threshold file at `path` in `opts.format` or the detected format (see
 /// parse_thresholds(); for the authors' format `opts.sdc_path`, when set, names an sdc.txt to
 /// merge, and it is an error for a native file). `*format`, when given, receives the format
@@ -100,9 +112,7 @@ inline Status load_thresholds(const std::string& path, ThresholdTable* out,
       TOPTHETA_RETURN_IF_ERROR(read_file(o.sdc_path, &sdc, kMaxThresholdFileBytes));
     return parse_reference_thresholds(text, path, out, o, sdc, o.sdc_path);
   }
-  if (o.format == ThresholdFormat::kNative && !o.sdc_path.empty())
-    return Status::invalid_argument(path + ": an SDC file applies only to the authors' format; "
-                                    "native files carry their SDC terms inline");
+  TOPTHETA_RETURN_IF_ERROR(detail::check_no_sdc_file(path, o));
   return parse_thresholds(text, path, out, o);
 }
 
@@ -157,6 +167,8 @@ inline Status save_thresholds(const std::string& path, const ThresholdTable& tab
 
 /// Loads every table of a threshold file: all tables of a native version-2 file, or the one
 /// table of a version-1 or authors' file (`opts.k` is ignored; pick with ThresholdSet::find()).
+/// `opts.sdc_path` as in load_thresholds(): merged into an authors' table, kInvalidArgument
+/// for a native file.
 /// A null `out` is kInvalidArgument ("<function>: out is null").
 inline Status load_threshold_set(const std::string& path, ThresholdSet* out,
                                  const LoadOptions& opts = {}) {
@@ -165,7 +177,12 @@ inline Status load_threshold_set(const std::string& path, ThresholdSet* out,
   TOPTHETA_RETURN_IF_ERROR(read_file(path, &text, kMaxThresholdFileBytes));
   ThresholdFormat fmt = opts.format;
   if (fmt == ThresholdFormat::kAuto) fmt = detect_threshold_format(text);
-  if (fmt == ThresholdFormat::kNative) return parse_native_threshold_set(text, path, out, opts);
+  if (fmt == ThresholdFormat::kNative) {
+    LoadOptions o = opts;
+    o.format = fmt;
+    TOPTHETA_RETURN_IF_ERROR(detail::check_no_sdc_file(path, o));
+    return parse_native_threshold_set(text, path, out, opts);
+  }
   LoadOptions o = opts;
   o.k = 0;
   ThresholdTable t;

@@ -123,9 +123,10 @@ static_assert(kKeySlideTokens >= kScoreTile && kSelectiveKeySlideTokens >= kScor
               "a sliding window shorter than its tile would leave rows unrequested");
 /// Chunks are whole multiples of this many tokens.
 inline constexpr Index kTokenTile = 16;
-/// Largest GQA group and number of KV heads a call may have.
-inline constexpr Index kMaxGroup = 256;
-inline constexpr Index kMaxKv = 256;
+/// Largest GQA group and number of KV heads a call may have (validate() refuses more): the
+/// kernels keep per-head arrays of these sizes on the stack.
+inline constexpr Index kMaxGroup = kMaxGqaGroup;
+inline constexpr Index kMaxKv = kMaxKvHeads;
 
 /// Tokens per chunk of a decode over L cache tokens (the last chunk may be shorter): 256 up to
 /// L = 2k, L / 8 up to L = 8k, 1024 up to L = 64k, then L / 64 (64 chunks), rounded up to whole
@@ -344,8 +345,9 @@ class DecodeCall {
 
   /// Post-softmax Top-θ whose every head keeps every key of the row: theta < 0 for all heads
   /// (a head declared dense in the table gives -inf), so p_j >= 0 > theta for all j < L, and no
-  /// cap_k below L. The call is then dense attention with the thresholded row's statistics and
-  /// VMC coefficient 1 - sum_j p_j (decided per call from the table lookups, semantics §4).
+  /// cap_k below L. The call is then dense attention with the thresholded row's statistics; its
+  /// weights p_j sum to 1 by definition, so VMC's coefficient is exactly 0 (semantics §6).
+  /// Decided per call from the table lookups (semantics §4).
   bool keeps_every_key(const AttentionOptions& o) const {
     if (cx_.calibrate || cx_.sel_mode != AttentionMode::kTopTheta ||
         cx_.placement != Placement::kPostSoftmax || (o.cap_k > 0 && o.cap_k < L_))

@@ -4,6 +4,8 @@
 /// list of independent *tasks*; a stage starts when the previous one has finished. Every value a
 /// call computes, and the order of every sum, depends only on the shapes (never on the thread
 /// count or on which task computes it), so results are bit-identical for any number of threads.
+/// The split into tasks may follow the thread count (DecodeCall's per-group tasks when the
+/// threads divide the KV heads), never the arithmetic.
 /// `run_stages` runs a call with OpenMP (or on the calling thread); an engine with its own
 /// thread pool runs the same tasks itself (attention.hpp, `AttentionPlan`).
 
@@ -19,7 +21,7 @@ namespace toptheta::detail {
 inline constexpr double kMinMacsPerThread = 1 << 18;
 
 /// Threads for a call of `macs` multiply-adds split into at most `items` independent tasks per
-/// stage. The split itself never depends on this number.
+/// stage. The arithmetic never depends on this number (a call's split into tasks may).
 inline int call_threads(int requested, double macs, Index items) {
   const Index by_work = std::max<Index>(1, Index(macs / kMinMacsPerThread));
   return int(std::max<Index>(1, std::min({Index(resolve_threads(requested)), items, by_work})));
