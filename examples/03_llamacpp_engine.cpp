@@ -365,9 +365,18 @@ std::vector<float> generate(const char* name, const ThresholdTable& table, Threa
 }  // namespace
 
 int main() {
-  const std::filesystem::path dir = std::filesystem::temp_directory_path() /
-                                    ("toptheta-example-03-" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
+  // A bad TMPDIR (missing, not a directory, read-only) is a reported failure, not an abort.
+  std::error_code ec;
+  std::filesystem::path dir = std::filesystem::temp_directory_path(ec);
+  if (!ec) {
+    dir /= "toptheta-example-03-" + std::to_string(::getpid());
+    std::filesystem::create_directories(dir, ec);
+  }
+  if (ec) {
+    std::fprintf(stderr, "FAILED: temporary directory %s: %s\n", dir.c_str(),
+                 ec.message().c_str());
+    return 1;
+  }
   std::printf("llama.cpp-style engine: Hq=%td, Hkv=%td, d=%td, prompt %td + %td decode steps\n",
               kHq, kHkv, kD, kPrompt, kSteps);
 
@@ -392,7 +401,7 @@ int main() {
               max_abs_diff<float>(f16, q8));
   check(max_abs_diff<float>(f16, q8) < 0.25, "q8_0 cache far from the f16 cache");
 
-  std::filesystem::remove_all(dir);
+  std::filesystem::remove_all(dir, ec);
   if (g_failures) {
     std::fprintf(stderr, "%d check(s) failed\n", g_failures);
     return 1;

@@ -142,9 +142,18 @@ Status prefill_sequence(Sequence& s, BlockPool& pool, Index n, const AttentionOp
 }  // namespace
 
 int main() {
-  const std::filesystem::path dir = std::filesystem::temp_directory_path() /
-                                    ("toptheta-example-04-" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
+  // A bad TMPDIR (missing, not a directory, read-only) is a reported failure, not an abort.
+  std::error_code ec;
+  std::filesystem::path dir = std::filesystem::temp_directory_path(ec);
+  if (!ec) {
+    dir /= "toptheta-example-04-" + std::to_string(::getpid());
+    std::filesystem::create_directories(dir, ec);
+  }
+  if (ec) {
+    std::fprintf(stderr, "FAILED: temporary directory %s: %s\n", dir.c_str(),
+                 ec.message().c_str());
+    return 1;
+  }
   const std::string table_path = (dir / "thresholds.toptheta").string();
   BlockPool pool;
 
@@ -247,7 +256,7 @@ int main() {
               100.0 * total.kept_fraction(), 100.0 * total.vrows_fraction());
   check(total.kept_fraction() < 0.5, "Top-θ kept most of the attention");
 
-  std::filesystem::remove_all(dir);
+  std::filesystem::remove_all(dir, ec);
   if (g_failures) {
     std::fprintf(stderr, "%d check(s) failed\n", g_failures);
     return 1;

@@ -12,6 +12,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 
+for arg in "$@"; do
+  case $arg in
+    -h | --help) sed -n '2,8p' scripts/demo.sh | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) toptheta_die "unknown argument '$arg' (usage: ./scripts/demo.sh; MODELS=<dir> in the environment)" ;;
+  esac
+done
+
 toptheta_install_packages
 
 MODELS=$TOPTHETA_MODELS

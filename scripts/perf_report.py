@@ -176,8 +176,11 @@ class Run:
 def load_results(path: str) -> Run:
     """The results file of one toptheta-bench run. Google Benchmark writes an empty file when
     the filter matches nothing: that reads as a run with no results."""
-    with open(path) as f:
-        text = f.read()
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as e:
+        sys.exit(f"error: cannot read the benchmark results {path}: {e.strerror}")
     if not text.strip():
         return Run({}, {}, {}, 1)
     try:
@@ -1683,8 +1686,9 @@ def main():
     p.add_argument("--json-out", default=os.path.join(ROOT, "build/bench/perf/results.json"))
     p.add_argument("--out", default=None,
                    help="the page (default docs/performance.md; quick runs: "
-                        "build/bench/perf/performance-quick.md, so smoke numbers never replace "
-                        "the committed page by accident)")
+                        "build/bench/perf/performance-quick.md, --filter runs: "
+                        "build/bench/perf/performance-filtered.md, so partial numbers never "
+                        "replace the committed page by accident)")
     p.add_argument("--img", default=None,
                    help="the plot (default docs/img/speedup_vs_L.png; quick runs: "
                         "build/bench/perf/speedup_vs_L-quick.png)")
@@ -1728,11 +1732,13 @@ def main():
             json.dump({"quick": args.quick, "min_time": args.min_time, "filter": args.filter,
                        "repetitions": args.repetitions, "portable": portable_done}, f)
     quick_dir = os.path.join(ROOT, "build/bench/perf")
+    # A partial run (--quick, or a --filter subset) never replaces the committed page by default.
+    tag = "quick" if args.quick else "filtered" if args.filter else None
     if args.out is None:
-        args.out = (os.path.join(quick_dir, "performance-quick.md") if args.quick
+        args.out = (os.path.join(quick_dir, f"performance-{tag}.md") if tag
                     else os.path.join(ROOT, "docs/performance.md"))
     if args.img is None:
-        args.img = (os.path.join(quick_dir, "speedup_vs_L-quick.png") if args.quick
+        args.img = (os.path.join(quick_dir, f"speedup_vs_L-{tag}.png") if tag
                     else os.path.join(ROOT, "docs/img/speedup_vs_L.png"))
     args.out = os.path.abspath(args.out)
     args.img = os.path.abspath(args.img)

@@ -14,7 +14,8 @@
 #   --out FILE, --img FILE   where the page and the plot go
 #   --repetitions N          default 3 (medians are reported)
 #   --min-time S             --benchmark_min_time, default 0.3
-#   --filter REGEX           --benchmark_filter of the main run (overrides --quick's)
+#   --filter REGEX           --benchmark_filter of the main run (overrides --quick's); the page
+#                            goes to build/bench/perf/performance-filtered.md unless --out
 #   --no-portable            skip the portable-vs-native comparison runs
 #   --portable-rounds N      rounds of that comparison (default 5, quick 1), each running both
 #                            binaries back to back; the page gives the median per-round ratio
@@ -40,7 +41,7 @@ for a in "$@"; do
     --no-build) build=0 ;;
     --from-json | --from-json=*) build=0; render_only=1; args+=("$a") ;;
     -h | --help)
-      sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+      sed -n '2,29p' scripts/perf_report.sh | sed 's/^# \{0,1\}//'
       exec python3 scripts/perf_report.py --help
       ;;
     *) args+=("$a") ;;

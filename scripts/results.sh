@@ -38,7 +38,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/lib.sh
 
 QUICK=0
-[[ ${1:-} == --quick ]] && QUICK=1
+for arg in "$@"; do
+  case $arg in
+    --quick) QUICK=1 ;;
+    -h | --help) sed -n '2,34p' scripts/results.sh | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "results.sh: unknown argument '$arg' (usage: scripts/results.sh [--quick])" >&2; exit 2 ;;
+  esac
+done
 MODELS=$TOPTHETA_MODELS
 BIN_SRC=${LLAMA2C_BIN:-build/release/bin/toptheta-llama2c}
 THR_SRC=${THRESHOLDS_BIN:-build/release/bin/toptheta-thresholds}

@@ -55,6 +55,12 @@ expect 0 "" "$BIN" calibrate --model "$TINY" --sample-sequences 2 --seq-len 16 -
   --out "$WORK/tiny.thr" --save-tokens "$WORK/tiny.tok"
 expect 0 "" "$BIN" eval --model "$TINY" --tokens "$WORK/tiny.tok" --attention toptheta \
   --thresholds "$WORK/tiny.thr" --vmc --json
+# --per-length-out replaces every {k} of the name (only the first was).
+expect 0 "" "$BIN" calibrate --model "$TINY" --tokens "$WORK/tiny.tok" --k 2,4 \
+  --out "$WORK/multi.thr" --per-length-out "$WORK/pl_{k}_k{k}.txt"
+for k in 2 4; do
+  [[ -s $WORK/pl_${k}_k$k.txt ]] || { echo "FAIL: --per-length-out wrote no pl_${k}_k$k.txt: $(ls "$WORK")" >&2; failures=$((failures + 1)); }
+done
 expect 0 "" "$BIN" eval --model "$TINY" --sample-sequences 1 --seq-len 8 --attention topk --k 2 \
   --layer-k 1:3
 expect 0 "" "$BIN" calibrate --model "$MIN" --sample-sequences 1 --seq-len 4 --k 1 \
@@ -194,6 +200,18 @@ expect 2 "needs --thresholds" "$BIN" eval --model "$V1" --attention toptheta --s
 expect 2 "--thresholds and --sdc-file are for --attention toptheta" "$BIN" eval --model "$V1" \
   --attention topk --thresholds "$WORK/tiny.thr" --sample-sequences 1
 expect 2 "give either --tokens FILE or --sample-sequences N" "$BIN" eval --model "$V1" --attention dense
+# Flags a mode has no use for are refused, not silently ignored (dense ran with --k 4 as plain
+# dense, exit 0).
+for flag in "--k 4" "--cap-k 4" "--placement post" "--empty-row mean-v" "--lookup linear"; do
+  # shellcheck disable=SC2086
+  expect 2 "--attention dense takes no --k, --cap-k, --placement, --empty-row or --lookup" \
+    "$BIN" eval --model "$V1" --attention dense $flag --sample-sequences 1
+done
+for flag in "--empty-row mean-v" "--lookup linear"; do
+  # shellcheck disable=SC2086
+  expect 2 "--empty-row and --lookup are for --attention toptheta" "$BIN" eval --model "$V1" \
+    --attention topk --k 2 $flag --sample-sequences 1
+done
 expect 2 "--layer-k needs a single --k" "$BIN" calibrate --model "$V1" --sample-sequences 1 --k 2,4 \
   --layer-k 0:3 --out "$WORK/x.thr"
 printf 'a --attention topk --k 2 --sdc calibrated\n' >"$WORK/grid_sdc.txt"

@@ -238,10 +238,19 @@ inline std::string check_attention_flags(const AttentionFlags& f) {
       if (!f.thresholds.empty() || !f.sdc_file.empty() || !f.layer_k.empty() || f.vmc ||
           f.sdc != toptheta::SdcMode::kNone)
         return "--attention dense takes no --thresholds, --sdc-file, --layer-k, --sdc or --vmc";
+      // Flags dense attention has no use for: refused, never silently ignored.
+      if (f.k_given || f.cap_k != 0 || f.placement.has_value() ||
+          f.empty_row != toptheta::EmptyRowPolicy::kKeepMax ||
+          f.lookup != toptheta::LookupPolicy::kNearest)
+        return "--attention dense takes no --k, --cap-k, --placement, --empty-row or --lookup";
       break;
     case AttentionMode::kTopK:
       if (!f.thresholds.empty() || !f.sdc_file.empty())
         return "--thresholds and --sdc-file are for --attention toptheta";
+      if (f.empty_row != toptheta::EmptyRowPolicy::kKeepMax ||
+          f.lookup != toptheta::LookupPolicy::kNearest)
+        return "--empty-row and --lookup are for --attention toptheta (top-k rows are never empty "
+               "and look up no threshold)";
       break;
     case AttentionMode::kTopTheta:
       if (f.thresholds.empty()) return "--attention toptheta needs --thresholds FILE";

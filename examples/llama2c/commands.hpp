@@ -411,8 +411,9 @@ inline CommandStatus check_thresholds_fit_float(const toptheta::ThresholdSet& se
 }
 
 inline std::string replace_k(std::string pattern, Index k) {
-  const std::size_t p = pattern.find("{k}");
-  if (p != std::string::npos) pattern.replace(p, 3, std::to_string(k));
+  const std::string ks = std::to_string(k);
+  for (std::size_t p = pattern.find("{k}"); p != std::string::npos; p = pattern.find("{k}", p))
+    pattern.replace(p, 3, ks), p += ks.size();  // every {k}, as --per-length-out says
   return pattern;
 }
 }  // namespace cmd
