@@ -373,8 +373,7 @@ int main() {
     std::filesystem::create_directories(dir, ec);
   }
   if (ec) {
-    std::fprintf(stderr, "FAILED: temporary directory %s: %s\n", dir.c_str(),
-                 ec.message().c_str());
+    std::fprintf(stderr, "FAILED: temporary directory %s: %s\n", dir.c_str(), ec.message().c_str());
     return 1;
   }
   std::printf("llama.cpp-style engine: Hq=%td, Hkv=%td, d=%td, prompt %td + %td decode steps\n",

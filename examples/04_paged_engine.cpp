@@ -150,8 +150,7 @@ int main() {
     std::filesystem::create_directories(dir, ec);
   }
   if (ec) {
-    std::fprintf(stderr, "FAILED: temporary directory %s: %s\n", dir.c_str(),
-                 ec.message().c_str());
+    std::fprintf(stderr, "FAILED: temporary directory %s: %s\n", dir.c_str(), ec.message().c_str());
     return 1;
   }
   const std::string table_path = (dir / "thresholds.toptheta").string();

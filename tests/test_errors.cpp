@@ -130,8 +130,9 @@ TEST(ErrorsShape, HeadLimitsAreCheckedByValidate) {
       continue;
     }
     EXPECT_EQ(v.code(), StatusCode::kInvalidArgument) << what;
-    EXPECT_TRUE(contains(v.message(), "at most 256 KV heads and 256 query heads per KV head, got q " +
-                                          shape_string(a.q)))
+    EXPECT_TRUE(contains(
+        v.message(),
+        "at most 256 KV heads and 256 query heads per KV head, got q " + shape_string(a.q)))
         << v.message();
     expect_rejected(p, a, AttentionOptions{}, {shape_string(a.q), shape_string(a.k)}, what.c_str());
   }

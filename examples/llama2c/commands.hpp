@@ -527,8 +527,8 @@ inline CommandStatus run_calibrate(const CalibrateOptions& o) {
         sum.push_back({{"k", r.ks[t]}, {"length_lo", b.length_lo}, {"length_hi", b.length_hi},
                        {"min_samples", b.min_samples}, {"max_samples", b.max_samples}});
     j["buckets"] = sum;
-    LLAMA2C_TRY(CommandStatus::runtime(toptheta::write_file_atomic(o.report, j.dump() + "\n"),
-                                       "--report"));
+    LLAMA2C_TRY(
+        CommandStatus::runtime(toptheta::write_file_atomic(o.report, j.dump() + "\n"), "--report"));
   }
   std::printf(
       "calibrated %s-softmax thresholds on %zu sequences (%zu tokens), k %s, sigma %g, TAC %s%s%s\n",

@@ -57,9 +57,10 @@ inline std::string printable(const std::string& field) {
 }
 
 /// Reads a token file: one sequence per line, whitespace-separated ids, BOS (1) first, between
-/// 2 and `max_len` tokens (the model's context; INT_MAX for no limit); blank lines (split_fields() finds no field) and lines whose first
-/// field starts with '#' are skipped. Errors name the file and the line; malformed content is
-/// kInvalidArgument (bad user input, not lost data), an unreadable file kNotFound.
+/// 2 and `max_len` tokens (the model's context; INT_MAX for no limit); blank lines (split_fields()
+/// finds no field) and lines whose first field starts with '#' are skipped. Errors name the file
+/// and the line; malformed content is kInvalidArgument (bad user input, not lost data), an
+/// unreadable file kNotFound.
 inline Status read_token_file(const std::string& path, int vocab_size, int max_len,
                               std::vector<Sequence>* out) {
   std::ifstream in(path);

@@ -409,9 +409,9 @@ Status validate(const AttentionArgs<T, Q>& args, const AttentionOptions& opt) {
                                     shape_string(kshape) + ")");
   if (Hkv > kMaxKvHeads || Hq / Hkv > kMaxGqaGroup)
     return Status::invalid_argument(
-        "at most " + std::to_string(kMaxKvHeads) + " KV heads and " +
-        std::to_string(kMaxGqaGroup) + " query heads per KV head, got q " + shape_string(args.q) +
-        " over " + std::to_string(Hkv) + " KV heads (k " + shape_string(kshape) + ")");
+        "at most " + std::to_string(kMaxKvHeads) + " KV heads and " + std::to_string(kMaxGqaGroup) +
+        " query heads per KV head, got q " + shape_string(args.q) + " over " + std::to_string(Hkv) +
+        " KV heads (k " + shape_string(kshape) + ")");
   TOPTHETA_RETURN_IF_ERROR(detail::check_heads_view(
       "q", args.q, Tq, Hq, d, [&] { return "head_dim " + std::to_string(d) + " of k, v, out"; }));
   if (L < Tq)

@@ -8,9 +8,9 @@
 /// every sum depend only on the shapes, never on the number of threads or workers, so every way
 /// of running a call (OpenMP, the engine's threads, one thread) gives bit-identical results. (The
 /// split into tasks may follow the worker count: a two-pass decode over a head-major cache runs
-/// one task per KV group when the workers divide the KV heads, chunks of tokens otherwise.) A batch of N sequences is run
-/// as one call whose stage s is the concatenation of stage s of the N single-sequence calls: each
-/// sequence's result equals its single `decode` call bit for bit.
+/// one task per KV group when the workers divide the KV heads, chunks of tokens otherwise.) A batch
+/// of N sequences is run as one call whose stage s is the concatenation of stage s of the N
+/// single-sequence calls: each sequence's result equals its single `decode` call bit for bit.
 ///
 /// Lifetime: a plan lives in the caller's workspace and holds copies of the arguments and
 /// options (not of the caches). The workspace and every buffer the arguments point to (q, K/V or

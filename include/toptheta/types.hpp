@@ -10,7 +10,8 @@
 /// strides (the dim stride is 1). It covers, without copies:
 /// - an interleaved cache `[token][kv_head][dim]` (llama.cpp):
 ///   `token_stride = Hkv * d` (or more with padding), `head_stride = d`;
-/// - a head-major cache `[kv_head][capacity][dim]`: `token_stride = d`, `head_stride = capacity * d`.
+/// - a head-major cache `[kv_head][capacity][dim]`: `token_stride = d`, `head_stride = capacity *
+/// d`.
 
 #include <Eigen/Core>
 

@@ -86,7 +86,8 @@ namespace detail {
 /// would go unused.
 inline Status check_no_sdc_file(const std::string& path, const LoadOptions& o) {
   if (o.format == ThresholdFormat::kNative && !o.sdc_path.empty())
-    return Status::invalid_argument(path + ": an SDC file applies only to the authors' format; "
+    return Status::invalid_argument(path +
+                                    ": an SDC file applies only to the authors' format; "
                                     "native files carry their SDC terms inline");
   return {};
 }
