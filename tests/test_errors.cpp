@@ -264,10 +264,21 @@ TEST(ErrorsShape, RunningSumAndBiasStrides) {
   expect_rejected(p, a, AttentionOptions{}, {"v_sum_stride"}, "negative v_sum stride");
   a.v_sum_stride = 4;  // < d with 2 KV heads: the heads' sums overlap
   expect_rejected(p, a, AttentionOptions{}, {"v_sum_stride 4"}, "short v_sum stride");
+  // Strides whose extent overflows an Index: validate() passed them (the extent overflowed to a
+  // small value in the aliasing check) and decode read v_sum out of bounds.
+  const Index huge = std::numeric_limits<Index>::max() - 8;
+  a.v_sum_stride = huge;
+  expect_rejected(p, a, AttentionOptions{},
+                  {"v_sum_stride " + std::to_string(huge) + " x 1 KV heads spans more memory"},
+                  "v_sum stride beyond an index");
   p.set_bias([](Index, Index) { return 0.0f; });
   a = p.args();
   a.bias.row_stride = 3;
   expect_rejected(p, a, AttentionOptions{}, {"bias row_stride 3"}, "bias stride");
+  a.bias.row_stride = huge;  // 3 rows: 2 x row_stride overflows
+  expect_rejected(p, a, AttentionOptions{},
+                  {"bias row_stride " + std::to_string(huge) + " x 2 rows spans more memory"},
+                  "bias stride beyond an index");
   a = p.args();
   a.bias.data = nullptr;
   expect_rejected(p, a, AttentionOptions{}, {"bias", "no data"}, "bias without data");

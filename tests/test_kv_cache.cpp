@@ -146,6 +146,55 @@ TEST(RunningVSum, BadViewsAreErrors) {
   for (Index i = 0; i < 8; ++i) EXPECT_EQ(s.data()[i], 0.f);
 }
 
+// KvCache::append of a negative token count, a null data pointer or a count that overflows
+// size + n: errors that append nothing (before: n = -1 set size() to -1 and the next append
+// wrote before the buffer; a null pointer was dereferenced; n = PTRDIFF_MAX after one row
+// overflowed the capacity check and wrote past the buffer).
+TEST(KvCacheAppend, BadCountsAndNullRowsAreErrors) {
+  KvCache<float> c(KvCacheOptions{1, 4, 8});
+  ASSERT_TRUE(c.status().ok());
+  const float row[4] = {1, 2, 3, 4};
+  const auto one = HeadsView<const float>::token_major(row, 1, 1, 4);
+  ASSERT_TRUE(c.append(one, one).ok());
+  HeadsView<const float> neg{row, -1, 1, 4, 4, 4};
+  Status s = c.append(neg, neg);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("-1 tokens"), std::string::npos) << s.message();
+  HeadsView<const float> null_rows{nullptr, 1, 1, 4, 4, 4};
+  s = c.append(null_rows, one);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("null data pointer"), std::string::npos) << s.message();
+  EXPECT_EQ(c.append(one, null_rows).code(), StatusCode::kInvalidArgument);
+  HeadsView<const float> huge{row, std::numeric_limits<Index>::max(), 1, 4, 0, 4};
+  s = c.append(huge, huge);
+  EXPECT_EQ(s.code(), StatusCode::kOutOfRange);
+  EXPECT_NE(s.message().find("do not fit (size 1, capacity 8)"), std::string::npos) << s.message();
+  EXPECT_EQ(c.size(), 1);
+  ASSERT_TRUE(c.append(one, one).ok());  // the cache still works
+  EXPECT_EQ(c.size(), 2);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(c.v_sum()[i], row[i]) << "the rows before the last append";
+}
+
+// RunningVSum<double>: rows whose double sum overflows give IEEE's inf (not NaN: the TwoSum's
+// error term was inf - inf), and removing them gives the other rows' sum back exactly.
+TEST(RunningVSum, DoubleSumsThatOverflowStayInfAndRecover) {
+  RunningVSum<double> s(1, 1);
+  const double one = 1.0, big = 1e308, nbig = -1e308;
+  const auto v = [](const double* x) { return HeadsView<const double>::token_major(x, 1, 1, 1); };
+  ASSERT_TRUE(s.add(v(&one)).ok());
+  ASSERT_TRUE(s.add(v(&big)).ok());
+  EXPECT_EQ(s.data()[0], 1e308);
+  ASSERT_TRUE(s.add(v(&big)).ok());
+  EXPECT_EQ(s.data()[0], std::numeric_limits<double>::infinity());
+  ASSERT_TRUE(s.add(v(&nbig)).ok());  // 1 + 1e308 + 1e308 - 1e308: finite again
+  EXPECT_EQ(s.data()[0], 1e308);
+  ASSERT_TRUE(s.remove(v(&big)).ok());
+  ASSERT_TRUE(s.remove(v(&big)).ok());
+  ASSERT_TRUE(s.remove(v(&nbig)).ok());
+  EXPECT_EQ(s.data()[0], 1.0);
+  EXPECT_EQ(s.rows(), 1);
+}
+
 // KvCache<half>: a rejected speculative token whose V overflowed fp16 (inf) is truncated; the
 // running sum then equals the sum of the rows that remain, and a VMC decode is finite.
 TEST(KvCacheVSum, TruncatingAnOverflowedRowLeavesAFiniteSum) {

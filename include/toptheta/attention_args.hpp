@@ -440,10 +440,22 @@ Status validate(const AttentionArgs<T, Q>& args, const AttentionOptions& opt) {
       return Status::invalid_argument("bias row_stride " + std::to_string(args.bias.row_stride) +
                                       " is smaller than its " + std::to_string(args.bias.cols) +
                                       " columns (rows would overlap)");
+    // (T - 1) x row_stride + cols floats are read: the extent must fit an Index (as for views).
+    if (Tq > 1 && Tq - 1 > ((Index(1) << 60) - args.bias.cols) / args.bias.row_stride)
+      return Status::invalid_argument("bias row_stride " + std::to_string(args.bias.row_stride) +
+                                      " x " + std::to_string(Tq - 1) +
+                                      " rows spans more memory than an index can address");
   }
   if (args.v_sum_stride < 0 || (args.v_sum_stride > 0 && Hkv > 1 && args.v_sum_stride < d))
     return Status::invalid_argument("v_sum_stride " + std::to_string(args.v_sum_stride) +
                                     " must be 0 (= d) or >= d = " + std::to_string(d));
+  // (Hkv - 1) x v_sum_stride + d items of v_sum are read: that extent must fit an Index (the
+  // overlap checks below and the kernels' v_sum + g * stride form it).
+  if (args.v_sum_stride > 0 && Hkv > 1 &&
+      Hkv - 1 > ((Index(1) << 60) - d) / args.v_sum_stride)
+    return Status::invalid_argument("v_sum_stride " + std::to_string(args.v_sum_stride) +
+                                    " x " + std::to_string(Hkv - 1) +
+                                    " KV heads spans more memory than an index can address");
   // The output is written: it must not share memory with anything the call reads.
   const detail::ByteRange out = detail::out_range(args);
   for (const detail::ByteRange& in : detail::input_ranges(args))

@@ -44,7 +44,10 @@ namespace toptheta {
 /// double sum left 0. Only lo's own roundings remain after a removal: over n additions at most
 /// n^2 * 2^-106 times the largest magnitude the element held (n = 65536: 2^-74 of it), so below
 /// float precision while that magnitude is under 2^50 (1e15) times the sum that remains, and in
-/// practice far beyond (3 rows around a 1e20 one: none). Memory: Hkv * d * (sizeof(Acc) + 40)
+/// practice far beyond (3 rows around a 1e20 one: none). Finite values of magnitude >= 2^600
+/// (double caches only) are summed apart, scaled by 2^-600, so no addition overflows: the
+/// finite sum is inf only when the sum itself overflows Acc (rows 1e308, 1e308, -1e308 give
+/// 1e308 in any order), and removing rows brings it back. Memory: Hkv * d * (sizeof(Acc) + 56)
 /// bytes.
 template <class T>
 class RunningVSum {
@@ -117,17 +120,26 @@ class RunningVSum {
   // each non-finite kind.
   struct Parts {
     double hi = 0.0, lo = 0.0;
+    // Finite values of magnitude >= kBig = 2^600 (only a double cache has them), scaled by
+    // 2^-600 (exact), so that no TwoSum overflows: an overflowed hi made lo NaN (inf - inf),
+    // and rows of 1e308 gave NaN instead of IEEE's inf, for good (remove could not undo it).
+    double big_hi = 0.0, big_lo = 0.0;
     Index pos_inf = 0, neg_inf = 0, nan = 0;
+    static constexpr double kBig = 0x1p600, kInvBig = 0x1p-600;  // exact powers of two
+    static void two_sum(double& h, double& l, double y) {
+      // TwoSum (Knuth): s = fl(h + y) and its exact rounding error, kept in l.
+      const double s = h + y, yb = s - h;
+      l += (h - (s - yb)) + (y - yb);
+      h = s;
+    }
     void add(double x, int sign) {
       if (std::isnan(x)) nan += sign;
       else if (x == std::numeric_limits<double>::infinity()) pos_inf += sign;
       else if (x == -std::numeric_limits<double>::infinity()) neg_inf += sign;
       else {
-        // TwoSum (Knuth): s = fl(hi + y) and its exact rounding error, kept in lo.
         const double y = sign > 0 ? x : -x;
-        const double s = hi + y, yb = s - hi;
-        lo += (hi - (s - yb)) + (y - yb);
-        hi = s;
+        if (std::fabs(y) >= kBig) two_sum(big_hi, big_lo, y * kInvBig);
+        else two_sum(hi, lo, y);
       }
     }
     // The IEEE sum of the values held: NaN with a NaN among them or +inf and -inf both, else
@@ -138,7 +150,8 @@ class RunningVSum {
         return std::numeric_limits<Acc>::quiet_NaN();
       if (pos_inf > 0) return std::numeric_limits<Acc>::infinity();
       if (neg_inf > 0) return -std::numeric_limits<Acc>::infinity();
-      return Acc(hi + lo);
+      const double big = big_hi + big_lo;
+      return Acc(big != 0.0 ? big * kBig + (hi + lo) : hi + lo);
     }
   };
 
@@ -289,7 +302,9 @@ class KvCache {
 
   /// Appends `k_rows.tokens` tokens (views of shape (n, Hkv, d), any strides) of the cache's
   /// own type T (copied as they are). The rows of the previous append enter the running V sum
-  /// now, so `v_sum()` covers the rows before these.
+  /// now, so `v_sum()` covers the rows before these. Errors (nothing is appended then):
+  /// kInvalidArgument for shapes that differ from the cache's, n < 0 or a null data pointer with
+  /// n > 0; kOutOfRange when the n tokens do not fit the capacity.
   Status append(HeadsView<const T> k_rows, HeadsView<const T> v_rows) {
     return append_rows(k_rows, v_rows);
   }
@@ -345,7 +360,14 @@ class KvCache {
                                       shape_string(v_rows) + " do not match the cache's (n, " +
                                       std::to_string(o_.num_kv_heads) + ", " +
                                       std::to_string(o_.head_dim) + ")");
-    if (size_ + k_rows.tokens > o_.capacity)
+    if (k_rows.tokens < 0)
+      return Status::invalid_argument("append: k " + shape_string(k_rows) + " has " +
+                                      std::to_string(k_rows.tokens) + " tokens");
+    if (k_rows.tokens > 0 && o_.num_kv_heads > 0 && o_.head_dim > 0 &&
+        (k_rows.data == nullptr || v_rows.data == nullptr))
+      return Status::invalid_argument("append: k " + shape_string(k_rows) + " or v " +
+                                      shape_string(v_rows) + " has a null data pointer");
+    if (k_rows.tokens > o_.capacity - size_)  // no overflow: 0 <= size_ <= capacity
       return Status::out_of_range("append: " + std::to_string(k_rows.tokens) +
                                   " tokens do not fit (size " + std::to_string(size_) +
                                   ", capacity " + std::to_string(o_.capacity) + ")");

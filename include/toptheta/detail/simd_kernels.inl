@@ -177,6 +177,37 @@ struct Ops {
     return sum.reduce_sum();
   }
 
+  /// out[i] = exp(s[i] - m) as exp_shifted() (`out` may be `s`); returns the sum of out[i] over
+  /// the i that indices_above(s, n, theta) leaves out (not s[i] > theta), lane-wise in index
+  /// order: the dropped keys' D~ term of the chunk, exactly 0 when every dropped key's
+  /// exponential is 0 (masked keys, s = -inf), which total - kept sum is not.
+  template <class Acc>
+  TT_ATTR static Acc exp_shifted_dropped(const Acc* s, Index n, Acc m, Acc theta, Acc* out) {
+    using V = Vec<Acc>;
+    constexpr int W = V::W;
+    if (m == -std::numeric_limits<Acc>::infinity()) {
+      for (Index i = 0; i < n; ++i) out[i] = Acc(0);
+      return Acc(0);
+    }
+    const V mv = V::set1(m), tv = V::set1(theta);
+    V dropped = V::zero();
+    Index i = 0;
+    for (; i + W <= n; i += W) {
+      const V sv = V::load(s + i);
+      const V e = V::exp(sv - mv);
+      e.store(out + i);
+      dropped = dropped + V::select(V::gt(sv, tv), V::zero(), e);
+    }
+    if (i < n) {
+      const int r = int(n - i);
+      const V sv = V::load_n(s + i, r);
+      const V e = V::select(V::first_n(r), V::exp(sv - mv), V::zero());
+      e.store_n(out + i, r);
+      dropped = dropped + V::select(V::gt(sv, tv), V::zero(), e);
+    }
+    return dropped.reduce_sum();
+  }
+
   /// Writes the indices j < n with a[j] > theta (strict) to out, ascending; returns the count.
   template <class Acc>
   TT_ATTR static Index indices_above(const Acc* a, Index n, Acc theta, std::int32_t* out) {

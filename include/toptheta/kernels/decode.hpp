@@ -547,11 +547,15 @@ class DecodeCall {
         std::int32_t* kept = w.kept + hh * CH;
         const Index nk = Ops::indices_above(row, n, theta_[h], kept);
         const Acc m = part_m_[c * Hq_ + h];
-        const Acc total = Ops::exp_shifted(row, n, m, row);  // row now holds exp(s - m_c)
+        // row now holds exp(s - m_c); D~ sums the dropped keys' terms themselves. total - ks
+        // rounded to a non-zero D~ when no unmasked key was dropped (masked keys, s = -inf, add
+        // an exact 0): SDC then changed the denominator and VMC added the V mean, which must
+        // stay out of such a row exactly (semantics §4.2, §6; a NaN in it reached the output).
+        const Acc dd = Ops::exp_shifted_dropped(row, n, m, theta_[h], row);
         Acc ks = 0;
         for (Index i = 0; i < nk; ++i) ks += row[kept[i]];
         part_l_[c * Hq_ + h] = ks;
-        part_dd_[c * Hq_ + h] = std::max(total - ks, Acc(0));
+        part_dd_[c * Hq_ + h] = dd;
         part_nk_[c * Hq_ + h] = nk;
         kept_ptr[hh] = kept;
         counts[hh] = nk;
