@@ -21,8 +21,12 @@ namespace toptheta {
 /// rounds to infinity: max|x| / 127 >= 65520, the rounding boundary above fp16's largest finite
 /// value 65504), gets a NaN scale, so every value of that block reads back as NaN (q8_0 cannot
 /// represent ±Inf per value). A block with max|x| / 127 in [65504, 65520) gets the scale 65504,
-/// so its values read back up to 0.025% smaller in magnitude. Returns kInvalidArgument (writing nothing) when n is
-/// negative or not a multiple of 32 or a pointer is null with n > 0; ok otherwise.
+/// so its values read back up to 0.025% smaller in magnitude. At the small end, as in ggml, the
+/// scale is an fp16 subnormal when max|x| < 127 * 2^-14 (about 7.8e-3), so it keeps fewer than
+/// 11 bits and the block's relative error grows, and it rounds to 0 when max|x| < 127 * 2^-25
+/// (about 3.8e-6): the block then reads back as zeros. Returns kInvalidArgument (writing
+/// nothing) when n is negative or not a multiple of 32 or a pointer is null with n > 0; ok
+/// otherwise.
 inline Status quantize_row_q8_0(const float* x, BlockQ8_0* y, Index n) {
   if (n < 0 || n % 32 != 0)
     return Status::invalid_argument("quantize_row_q8_0: n = " + std::to_string(n) +
