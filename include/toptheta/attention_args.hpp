@@ -451,10 +451,9 @@ Status validate(const AttentionArgs<T, Q>& args, const AttentionOptions& opt) {
                                     " must be 0 (= d) or >= d = " + std::to_string(d));
   // (Hkv - 1) x v_sum_stride + d items of v_sum are read: that extent must fit an Index (the
   // overlap checks below and the kernels' v_sum + g * stride form it).
-  if (args.v_sum_stride > 0 && Hkv > 1 &&
-      Hkv - 1 > ((Index(1) << 60) - d) / args.v_sum_stride)
-    return Status::invalid_argument("v_sum_stride " + std::to_string(args.v_sum_stride) +
-                                    " x " + std::to_string(Hkv - 1) +
+  if (args.v_sum_stride > 0 && Hkv > 1 && Hkv - 1 > ((Index(1) << 60) - d) / args.v_sum_stride)
+    return Status::invalid_argument("v_sum_stride " + std::to_string(args.v_sum_stride) + " x " +
+                                    std::to_string(Hkv - 1) +
                                     " KV heads spans more memory than an index can address");
   // The output is written: it must not share memory with anything the call reads.
   const detail::ByteRange out = detail::out_range(args);

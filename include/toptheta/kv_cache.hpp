@@ -138,8 +138,10 @@ class RunningVSum {
       else if (x == -std::numeric_limits<double>::infinity()) neg_inf += sign;
       else {
         const double y = sign > 0 ? x : -x;
-        if (std::fabs(y) >= kBig) two_sum(big_hi, big_lo, y * kInvBig);
-        else two_sum(hi, lo, y);
+        if (std::fabs(y) >= kBig)
+          two_sum(big_hi, big_lo, y * kInvBig);
+        else
+          two_sum(hi, lo, y);
       }
     }
     // The IEEE sum of the values held: NaN with a NaN among them or +inf and -inf both, else
