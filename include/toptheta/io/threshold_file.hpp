@@ -81,11 +81,12 @@ inline Status parse_thresholds(std::string_view text, const std::string& name, T
 }
 
 namespace detail {
-/// kInvalidArgument when `o.sdc_path` is set for a native file (`o.format` kNative): an sdc.txt
+/// kInvalidArgument when `sdc_path` is set for a file of format `format` kNative: an sdc.txt
 /// belongs to the authors' format, and a native file carries its SDC terms inline, so the path
 /// would go unused.
-inline Status check_no_sdc_file(const std::string& path, const LoadOptions& o) {
-  if (o.format == ThresholdFormat::kNative && !o.sdc_path.empty())
+inline Status check_no_sdc_file(const std::string& path, ThresholdFormat format,
+                                const std::string& sdc_path) {
+  if (format == ThresholdFormat::kNative && !sdc_path.empty())
     return Status::invalid_argument(path +
                                     ": an SDC file applies only to the authors' format; "
                                     "native files carry their SDC terms inline");
@@ -113,7 +114,7 @@ inline Status load_thresholds(const std::string& path, ThresholdTable* out,
       TOPTHETA_RETURN_IF_ERROR(read_file(o.sdc_path, &sdc, kMaxThresholdFileBytes));
     return parse_reference_thresholds(text, path, out, o, sdc, o.sdc_path);
   }
-  TOPTHETA_RETURN_IF_ERROR(detail::check_no_sdc_file(path, o));
+  TOPTHETA_RETURN_IF_ERROR(detail::check_no_sdc_file(path, o.format, o.sdc_path));
   return parse_thresholds(text, path, out, o);
 }
 
@@ -179,9 +180,7 @@ inline Status load_threshold_set(const std::string& path, ThresholdSet* out,
   ThresholdFormat fmt = opts.format;
   if (fmt == ThresholdFormat::kAuto) fmt = detect_threshold_format(text);
   if (fmt == ThresholdFormat::kNative) {
-    LoadOptions o = opts;
-    o.format = fmt;
-    TOPTHETA_RETURN_IF_ERROR(detail::check_no_sdc_file(path, o));
+    TOPTHETA_RETURN_IF_ERROR(detail::check_no_sdc_file(path, fmt, opts.sdc_path));
     return parse_native_threshold_set(text, path, out, opts);
   }
   LoadOptions o = opts;
