@@ -867,6 +867,46 @@ TEST(AtomicSave, ReadErrors) {
   EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
 }
 
+// A threshold file is text: reading stops after the 64 KiB read that holds the first NUL byte,
+// and the parser refuses it at its line and column. /dev/zero was read up to the 1 GiB limit
+// (12 s, 1 GiB of memory) before `file is larger than 1073741824 bytes`.
+TEST(AtomicSave, TextReadsStopAtTheFirstNulByte) {
+  std::string data;
+  ASSERT_TRUE(read_file("/dev/zero", &data, kMaxThresholdFileBytes, FileContent::kText).ok());
+  EXPECT_EQ(data.size(), std::size_t(1) << 16);
+  const Status binary = read_file("/dev/zero", &data, std::size_t(1) << 20);
+  EXPECT_EQ(binary.code(), StatusCode::kDataLoss) << binary.to_string();
+  EXPECT_NE(binary.message().find("larger than 1048576 bytes"), std::string::npos);
+
+  ThresholdTable t;
+  ThresholdSet set;
+  for (const Status& s : {load_thresholds("/dev/zero", &t), load_threshold_set("/dev/zero", &set)}) {
+    EXPECT_EQ(s.code(), StatusCode::kDataLoss) << s.to_string();
+    EXPECT_EQ(s.message(), "/dev/zero:1: binary data: NUL byte at column 1");
+  }
+  // The line and column of a NUL byte past the first read, after lines of valid text: the same
+  // error as when the whole file is parsed.
+  TempDir dir;
+  std::string th;
+  for (int i = 0; i < 4000; ++i) th += "L0_H0:" + std::to_string(10 + i) + " 0.5 3 2\n";
+  write_all(dir.file("th.txt"), std::string(th + std::string("L0_H1:10 0.5\0 3 2\n", 18) +
+                                            "L0_H1:11 0.5 3 2\n"));
+  ASSERT_GT(th.size(), std::size_t(1) << 16);
+  const Status s = load_thresholds(dir.file("th.txt"), &t);
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss) << s.to_string();
+  EXPECT_NE(s.message().find("th.txt:4001: binary data: NUL byte at column 13"),
+            std::string::npos)
+      << s.message();
+  // An SDC file merged into the authors' format is read the same way.
+  write_all(dir.file("small.txt"), "L0_H0:10 0.5 3 2\n");
+  LoadOptions o;
+  o.sdc_path = "/dev/zero";
+  const Status sdc = load_thresholds(dir.file("small.txt"), &t, o);
+  EXPECT_EQ(sdc.code(), StatusCode::kDataLoss) << sdc.to_string();
+  EXPECT_NE(sdc.message().find("/dev/zero:1: binary data: NUL byte"), std::string::npos)
+      << sdc.message();
+}
+
 // ------------------------------------------------------------------------------------------
 // Calibrator output
 // ------------------------------------------------------------------------------------------

@@ -282,6 +282,15 @@ expect 2 "holds no sequence" "$BIN" generate --model "$MIN" --tokenizer "$TOK" \
 printf '1 2\0 3\n' >"$WORK/nul.tok"
 expect 2 "nul.tok:1: '2\x00' is not an integer token id" "$BIN" eval --model "$TINY" \
   --tokens "$WORK/nul.tok" --attention dense
+# Endless input (/dev/zero has no newline) is refused after one read, not read into memory until
+# the machine runs out (the token file, the grid and the tokenizer were read whole).
+expect 2 "/dev/zero:1: '\x00\x00" "$BIN" eval --model "$TINY" --tokens /dev/zero --attention dense
+expect 2 "... (65536 bytes)' is not an integer token id" "$BIN" eval --model "$TINY" \
+  --tokens /dev/zero --attention dense
+expect 2 "--grid /dev/zero:1: binary data: NUL byte at column 1" "$BIN" eval-grid --model "$TINY" \
+  --tokens "$WORK/blank.tok" --grid /dev/zero
+expect 2 "tokenizer: /dev/zero: file is larger than 67108864 bytes" "$BIN" generate --model "$MIN" \
+  --tokenizer /dev/zero --steps 1
 printf '1 6x\n' >"$WORK/junk.tok"  # a malformed input file is an invalid argument, not data loss
 expect 2 "invalid argument: $WORK/junk.tok:1: '6x' is not an integer token id" "$BIN" eval \
   --model "$TINY" --tokens "$WORK/junk.tok" --attention dense

@@ -23,7 +23,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <iostream>
 #include <limits>
 #include <map>
@@ -613,8 +612,9 @@ inline CommandStatus run_eval_grid(const EvalGridOptions& o) {
   LLAMA2C_TRY(cmd::check_options(o.sequences));
   // The grid's lines first (syntax, distinct names, the flags that fail together, the threshold
   // files), before the model loads.
-  std::ifstream in(o.grid);
-  if (!in) return CommandStatus::input("--grid: cannot read '" + o.grid + "'");
+  std::vector<std::string> grid_lines;
+  const toptheta::Status read = read_text_lines(o.grid, "--grid", &grid_lines);
+  if (!read.ok()) return CommandStatus::input(read.message());
   struct GridLine {
     std::string where;  ///< "--grid FILE:LINE"
     std::string name;
@@ -623,11 +623,14 @@ inline CommandStatus run_eval_grid(const EvalGridOptions& o) {
   };
   std::vector<GridLine> lines;
   std::map<std::string, int> first_line;  // setup name -> the line that gave it
-  std::string line;
   int ln = 0;
-  while (std::getline(in, line)) {
+  for (const std::string& line : grid_lines) {
     ++ln;
     // Blank lines (only std::isspace characters) and comments, as in token files.
+    const std::size_t nul = line.find('\0');
+    if (nul != std::string::npos)
+      return CommandStatus::input("--grid " + o.grid + ":" + std::to_string(ln) +
+                                  ": binary data: NUL byte at column " + std::to_string(nul + 1));
     const std::vector<std::string> fields = split_fields(line);
     if (fields.empty() || fields.front()[0] == '#') continue;
     GridLine g;

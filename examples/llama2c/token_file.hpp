@@ -8,7 +8,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
 #include <string>
 #include <vector>
 
@@ -40,35 +39,64 @@ inline std::vector<std::string> split_fields(const std::string& line) {
   return fields;
 }
 
-/// `field` for a message: non-printable bytes (a NUL, a control character) as \xNN.
+/// `field` for a message: non-printable bytes (a NUL, a control character) as \xNN; a field
+/// over 40 bytes is cut there, with its length: "<first 40 bytes>... (N bytes)".
 inline std::string printable(const std::string& field) {
+  constexpr std::size_t kShown = 40;
   std::string out;
-  for (const char ch : field) {
-    const auto u = static_cast<unsigned char>(ch);
+  for (std::size_t i = 0; i < field.size() && i < kShown; ++i) {
+    const auto u = static_cast<unsigned char>(field[i]);
     if (std::isprint(u)) {
-      out += ch;
+      out += field[i];
     } else {
       char buf[8];
       std::snprintf(buf, sizeof buf, "\\x%02X", unsigned(u));
       out += buf;
     }
   }
+  if (field.size() > kShown) out += "... (" + std::to_string(field.size()) + " bytes)";
   return out;
+}
+
+/// Largest token or grid file read (1 GiB): a larger file, or an endless stream without a
+/// newline, is an error rather than a read that takes all memory.
+inline constexpr std::size_t kMaxTextFileBytes = std::size_t(1) << 30;
+
+/// Reads the text file `path` (token file, grid file) whole, with toptheta::read_file() in
+/// text mode (reading stops after the first NUL byte, which the line's parser then refuses), at
+/// most kMaxTextFileBytes, and splits it into lines at '\n' (a last line without one counts).
+/// Errors: read_file()'s (kNotFound, kIoError, kDataLoss for a file over the limit), their
+/// message prefixed with `what`.
+inline Status read_text_lines(const std::string& path, const std::string& what,
+                              std::vector<std::string>* lines) {
+  std::string text;
+  const Status s =
+      toptheta::read_file(path, &text, kMaxTextFileBytes, toptheta::FileContent::kText);
+  if (!s.ok()) return Status(s.code(), what + ": " + s.message());
+  lines->clear();
+  std::size_t start = 0;
+  while (start < text.size()) {
+    std::size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    lines->push_back(text.substr(start, end - start));
+    start = end + 1;
+  }
+  return {};
 }
 
 /// Reads a token file: one sequence per line, whitespace-separated ids, BOS (1) first, between
 /// 2 and `max_len` tokens (the model's context; INT_MAX for no limit); blank lines (split_fields()
 /// finds no field) and lines whose first field starts with '#' are skipped. Errors name the file
-/// and the line; malformed content is kInvalidArgument (bad user input, not lost data), an
-/// unreadable file kNotFound.
+/// and the line; malformed content is kInvalidArgument (bad user input, not lost data); a file
+/// that cannot be read gives read_text_lines()'s errors ("token file: <path>: ...": kNotFound
+/// when it does not exist, kIoError, kDataLoss over kMaxTextFileBytes).
 inline Status read_token_file(const std::string& path, int vocab_size, int max_len,
                               std::vector<Sequence>* out) {
-  std::ifstream in(path);
-  if (!in) return Status::not_found("token file: cannot open '" + path + "'");
+  std::vector<std::string> lines;
+  TOPTHETA_RETURN_IF_ERROR(read_text_lines(path, "token file", &lines));
   out->clear();
-  std::string line;
   int ln = 0;
-  while (std::getline(in, line)) {
+  for (const std::string& line : lines) {
     ++ln;
     const std::string where = path + ":" + std::to_string(ln) + ": ";
     const std::vector<std::string> fields = split_fields(line);

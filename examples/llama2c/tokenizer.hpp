@@ -26,6 +26,7 @@
 /// Decoding follows llama2.c `decode()`: a piece right after BOS loses its leading space, and a
 /// byte piece becomes the raw byte.
 
+#include <toptheta/io/atomic_write.hpp>
 #include <toptheta/status.hpp>
 
 #include <algorithm>
@@ -50,20 +51,20 @@ class Tokenizer {
   /// What a token id is (see the file comment).
   enum class Kind : std::uint8_t { kControl, kByte, kRegular };
 
+  /// Largest tokenizer file read (64 MiB; llama2.c's 32000-token tokenizer.bin is 424 KiB): a
+  /// larger file, or an endless stream such as /dev/zero, is kDataLoss rather than a read that
+  /// takes all memory.
+  static constexpr std::size_t kMaxFileBytes = std::size_t(64) << 20;
+
   /// Reads `path` holding exactly `vocab_size` tokens. Errors name the file, the token and the
   /// byte offset.
   static toptheta::Status load(const std::string& path, int vocab_size, Tokenizer* out) {
     using toptheta::Status;
-    std::FILE* f = std::fopen(path.c_str(), "rb");
-    if (!f) return Status::not_found("tokenizer: cannot open '" + path + "'");
-    std::vector<unsigned char> bytes;
-    unsigned char buf[1 << 16];
-    std::size_t n;
-    while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) bytes.insert(bytes.end(), buf, buf + n);
-    const bool read_error = std::ferror(f) != 0;
-    std::fclose(f);
-    if (read_error) return Status::io_error("tokenizer: read error on '" + path + "'");
-    return from_bytes(bytes.data(), bytes.size(), vocab_size, path, out);
+    std::string bytes;
+    const Status s = toptheta::read_file(path, &bytes, kMaxFileBytes);
+    if (!s.ok()) return Status(s.code(), "tokenizer: " + s.message());
+    return from_bytes(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(),
+                      vocab_size, path, out);
   }
 
   /// Same as load() for a file held in memory; `name` is used in messages.

@@ -50,10 +50,22 @@ namespace detail {
 inline std::string errno_text(int e) { return std::strerror(e); }
 }  // namespace detail
 
+/// What read_file() expects a file to hold.
+enum class FileContent {
+  kBinary,  ///< any bytes: the whole file is read
+  kText,    ///< text, which holds no NUL byte: reading stops after the first one (see read_file())
+};
+
 /// Reads the whole file at `path` into `*out` (binary, no conversions). Errors: kNotFound when
 /// it does not exist, kIoError for other failures (a directory, a read error), kDataLoss when it
 /// is larger than `max_bytes`. Messages start with `path: `.
-inline Status read_file(const std::string& path, std::string* out, std::size_t max_bytes) {
+///
+/// With FileContent::kText, reading stops at the end of the 64 KiB read that holds the first
+/// NUL byte, and `*out` receives the bytes up to there: a text parser then refuses that byte at
+/// its line and column, without first reading the rest of a binary file, or `max_bytes` of an
+/// endless stream such as /dev/zero.
+inline Status read_file(const std::string& path, std::string* out, std::size_t max_bytes,
+                        FileContent content = FileContent::kBinary) {
   TOPTHETA_RETURN_IF_ERROR(detail::require_output(out, "read_file", "out"));
   errno = 0;
   std::FILE* fp = std::fopen(path.c_str(), "rb");
@@ -73,6 +85,7 @@ inline Status read_file(const std::string& path, std::string* out, std::size_t m
                                  " bytes");
       }
       data.append(buf, n);
+      if (content == FileContent::kText && std::memchr(buf, 0, n)) break;
     }
     if (n < sizeof buf) {
       if (std::ferror(fp)) {

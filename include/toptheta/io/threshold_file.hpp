@@ -104,14 +104,14 @@ inline Status load_thresholds(const std::string& path, ThresholdTable* out,
   TOPTHETA_RETURN_IF_ERROR(detail::require_output(out, "load_thresholds", "out"));
   if (format) *format = opts.format;
   std::string text;
-  TOPTHETA_RETURN_IF_ERROR(read_file(path, &text, kMaxThresholdFileBytes));
+  TOPTHETA_RETURN_IF_ERROR(read_file(path, &text, kMaxThresholdFileBytes, FileContent::kText));
   LoadOptions o = opts;
   if (o.format == ThresholdFormat::kAuto) o.format = detect_threshold_format(text);
   if (format) *format = o.format;
   if (o.format == ThresholdFormat::kReference) {
     std::string sdc;
     if (!o.sdc_path.empty())
-      TOPTHETA_RETURN_IF_ERROR(read_file(o.sdc_path, &sdc, kMaxThresholdFileBytes));
+      TOPTHETA_RETURN_IF_ERROR(read_file(o.sdc_path, &sdc, kMaxThresholdFileBytes, FileContent::kText));
     return parse_reference_thresholds(text, path, out, o, sdc, o.sdc_path);
   }
   TOPTHETA_RETURN_IF_ERROR(detail::check_no_sdc_file(path, o.format, o.sdc_path));
@@ -176,7 +176,7 @@ inline Status load_threshold_set(const std::string& path, ThresholdSet* out,
                                  const LoadOptions& opts = {}) {
   TOPTHETA_RETURN_IF_ERROR(detail::require_output(out, "load_threshold_set", "out"));
   std::string text;
-  TOPTHETA_RETURN_IF_ERROR(read_file(path, &text, kMaxThresholdFileBytes));
+  TOPTHETA_RETURN_IF_ERROR(read_file(path, &text, kMaxThresholdFileBytes, FileContent::kText));
   ThresholdFormat fmt = opts.format;
   if (fmt == ThresholdFormat::kAuto) fmt = detect_threshold_format(text);
   if (fmt == ThresholdFormat::kNative) {
