@@ -880,7 +880,8 @@ TEST(AtomicSave, TextReadsStopAtTheFirstNulByte) {
 
   ThresholdTable t;
   ThresholdSet set;
-  for (const Status& s : {load_thresholds("/dev/zero", &t), load_threshold_set("/dev/zero", &set)}) {
+  for (const Status& s :
+       {load_thresholds("/dev/zero", &t), load_threshold_set("/dev/zero", &set)}) {
     EXPECT_EQ(s.code(), StatusCode::kDataLoss) << s.to_string();
     EXPECT_EQ(s.message(), "/dev/zero:1: binary data: NUL byte at column 1");
   }
@@ -889,13 +890,12 @@ TEST(AtomicSave, TextReadsStopAtTheFirstNulByte) {
   TempDir dir;
   std::string th;
   for (int i = 0; i < 4000; ++i) th += "L0_H0:" + std::to_string(10 + i) + " 0.5 3 2\n";
-  write_all(dir.file("th.txt"), std::string(th + std::string("L0_H1:10 0.5\0 3 2\n", 18) +
-                                            "L0_H1:11 0.5 3 2\n"));
+  write_all(dir.file("th.txt"),
+            std::string(th + std::string("L0_H1:10 0.5\0 3 2\n", 18) + "L0_H1:11 0.5 3 2\n"));
   ASSERT_GT(th.size(), std::size_t(1) << 16);
   const Status s = load_thresholds(dir.file("th.txt"), &t);
   EXPECT_EQ(s.code(), StatusCode::kDataLoss) << s.to_string();
-  EXPECT_NE(s.message().find("th.txt:4001: binary data: NUL byte at column 13"),
-            std::string::npos)
+  EXPECT_NE(s.message().find("th.txt:4001: binary data: NUL byte at column 13"), std::string::npos)
       << s.message();
   // An SDC file merged into the authors' format is read the same way.
   write_all(dir.file("small.txt"), "L0_H0:10 0.5 3 2\n");

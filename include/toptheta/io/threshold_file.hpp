@@ -111,7 +111,8 @@ inline Status load_thresholds(const std::string& path, ThresholdTable* out,
   if (o.format == ThresholdFormat::kReference) {
     std::string sdc;
     if (!o.sdc_path.empty())
-      TOPTHETA_RETURN_IF_ERROR(read_file(o.sdc_path, &sdc, kMaxThresholdFileBytes, FileContent::kText));
+      TOPTHETA_RETURN_IF_ERROR(
+          read_file(o.sdc_path, &sdc, kMaxThresholdFileBytes, FileContent::kText));
     return parse_reference_thresholds(text, path, out, o, sdc, o.sdc_path);
   }
   TOPTHETA_RETURN_IF_ERROR(detail::check_no_sdc_file(path, o.format, o.sdc_path));
