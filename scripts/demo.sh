@@ -15,7 +15,8 @@ source scripts/lib.sh
 for arg in "$@"; do
   case $arg in
     -h | --help) sed -n '2,8p' scripts/demo.sh | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) toptheta_die "unknown argument '$arg' (usage: ./scripts/demo.sh; MODELS=<dir> in the environment)" ;;
+    *) echo "demo.sh: unknown argument '$arg' (usage: ./scripts/demo.sh; MODELS=<dir> in the environment)" >&2
+       exit 2 ;;
   esac
 done
 

@@ -173,14 +173,43 @@ class Run:
     reps: int
 
 
+# Largest results file read (a full run writes about 2 MB): a larger file, or an endless stream
+# such as /dev/zero, is an error rather than a read that takes all memory.
+MAX_RESULTS_BYTES = 256 << 20
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Writes `text` to a temporary file beside `path`, then renames it over `path`: a run cut
+    short (or a full disk) leaves the previous file as it was."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def load_results(path: str) -> Run:
     """The results file of one toptheta-bench run. Google Benchmark writes an empty file when
     the filter matches nothing: that reads as a run with no results."""
     try:
         with open(path) as f:
-            text = f.read()
+            text = f.read(MAX_RESULTS_BYTES + 1)
     except OSError as e:
         sys.exit(f"error: cannot read the benchmark results {path}: {e.strerror}")
+    except UnicodeDecodeError as e:
+        sys.exit(f"error: {path} is not a benchmark results file (not UTF-8 text: {e.reason})")
+    if len(text) > MAX_RESULTS_BYTES:
+        sys.exit(f"error: {path} is not a benchmark results file (larger than "
+                 f"{MAX_RESULTS_BYTES} bytes)")
     if not text.strip():
         return Run({}, {}, {}, 1)
     try:
@@ -1057,8 +1086,9 @@ def plot_speedup(D: Data, png_path):
     speedups = {k: v for k, v in speedups.items() if v is not None}
     ymax = max([1.0] + list(speedups.values()))  # one y range for every panel
     with tempfile.TemporaryDirectory() as tmp:
+        png_tmp = os.path.join(tmp, "plot.png")  # renamed over png_path once gnuplot succeeds
         lines = [f'set terminal pngcairo size {460 * len(dtypes) + 80},560 font "DejaVu Sans,11"',
-                 f'set output "{png_path}"',
+                 f'set output "{png_tmp}"',
                  f"set multiplot layout 1,{len(dtypes)} title "
                  '"Decode speed-up over dense, d = 128, Hq = 32, Hkv = 8, k = 64 '
                  '(median of token/head-major x 1/2 threads; bars: min to max)"',
@@ -1093,6 +1123,11 @@ def plot_speedup(D: Data, png_path):
         res = subprocess.run([gp, script], capture_output=True, text=True)
         if res.returncode != 0:
             return f"gnuplot failed: {res.stderr.strip()[:300]}"
+        # Copied beside png_path, then renamed over it: an old plot stays whole until then.
+        beside = png_path + ".tmp"
+        shutil.copyfile(png_tmp, beside)
+        os.chmod(beside, 0o644)
+        os.replace(beside, png_path)
     return ""
 
 
@@ -1648,9 +1683,7 @@ def write_report(args, json_path, main: Run, pt: Portable | None, end: Run | Non
       "`probe/fma_peak/threads:<n>` "
       "(see `bench/bench_common.hpp` for the synthetic inputs).")
     w("")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write("\n".join(out))
+    write_atomic(args.out, "\n".join(out))
     print(f"wrote {os.path.relpath(args.out, ROOT)}"
           + ("" if plot_note else f" and {os.path.relpath(args.img, ROOT)}"), file=sys.stderr)
     if anomaly:
@@ -1728,9 +1761,10 @@ def main():
         except SystemExit as e:  # the page still renders, with the start-of-run probes only
             print(f"warning: the end-of-run probes failed ({e}); the page uses the start-of-run "
                   "ones", file=sys.stderr)
-        with open(json_path + ".meta.json", "w") as f:
-            json.dump({"quick": args.quick, "min_time": args.min_time, "filter": args.filter,
-                       "repetitions": args.repetitions, "portable": portable_done}, f)
+        write_atomic(json_path + ".meta.json",
+                     json.dumps({"quick": args.quick, "min_time": args.min_time,
+                                 "filter": args.filter, "repetitions": args.repetitions,
+                                 "portable": portable_done}))
     quick_dir = os.path.join(ROOT, "build/bench/perf")
     # A partial run (--quick, or a --filter subset) never replaces the committed page by default.
     tag = "quick" if args.quick else "filtered" if args.filter else None
