@@ -271,7 +271,13 @@ if os.path.exists(out_md):
     text = (text[:i] + generated + text[j + len(end):]) if i >= 0 and j >= 0 else text.rstrip('\n') + '\n\n' + generated + '\n'
 else:
     text = '# Real-model results\n\n' + generated + '\n'
-open(out_md, 'w').write(text)
+# Written beside out_md, then renamed over it: a failed write leaves the old page whole.
+tmp_md = out_md + '.tmp'
+with open(tmp_md, 'w') as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+os.replace(tmp_md, out_md)
 
 # --- plot data and gnuplot scripts
 def dat(name, rows):
