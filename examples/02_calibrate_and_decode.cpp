@@ -80,7 +80,8 @@ int main() {
   for (auto& cq : calib)
     for (Index h = 0; h < kHq; ++h) syn.query(h, cq.data() + h * kD);
 
-  auto calibrate = [&](Placement placement, const ThresholdTable* sdc_from) {
+  auto calibrate = [&](Placement placement, const ThresholdTable* sdc_from,
+                       ThresholdTable* table) -> Status {
     // [readme:calibrate]
     CalibrationOptions co;
     co.num_layers = 1;
@@ -96,15 +97,22 @@ int main() {
     o.calibrator = &cal;
     for (auto& cq : calib) {
       q = cq;
-      Status st = decode(args, o);
-      if (!st.ok()) std::fprintf(stderr, "calibration: %s\n", st.to_string().c_str());
+      TOPTHETA_RETURN_IF_ERROR(decode(args, o));
     }
-    return cal.finalize();  // theta(l, h, L) = mean + lambda * std of the (k+1)-th largest
+    // theta(l, h, L) = mean + lambda * std of the (k+1)-th largest; an error names any
+    // (layer, head) that saw no row, and any rejected row
+    return cal.finalize(table);
     // [/readme:calibrate]
   };
-  const ThresholdTable pre_theta = calibrate(Placement::kPreSoftmax, nullptr);
-  const ThresholdTable pre_table = calibrate(Placement::kPreSoftmax, &pre_theta);  // + SDC terms
-  const ThresholdTable post_table = calibrate(Placement::kPostSoftmax, nullptr);
+  ThresholdTable pre_theta, pre_table, post_table;
+  Status calibrated = calibrate(Placement::kPreSoftmax, nullptr, &pre_theta);
+  if (calibrated.ok())  // the same queries again, with the SDC terms of pre_theta's thresholds
+    calibrated = calibrate(Placement::kPreSoftmax, &pre_theta, &pre_table);
+  if (calibrated.ok()) calibrated = calibrate(Placement::kPostSoftmax, nullptr, &post_table);
+  if (!calibrated.ok()) {
+    std::fprintf(stderr, "FAILED: calibration: %s\n", calibrated.to_string().c_str());
+    return 1;
+  }
 
   const std::vector<Variant> variants = {
       {"top-k (pre)", AttentionMode::kTopK, Placement::kPreSoftmax, SdcMode::kNone, VmcMode::kOff},
