@@ -293,6 +293,15 @@ std::vector<float> generate(const char* name, const ThresholdTable& table, Threa
     pool.run(plan);
     check(plan.finish(), "prefill finish");
     // [/integration:plan_prefill]
+    // The same prefill on OpenMP must give the same bits, as each decode step below.
+    std::vector<float> omp_out(out.size());
+    auto omp_args = args;
+    omp_args.out = HeadsView<float>::token_major(omp_out.data(), kPrompt, kHq, kD);
+    AttentionOptions oo = topt;
+    oo.stats = nullptr;
+    check(prefill(omp_args, oo), "prefill (OpenMP)");
+    check(std::memcmp(out.data(), omp_out.data(), out.size() * sizeof(float)) == 0,
+          std::string(name) + ": pool and OpenMP prefill outputs differ");
   }
   for (Index t = 0; t < kPrompt; ++t) cache.add_to_v_sum(t);
   std::printf("  %s prefill of %td tokens: kept %.1f%% of the attention\n", name, kPrompt,
