@@ -374,6 +374,64 @@ TEST(NonFiniteHanded, DenseHeadsOfLongRowsKeepAMaskedNanVRowOut) {
   }
 }
 
+// A top-k row with fewer than k unmasked keys keeps masked ones (semantics §9); cap_k keeping the
+// most recent kept keys can leave only masked ones. Their weights are all 0 and sum to 0: output
+// 0, and with VMC the V mean (coefficient 1), for every SDC mode (semantics §5, §6). The oracle
+// renormalised around Mk = -inf and gave NaN (a 200000-configuration differential sweep, seeds
+// 1000-3000, found it on every path); the kernels were right.
+TEST(NonFiniteHanded, TopKCapKeepingOnlyMaskedKeys) {
+  const Index L = 5, d = 2;
+  const float inf = std::numeric_limits<float>::infinity();
+  std::vector<float> q = {0.3f, -0.2f}, k(std::size_t(L * d)), v(std::size_t(L * d)), out(2);
+  for (Index j = 0; j < L; ++j) {
+    k[std::size_t(j * d)] = 0.1f * float(j);
+    k[std::size_t(j * d + 1)] = -0.05f * float(j);
+    v[std::size_t(j * d)] = float(j + 1);
+    v[std::size_t(j * d + 1)] = -float(j + 1);
+  }
+  // Keys 3 and 4 masked: the top 4 are keys 0, 1, 2 and key 3 (-inf, the lower index of the
+  // tie); cap_k = 1 keeps the most recent of them, key 3.
+  std::vector<float> bias = {0, 0, 0, -inf, -inf};
+  AttentionArgs<float> a;
+  a.q = HeadsView<const float>::token_major(q.data(), 1, 1, d);
+  a.k = HeadsView<const float>::token_major(k.data(), L, 1, d);
+  a.v = HeadsView<const float>::token_major(v.data(), L, 1, d);
+  a.out = HeadsView<float>::token_major(out.data(), 1, 1, d);
+  a.bias = MatrixView<const float>{bias.data(), 1, L, L};
+  for (VmcMode vmc : {VmcMode::kOff, VmcMode::kOn})
+    for (SdcMode sdc : {SdcMode::kNone, SdcMode::kExact, SdcMode::kExpThreshold})
+      for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kNeon}) {
+        if (!isa_supported(isa)) continue;
+        for (bool use_prefill : {false, true}) {
+          SCOPED_TRACE(std::string("vmc ") + (vmc == VmcMode::kOn ? "on" : "off") + " sdc " +
+                       to_string(sdc) + " " + to_string(isa) +
+                       (use_prefill ? " prefill" : " decode"));
+          AttentionOptions o;
+          o.mode = AttentionMode::kTopK;
+          o.k = 4;
+          o.cap_k = 1;
+          o.sdc = sdc;
+          o.vmc = vmc;
+          o.vbar = VbarSource::kSumCache;
+          o.isa = isa;
+          std::fill(out.begin(), out.end(), 99.f);
+          ASSERT_TRUE((use_prefill ? prefill(a, o) : decode(a, o)).ok());
+          // The mean of V rows 1..5: (3, -3).
+          const std::vector<float> want =
+              vmc == VmcMode::kOn ? std::vector<float>{3.f, -3.f} : std::vector<float>{0.f, 0.f};
+          EXPECT_EQ(out, want);
+          reference::ReferenceOptions ro;
+          ro.prefill_call = use_prefill;
+          const reference::Result r = reference::attention(a, o, ro);
+          ASSERT_TRUE(r.status.ok());
+          EXPECT_EQ(r.rows[0].kept, std::vector<std::int32_t>{3});
+          EXPECT_EQ(r.rows[0].weight_sum, 0.0);
+          EXPECT_EQ(r.out[0], double(want[0]));
+          EXPECT_EQ(r.out[1], double(want[1]));
+        }
+      }
+}
+
 // A causal prefill: the V row of the last new token is NaN; every earlier row must stay finite
 // (for them it is a future token), only the last row sees it.
 TEST(NonFiniteHanded, FutureTokenNanVOnlyReachesTheRowsThatSeeIt) {

@@ -310,12 +310,21 @@ TEST(DifferentialSweep, RandomConfigurationsMatchTheOracle) {
   const long only = env_long("TOPTHETA_SWEEP_ONLY", -1);
   std::vector<int> counts(8, 0);
   int failures = 0;
+  // Failed parts so far: HasFailure() stays true after the first failing configuration.
+  const auto failed_parts = [] {
+    const ::testing::TestResult* r =
+        ::testing::UnitTest::GetInstance()->current_test_info()->result();
+    int n_failed = 0;
+    for (int j = 0; j < r->total_part_count(); ++j) n_failed += r->GetTestPartResult(j).failed();
+    return n_failed;
+  };
   for (int i = 0; i < n; ++i) {
     if (only >= 0 && i != only) continue;
     const SweepConfig c = draw(i, base);
+    const int before = failed_parts();
     dispatch(c.dtype, [&](auto tag) { run_config<typename decltype(tag)::type>(c); });
     counts[std::size_t(c.mode)]++;
-    if (::testing::Test::HasFailure() && ++failures >= 5) {
+    if (failed_parts() > before && ++failures >= 5) {
       ADD_FAILURE() << "stopping after 5 failing configurations";
       break;
     }

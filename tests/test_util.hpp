@@ -343,10 +343,14 @@ template <class Acc, class Skip>
       for (Index i = 0; i < ref.dim; ++i) {
         const double got = double(out(t, h, i));
         const double want = ref.at(t, h, i);
-        const double err =
-            std::isfinite(got) ? std::abs(got - want) : std::numeric_limits<double>::infinity();
+        // A NaN on either side is an infinite error, so the worst element reported is a
+        // non-finite one (a NaN err would compare false with everything after it).
+        const double diff = std::abs(got - want);
+        const double err = std::isfinite(got) && !std::isnan(diff)
+                               ? diff
+                               : std::numeric_limits<double>::infinity();
         if (!(err <= tol)) ++bad;
-        if (!(err <= worst)) {
+        if (err > worst || wt < 0) {
           worst = err;
           wt = t, wh = h, wi = i;
         }

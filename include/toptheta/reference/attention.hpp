@@ -330,12 +330,15 @@ Result attention(const AttentionArgs<T, Q>& args, const AttentionOptions& opt,
                 w[static_cast<std::size_t>(j)] = acc_weight(j, M, p[static_cast<std::size_t>(j)]);
             sums_to_one = n_kept == Lt;
           } else {
-            // SDC none: renormalise over the kept set.
+            // SDC none: renormalise over the kept set. A kept set of masked keys only (top-k
+            // with fewer than k_l unmasked keys, whose cap_k kept only masked ones) has weights
+            // 0, which sum to 0, not 1: VMC's coefficient is then 1 (§5, §6).
             const auto renormalise = [&] {
               double Mk = -kInf;
               for (Index j = 0; j < Lt; ++j)
                 if (keep[static_cast<std::size_t>(j)])
                   Mk = std::max(Mk, s[static_cast<std::size_t>(j)]);
+              if (Mk == -kInf) return;
               double z = 0.0;
               for (Index j = 0; j < Lt; ++j)
                 if (keep[static_cast<std::size_t>(j)])
