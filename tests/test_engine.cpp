@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstring>
 #include <numeric>
@@ -767,7 +768,8 @@ TEST(EngineErrors, BatchAndPlan) {
   const Status early = plan.finish();
   EXPECT_EQ(early.code(), StatusCode::kFailedPrecondition);
   EXPECT_EQ(early.message(), "AttentionPlan::finish: 0 of the plan's " + std::to_string(total) +
-                                 " tasks ran; run every task of every stage before finish()");
+                                 " tasks ran (the first missing: task 0 of stage 0); run every "
+                                 "task of every stage before finish()");
   EXPECT_FALSE(plan.empty());
   for (int s = 0; s < plan.num_stages(); ++s)
     for (Index t = 0; t < plan.num_tasks(s); ++t) plan.run_task(s, t, 0);
@@ -785,14 +787,81 @@ TEST(EngineErrors, BatchAndPlan) {
   EXPECT_EQ(twice.code(), StatusCode::kFailedPrecondition);
   EXPECT_EQ(twice.message(),
             "AttentionPlan::finish: task 0 of stage " + std::to_string(last) +
-                " ran more than once (its outputs may be wrong); the plan is discarded, plan the "
-                "call again and run each task exactly once");
+                " ran more than once (its outputs may be wrong); run each task exactly once; the "
+                "plan is discarded: plan the call again");
   EXPECT_TRUE(plan.empty());
   EXPECT_FALSE(plan.finish().ok());
   ASSERT_TRUE(plan_decode(batch, o, 2, Workspace{ws.data(), ws.size()}, &plan).ok());
   for (int s = 0; s < plan.num_stages(); ++s)
     for (Index t = 0; t < plan.num_tasks(s); ++t) plan.run_task(s, t, 1);
   EXPECT_TRUE(plan.finish().ok());
+  // How a plan can be misrun (helper-41's cases). Each is refused by finish(), which discards
+  // the plan; a plan run properly afterwards gives decode()'s bits (checked below).
+  const auto plan_again = [&] {
+    ASSERT_TRUE(plan_decode(batch, o, 2, Workspace{ws.data(), ws.size()}, &plan).ok());
+  };
+  const auto run_all = [&](int stage_from, int stage_to, int step) {
+    for (int st = stage_from; st != stage_to; st += step)
+      for (Index t = 0; t < plan.num_tasks(st); ++t) plan.run_task(st, t, 0);
+  };
+  const auto expect_discarded = [&](const std::string& what) {
+    const Status st = plan.finish();
+    EXPECT_EQ(st.code(), StatusCode::kFailedPrecondition) << what;
+    EXPECT_NE(st.message().find(what), std::string::npos) << st.message();
+    EXPECT_NE(st.message().find("the plan is discarded: plan the call again"), std::string::npos)
+        << st.message();
+    EXPECT_TRUE(plan.empty()) << what;
+  };
+  // Out-of-range arguments run nothing (they wrote through null or past the plan's arrays in
+  // release builds: ASan/UBSan, helper-41), and discard the plan.
+  plan_again();
+  ASSERT_GE(plan.num_stages(), 2);
+  for (const auto& bad : std::vector<std::array<Index, 3>>{
+           {0, plan.num_tasks(0), 0}, {0, -1, 0}, {0, 0, plan.num_workers()}, {0, 0, -1},
+           {plan.num_stages(), 0, 0}, {-1, 0, 0}}) {
+    plan_again();
+    run_all(0, plan.num_stages(), 1);
+    plan.run_task(int(bad[0]), bad[1], int(bad[2]));
+    expect_discarded("run_task(" + std::to_string(bad[0]) + ", " + std::to_string(bad[1]) + ", " +
+                     std::to_string(bad[2]) + ") was out of range");
+  }
+  // A finished (or empty) plan runs nothing.
+  plan.run_task(0, 0, 0);
+  // A skipped task of an early stage, its later stages run anyway, then the missing task:
+  // finish() was ok and the output off by up to 0.16. Stages run in reverse likewise.
+  plan_again();
+  for (int st = 0; st < plan.num_stages(); ++st)
+    for (Index t = 0; t < plan.num_tasks(st); ++t)
+      if (!(st == 0 && t == 0)) plan.run_task(st, t, 0);
+  plan.run_task(0, 0, 0);
+  expect_discarded("task 0 of stage 1 started when " + std::to_string(plan.num_tasks(0) - 1) +
+                   " of the " + std::to_string(plan.num_tasks(0)) + " tasks of stage 0 had returned");
+  plan_again();
+  const int stages = plan.num_stages();
+  run_all(stages - 1, -1, -1);
+  expect_discarded("of stage " + std::to_string(stages - 1) + " started when 0 of the");
+  // A task missing from the last stage only: nothing consumed its outputs, so it can still run.
+  plan_again();
+  for (int st = 0; st < stages; ++st)
+    for (Index t = 0; t < plan.num_tasks(st); ++t)
+      if (!(st == stages - 1 && t == 0)) plan.run_task(st, t, 0);
+  const Status missing = plan.finish();
+  EXPECT_NE(missing.message().find("(the first missing: task 0 of stage " +
+                                   std::to_string(stages - 1) + ")"),
+            std::string::npos)
+      << missing.message();
+  EXPECT_FALSE(plan.empty());
+  plan.run_task(stages - 1, 0, 0);
+  // A copy of the plan shares its call: finishing both merged the statistics twice.
+  AttentionPlan copy = plan;
+  EXPECT_TRUE(plan.finish().ok());
+  {
+    const Status st = copy.finish();
+    EXPECT_EQ(st.code(), StatusCode::kFailedPrecondition);
+    EXPECT_NE(st.message().find("already finished (through a copy of it)"), std::string::npos)
+        << st.message();
+    EXPECT_TRUE(copy.empty());
+  }
   std::vector<float> single(8 * 32);
   for (int i = 0; i < 2; ++i) {
     auto one = b.args[std::size_t(i)];

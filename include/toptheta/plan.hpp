@@ -48,13 +48,32 @@ DecodeBatch<T, Q> single_sequence(const AttentionArgs<T, Q>& args) {
 
 namespace detail {
 /// Which tasks of a plan ran (AttentionPlan::finish): `ran` of `total` tasks ran at least once;
-/// `repeat_stage` / `repeat_task` name the first task that ran more than once (-1: none).
+/// `repeat_stage` / `repeat_task` name the first task that ran more than once, `missing_stage` /
+/// `missing_task` the first that has not run, `early_stage` / `early_task` the first that
+/// started before every task of the previous stage had returned (`early_done` of them had);
+/// `bad_call`: a run_task() call had arguments out of range (`bad_*`: the first); -1: none of each;
+/// `finished`: finish() already merged the call.
 struct TaskRuns {
   Index ran = 0;
   Index total = 0;
   int repeat_stage = -1;
   Index repeat_task = -1;
+  int missing_stage = -1;
+  Index missing_task = -1;
+  int early_stage = -1;
+  Index early_task = -1;
+  Index early_done = 0;
+  bool bad_call = false;
+  int bad_stage = -1;
+  Index bad_task = -1;
+  int bad_worker = -1;
+  bool finished = false;
 };
+
+/// "task t of stage s" for messages.
+inline std::string task_name(int stage, Index task) {
+  return "task " + std::to_string(task) + " of stage " + std::to_string(stage);
+}
 }  // namespace detail
 
 /// A planned attention call whose tasks the caller runs (on an engine's thread pool):
@@ -68,6 +87,12 @@ struct TaskRuns {
 /// Tasks of one stage may run concurrently and in any order, but two tasks must never run at the
 /// same time with the same worker index. Results are identical to `decode` / `decode_batch` /
 /// `prefill` for any number of workers and any order. Made by `plan_decode` or `plan_prefill`.
+///
+/// The plan checks how it is run, and finish() reports what went wrong rather than merging a
+/// call whose outputs may be wrong: a run_task() with arguments out of range (it runs nothing),
+/// a task that ran twice, a task that started before every task of the previous stage had
+/// returned (its inputs were not ready: a skipped task, stages out of order, a pool without a
+/// barrier), and a plan finished twice (also through a copy of it: copies share the call).
 class AttentionPlan {
  public:
   /// Stages to run in order.
@@ -76,35 +101,60 @@ class AttentionPlan {
   Index num_tasks(int stage) const { return stage >= 0 && stage < stages_ ? tasks_[stage] : 0; }
   /// Per-worker scratch sets: the worker index given to run_task is in [0, num_workers()).
   int num_workers() const { return workers_; }
-  /// Runs task `task` of stage `stage` with the scratch of worker `worker`. Out-of-range
-  /// arguments are a programming error (checked with TOPTHETA_ASSERT in debug builds).
+  /// Runs task `task` of stage `stage` with the scratch of worker `worker`. Arguments out of
+  /// range (or a plan that is empty or finished) run nothing; finish() then reports the call
+  /// and discards the plan.
   void run_task(int stage, Index task, int worker) {
-    TOPTHETA_ASSERT(impl_ && stage >= 0 && stage < stages_ && task >= 0 && task < tasks_[stage] &&
-                        worker >= 0 && worker < workers_,
-                    "AttentionPlan::run_task: stage, task or worker out of range");
+    if (!impl_) return;
+    if (stage < 0 || stage >= stages_ || task < 0 || task >= tasks_[stage] || worker < 0 ||
+        worker >= workers_) {
+      bad_(impl_, stage, task, worker);
+      return;
+    }
     run_(impl_, stage, task, worker);
   }
   /// After every task of every stage: adds the statistics into the options' (and per-sequence)
-  /// statistics. Returns kFailedPrecondition when the plan is empty or was already finished;
-  /// when some task has not run (a pool that skipped tasks left outputs unwritten), and the
-  /// plan then stays unfinished, so the missing tasks can still run; and when a task ran more
-  /// than once (its outputs and statistics may be wrong), and the plan is then discarded: plan
-  /// the call again. Each plan keeps one byte per task to know which tasks ran.
+  /// statistics. Returns kFailedPrecondition
+  ///  - when the plan is empty or was already finished (through this object or a copy);
+  ///  - when some task has not run and no task of a later stage has started (a pool that
+  ///    skipped tasks left outputs unwritten): the plan then stays unfinished, and the missing
+  ///    tasks can still run;
+  ///  - and, discarding the plan (plan the call again), when a task ran more than once, started
+  ///    before every task of the previous stage had returned, or run_task() was called with
+  ///    arguments out of range: the outputs and statistics may be wrong.
+  /// Each plan keeps one byte per task to know which tasks ran, and a count per stage of the
+  /// tasks that returned.
   Status finish() {
     if (!impl_) return Status::failed_precondition("AttentionPlan::finish: the plan is empty or finished");
     const detail::TaskRuns r = runs_(impl_);
-    if (r.repeat_stage >= 0) {
+    const auto discard = [this](const std::string& what) {
       impl_ = nullptr;
-      return Status::failed_precondition(
-          "AttentionPlan::finish: task " + std::to_string(r.repeat_task) + " of stage " +
-          std::to_string(r.repeat_stage) +
-          " ran more than once (its outputs may be wrong); the plan is discarded, plan the call "
-          "again and run each task exactly once");
-    }
+      return Status::failed_precondition("AttentionPlan::finish: " + what +
+                                         "; the plan is discarded: plan the call again");
+    };
+    if (r.finished) return discard("the plan was already finished (through a copy of it)");
+    if (r.bad_call)
+      return discard("run_task(" + std::to_string(r.bad_stage) + ", " +
+                     std::to_string(r.bad_task) + ", " + std::to_string(r.bad_worker) +
+                     ") was out of range (stages, their tasks and workers count from 0: " +
+                     std::to_string(stages_) + " stages, " + std::to_string(workers_) +
+                     " workers) and ran nothing");
+    if (r.repeat_stage >= 0)
+      return discard(detail::task_name(r.repeat_stage, r.repeat_task) +
+                     " ran more than once (its outputs may be wrong); run each task exactly once");
+    if (r.early_stage >= 0)
+      return discard(detail::task_name(r.early_stage, r.early_task) + " started when " +
+                     std::to_string(r.early_done) + " of the " +
+                     std::to_string(tasks_[r.early_stage - 1]) + " tasks of stage " +
+                     std::to_string(r.early_stage - 1) +
+                     " had returned: its inputs were not ready, the outputs may be wrong; run the "
+                     "stages in order, each after every task of the previous one has returned");
     if (r.ran < r.total)
       return Status::failed_precondition(
           "AttentionPlan::finish: " + std::to_string(r.ran) + " of the plan's " +
-          std::to_string(r.total) + " tasks ran; run every task of every stage before finish()");
+          std::to_string(r.total) + " tasks ran (the first missing: " +
+          detail::task_name(r.missing_stage, r.missing_task) +
+          "); run every task of every stage before finish()");
     finish_(impl_);
     impl_ = nullptr;
     return {};
@@ -121,9 +171,11 @@ class AttentionPlan {
     for (int s = 0; s < stages_; ++s) tasks_[s] = b->num_tasks(s);
     run_ = [](void* p, int s, Index t, int w) {
       Batch* batch = static_cast<Batch*>(p);
-      batch->mark_run(s, t);
+      if (!batch->start_task(s, t)) return;
       batch->run_task(s, t, w);
+      batch->end_task(s);
     };
+    bad_ = [](void* p, int s, Index t, int w) { static_cast<Batch*>(p)->note_bad_call(s, t, w); };
     runs_ = [](void* p) { return static_cast<const Batch*>(p)->task_runs(); };
     finish_ = [](void* p) { static_cast<Batch*>(p)->finish(); };
   }
@@ -137,6 +189,7 @@ class AttentionPlan {
   int workers_ = 0;
   Index tasks_[kMaxStages] = {0, 0, 0, 0};
   void (*run_)(void*, int, Index, int) = nullptr;
+  void (*bad_)(void*, int, Index, int) = nullptr;
   detail::TaskRuns (*runs_)(void*) = nullptr;
   void (*finish_)(void*) = nullptr;
 };
@@ -161,6 +214,13 @@ struct BatchCall {
   Index n = 0;
   int workers = 1;
   int stages = 0;
+  // Tasks of each stage that returned; the first task that started before its previous stage
+  // had all returned (early_*), and the first out-of-range run_task() call (bad_*): each
+  // recorded by the thread that wins `early` / `bad`, read by finish() after the pool's wait.
+  std::atomic<Index> done[AttentionPlan::kMaxStages] = {};
+  std::atomic<bool> early{false}, bad{false}, finished{false};
+  int early_stage = -1, bad_stage = -1, bad_worker = -1;
+  Index early_task = -1, early_done = 0, bad_task = -1;
 
   int num_stages() const { return stages; }
   Index num_tasks(int s) const { return offsets[s * (n + 1) + n]; }
@@ -171,25 +231,61 @@ struct BatchCall {
     const Index i = Index(std::upper_bound(o, o + n + 1, t) - o) - 1;
     calls[i].run_task(s, t - o[i], worker);
   }
-  void mark_run(int s, Index t) {
+  // Marks task t of stage s as run and checks that stage s - 1 has returned; false (run
+  // nothing) once the call was finished.
+  bool start_task(int s, Index t) {
+    if (finished.load(std::memory_order_acquire)) return false;
     std::atomic<unsigned char>& r = runs[run_base[s] + t];
     if (r.fetch_or(1, std::memory_order_relaxed) & 1) r.fetch_or(2, std::memory_order_relaxed);
+    if (s > 0) {
+      const Index prev = done[s - 1].load(std::memory_order_acquire);
+      if (prev < num_tasks(s - 1) && !early.exchange(true, std::memory_order_acq_rel)) {
+        early_stage = s;
+        early_task = t;
+        early_done = prev;
+      }
+    }
+    return true;
+  }
+  void end_task(int s) { done[s].fetch_add(1, std::memory_order_acq_rel); }
+  void note_bad_call(int s, Index t, int w) {
+    if (bad.exchange(true, std::memory_order_acq_rel)) return;
+    bad_stage = s;
+    bad_task = t;
+    bad_worker = w;
   }
   TaskRuns task_runs() const {
     TaskRuns out;
     out.total = run_base[stages];
+    out.finished = finished.load(std::memory_order_acquire);
     for (int s = 0; s < stages; ++s)
       for (Index t = 0; t < num_tasks(s); ++t) {
         const unsigned char r = runs[run_base[s] + t].load(std::memory_order_relaxed);
         out.ran += r & 1;
+        if (!(r & 1) && out.missing_stage < 0) {
+          out.missing_stage = s;
+          out.missing_task = t;
+        }
         if ((r & 2) && out.repeat_stage < 0) {
           out.repeat_stage = s;
           out.repeat_task = t;
         }
       }
+    if (early.load(std::memory_order_acquire)) {
+      out.early_stage = early_stage;
+      out.early_task = early_task;
+      out.early_done = early_done;
+    }
+    if (bad.load(std::memory_order_acquire)) {
+      out.bad_call = true;
+      out.bad_stage = bad_stage;
+      out.bad_task = bad_task;
+      out.bad_worker = bad_worker;
+    }
     return out;
   }
   void finish() {
+    finished.store(true, std::memory_order_release);
     for (Index i = 0; i < n; ++i) {
       // Each call merges into the statistics its options point at: the sequence's, then the
       // total (the options copy is private to the plan).
