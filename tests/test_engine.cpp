@@ -816,9 +816,12 @@ TEST(EngineErrors, BatchAndPlan) {
   // release builds: ASan/UBSan, helper-41), and discard the plan.
   plan_again();
   ASSERT_GE(plan.num_stages(), 2);
-  for (const auto& bad : std::vector<std::array<Index, 3>>{
-           {0, plan.num_tasks(0), 0}, {0, -1, 0}, {0, 0, plan.num_workers()}, {0, 0, -1},
-           {plan.num_stages(), 0, 0}, {-1, 0, 0}}) {
+  for (const auto& bad : std::vector<std::array<Index, 3>>{{0, plan.num_tasks(0), 0},
+                                                           {0, -1, 0},
+                                                           {0, 0, plan.num_workers()},
+                                                           {0, 0, -1},
+                                                           {plan.num_stages(), 0, 0},
+                                                           {-1, 0, 0}}) {
     plan_again();
     run_all(0, plan.num_stages(), 1);
     plan.run_task(int(bad[0]), bad[1], int(bad[2]));
@@ -835,7 +838,8 @@ TEST(EngineErrors, BatchAndPlan) {
       if (!(st == 0 && t == 0)) plan.run_task(st, t, 0);
   plan.run_task(0, 0, 0);
   expect_discarded("task 0 of stage 1 started when " + std::to_string(plan.num_tasks(0) - 1) +
-                   " of the " + std::to_string(plan.num_tasks(0)) + " tasks of stage 0 had returned");
+                   " of the " + std::to_string(plan.num_tasks(0)) +
+                   " tasks of stage 0 had returned");
   plan_again();
   const int stages = plan.num_stages();
   run_all(stages - 1, -1, -1);

@@ -134,8 +134,8 @@ class AttentionPlan {
     };
     if (r.finished) return discard("the plan was already finished (through a copy of it)");
     if (r.bad_call)
-      return discard("run_task(" + std::to_string(r.bad_stage) + ", " +
-                     std::to_string(r.bad_task) + ", " + std::to_string(r.bad_worker) +
+      return discard("run_task(" + std::to_string(r.bad_stage) + ", " + std::to_string(r.bad_task) +
+                     ", " + std::to_string(r.bad_worker) +
                      ") was out of range (stages, their tasks and workers count from 0: " +
                      std::to_string(stages_) + " stages, " + std::to_string(workers_) +
                      " workers) and ran nothing");
@@ -152,8 +152,8 @@ class AttentionPlan {
     if (r.ran < r.total)
       return Status::failed_precondition(
           "AttentionPlan::finish: " + std::to_string(r.ran) + " of the plan's " +
-          std::to_string(r.total) + " tasks ran (the first missing: " +
-          detail::task_name(r.missing_stage, r.missing_task) +
+          std::to_string(r.total) +
+          " tasks ran (the first missing: " + detail::task_name(r.missing_stage, r.missing_task) +
           "); run every task of every stage before finish()");
     finish_(impl_);
     impl_ = nullptr;
