@@ -92,7 +92,9 @@ std::size_t decode_workspace_size(const AttentionArgs<T, Q>& args, const Attenti
 /// Bytes of scratch memory `decode` and `prefill` need for these arguments and options,
 /// including the per-thread buffers of the thread count `options.threads` resolves to.
 /// Returns 0 when the arguments do not validate (or the requested SIMD path is unavailable).
-/// For T = 1 the size covers both `decode` and `prefill`.
+/// For T = 1 the size covers both `decode` and `prefill`. The size is not monotone in the cache
+/// length L (the key chunks and query blocks follow L, T and the mode): ask for each call's
+/// size and grow a reused buffer, rather than sizing one buffer for the longest context.
 template <class T, class Q>
 std::size_t workspace_size(const AttentionArgs<T, Q>& args, const AttentionOptions& options) {
   Isa isa;
