@@ -354,6 +354,7 @@ std::vector<float> generate(const char* name, const ThresholdTable& table, Threa
         a.v_sum = cache.v_sum.data() + hkv0 * kD;  // this shard's KV heads
         a.head_offset = hq0;                       // its heads in the model's table
         a.model_heads = kHq;
+        a.model_kv_heads = kHkv;  // checks that it holds whole GQA groups
         check(decode(a, toptheta_options(table)), "shard decode");
       }
       // [/integration:shards]

@@ -459,6 +459,7 @@ void shards_equal_full(bool prefill_mode) {
       a.v_sum += 2 * s * full.v_sum_stride;
       a.head_offset = 4 * s;
       a.model_heads = 8;
+      a.model_kv_heads = 4;
       const Status stt = call(a, o);
       ASSERT_TRUE(stt.ok()) << what << " shard " << s << ": " << stt.to_string();
     }
@@ -482,10 +483,73 @@ TEST(Sharding, ErrorsNameTheShape) {
   a.out.heads = 4;
   a.head_offset = 6;  // 6 + 4 > 8 heads of the table
   a.model_heads = 8;
+  a.model_kv_heads = 4;
   AttentionOptions o = options_of(kVariants[6], &f.pre, &f.post, nullptr, nullptr);
   const Status s = decode(a, o);
   EXPECT_FALSE(s.ok());
   EXPECT_NE(s.message().find("head"), std::string::npos) << s.message();
+}
+
+// A shard pairs its query heads with its KV heads by its own GQA group (Hq / Hkv); a slice whose
+// groups straddle the model's ran with wrong outputs (up to 0.28 off, no error: helper-41). The
+// model's KV heads are now required for a shard, and each of its groups must lie in one of the
+// model's. Model: 8 query heads over 4 KV heads (groups of 2).
+TEST(Sharding, SlicesMustKeepTheModelsGqaGroups) {
+  Fixture<float> f = make_fixture<float>(false, 53);
+  const auto full = f.p.args();
+  ASSERT_EQ(full.q.heads, 8);
+  ASSERT_EQ(full.k.heads, 4);
+  const AttentionOptions o = options_of(kVariants[6], &f.pre, &f.post, nullptr, nullptr);
+  const std::vector<float> want = [&] {
+    f.p.clear_out();
+    EXPECT_TRUE(decode(full, o).ok());
+    return snapshot(f.p.out.view);
+  }();
+  std::vector<float> out(std::size_t(8 * full.q.dim), -1.f);
+  // Query heads [hq0, hq0 + nq) over KV heads [hkv0, hkv0 + nkv) of the model.
+  const auto slice = [&](Index hq0, Index nq, Index hkv0, Index nkv, Index model_kv) {
+    auto a = full;
+    a.q.data += hq0 * full.q.head_stride;
+    a.q.heads = nq;
+    a.k.data += hkv0 * full.k.head_stride;
+    a.k.heads = nkv;
+    a.v.data += hkv0 * full.v.head_stride;
+    a.v.heads = nkv;
+    a.v_sum += hkv0 * full.v_sum_stride;
+    a.out = HeadsView<float>::token_major(out.data() + hq0 * full.q.dim, 1, nq, full.q.dim);
+    a.head_offset = hq0;
+    a.model_heads = 8;
+    a.model_kv_heads = model_kv;
+    return a;
+  };
+  const auto refused = [&](const AttentionArgs<float>& a, const std::string& what) {
+    const Status s = decode(a, o);
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << what;
+    EXPECT_NE(s.message().find(what), std::string::npos) << s.message();
+  };
+  // helper-41's kinds: a group shifted by one head, a group of 4 over the model's groups of 2.
+  refused(slice(1, 2, 0, 1, 4),
+          "the call's KV head 0 serves model query heads [1, 3) (GQA groups of 2 = Hq / Hkv), "
+          "which the model splits between its KV heads 0 and 1 (groups of 2 = model_heads / "
+          "model_kv_heads)");
+  refused(slice(0, 4, 0, 1, 4), "serves model query heads [0, 4)");
+  refused(slice(4, 4, 2, 2, 0), "needs model_kv_heads > 0");
+  refused(slice(4, 4, 2, 2, 3), "model_heads 8 is not a multiple of model_kv_heads 3");
+  auto whole = full;
+  whole.model_kv_heads = 2;
+  refused(whole, "model_kv_heads 2 differs from the 4 KV heads");
+  // Whole groups, and part of one group with its KV head (a KV head replicated on more ranks
+  // than the model has KV heads), run.
+  ASSERT_TRUE(decode(slice(2, 4, 1, 2, 4), o).ok());
+  ASSERT_TRUE(decode(slice(7, 1, 3, 1, 4), o).ok());
+  ASSERT_TRUE(decode(slice(0, 1, 0, 1, 4), o).ok());
+  ASSERT_TRUE(decode(slice(1, 1, 0, 1, 4), o).ok());
+  ASSERT_TRUE(decode(slice(6, 1, 3, 1, 4), o).ok());
+  for (Index h : {0, 1, 2, 3, 4, 5, 6, 7})
+    for (Index i = 0; i < full.q.dim; ++i) {
+      const std::size_t at = std::size_t(h * full.q.dim + i);
+      EXPECT_NEAR(out[at], want[at], 1e-5f * (1 + std::fabs(want[at]))) << "head " << h;
+    }
 }
 
 // ------------------------------------------------------------------------------------------

@@ -655,6 +655,7 @@ TEST(ErrorsOptions, PerHeadStatisticsOfTheWrongSize) {
   auto sh = p.args();
   sh.head_offset = 4;
   sh.model_heads = 8;
+  sh.model_kv_heads = 4;
   st.enable_per_head(4);
   expect_rejected(p, sh, o, {"model has 8", "enable_per_head(8)"}, "shard sized to its heads");
   st.enable_per_head(8);

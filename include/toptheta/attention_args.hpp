@@ -63,9 +63,14 @@ struct AttentionArgs {
   Index layer = 0;         ///< layer index, for thresholds, calibration and per-layer k
   /// Tensor-parallel shards: the call's query head 0 is head `head_offset` of the model (of the
   /// threshold table, the calibrator and per-head statistics), which has `model_heads` query
-  /// heads (0: Hq, no sharding). The table must have exactly `model_heads` heads.
+  /// heads (0: Hq, no sharding) and `model_kv_heads` KV heads. The table must have exactly
+  /// `model_heads` heads. A shard (head_offset > 0 or model_heads != Hq) must give
+  /// model_kv_heads: the kernels pair the call's query head h with its KV head h / (Hq / Hkv),
+  /// which is the model's pairing only when each of the call's GQA groups lies inside one of
+  /// the model's (whole groups, or part of one group with its KV head); validate() checks it.
   Index head_offset = 0;
-  Index model_heads = 0;   ///< query heads of the model (0: q.heads, no sharding)
+  Index model_heads = 0;     ///< query heads of the model (0: q.heads, no sharding)
+  Index model_kv_heads = 0;  ///< KV heads of the model (0: k.heads, no sharding)
   double scale = 0.0;      ///< score scale; 0 means 1/sqrt(d)
 
   /// Tokens L of the cache (from k, or from the paged cache).
@@ -470,6 +475,39 @@ Status validate(const AttentionArgs<T, Q>& args, const AttentionOptions& opt) {
                                     std::to_string(args.head_offset + Hq) +
                                     ") of the call (head_offset, q heads) are not inside the " +
                                     std::to_string(model_heads) + " heads of the model (model_heads)");
+  // The call's GQA groups against the model's: a shard must pair each query head with the KV
+  // head the model pairs it with (a misaligned slice ran with wrong outputs and no error).
+  const bool shard = args.head_offset != 0 || model_heads != Hq;
+  if (args.model_kv_heads < 0 || (shard && args.model_kv_heads == 0))
+    return Status::invalid_argument(
+        "a shard of the model's query heads (head_offset " + std::to_string(args.head_offset) +
+        ", model_heads " + std::to_string(model_heads) +
+        ") needs model_kv_heads > 0, the model's KV heads, to check its GQA groups; got " +
+        std::to_string(args.model_kv_heads));
+  if (args.model_kv_heads > 0) {
+    const Index Gm = model_heads / args.model_kv_heads;
+    if (model_heads % args.model_kv_heads != 0)
+      return Status::invalid_argument("model_heads " + std::to_string(model_heads) +
+                                      " is not a multiple of model_kv_heads " +
+                                      std::to_string(args.model_kv_heads));
+    if (!shard && args.model_kv_heads != Hkv)
+      return Status::invalid_argument("model_kv_heads " + std::to_string(args.model_kv_heads) +
+                                      " differs from the " + std::to_string(Hkv) +
+                                      " KV heads of a call over every query head of the model");
+    const Index G = Hq / Hkv;
+    for (Index g = 0; g < Hkv; ++g) {
+      const Index first = args.head_offset + g * G, last = first + G - 1;
+      if (first / Gm != last / Gm)
+        return Status::invalid_argument(
+            "the call's KV head " + std::to_string(g) + " serves model query heads [" +
+            std::to_string(first) + ", " + std::to_string(last + 1) + ") (GQA groups of " +
+            std::to_string(G) + " = Hq / Hkv), which the model splits between its KV heads " +
+            std::to_string(first / Gm) + " and " + std::to_string(last / Gm) + " (groups of " +
+            std::to_string(Gm) +
+            " = model_heads / model_kv_heads): a shard holds whole GQA groups of the model, or "
+            "part of one group with its KV head");
+    }
+  }
   if (opt.cap_k < 0) return Status::invalid_argument("cap_k must be >= 0");
   if (opt.threads < 0)
     return Status::invalid_argument("threads must be >= 0 (0: the OpenMP default), got " +
