@@ -143,12 +143,15 @@ class AttentionPlan {
       return discard(detail::task_name(r.repeat_stage, r.repeat_task) +
                      " ran more than once (its outputs may be wrong); run each task exactly once");
     if (r.early_stage >= 0)
-      return discard(detail::task_name(r.early_stage, r.early_task) + " started when " +
-                     std::to_string(r.early_done) + " of the " +
-                     std::to_string(tasks_[r.early_stage - 1]) + " tasks of stage " +
-                     std::to_string(r.early_stage - 1) +
-                     " had returned: its inputs were not ready, the outputs may be wrong; run the "
-                     "stages in order, each after every task of the previous one has returned");
+      return discard((r.early_task < 0
+                          ? std::string("a task started before every task of the previous stage "
+                                        "had returned")
+                          : detail::task_name(r.early_stage, r.early_task) + " started when " +
+                                std::to_string(r.early_done) + " of the " +
+                                std::to_string(tasks_[r.early_stage - 1]) + " tasks of stage " +
+                                std::to_string(r.early_stage - 1) + " had returned") +
+                     ": its inputs were not ready, the outputs may be wrong; run the stages in "
+                     "order, each after every task of the previous one has returned");
     if (r.ran < r.total)
       return Status::failed_precondition(
           "AttentionPlan::finish: " + std::to_string(r.ran) + " of the plan's " +
@@ -218,7 +221,11 @@ struct BatchCall {
   // had all returned (early_*), and the first out-of-range run_task() call (bad_*): each
   // recorded by the thread that wins `early` / `bad`, read by finish() after the pool's wait.
   std::atomic<Index> done[AttentionPlan::kMaxStages] = {};
-  std::atomic<bool> early{false}, bad{false}, finished{false};
+  // `early` / `bad` are claimed by one thread, which then writes the fields and publishes them
+  // with `early_ready` / `bad_ready` (a finish() racing with a misrun pool still reads no torn
+  // fields: it reports the violation without them).
+  std::atomic<bool> early{false}, bad{false}, early_ready{false}, bad_ready{false},
+      finished{false};
   int early_stage = -1, bad_stage = -1, bad_worker = -1;
   Index early_task = -1, early_done = 0, bad_task = -1;
 
@@ -243,6 +250,7 @@ struct BatchCall {
         early_stage = s;
         early_task = t;
         early_done = prev;
+        early_ready.store(true, std::memory_order_release);
       }
     }
     return true;
@@ -253,6 +261,7 @@ struct BatchCall {
     bad_stage = s;
     bad_task = t;
     bad_worker = w;
+    bad_ready.store(true, std::memory_order_release);
   }
   TaskRuns task_runs() const {
     TaskRuns out;
@@ -272,15 +281,20 @@ struct BatchCall {
         }
       }
     if (early.load(std::memory_order_acquire)) {
-      out.early_stage = early_stage;
-      out.early_task = early_task;
-      out.early_done = early_done;
+      out.early_stage = 1;  // fields not yet published: "task -1 of stage 1"
+      if (early_ready.load(std::memory_order_acquire)) {
+        out.early_stage = early_stage;
+        out.early_task = early_task;
+        out.early_done = early_done;
+      }
     }
     if (bad.load(std::memory_order_acquire)) {
       out.bad_call = true;
-      out.bad_stage = bad_stage;
-      out.bad_task = bad_task;
-      out.bad_worker = bad_worker;
+      if (bad_ready.load(std::memory_order_acquire)) {
+        out.bad_stage = bad_stage;
+        out.bad_task = bad_task;
+        out.bad_worker = bad_worker;
+      }
     }
     return out;
   }
