@@ -533,6 +533,11 @@ TEST(Sharding, SlicesMustKeepTheModelsGqaGroups) {
           "which the model splits between its KV heads 0 and 1 (groups of 2 = model_heads / "
           "model_kv_heads)");
   refused(slice(0, 4, 0, 1, 4), "serves model query heads [0, 4)");
+  // Model groups of 4 (8 query heads over 2 KV heads): query heads [0, 4) over two KV heads put
+  // heads 2 and 3 on the model's KV head 1, which the model pairs with heads 4 to 7.
+  refused(slice(0, 4, 0, 2, 2),
+          "the call's KV head 1 serves model query heads [2, 4), which the model pairs with its "
+          "KV head 0, but the call's KV heads are the model's KV heads 0..1 in order");
   refused(slice(4, 4, 2, 2, 0), "needs model_kv_heads > 0");
   refused(slice(4, 4, 2, 2, 3), "model_heads 8 is not a multiple of model_kv_heads 3");
   auto whole = full;

@@ -494,7 +494,7 @@ Status validate(const AttentionArgs<T, Q>& args, const AttentionOptions& opt) {
       return Status::invalid_argument("model_kv_heads " + std::to_string(args.model_kv_heads) +
                                       " differs from the " + std::to_string(Hkv) +
                                       " KV heads of a call over every query head of the model");
-    const Index G = Hq / Hkv;
+    const Index G = Hq / Hkv, kv0 = args.head_offset / Gm;
     for (Index g = 0; g < Hkv; ++g) {
       const Index first = args.head_offset + g * G, last = first + G - 1;
       if (first / Gm != last / Gm)
@@ -506,6 +506,17 @@ Status validate(const AttentionArgs<T, Q>& args, const AttentionOptions& opt) {
             std::to_string(Gm) +
             " = model_heads / model_kv_heads): a shard holds whole GQA groups of the model, or "
             "part of one group with its KV head");
+      // The call's KV heads are a contiguous run of the model's, one per call group: two call
+      // groups inside one model group would read two KV heads for that group's queries.
+      if (first / Gm != kv0 + g)
+        return Status::invalid_argument(
+            "the call's KV head " + std::to_string(g) + " serves model query heads [" +
+            std::to_string(first) + ", " + std::to_string(last + 1) + "), which the model pairs "
+            "with its KV head " + std::to_string(first / Gm) + ", but the call's KV heads are the "
+            "model's KV heads " + std::to_string(kv0) + ".." + std::to_string(kv0 + Hkv - 1) +
+            " in order (groups of " + std::to_string(G) + " = Hq / Hkv against the model's " +
+            std::to_string(Gm) + "): a shard holds whole GQA groups of the model, or part of one "
+            "group with its KV head");
     }
   }
   if (opt.cap_k < 0) return Status::invalid_argument("cap_k must be >= 0");
