@@ -233,8 +233,9 @@ TEST(CalibratorCompact, WarningsSayWhenNoBucketReachesTheMinimum) {
   for (const SparseBucket& b : rep.sparse) EXPECT_TRUE(b.own_knot);
   const std::vector<std::string> w = rep.warnings();
   ASSERT_EQ(w.size(), 1u);
-  EXPECT_NE(w[0].find("(layer, head) pairs have no length bucket with 100000 samples (the fullest has"),
-            std::string::npos)
+  EXPECT_NE(
+      w[0].find("(layer, head) pairs have no length bucket with 100000 samples (the fullest has"),
+      std::string::npos)
       << w[0];
   EXPECT_NE(w[0].find("every non-empty length bucket got a knot of its own"), std::string::npos)
       << w[0];

@@ -511,11 +511,15 @@ Status validate(const AttentionArgs<T, Q>& args, const AttentionOptions& opt) {
       if (first / Gm != kv0 + g)
         return Status::invalid_argument(
             "the call's KV head " + std::to_string(g) + " serves model query heads [" +
-            std::to_string(first) + ", " + std::to_string(last + 1) + "), which the model pairs "
-            "with its KV head " + std::to_string(first / Gm) + ", but the call's KV heads are the "
-            "model's KV heads " + std::to_string(kv0) + ".." + std::to_string(kv0 + Hkv - 1) +
-            " in order (groups of " + std::to_string(G) + " = Hq / Hkv against the model's " +
-            std::to_string(Gm) + "): a shard holds whole GQA groups of the model, or part of one "
+            std::to_string(first) + ", " + std::to_string(last + 1) +
+            "), which the model pairs "
+            "with its KV head " +
+            std::to_string(first / Gm) +
+            ", but the call's KV heads are the "
+            "model's KV heads " +
+            std::to_string(kv0) + ".." + std::to_string(kv0 + Hkv - 1) + " in order (groups of " +
+            std::to_string(G) + " = Hq / Hkv against the model's " + std::to_string(Gm) +
+            "): a shard holds whole GQA groups of the model, or part of one "
             "group with its KV head");
     }
   }

@@ -113,9 +113,9 @@ struct CalibrationReport {
         while (j < v.size() && v[j]->length_lo == v[i]->length_lo) fewest = std::min(fewest, v[j++]->samples);
         w.push_back("k = " + std::to_string(k) + ": lengths " + std::to_string(v[i]->length_lo) +
                     ".." + std::to_string(v[i]->length_hi) + ": " + std::to_string(j - i) + " of " +
-                    std::to_string(num_layers * num_heads) + " (layer, head) pairs have fewer than " +
-                    std::to_string(min_bucket_samples) + " samples (fewest " +
-                    std::to_string(fewest) +
+                    std::to_string(num_layers * num_heads) +
+                    " (layer, head) pairs have fewer than " + std::to_string(min_bucket_samples) +
+                    " samples (fewest " + std::to_string(fewest) +
                     "); pooled into the neighbouring buckets, no knot of their own");
         i = j;
       }
@@ -123,8 +123,8 @@ struct CalibrationReport {
         w.push_back("k = " + std::to_string(k) + ": " + std::to_string(fallback_heads.size()) +
                     " of " + std::to_string(num_layers * num_heads) +
                     " (layer, head) pairs have no length bucket with " +
-                    std::to_string(min_bucket_samples) +
-                    " samples (the fullest has " + std::to_string(fullest) +
+                    std::to_string(min_bucket_samples) + " samples (the fullest has " +
+                    std::to_string(fullest) +
                     "): every non-empty length bucket got a knot of its own (none reaches the "
                     "minimum, so none was pooled)");
     }

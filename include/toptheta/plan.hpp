@@ -224,8 +224,7 @@ struct BatchCall {
   // `early` / `bad` are claimed by one thread, which then writes the fields and publishes them
   // with `early_ready` / `bad_ready` (a finish() racing with a misrun pool still reads no torn
   // fields: it reports the violation without them).
-  std::atomic<bool> early{false}, bad{false}, early_ready{false}, bad_ready{false},
-      finished{false};
+  std::atomic<bool> early{false}, bad{false}, early_ready{false}, bad_ready{false}, finished{false};
   int early_stage = -1, bad_stage = -1, bad_worker = -1;
   Index early_task = -1, early_done = 0, bad_task = -1;
 
