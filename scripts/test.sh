@@ -15,6 +15,8 @@
 #   8. `aarch64` preset: the kernel tests cross-compiled for AArch64 (NEON path) and run under
 #      qemu-user (scripts/test_aarch64.sh); skipped with a note when the cross compiler or qemu
 #      cannot be installed.
+# A test that fails runs once more, alone: if it passes then, the summary lists it as FLAKY and
+# the step passes; if it fails again, the step fails and the summary names it.
 # Prints a summary and exits non-zero if any step failed (later steps still run).
 #
 # Environment:
@@ -28,7 +30,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/lib.sh
 
 JOBS=2
-declare -a SUMMARY=()
+declare -a SUMMARY=() FLAKY=() FAILED_TESTS=()
 FAILED=0
 
 # step NAME CMD...: runs CMD, records PASS/FAIL and the time taken. Returns CMD's status.
@@ -50,13 +52,38 @@ step() {
 
 skip() { SUMMARY+=("SKIP  $1"); }
 
+# failed_tests PRESET: the names of the tests the last ctest run of PRESET failed, on one line.
+failed_tests() {
+  local f="build/$1/Testing/Temporary/LastTestsFailed.log"
+  [[ -f $f ]] && cut -d: -f2- "$f" | paste -sd' ' -
+}
+
+# test_preset PRESET: ctest of one preset. Tests that fail run once more, alone (-j1): a test
+# that then passes is reported as FLAKY in the summary (the step passes; its first failure's
+# output is in the log above), one that fails again fails the step. The summary names the
+# failed tests either way, so the end of the log says which they were.
+test_preset() {
+  local p=$1 names
+  rm -f "build/$p/Testing/Temporary/LastTestsFailed.log"
+  ctest --preset "$p" --output-on-failure -j"$JOBS" && return 0
+  names=$(failed_tests "$p")
+  [[ -n $names ]] || return 1  # ctest itself failed: nothing to run again
+  toptheta_warn "$p: failed: $names; running them once more, alone"
+  if ctest --preset "$p" --rerun-failed --output-on-failure -j1; then
+    FLAKY+=("$p: $names")
+    return 0
+  fi
+  FAILED_TESTS+=("$p: $(failed_tests "$p")")
+  return 1
+}
+
 # run_preset PRESET: configure, build and test one preset; stops at the first failing step.
 # (The build and test presets of the same name select the targets and tests.)
 run_preset() {
   local p=$1
   step "configure $p" cmake --preset "$p" || { skip "build $p"; skip "test $p"; return 1; }
   step "build $p" cmake --build --preset "$p" -j"$JOBS" || { skip "test $p"; return 1; }
-  step "test $p" ctest --preset "$p" --output-on-failure -j"$JOBS"
+  step "test $p" test_preset "$p"
 }
 
 toptheta_install_packages
@@ -118,6 +145,12 @@ echo
 toptheta_log "Summary"
 for line in "${SUMMARY[@]}"; do
   echo "  $line"
+done
+for line in "${FLAKY[@]}"; do
+  echo "  FLAKY (failed, then passed alone; see its output above): $line"
+done
+for line in "${FAILED_TESTS[@]}"; do
+  echo "  FAILED TESTS (twice): $line"
 done
 if [[ $FAILED -ne 0 ]]; then
   echo "RESULT: FAILED"

@@ -10,6 +10,9 @@
 
 #include <gtest/gtest.h>
 
+#include <stdlib.h>  // mkdtemp
+
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -583,11 +586,11 @@ TEST(Llama2cGenerate, StopsAtTheContext) {
 class Llama2cLoader : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() /
-           ("toptheta_llama2c_test_" +
-            std::to_string(::testing::UnitTest::GetInstance()->random_seed()) + "_" +
-            std::to_string(reinterpret_cast<std::uintptr_t>(this)));
-    std::filesystem::create_directories(dir_);
+    // mkdtemp: a name made of the shuffle seed and `this` repeated across the processes ctest
+    // runs in parallel (ASan places the fixture at the same address in every process).
+    std::string tmpl = (std::filesystem::temp_directory_path() / "toptheta_llama2c_test_XXXXXX").string();
+    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr) << tmpl << ": " << std::strerror(errno);
+    dir_ = tmpl;
   }
   void TearDown() override {
     std::error_code ec;

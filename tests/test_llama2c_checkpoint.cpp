@@ -12,8 +12,9 @@
 
 #include <gtest/gtest.h>
 
-#include <unistd.h>
+#include <stdlib.h>  // mkdtemp
 
+#include <cerrno>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -469,9 +470,10 @@ class Llama2cStoriesVersions : public ::testing::Test {
     path0_ = models_dir() + "/stories260K.bin";
     if (!std::filesystem::exists(path0_))
       GTEST_SKIP() << "model file not found: " << path0_ << " (see ../shared/models/README.md)";
-    dir_ = std::filesystem::temp_directory_path() /
-           ("toptheta_llama2c_versions_" + std::to_string(::getpid()));
-    std::filesystem::create_directories(dir_);
+    std::string tmpl =
+        (std::filesystem::temp_directory_path() / "toptheta_llama2c_versions_XXXXXX").string();
+    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr) << tmpl << ": " << std::strerror(errno);
+    dir_ = tmpl;
   }
   void TearDown() override {
     std::error_code ec;

@@ -16,6 +16,7 @@
 #include <toptheta/threshold_fit.hpp>
 
 #include "counting_allocator.hpp"
+#include "threshold_file_test_util.hpp"
 
 #include <cmath>
 #include <cstdint>
@@ -299,8 +300,11 @@ TEST(CalibrateTwoPass, SdcTermsOnCompactTablesAndSameRowsRequired) {
   EXPECT_EQ(calibrate_two_pass(o, true, drifting, &r).code(), StatusCode::kFailedPrecondition);
 }
 
+// A file in this process's own temporary directory (mkdtemp, removed at exit): fixed names in
+// the shared temp dir collide between concurrent runs and other users' leftovers.
 std::string temp_path(const std::string& name) {
-  return ::testing::TempDir() + "/toptheta_fit_" + name;
+  static const toptheta::testing::TempDir dir;
+  return dir.file(name);
 }
 
 // to_compact() fits the thresholds a per-length table observed. A theta at or below -FLT_MAX
