@@ -586,9 +586,10 @@ TEST(Llama2cGenerate, StopsAtTheContext) {
 class Llama2cLoader : public ::testing::Test {
  protected:
   void SetUp() override {
-    // mkdtemp: a name made of the shuffle seed and `this` repeated across the processes ctest
-    // runs in parallel (ASan places the fixture at the same address in every process).
-    std::string tmpl = (std::filesystem::temp_directory_path() / "toptheta_llama2c_test_XXXXXX").string();
+    // mkdtemp: a name made of the shuffle seed (the time in ms) and `this` (one address in every
+    // run under ASan) could repeat across the processes ctest runs in parallel.
+    std::string tmpl =
+        (std::filesystem::temp_directory_path() / "toptheta_llama2c_test_XXXXXX").string();
     ASSERT_NE(::mkdtemp(tmpl.data()), nullptr) << tmpl << ": " << std::strerror(errno);
     dir_ = tmpl;
   }
