@@ -28,6 +28,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -612,8 +613,8 @@ inline CommandStatus run_eval_grid(const EvalGridOptions& o) {
   LLAMA2C_TRY(cmd::check_options(o.sequences));
   // The grid's lines first (syntax, distinct names, the flags that fail together, the threshold
   // files), before the model loads.
-  std::vector<std::string> grid_lines;
-  const toptheta::Status read = read_text_lines(o.grid, "--grid", &grid_lines);
+  TextLines grid;
+  const toptheta::Status read = read_text_lines(o.grid, "--grid", &grid);
   if (!read.ok()) return CommandStatus::input(read.message());
   struct GridLine {
     std::string where;  ///< "--grid FILE:LINE"
@@ -624,11 +625,11 @@ inline CommandStatus run_eval_grid(const EvalGridOptions& o) {
   std::vector<GridLine> lines;
   std::map<std::string, int> first_line;  // setup name -> the line that gave it
   int ln = 0;
-  for (const std::string& line : grid_lines) {
+  for (const std::string_view line : grid.lines) {
     ++ln;
     // Blank lines (only std::isspace characters) and comments, as in token files.
     const std::size_t nul = line.find('\0');
-    if (nul != std::string::npos)
+    if (nul != std::string_view::npos)
       return CommandStatus::input("--grid " + o.grid + ":" + std::to_string(ln) +
                                   ": binary data: NUL byte at column " + std::to_string(nul + 1));
     const std::vector<std::string> fields = split_fields(line);
@@ -646,7 +647,7 @@ inline CommandStatus run_eval_grid(const EvalGridOptions& o) {
     CLI::App app{"grid line"};
     cli::add_attention(&app, &g.flags, /*attention_required=*/true);
     try {
-      app.parse(line.substr(e), false);
+      app.parse(std::string(line.substr(e)), false);
     } catch (const CLI::CallForHelp&) {
       return CommandStatus::input(g.where + ": --help is not an attention flag");
     } catch (const CLI::ParseError& x) {

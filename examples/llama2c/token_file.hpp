@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <toptheta/io/atomic_write.hpp>
@@ -24,7 +25,7 @@ using toptheta::Status;
 /// The fields of `line`: its runs of characters other than std::isspace ones (space, \t, \n,
 /// \v, \f, \r in the "C" locale). A line holding only such characters has none. Token files
 /// and eval-grid files split their lines with it, so every blank line is blank in both.
-inline std::vector<std::string> split_fields(const std::string& line) {
+inline std::vector<std::string> split_fields(std::string_view line) {
   std::vector<std::string> fields;
   std::size_t i = 0;
   const auto space = [&line](std::size_t j) {
@@ -34,14 +35,14 @@ inline std::vector<std::string> split_fields(const std::string& line) {
     while (i < line.size() && space(i)) ++i;
     const std::size_t start = i;
     while (i < line.size() && !space(i)) ++i;
-    if (i > start) fields.push_back(line.substr(start, i - start));
+    if (i > start) fields.emplace_back(line.substr(start, i - start));
   }
   return fields;
 }
 
 /// `field` for a message: non-printable bytes (a NUL, a control character) as \xNN; a field
 /// over 40 bytes is cut there, with its length: "<first 40 bytes>... (N bytes)".
-inline std::string printable(const std::string& field) {
+inline std::string printable(std::string_view field) {
   constexpr std::size_t kShown = 40;
   std::string out;
   for (std::size_t i = 0; i < field.size() && i < kShown; ++i) {
@@ -62,23 +63,32 @@ inline std::string printable(const std::string& field) {
 /// newline, is an error rather than a read that takes all memory.
 inline constexpr std::size_t kMaxTextFileBytes = std::size_t(1) << 30;
 
+/// A text file and its lines: views into `text` (no second copy of a file of up to
+/// kMaxTextFileBytes). Not copyable or movable: a move could leave the views dangling.
+struct TextLines {
+  TextLines() = default;
+  TextLines(const TextLines&) = delete;
+  TextLines& operator=(const TextLines&) = delete;
+  std::string text;
+  std::vector<std::string_view> lines;
+};
+
 /// Reads the text file `path` (token file, grid file) whole, with toptheta::read_file() in
 /// text mode (reading stops after the first NUL byte, which the line's parser then refuses), at
 /// most kMaxTextFileBytes, and splits it into lines at '\n' (a last line without one counts).
 /// Errors: read_file()'s (kNotFound, kIoError, kDataLoss for a file over the limit), their
 /// message prefixed with `what`.
-inline Status read_text_lines(const std::string& path, const std::string& what,
-                              std::vector<std::string>* lines) {
-  std::string text;
+inline Status read_text_lines(const std::string& path, const std::string& what, TextLines* out) {
+  out->lines.clear();
   const Status s =
-      toptheta::read_file(path, &text, kMaxTextFileBytes, toptheta::FileContent::kText);
+      toptheta::read_file(path, &out->text, kMaxTextFileBytes, toptheta::FileContent::kText);
   if (!s.ok()) return Status(s.code(), what + ": " + s.message());
-  lines->clear();
+  const std::string_view text = out->text;
   std::size_t start = 0;
   while (start < text.size()) {
     std::size_t end = text.find('\n', start);
-    if (end == std::string::npos) end = text.size();
-    lines->push_back(text.substr(start, end - start));
+    if (end == std::string_view::npos) end = text.size();
+    out->lines.push_back(text.substr(start, end - start));
     start = end + 1;
   }
   return {};
@@ -92,11 +102,11 @@ inline Status read_text_lines(const std::string& path, const std::string& what,
 /// when it does not exist, kIoError, kDataLoss over kMaxTextFileBytes).
 inline Status read_token_file(const std::string& path, int vocab_size, int max_len,
                               std::vector<Sequence>* out) {
-  std::vector<std::string> lines;
-  TOPTHETA_RETURN_IF_ERROR(read_text_lines(path, "token file", &lines));
+  TextLines file;
+  TOPTHETA_RETURN_IF_ERROR(read_text_lines(path, "token file", &file));
   out->clear();
   int ln = 0;
-  for (const std::string& line : lines) {
+  for (const std::string_view line : file.lines) {
     ++ln;
     const std::string where = path + ":" + std::to_string(ln) + ": ";
     const std::vector<std::string> fields = split_fields(line);
