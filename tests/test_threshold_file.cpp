@@ -18,6 +18,7 @@
 #include <map>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "threshold_file_test_util.hpp"
@@ -732,16 +733,26 @@ TEST(ThresholdFile, MalformedCorpusIsRejectedWithTheExpectedMessage) {
 // Atomic saves
 // ------------------------------------------------------------------------------------------
 
+// A new file gets 0666 less the umask, like any file open(2) creates (it got 0644 whatever the
+// umask: a private umask of 077 gave a world-readable file); a replaced file keeps its mode.
 TEST(AtomicSave, ReplacesAndKeepsMode) {
   TempDir dir;
   const std::string path = dir.file("t.toptheta");
-  ASSERT_TRUE(save_thresholds(path, special_table(1)).ok());
+  const mode_t old_mask = ::umask(077);
   struct stat st;
-  ASSERT_EQ(::stat(path.c_str(), &st), 0);
-  EXPECT_EQ(st.st_mode & 0777, 0644u);
+  const std::vector<std::pair<mode_t, unsigned>> cases = {
+      {077, 0600u}, {022, 0644u}, {002, 0664u}, {0, 0666u}};
+  for (const auto& [mask, want] : cases) {
+    ::umask(mask);
+    ::unlink(path.c_str());
+    ASSERT_TRUE(save_thresholds(path, special_table(1)).ok());
+    ASSERT_EQ(::stat(path.c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, want) << "umask 0" << std::oct << mask;
+  }
   ASSERT_EQ(::chmod(path.c_str(), 0600), 0);
   const ThresholdTable t2 = special_table(2);
-  ASSERT_TRUE(save_thresholds(path, t2).ok());
+  ASSERT_TRUE(save_thresholds(path, t2).ok());  // umask 0: the old mode is kept all the same
+  ::umask(old_mask);
   ASSERT_EQ(::stat(path.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
   ThresholdTable back;

@@ -2,15 +2,16 @@
 /// \file io/atomic_write.hpp
 /// Whole-file reads with a size cap, and atomic replacement of a file.
 ///
-/// `write_file_atomic(path, data)` (POSIX): creates `path.tmp.XXXXXX` in the target's directory
-/// with `mkstemp`, writes everything, `fsync`s, closes and `rename`s it over `path`, then
+/// `write_file_atomic(path, data)` (POSIX): creates `path.tmp.XXXXXX` (a new name, O_EXCL) in
+/// the target's directory, writes everything, `fsync`s, closes and `rename`s it over `path`, then
 /// `fsync`s the directory. Readers see either the old or the new file, never a mix; on any
-/// failure the temporary file is removed and an existing `path` is left untouched. The new file
-/// keeps the mode of the file it replaces, or gets 0644 when there was none. A symbolic link at
-/// `path` is replaced by a regular file (the link target is not written). Anything else at `path`
-/// that is not a regular file (a character or block device, a FIFO, a socket, a directory) is
-/// refused before anything is written: kIoError `path: is a character device, not a regular
-/// file`, and it is left as it is (saving over /dev/null does not replace /dev/null).
+/// failure the temporary file is removed and an existing `path` is left untouched. The file
+/// keeps the mode of the file it replaces; a new one gets 0666 less the umask, as open(2) gives
+/// any new file. A symbolic link at `path` is replaced by a regular file (the link target is not
+/// written). Anything else at `path` that is not a regular file (a character or block device, a
+/// FIFO, a socket, a directory) is refused before anything is written: kIoError `path: is a
+/// character device, not a regular file`, and it is left as it is (saving over /dev/null does
+/// not replace /dev/null).
 ///
 /// File size limit (RLIMIT_FSIZE, `ulimit -f`): a write past the limit raises SIGXFSZ, whose
 /// default action kills the process (leaving the temporary file behind). The library does not
@@ -21,10 +22,13 @@
 /// On other platforms a best-effort fallback writes the temporary file with stdio and renames it
 /// (removing the target first where rename cannot replace; not atomic there).
 
+#include <atomic>
 #include <cerrno>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -147,6 +151,37 @@ inline bool same_file_path(const std::string& a, const std::string& b) {
 
 #if TOPTHETA_IO_POSIX
 namespace detail {
+/// Creates a new file `path.tmp.XXXXXX` (six random letters or digits; O_EXCL, retried on a
+/// name that exists) with mode 0666 less the umask, as open(2) creates any file: mkstemp's 0600
+/// would need the umask to widen, and reading the umask means setting it, which races with
+/// other threads. Returns the descriptor and sets `*tmp_path`, or -1 with errno set.
+inline int create_temporary(const std::string& path, std::string* tmp_path) {
+  static std::atomic<std::uint64_t> counter{0};
+  const char* const alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+  struct timespec ts {};
+  ::clock_gettime(CLOCK_REALTIME, &ts);
+  std::uint64_t x = std::uint64_t(ts.tv_nsec) ^ (std::uint64_t(ts.tv_sec) << 30) ^
+                    (std::uint64_t(::getpid()) << 40) ^
+                    reinterpret_cast<std::uintptr_t>(tmp_path);
+  for (int attempt = 0; attempt < 1000; ++attempt) {
+    // splitmix64 of the seed and a process-wide counter: distinct names per call and thread.
+    std::uint64_t z = (x += 0x9E3779B97F4A7C15ull * (counter.fetch_add(1) + 1));
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    std::string name = path + ".tmp.";
+    for (int i = 0; i < 6; ++i, z /= 62) name += alphabet[z % 62];
+    const int fd = ::open(name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd >= 0) {
+      *tmp_path = std::move(name);
+      return fd;
+    }
+    if (errno != EEXIST) return -1;
+  }
+  errno = EEXIST;
+  return -1;
+}
+
 /// A file written to its temporary `tmp` (fsynced and closed) that `commit_file` renames over
 /// `path`.
 struct StagedFile {
@@ -165,26 +200,24 @@ inline Status stage_file(const std::string& path, std::string_view data, StagedF
       return Status::io_error(path + ": is " + detail::non_regular_file_kind(lst.st_mode) +
                               ", not a regular file; it is not replaced");
   }
-  std::vector<char> tmp(path.begin(), path.end());
-  const char suffix[] = ".tmp.XXXXXX";
-  tmp.insert(tmp.end(), suffix, suffix + sizeof suffix);  // includes the terminating NUL
-  const int fd = ::mkstemp(tmp.data());
+  std::string tmp_path;
+  const int fd = detail::create_temporary(path, &tmp_path);
   if (fd < 0) {
     const int e = errno;
     return Status::io_error(path + ": cannot create a temporary file " + path + ".tmp.XXXXXX: " +
                             detail::errno_text(e));
   }
-  const std::string tmp_path(tmp.data());
   const auto fail = [&](const char* what, int e, bool close_fd) {
     if (close_fd) ::close(fd);
     ::unlink(tmp_path.c_str());
     return Status::io_error(path + ": " + what + " " + tmp_path + ": " + detail::errno_text(e));
   };
+  // A replaced file's mode is kept; a new file has the mode open(2) gave the temporary (0666
+  // less the umask).
   struct stat st;
-  const mode_t mode = (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode))
-                          ? mode_t(st.st_mode & 07777)
-                          : mode_t(0644);
-  if (::fchmod(fd, mode) != 0) return fail("cannot set the mode of", errno, true);
+  if (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
+      ::fchmod(fd, mode_t(st.st_mode & 07777)) != 0)
+    return fail("cannot set the mode of", errno, true);
   const char* p = data.data();
   std::size_t left = data.size();
   while (left > 0) {
