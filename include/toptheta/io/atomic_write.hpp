@@ -161,8 +161,7 @@ inline int create_temporary(const std::string& path, std::string* tmp_path) {
   struct timespec ts {};
   ::clock_gettime(CLOCK_REALTIME, &ts);
   std::uint64_t x = std::uint64_t(ts.tv_nsec) ^ (std::uint64_t(ts.tv_sec) << 30) ^
-                    (std::uint64_t(::getpid()) << 40) ^
-                    reinterpret_cast<std::uintptr_t>(tmp_path);
+                    (std::uint64_t(::getpid()) << 40) ^ reinterpret_cast<std::uintptr_t>(tmp_path);
   for (int attempt = 0; attempt < 1000; ++attempt) {
     // splitmix64 of the seed and a process-wide counter: distinct names per call and thread.
     std::uint64_t z = (x += 0x9E3779B97F4A7C15ull * (counter.fetch_add(1) + 1));
