@@ -52,28 +52,51 @@ step() {
 
 skip() { SUMMARY+=("SKIP  $1"); }
 
-# failed_tests PRESET: the names of the tests the last ctest run of PRESET failed, on one line.
+# failed_tests PRESET: the names of the tests the last ctest run of PRESET failed, on one line
+# (empty when it wrote no list).
 failed_tests() {
   local f="build/$1/Testing/Temporary/LastTestsFailed.log"
-  [[ -f $f ]] && cut -d: -f2- "$f" | paste -sd' ' -
+  if [[ -f $f ]]; then cut -d: -f2- "$f" | paste -sd' ' -; fi
 }
 
-# test_preset PRESET: ctest of one preset. Tests that fail run once more, alone (-j1): a test
-# that then passes is reported as FLAKY in the summary (the step passes; its first failure's
-# output is in the log above), one that fails again fails the step. The summary names the
-# failed tests either way, so the end of the log says which they were.
+# shortened WORDS...: the first 10 words, then "... (N in all)".
+shortened() {
+  if (($# <= 10)); then echo "$*"; else echo "${*:1:10} ... ($# in all)"; fi
+}
+
+# test_preset PRESET: ctest of one preset. Up to MAX_RERUN tests that fail run once more, alone
+# (-j1): a test that then passes is reported as FLAKY in the summary (its first failure's output
+# is in the log above), one that fails again fails the step. More failures than that are not run
+# again (a broken build would double the step's time). The summary names the failed tests
+# either way, so the end of the log says which they were.
+MAX_RERUN=20
 test_preset() {
-  local p=$1 names
+  local p=$1 names again t
+  local -a flaky=()
   rm -f "build/$p/Testing/Temporary/LastTestsFailed.log"
   ctest --preset "$p" --output-on-failure -j"$JOBS" && return 0
   names=$(failed_tests "$p")
   [[ -n $names ]] || return 1  # ctest itself failed: nothing to run again
+  # shellcheck disable=SC2086  # test names hold no spaces
+  set -- $names
+  if (($# > MAX_RERUN)); then
+    FAILED_TESTS+=("$p (not run again): $(shortened "$@")")
+    return 1
+  fi
   toptheta_warn "$p: failed: $names; running them once more, alone"
   if ctest --preset "$p" --rerun-failed --output-on-failure -j1; then
     FLAKY+=("$p: $names")
     return 0
   fi
-  FAILED_TESTS+=("$p: $(failed_tests "$p")")
+  again=$(failed_tests "$p")
+  if [[ -z $again ]]; then  # the rerun failed without a list: count every test as failed
+    FAILED_TESTS+=("$p (the rerun itself failed): $(shortened "$@")")
+    return 1
+  fi
+  for t in "$@"; do [[ " $again " == *" $t "* ]] || flaky+=("$t"); done
+  ((${#flaky[@]} == 0)) || FLAKY+=("$p: ${flaky[*]}")
+  # shellcheck disable=SC2086
+  FAILED_TESTS+=("$p: $(shortened $again)")
   return 1
 }
 

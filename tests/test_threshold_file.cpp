@@ -738,7 +738,10 @@ TEST(ThresholdFile, MalformedCorpusIsRejectedWithTheExpectedMessage) {
 TEST(AtomicSave, ReplacesAndKeepsMode) {
   TempDir dir;
   const std::string path = dir.file("t.toptheta");
-  const mode_t old_mask = ::umask(077);
+  struct UmaskGuard {  // restores the process's umask however the test ends
+    mode_t old = ::umask(077);
+    ~UmaskGuard() { ::umask(old); }
+  } guard;
   struct stat st;
   const std::vector<std::pair<mode_t, unsigned>> cases = {
       {077, 0600u}, {022, 0644u}, {002, 0664u}, {0, 0666u}};
@@ -752,7 +755,6 @@ TEST(AtomicSave, ReplacesAndKeepsMode) {
   ASSERT_EQ(::chmod(path.c_str(), 0600), 0);
   const ThresholdTable t2 = special_table(2);
   ASSERT_TRUE(save_thresholds(path, t2).ok());  // umask 0: the old mode is kept all the same
-  ::umask(old_mask);
   ASSERT_EQ(::stat(path.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
   ThresholdTable back;

@@ -613,8 +613,8 @@ inline CommandStatus run_eval_grid(const EvalGridOptions& o) {
   LLAMA2C_TRY(cmd::check_options(o.sequences));
   // The grid's lines first (syntax, distinct names, the flags that fail together, the threshold
   // files), before the model loads.
-  TextLines grid;
-  const toptheta::Status read = read_text_lines(o.grid, "--grid", &grid);
+  std::string grid;
+  const toptheta::Status read = read_text_file(o.grid, "--grid", &grid);
   if (!read.ok()) return CommandStatus::input(read.message());
   struct GridLine {
     std::string where;  ///< "--grid FILE:LINE"
@@ -625,7 +625,8 @@ inline CommandStatus run_eval_grid(const EvalGridOptions& o) {
   std::vector<GridLine> lines;
   std::map<std::string, int> first_line;  // setup name -> the line that gave it
   int ln = 0;
-  for (const std::string_view line : grid.lines) {
+  std::size_t pos = 0;
+  for (std::string_view line; next_line(grid, &pos, &line);) {
     ++ln;
     // Blank lines (only std::isspace characters) and comments, as in token files.
     const std::size_t nul = line.find('\0');

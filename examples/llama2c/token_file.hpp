@@ -63,52 +63,47 @@ inline std::string printable(std::string_view field) {
 /// newline, is an error rather than a read that takes all memory.
 inline constexpr std::size_t kMaxTextFileBytes = std::size_t(1) << 30;
 
-/// A text file and its lines: views into `text` (no second copy of a file of up to
-/// kMaxTextFileBytes). Not copyable or movable: a move could leave the views dangling.
-struct TextLines {
-  TextLines() = default;
-  TextLines(const TextLines&) = delete;
-  TextLines& operator=(const TextLines&) = delete;
-  std::string text;
-  std::vector<std::string_view> lines;
-};
-
-/// Reads the text file `path` (token file, grid file) whole, with toptheta::read_file() in
-/// text mode (reading stops after the first NUL byte, which the line's parser then refuses), at
-/// most kMaxTextFileBytes, and splits it into lines at '\n' (a last line without one counts).
+/// Reads the text file `path` (token file, grid file) whole into `*text`, with
+/// toptheta::read_file() in text mode (reading stops after the first NUL byte, which the line's
+/// parser then refuses), at most kMaxTextFileBytes; next_line() walks its lines.
 /// Errors: read_file()'s (kNotFound, kIoError, kDataLoss for a file over the limit), their
 /// message prefixed with `what`.
-inline Status read_text_lines(const std::string& path, const std::string& what, TextLines* out) {
-  out->lines.clear();
-  const Status s =
-      toptheta::read_file(path, &out->text, kMaxTextFileBytes, toptheta::FileContent::kText);
+inline Status read_text_file(const std::string& path, const std::string& what, std::string* text) {
+  const Status s = toptheta::read_file(path, text, kMaxTextFileBytes, toptheta::FileContent::kText);
   if (!s.ok()) return Status(s.code(), what + ": " + s.message());
-  const std::string_view text = out->text;
-  std::size_t start = 0;
-  while (start < text.size()) {
-    std::size_t end = text.find('\n', start);
-    if (end == std::string_view::npos) end = text.size();
-    out->lines.push_back(text.substr(start, end - start));
-    start = end + 1;
-  }
   return {};
+}
+
+/// The line of `text` that starts at `*pos` (lines end at '\n'; a last line without one
+/// counts): sets `*line` to it (a view, without the '\n') and `*pos` past it. False at the end.
+/// Walking the lines stores none of them: a file of tiny lines costs its own size, not a view
+/// or a string per line.
+inline bool next_line(std::string_view text, std::size_t* pos, std::string_view* line) {
+  if (*pos >= text.size()) return false;
+  std::size_t end = text.find('\n', *pos);
+  if (end == std::string_view::npos) end = text.size();
+  *line = text.substr(*pos, end - *pos);
+  *pos = end + 1;
+  return true;
 }
 
 /// Reads a token file: one sequence per line, whitespace-separated ids, BOS (1) first, between
 /// 2 and `max_len` tokens (the model's context; INT_MAX for no limit); blank lines (split_fields()
 /// finds no field) and lines whose first field starts with '#' are skipped. Errors name the file
 /// and the line; malformed content is kInvalidArgument (bad user input, not lost data); a file
-/// that cannot be read gives read_text_lines()'s errors ("token file: <path>: ...": kNotFound
+/// that cannot be read gives read_text_file()'s errors ("token file: <path>: ...": kNotFound
 /// when it does not exist, kIoError, kDataLoss over kMaxTextFileBytes).
 inline Status read_token_file(const std::string& path, int vocab_size, int max_len,
                               std::vector<Sequence>* out) {
-  TextLines file;
-  TOPTHETA_RETURN_IF_ERROR(read_text_lines(path, "token file", &file));
+  std::string text;
+  TOPTHETA_RETURN_IF_ERROR(read_text_file(path, "token file", &text));
   out->clear();
   int ln = 0;
-  for (const std::string_view line : file.lines) {
+  std::size_t pos = 0;
+  for (std::string_view line; next_line(text, &pos, &line);) {
     ++ln;
-    const std::string where = path + ":" + std::to_string(ln) + ": ";
+    // "path:line: ", built only for an error message.
+    const auto where = [&path, ln] { return path + ":" + std::to_string(ln) + ": "; };
     const std::vector<std::string> fields = split_fields(line);
     if (fields.empty() || fields.front()[0] == '#') continue;
     Sequence s;
@@ -118,21 +113,21 @@ inline Status read_token_file(const std::string& path, int vocab_size, int max_l
       // The whole field must be the number (a NUL byte inside it ends c_str() early); one out
       // of long's range saturates, outside the vocabulary.
       if (end != tok.c_str() + tok.size())
-        return Status::invalid_argument(where + "'" + printable(tok) +
+        return Status::invalid_argument(where() + "'" + printable(tok) +
                                         "' is not an integer token id");
       if (v < 0 || v >= vocab_size)
-        return Status::invalid_argument(where + "token id " + tok + " outside the vocabulary [0, " +
+        return Status::invalid_argument(where() + "token id " + tok + " outside the vocabulary [0, " +
                                         std::to_string(vocab_size) + ")");
       s.push_back(std::int32_t(v));
     }
     if (!s.empty() && s.front() != kBos)
-      return Status::invalid_argument(where + "a sequence must start with BOS (1), got " +
+      return Status::invalid_argument(where() + "a sequence must start with BOS (1), got " +
                                       std::to_string(s.front()));
     if (s.size() < 2)
-      return Status::invalid_argument(where + "sequence of " + std::to_string(s.size()) +
+      return Status::invalid_argument(where() + "sequence of " + std::to_string(s.size()) +
                                       " token: a sequence needs BOS and at least one more token");
     if (s.size() > std::size_t(max_len))
-      return Status::invalid_argument(where + "sequence of " + std::to_string(s.size()) +
+      return Status::invalid_argument(where() + "sequence of " + std::to_string(s.size()) +
                                       " tokens exceeds the model's context of " +
                                       std::to_string(max_len));
     out->push_back(std::move(s));

@@ -152,10 +152,11 @@ inline bool same_file_path(const std::string& a, const std::string& b) {
 #if TOPTHETA_IO_POSIX
 namespace detail {
 /// Creates a new file `path.tmp.XXXXXX` (six random letters or digits; O_EXCL, retried on a
-/// name that exists) with mode 0666 less the umask, as open(2) creates any file: mkstemp's 0600
-/// would need the umask to widen, and reading the umask means setting it, which races with
-/// other threads. Returns the descriptor and sets `*tmp_path`, or -1 with errno set.
-inline int create_temporary(const std::string& path, std::string* tmp_path) {
+/// name that exists) with open(2)'s `mode` (less the umask). A new target's 0666 gets the umask
+/// this way: mkstemp's 0600 would need the umask to widen, and reading the umask means setting
+/// it, which races with other threads. Returns the descriptor and sets `*tmp_path`, or -1 with
+/// errno set.
+inline int create_temporary(const std::string& path, mode_t mode, std::string* tmp_path) {
   static std::atomic<std::uint64_t> counter{0};
   const char* const alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
   struct timespec ts {};
@@ -170,7 +171,7 @@ inline int create_temporary(const std::string& path, std::string* tmp_path) {
     z ^= z >> 31;
     std::string name = path + ".tmp.";
     for (int i = 0; i < 6; ++i, z /= 62) name += alphabet[z % 62];
-    const int fd = ::open(name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    const int fd = ::open(name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
     if (fd >= 0) {
       *tmp_path = std::move(name);
       return fd;
@@ -199,8 +200,15 @@ inline Status stage_file(const std::string& path, std::string_view data, StagedF
       return Status::io_error(path + ": is " + detail::non_regular_file_kind(lst.st_mode) +
                               ", not a regular file; it is not replaced");
   }
+  // A new file gets 0666 less the umask, as open(2) gives any file. A replaced file keeps its
+  // mode: the temporary is created with at most its permission bits (the umask may narrow them,
+  // never widen them: another user who could open the temporary before a fchmod narrowed it
+  // would read what is written next), then set to exactly them.
+  struct stat st;
+  const bool replacing = ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
   std::string tmp_path;
-  const int fd = detail::create_temporary(path, &tmp_path);
+  const int fd =
+      detail::create_temporary(path, replacing ? mode_t(st.st_mode & 0777) : 0666, &tmp_path);
   if (fd < 0) {
     const int e = errno;
     return Status::io_error(path + ": cannot create a temporary file " + path + ".tmp.XXXXXX: " +
@@ -211,11 +219,7 @@ inline Status stage_file(const std::string& path, std::string_view data, StagedF
     ::unlink(tmp_path.c_str());
     return Status::io_error(path + ": " + what + " " + tmp_path + ": " + detail::errno_text(e));
   };
-  // A replaced file's mode is kept; a new file has the mode open(2) gave the temporary (0666
-  // less the umask).
-  struct stat st;
-  if (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
-      ::fchmod(fd, mode_t(st.st_mode & 07777)) != 0)
+  if (replacing && ::fchmod(fd, mode_t(st.st_mode & 07777)) != 0)
     return fail("cannot set the mode of", errno, true);
   const char* p = data.data();
   std::size_t left = data.size();
