@@ -15,8 +15,8 @@
 #   8. `aarch64` preset: the kernel tests cross-compiled for AArch64 (NEON path) and run under
 #      qemu-user (scripts/test_aarch64.sh); skipped with a note when the cross compiler or qemu
 #      cannot be installed.
-# A test that fails runs once more, alone: if it passes then, the summary lists it as FLAKY and
-# the step passes; if it fails again, the step fails and the summary names it.
+# Failed tests (up to 20 per step) run once more, alone: a test that passes then is listed as
+# FLAKY in the summary and the step passes; one that fails again fails the step and is named.
 # Prints a summary and exits non-zero if any step failed (later steps still run).
 #
 # Environment:
