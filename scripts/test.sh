@@ -96,7 +96,7 @@ test_preset() {
   for t in "$@"; do [[ " $again " == *" $t "* ]] || flaky+=("$t"); done
   ((${#flaky[@]} == 0)) || FLAKY+=("$p: ${flaky[*]}")
   # shellcheck disable=SC2086
-  FAILED_TESTS+=("$p: $(shortened $again)")
+  FAILED_TESTS+=("$p (failed twice): $(shortened $again)")
   return 1
 }
 
@@ -173,7 +173,7 @@ for line in "${FLAKY[@]}"; do
   echo "  FLAKY (failed, then passed alone; see its output above): $line"
 done
 for line in "${FAILED_TESTS[@]}"; do
-  echo "  FAILED TESTS (twice): $line"
+  echo "  FAILED TESTS: $line"
 done
 if [[ $FAILED -ne 0 ]]; then
   echo "RESULT: FAILED"

@@ -116,7 +116,8 @@ inline Status read_token_file(const std::string& path, int vocab_size, int max_l
         return Status::invalid_argument(where() + "'" + printable(tok) +
                                         "' is not an integer token id");
       if (v < 0 || v >= vocab_size)
-        return Status::invalid_argument(where() + "token id " + tok + " outside the vocabulary [0, " +
+        return Status::invalid_argument(where() + "token id " + tok +
+                                        " outside the vocabulary [0, " +
                                         std::to_string(vocab_size) + ")");
       s.push_back(std::int32_t(v));
     }
