@@ -940,6 +940,149 @@ TEST(CalibratorMerge, RejectsIncompatibleCalibrators) {
       a.merge(Calibrator(cal_options(2, 4, 5, Placement::kPreSoftmax, TacMode::kOff))).ok());
 }
 
+// Thresholds are in units of the scaled scores, so a table is only valid for the head_dim and
+// score scale it was calibrated with (semantics §8): the kernels' kCalibrate calls record both,
+// finalize*() write them into the tables, and a Top-θ call of another head_dim or effective
+// scale is refused instead of keeping another set of keys. Clearing the metadata is the explicit
+// way to apply a table anyway.
+TEST(CalibratorGeometry, KernelCallsRecordItAndTopThetaCallsMustMatchIt) {
+  ProblemSpec sp;
+  sp.T = 16;
+  sp.P = 8;
+  sp.Hq = 2;
+  sp.Hkv = 1;
+  sp.d = 16;
+  sp.seed = 17;
+  const Problem<float> p = make_problem<float>(sp);
+  for (Placement pl : {Placement::kPreSoftmax, Placement::kPostSoftmax}) {
+    Calibrator cal(cal_options(1, sp.Hq, 4, pl, TacMode::kOn));
+    EXPECT_EQ(cal.recorded_head_dim(), 0);
+    EXPECT_EQ(cal.recorded_score_scale(), 0.0);
+    AttentionOptions co;
+    co.mode = AttentionMode::kCalibrate;
+    co.calibrator = &cal;
+    const auto args = p.args();
+    ASSERT_TRUE(prefill(args, co).ok());
+    EXPECT_EQ(cal.recorded_head_dim(), 16);
+    EXPECT_EQ(cal.recorded_score_scale(), 0.25);  // 1/sqrt(16): args.scale is 0
+    // An explicit scale equal to the default agrees; another one is refused before any row is
+    // observed, and leaves the calibrator usable.
+    auto same = args;
+    same.scale = 0.25;
+    ASSERT_TRUE(prefill(same, co).ok());
+    const std::uint64_t rows = cal.rows_used();
+    auto other = args;
+    other.scale = 0.3;
+    const Status cs = prefill(other, co);
+    EXPECT_EQ(cs.code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(cs.message().find("the calibrator's earlier calls recorded score scale 0.25, the "
+                                "call's effective score scale is 0.3"),
+              std::string::npos)
+        << cs.message();
+    EXPECT_EQ(cal.rows_used(), rows);
+    ThresholdTable t;
+    ASSERT_TRUE(cal.finalize(&t).ok());
+    EXPECT_EQ(t.metadata().head_dim, 16);
+    EXPECT_EQ(t.metadata().score_scale, 0.25);
+
+    // Top-θ with the table: the calibration geometry runs, another one is refused.
+    const auto with_table = [](const ThresholdTable& table) {
+      AttentionOptions r = toptheta_options(table);
+      r.vbar = VbarSource::kSumCache;  // the problem keeps no running V sum
+      return r;
+    };
+    const AttentionOptions o = with_table(t);
+    EXPECT_TRUE(prefill(args, o).ok());
+    EXPECT_TRUE(prefill(same, o).ok());
+    const Status ss = prefill(other, o);
+    EXPECT_EQ(ss.code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(ss.message().find("the threshold table recorded score scale 0.25, the call's "
+                                "effective score scale is 0.3"),
+              std::string::npos)
+        << ss.message();
+    // Within kScoreScaleTolerance (float rounding of 1/sqrt(d)) is the same scale.
+    auto rounded = args;
+    rounded.scale = double(1.0f / std::sqrt(16.0f)) * (1 + 1e-7);
+    EXPECT_TRUE(prefill(rounded, o).ok());
+    ProblemSpec sp8 = sp;
+    sp8.d = 8;
+    const Problem<float> p8 = make_problem<float>(sp8);
+    const Status ds = prefill(p8.args(), o);
+    EXPECT_EQ(ds.code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(ds.message().find("the threshold table recorded head_dim 16, the call has head_dim 8"),
+              std::string::npos)
+        << ds.message();
+    // Decode checks the same.
+    ProblemSpec one = sp8;
+    one.T = 1;
+    const Problem<float> d8 = make_problem<float>(one);
+    EXPECT_EQ(decode(d8.args(), o).code(), StatusCode::kInvalidArgument);
+    // Clearing the recorded geometry applies the table anyway: the caller's explicit choice.
+    ThresholdTable any = t;
+    any.metadata().head_dim = 0;
+    any.metadata().score_scale = 0;
+    EXPECT_TRUE(prefill(other, with_table(any)).ok());
+    EXPECT_TRUE(prefill(p8.args(), with_table(any)).ok());
+
+    // A call of another geometry that reaches the calibrator anyway (another thread recorded
+    // first) is recorded as rejected, so finalize*() fail.
+    Calibrator raced(cal_options(1, sp.Hq, 4, pl, TacMode::kOn));
+    raced.record_call_geometry(16, 0.25);
+    raced.record_call_geometry(16, 0.25);
+    EXPECT_TRUE(raced.observe_status().ok());
+    raced.record_call_geometry(8, 1 / std::sqrt(8.0));
+    const Status rs = raced.observe_status();
+    EXPECT_EQ(rs.code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(rs.message().find("recorded head_dim 16, the call has head_dim 8"), std::string::npos)
+        << rs.message();
+    ThresholdTable rt;
+    EXPECT_FALSE(raced.finalize(&rt).ok());
+
+    // Merging: calibrators of different geometry are refused; one fed through observe_scores()
+    // (no geometry) merges and takes the other's.
+    Calibrator small(cal_options(1, sp.Hq, 4, pl, TacMode::kOn));
+    AttentionOptions so = co;
+    so.calibrator = &small;
+    ASSERT_TRUE(prefill(p8.args(), so).ok());
+    Calibrator copy = cal;
+    const Status ms = copy.merge(small);
+    EXPECT_EQ(ms.code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(ms.message().find("head_dim 16, score scale 0.25 and head_dim 8"), std::string::npos)
+        << ms.message();
+    EXPECT_EQ(copy.rows_used(), cal.rows_used()) << "a refused merge adds nothing";
+    Calibrator fresh(cal_options(1, sp.Hq, 4, pl, TacMode::kOn));
+    ASSERT_TRUE(fresh.merge(cal).ok());
+    EXPECT_EQ(fresh.recorded_head_dim(), 16);
+    EXPECT_EQ(fresh.recorded_score_scale(), 0.25);
+
+    // The SDC pass's thresholds carry the geometry of the first pass.
+    CalibrationOptions second = cal_options(1, sp.Hq, 4, pl, TacMode::kOn);
+    second.sdc_thresholds = &t;
+    Calibrator pass2(second);
+    AttentionOptions o2 = co;
+    o2.calibrator = &pass2;
+    EXPECT_TRUE(prefill(args, o2).ok());
+    const Status s2 = prefill(p8.args(), o2);
+    EXPECT_EQ(s2.code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(s2.message().find("CalibrationOptions::sdc_thresholds recorded head_dim 16"),
+              std::string::npos)
+        << s2.message();
+
+    // Tables of one set share the geometry.
+    ThresholdSet set;
+    ASSERT_TRUE(set.add(t).ok());
+    ThresholdTable t2 = t;
+    for (Index l = 0; l < t2.num_layers(); ++l) ASSERT_TRUE(t2.set_k(l, 8).ok());
+    t2.metadata().score_scale = 0.5;
+    EXPECT_EQ(set.add(t2).code(), StatusCode::kInvalidArgument);
+    t2.metadata().score_scale = std::nan("");
+    EXPECT_EQ(t2.validate().code(), StatusCode::kInvalidArgument);
+    t2.metadata().score_scale = 0.25;
+    t2.metadata().head_dim = -1;
+    EXPECT_EQ(t2.validate().code(), StatusCode::kInvalidArgument);
+  }
+}
+
 // The sampling fraction is seeded: the same seed reproduces the table bit for bit, another seed
 // samples other rows, and about the requested fraction of rows is used.
 TEST(CalibratorSampling, SeededAndReproducible) {

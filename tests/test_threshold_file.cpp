@@ -161,6 +161,88 @@ TEST(NativeFormat, RoundTripIsBitExact) {
   }
 }
 
+// The geometry the calibrator records (head_dim, score scale; semantics §8) is two optional
+// header lines in both native versions: absent when not recorded, so such files stay readable
+// by older readers; written and read back bit-exactly; malformed values name file and line.
+TEST(NativeFormat, RecordedGeometryIsOptionalAndRoundTripsInBothVersions) {
+  ThresholdTable per_length(1, 1, 4);
+  ThresholdEntry e;
+  e.length = 9;
+  e.theta = 0.5;
+  e.samples = 3;
+  ASSERT_TRUE(per_length.set(0, 0, e).ok());
+  ThresholdTable compact = ThresholdTable::compact(1, 1, 4);
+  ThresholdCurve c;
+  c.knots.push_back({9, 0.5, 3});
+  c.knots.push_back({20, 0.75, 5});
+  ASSERT_TRUE(compact.set_curve(0, 0, c).ok());
+  for (ThresholdTable* t : {&per_length, &compact}) {
+    const char* version = t->is_compact() ? "version 2" : "version 1";
+    std::string text;
+    ASSERT_TRUE(format_native_thresholds(*t, &text).ok());
+    EXPECT_EQ(text.find("head_dim"), std::string::npos) << version;
+    EXPECT_EQ(text.find("score_scale"), std::string::npos) << version;
+    t->metadata().head_dim = 128;
+    t->metadata().score_scale = 1 / std::sqrt(128.0);
+    ASSERT_TRUE(format_native_thresholds(*t, &text).ok());
+    EXPECT_NE(text.find("\nhead_dim 128\nscore_scale 0.08838834764831843\n"), std::string::npos)
+        << text;
+    ThresholdTable back;
+    const Status s = parse_thresholds(text, "mem", &back);
+    ASSERT_TRUE(s.ok()) << s.to_string();
+    EXPECT_EQ(back.metadata().head_dim, 128);
+    EXPECT_EQ(bits(back.metadata().score_scale), bits(1 / std::sqrt(128.0)));
+    EXPECT_TRUE(thresholds_identical(*t, back));
+    back.metadata().head_dim = 64;
+    EXPECT_FALSE(thresholds_identical(*t, back)) << "the comparison sees head_dim";
+    back.metadata().head_dim = 128;
+    back.metadata().score_scale = 0.125;
+    EXPECT_FALSE(thresholds_identical(*t, back)) << "the comparison sees score_scale";
+    // Malformed values, each on the 'head_dim' / 'score_scale' line.
+    const Index line = [&] {
+      Index n = 1;
+      for (std::size_t i = 0; i < text.find("\nhead_dim"); ++i) n += text[i] == '\n';
+      return n + 1;
+    }();
+    const std::pair<std::string, std::string> bad[] = {
+        {"head_dim 0", "'head_dim' must be an integer in [1, 1048576], got '0'"},
+        {"head_dim -8", "'head_dim' must be an integer in [1, 1048576], got '-8'"},
+        {"head_dim 12.5", "'head_dim' must be an integer in [1, 1048576], got '12.5'"},
+        {"head_dim 99999999999999999999",
+         "'head_dim' must be an integer in [1, 1048576], got '99999999999999999999'"},
+        {"head_dim", "'head_dim' takes exactly one value"},
+        {"score_scale nan", "'score_scale' must be a finite number > 0, got 'nan'"},
+        {"score_scale 0", "'score_scale' must be a finite number > 0, got '0'"},
+        {"score_scale -0.125", "'score_scale' must be a finite number > 0, got '-0.125'"},
+        {"score_scale inf", "'score_scale' must be a finite number > 0, got 'inf'"},
+        {"score_scale 0.1x", "'score_scale' must be a finite number > 0, got '0.1x'"},
+    };
+    for (const auto& [replacement, want] : bad) {
+      std::string broken = text;
+      const std::string old_line = replacement.rfind("head_dim", 0) == 0 ? "head_dim 128"
+                                                                        : "score_scale 0.08838834764831843";
+      broken.replace(broken.find(old_line), old_line.size(), replacement);
+      const Index at = replacement.rfind("head_dim", 0) == 0 ? line : line + 1;
+      ThresholdTable untouched;
+      const Status bs = parse_thresholds(broken, "f", &untouched);
+      EXPECT_EQ(bs.code(), StatusCode::kDataLoss) << version << ": " << replacement;
+      EXPECT_NE(bs.message().find("f:" + std::to_string(at) + ": " + want), std::string::npos)
+          << version << ": " << bs.message();
+    }
+    std::string twice = text;
+    twice.insert(twice.find("head_dim 128"), "head_dim 128\n");
+    EXPECT_NE(parse_thresholds(twice, "f", &back).message().find("duplicate header key 'head_dim'"),
+              std::string::npos)
+        << version;
+    // A table whose metadata no file could hold is not written.
+    t->metadata().score_scale = -1;
+    EXPECT_EQ(format_native_thresholds(*t, &text).code(), StatusCode::kInvalidArgument) << version;
+    t->metadata().score_scale = 0.125;
+    t->metadata().head_dim = kMaxRecordedHeadDim + 1;
+    EXPECT_EQ(format_native_thresholds(*t, &text).code(), StatusCode::kInvalidArgument) << version;
+  }
+}
+
 TEST(NativeFormat, AcceptsCommentsBlankLinesCrlfAndAnyHeaderOrder) {
   const std::string text =
       "toptheta-thresholds 1\r\n"

@@ -134,6 +134,10 @@ inline ThresholdTable special_table(std::uint64_t seed = 1, bool all_sdc = false
     const Index layer = Index(i % 2), head = Index((i / 2) % 3);
     EXPECT_TRUE(t.set(layer, head, e).ok());
   }
+  if (seed % 2 == 0) {  // recorded geometry, with a scale that needs all 17 digits
+    t.metadata().head_dim = 100 + Index(seed % 7);
+    t.metadata().score_scale = 1.0 / std::sqrt(double(t.metadata().head_dim)) * (1 + 0x1p-52);
+  }
   return t;
 }
 

@@ -79,6 +79,13 @@ struct AttentionArgs {
   Index cache_heads() const { return paged.empty() ? k.heads : paged.heads; }
 };
 
+/// The factor a call applies to q·k (semantics §2): `args.scale`, or 1/sqrt(head_dim) when it
+/// is 0. Threshold tables record it (ThresholdMetadata::score_scale) and calls must match it.
+template <class Args>
+double effective_score_scale(const Args& args) {
+  return args.scale > 0 ? args.scale : 1.0 / std::sqrt(double(args.q.dim));
+}
+
 /// The library's recommended Top-θ variant for a calibrated table: post-softmax placement
 /// (taken from the table) with VMC, no SDC, keep-max empty rows. Chosen from the real-model
 /// evaluation (docs/results.md): post-softmax + VMC had the lowest perplexity cost at every k
@@ -556,6 +563,12 @@ Status validate(const AttentionArgs<T, Q>& args, const AttentionOptions& opt) {
       if (opt.sdc == SdcMode::kCalibrated && opt.placement == Placement::kPreSoftmax &&
           !t.has_sdc())
         return Status::invalid_argument("calibrated SDC needs SDC terms in the threshold table");
+      // Thresholds are in units of the scaled scores: a table calibrated at another head_dim or
+      // score scale would keep a different set of keys, silently (semantics §8).
+      TOPTHETA_RETURN_IF_ERROR(detail::check_geometry(t.metadata().head_dim,
+                                                      t.metadata().score_scale, args.q.dim,
+                                                      effective_score_scale(args),
+                                                      "the threshold table"));
       break;
     }
     case AttentionMode::kCalibrate: {
@@ -569,6 +582,8 @@ Status validate(const AttentionArgs<T, Q>& args, const AttentionOptions& opt) {
       if (opt.sdc == SdcMode::kCalibrated)
         return Status::invalid_argument("calibrated SDC cannot be used while calibrating");
       TOPTHETA_RETURN_IF_ERROR(opt.calibrator->validate());
+      TOPTHETA_RETURN_IF_ERROR(
+          opt.calibrator->check_call_geometry(args.q.dim, effective_score_scale(args)));
       break;
     }
   }

@@ -480,12 +480,67 @@ class Calibrator {
         (rejected_.count == 1 ? "" : "s") + "; the first: " + rejected_.first);
   }
 
+  /// head_dim of the kernel calls observed so far (kCalibrate), 0 before the first call and for
+  /// a calibrator fed only through observe_row() / observe_scores(). finalize*() write it into
+  /// the tables' metadata, and Top-θ calls with the tables must match it (semantics §8).
+  Index recorded_head_dim() const {
+    std::lock_guard<std::mutex> g(rejected_.m);
+    return rejected_.head_dim;
+  }
+  /// Effective score scale of the kernel calls observed so far (`AttentionArgs::scale`, or
+  /// 1/sqrt(head_dim) when that is 0), 0 before the first call; as recorded_head_dim().
+  double recorded_score_scale() const {
+    std::lock_guard<std::mutex> g(rejected_.m);
+    return rejected_.score_scale;
+  }
+
+  /// Ok when a kCalibrate call of head_dim `d` and effective score scale `scale` agrees with the
+  /// geometry recorded so far and with the SDC pass's thresholds (sdc_thresholds /
+  /// sdc_threshold_set, when they record one); else kInvalidArgument naming both. The kernels'
+  /// validate() calls it, so a disagreeing call observes nothing.
+  Status check_call_geometry(Index d, double scale) const {
+    if (opts_.sdc_thresholds)
+      TOPTHETA_RETURN_IF_ERROR(detail::check_geometry(
+          opts_.sdc_thresholds->metadata().head_dim, opts_.sdc_thresholds->metadata().score_scale,
+          d, scale, "CalibrationOptions::sdc_thresholds"));
+    if (opts_.sdc_threshold_set)
+      for (const ThresholdTable& t : opts_.sdc_threshold_set->tables())
+        TOPTHETA_RETURN_IF_ERROR(detail::check_geometry(t.metadata().head_dim,
+                                                        t.metadata().score_scale, d, scale,
+                                                        "CalibrationOptions::sdc_threshold_set"));
+    std::lock_guard<std::mutex> g(rejected_.m);
+    return detail::check_geometry(rejected_.head_dim, rejected_.score_scale, d, scale,
+                                  "the calibrator's earlier calls");
+  }
+
+  /// Records the geometry of a kCalibrate kernel call (the kernels call it once per call, before
+  /// its rows): the first call's is kept; a call that disagrees with it (which validate() has
+  /// refused unless another thread recorded first) is recorded as rejected (observe_status()),
+  /// so finalize*() fail.
+  void record_call_geometry(Index d, double scale) {
+    std::string problem;
+    {
+      std::lock_guard<std::mutex> g(rejected_.m);
+      if (rejected_.head_dim == 0) {
+        rejected_.head_dim = d;
+        rejected_.score_scale = scale;
+        return;
+      }
+      const Status e = detail::check_geometry(rejected_.head_dim, rejected_.score_scale, d, scale,
+                                              "the calibrator's earlier calls");
+      if (e.ok()) return;
+      problem = "kernel call: " + e.message();
+    }
+    reject(std::move(problem));
+  }
+
   /// Adds the observations of `other` (same options; `lambda` and the compact fit's options are
   /// this calibrator's at finalize*()). With sample_fraction 1 it is equivalent, up to rounding,
   /// to having observed both streams with one calibrator. With sampling each calibrator draws its
   /// own coins (keyed on its own row count), so the merge keeps the same expected fraction of the
   /// rows but not the rows one calibrator would have kept; give shards different seeds, or their
-  /// coins repeat row for row. kInvalidArgument for a different shape, budgets, per_length or
+  /// coins repeat row for row. kInvalidArgument for kernel calls of another head_dim or score
+  /// scale (recorded_head_dim()), a different shape, budgets, per_length or
   /// buckets_per_octave, placement, sample_fraction, or SDC pass.
   Status merge(const Calibrator& other) {
     if (other.opts_.num_layers != opts_.num_layers || other.opts_.num_heads != opts_.num_heads)
@@ -507,13 +562,26 @@ class Calibrator {
     if ((other.opts_.sdc_thresholds == nullptr) != (opts_.sdc_thresholds == nullptr) ||
         (other.opts_.sdc_threshold_set == nullptr) != (opts_.sdc_threshold_set == nullptr))
       return Status::invalid_argument("cannot merge a calibrator with SDC terms and one without");
-    for (std::size_t i = 0; i < rows_seen_.size(); ++i) rows_seen_[i] += other.rows_seen_[i];
+    const RejectLog theirs(other.rejected_);  // copied under other's lock
     {
-      RejectLog theirs(other.rejected_);  // copied under other's lock
       std::lock_guard<std::mutex> g(rejected_.m);
+      if (theirs.head_dim != 0 &&
+          !detail::check_geometry(rejected_.head_dim, rejected_.score_scale, theirs.head_dim,
+                                  theirs.score_scale, "")
+               .ok())
+        return Status::invalid_argument(
+            "cannot merge calibrators whose kernel calls had different geometry: head_dim " +
+            std::to_string(rejected_.head_dim) + ", score scale " + number(rejected_.score_scale) +
+            " and head_dim " + std::to_string(theirs.head_dim) + ", score scale " +
+            number(theirs.score_scale));
       if (rejected_.count == 0) rejected_.first = theirs.first;
       rejected_.count += theirs.count;
+      if (rejected_.head_dim == 0) {
+        rejected_.head_dim = theirs.head_dim;
+        rejected_.score_scale = theirs.score_scale;
+      }
     }
+    for (std::size_t i = 0; i < rows_seen_.size(); ++i) rows_seen_[i] += other.rows_seen_[i];
     for (std::size_t i = 0; i < heads_.size(); ++i) {
       HeadAcc& a = heads_[i];
       const HeadAcc& b = other.heads_[i];
@@ -660,6 +728,9 @@ class Calibrator {
     t->metadata().lambda = opts_.lambda;
     t->metadata().calibration_rows = rows_used_of(si);
     t->metadata().model_id = opts_.model_id;
+    std::lock_guard<std::mutex> g(rejected_.m);
+    t->metadata().head_dim = rejected_.head_dim;
+    t->metadata().score_scale = rejected_.score_scale;
   }
   ThresholdTable finalize_set(std::size_t si) const {
     ThresholdTable t(opts_.num_layers, opts_.num_heads, opts_.default_k);
@@ -742,16 +813,21 @@ class Calibrator {
     std::lock_guard<std::mutex> g(rejected_.m);
     if (rejected_.count++ == 0) rejected_.first = std::move(what);
   }
-  // Rows the observe_* calls rejected (observe_status()); thread-safe, copied with the calibrator.
+  // Rows the observe_* calls rejected (observe_status()) and the geometry of the kernel calls
+  // (record_call_geometry(); 0 = none yet); thread-safe, copied with the calibrator.
   struct RejectLog {
     mutable std::mutex m;
     std::uint64_t count = 0;
     std::string first;
+    Index head_dim = 0;
+    double score_scale = 0.0;
     RejectLog() = default;
     RejectLog(const RejectLog& o) {
       std::lock_guard<std::mutex> g(o.m);
       count = o.count;
       first = o.first;
+      head_dim = o.head_dim;
+      score_scale = o.score_scale;
     }
     RejectLog& operator=(const RejectLog& o) {
       if (this != &o) {
@@ -759,6 +835,8 @@ class Calibrator {
         std::lock_guard<std::mutex> g(m);
         count = c.count;
         first = std::move(c.first);
+        head_dim = c.head_dim;
+        score_scale = c.score_scale;
       }
       return *this;
     }

@@ -100,7 +100,47 @@ struct ThresholdMetadata {
   std::string model_id;                  ///< optional free text, no newlines
   std::string notes;                     ///< optional free text, no newlines
   int buckets_per_octave = 0;            ///< compact tables: length buckets per octave (else 0)
+  /// head_dim d of the calls the thresholds were calibrated on; 0 = not recorded. Recorded by
+  /// the calibrator from its kernel calls (kCalibrate); a Top-θ call with another head_dim is
+  /// refused (semantics §8).
+  Index head_dim = 0;
+  /// Score scale of the calibration calls: the factor applied to q·k before the §2 rules
+  /// (`AttentionArgs::scale`, or 1/sqrt(d) when that is 0); 0 = not recorded. Thresholds are
+  /// in units of the scaled scores (pre-softmax) or of the probabilities they give
+  /// (post-softmax), so a Top-θ call whose effective scale differs by more than a relative
+  /// kScoreScaleTolerance is refused (semantics §8).
+  double score_scale = 0.0;
 };
+
+/// Largest head_dim a table records (and its files hold).
+inline constexpr Index kMaxRecordedHeadDim = Index(1) << 20;
+
+/// Relative difference between a table's recorded score scale and a call's effective scale
+/// above which the call is refused (float rounding of 1/sqrt(d) is far below it).
+inline constexpr double kScoreScaleTolerance = 1e-6;
+
+namespace detail {
+
+/// Ok when thresholds recorded with geometry (`head_dim`, `score_scale`; 0 = not recorded) may
+/// serve calls with head_dim `d` and effective score scale `scale`; else kInvalidArgument
+/// naming both values. `what` names the thresholds in the message. Allocates only on error.
+inline Status check_geometry(Index head_dim, double score_scale, Index d, double scale,
+                             const char* what) {
+  if (head_dim != 0 && head_dim != d)
+    return Status::invalid_argument(std::string(what) + " recorded head_dim " + std::to_string(head_dim) +
+                                    ", the call has head_dim " + std::to_string(d));
+  if (score_scale != 0 && !(std::fabs(scale - score_scale) <= kScoreScaleTolerance * score_scale)) {
+    char buf[96];
+    std::snprintf(buf, sizeof(buf), "%.9g, the call's effective score scale is %.9g", score_scale,
+                  scale);
+    return Status::invalid_argument(std::string(what) + " recorded score scale " + buf +
+                                    " (args.scale, or 1/sqrt(head_dim) when it is 0): thresholds "
+                                    "are in units of the scaled scores");
+  }
+  return {};
+}
+
+}  // namespace detail
 
 namespace detail {
 
@@ -478,6 +518,12 @@ class ThresholdTable {
       if (layer_k_[static_cast<std::size_t>(l)] < 1)
         return Status::invalid_argument("layer " + std::to_string(l) + " has k < 1");
     if (!std::isfinite(metadata_.lambda)) return Status::invalid_argument("lambda is not finite");
+    if (metadata_.head_dim < 0 || metadata_.head_dim > kMaxRecordedHeadDim)
+      return Status::invalid_argument("metadata head_dim " + std::to_string(metadata_.head_dim) +
+                                      " must be in [0, " + std::to_string(kMaxRecordedHeadDim) +
+                                      "] (0: not recorded)");
+    if (!(std::isfinite(metadata_.score_scale) && metadata_.score_scale >= 0))
+      return Status::invalid_argument("metadata score_scale must be finite and >= 0 (0: not recorded)");
     if (is_compact()) {
       for (Index l = 0; l < num_layers_; ++l)
         for (Index h = 0; h < num_heads_; ++h)
@@ -707,7 +753,8 @@ class ThresholdSet {
       if (t.nominal_k() == k) return &t;
     return nullptr;
   }
-  /// Adds a table (validated); its shape, placement and form must match the set's, its k be new.
+  /// Adds a table (validated); its shape, placement, form, head_dim and score scale must match
+  /// the set's, its k be new.
   Status add(ThresholdTable t) {
     TOPTHETA_RETURN_IF_ERROR(t.validate());
     if (!tables_.empty()) {
@@ -720,6 +767,10 @@ class ThresholdSet {
       if (f.placement() != t.placement() || f.form() != t.form())
         return Status::invalid_argument(
             "ThresholdSet: tables of one set share placement and form");
+      if (f.metadata().head_dim != t.metadata().head_dim ||
+          f.metadata().score_scale != t.metadata().score_scale)
+        return Status::invalid_argument(
+            "ThresholdSet: tables of one set share head_dim and score scale (metadata)");
       if (find(t.nominal_k()))
         return Status::invalid_argument("ThresholdSet: k = " + std::to_string(t.nominal_k()) +
                                         " is already in the set");

@@ -11,6 +11,8 @@
 ///     calibration_rows 1000
 ///     model my-model            (optional)
 ///     notes free text           (optional)
+///     head_dim 128              (optional: recorded by the calibrator)
+///     score_scale 0.08838834764831843  (optional: recorded by the calibrator)
 ///     dense_heads 1 1           (optional, one line per layer: heads declared dense)
 ///     entries 3
 ///     0 0 65 0.8125 12
@@ -81,6 +83,7 @@ inline Status format_native_thresholds(const ThresholdTable& table, std::string*
   detail::append_double(&s, md.lambda);
   s += "\ncalibration_rows " + std::to_string(md.calibration_rows) + "\n";
   detail::append_metadata_texts(&s, md);
+  detail::append_geometry(&s, md);
   detail::append_dense_heads(&s, table);
   s += "entries " + std::to_string(table.size()) + "\n";
   s += "# layer head length theta samples [sdc]\n";
@@ -163,9 +166,11 @@ inline Status parse_native_thresholds(std::string_view text, const std::string& 
                        " (this library reads versions 1 and 2)");
 
   // --- header
-  enum Key { kPlacement, kLayers, kHeads, kK, kLambda, kRows, kModel, kNotes, kNumKeys };
-  static const char* const key_names[kNumKeys] = {"placement", "layers", "heads", "k",
-                                                  "lambda", "calibration_rows", "model", "notes"};
+  enum Key { kPlacement, kLayers, kHeads, kK, kLambda, kRows, kModel, kNotes, kHeadDim, kScoreScale, kNumKeys };
+  static const char* const key_names[kNumKeys] = {"placement", "layers",   "heads",
+                                                  "k",         "lambda",   "calibration_rows",
+                                                  "model",     "notes",    "head_dim",
+                                                  "score_scale"};
   Index key_line[kNumKeys] = {};
   Placement placement = Placement::kPreSoftmax;
   Index layers = 0, heads = 0;
@@ -173,6 +178,8 @@ inline Status parse_native_thresholds(std::string_view text, const std::string& 
   double lambda = 0.0;
   std::uint64_t rows = 0;
   std::string model, notes;
+  Index head_dim = 0;
+  double score_scale = 0.0;
   std::uint64_t declared = 0;
   Index entries_line = 0;
   struct DenseRange {
@@ -275,6 +282,10 @@ inline Status parse_native_thresholds(std::string_view text, const std::string& 
     } else if (k == kRows) {
       if (!detail::parse_uint(f[1], ~std::uint64_t(0), &rows))
         return num_error(detail::integer_failure(f[1]), f[1], "'calibration_rows'");
+    } else if (k == kHeadDim || k == kScoreScale) {
+      const Status e = k == kHeadDim ? detail::parse_head_dim_value(f[1], &head_dim)
+                                     : detail::parse_score_scale_value(f[1], &score_scale);
+      if (!e.ok()) return fail(e.code(), ln, e.message());
     }
   }
   if (entries_line == 0)
@@ -319,6 +330,8 @@ inline Status parse_native_thresholds(std::string_view text, const std::string& 
   t.metadata().calibration_rows = rows;
   t.metadata().model_id = std::move(model);
   t.metadata().notes = std::move(notes);
+  t.metadata().head_dim = head_dim;
+  t.metadata().score_scale = score_scale;
 
   // --- entries
   detail::EntryCollector entries(layers * heads);

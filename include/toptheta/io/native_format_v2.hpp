@@ -10,6 +10,8 @@
 ///     lambda 0.1
 ///     model my-model                 (optional)
 ///     notes free text                (optional)
+///     head_dim 128                   (optional: recorded by the calibrator)
+///     score_scale 0.08838834764831843 (optional: recorded by the calibrator)
 ///     buckets_per_octave 2
 ///     tables 2
 ///     table 32                       (a table: its k, the smallest of its layer budgets)
@@ -91,6 +93,38 @@ inline void append_metadata_texts(std::string* s, const ThresholdMetadata& md) {
   if (!md.notes.empty()) *s += "notes " + md.notes + "\n";
 }
 
+/// Appends the optional 'head_dim' and 'score_scale' lines: the geometry the calibrator
+/// recorded (metadata; absent when not recorded, i.e. 0).
+inline void append_geometry(std::string* s, const ThresholdMetadata& md) {
+  if (md.head_dim != 0) *s += "head_dim " + std::to_string(md.head_dim) + "\n";
+  if (md.score_scale != 0) {
+    *s += "score_scale ";
+    append_double(s, md.score_scale);
+    *s += "\n";
+  }
+}
+
+/// Parses the value of a 'head_dim' line (an integer in [1, kMaxRecordedHeadDim]) into `*out`.
+/// Errors, without file and line: kDataLoss.
+inline Status parse_head_dim_value(std::string_view tok, Index* out) {
+  std::uint64_t v = 0;
+  if (!parse_uint(tok, std::uint64_t(kMaxRecordedHeadDim), &v) || v < 1)
+    return Status::data_loss("'head_dim' must be an integer in [1, " +
+                             std::to_string(kMaxRecordedHeadDim) + "], got " + quote_token(tok));
+  *out = Index(v);
+  return {};
+}
+
+/// Parses the value of a 'score_scale' line (a finite double > 0) into `*out`. Errors, without
+/// file and line: kDataLoss.
+inline Status parse_score_scale_value(std::string_view tok, double* out) {
+  double v = 0;
+  if (parse_double(tok, &v) != NumberParse::kOk || !std::isfinite(v) || !(v > 0))
+    return Status::data_loss("'score_scale' must be a finite number > 0, got " + quote_token(tok));
+  *out = v;
+  return {};
+}
+
 /// Appends one 'dense_heads <layer> <head>|<first>-<last> ...' line per layer of `t` that has
 /// heads declared dense.
 inline void append_dense_heads(std::string* s, const ThresholdTable& t) {
@@ -132,6 +166,7 @@ inline Status format_native_v2(const ThresholdSet& set, std::string* out) {
   append_double(&s, md.lambda);
   s += "\n";
   append_metadata_texts(&s, md);
+  append_geometry(&s, md);
   s += "buckets_per_octave " + std::to_string(md.buckets_per_octave) + "\n";
   s += "tables " + std::to_string(set.size()) + "\n";
   for (const ThresholdTable& t : set.tables()) {
@@ -230,17 +265,22 @@ inline Status parse_native_v2(std::string_view text, const std::string& name, Th
   std::uint64_t layers = 0, heads = 0, bpo = 0, ntables = 0;
   double lambda = 0.0;
   std::string model, notes;
-  bool seen[8] = {};
-  static const char* const keys[] = {"placement", "layers", "heads", "lambda",
-                                     "model", "notes", "buckets_per_octave", "tables"};
+  Index head_dim = 0;
+  double score_scale = 0.0;
+  constexpr int kKeys = 10;
+  bool seen[kKeys] = {};
+  static const char* const keys[kKeys] = {"placement", "layers",   "heads",
+                                          "lambda",    "model",    "notes",
+                                          "buckets_per_octave",    "tables",
+                                          "head_dim",  "score_scale"};
   while (true) {
     if (!next()) {
       if (!st.ok()) return st;
       return bad(ln, "truncated file: the header ends before 'tables'");
     }
     int key = 0;
-    while (key < 8 && f[0] != keys[key]) ++key;
-    if (key == 8) return bad(ln, "unknown header key " + quote_token(f[0]) + " (version 2 header)");
+    while (key < kKeys && f[0] != keys[key]) ++key;
+    if (key == kKeys) return bad(ln, "unknown header key " + quote_token(f[0]) + " (version 2 header)");
     if (seen[key]) return bad(ln, "duplicate header key '" + std::string(keys[key]) + "'");
     seen[key] = true;
     if (key == 4 || key == 5) {
@@ -269,6 +309,10 @@ inline Status parse_native_v2(std::string_view text, const std::string& name, Th
     } else if (key == 7) {
       if (!uint_field(f[1], 4096, "'tables'", &ntables, 1)) return st;
       break;
+    } else {
+      const Status e = key == 8 ? parse_head_dim_value(f[1], &head_dim)
+                                : parse_score_scale_value(f[1], &score_scale);
+      if (!e.ok()) return fail(e.code(), ln, e.message());
     }
   }
   for (int key : {0, 1, 2, 6})
@@ -295,6 +339,8 @@ inline Status parse_native_v2(std::string_view text, const std::string& name, Th
     t.metadata().model_id = model;
     t.metadata().notes = notes;
     t.metadata().buckets_per_octave = int(bpo);
+    t.metadata().head_dim = head_dim;
+    t.metadata().score_scale = score_scale;
     bool have_k = false, have_rows = false, have_sdc = false, sdc = false;
     std::uint64_t ncurves = 0;
     // table header

@@ -9,7 +9,8 @@
 /// e.g. `L31_H31:1219 0.0002257227897644043 4 64`. Fields are separated by one space, lines end
 /// with '\n'; all layers share one file. The files carry no placement, lambda or row count: the
 /// placement comes from `LoadOptions::expected_placement` (default pre-softmax: callers should
-/// say so when they assume it), lambda and calibration_rows load as 0.
+/// say so when they assume it), lambda and calibration_rows load as 0, and so does the recorded
+/// geometry (ThresholdMetadata::head_dim, score_scale: not checked by the kernels).
 ///
 /// The writer emits exactly the authors' layout (single spaces, no comments, entries sorted by
 /// layer, head, length) with shortest round-trip decimals, which Python's `float()` reads back

@@ -208,7 +208,7 @@ inline bool thresholds_identical(const ThresholdTable& a, const ThresholdTable& 
   const ThresholdMetadata &ma = a.metadata(), &mb = b.metadata();
   if (ma.placement != mb.placement || !same(ma.lambda, mb.lambda) ||
       ma.calibration_rows != mb.calibration_rows || ma.model_id != mb.model_id ||
-      ma.notes != mb.notes)
+      ma.notes != mb.notes || ma.head_dim != mb.head_dim || !same(ma.score_scale, mb.score_scale))
     return false;
   if (a.form() != b.form() || ma.buckets_per_octave != mb.buckets_per_octave) return false;
   for (Index l = 0; l < a.num_layers(); ++l)

@@ -281,6 +281,7 @@ class DecodeCall {
   /// Set-up that must precede the stages (single-threaded, O(Hq d)).
   void prepare() {
     const Index d = d_;
+    if (cx_.calibrate) o_.calibrator->record_call_geometry(a_.q.dim, effective_score_scale(a_));
     for (Index h = 0; h < Hq_; ++h) {
       Ops::convert_row(a_.q.row(0, h), d, q_ + h * d);
       Ops::scale(q_ + h * d, cx_.scale, d);

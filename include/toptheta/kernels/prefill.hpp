@@ -148,6 +148,7 @@ class PrefillCall {
   }
 
   void prepare() {
+    if (cx_.calibrate) o_.calibrator->record_call_geometry(a_.q.dim, effective_score_scale(a_));
     for (int i = 0; i < threads_; ++i) {
       workers_[i].sink.zero(Hq_);
       if (workers_[i].mark) std::memset(workers_[i].mark, 0, std::size_t(L_));
