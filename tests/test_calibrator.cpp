@@ -1009,8 +1009,9 @@ TEST(CalibratorGeometry, KernelCallsRecordItAndTopThetaCallsMustMatchIt) {
     const Problem<float> p8 = make_problem<float>(sp8);
     const Status ds = prefill(p8.args(), o);
     EXPECT_EQ(ds.code(), StatusCode::kInvalidArgument);
-    EXPECT_NE(ds.message().find("the threshold table recorded head_dim 16, the call has head_dim 8"),
-              std::string::npos)
+    EXPECT_NE(
+        ds.message().find("the threshold table recorded head_dim 16, the call has head_dim 8"),
+        std::string::npos)
         << ds.message();
     // Decode checks the same.
     ProblemSpec one = sp8;

@@ -219,8 +219,9 @@ TEST(NativeFormat, RecordedGeometryIsOptionalAndRoundTripsInBothVersions) {
     };
     for (const auto& [replacement, want] : bad) {
       std::string broken = text;
-      const std::string old_line = replacement.rfind("head_dim", 0) == 0 ? "head_dim 128"
-                                                                        : "score_scale 0.08838834764831843";
+      const std::string old_line = replacement.rfind("head_dim", 0) == 0
+                                       ? "head_dim 128"
+                                       : "score_scale 0.08838834764831843";
       broken.replace(broken.find(old_line), old_line.size(), replacement);
       const Index at = replacement.rfind("head_dim", 0) == 0 ? line : line + 1;
       ThresholdTable untouched;

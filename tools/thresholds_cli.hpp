@@ -258,7 +258,8 @@ inline void print_info(std::ostream& out, const std::string& path, ThresholdForm
   if (native) {
     row("model", md.model_id.empty() ? "-" : md.model_id);
     row("notes", md.notes.empty() ? "-" : md.notes);
-    row("head_dim", md.head_dim == 0 ? std::string("- (not recorded)") : std::to_string(md.head_dim));
+    row("head_dim",
+        md.head_dim == 0 ? std::string("- (not recorded)") : std::to_string(md.head_dim));
     row("score scale", md.score_scale == 0 ? std::string("- (not recorded)")
                                            : detail::format_double(md.score_scale));
   }
@@ -394,11 +395,12 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
   CLI::App* convert = app.add_subcommand(
       "convert", "Convert between the native format and the authors' th.txt/sdc.txt, or to the "
                  "compact form (native version 2)");
-  convert->footer("Outputs are written atomically (temporary file + rename). The authors' format "
-                  "keeps no placement, lambda, calibration rows, model, notes, head_dim, score "
-                  "scale or dense heads: "
-                  "converting post-softmax thresholds to it warns, and so does reading an "
-                  "authors' file without --placement (pre-softmax is assumed).");
+  convert->footer(
+      "Outputs are written atomically (temporary file + rename). The authors' format "
+      "keeps no placement, lambda, calibration rows, model, notes, head_dim, score "
+      "scale or dense heads: "
+      "converting post-softmax thresholds to it warns, and so does reading an "
+      "authors' file without --placement (pre-softmax is assumed).");
   convert->add_option("input", conv_in, "input threshold file")->required();
   convert->add_option("output", conv_out, "output file (the th.txt path for --to reference)")
       ->required();

@@ -565,10 +565,9 @@ Status validate(const AttentionArgs<T, Q>& args, const AttentionOptions& opt) {
         return Status::invalid_argument("calibrated SDC needs SDC terms in the threshold table");
       // Thresholds are in units of the scaled scores: a table calibrated at another head_dim or
       // score scale would keep a different set of keys, silently (semantics §8).
-      TOPTHETA_RETURN_IF_ERROR(detail::check_geometry(t.metadata().head_dim,
-                                                      t.metadata().score_scale, args.q.dim,
-                                                      effective_score_scale(args),
-                                                      "the threshold table"));
+      TOPTHETA_RETURN_IF_ERROR(
+          detail::check_geometry(t.metadata().head_dim, t.metadata().score_scale, args.q.dim,
+                                 effective_score_scale(args), "the threshold table"));
       break;
     }
     case AttentionMode::kCalibrate: {

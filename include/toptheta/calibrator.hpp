@@ -565,10 +565,9 @@ class Calibrator {
     const RejectLog theirs(other.rejected_);  // copied under other's lock
     {
       std::lock_guard<std::mutex> g(rejected_.m);
-      if (theirs.head_dim != 0 &&
-          !detail::check_geometry(rejected_.head_dim, rejected_.score_scale, theirs.head_dim,
-                                  theirs.score_scale, "")
-               .ok())
+      if (theirs.head_dim != 0 && !detail::check_geometry(rejected_.head_dim, rejected_.score_scale,
+                                                          theirs.head_dim, theirs.score_scale, "")
+                                       .ok())
         return Status::invalid_argument(
             "cannot merge calibrators whose kernel calls had different geometry: head_dim " +
             std::to_string(rejected_.head_dim) + ", score scale " + number(rejected_.score_scale) +

@@ -127,8 +127,9 @@ namespace detail {
 inline Status check_geometry(Index head_dim, double score_scale, Index d, double scale,
                              const char* what) {
   if (head_dim != 0 && head_dim != d)
-    return Status::invalid_argument(std::string(what) + " recorded head_dim " + std::to_string(head_dim) +
-                                    ", the call has head_dim " + std::to_string(d));
+    return Status::invalid_argument(std::string(what) + " recorded head_dim " +
+                                    std::to_string(head_dim) + ", the call has head_dim " +
+                                    std::to_string(d));
   if (score_scale != 0 && !(std::fabs(scale - score_scale) <= kScoreScaleTolerance * score_scale)) {
     char buf[96];
     std::snprintf(buf, sizeof(buf), "%.9g, the call's effective score scale is %.9g", score_scale,
@@ -523,7 +524,8 @@ class ThresholdTable {
                                       " must be in [0, " + std::to_string(kMaxRecordedHeadDim) +
                                       "] (0: not recorded)");
     if (!(std::isfinite(metadata_.score_scale) && metadata_.score_scale >= 0))
-      return Status::invalid_argument("metadata score_scale must be finite and >= 0 (0: not recorded)");
+      return Status::invalid_argument(
+          "metadata score_scale must be finite and >= 0 (0: not recorded)");
     if (is_compact()) {
       for (Index l = 0; l < num_layers_; ++l)
         for (Index h = 0; h < num_heads_; ++h)

@@ -166,11 +166,22 @@ inline Status parse_native_thresholds(std::string_view text, const std::string& 
                        " (this library reads versions 1 and 2)");
 
   // --- header
-  enum Key { kPlacement, kLayers, kHeads, kK, kLambda, kRows, kModel, kNotes, kHeadDim, kScoreScale, kNumKeys };
-  static const char* const key_names[kNumKeys] = {"placement", "layers",   "heads",
-                                                  "k",         "lambda",   "calibration_rows",
-                                                  "model",     "notes",    "head_dim",
-                                                  "score_scale"};
+  enum Key {
+    kPlacement,
+    kLayers,
+    kHeads,
+    kK,
+    kLambda,
+    kRows,
+    kModel,
+    kNotes,
+    kHeadDim,
+    kScoreScale,
+    kNumKeys
+  };
+  static const char* const key_names[kNumKeys] = {"placement", "layers",           "heads", "k",
+                                                  "lambda",    "calibration_rows", "model", "notes",
+                                                  "head_dim",  "score_scale"};
   Index key_line[kNumKeys] = {};
   Placement placement = Placement::kPreSoftmax;
   Index layers = 0, heads = 0;

@@ -269,10 +269,9 @@ inline Status parse_native_v2(std::string_view text, const std::string& name, Th
   double score_scale = 0.0;
   constexpr int kKeys = 10;
   bool seen[kKeys] = {};
-  static const char* const keys[kKeys] = {"placement", "layers",   "heads",
-                                          "lambda",    "model",    "notes",
-                                          "buckets_per_octave",    "tables",
-                                          "head_dim",  "score_scale"};
+  static const char* const keys[kKeys] = {
+      "placement",          "layers", "heads",    "lambda",     "model", "notes",
+      "buckets_per_octave", "tables", "head_dim", "score_scale"};
   while (true) {
     if (!next()) {
       if (!st.ok()) return st;
@@ -280,7 +279,8 @@ inline Status parse_native_v2(std::string_view text, const std::string& name, Th
     }
     int key = 0;
     while (key < kKeys && f[0] != keys[key]) ++key;
-    if (key == kKeys) return bad(ln, "unknown header key " + quote_token(f[0]) + " (version 2 header)");
+    if (key == kKeys)
+      return bad(ln, "unknown header key " + quote_token(f[0]) + " (version 2 header)");
     if (seen[key]) return bad(ln, "duplicate header key '" + std::string(keys[key]) + "'");
     seen[key] = true;
     if (key == 4 || key == 5) {
