@@ -305,18 +305,25 @@ TEST(CalibratorEligibility, MaskedKeysDoNotCountForEitherPlacement) {
   EXPECT_EQ(multi.rows_used_of(1), 0u);
 }
 
+// A prefill of T = 16 tokens after P = 8 over 2 query heads of one KV head, d = 16: rows of
+// 9 to 24 keys.
+ProblemSpec small_prefill_spec(std::uint64_t seed) {
+  ProblemSpec sp;
+  sp.T = 16;
+  sp.P = 8;
+  sp.Hq = 2;
+  sp.Hkv = 1;
+  sp.d = 16;
+  sp.seed = seed;
+  return sp;
+}
+
 // The kernels' kCalibrate path follows the same rule (rows masked by the bias, fully masked
 // rows), and agrees with the oracle.
 TEST(CalibratorEligibility, KernelCalibrationSkipsRowsWithAtMostKUnmaskedKeys) {
   const Index k = 4;
   for (Placement pl : {Placement::kPreSoftmax, Placement::kPostSoftmax}) {
-    ProblemSpec sp;
-    sp.T = 16;
-    sp.P = 8;
-    sp.Hq = 2;
-    sp.Hkv = 1;
-    sp.d = 16;
-    sp.seed = 91;
+    const ProblemSpec sp = small_prefill_spec(91);
     Problem<float> p = make_problem<float>(sp);
     const float ninf = -std::numeric_limits<float>::infinity();
     // t % 4 == 0: only keys j % 3 == 0 unmasked; t % 4 == 1: fully masked; else no mask.
@@ -946,13 +953,7 @@ TEST(CalibratorMerge, RejectsIncompatibleCalibrators) {
 // scale is refused instead of keeping another set of keys. Clearing the metadata is the explicit
 // way to apply a table anyway.
 TEST(CalibratorGeometry, KernelCallsRecordItAndTopThetaCallsMustMatchIt) {
-  ProblemSpec sp;
-  sp.T = 16;
-  sp.P = 8;
-  sp.Hq = 2;
-  sp.Hkv = 1;
-  sp.d = 16;
-  sp.seed = 17;
+  const ProblemSpec sp = small_prefill_spec(17);
   const Problem<float> p = make_problem<float>(sp);
   for (Placement pl : {Placement::kPreSoftmax, Placement::kPostSoftmax}) {
     Calibrator cal(cal_options(1, sp.Hq, 4, pl, TacMode::kOn));
