@@ -7,8 +7,8 @@
 #      2,000-configuration randomized differential sweep, tests/test_sweep.cpp);
 #   4. `portable` and `avx2-nof16c` presets: the kernel tests (ctest label "kernel") built without
 #      -march (plain -O2) and with -mavx2 -mfma but no F16C, as consumers may build them;
-#   5. `tsan` preset: the threaded kernel and engine tests under ThreadSanitizer (clang + LLVM OpenMP with its
-#      Archer tool; skipped with a note when clang or libomp-14-dev is missing);
+#   5. `tsan` preset: the threaded kernel and engine tests under ThreadSanitizer (clang + LLVM
+#      OpenMP with its Archer tool; skipped with a note when clang or libomp-14-dev is missing);
 #   6. scripts/fuzz.sh, when it exists;
 #   7. `docs`: the Doxygen API reference with warnings as errors (scripts/docs.sh --werror);
 #      skipped with a note when doxygen is missing (it is attempted but optional);
