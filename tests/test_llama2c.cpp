@@ -10,9 +10,6 @@
 
 #include <gtest/gtest.h>
 
-#include <stdlib.h>  // mkdtemp
-
-#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -31,6 +28,7 @@
 #include "../examples/llama2c/sampling.hpp"
 #include "../examples/llama2c/token_file.hpp"
 #include "../examples/llama2c/tokenizer.hpp"
+#include "temp_dir.hpp"
 
 namespace {
 
@@ -585,18 +583,6 @@ TEST(Llama2cGenerate, StopsAtTheContext) {
 
 class Llama2cLoader : public ::testing::Test {
  protected:
-  void SetUp() override {
-    // mkdtemp: a name made of the shuffle seed (the time in ms) and `this` (one address in every
-    // run under ASan) could repeat across the processes ctest runs in parallel.
-    std::string tmpl =
-        (std::filesystem::temp_directory_path() / "toptheta_llama2c_test_XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr) << tmpl << ": " << std::strerror(errno);
-    dir_ = tmpl;
-  }
-  void TearDown() override {
-    std::error_code ec;
-    std::filesystem::remove_all(dir_, ec);
-  }
   static std::vector<char> read_all(const std::string& p) {
     std::ifstream in(p, std::ios::binary);
     return std::vector<char>(std::istreambuf_iterator<char>(in), {});
@@ -623,7 +609,8 @@ class Llama2cLoader : public ::testing::Test {
   static void set_i32(std::vector<char>* b, int field, std::int32_t v) {
     std::memcpy(b->data() + 4 * field, &v, 4);
   }
-  std::filesystem::path dir_;
+  toptheta::testing::TempDir tmp_;  // removed with its files after each test
+  std::filesystem::path dir_ = tmp_.path();
 };
 
 TEST_F(Llama2cLoader, RejectsTruncatedAndCorruptedCheckpoints) {

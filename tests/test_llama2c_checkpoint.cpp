@@ -12,9 +12,6 @@
 
 #include <gtest/gtest.h>
 
-#include <stdlib.h>  // mkdtemp
-
-#include <cerrno>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -27,6 +24,7 @@
 #include "../examples/llama2c/checkpoint_writer.hpp"
 #include "../examples/llama2c/generation.hpp"
 #include "../examples/llama2c/model.hpp"
+#include "temp_dir.hpp"
 
 // The fuzz target's properties run over its seed corpus.
 #include "fuzz/fuzz_checkpoint.cpp"
@@ -470,17 +468,10 @@ class Llama2cStoriesVersions : public ::testing::Test {
     path0_ = models_dir() + "/stories260K.bin";
     if (!std::filesystem::exists(path0_))
       GTEST_SKIP() << "model file not found: " << path0_ << " (see ../shared/models/README.md)";
-    std::string tmpl =
-        (std::filesystem::temp_directory_path() / "toptheta_llama2c_versions_XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr) << tmpl << ": " << std::strerror(errno);
-    dir_ = tmpl;
-  }
-  void TearDown() override {
-    std::error_code ec;
-    if (!dir_.empty()) std::filesystem::remove_all(dir_, ec);
   }
   std::string path0_;
-  std::filesystem::path dir_;
+  toptheta::testing::TempDir tmp_;  // removed with its files after each test
+  std::filesystem::path dir_ = tmp_.path();
 };
 
 TEST_F(Llama2cStoriesVersions, VersionOneIsBitIdenticalVersionTwoWithinTheQuantisationBound) {

@@ -17,8 +17,7 @@
 #include <string>
 #include <vector>
 
-#include <stdlib.h>  // mkdtemp
-
+#include "temp_dir.hpp"
 #include "toptheta/calibrator.hpp"
 #include "toptheta/io/threshold_file.hpp"
 #include "toptheta/threshold_table.hpp"
@@ -26,38 +25,6 @@
 namespace toptheta::testing {
 
 namespace fs = std::filesystem;
-
-/// A fresh directory under the system temp dir, removed with its contents on destruction.
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "toptheta-io-XXXXXX").string();
-    std::vector<char> buf(tmpl.begin(), tmpl.end());
-    buf.push_back('\0');
-    const char* p = ::mkdtemp(buf.data());
-    EXPECT_NE(p, nullptr);
-    path_ = p ? p : "";
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::permissions(path_, fs::perms::owner_all, fs::perm_options::add, ec);
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  std::string file(const std::string& name) const { return (fs::path(path_) / name).string(); }
-  const std::string& path() const { return path_; }
-  /// Names of the entries of the directory, sorted.
-  std::vector<std::string> list() const {
-    std::vector<std::string> names;
-    for (const auto& e : fs::directory_iterator(path_)) names.push_back(e.path().filename().string());
-    std::sort(names.begin(), names.end());
-    return names;
-  }
-
- private:
-  std::string path_;
-};
 
 inline std::string read_all(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
