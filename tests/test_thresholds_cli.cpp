@@ -209,6 +209,35 @@ TEST(ThresholdsCli, DiffReportsDifferencesAndHonoursTolerance) {
                      "1e-4"})
                 .status,
             3);
+
+  // The recorded geometry: shown by info, compared by diff; a conflict is structural.
+  ThresholdTable g = t;
+  g.metadata().head_dim = 128;
+  g.metadata().score_scale = 0.125;
+  ASSERT_TRUE(save_thresholds(dir.file("g128.toptheta"), g).ok());
+  g.metadata().head_dim = 64;
+  ASSERT_TRUE(save_thresholds(dir.file("g64.toptheta"), g).ok());
+  r = run_cli({"info", dir.file("g128.toptheta")});
+  EXPECT_NE(r.out.find("head_dim:          128\nscore scale:       0.125\n"), std::string::npos)
+      << r.out;
+  EXPECT_NE(run_cli({"info", valid("calibrated.toptheta")}).out.find("head_dim:          - (not recorded)"),
+            std::string::npos);
+  r = run_cli({"diff", dir.file("g128.toptheta"), dir.file("g128.toptheta"), "--tolerance", "0"});
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("geometry:            same (head_dim 128, score scale 0.125)"),
+            std::string::npos)
+      << r.out;
+  r = run_cli({"diff", dir.file("g128.toptheta"), dir.file("g64.toptheta"), "--tolerance", "1"});
+  EXPECT_EQ(r.status, 3) << r.out;
+  EXPECT_NE(r.out.find("geometry:            differs (A head_dim 128, score scale 0.125; B "
+                       "head_dim 64, score scale 0.125)"),
+            std::string::npos)
+      << r.out;
+  r = run_cli({"diff", valid("calibrated.toptheta"), dir.file("g64.toptheta"), "--tolerance", "0"});
+  EXPECT_EQ(r.status, 0) << r.out;  // recorded in one file only: the same thresholds
+  EXPECT_NE(r.out.find("geometry:            recorded in one (A not recorded; B head_dim 64"),
+            std::string::npos)
+      << r.out;
 }
 
 // Compact curves differ by their end slopes, which act only outside the knots, and by their knots'

@@ -432,7 +432,8 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
   diff->add_option("--sdc-b", diff_sdc_b, "authors' sdc.txt for B");
   diff->add_option("--tolerance", tolerance,
                    "exit with status 3 when the max absolute theta difference exceeds X, or when "
-                   "shape, k, placement or the set of entries differ")
+                   "shape, k, placement, the recorded head_dim or score scale, or the set of "
+                   "entries differ")
       ->check(cli::finite_in(0.0));
   add_input_options(diff, &diff_in);
 
@@ -679,6 +680,22 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
       row("placement", same_placement ? std::string("same (") + to_string(a.placement()) + ")"
                                       : std::string("differs (A ") + to_string(a.placement()) +
                                             ", B " + to_string(b.placement()) + ")");
+      // The recorded calibration geometry (head_dim, score scale): tables of different geometry
+      // threshold different scores, so a conflict is a structural difference.
+      const ThresholdMetadata &ma = a.metadata(), &mb = b.metadata();
+      const auto geometry = [](const ThresholdMetadata& m) {
+        if (m.head_dim == 0 && m.score_scale == 0) return std::string("not recorded");
+        return "head_dim " + (m.head_dim ? std::to_string(m.head_dim) : std::string("-")) +
+               ", score scale " + (m.score_scale ? detail::format_double(m.score_scale) : "-");
+      };
+      const bool geometry_conflict =
+          (ma.head_dim != 0 && mb.head_dim != 0 && ma.head_dim != mb.head_dim) ||
+          (ma.score_scale != 0 && mb.score_scale != 0 &&
+           !detail::check_geometry(0, ma.score_scale, 0, mb.score_scale, "").ok());
+      const std::string ga = geometry(ma), gb = geometry(mb);
+      row("geometry", ga == gb ? "same (" + ga + ")"
+                               : std::string(geometry_conflict ? "differs" : "recorded in one") +
+                                     " (A " + ga + "; B " + gb + ")");
       row("common entries", std::to_string(r.common));
       row("only in A", std::to_string(r.only_a));
       row("only in B", std::to_string(r.only_b));
@@ -691,7 +708,8 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
                                     (r.sdc_only_one ? ", " + std::to_string(r.sdc_only_one) +
                                                           " entries have an SDC term in one file only"
                                                     : std::string()));
-      const bool structural = !same_shape || nk != 0 || !same_placement || r.only_a || r.only_b;
+      const bool structural = !same_shape || nk != 0 || !same_placement || geometry_conflict ||
+                              r.only_a || r.only_b;
       const bool identical = !structural && r.max_abs == 0.0 && r.samples_differ == 0 &&
                              r.max_sdc_abs == 0.0 && r.sdc_only_one == 0;
       row("result", identical ? "identical thresholds" : "different");
