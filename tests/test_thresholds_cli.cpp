@@ -220,7 +220,8 @@ TEST(ThresholdsCli, DiffReportsDifferencesAndHonoursTolerance) {
   r = run_cli({"info", dir.file("g128.toptheta")});
   EXPECT_NE(r.out.find("head_dim:          128\nscore scale:       0.125\n"), std::string::npos)
       << r.out;
-  EXPECT_NE(run_cli({"info", valid("calibrated.toptheta")}).out.find("head_dim:          - (not recorded)"),
+  EXPECT_NE(run_cli({"info", valid("calibrated.toptheta")})
+                .out.find("head_dim:          - (not recorded)"),
             std::string::npos);
   r = run_cli({"diff", dir.file("g128.toptheta"), dir.file("g128.toptheta"), "--tolerance", "0"});
   EXPECT_EQ(r.status, 0) << r.out;

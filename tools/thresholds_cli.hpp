@@ -708,8 +708,8 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
                                     (r.sdc_only_one ? ", " + std::to_string(r.sdc_only_one) +
                                                           " entries have an SDC term in one file only"
                                                     : std::string()));
-      const bool structural = !same_shape || nk != 0 || !same_placement || geometry_conflict ||
-                              r.only_a || r.only_b;
+      const bool structural =
+          !same_shape || nk != 0 || !same_placement || geometry_conflict || r.only_a || r.only_b;
       const bool identical = !structural && r.max_abs == 0.0 && r.samples_differ == 0 &&
                              r.max_sdc_abs == 0.0 && r.sdc_only_one == 0;
       row("result", identical ? "identical thresholds" : "different");
