@@ -24,6 +24,7 @@
 #include "test_util.hpp"
 #include "toptheta/attention.hpp"
 #include "toptheta/calibrator.hpp"
+#include "toptheta/io/native_format_v2.hpp"
 #include "toptheta/reference/attention.hpp"
 #include "toptheta/reference/calibration.hpp"
 
@@ -1070,13 +1071,56 @@ TEST(CalibratorGeometry, KernelCallsRecordItAndTopThetaCallsMustMatchIt) {
               std::string::npos)
         << s2.message();
 
-    // Tables of one set share the geometry.
+    // No table records a head_dim beyond kMaxRecordedHeadDim: such calls do not calibrate.
+    EXPECT_EQ(cal.check_call_geometry(kMaxRecordedHeadDim + 1, 1.0).code(),
+              StatusCode::kInvalidArgument);
+
+    // Tables of one set share the geometry: a scale within kScoreScaleTolerance (another
+    // rounding of 1/sqrt(d)) joins and takes the set's; another scale, an unrecorded one or
+    // another head_dim is refused, naming both.
     ThresholdSet set;
     ASSERT_TRUE(set.add(t).ok());
     ThresholdTable t2 = t;
     for (Index l = 0; l < t2.num_layers(); ++l) ASSERT_TRUE(t2.set_k(l, 8).ok());
     t2.metadata().score_scale = 0.5;
+    const Status as = set.add(t2);
+    EXPECT_EQ(as.code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(as.message().find("head_dim 16, score scale 0.5 added to a set of head_dim 16, "
+                                "score scale 0.25"),
+              std::string::npos)
+        << as.message();
+    t2.metadata().score_scale = 0;
     EXPECT_EQ(set.add(t2).code(), StatusCode::kInvalidArgument);
+    t2.metadata().score_scale = 0.25;
+    t2.metadata().head_dim = 32;
+    EXPECT_EQ(set.add(t2).code(), StatusCode::kInvalidArgument);
+    t2.metadata().head_dim = 16;
+    t2.metadata().score_scale = 0.25 * (1 + 4e-8);
+    ASSERT_TRUE(set.add(t2).ok());
+    EXPECT_EQ(set.tables()[1].metadata().score_scale, 0.25);
+    // A version-2 file holds one geometry: a set whose tables were changed apart does not save
+    // (it would load back with the first table's).
+    ThresholdSet two;
+    for (Index k : {4, 8}) {
+      ThresholdTable c = ThresholdTable::compact(1, sp.Hq, k);
+      c.metadata().placement = pl;
+      c.metadata().head_dim = 16;
+      c.metadata().score_scale = 0.25;
+      ThresholdCurve curve;
+      curve.knots.push_back({20, 0.5, 3});
+      for (Index h = 0; h < sp.Hq; ++h) ASSERT_TRUE(c.set_curve(0, h, curve).ok());
+      ASSERT_TRUE(two.add(c).ok());
+    }
+    std::string text;
+    ASSERT_TRUE(detail::format_native_v2(two, &text).ok());
+    two.tables()[1].metadata().head_dim = 0;
+    two.tables()[1].metadata().score_scale = 0;
+    const Status fs = detail::format_native_v2(two, &text);
+    EXPECT_EQ(fs.code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(fs.message().find("share one head_dim and score scale: table k = 8 records "
+                                "head_dim 0, score scale 0, table k = 4 head_dim 16"),
+              std::string::npos)
+        << fs.message();
     t2.metadata().score_scale = std::nan("");
     EXPECT_EQ(t2.validate().code(), StatusCode::kInvalidArgument);
     t2.metadata().score_scale = 0.25;

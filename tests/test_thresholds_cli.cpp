@@ -223,6 +223,10 @@ TEST(ThresholdsCli, DiffReportsDifferencesAndHonoursTolerance) {
   EXPECT_NE(run_cli({"info", valid("calibrated.toptheta")})
                 .out.find("head_dim:          - (not recorded)"),
             std::string::npos);
+  r = run_cli({"convert", dir.file("g128.toptheta"), dir.file("th.txt"), "--to", "reference"});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.err.find("cannot store the recorded head_dim and score scale"), std::string::npos)
+      << r.err;
   r = run_cli({"diff", dir.file("g128.toptheta"), dir.file("g128.toptheta"), "--tolerance", "0"});
   EXPECT_EQ(r.status, 0) << r.out;
   EXPECT_NE(r.out.find("geometry:            same (head_dim 128, score scale 0.125)"),

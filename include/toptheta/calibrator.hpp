@@ -496,9 +496,15 @@ class Calibrator {
 
   /// Ok when a kCalibrate call of head_dim `d` and effective score scale `scale` agrees with the
   /// geometry recorded so far and with the SDC pass's thresholds (sdc_thresholds /
-  /// sdc_threshold_set, when they record one); else kInvalidArgument naming both. The kernels'
+  /// sdc_threshold_set, when they record one); else kInvalidArgument naming both. Also
+  /// kInvalidArgument for d > kMaxRecordedHeadDim, which no table records. The kernels'
   /// validate() calls it, so a disagreeing call observes nothing.
   Status check_call_geometry(Index d, double scale) const {
+    if (d > kMaxRecordedHeadDim)
+      return Status::invalid_argument("calibration calls need head_dim <= " +
+                                      std::to_string(kMaxRecordedHeadDim) +
+                                      " (the largest a threshold table records), got " +
+                                      std::to_string(d));
     if (opts_.sdc_thresholds)
       TOPTHETA_RETURN_IF_ERROR(detail::check_geometry(
           opts_.sdc_thresholds->metadata().head_dim, opts_.sdc_thresholds->metadata().score_scale,

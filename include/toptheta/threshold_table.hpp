@@ -755,8 +755,9 @@ class ThresholdSet {
       if (t.nominal_k() == k) return &t;
     return nullptr;
   }
-  /// Adds a table (validated); its shape, placement, form, head_dim and score scale must match
-  /// the set's, its k be new.
+  /// Adds a table (validated); its shape, placement, form and recorded head_dim must match the
+  /// set's, its recorded score scale too within kScoreScaleTolerance (it then takes the set's,
+  /// so that the set saves as one file), its k be new.
   Status add(ThresholdTable t) {
     TOPTHETA_RETURN_IF_ERROR(t.validate());
     if (!tables_.empty()) {
@@ -769,10 +770,22 @@ class ThresholdSet {
       if (f.placement() != t.placement() || f.form() != t.form())
         return Status::invalid_argument(
             "ThresholdSet: tables of one set share placement and form");
-      if (f.metadata().head_dim != t.metadata().head_dim ||
-          f.metadata().score_scale != t.metadata().score_scale)
-        return Status::invalid_argument(
-            "ThresholdSet: tables of one set share head_dim and score scale (metadata)");
+      // One recorded geometry per set (a file holds one): the same head_dim, and scales equal
+      // within kScoreScaleTolerance, stored as the set's so that the set saves.
+      ThresholdMetadata& m = t.metadata();
+      const ThresholdMetadata& m0 = f.metadata();
+      if (m.head_dim != m0.head_dim || (m.score_scale == 0) != (m0.score_scale == 0) ||
+          !detail::check_geometry(0, m0.score_scale, 0, m.score_scale, "").ok()) {
+        char buf[160];
+        std::snprintf(buf, sizeof(buf),
+                      "head_dim %lld, score scale %.9g added to a set of head_dim %lld, score "
+                      "scale %.9g (0: not recorded)",
+                      static_cast<long long>(m.head_dim), m.score_scale,
+                      static_cast<long long>(m0.head_dim), m0.score_scale);
+        return Status::invalid_argument(std::string("ThresholdSet: tables of one set share the "
+                                                    "recorded geometry: ") + buf);
+      }
+      m.score_scale = m0.score_scale;
       if (find(t.nominal_k()))
         return Status::invalid_argument("ThresholdSet: k = " + std::to_string(t.nominal_k()) +
                                         " is already in the set");

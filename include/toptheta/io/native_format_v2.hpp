@@ -142,7 +142,8 @@ inline void append_dense_heads(std::string* s, const ThresholdTable& t) {
 }
 
 /// Serialises a set of compact tables (version 2). Every table must be compact, valid and
-/// writable; they share shape, placement, lambda, model and notes (the first table's).
+/// writable; they share shape, placement, lambda, model and notes (the first table's), and
+/// their recorded head_dim and score scale must be the same (the file holds one of each).
 inline Status format_native_v2(const ThresholdSet& set, std::string* out) {
   if (set.empty()) return Status::invalid_argument("no tables to write");
   for (const ThresholdTable& t : set.tables()) {
@@ -151,6 +152,15 @@ inline Status format_native_v2(const ThresholdSet& set, std::string* out) {
           "native version 2 holds compact tables; convert with to_compact() (threshold_fit.hpp) "
           "or save per-length tables one at a time (version 1)");
     TOPTHETA_RETURN_IF_ERROR(check_writable(t));
+    const ThresholdMetadata &m0 = set.tables().front().metadata(), &m = t.metadata();
+    if (m.head_dim != m0.head_dim || m.score_scale != m0.score_scale)
+      return Status::invalid_argument(
+          "the tables of a version-2 file share one head_dim and score scale: table k = " +
+          std::to_string(t.nominal_k()) + " records head_dim " + std::to_string(m.head_dim) +
+          ", score scale " + format_double(m.score_scale) + ", table k = " +
+          std::to_string(set.tables().front().nominal_k()) + " head_dim " +
+          std::to_string(m0.head_dim) + ", score scale " + format_double(m0.score_scale) +
+          " (0: not recorded)");
   }
   const ThresholdTable& first = set.tables().front();
   const ThresholdMetadata& md = first.metadata();
