@@ -560,7 +560,8 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
              "(LoadOptions::expected_placement) or it will be read as pre-softmax");
       if (so.format == ThresholdFormat::kReference &&
           (t.metadata().head_dim != 0 || t.metadata().score_scale != 0))
-        warn(conv_out + ": the authors' format cannot store the recorded head_dim and score scale; "
+        warn(conv_out +
+             ": the authors' format cannot store the recorded head_dim and score scale; "
              "the kernels will not check a call's geometry against the converted table");
       out << "wrote " << conv_out << " (" << to_string(so.format)
           << (t.is_compact() ? " version 2, " : ", ") << t.size()

@@ -501,10 +501,9 @@ class Calibrator {
   /// validate() calls it, so a disagreeing call observes nothing.
   Status check_call_geometry(Index d, double scale) const {
     if (d > kMaxRecordedHeadDim)
-      return Status::invalid_argument("calibration calls need head_dim <= " +
-                                      std::to_string(kMaxRecordedHeadDim) +
-                                      " (the largest a threshold table records), got " +
-                                      std::to_string(d));
+      return Status::invalid_argument(
+          "calibration calls need head_dim <= " + std::to_string(kMaxRecordedHeadDim) +
+          " (the largest a threshold table records), got " + std::to_string(d));
     if (opts_.sdc_thresholds)
       TOPTHETA_RETURN_IF_ERROR(detail::check_geometry(
           opts_.sdc_thresholds->metadata().head_dim, opts_.sdc_thresholds->metadata().score_scale,

@@ -783,7 +783,8 @@ class ThresholdSet {
                       static_cast<long long>(m.head_dim), m.score_scale,
                       static_cast<long long>(m0.head_dim), m0.score_scale);
         return Status::invalid_argument(std::string("ThresholdSet: tables of one set share the "
-                                                    "recorded geometry: ") + buf);
+                                                    "recorded geometry: ") +
+                                        buf);
       }
       m.score_scale = m0.score_scale;
       if (find(t.nominal_k()))

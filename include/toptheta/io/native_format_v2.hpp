@@ -157,8 +157,8 @@ inline Status format_native_v2(const ThresholdSet& set, std::string* out) {
       return Status::invalid_argument(
           "the tables of a version-2 file share one head_dim and score scale: table k = " +
           std::to_string(t.nominal_k()) + " records head_dim " + std::to_string(m.head_dim) +
-          ", score scale " + format_double(m.score_scale) + ", table k = " +
-          std::to_string(set.tables().front().nominal_k()) + " head_dim " +
+          ", score scale " + format_double(m.score_scale) +
+          ", table k = " + std::to_string(set.tables().front().nominal_k()) + " head_dim " +
           std::to_string(m0.head_dim) + ", score scale " + format_double(m0.score_scale) +
           " (0: not recorded)");
   }
