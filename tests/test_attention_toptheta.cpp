@@ -508,6 +508,95 @@ TEST(TopThetaLookup, LinearPrefill) {
   absent_lengths_case<Eigen::bfloat16>(LookupPolicy::kLinear, true);
 }
 
+// Rows longer than every length their (layer, head) was calibrated at run on an extrapolated
+// theta; AttentionStats::extrapolated_rows counts them (semantics §9): by hand and against the
+// oracle. Heads declared dense have no threshold to extrapolate.
+template <class T>
+void extrapolated_rows_case(bool prefill_call, int threads) {
+  ProblemSpec sp;
+  sp.T = prefill_call ? 40 : 1;
+  sp.P = prefill_call ? 60 : 99;  // rows of lengths 61..100, or one row of length 100
+  sp.Hq = 8;
+  sp.Hkv = 4;
+  sp.d = 64;
+  sp.discrete = true;
+  sp.seed = 93;
+  Problem<T> p = make_problem<T>(sp);
+  ThresholdTable t(1, 8, 4);
+  const Index last[8] = {130, 100, 99, 80, 61, 60, 5, 0};  // 0: declared dense
+  for (Index h = 0; h < 8; ++h) {
+    if (last[h] == 0) {
+      ASSERT_TRUE(t.set_dense(0, h).ok());
+      continue;
+    }
+    for (Index L : {Index(5), Index(50), last[h]}) {
+      if (L > last[h]) continue;  // set() replaces an entry of the same length
+      ThresholdEntry e;
+      e.length = L;
+      e.theta = 0.05 * double(h + 1);
+      ASSERT_TRUE(t.set(0, h, e).ok());
+    }
+    EXPECT_EQ(t.max_calibrated_length(0, h), last[h]);
+  }
+  EXPECT_EQ(t.max_calibrated_length(1, 0), 0);   // outside the table
+  EXPECT_EQ(t.max_calibrated_length(0, 8), 0);
+  AttentionOptions o;
+  o.mode = AttentionMode::kTopTheta;
+  o.thresholds = &t;
+  o.threads = threads;
+  AttentionStats st;
+  o.stats = &st;
+  const auto args = p.args();
+  ASSERT_TRUE((prefill_call ? prefill(args, o) : decode(args, o)).ok());
+  // Prefill: per head, the rows of lengths 61..100 above last[h]: 0 + 0 + 1 + 20 + 39 + 40 + 40
+  // (+ 0 for the dense head). Decode (L = 100): the heads calibrated below 100.
+  const std::uint64_t want = prefill_call ? 140 : 5;
+  EXPECT_EQ(st.extrapolated_rows, want);
+  EXPECT_DOUBLE_EQ(st.extrapolated_fraction(), double(want) / double(st.thresholded_rows));
+  reference::ReferenceOptions ro;
+  ro.prefill_call = prefill_call;
+  const auto ref = reference::attention(args, o, ro);
+  EXPECT_EQ(ref.stats.extrapolated_rows, want);
+  EXPECT_TRUE(stats_equal(ref.stats, st));
+  // Outside Top-θ nothing is extrapolated; statistics add up over calls.
+  o.mode = AttentionMode::kTopK;
+  o.k = 4;
+  ASSERT_TRUE((prefill_call ? prefill(args, o) : decode(args, o)).ok());
+  EXPECT_EQ(st.extrapolated_rows, want);
+}
+
+TEST(TopThetaExtrapolation, DecodeCountsRowsPastTheCalibratedLengths) {
+  extrapolated_rows_case<float>(false, 1);
+  extrapolated_rows_case<Eigen::half>(false, 2);
+}
+TEST(TopThetaExtrapolation, PrefillCountsRowsPastTheCalibratedLengths) {
+  extrapolated_rows_case<float>(true, 1);
+  extrapolated_rows_case<Eigen::bfloat16>(true, 2);
+}
+
+// A compact table's knot stands for its whole length bucket: the calibrated range ends at the
+// bucket's largest length (with 2 buckets per octave, a knot at 1000 covers (724, 1024]).
+TEST(TopThetaExtrapolation, CompactTablesCoverTheLastKnotsBucket) {
+  ThresholdTable t = ThresholdTable::compact(1, 3, 4, 2);
+  ThresholdCurve c;
+  for (Index L : {Index(100), Index(1000)}) {
+    CurveKnot kn;
+    kn.length = L;
+    kn.value = 0.5;
+    kn.samples = 10;
+    c.knots.push_back(kn);
+  }
+  ASSERT_TRUE(t.set_curve(0, 0, c).ok());
+  c.knots.resize(1);  // one knot at 100: bucket (90.5, 128]
+  ASSERT_TRUE(t.set_curve(0, 1, c).ok());
+  ASSERT_TRUE(t.set_dense(0, 2).ok());
+  EXPECT_EQ(t.max_calibrated_length(0, 0), 1024);
+  EXPECT_EQ(t.max_calibrated_length(0, 1), 128);
+  EXPECT_EQ(t.max_calibrated_length(0, 2), 0);
+  t.metadata().buckets_per_octave = 0;  // unknown buckets: the knot's own length
+  EXPECT_EQ(t.max_calibrated_length(0, 0), 1000);
+}
+
 // Prefill equals the sequence of decodes with an owning KvCache supplying the running V sum.
 template <class T>
 void toptheta_prefill_vs_decodes(Placement pl, SdcMode sdc, EmptyRowPolicy er, Layout layout,

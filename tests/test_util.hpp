@@ -405,6 +405,7 @@ inline ::testing::AssertionResult stats_equal(const AttentionStats& want,
   cmp("elements_kept", want.elements_kept, got.elements_kept);
   cmp("elements_topk", want.elements_topk, got.elements_topk);
   cmp("elements_kept_thresholded", want.elements_kept_thresholded, got.elements_kept_thresholded);
+  cmp("extrapolated_rows", want.extrapolated_rows, got.extrapolated_rows);
   cmp("vrows_total", want.vrows_total, got.vrows_total);
   cmp("vrows_read", want.vrows_read, got.vrows_read);
   if (!got.kept_per_head.empty() && got.kept_per_head.size() == want.kept_per_head.size())

@@ -696,7 +696,7 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
       const bool geometry_conflict =
           (ma.head_dim != 0 && mb.head_dim != 0 && ma.head_dim != mb.head_dim) ||
           (ma.score_scale != 0 && mb.score_scale != 0 &&
-           !detail::check_geometry(0, ma.score_scale, 0, mb.score_scale, "").ok());
+           !detail::score_scale_matches(ma.score_scale, mb.score_scale));
       const std::string ga = geometry(ma), gb = geometry(mb);
       row("geometry", ga == gb ? "same (" + ga + ")"
                                : std::string(geometry_conflict ? "differs" : "recorded in one") +

@@ -556,7 +556,7 @@ inline CLI::App* add_eval(CLI::App* app, EvalOptions* o) {
   ev->add_flag("--json", o->json,
                "Print one JSON object on stdout with the keys perplexity, dense_perplexity, "
                "kl_mean, top1_agreement, attention_kept_fraction, vrows_read_fraction, "
-               "kept_per_row_mean, empty_row_fraction, per_layer");
+               "kept_per_row_mean, empty_row_fraction, extrapolated_row_fraction, per_layer");
   return ev;
 }
 

@@ -34,7 +34,8 @@ common=(--model "$M" --sample-sequences 3 --seq-len 96)
 "$BIN" eval "${common[@]}" --seed 2 --attention toptheta --thresholds "$WORK/pre.txt" \
   --sdc calibrated --vmc --json >"$WORK/eval.json"
 for key in perplexity dense_perplexity kl_mean top1_agreement attention_kept_fraction \
-  vrows_read_fraction kept_per_row_mean empty_row_fraction per_layer kv_cache; do
+  vrows_read_fraction kept_per_row_mean empty_row_fraction extrapolated_row_fraction per_layer \
+  kv_cache; do
   grep -q "\"$key\":" "$WORK/eval.json" || fail "--json lacks the key $key"
 done
 "$BIN" eval "${common[@]}" --seed 2 --attention toptheta --thresholds "$WORK/ref/th.txt" \

@@ -299,7 +299,8 @@ inline nlohmann::json stats_json(const toptheta::AttentionStats& s) {
   return {{"attention_kept_fraction", s.kept_fraction()},
           {"vrows_read_fraction", s.vrows_fraction()},
           {"kept_per_row_mean", s.kept_per_thresholded_row()},
-          {"empty_row_fraction", s.empty_row_fraction()}};
+          {"empty_row_fraction", s.empty_row_fraction()},
+          {"extrapolated_row_fraction", s.extrapolated_fraction()}};
 }
 
 }  // namespace cmd
@@ -367,6 +368,9 @@ inline CommandStatus run_generate(const GenerateOptions& o) {
     std::printf("tokens: %zu (prompt %zu)\n", out.size(), in.size());
     std::printf("attention elements kept: %.2f%%\n", 100.0 * total.kept_fraction());
     std::printf("V rows read:             %.2f%%\n", 100.0 * total.vrows_fraction());
+    if (total.extrapolated_rows > 0)
+      std::printf("rows past calibration:   %.2f%% of thresholded rows (extrapolated theta)\n",
+                  100.0 * total.extrapolated_fraction());
     if (timing.decode_tokens > 0)
       std::printf("decode: %d tokens in %.3f s = %.2f tokens/s; attention %.1f%% of the step time "
                   "(%.2f ms of %.2f ms per token); prefill %.3f s\n",
@@ -571,6 +575,7 @@ inline CommandStatus run_eval(const EvalOptions& o) {
     j["vrows_read_fraction"] = r.total.vrows_fraction();
     j["kept_per_row_mean"] = r.total.kept_per_thresholded_row();
     j["empty_row_fraction"] = r.total.empty_row_fraction();
+    j["extrapolated_row_fraction"] = r.total.extrapolated_fraction();
     nlohmann::json layers = nlohmann::json::array();
     for (std::size_t l = 0; l < r.per_layer.size(); ++l) {
       nlohmann::json e = cmd::stats_json(r.per_layer[l]);
@@ -597,6 +602,10 @@ inline CommandStatus run_eval(const EvalOptions& o) {
               100.0 * r.total.vrows_fraction());
   std::printf("kept per thresholded row: %.2f\n", r.total.kept_per_thresholded_row());
   std::printf("empty thresholded rows:   %.3f%%\n", 100.0 * r.total.empty_row_fraction());
+  if (r.total.extrapolated_rows > 0)
+    std::printf("rows past calibration:    %.3f%% of thresholded rows are longer than every "
+                "length their head was calibrated at (extrapolated theta)\n",
+                100.0 * r.total.extrapolated_fraction());
   std::printf("per layer:\n  layer     k    kept%%  vrows%%  kept/row  empty%%\n");
   for (std::size_t l = 0; l < r.per_layer.size(); ++l) {
     const auto& s = r.per_layer[l];

@@ -473,25 +473,25 @@ class Calibrator {
   /// rejected (a (layer, head) out of range, L < 0, a null pointer) and how many there were.
   /// finalize*() return it: a calibration fed such rows has no trustworthy table.
   Status observe_status() const {
-    std::lock_guard<std::mutex> g(rejected_.m);
-    if (rejected_.count == 0) return {};
+    std::lock_guard<std::mutex> g(call_log_.m);
+    if (call_log_.rejected == 0) return {};
     return Status::invalid_argument(
-        "the calibrator rejected " + std::to_string(rejected_.count) + " observed row" +
-        (rejected_.count == 1 ? "" : "s") + "; the first: " + rejected_.first);
+        "the calibrator rejected " + std::to_string(call_log_.rejected) + " observed row" +
+        (call_log_.rejected == 1 ? "" : "s") + "; the first: " + call_log_.first_rejection);
   }
 
   /// head_dim of the kernel calls observed so far (kCalibrate), 0 before the first call and for
   /// a calibrator fed only through observe_row() / observe_scores(). finalize*() write it into
   /// the tables' metadata, and Top-θ calls with the tables must match it (semantics §8).
   Index recorded_head_dim() const {
-    std::lock_guard<std::mutex> g(rejected_.m);
-    return rejected_.head_dim;
+    std::lock_guard<std::mutex> g(call_log_.m);
+    return call_log_.head_dim;
   }
   /// Effective score scale of the kernel calls observed so far (`AttentionArgs::scale`, or
   /// 1/sqrt(head_dim) when that is 0), 0 before the first call; as recorded_head_dim().
   double recorded_score_scale() const {
-    std::lock_guard<std::mutex> g(rejected_.m);
-    return rejected_.score_scale;
+    std::lock_guard<std::mutex> g(call_log_.m);
+    return call_log_.score_scale;
   }
 
   /// Ok when a kCalibrate call of head_dim `d` and effective score scale `scale` agrees with the
@@ -513,8 +513,8 @@ class Calibrator {
         TOPTHETA_RETURN_IF_ERROR(detail::check_geometry(t.metadata().head_dim,
                                                         t.metadata().score_scale, d, scale,
                                                         "CalibrationOptions::sdc_threshold_set"));
-    std::lock_guard<std::mutex> g(rejected_.m);
-    return detail::check_geometry(rejected_.head_dim, rejected_.score_scale, d, scale,
+    std::lock_guard<std::mutex> g(call_log_.m);
+    return detail::check_geometry(call_log_.head_dim, call_log_.score_scale, d, scale,
                                   "the calibrator's earlier calls");
   }
 
@@ -525,13 +525,13 @@ class Calibrator {
   void record_call_geometry(Index d, double scale) {
     std::string problem;
     {
-      std::lock_guard<std::mutex> g(rejected_.m);
-      if (rejected_.head_dim == 0) {
-        rejected_.head_dim = d;
-        rejected_.score_scale = scale;
+      std::lock_guard<std::mutex> g(call_log_.m);
+      if (call_log_.head_dim == 0) {
+        call_log_.head_dim = d;
+        call_log_.score_scale = scale;
         return;
       }
-      const Status e = detail::check_geometry(rejected_.head_dim, rejected_.score_scale, d, scale,
+      const Status e = detail::check_geometry(call_log_.head_dim, call_log_.score_scale, d, scale,
                                               "the calibrator's earlier calls");
       if (e.ok()) return;
       problem = "kernel call: " + e.message();
@@ -567,22 +567,22 @@ class Calibrator {
     if ((other.opts_.sdc_thresholds == nullptr) != (opts_.sdc_thresholds == nullptr) ||
         (other.opts_.sdc_threshold_set == nullptr) != (opts_.sdc_threshold_set == nullptr))
       return Status::invalid_argument("cannot merge a calibrator with SDC terms and one without");
-    const RejectLog theirs(other.rejected_);  // copied under other's lock
+    const CallLog theirs(other.call_log_);  // copied under other's lock
     {
-      std::lock_guard<std::mutex> g(rejected_.m);
-      if (theirs.head_dim != 0 && !detail::check_geometry(rejected_.head_dim, rejected_.score_scale,
+      std::lock_guard<std::mutex> g(call_log_.m);
+      if (theirs.head_dim != 0 && !detail::check_geometry(call_log_.head_dim, call_log_.score_scale,
                                                           theirs.head_dim, theirs.score_scale, "")
                                        .ok())
         return Status::invalid_argument(
             "cannot merge calibrators whose kernel calls had different geometry: head_dim " +
-            std::to_string(rejected_.head_dim) + ", score scale " + number(rejected_.score_scale) +
+            std::to_string(call_log_.head_dim) + ", score scale " + number(call_log_.score_scale) +
             " and head_dim " + std::to_string(theirs.head_dim) + ", score scale " +
             number(theirs.score_scale));
-      if (rejected_.count == 0) rejected_.first = theirs.first;
-      rejected_.count += theirs.count;
-      if (rejected_.head_dim == 0) {
-        rejected_.head_dim = theirs.head_dim;
-        rejected_.score_scale = theirs.score_scale;
+      if (call_log_.rejected == 0) call_log_.first_rejection = theirs.first_rejection;
+      call_log_.rejected += theirs.rejected;
+      if (call_log_.head_dim == 0) {
+        call_log_.head_dim = theirs.head_dim;
+        call_log_.score_scale = theirs.score_scale;
       }
     }
     for (std::size_t i = 0; i < rows_seen_.size(); ++i) rows_seen_[i] += other.rows_seen_[i];
@@ -732,9 +732,9 @@ class Calibrator {
     t->metadata().lambda = opts_.lambda;
     t->metadata().calibration_rows = rows_used_of(si);
     t->metadata().model_id = opts_.model_id;
-    std::lock_guard<std::mutex> g(rejected_.m);
-    t->metadata().head_dim = rejected_.head_dim;
-    t->metadata().score_scale = rejected_.score_scale;
+    std::lock_guard<std::mutex> g(call_log_.m);
+    t->metadata().head_dim = call_log_.head_dim;
+    t->metadata().score_scale = call_log_.score_scale;
   }
   ThresholdTable finalize_set(std::size_t si) const {
     ThresholdTable t(opts_.num_layers, opts_.num_heads, opts_.default_k);
@@ -814,31 +814,32 @@ class Calibrator {
     return false;
   }
   void reject(std::string what) {
-    std::lock_guard<std::mutex> g(rejected_.m);
-    if (rejected_.count++ == 0) rejected_.first = std::move(what);
+    std::lock_guard<std::mutex> g(call_log_.m);
+    if (call_log_.rejected++ == 0) call_log_.first_rejection = std::move(what);
   }
-  // Rows the observe_* calls rejected (observe_status()) and the geometry of the kernel calls
-  // (record_call_geometry(); 0 = none yet); thread-safe, copied with the calibrator.
-  struct RejectLog {
+  // What the calls into the calibrator leave behind: the rows observe_* rejected
+  // (observe_status()) and the geometry of the kernel calls (record_call_geometry(); 0 = none
+  // yet). Thread-safe, copied with the calibrator.
+  struct CallLog {
     mutable std::mutex m;
-    std::uint64_t count = 0;
-    std::string first;
+    std::uint64_t rejected = 0;  // rows rejected
+    std::string first_rejection;
     Index head_dim = 0;
     double score_scale = 0.0;
-    RejectLog() = default;
-    RejectLog(const RejectLog& o) {
+    CallLog() = default;
+    CallLog(const CallLog& o) {
       std::lock_guard<std::mutex> g(o.m);
-      count = o.count;
-      first = o.first;
+      rejected = o.rejected;
+      first_rejection = o.first_rejection;
       head_dim = o.head_dim;
       score_scale = o.score_scale;
     }
-    RejectLog& operator=(const RejectLog& o) {
+    CallLog& operator=(const CallLog& o) {
       if (this != &o) {
-        RejectLog c(o);
+        CallLog c(o);
         std::lock_guard<std::mutex> g(m);
-        count = c.count;
-        first = std::move(c.first);
+        rejected = c.rejected;
+        first_rejection = std::move(c.first_rejection);
         head_dim = c.head_dim;
         score_scale = c.score_scale;
       }
@@ -874,7 +875,7 @@ class Calibrator {
   std::vector<HeadAcc> heads_;             // [table * pairs + layer * heads + head]
   std::vector<const ThresholdTable*> sdc_tables_;  // per table: the SDC pass's thresholds
   bool ready_ = false;    // validate() passed at construction: observe_* may index the state
-  RejectLog rejected_;    // rows observe_* rejected
+  CallLog call_log_;    // rows observe_* rejected, the kernel calls' geometry
 };
 
 

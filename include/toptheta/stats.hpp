@@ -24,6 +24,9 @@ struct AttentionCounts {
   std::uint64_t elements_kept = 0;      ///< sum of kept elements (dense rows count L)
   std::uint64_t elements_topk = 0;      ///< sum of min(k_l, L): what top-k would keep
   std::uint64_t elements_kept_thresholded = 0;  ///< kept elements of thresholded pairs only
+  /// Top-θ thresholded pairs whose L exceeds the largest length their (layer, head) was
+  /// calibrated at (ThresholdTable::max_calibrated_length): they ran on an extrapolated theta.
+  std::uint64_t extrapolated_rows = 0;
   // Per (row, KV head): the V rows a decode step of that row reads.
   std::uint64_t vrows_total = 0;        ///< sum of L over (row, KV head)
   std::uint64_t vrows_read = 0;         ///< sum of |union of kept over the KV group|
@@ -37,6 +40,7 @@ struct AttentionCounts {
     elements_kept += o.elements_kept;
     elements_topk += o.elements_topk;
     elements_kept_thresholded += o.elements_kept_thresholded;
+    extrapolated_rows += o.extrapolated_rows;
     vrows_total += o.vrows_total;
     vrows_read += o.vrows_read;
   }
@@ -87,6 +91,9 @@ struct AttentionStats : AttentionCounts {
   }
   /// Fraction of thresholded (row, head) pairs where nothing passed.
   double empty_row_fraction() const { return ratio(empty_rows, thresholded_rows); }
+  /// Fraction of thresholded (row, head) pairs longer than their calibrated lengths (a table
+  /// calibrated at shorter contexts than the calls run at).
+  double extrapolated_fraction() const { return ratio(extrapolated_rows, thresholded_rows); }
 };
 
 namespace detail {

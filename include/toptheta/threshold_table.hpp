@@ -54,6 +54,28 @@ struct ThresholdLookup {
   double sdc = std::numeric_limits<double>::quiet_NaN();
 };
 
+// Length buckets of compact tables (threshold_fit.hpp describes them).
+
+/// Bucket index of row length L >= 2 with `b` buckets per octave: j = ceil(b * log2 L) - 1.
+inline int length_bucket(Index L, int b) {
+  const double v = double(b) * std::log2(double(L));
+  int j = int(std::ceil(v - 1e-9)) - 1;
+  // Guard the rounding at exact bucket edges: L must satisfy 2^(j/b) < L <= 2^((j+1)/b).
+  while (j >= 0 && !(std::exp2(double(j) / b) < double(L))) --j;
+  while (std::exp2(double(j + 1) / b) < double(L)) ++j;
+  return std::max(j, 0);
+}
+/// ln of the lower edge of bucket j: (j / b) ln 2.
+inline double bucket_log_edge(int j, int b) { return double(j) / double(b) * std::log(2.0); }
+/// Smallest and largest integer length of bucket j (lo > hi when it holds none).
+inline void bucket_lengths(int j, int b, Index* lo, Index* hi) {
+  *lo = Index(std::floor(std::exp2(double(j) / b))) + 1;
+  *hi = Index(std::floor(std::exp2(double(j + 1) / b) + 1e-9));
+  while (*lo > 1 && length_bucket(*lo - 1, b) == j) --*lo;
+  while (length_bucket(*lo, b) < j) ++*lo;
+  while (*hi > *lo && length_bucket(*hi, b) > j) --*hi;
+}
+
 /// How a table represents theta as a function of the row length.
 enum class ThresholdForm {
   kPerLength,  ///< one entry per calibrated length (native format version 1, authors' format)
@@ -121,6 +143,12 @@ inline constexpr double kScoreScaleTolerance = 1e-6;
 
 namespace detail {
 
+/// True when thresholds recorded at score scale `recorded` (0 = not recorded) may serve calls
+/// of effective score scale `scale`: equal within a relative kScoreScaleTolerance.
+inline bool score_scale_matches(double recorded, double scale) {
+  return recorded == 0 || std::fabs(scale - recorded) <= kScoreScaleTolerance * recorded;
+}
+
 /// Ok when thresholds recorded with geometry (`head_dim`, `score_scale`; 0 = not recorded) may
 /// serve calls with head_dim `d` and effective score scale `scale`; else kInvalidArgument
 /// naming both values. `what` names the thresholds in the message. Allocates only on error.
@@ -130,7 +158,7 @@ inline Status check_geometry(Index head_dim, double score_scale, Index d, double
     return Status::invalid_argument(std::string(what) + " recorded head_dim " +
                                     std::to_string(head_dim) + ", the call has head_dim " +
                                     std::to_string(d));
-  if (score_scale != 0 && !(std::fabs(scale - score_scale) <= kScoreScaleTolerance * score_scale)) {
+  if (!score_scale_matches(score_scale, scale)) {
     char buf[96];
     std::snprintf(buf, sizeof(buf), "%.9g, the call's effective score scale is %.9g", score_scale,
                   scale);
@@ -400,6 +428,26 @@ class ThresholdTable {
   /// True when (layer, head) has entries (per-length) or a curve with knots (compact).
   bool has_thresholds(Index layer, Index head) const {
     return check_index(layer, head).ok() && has_data(slot(layer, head));
+  }
+  /// Largest row length the thresholds of (layer, head) were calibrated at: a per-length
+  /// table's last entry; a compact table's last knot's length bucket's largest length (the
+  /// knot's own length when metadata().buckets_per_octave is not in [1, 16]). 0 when the pair
+  /// has no thresholds (declared dense or missing) or is outside the table. A Top-θ row longer
+  /// than this runs on an extrapolated threshold (lookup()); AttentionStats::extrapolated_rows
+  /// counts such rows (semantics §9). O(1) for per-length tables, O(log L) for compact ones.
+  Index max_calibrated_length(Index layer, Index head) const {
+    if (!check_index(layer, head).ok()) return 0;
+    const std::size_t s = slot(layer, head);
+    if (form_ == ThresholdForm::kPerLength)
+      return entries_[s].empty() ? 0 : entries_[s].back().length;
+    const auto& knots = curves_[s].knots;
+    if (knots.empty()) return 0;
+    const Index last = knots.back().length;
+    const int b = metadata_.buckets_per_octave;
+    if (b < 1 || b > 16 || last < 2) return last;
+    Index lo = 0, hi = 0;
+    bucket_lengths(length_bucket(last, b), b, &lo, &hi);
+    return std::max(hi, last);
   }
   /// True when (layer, head) is declared dense (false outside the table).
   bool is_dense(Index layer, Index head) const {
@@ -775,7 +823,7 @@ class ThresholdSet {
       ThresholdMetadata& m = t.metadata();
       const ThresholdMetadata& m0 = f.metadata();
       if (m.head_dim != m0.head_dim || (m.score_scale == 0) != (m0.score_scale == 0) ||
-          !detail::check_geometry(0, m0.score_scale, 0, m.score_scale, "").ok()) {
+          !detail::score_scale_matches(m0.score_scale, m.score_scale)) {
         char buf[160];
         std::snprintf(buf, sizeof(buf),
                       "head_dim %lld, score scale %.9g added to a set of head_dim %lld, score "

@@ -329,6 +329,7 @@ class DecodeCall {
   /// Adds the workers' statistics into the caller's.
   void finish() {
     for (int i = 0; i < threads_; ++i) workers_[i].sink.merge_into(o_.stats, Hq_, a_.head_offset);
+    cx_.count_extrapolated(o_.stats, Hq_, L_ - 1, 1);
   }
 
  private:

@@ -187,6 +187,7 @@ class PrefillCall {
 
   void finish() {
     for (int i = 0; i < threads_; ++i) workers_[i].sink.merge_into(o_.stats, Hq_, a_.head_offset);
+    cx_.count_extrapolated(o_.stats, Hq_, P_, T_);
   }
 
  private:

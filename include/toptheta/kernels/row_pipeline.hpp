@@ -57,6 +57,23 @@ struct RowContext {
   ThresholdLookup lookup(Index h, Index L) const {
     return o->thresholds->lookup(layer, head0 + h, L, o->lookup);
   }
+  /// Adds to `st` the Top-θ thresholded (row, query head) pairs of a call whose rows have the
+  /// lengths P+1 .. P+T (decode: P = L - 1, T = 1) and exceed the lengths their pair was
+  /// calibrated at (ThresholdTable::max_calibrated_length; semantics §9). O(Hq) per call, no
+  /// allocation; nothing without statistics or outside Top-θ.
+  void count_extrapolated(AttentionStats* st, Index Hq, Index P, Index T) const {
+#ifndef TOPTHETA_NO_STATS
+    if (!st || sel_mode != AttentionMode::kTopTheta) return;
+    for (Index h = 0; h < Hq; ++h) {
+      const Index limit = o->thresholds->max_calibrated_length(layer, head0 + h);
+      if (limit <= 0) continue;  // declared dense: no threshold to extrapolate
+      const Index from = std::max(std::max(k, limit), P);  // rows with L > from
+      if (P + T > from) st->extrapolated_rows += std::uint64_t(P + T - from);
+    }
+#else
+    (void)st, (void)Hq, (void)P, (void)T;
+#endif
+  }
 };
 
 /// Result of one (row, head).

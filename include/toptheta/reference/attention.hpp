@@ -425,6 +425,11 @@ Result attention(const AttentionArgs<T, Q>& args, const AttentionOptions& opt,
       r.stats.thresholded_rows += rec.thresholded;
       r.stats.empty_rows += rec.empty;
       if (rec.thresholded) r.stats.elements_kept_thresholded += std::uint64_t(kept);
+      // A Top-θ row longer than every length its (layer, head) was calibrated at.
+      if (rec.thresholded && opt.mode == AttentionMode::kTopTheta) {
+        const Index limit = opt.thresholds->max_calibrated_length(args.layer, args.head_offset + h);
+        r.stats.extrapolated_rows += limit > 0 && Lt > limit;
+      }
       r.stats.kept_per_head[static_cast<std::size_t>(args.head_offset + h)] += std::uint64_t(kept);
       r.stats.total_per_head[static_cast<std::size_t>(args.head_offset + h)] += std::uint64_t(Lt);
       for (std::int32_t j : rec.kept)
