@@ -538,7 +538,7 @@ void extrapolated_rows_case(bool prefill_call, int threads) {
     }
     EXPECT_EQ(t.max_calibrated_length(0, h), last[h]);
   }
-  EXPECT_EQ(t.max_calibrated_length(1, 0), 0);   // outside the table
+  EXPECT_EQ(t.max_calibrated_length(1, 0), 0);  // outside the table
   EXPECT_EQ(t.max_calibrated_length(0, 8), 0);
   AttentionOptions o;
   o.mode = AttentionMode::kTopTheta;
@@ -574,27 +574,47 @@ TEST(TopThetaExtrapolation, PrefillCountsRowsPastTheCalibratedLengths) {
   extrapolated_rows_case<Eigen::bfloat16>(true, 2);
 }
 
-// A compact table's knot stands for its whole length bucket: the calibrated range ends at the
-// bucket's largest length (with 2 buckets per octave, a knot at 1000 covers (724, 1024]).
-TEST(TopThetaExtrapolation, CompactTablesCoverTheLastKnotsBucket) {
+// A compact table's θ follows the curve's slope past its last knot: rows longer than that knot
+// count (a knot stands at exp(mean ln L) of its bucket's rows, so it is where extrapolation
+// starts, not the longest row calibrated).
+TEST(TopThetaExtrapolation, CompactTablesExtrapolatePastTheLastKnot) {
   ThresholdTable t = ThresholdTable::compact(1, 3, 4, 2);
   ThresholdCurve c;
-  for (Index L : {Index(100), Index(1000)}) {
+  for (Index L : {Index(20), Index(50)}) {
     CurveKnot kn;
     kn.length = L;
-    kn.value = 0.5;
+    kn.value = 1e3;  // pre-softmax: keeps nothing; the count does not depend on it
     kn.samples = 10;
     c.knots.push_back(kn);
   }
   ASSERT_TRUE(t.set_curve(0, 0, c).ok());
-  c.knots.resize(1);  // one knot at 100: bucket (90.5, 128]
+  c.knots.resize(1);  // one knot, at 20
   ASSERT_TRUE(t.set_curve(0, 1, c).ok());
   ASSERT_TRUE(t.set_dense(0, 2).ok());
-  EXPECT_EQ(t.max_calibrated_length(0, 0), 1024);
-  EXPECT_EQ(t.max_calibrated_length(0, 1), 128);
+  EXPECT_EQ(t.max_calibrated_length(0, 0), 50);
+  EXPECT_EQ(t.max_calibrated_length(0, 1), 20);
   EXPECT_EQ(t.max_calibrated_length(0, 2), 0);
-  t.metadata().buckets_per_octave = 0;  // unknown buckets: the knot's own length
-  EXPECT_EQ(t.max_calibrated_length(0, 0), 1000);
+  EXPECT_EQ(t.max_calibrated_length(-1, 0), 0);
+
+  ProblemSpec sp;
+  sp.T = 40;
+  sp.P = 10;  // rows of lengths 11..50
+  sp.Hq = 3;
+  sp.Hkv = 1;
+  sp.d = 16;
+  sp.seed = 94;
+  Problem<float> p = make_problem<float>(sp);
+  AttentionOptions o;
+  o.mode = AttentionMode::kTopTheta;
+  o.thresholds = &t;
+  AttentionStats st;
+  o.stats = &st;
+  const auto args = p.args();
+  ASSERT_TRUE(prefill(args, o).ok());
+  EXPECT_EQ(st.extrapolated_rows, 0u + 30u + 0u);  // head 1: lengths 21..50
+  reference::ReferenceOptions ro;
+  ro.prefill_call = true;
+  EXPECT_TRUE(stats_equal(reference::attention(args, o, ro).stats, st));
 }
 
 // Prefill equals the sequence of decodes with an owning KvCache supplying the running V sum.

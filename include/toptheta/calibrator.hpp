@@ -875,7 +875,7 @@ class Calibrator {
   std::vector<HeadAcc> heads_;             // [table * pairs + layer * heads + head]
   std::vector<const ThresholdTable*> sdc_tables_;  // per table: the SDC pass's thresholds
   bool ready_ = false;    // validate() passed at construction: observe_* may index the state
-  CallLog call_log_;    // rows observe_* rejected, the kernel calls' geometry
+  CallLog call_log_;      // rows observe_* rejected, the kernel calls' geometry
 };
 
 

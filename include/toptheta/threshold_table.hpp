@@ -54,28 +54,6 @@ struct ThresholdLookup {
   double sdc = std::numeric_limits<double>::quiet_NaN();
 };
 
-// Length buckets of compact tables (threshold_fit.hpp describes them).
-
-/// Bucket index of row length L >= 2 with `b` buckets per octave: j = ceil(b * log2 L) - 1.
-inline int length_bucket(Index L, int b) {
-  const double v = double(b) * std::log2(double(L));
-  int j = int(std::ceil(v - 1e-9)) - 1;
-  // Guard the rounding at exact bucket edges: L must satisfy 2^(j/b) < L <= 2^((j+1)/b).
-  while (j >= 0 && !(std::exp2(double(j) / b) < double(L))) --j;
-  while (std::exp2(double(j + 1) / b) < double(L)) ++j;
-  return std::max(j, 0);
-}
-/// ln of the lower edge of bucket j: (j / b) ln 2.
-inline double bucket_log_edge(int j, int b) { return double(j) / double(b) * std::log(2.0); }
-/// Smallest and largest integer length of bucket j (lo > hi when it holds none).
-inline void bucket_lengths(int j, int b, Index* lo, Index* hi) {
-  *lo = Index(std::floor(std::exp2(double(j) / b))) + 1;
-  *hi = Index(std::floor(std::exp2(double(j + 1) / b) + 1e-9));
-  while (*lo > 1 && length_bucket(*lo - 1, b) == j) --*lo;
-  while (length_bucket(*lo, b) < j) ++*lo;
-  while (*hi > *lo && length_bucket(*hi, b) > j) --*hi;
-}
-
 /// How a table represents theta as a function of the row length.
 enum class ThresholdForm {
   kPerLength,  ///< one entry per calibrated length (native format version 1, authors' format)
@@ -429,25 +407,17 @@ class ThresholdTable {
   bool has_thresholds(Index layer, Index head) const {
     return check_index(layer, head).ok() && has_data(slot(layer, head));
   }
-  /// Largest row length the thresholds of (layer, head) were calibrated at: a per-length
-  /// table's last entry; a compact table's last knot's length bucket's largest length (the
-  /// knot's own length when metadata().buckets_per_octave is not in [1, 16]). 0 when the pair
-  /// has no thresholds (declared dense or missing) or is outside the table. A Top-θ row longer
-  /// than this runs on an extrapolated threshold (lookup()); AttentionStats::extrapolated_rows
-  /// counts such rows (semantics §9). O(1) for per-length tables, O(log L) for compact ones.
+  /// Largest row length at which (layer, head) holds a threshold: a per-length table's last
+  /// entry, a compact table's last knot. Longer rows of a Top-θ call run on a clamped
+  /// (per-length, lookup()) or extrapolated (compact: the curve's slope past its last knot) θ;
+  /// AttentionStats::extrapolated_rows counts them (semantics §9). 0 when the pair has no
+  /// thresholds (declared dense or missing) or is outside the table. O(1), no allocation.
   Index max_calibrated_length(Index layer, Index head) const {
-    if (!check_index(layer, head).ok()) return 0;
+    if (layer < 0 || layer >= num_layers_ || head < 0 || head >= num_heads_) return 0;
     const std::size_t s = slot(layer, head);
-    if (form_ == ThresholdForm::kPerLength)
-      return entries_[s].empty() ? 0 : entries_[s].back().length;
-    const auto& knots = curves_[s].knots;
-    if (knots.empty()) return 0;
-    const Index last = knots.back().length;
-    const int b = metadata_.buckets_per_octave;
-    if (b < 1 || b > 16 || last < 2) return last;
-    Index lo = 0, hi = 0;
-    bucket_lengths(length_bucket(last, b), b, &lo, &hi);
-    return std::max(hi, last);
+    if (form_ == ThresholdForm::kCompact)
+      return curves_[s].knots.empty() ? 0 : curves_[s].knots.back().length;
+    return entries_[s].empty() ? 0 : entries_[s].back().length;
   }
   /// True when (layer, head) is declared dense (false outside the table).
   bool is_dense(Index layer, Index head) const {
