@@ -574,10 +574,11 @@ TEST(TopThetaExtrapolation, PrefillCountsRowsPastTheCalibratedLengths) {
   extrapolated_rows_case<Eigen::bfloat16>(true, 2);
 }
 
-// A compact table's θ follows the curve's slope past its last knot: rows longer than that knot
-// count (a knot stands at exp(mean ln L) of its bucket's rows, so it is where extrapolation
-// starts, not the longest row calibrated).
-TEST(TopThetaExtrapolation, CompactTablesExtrapolatePastTheLastKnot) {
+// Rows of every length in a bucket pool into its knot (threshold_fit.hpp), so a compact table's
+// calibrated range ends with its last knot's length bucket: with 2 buckets per octave a knot at
+// 50 covers (45.3, 64] and one at 20 covers (16, 22.6]. Without a valid buckets_per_octave the
+// knot's own length is the limit.
+TEST(TopThetaExtrapolation, CompactTablesCoverTheLastKnotsBucket) {
   ThresholdTable t = ThresholdTable::compact(1, 3, 4, 2);
   ThresholdCurve c;
   for (Index L : {Index(20), Index(50)}) {
@@ -591,8 +592,8 @@ TEST(TopThetaExtrapolation, CompactTablesExtrapolatePastTheLastKnot) {
   c.knots.resize(1);  // one knot, at 20
   ASSERT_TRUE(t.set_curve(0, 1, c).ok());
   ASSERT_TRUE(t.set_dense(0, 2).ok());
-  EXPECT_EQ(t.max_calibrated_length(0, 0), 50);
-  EXPECT_EQ(t.max_calibrated_length(0, 1), 20);
+  EXPECT_EQ(t.max_calibrated_length(0, 0), 64);
+  EXPECT_EQ(t.max_calibrated_length(0, 1), 22);
   EXPECT_EQ(t.max_calibrated_length(0, 2), 0);
   EXPECT_EQ(t.max_calibrated_length(-1, 0), 0);
 
@@ -610,11 +611,21 @@ TEST(TopThetaExtrapolation, CompactTablesExtrapolatePastTheLastKnot) {
   AttentionStats st;
   o.stats = &st;
   const auto args = p.args();
-  ASSERT_TRUE(prefill(args, o).ok());
-  EXPECT_EQ(st.extrapolated_rows, 0u + 30u + 0u);  // head 1: lengths 21..50
   reference::ReferenceOptions ro;
   ro.prefill_call = true;
+  ASSERT_TRUE(prefill(args, o).ok());
+  EXPECT_EQ(st.extrapolated_rows, 28u);  // head 1: lengths 23..50
   EXPECT_TRUE(stats_equal(reference::attention(args, o, ro).stats, st));
+
+  t.metadata().buckets_per_octave = 0;  // buckets unknown: the knots' own lengths
+  EXPECT_EQ(t.max_calibrated_length(0, 0), 50);
+  EXPECT_EQ(t.max_calibrated_length(0, 1), 20);
+  st.reset();
+  ASSERT_TRUE(prefill(args, o).ok());
+  EXPECT_EQ(st.extrapolated_rows, 30u);  // head 1: lengths 21..50
+  EXPECT_TRUE(stats_equal(reference::attention(args, o, ro).stats, st));
+  t.metadata().buckets_per_octave = 1;  // (16, 32] and (32, 64]
+  EXPECT_EQ(t.max_calibrated_length(0, 1), 32);
 }
 
 // Prefill equals the sequence of decodes with an owning KvCache supplying the running V sum.

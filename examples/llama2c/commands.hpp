@@ -369,7 +369,7 @@ inline CommandStatus run_generate(const GenerateOptions& o) {
     std::printf("attention elements kept: %.2f%%\n", 100.0 * total.kept_fraction());
     std::printf("V rows read:             %.2f%%\n", 100.0 * total.vrows_fraction());
     if (total.extrapolated_rows > 0)
-      std::printf("rows past thresholds:    %.2f%% of thresholded rows (extrapolated theta)\n",
+      std::printf("rows past calibration:   %.2f%% of thresholded rows (extrapolated theta)\n",
                   100.0 * total.extrapolated_fraction());
     if (timing.decode_tokens > 0)
       std::printf("decode: %d tokens in %.3f s = %.2f tokens/s; attention %.1f%% of the step time "
@@ -604,8 +604,8 @@ inline CommandStatus run_eval(const EvalOptions& o) {
   std::printf("empty thresholded rows:   %.3f%%\n", 100.0 * r.total.empty_row_fraction());
   if (r.total.extrapolated_rows > 0)
     std::printf(
-        "rows past the thresholds: %.3f%% of thresholded rows are longer than the last "
-        "length their head holds a threshold at (clamped or extrapolated theta)\n",
+        "rows past calibration:    %.3f%% of thresholded rows are longer than their head's "
+        "calibrated lengths (clamped or extrapolated theta)\n",
         100.0 * r.total.extrapolated_fraction());
   std::printf("per layer:\n  layer     k    kept%%  vrows%%  kept/row  empty%%\n");
   for (std::size_t l = 0; l < r.per_layer.size(); ++l) {

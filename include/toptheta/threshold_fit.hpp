@@ -64,25 +64,8 @@ inline Status validate(const CompactFitOptions& o) {
   return {};
 }
 
-/// Bucket index of row length L >= 2 with `b` buckets per octave: j = ceil(b * log2 L) - 1.
-inline int length_bucket(Index L, int b) {
-  const double v = double(b) * std::log2(double(L));
-  int j = int(std::ceil(v - 1e-9)) - 1;
-  // Guard the rounding at exact bucket edges: L must satisfy 2^(j/b) < L <= 2^((j+1)/b).
-  while (j >= 0 && !(std::exp2(double(j) / b) < double(L))) --j;
-  while (std::exp2(double(j + 1) / b) < double(L)) ++j;
-  return std::max(j, 0);
-}
-/// ln of the lower edge of bucket j: (j / b) ln 2.
-inline double bucket_log_edge(int j, int b) { return double(j) / double(b) * std::log(2.0); }
-/// Smallest and largest integer length of bucket j (lo > hi when it holds none).
-inline void bucket_lengths(int j, int b, Index* lo, Index* hi) {
-  *lo = Index(std::floor(std::exp2(double(j) / b))) + 1;
-  *hi = Index(std::floor(std::exp2(double(j + 1) / b) + 1e-9));
-  while (*lo > 1 && length_bucket(*lo - 1, b) == j) --*lo;
-  while (length_bucket(*lo, b) < j) ++*lo;
-  while (*hi > *lo && length_bucket(*hi, b) > j) --*hi;
-}
+// length_bucket(), bucket_log_edge() and bucket_lengths() are in threshold_table.hpp (a compact
+// table knows the length bucket of its last knot: ThresholdTable::max_calibrated_length()).
 
 /// Sums of one bucket: x = ln L - (bucket's lower edge), y = the fitted value; SDC sums.
 struct BucketStats {

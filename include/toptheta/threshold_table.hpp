@@ -54,6 +54,28 @@ struct ThresholdLookup {
   double sdc = std::numeric_limits<double>::quiet_NaN();
 };
 
+// Length buckets of compact tables (threshold_fit.hpp describes them).
+
+/// Bucket index of row length L >= 2 with `b` buckets per octave: j = ceil(b * log2 L) - 1.
+inline int length_bucket(Index L, int b) {
+  const double v = double(b) * std::log2(double(L));
+  int j = int(std::ceil(v - 1e-9)) - 1;
+  // Guard the rounding at exact bucket edges: L must satisfy 2^(j/b) < L <= 2^((j+1)/b).
+  while (j >= 0 && !(std::exp2(double(j) / b) < double(L))) --j;
+  while (std::exp2(double(j + 1) / b) < double(L)) ++j;
+  return std::max(j, 0);
+}
+/// ln of the lower edge of bucket j: (j / b) ln 2.
+inline double bucket_log_edge(int j, int b) { return double(j) / double(b) * std::log(2.0); }
+/// Smallest and largest integer length of bucket j (lo > hi when it holds none).
+inline void bucket_lengths(int j, int b, Index* lo, Index* hi) {
+  *lo = Index(std::floor(std::exp2(double(j) / b))) + 1;
+  *hi = Index(std::floor(std::exp2(double(j + 1) / b) + 1e-9));
+  while (*lo > 1 && length_bucket(*lo - 1, b) == j) --*lo;
+  while (length_bucket(*lo, b) < j) ++*lo;
+  while (*hi > *lo && length_bucket(*hi, b) > j) --*hi;
+}
+
 /// How a table represents theta as a function of the row length.
 enum class ThresholdForm {
   kPerLength,  ///< one entry per calibrated length (native format version 1, authors' format)
@@ -271,6 +293,7 @@ class ThresholdTable {
     t.form_ = ThresholdForm::kCompact;
     t.curves_.resize(t.entries_.size());
     t.log_len_.resize(t.entries_.size());
+    t.last_bucket_.resize(t.entries_.size());
     return t;
   }
 
@@ -380,6 +403,7 @@ class ThresholdTable {
     for (std::size_t i = 0; i < logs.size(); ++i) logs[i] = std::log(double(curve.knots[i].length));
     curves_[s] = std::move(curve);
     log_len_[s] = std::move(logs);
+    last_bucket_[s] = last_bucket_end(curves_[s], metadata_.buckets_per_octave);
     return {};
   }
   /// The curve of (layer, head) (compact tables; empty for per-length ones).
@@ -407,17 +431,26 @@ class ThresholdTable {
   bool has_thresholds(Index layer, Index head) const {
     return check_index(layer, head).ok() && has_data(slot(layer, head));
   }
-  /// Largest row length at which (layer, head) holds a threshold: a per-length table's last
-  /// entry, a compact table's last knot. Longer rows of a Top-θ call run on a clamped
-  /// (per-length, lookup()) or extrapolated (compact: the curve's slope past its last knot) θ;
-  /// AttentionStats::extrapolated_rows counts them (semantics §9). 0 when the pair has no
-  /// thresholds (declared dense or missing) or is outside the table. O(1), no allocation.
+  /// Largest row length (layer, head) was calibrated at: a per-length table's last entry; a
+  /// compact table's last knot's length bucket's largest length (rows of every length in a
+  /// bucket pool into its knot, threshold_fit.hpp; the knot's own length when
+  /// metadata().buckets_per_octave is not in [1, 16]). A compact table does not record where in
+  /// that bucket its calibration rows stopped, so rows up to 2^(1/b) times (b buckets per
+  /// octave) longer than the longest calibrated row may pass as calibrated. 0 when the pair has
+  /// no thresholds (declared dense or missing) or is outside the table. Longer rows of a Top-θ
+  /// call run on a clamped (per-length, lookup()) or extrapolated (compact) θ;
+  /// AttentionStats::extrapolated_rows counts them (semantics §9). No allocation; O(1) when
+  /// metadata().buckets_per_octave is the value set_curve() saw (compact(), the calibrator, the
+  /// fit and the file reader all set it first), else about 20 log2/exp2 calls per pair.
   Index max_calibrated_length(Index layer, Index head) const {
     if (layer < 0 || layer >= num_layers_ || head < 0 || head >= num_heads_) return 0;
     const std::size_t s = slot(layer, head);
-    if (form_ == ThresholdForm::kCompact)
-      return curves_[s].knots.empty() ? 0 : curves_[s].knots.back().length;
-    return entries_[s].empty() ? 0 : entries_[s].back().length;
+    if (form_ == ThresholdForm::kPerLength)
+      return entries_[s].empty() ? 0 : entries_[s].back().length;
+    const LastBucket& lb = last_bucket_[s];  // computed by set_curve()
+    return lb.buckets_per_octave == metadata_.buckets_per_octave
+               ? lb.end
+               : last_bucket_end(curves_[s], metadata_.buckets_per_octave).end;
   }
   /// True when (layer, head) is declared dense (false outside the table).
   bool is_dense(Index layer, Index head) const {
@@ -626,6 +659,23 @@ class ThresholdTable {
   }
 
  private:
+  /// The end of the length bucket of a curve's last knot, for `b` buckets per octave.
+  struct LastBucket {
+    Index end = 0;               ///< 0 without knots
+    int buckets_per_octave = 0;  ///< the b it was computed for
+  };
+  static LastBucket last_bucket_end(const ThresholdCurve& c, int b) {
+    LastBucket r;
+    r.buckets_per_octave = b;
+    if (c.knots.empty()) return r;
+    const Index last = c.knots.back().length;
+    r.end = last;
+    if (b < 1 || b > 16 || last < 2 || last > (Index(1) << 40)) return r;  // 2^40: files' limit
+    Index lo = 0, hi = 0;
+    bucket_lengths(length_bucket(last, b), b, &lo, &hi);
+    r.end = std::max(hi, last);
+    return r;
+  }
   bool has_data(std::size_t s) const {
     return form_ == ThresholdForm::kCompact ? !curves_[s].knots.empty() : !entries_[s].empty();
   }
@@ -739,6 +789,7 @@ class ThresholdTable {
   ThresholdForm form_ = ThresholdForm::kPerLength;
   std::vector<ThresholdCurve> curves_;        // compact: [layer * heads + head]
   std::vector<std::vector<double>> log_len_;  // compact: ln(knot length), per slot
+  std::vector<LastBucket> last_bucket_;       // compact: per slot, see max_calibrated_length()
   ThresholdMetadata metadata_;
 };
 
