@@ -50,6 +50,8 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 
+from atomic_file import write_atomic
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 QUICK_FILTER = (r"^(probe/|decode/[^/]+/L:(1024|16384)/|decode_paired/L:(1024|16384)/"
@@ -176,25 +178,6 @@ class Run:
 # Largest results file read (a full run writes about 2 MB): a larger file, or an endless stream
 # such as /dev/zero, is an error rather than a read that takes all memory.
 MAX_RESULTS_BYTES = 256 << 20
-
-
-def write_atomic(path: str, text: str) -> None:
-    """Writes `text` to a temporary file beside `path`, then renames it over `path`: a run cut
-    short (or a full disk) leaves the previous file as it was."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def load_results(path: str) -> Run:

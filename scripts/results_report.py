@@ -10,6 +10,8 @@ import os
 import re
 import sys
 
+from atomic_file import write_atomic
+
 work, out_md, img, quick, k_list, s_k_list, cal_counts, main_cal = sys.argv[1:]
 KS = [int(k) for k in k_list.split()]
 S_KS = [int(k) for k in s_k_list.split()]
@@ -272,12 +274,7 @@ if os.path.exists(out_md):
 else:
     text = '# Real-model results\n\n' + generated + '\n'
 # Written beside out_md, then renamed over it: a failed write leaves the old page whole.
-tmp_md = out_md + '.tmp'
-with open(tmp_md, 'w') as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-os.replace(tmp_md, out_md)
+write_atomic(out_md, text)
 
 # --- plot data and gnuplot scripts
 def dat(name, rows):

@@ -626,6 +626,46 @@ TEST(TopThetaExtrapolation, CompactTablesCoverTheLastKnotsBucket) {
   EXPECT_TRUE(stats_equal(reference::attention(args, o, ro).stats, st));
   t.metadata().buckets_per_octave = 1;  // (16, 32] and (32, 64]
   EXPECT_EQ(t.max_calibrated_length(0, 1), 32);
+
+  // A recorded longest row wins over the bucket end, whatever buckets_per_octave says.
+  t.metadata().buckets_per_octave = 2;
+  c.max_calibrated_length = 37;  // head 1: one knot at 20, rows calibrated up to 37
+  ASSERT_TRUE(t.set_curve(0, 1, c).ok());
+  EXPECT_EQ(t.max_calibrated_length(0, 1), 37);
+  t.metadata().buckets_per_octave = 0;
+  EXPECT_EQ(t.max_calibrated_length(0, 1), 37);
+  t.metadata().buckets_per_octave = 2;
+  st.reset();
+  ASSERT_TRUE(prefill(args, o).ok());
+  EXPECT_EQ(st.extrapolated_rows, 13u);  // head 1: lengths 38..50; head 0 covers up to 64
+  EXPECT_TRUE(stats_equal(reference::attention(args, o, ro).stats, st));
+}
+
+TEST(TopThetaExtrapolation, RecordedLengthMustCoverTheLastKnot) {
+  ThresholdTable t = ThresholdTable::compact(1, 1, 4, 2);
+  ThresholdCurve c;
+  CurveKnot kn;
+  kn.length = 20;
+  kn.value = 1.0;
+  kn.samples = 10;
+  c.knots.push_back(kn);
+  c.max_calibrated_length = 19;
+  Status s = t.set_curve(0, 0, c);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("max_calibrated_length 19 is below the last knot's length 20"),
+            std::string::npos)
+      << s.message();
+  c.max_calibrated_length = -1;
+  EXPECT_EQ(t.set_curve(0, 0, c).code(), StatusCode::kInvalidArgument);
+  ThresholdCurve none;
+  none.max_calibrated_length = 5;
+  s = t.set_curve(0, 0, none);
+  EXPECT_NE(s.message().find("given without knots"), std::string::npos) << s.message();
+  EXPECT_FALSE(t.has_thresholds(0, 0));
+  c.max_calibrated_length = 20;  // the knot's own length is the smallest allowed
+  ASSERT_TRUE(t.set_curve(0, 0, c).ok());
+  EXPECT_EQ(t.max_calibrated_length(0, 0), 20);
+  EXPECT_EQ(t.curve(0, 0).max_calibrated_length, 20);
 }
 
 // Prefill equals the sequence of decodes with an owning KvCache supplying the running V sum.

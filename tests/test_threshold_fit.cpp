@@ -57,6 +57,7 @@ std::vector<BucketStats> linear_buckets(double a, double b, Index first, Index l
     const int j = length_bucket(L, bpo);
     if (int(v.size()) <= j) v.resize(std::size_t(j) + 1);
     v[std::size_t(j)].add(std::log(double(L)) - bucket_log_edge(j, bpo), a + b * std::log(double(L)));
+    v[std::size_t(j)].note_length(L);
   }
   return v;
 }
@@ -337,6 +338,10 @@ TEST(ToCompact, ThresholdsThatKeepEveryKeyAreNotFitted) {
   ASSERT_TRUE(to_compact(with, &b).ok());
   for (Index L : {5, 9, 50, 100, 130, 200, 400, 5000})
     EXPECT_EQ(a.lookup(0, 0, L).theta, b.lookup(0, 0, L).theta) << L;
+  // The longest calibrated row is the per-length table's last entry, fitted or not.
+  EXPECT_EQ(a.max_calibrated_length(0, 0), 200);
+  EXPECT_EQ(b.max_calibrated_length(0, 0), 400);
+  EXPECT_EQ(with.max_calibrated_length(0, 0), 400);
   // The authors' file: every head's curve stays near its finite thresholds' range (within the
   // range's width of it: a least-squares line may overshoot the noisy values a little).
   ThresholdTable per_length, compact;
@@ -362,6 +367,58 @@ TEST(ToCompact, ThresholdsThatKeepEveryKeyAreNotFitted) {
         EXPECT_LE(got, hi_theta + width) << l << " " << h << " " << e.length;
       }
     }
+}
+
+// The compact curves record the longest row they were calibrated on, so a table calibrated to
+// 300 tokens reports 300, not the end of its last length bucket (362 at 2 buckets per octave):
+// rows of 301..362 count as extrapolated (AttentionCounts::extrapolated_rows). Merging
+// calibrators keeps the longer of the two; per-length conversions record their last entry.
+TEST(CalibratorCompact, CurvesRecordTheLongestCalibratedRow) {
+  Calibrator a(options({8})), b(options({8}));
+  observe_sequences(&a, 1, 300, 1);
+  observe_sequences(&b, 1, 120, 2);
+  ThresholdSet set;
+  ASSERT_TRUE(a.finalize_compact(&set).ok());
+  const ThresholdTable& t = set.tables()[0];
+  for (Index l = 0; l < 2; ++l)
+    for (Index h = 0; h < 2; ++h) {
+      EXPECT_EQ(t.curve(l, h).max_calibrated_length, 300) << l << " " << h;
+      EXPECT_EQ(t.max_calibrated_length(l, h), 300) << l << " " << h;
+      EXPECT_LT(t.curve(l, h).knots.back().length, 300);
+    }
+  ThresholdSet short_set;
+  ASSERT_TRUE(b.finalize_compact(&short_set).ok());
+  EXPECT_EQ(short_set.tables()[0].max_calibrated_length(1, 1), 120);
+  ASSERT_TRUE(b.merge(a).ok());
+  ThresholdSet merged;
+  ASSERT_TRUE(b.finalize_compact(&merged).ok());
+  EXPECT_EQ(merged.tables()[0].max_calibrated_length(1, 1), 300);
+  // The file keeps it; a curve line without it (files written before) falls back to the end
+  // of the last knot's bucket.
+  const std::string path = temp_path("longest.toptheta");
+  ASSERT_TRUE(save_threshold_set(path, set).ok());
+  ThresholdSet back;
+  ASSERT_TRUE(load_threshold_set(path, &back).ok());
+  EXPECT_TRUE(thresholds_identical(back.tables()[0], t));
+  EXPECT_EQ(back.tables()[0].max_calibrated_length(0, 1), 300);
+  // Per-length tables convert with their last entry's length.
+  ThresholdSet per_length;
+  ASSERT_TRUE(a.finalize_per_length(&per_length).ok());
+  ThresholdTable c;
+  ASSERT_TRUE(to_compact(per_length.tables()[0], &c).ok());
+  EXPECT_EQ(per_length.tables()[0].max_calibrated_length(0, 0), 300);
+  EXPECT_EQ(c.curve(0, 0).max_calibrated_length, 300);
+  // fit_curve: the largest noted length of the non-empty buckets, at least the last knot's;
+  // 0 when no bucket noted one.
+  std::vector<BucketStats> buckets(2);
+  for (int i = 0; i < 40; ++i) buckets[1].add(0.1, 2.0);
+  EXPECT_EQ(fit_curve(buckets, false, 0.0, false, CompactFitOptions()).max_calibrated_length, 0);
+  buckets[1].note_length(2);  // below the knot (a length the caller got wrong): the knot's
+  const ThresholdCurve low = fit_curve(buckets, false, 0.0, false, CompactFitOptions());
+  EXPECT_EQ(low.max_calibrated_length, low.knots.back().length);
+  buckets[0].note_length(1000);  // an empty bucket's note does not count
+  EXPECT_EQ(fit_curve(buckets, false, 0.0, false, CompactFitOptions()).max_calibrated_length,
+            low.knots.back().length);
 }
 
 TEST(NativeV2, RoundTripChooseKAndConvertVersion1) {
@@ -428,13 +485,33 @@ TEST(NativeV2, MalformedFilesNameTheLine) {
       "tables 1\ntable 4\nk 4\ncalibration_rows 1\nsdc off\ncurves 1\n";
   ThresholdTable t;
   EXPECT_TRUE(parse_thresholds(head + "0 0 0 0 1 10 1.5 3\nend\n", "f", &t).ok());
+  EXPECT_EQ(t.curve(0, 0).max_calibrated_length, 0);  // not recorded: the end of 10's bucket
+  EXPECT_EQ(t.max_calibrated_length(0, 0), 11);       // (8, 11.3] at 2 buckets per octave
+  ASSERT_TRUE(parse_thresholds(head + "0 0 0 0 1 10 1.5 3 10\nend\n", "f", &t).ok());
+  EXPECT_EQ(t.max_calibrated_length(0, 0), 10);
+  ASSERT_TRUE(parse_thresholds(head + "0 0 0 0 1 10 1.5 3 4096\nend\n", "f", &t).ok());
+  EXPECT_EQ(t.max_calibrated_length(0, 0), 4096);
   const std::pair<std::string, std::string> bad[] = {
       {"0 0 0 0 2 10 1.5 3\nend\n", "f:13: 2 knots of 3 fields need 11 fields"},
-      {"0 0 0 0 2 10 1.5 3 9 2 3\nend\n", "f:13: layer 0 head 0 knot length 9: duplicate or unsorted"},
+      {"0 0 0 0 2 10 1.5 3 9 2 3\nend\n",
+       "f:13: layer 0 head 0 knot length 9: duplicate or unsorted"},
       {"0 0 0 nan 1 10 1.5 3\nend\n", "f:13: malformed or non-finite slope_above"},
       {"0 1 0 0 1 10 1.5 3\nend\n", "f:13: (layer, head) = (0 x 1) outside (1 x 1)"},
       {"0 0 0 0 1 10 1.5 3\n", "no 'end' line"},
       {"0 0 0 0 1 10 1.5 3\nend\nx\n", "f:15: unexpected content after the 'end' line"},
+      // The optional longest calibrated row length after the knots.
+      {"0 0 0 0 1 10 1.5 3 9\nend\n",
+       "f:13: layer 0 head 0: max_calibrated_length 9 is below the last knot's length 10"},
+      {"0 0 0 0 1 10 1.5 3 0\nend\n",
+       "f:13: malformed or out-of-range longest calibrated row length '0'"},
+      {"0 0 0 0 1 10 1.5 3 12.5\nend\n",
+       "f:13: malformed or out-of-range longest calibrated row length '12.5'"},
+      {"0 0 0 0 1 10 1.5 3 1099511627777\nend\n",
+       "f:13: malformed or out-of-range longest calibrated row length '1099511627777' (an integer "
+       "in [1, 1099511627776])"},
+      {"0 0 0 0 1 10 1.5 3 12 13\nend\n",
+       "f:13: 1 knots of 3 fields need 8 fields (9 with the longest calibrated row length), got "
+       "10"},
   };
   for (const auto& [body, want] : bad) {
     const Status s = parse_thresholds(head + body, "f", &t);
@@ -539,6 +616,24 @@ TEST(NativeV2, EveryWrittenCompactTableLoadsIdentically) {
   EXPECT_FALSE(one_curve(&ends, 0.5, 1e300, std::nan("")).ok());
   EXPECT_FALSE(one_curve(&ends, 0.5, 0.0, 1e300).ok());
   EXPECT_FALSE(one_curve(&post, 1e-50, 0.0, std::nan("")).ok());
+  // The longest calibrated row length: written and read back up to 2^40, refused past it.
+  for (Index longest : {Index(10), Index(11), Index(1) << 40, (Index(1) << 40) + 1}) {
+    ThresholdTable m = ThresholdTable::compact(1, 1, 4);
+    ThresholdCurve c;
+    c.knots.push_back({10, 0.5, 3, std::nan("")});
+    c.max_calibrated_length = longest;
+    ASSERT_TRUE(m.set_curve(0, 0, c).ok());
+    if (longest <= (Index(1) << 40)) {
+      EXPECT_EQ(round_trip(m).max_calibrated_length(0, 0), longest);
+      continue;
+    }
+    std::string out = "untouched";
+    const Status s = format_native_thresholds(m, &out);
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+    EXPECT_EQ(s.message(),
+              "max_calibrated_length 1099511627777 of layer 0 head 0 exceeds 1099511627776");
+    EXPECT_EQ(out, "untouched");
+  }
 }
 
 // The version-2 reader's ranges are the real ones, and the version-1 'entries' count that does

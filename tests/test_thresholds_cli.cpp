@@ -143,6 +143,22 @@ TEST(ThresholdsCli, CompactConvertInfoDiffAndSynth) {
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_NE(r.out.find("format:            native (version 2)"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("form:              compact"), std::string::npos) << r.out;
+  // The conversion records each head's last entry length (40) as its longest calibrated row.
+  EXPECT_NE(r.out.find("calibrated to:     40\n"), std::string::npos) << r.out;
+  EXPECT_EQ(t.max_calibrated_length(2, 3), 40);
+  // A version-2 file written before the length was recorded: the last knots' bucket ends.
+  r = run_cli({"info", std::string(TOPTHETA_TEST_DATA_DIR) + "/../fuzz/corpus/compact_v2.toptheta",
+               "--k", "8"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("calibrated to:     512 (4 curve(s) without a recorded length: the end of "
+                       "the last knot's length bucket)\n"),
+            std::string::npos)
+      << r.out;
+  r = run_cli({"info",
+               std::string(TOPTHETA_TEST_DATA_DIR) + "/../fuzz/corpus/compact_v2_longest.toptheta",
+               "--k", "8"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("calibrated to:     500\n"), std::string::npos) << r.out;
   // diff compares a compact and a per-length table at the union of their lengths.
   r = run_cli({"diff", valid("calibrated.toptheta"), c});
   ASSERT_EQ(r.status, 0) << r.err;

@@ -252,6 +252,24 @@ inline void print_info(std::ostream& out, const std::string& path, ThresholdForm
                                         t.describe_heads(false));
   row("lengths", t.empty() ? std::string("-")
                            : std::to_string(min_len) + ".." + std::to_string(max_len));
+  {  // the rows a Top-θ call runs on a calibrated theta (AttentionCounts::extrapolated_rows)
+    Index lo = std::numeric_limits<Index>::max(), hi = 0;
+    std::size_t unrecorded = 0;
+    for (Index l = 0; l < t.num_layers(); ++l)
+      for (Index h = 0; h < t.num_heads(); ++h) {
+        if (!t.has_thresholds(l, h)) continue;
+        lo = std::min(lo, t.max_calibrated_length(l, h));
+        hi = std::max(hi, t.max_calibrated_length(l, h));
+        unrecorded += t.is_compact() && t.curve(l, h).max_calibrated_length == 0;
+      }
+    std::string v = hi == 0    ? std::string("-")
+                    : lo == hi ? std::to_string(hi)
+                               : std::to_string(lo) + ".." + std::to_string(hi);
+    if (unrecorded > 0)
+      v += " (" + std::to_string(unrecorded) +
+           " curve(s) without a recorded length: the end of the last knot's length bucket)";
+    row("calibrated to", v);
+  }
   row("lambda", native ? detail::format_double(md.lambda) : std::string("- (not stored)"));
   row("calibration rows",
       native ? std::to_string(md.calibration_rows) : std::string("- (not stored)"));
@@ -627,6 +645,7 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
                 const double x = std::log(L) - bucket_log_edge(j, syn_bpo);
                 b[std::size_t(j)].add(x, a0 + b0 * std::log(L) + 0.2 * (rnd() - 0.5), double(n) / 4.0);
               }
+              b[std::size_t(j)].note_length(hi);
             }
             (void)t.set_curve(l, h, fit_curve(b, true, 0.1, false, fo));
           }

@@ -405,6 +405,7 @@ class Calibrator {
       if (int(ha.buckets.size()) <= bucket) ha.buckets.resize(static_cast<std::size_t>(bucket) + 1);
       BucketStats& bs = ha.buckets[static_cast<std::size_t>(bucket)];
       bs.add(bx, post ? double(L) * tau : tau);
+      bs.note_length(L);
       if (st) bs.add_sdc(sdc);
       ++ha.rows_used;
     }

@@ -25,7 +25,8 @@ struct AttentionCounts {
   std::uint64_t elements_topk = 0;      ///< sum of min(k_l, L): what top-k would keep
   std::uint64_t elements_kept_thresholded = 0;  ///< kept elements of thresholded pairs only
   /// Top-θ thresholded pairs whose L exceeds the largest length their (layer, head) was
-  /// calibrated at (ThresholdTable::max_calibrated_length): they ran on an extrapolated theta.
+  /// calibrated at (ThresholdTable::max_calibrated_length): they ran on a theta clamped to the
+  /// last entry (per-length tables) or extrapolated past the last knot (compact tables).
   std::uint64_t extrapolated_rows = 0;
   // Per (row, KV head): the V rows a decode step of that row reads.
   std::uint64_t vrows_total = 0;        ///< sum of L over (row, KV head)

@@ -25,7 +25,7 @@
 ///
 /// Knot values and slopes are rounded to float (the kernels compare in float at most), which
 /// keeps files short: a 32-layer x 32-head table calibrated to 32k tokens is about 0.36 MB
-/// (`toptheta-thresholds synth --layers 32 --heads 32 --context 32768 --k 64`: 355,273 bytes).
+/// (`toptheta-thresholds synth --layers 32 --heads 32 --context 32768 --k 64`: 361,457 bytes).
 
 #include <algorithm>
 #include <cmath>
@@ -77,6 +77,9 @@ struct BucketStats {
   double syy = 0;  ///< sum of w y^2
   double sdc_n = 0;    ///< sum of the weights of the SDC samples
   double sdc_sum = 0;  ///< sum of w times the dropped mass sum_{j not kept} exp(s_j - M) (§8)
+  /// Longest row length noted (note_length()); 0 = none noted. fit_curve() records the largest
+  /// over a head's buckets as the curve's max_calibrated_length.
+  Index max_length = 0;
   /// Adds one row: x = ln L - (bucket's lower edge), y = v(L, tau), weight w.
   void add(double x, double y, double w = 1.0) {
     n += w;
@@ -91,10 +94,13 @@ struct BucketStats {
     sdc_n += w;
     sdc_sum += w * v;
   }
-  /// Adds the sums of `o` (same origin of x).
+  /// Notes that a row of length L was observed (the bucket's max_length).
+  void note_length(Index L) { max_length = std::max(max_length, L); }
+  /// Adds the sums of `o` (same origin of x); max_length is the larger of the two.
   void merge(const BucketStats& o) {
     n += o.n; sx += o.sx; sy += o.sy; sxx += o.sxx; sxy += o.sxy; syy += o.syy;
     sdc_n += o.sdc_n; sdc_sum += o.sdc_sum;
+    note_length(o.max_length);
   }
   /// The same sums with x measured from an origin `shift` lower (x' = x + shift).
   BucketStats shifted(double shift) const {
@@ -153,6 +159,8 @@ inline double wls_slope(const std::vector<double>& x, const std::vector<double>&
 /// times the residual std (0 when the bucket values are already thresholds, e.g. converting a
 /// per-length table). `sdc` copies the buckets' mean SDC terms into the knots. Buckets below
 /// `opts.min_bucket_samples` are appended to `*sparse` (with k, layer, head from `where`).
+/// The curve's max_calibrated_length is the largest `max_length` of the non-empty buckets (at
+/// least the last knot's length), 0 when no bucket noted one.
 inline ThresholdCurve fit_curve(const std::vector<BucketStats>& buckets, bool post, double lambda,
                                 bool sdc, const CompactFitOptions& opts,
                                 std::vector<SparseBucket>* sparse = nullptr,
@@ -221,6 +229,11 @@ inline ThresholdCurve fit_curve(const std::vector<BucketStats>& buckets, bool po
       if (kx[i] <= kx.front() + span) x.push_back(kx[i]), y.push_back(ky[i]), w.push_back(kw[i]);
     c.slope_below = double(detail::round_float(detail::wls_slope(x, y, w)));
   }
+  Index longest = 0;
+  for (const BucketStats& bs : buckets)
+    if (bs.n > 0) longest = std::max(longest, bs.max_length);
+  if (longest > 0 && !c.knots.empty())
+    c.max_calibrated_length = std::max(longest, c.knots.back().length);
   // If any knot lacks an SDC term, drop them all (a table has SDC terms everywhere or nowhere).
   if (sdc)
     for (const auto& k : c.knots)
@@ -235,7 +248,9 @@ inline ThresholdCurve fit_curve(const std::vector<BucketStats>& buckets, bool po
 /// every entry is one observation of its theta (weighted by its samples, at least 1) in its
 /// length bucket; knots are fitted as above without the lambda term (the entries are thresholds
 /// already), so the compact curve smooths the per-length noise. Dense heads stay dense; SDC
-/// terms carry over when every entry has one. A compact table is copied as it is.
+/// terms carry over when every entry has one. Each curve records the pair's last entry length
+/// as its max_calibrated_length (as the per-length table reports it). A compact table is
+/// copied as it is.
 inline Status to_compact(const ThresholdTable& in, ThresholdTable* out,
                          CompactFitOptions opts = CompactFitOptions()) {
   TOPTHETA_RETURN_IF_ERROR(validate(opts));
@@ -274,6 +289,8 @@ inline Status to_compact(const ThresholdTable& in, ThresholdTable* out,
         if (sdc) buckets[std::size_t(j)].add_sdc(e.sdc, w);
       }
       ThresholdCurve c = fit_curve(buckets, post, 0.0, sdc, opts);
+      if (!c.empty())
+        c.max_calibrated_length = std::max(in.entries(l, h).back().length, c.knots.back().length);
       if (c.empty())
         return Status::failed_precondition(
             "to_compact: layer " + std::to_string(l) + " head " + std::to_string(h) +

@@ -109,6 +109,10 @@ struct ThresholdCurve {
   std::vector<CurveKnot> knots;  ///< ascending, distinct lengths
   double slope_below = 0.0;      ///< d g(v) / d ln L below the first knot
   double slope_above = 0.0;      ///< d g(v) / d ln L past the last knot
+  /// Longest row length the curve was calibrated on (ThresholdTable::max_calibrated_length());
+  /// 0 = not recorded (files written before it was, hand-built curves): the table then assumes
+  /// the end of the last knot's length bucket. At least the last knot's length when recorded.
+  Index max_calibrated_length = 0;
   /// True without knots: the pair has no thresholds (or is declared dense).
   bool empty() const { return knots.empty(); }
 };
@@ -380,7 +384,8 @@ class ThresholdTable {
 
   /// Compact tables: installs the curve of (layer, head) (replacing any). Knots need ascending,
   /// distinct positive lengths, finite values (> 0 for post-softmax tables: set the placement
-  /// first), finite slopes and finite non-negative SDC terms or NaN.
+  /// first), finite slopes and finite non-negative SDC terms or NaN; `max_calibrated_length` is
+  /// 0 or at least the last knot's length (0 without knots).
   /// Knot values, slopes and SDC terms are stored rounded to float, the precision of the file
   /// (version 2), so lookups give the same theta before and after a save and load.
   /// Errors (kInvalidArgument, naming the layer, head and knot length): the rules above; a
@@ -432,21 +437,24 @@ class ThresholdTable {
     return check_index(layer, head).ok() && has_data(slot(layer, head));
   }
   /// Largest row length (layer, head) was calibrated at: a per-length table's last entry; a
-  /// compact table's last knot's length bucket's largest length (rows of every length in a
-  /// bucket pool into its knot, threshold_fit.hpp; the knot's own length when
-  /// metadata().buckets_per_octave is not in [1, 16]). A compact table does not record where in
-  /// that bucket its calibration rows stopped, so rows up to 2^(1/b) times (b buckets per
-  /// octave) longer than the longest calibrated row may pass as calibrated. 0 when the pair has
-  /// no thresholds (declared dense or missing) or is outside the table. Longer rows of a Top-θ
-  /// call run on a clamped (per-length, lookup()) or extrapolated (compact) θ;
-  /// AttentionStats::extrapolated_rows counts them (semantics §9). No allocation; O(1) when
-  /// metadata().buckets_per_octave is the value set_curve() saw (compact(), the calibrator, the
-  /// fit and the file reader all set it first), else about 20 log2/exp2 calls per pair.
+  /// compact table's recorded ThresholdCurve::max_calibrated_length (the calibrator, to_compact()
+  /// and files that hold it record it). A compact curve without it (older files, hand-built
+  /// curves) gives the largest length of its last knot's length bucket (rows of every length in
+  /// a bucket pool into its knot, threshold_fit.hpp; the knot's own length when
+  /// metadata().buckets_per_octave is not in [1, 16]): rows up to 2^(1/b) times (b buckets per
+  /// octave) longer than the longest calibrated row may then pass as calibrated. 0 when the pair
+  /// has no thresholds (declared dense or missing) or is outside the table. Longer rows of a
+  /// Top-θ call run on a clamped (per-length, lookup()) or extrapolated (compact) θ;
+  /// AttentionStats::extrapolated_rows counts them (semantics §9). No allocation; O(1) unless
+  /// the curve records no length and metadata().buckets_per_octave changed since set_curve()
+  /// (compact(), the calibrator, the fit and the file reader all set it first): then about 20
+  /// log2/exp2 calls per pair.
   Index max_calibrated_length(Index layer, Index head) const {
     if (layer < 0 || layer >= num_layers_ || head < 0 || head >= num_heads_) return 0;
     const std::size_t s = slot(layer, head);
     if (form_ == ThresholdForm::kPerLength)
       return entries_[s].empty() ? 0 : entries_[s].back().length;
+    if (curves_[s].max_calibrated_length > 0) return curves_[s].max_calibrated_length;
     const LastBucket& lb = last_bucket_[s];  // computed by set_curve()
     return lb.buckets_per_octave == metadata_.buckets_per_octave
                ? lb.end
@@ -699,6 +707,14 @@ class ThresholdTable {
       if (k.has_sdc() && (!std::isfinite(k.sdc) || k.sdc < 0))
         return Status::invalid_argument(w + ": SDC term is not a finite non-negative value");
     }
+    const Index longest = c.max_calibrated_length;
+    if (longest < 0 || (longest > 0 && c.knots.empty()))
+      return Status::invalid_argument(where + ": max_calibrated_length " + std::to_string(longest) +
+                                      (longest < 0 ? " is negative" : " given without knots"));
+    if (longest > 0 && longest < c.knots.back().length)
+      return Status::invalid_argument(where + ": max_calibrated_length " + std::to_string(longest) +
+                                      " is below the last knot's length " +
+                                      std::to_string(c.knots.back().length));
     return {};
   }
   // Rounds the values, slopes and SDC terms of a checked curve to float (see set_curve()).

@@ -88,10 +88,11 @@ namespace detail {
 
 /// Rejects tables a threshold file cannot represent faithfully (so that every saved file loads):
 /// an invalid table (including an incomplete or empty one), shapes beyond the loader limits,
-/// lengths or k beyond kMaxThresholdLength; compact tables whose metadata().buckets_per_octave
-/// is outside [1, 16]. Knot values, slopes and SDC terms are floats already (set_curve() rounds
-/// them), so they are written exactly. Errors are kInvalidArgument naming the field and value;
-/// an incomplete or empty table gives t.validate()'s kFailedPrecondition.
+/// lengths, k or recorded longest calibrated rows beyond kMaxThresholdLength; compact tables whose
+/// metadata().buckets_per_octave is outside [1, 16]. Knot values, slopes and SDC terms are floats
+/// already (set_curve() rounds them), so they are written exactly. Errors are kInvalidArgument
+/// naming the field and value; an incomplete or empty table gives t.validate()'s
+/// kFailedPrecondition.
 inline Status check_writable(const ThresholdTable& t) {
   TOPTHETA_RETURN_IF_ERROR(t.validate());
   if (t.is_compact() && (t.metadata().buckets_per_octave < 1 || t.metadata().buckets_per_octave > 16))
@@ -119,6 +120,11 @@ inline Status check_writable(const ThresholdTable& t) {
       if (!c.empty() && c.back().length > kMaxThresholdLength)
         return Status::invalid_argument("knot length " + std::to_string(c.back().length) +
                                         " exceeds " + std::to_string(kMaxThresholdLength));
+      const Index longest = t.curve(l, h).max_calibrated_length;
+      if (longest > kMaxThresholdLength)
+        return Status::invalid_argument(
+            "max_calibrated_length " + std::to_string(longest) + " of layer " + std::to_string(l) +
+            " head " + std::to_string(h) + " exceeds " + std::to_string(kMaxThresholdLength));
     }
   }
   return {};

@@ -20,9 +20,10 @@
 ///     dense_heads 1 1                (optional, as in version 1)
 ///     sdc off                        (on: every knot carries an SDC term)
 ///     curves 3
-///     0 0 -0.12 0.25 2 45 1.5 800 64 1.62 900
+///     0 0 -0.12 0.25 2 45 1.5 800 64 1.62 900 80
 ///     ...                            (layer head slope_below slope_above knots, then per knot:
-///                                     length value samples [sdc])
+///                                     length value samples [sdc], then [the longest
+///                                     calibrated row length] (optional))
 ///     table 64
 ///     ...
 ///     end
@@ -191,7 +192,8 @@ inline Status format_native_v2(const ThresholdSet& set, std::string* out) {
       for (Index h = 0; h < t.num_heads(); ++h) curves += t.has_thresholds(l, h);
     s += "curves " + std::to_string(curves) + "\n";
     s += "# layer head slope_below slope_above knots, then per knot: length value samples";
-    s += sdc ? " sdc\n" : "\n";
+    s += sdc ? " sdc" : "";
+    s += ", then the longest calibrated row length\n";
     for (Index l = 0; l < t.num_layers(); ++l)
       for (Index h = 0; h < t.num_heads(); ++h) {
         const ThresholdCurve& c = t.curve(l, h);
@@ -210,6 +212,7 @@ inline Status format_native_v2(const ThresholdSet& set, std::string* out) {
             append_float(&s, k.sdc);
           }
         }
+        if (c.max_calibrated_length > 0) s += ' ' + std::to_string(c.max_calibrated_length);
         s += '\n';
       }
   }
@@ -432,9 +435,12 @@ inline Status parse_native_v2(std::string_view text, const std::string& name, Th
       if (!float_field(f[3], "slope_above", &c.slope_above)) return st;
       std::uint64_t nk = 0;
       if (!uint_field(f[4], 65536, "knot count", &nk, 1)) return st;
-      if (f.size() != 5 + nk * per_knot)
-        return bad(ln, std::to_string(nk) + " knots of " + std::to_string(per_knot) + " fields need " +
-                           std::to_string(5 + nk * per_knot) + " fields, got " + std::to_string(f.size()));
+      const std::size_t nf = 5 + std::size_t(nk) * per_knot;
+      if (f.size() != nf && f.size() != nf + 1)
+        return bad(ln,
+                   std::to_string(nk) + " knots of " + std::to_string(per_knot) + " fields need " +
+                       std::to_string(nf) + " fields (" + std::to_string(nf + 1) +
+                       " with the longest calibrated row length), got " + std::to_string(f.size()));
       for (std::uint64_t i = 0; i < nk; ++i) {
         const std::size_t o = 5 + std::size_t(i) * per_knot;
         CurveKnot k;
@@ -445,6 +451,13 @@ inline Status parse_native_v2(std::string_view text, const std::string& name, Th
         if (!uint_field(f[o + 2], ~std::uint64_t(0), "knot samples", &k.samples)) return st;
         if (sdc && !float_field(f[o + 3], "knot SDC term", &k.sdc)) return st;
         c.knots.push_back(k);
+      }
+      if (f.size() == nf + 1) {
+        std::uint64_t longest = 0;
+        if (!uint_field(f[nf], std::uint64_t(kMaxThresholdLength), "longest calibrated row length",
+                        &longest, 1))
+          return st;
+        c.max_calibrated_length = Index(longest);
       }
       const Status cs = t.set_curve(l, h, std::move(c));
       if (!cs.ok()) return bad(ln, cs.message());

@@ -216,7 +216,8 @@ inline bool thresholds_identical(const ThresholdTable& a, const ThresholdTable& 
       if (a.is_dense(l, h) != b.is_dense(l, h)) return false;
       const ThresholdCurve &ca = a.curve(l, h), &cb = b.curve(l, h);
       if (ca.knots.size() != cb.knots.size() || !same(ca.slope_below, cb.slope_below) ||
-          !same(ca.slope_above, cb.slope_above))
+          !same(ca.slope_above, cb.slope_above) ||
+          ca.max_calibrated_length != cb.max_calibrated_length)
         return false;
       for (std::size_t i = 0; i < ca.knots.size(); ++i)
         if (ca.knots[i].length != cb.knots[i].length || !same(ca.knots[i].value, cb.knots[i].value) ||
