@@ -338,9 +338,10 @@ TEST(ToCompact, ThresholdsThatKeepEveryKeyAreNotFitted) {
   ASSERT_TRUE(to_compact(with, &b).ok());
   for (Index L : {5, 9, 50, 100, 130, 200, 400, 5000})
     EXPECT_EQ(a.lookup(0, 0, L).theta, b.lookup(0, 0, L).theta) << L;
-  // The longest calibrated row is the per-length table's last entry, fitted or not.
+  // The longest calibrated row is the longest fitted entry: an entry that keeps every key (400)
+  // is no observation of the curve, although the per-length table ends there.
   EXPECT_EQ(a.max_calibrated_length(0, 0), 200);
-  EXPECT_EQ(b.max_calibrated_length(0, 0), 400);
+  EXPECT_EQ(b.max_calibrated_length(0, 0), 200);
   EXPECT_EQ(with.max_calibrated_length(0, 0), 400);
   // The authors' file: every head's curve stays near its finite thresholds' range (within the
   // range's width of it: a least-squares line may overshoot the noisy values a little).
@@ -419,6 +420,17 @@ TEST(CalibratorCompact, CurvesRecordTheLongestCalibratedRow) {
   buckets[0].note_length(1000);  // an empty bucket's note does not count
   EXPECT_EQ(fit_curve(buckets, false, 0.0, false, CompactFitOptions()).max_calibrated_length,
             low.knots.back().length);
+  // A sparse bucket counts when it pools into a knot (pool_radius 1: the next bucket) and not
+  // when it lies beyond every knot's pool: its rows fed no theta.
+  buckets.resize(6);
+  buckets[2].add(0.1, 2.0);  // 1 row (below min_bucket_samples): pooled into bucket 1's knot
+  buckets[2].note_length(3);
+  buckets[5].add(0.1, 2.0);  // 1 row, 3 buckets past the knot: fed nothing
+  buckets[5].note_length(7);
+  EXPECT_EQ(fit_curve(buckets, false, 0.0, false, CompactFitOptions()).max_calibrated_length, 3);
+  CompactFitOptions wide;
+  wide.pool_radius = 4;
+  EXPECT_EQ(fit_curve(buckets, false, 0.0, false, wide).max_calibrated_length, 7);
 }
 
 TEST(NativeV2, RoundTripChooseKAndConvertVersion1) {
@@ -487,9 +499,12 @@ TEST(NativeV2, MalformedFilesNameTheLine) {
   EXPECT_TRUE(parse_thresholds(head + "0 0 0 0 1 10 1.5 3\nend\n", "f", &t).ok());
   EXPECT_EQ(t.curve(0, 0).max_calibrated_length, 0);  // not recorded: the end of 10's bucket
   EXPECT_EQ(t.max_calibrated_length(0, 0), 11);       // (8, 11.3] at 2 buckets per octave
-  ASSERT_TRUE(parse_thresholds(head + "0 0 0 0 1 10 1.5 3 10\nend\n", "f", &t).ok());
+  ASSERT_TRUE(
+      parse_thresholds(head + "0 0 0 0 1 10 1.5 3 max_calibrated_length 10\nend\n", "f", &t).ok());
   EXPECT_EQ(t.max_calibrated_length(0, 0), 10);
-  ASSERT_TRUE(parse_thresholds(head + "0 0 0 0 1 10 1.5 3 4096\nend\n", "f", &t).ok());
+  ASSERT_TRUE(
+      parse_thresholds(head + "0 0 0 0 1 10 1.5 3 max_calibrated_length 4096\nend\n", "f", &t)
+          .ok());
   EXPECT_EQ(t.max_calibrated_length(0, 0), 4096);
   const std::pair<std::string, std::string> bad[] = {
       {"0 0 0 0 2 10 1.5 3\nend\n", "f:13: 2 knots of 3 fields need 11 fields"},
@@ -500,18 +515,24 @@ TEST(NativeV2, MalformedFilesNameTheLine) {
       {"0 0 0 0 1 10 1.5 3\n", "no 'end' line"},
       {"0 0 0 0 1 10 1.5 3\nend\nx\n", "f:15: unexpected content after the 'end' line"},
       // The optional longest calibrated row length after the knots.
-      {"0 0 0 0 1 10 1.5 3 9\nend\n",
+      {"0 0 0 0 1 10 1.5 3 max_calibrated_length 9\nend\n",
        "f:13: layer 0 head 0: max_calibrated_length 9 is below the last knot's length 10"},
-      {"0 0 0 0 1 10 1.5 3 0\nend\n",
-       "f:13: malformed or out-of-range longest calibrated row length '0'"},
-      {"0 0 0 0 1 10 1.5 3 12.5\nend\n",
-       "f:13: malformed or out-of-range longest calibrated row length '12.5'"},
-      {"0 0 0 0 1 10 1.5 3 1099511627777\nend\n",
-       "f:13: malformed or out-of-range longest calibrated row length '1099511627777' (an integer "
+      {"0 0 0 0 1 10 1.5 3 max_calibrated_length 0\nend\n",
+       "f:13: malformed or out-of-range max_calibrated_length '0'"},
+      {"0 0 0 0 1 10 1.5 3 max_calibrated_length 12.5\nend\n",
+       "f:13: malformed or out-of-range max_calibrated_length '12.5'"},
+      // A field lost from a line that carries the length, or a bare number after the knots
+      // (e.g. an SDC term under 'sdc off'), is a field count error, not a shifted read.
+      {"0 0 0 0 2 10 1.5 20 1.7 3 max_calibrated_length 30\nend\n",
+       "f:13: 2 knots of 3 fields need 11 fields (13 with 'max_calibrated_length M'), got 12"},
+      {"0 0 0 0 1 10 1.5 3 12\nend\n", "f:13: 1 knots of 3 fields need 8 fields"},
+      {"0 0 0 0 1 10 1.5 3 longest 12\nend\n",
+       "f:13: expected 'max_calibrated_length M' after the 1 knots, got 'longest'"},
+      {"0 0 0 0 1 10 1.5 3 max_calibrated_length 1099511627777\nend\n",
+       "f:13: malformed or out-of-range max_calibrated_length '1099511627777' (an integer "
        "in [1, 1099511627776])"},
-      {"0 0 0 0 1 10 1.5 3 12 13\nend\n",
-       "f:13: 1 knots of 3 fields need 8 fields (9 with the longest calibrated row length), got "
-       "10"},
+      {"0 0 0 0 1 10 1.5 3 max_calibrated_length 12 13\nend\n",
+       "f:13: 1 knots of 3 fields need 8 fields (10 with 'max_calibrated_length M'), got 11"},
   };
   for (const auto& [body, want] : bad) {
     const Status s = parse_thresholds(head + body, "f", &t);

@@ -159,6 +159,28 @@ TEST(ThresholdsCli, CompactConvertInfoDiffAndSynth) {
                "--k", "8"});
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_NE(r.out.find("calibrated to:     500\n"), std::string::npos) << r.out;
+  // diff names the pairs whose longest calibrated row differs; the thresholds are the same.
+  {
+    std::string text = read_all(std::string(TOPTHETA_TEST_DATA_DIR) +
+                                "/../fuzz/corpus/compact_v2_longest.toptheta");
+    const std::string from = "1200 max_calibrated_length 500\n1 1";
+    const std::size_t at = text.find(from);
+    ASSERT_NE(at, std::string::npos);
+    text.replace(at, from.size(), "1200 max_calibrated_length 9000\n1 1");
+    const std::string m = dir.file("m9000.toptheta");
+    write_all(m, text);
+    r = run_cli(
+        {"diff",
+         std::string(TOPTHETA_TEST_DATA_DIR) + "/../fuzz/corpus/compact_v2_longest.toptheta", m,
+         "--k", "4", "--tolerance", "0"});
+    EXPECT_EQ(r.status, 0) << r.out << r.err;
+    EXPECT_NE(r.out.find("calibrated to:       differs at 1 (layer, head) pair(s): layer 1 head 0: "
+                         "500 vs 9000\n"),
+              std::string::npos)
+        << r.out;
+    EXPECT_NE(r.out.find("max abs theta diff:  0 "), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("result:              different"), std::string::npos) << r.out;
+  }
   // diff compares a compact and a per-length table at the union of their lengths.
   r = run_cli({"diff", valid("calibrated.toptheta"), c});
   ASSERT_EQ(r.status, 0) << r.err;

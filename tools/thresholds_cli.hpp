@@ -726,6 +726,22 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
       row("max abs theta diff", r.common ? fmt_g(r.max_abs, 17) + " (" + r.at_abs + ")" : "-");
       row("max rel theta diff", r.common ? fmt_g(r.max_rel, 17) + " (" + r.at_rel + ")" : "-");
       row("samples differ", std::to_string(r.samples_differ) + " entries");
+      // The longest calibrated rows (ThresholdTable::max_calibrated_length): not thresholds, but
+      // what AttentionCounts::extrapolated_rows counts against.
+      std::string ldiff;
+      std::size_t nl = 0;
+      for (Index l = 0; l < std::min(a.num_layers(), b.num_layers()); ++l)
+        for (Index h = 0; h < std::min(a.num_heads(), b.num_heads()); ++h) {
+          const Index la = a.max_calibrated_length(l, h), lb = b.max_calibrated_length(l, h);
+          if (la != lb && ++nl <= 4)
+            ldiff += (ldiff.empty() ? "" : ", ") + std::string("layer ") + std::to_string(l) +
+                     " head " + std::to_string(h) + ": " + std::to_string(la) + " vs " +
+                     std::to_string(lb);
+        }
+      if (nl > 4) ldiff += ", ...";
+      row("calibrated to",
+          nl == 0 ? "same"
+                  : "differs at " + std::to_string(nl) + " (layer, head) pair(s): " + ldiff);
       if (r.sdc_compared || r.sdc_only_one)
         row("max abs sdc diff", (r.sdc_compared ? fmt_g(r.max_sdc_abs, 17) + " (" + r.at_sdc + ")"
                                                 : std::string("-")) +
@@ -734,7 +750,7 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
                                                     : std::string()));
       const bool structural =
           !same_shape || nk != 0 || !same_placement || geometry_conflict || r.only_a || r.only_b;
-      const bool identical = !structural && r.max_abs == 0.0 && r.samples_differ == 0 &&
+      const bool identical = !structural && r.max_abs == 0.0 && r.samples_differ == 0 && nl == 0 &&
                              r.max_sdc_abs == 0.0 && r.sdc_only_one == 0;
       row("result", identical ? "identical thresholds" : "different");
       if (tolerance >= 0.0 && (structural || r.max_abs > tolerance)) {

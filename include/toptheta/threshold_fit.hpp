@@ -24,8 +24,8 @@
 /// (g = identity for pre-softmax, ln for post-softmax), 0 with fewer than two knots there.
 ///
 /// Knot values and slopes are rounded to float (the kernels compare in float at most), which
-/// keeps files short: a 32-layer x 32-head table calibrated to 32k tokens is about 0.36 MB
-/// (`toptheta-thresholds synth --layers 32 --heads 32 --context 32768 --k 64`: 361,457 bytes).
+/// keeps files short: a 32-layer x 32-head table calibrated to 32k tokens is about 0.38 MB
+/// (`toptheta-thresholds synth --layers 32 --heads 32 --context 32768 --k 64`: 383,975 bytes).
 
 #include <algorithm>
 #include <cmath>
@@ -159,8 +159,9 @@ inline double wls_slope(const std::vector<double>& x, const std::vector<double>&
 /// times the residual std (0 when the bucket values are already thresholds, e.g. converting a
 /// per-length table). `sdc` copies the buckets' mean SDC terms into the knots. Buckets below
 /// `opts.min_bucket_samples` are appended to `*sparse` (with k, layer, head from `where`).
-/// The curve's max_calibrated_length is the largest `max_length` of the non-empty buckets (at
-/// least the last knot's length), 0 when no bucket noted one.
+/// The curve's max_calibrated_length is the largest `max_length` of the buckets pooled into a
+/// knot's fit (at least the last knot's length): a bucket far from every knot fed no θ, so its
+/// rows are not calibrated. 0 when no such bucket noted a length.
 inline ThresholdCurve fit_curve(const std::vector<BucketStats>& buckets, bool post, double lambda,
                                 bool sdc, const CompactFitOptions& opts,
                                 std::vector<SparseBucket>* sparse = nullptr,
@@ -184,6 +185,7 @@ inline ThresholdCurve fit_curve(const std::vector<BucketStats>& buckets, bool po
   }
   ThresholdCurve c;
   std::vector<double> kx, ky, kw;  // knots: ln L, g(value), weight
+  Index longest = 0;               // longest noted row of the buckets pooled into a knot
   for (int j = 0; j < nb; ++j) {
     const BucketStats& own = buckets[std::size_t(j)];
     if (!(own.n > 0)) continue;
@@ -214,6 +216,10 @@ inline ThresholdCurve fit_curve(const std::vector<BucketStats>& buckets, bool po
     k.samples = std::uint64_t(std::llround(own.n));
     if (sdc && own.sdc_n > 0) k.sdc = double(detail::round_float(std::max(own.sdc_sum / own.sdc_n, 0.0)));
     c.knots.push_back(k);
+    for (int i = std::max(0, j - opts.pool_radius); i <= std::min(nb - 1, j + opts.pool_radius);
+         ++i)
+      if (buckets[std::size_t(i)].n > 0)
+        longest = std::max(longest, buckets[std::size_t(i)].max_length);
     kx.push_back(std::log(double(k.length)));
     ky.push_back(post ? std::log(k.value) : k.value);
     kw.push_back(own.n);
@@ -229,9 +235,6 @@ inline ThresholdCurve fit_curve(const std::vector<BucketStats>& buckets, bool po
       if (kx[i] <= kx.front() + span) x.push_back(kx[i]), y.push_back(ky[i]), w.push_back(kw[i]);
     c.slope_below = double(detail::round_float(detail::wls_slope(x, y, w)));
   }
-  Index longest = 0;
-  for (const BucketStats& bs : buckets)
-    if (bs.n > 0) longest = std::max(longest, bs.max_length);
   if (longest > 0 && !c.knots.empty())
     c.max_calibrated_length = std::max(longest, c.knots.back().length);
   // If any knot lacks an SDC term, drop them all (a table has SDC terms everywhere or nowhere).
@@ -248,8 +251,8 @@ inline ThresholdCurve fit_curve(const std::vector<BucketStats>& buckets, bool po
 /// every entry is one observation of its theta (weighted by its samples, at least 1) in its
 /// length bucket; knots are fitted as above without the lambda term (the entries are thresholds
 /// already), so the compact curve smooths the per-length noise. Dense heads stay dense; SDC
-/// terms carry over when every entry has one. Each curve records the pair's last entry length
-/// as its max_calibrated_length (as the per-length table reports it). A compact table is
+/// terms carry over when every entry has one. Each curve's max_calibrated_length is the longest
+/// fitted entry (entries that keep every key are not fitted, see below). A compact table is
 /// copied as it is.
 inline Status to_compact(const ThresholdTable& in, ThresholdTable* out,
                          CompactFitOptions opts = CompactFitOptions()) {
@@ -286,11 +289,10 @@ inline Status to_compact(const ThresholdTable& in, ThresholdTable* out,
         if (post && !(v > 0)) continue;
         const double w = double(std::max<std::uint64_t>(e.samples, 1));
         buckets[std::size_t(j)].add(x, v, w);
+        buckets[std::size_t(j)].note_length(e.length);
         if (sdc) buckets[std::size_t(j)].add_sdc(e.sdc, w);
       }
       ThresholdCurve c = fit_curve(buckets, post, 0.0, sdc, opts);
-      if (!c.empty())
-        c.max_calibrated_length = std::max(in.entries(l, h).back().length, c.knots.back().length);
       if (c.empty())
         return Status::failed_precondition(
             "to_compact: layer " + std::to_string(l) + " head " + std::to_string(h) +

@@ -20,10 +20,10 @@
 ///     dense_heads 1 1                (optional, as in version 1)
 ///     sdc off                        (on: every knot carries an SDC term)
 ///     curves 3
-///     0 0 -0.12 0.25 2 45 1.5 800 64 1.62 900 80
+///     0 0 -0.12 0.25 2 45 1.5 800 64 1.62 900 max_calibrated_length 80
 ///     ...                            (layer head slope_below slope_above knots, then per knot:
-///                                     length value samples [sdc], then [the longest
-///                                     calibrated row length] (optional))
+///                                     length value samples [sdc], then optionally
+///                                     'max_calibrated_length M': the longest calibrated row)
 ///     table 64
 ///     ...
 ///     end
@@ -49,6 +49,8 @@ namespace detail {
 
 /// First word of a native threshold file, both versions (public: kNativeThresholdMagic).
 inline constexpr const char* kNativeMagicV2 = "toptheta-thresholds";
+/// Keyword before a curve line's optional longest calibrated row length (version 2).
+inline constexpr const char* kLongestKey = "max_calibrated_length";
 
 // Reader and writer pieces shared by versions 1 (native_format.hpp) and 2.
 
@@ -191,9 +193,13 @@ inline Status format_native_v2(const ThresholdSet& set, std::string* out) {
     for (Index l = 0; l < t.num_layers(); ++l)
       for (Index h = 0; h < t.num_heads(); ++h) curves += t.has_thresholds(l, h);
     s += "curves " + std::to_string(curves) + "\n";
+    bool any_longest = false;
+    for (Index l = 0; l < t.num_layers(); ++l)
+      for (Index h = 0; h < t.num_heads(); ++h)
+        any_longest |= t.curve(l, h).max_calibrated_length > 0;
     s += "# layer head slope_below slope_above knots, then per knot: length value samples";
     s += sdc ? " sdc" : "";
-    s += ", then the longest calibrated row length\n";
+    s += any_longest ? ", then max_calibrated_length M\n" : "\n";
     for (Index l = 0; l < t.num_layers(); ++l)
       for (Index h = 0; h < t.num_heads(); ++h) {
         const ThresholdCurve& c = t.curve(l, h);
@@ -212,7 +218,8 @@ inline Status format_native_v2(const ThresholdSet& set, std::string* out) {
             append_float(&s, k.sdc);
           }
         }
-        if (c.max_calibrated_length > 0) s += ' ' + std::to_string(c.max_calibrated_length);
+        if (c.max_calibrated_length > 0)
+          s += std::string(" ") + kLongestKey + ' ' + std::to_string(c.max_calibrated_length);
         s += '\n';
       }
   }
@@ -436,11 +443,14 @@ inline Status parse_native_v2(std::string_view text, const std::string& name, Th
       std::uint64_t nk = 0;
       if (!uint_field(f[4], 65536, "knot count", &nk, 1)) return st;
       const std::size_t nf = 5 + std::size_t(nk) * per_knot;
-      if (f.size() != nf && f.size() != nf + 1)
-        return bad(ln,
-                   std::to_string(nk) + " knots of " + std::to_string(per_knot) + " fields need " +
-                       std::to_string(nf) + " fields (" + std::to_string(nf + 1) +
-                       " with the longest calibrated row length), got " + std::to_string(f.size()));
+      if (f.size() != nf && f.size() != nf + 2)
+        return bad(ln, std::to_string(nk) + " knots of " + std::to_string(per_knot) +
+                           " fields need " + std::to_string(nf) + " fields (" +
+                           std::to_string(nf + 2) + " with '" + kLongestKey + " M'), got " +
+                           std::to_string(f.size()));
+      if (f.size() == nf + 2 && f[nf] != kLongestKey)
+        return bad(ln, "expected '" + std::string(kLongestKey) + " M' after the " +
+                           std::to_string(nk) + " knots, got " + quote_token(f[nf]));
       for (std::uint64_t i = 0; i < nk; ++i) {
         const std::size_t o = 5 + std::size_t(i) * per_knot;
         CurveKnot k;
@@ -452,10 +462,9 @@ inline Status parse_native_v2(std::string_view text, const std::string& name, Th
         if (sdc && !float_field(f[o + 3], "knot SDC term", &k.sdc)) return st;
         c.knots.push_back(k);
       }
-      if (f.size() == nf + 1) {
+      if (f.size() == nf + 2) {
         std::uint64_t longest = 0;
-        if (!uint_field(f[nf], std::uint64_t(kMaxThresholdLength), "longest calibrated row length",
-                        &longest, 1))
+        if (!uint_field(f[nf + 1], std::uint64_t(kMaxThresholdLength), kLongestKey, &longest, 1))
           return st;
         c.max_calibrated_length = Index(longest);
       }
