@@ -228,25 +228,6 @@ TT_POST_TEST(RandomCasesMatchOracleAndStoredPath) {
   }
 }
 
-/// A table giving every head of layer 0 the threshold `theta` at every length (one entry,
-/// nearest lookup), or declaring every head dense (`dense`).
-ThresholdTable constant_table(Index Hq, Index k, double theta, bool dense) {
-  ThresholdTable tab(1, Hq, k);
-  tab.metadata().placement = Placement::kPostSoftmax;
-  for (Index h = 0; h < Hq; ++h) {
-    if (dense) {
-      EXPECT_TRUE(tab.set_dense(0, h).ok());
-      continue;
-    }
-    ThresholdEntry e;
-    e.length = 16;
-    e.theta = theta;
-    e.samples = 1;
-    EXPECT_TRUE(tab.set(0, h, e).ok());
-  }
-  return tab;
-}
-
 template <class T>
 void special_thresholds(bool prefill_call) {
   for (int bias : {0, 1, 2})

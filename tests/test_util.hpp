@@ -606,4 +606,24 @@ inline bool same_tables(const ThresholdTable& a, const ThresholdTable& b) {
   return true;
 }
 
+/// A table giving every head of layer 0 the threshold `theta` at every length (one entry,
+/// nearest lookup), or declaring every head dense (`dense`); placement `pl`.
+inline ThresholdTable constant_table(Index Hq, Index k, double theta, bool dense,
+                                     Placement pl = Placement::kPostSoftmax) {
+  ThresholdTable tab(1, Hq, k);
+  tab.metadata().placement = pl;
+  for (Index h = 0; h < Hq; ++h) {
+    if (dense) {
+      EXPECT_TRUE(tab.set_dense(0, h).ok());
+      continue;
+    }
+    ThresholdEntry e;
+    e.length = 16;
+    e.theta = theta;
+    e.samples = 1;
+    EXPECT_TRUE(tab.set(0, h, e).ok());
+  }
+  return tab;
+}
+
 }  // namespace toptheta::testing

@@ -4,14 +4,20 @@
 // (sampled), including the case that caught us: a workspace sized for L = 256 reused after the
 // cache grew to 4096 and 16384 tokens. Under ASan (the dev preset) the exact-size heap
 // allocation of the too-small workspace also catches any write past its end.
+// max_workspace_size: equal to the largest workspace_size of every call within its limits (by
+// brute force over every cache length and query count), for every mode, contiguous and paged
+// caches; one buffer of that size serves every call.
 
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <memory>
 #include <random>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "test_util.hpp"
@@ -206,6 +212,255 @@ TEST(WorkspaceBoundsGrowth, SizedForShortCacheReusedAfterGrowth) {
         EXPECT_TRUE(std::equal(cache0.begin(), cache0.end(), kc)) << "KV cache overwritten";
         for (float x : out) ASSERT_EQ(x, -1.f) << "out written despite the error";
       }
+}
+
+// ------------------------------------------------------------------------------------------
+// max_workspace_size
+// ------------------------------------------------------------------------------------------
+
+/// Options of mode `mc` with `threads` threads (the tables and calibrator outlive them).
+struct ModeOptions {
+  ThresholdTable pre, post;
+  Calibrator cal;
+  ModeOptions(Index Hq, Index k)
+      : pre(constant_table(Hq, k, 0.5, false, Placement::kPreSoftmax)),
+        post(constant_table(Hq, k, 0.01, false)),
+        cal([&] {
+          CalibrationOptions co;
+          co.num_layers = 1;
+          co.num_heads = Hq;
+          co.default_k = k;
+          return co;
+        }()) {}
+  AttentionOptions get(const ModeCase& mc, int threads, Index k) {
+    AttentionOptions o;
+    o.mode = mc.mode;
+    o.k = k;
+    o.placement = mc.placement;
+    o.sdc = mc.sdc;
+    o.vmc = mc.vmc;
+    o.vbar = VbarSource::kSumCache;
+    o.thresholds = mc.placement == Placement::kPreSoftmax ? &pre : &post;
+    o.calibrator = &cal;
+    o.threads = threads;
+    return o;
+  }
+};
+
+/// `a` with a cache of L tokens and T query tokens (prefixes of its views).
+AttentionArgs<float> with_lengths(AttentionArgs<float> a, Index L, Index T) {
+  if (a.paged.empty())
+    a.k.tokens = a.v.tokens = L;
+  else
+    a.paged.tokens = L;
+  a.q.tokens = a.out.tokens = T;
+  return a;
+}
+
+/// The largest workspace_size over every L <= Lmax and T <= min(Tmax, L), by brute force, and
+/// (in `*worst`) where it is. Also checks what max_workspace_size relies on: for a fixed L, the
+/// prefill size never decreases with T (from T = 2: the size at T = 1 also covers decode).
+std::size_t largest_call(const AttentionArgs<float>& a, const AttentionOptions& o, Index Lmax,
+                         Index Tmax, std::pair<Index, Index>* worst = nullptr) {
+  std::size_t n = 0;
+  for (Index L = 1; L <= Lmax; ++L) {
+    std::size_t prev = 0;
+    for (Index T = 1; T <= std::min(Tmax, L); ++T) {
+      const std::size_t s = workspace_size(with_lengths(a, L, T), o);
+      EXPECT_GT(s, 0u) << "L " << L << " T " << T;
+      EXPECT_GE(s, prev) << "L " << L << ": T = " << T << " needs less than T = " << T - 1
+                         << "; max_workspace_size measures only the largest T";
+      if (T >= 2) prev = s;
+      if (s > n && worst) *worst = {L, T};
+      n = std::max(n, s);
+    }
+  }
+  return n;
+}
+
+struct MaxCase {
+  const char* name;
+  Index Hq, Hkv, d, Lmax, Tmax;
+  std::size_t post_score_tile_bytes;  // small: the post walk's block height changes with L
+  bool paged = false;
+  Layout layout = Layout::kTokenMajor;
+  Isa isa = Isa::kAuto;
+  bool per_head_stats = false;
+  Index head_offset = 0, model_heads = 0, model_kv_heads = 0;  // a shard of a larger model
+};
+
+// G = 64: top-k and calibration take the stored prefill walk, whose rows per block fall from 64
+// as L grows past 192; G = 128 takes it in every mode. A 64 KiB post-softmax score budget makes
+// the post walk's block height and its stored-score switch change with L. Tmax = 7 stops below
+// the flash walk's block height of G = 4 (16 rows), 20 above it.
+const MaxCase kMaxCases[] = {
+    {"G4", 8, 2, 32, 160, 160, std::size_t(4) << 20},
+    {"G4-T7", 8, 2, 32, 160, 7, std::size_t(4) << 20},
+    {"G4-small-post-budget", 8, 2, 16, 240, 20, std::size_t(64) << 10},
+    {"G64", 64, 1, 16, 260, 260, std::size_t(4) << 20},
+    {"G128", 128, 1, 16, 90, 90, std::size_t(4) << 20},
+    {"G2-paged", 4, 2, 16, 150, 150, std::size_t(4) << 20, true},
+    {"G4-head-major-scalar-stats", 8, 2, 16, 130, 130, std::size_t(4) << 20, false,
+     Layout::kHeadMajor, Isa::kScalar, true},
+    {"G2-shard", 4, 2, 16, 120, 40, std::size_t(4) << 20, false, Layout::kTokenMajor, Isa::kAuto,
+     false, 4, 8, 4},
+};
+
+TEST(WorkspaceMax, EqualsTheLargestWorkspaceOfEveryCallWithinTheLimits) {
+  const Index k = 8;
+  int non_monotone = 0;  // cases whose largest call is not the one at (Lmax, Tmax)
+  for (const MaxCase& c : kMaxCases) {
+    ProblemSpec sp;
+    sp.T = c.Tmax;
+    sp.P = c.Lmax - c.Tmax;
+    sp.Hq = c.Hq;
+    sp.Hkv = c.Hkv;
+    sp.d = c.d;
+    sp.layout = c.layout;
+    auto p = make_problem<float>(sp);
+    AttentionArgs<float> a = p.args();
+    a.head_offset = c.head_offset;
+    a.model_heads = c.model_heads;
+    a.model_kv_heads = c.model_kv_heads;
+    // Paged: blocks of 16 tokens in reverse order.
+    const Index B = 16, nb = (c.Lmax + B - 1) / B;
+    std::vector<float> kpool(std::size_t(nb * B * c.Hkv * c.d)), vpool(kpool.size());
+    std::vector<std::int32_t> table(std::size_t(nb), 0);
+    for (Index b = 0; b < nb; ++b) table[std::size_t(b)] = std::int32_t(nb - 1 - b);
+    if (c.paged) {
+      a.paged = PagedKv<float>::token_major(kpool.data(), vpool.data(), nb, table.data(), c.Lmax,
+                                            c.Hkv, c.d, B);
+      a.k = {};
+      a.v = {};
+    }
+    AttentionStats stats;
+    stats.enable_per_head(c.model_heads ? c.model_heads : c.Hq);
+    ModeOptions mo(c.model_heads ? c.model_heads : c.Hq, k);
+    for (const ModeCase& mc : kModes)
+      for (int threads : {1, 2}) {
+        SCOPED_TRACE(std::string(c.name) + " " + mc.name + " threads " + std::to_string(threads));
+        AttentionOptions o = mo.get(mc, threads, k);
+        o.post_score_tile_bytes = c.post_score_tile_bytes;
+        o.isa = c.isa;
+        if (c.per_head_stats) o.stats = &stats;
+        ASSERT_GT(workspace_size(a, o), 0u) << "the case does not validate";
+        const std::size_t want = largest_call(a, o, c.Lmax, c.Tmax);
+        EXPECT_EQ(max_workspace_size(a, o, WorkspaceLimits{c.Lmax, c.Tmax}), want);
+        // The args' own L and T do not matter.
+        EXPECT_EQ(max_workspace_size(with_lengths(a, 3, 2), o, WorkspaceLimits{c.Lmax, c.Tmax}),
+                  want);
+        if (want > workspace_size(a, o)) ++non_monotone;
+      }
+  }
+  // The test would also pass for "the size at (Lmax, Tmax)" if no case had a larger call below.
+  EXPECT_GT(non_monotone, 0);
+}
+
+// Decode sizes fall where the key chunk count drops (9 to 8 chunks of L/8 tokens between 2k and
+// 8k tokens): a workspace for the longest cache is too small for a shorter one. The maximum
+// covers every shorter cache.
+TEST(WorkspaceMax, DecodeCoversShorterCachesThatNeedMore) {
+  const Index Hq = 32, Hkv = 8, d = 128, Lmax = 6000;
+  std::vector<float> q(std::size_t(Hq * d)), out(q.size()), kc(std::size_t(Lmax * Hkv * d)),
+      vc(kc.size());
+  AttentionArgs<float> a;
+  a.q = HeadsView<const float>::token_major(q.data(), 1, Hq, d);
+  a.out = HeadsView<float>::token_major(out.data(), 1, Hq, d);
+  a.k = HeadsView<const float>::token_major(kc.data(), Lmax, Hkv, d);
+  a.v = HeadsView<const float>::token_major(vc.data(), Lmax, Hkv, d);
+  ModeOptions mo(Hq, 64);
+  for (const ModeCase& mc : kModes)
+    for (int threads : {1, 2}) {
+      SCOPED_TRACE(std::string(mc.name) + " threads " + std::to_string(threads));
+      const AttentionOptions o = mo.get(mc, threads, 64);
+      std::size_t running = 0;
+      int shorter_needs_more = 0;
+      for (Index L = 1; L <= Lmax; ++L) {
+        const std::size_t s = workspace_size(with_lengths(a, L, 1), o);
+        ASSERT_GT(s, 0u) << "L " << L;
+        const bool drop = s < running;
+        if (drop) ++shorter_needs_more;
+        running = std::max(running, s);
+        // Sampled (each check measures every L up to it): the first drops and every 500th L.
+        if ((drop && shorter_needs_more <= 4) || L % 500 == 0 || L == Lmax) {
+          ASSERT_EQ(max_workspace_size(a, o, WorkspaceLimits{L, 1}), running) << "L " << L;
+        }
+      }
+      EXPECT_GT(shorter_needs_more, 0);
+    }
+}
+
+// One buffer of max_workspace_size bytes runs every call within the limits, with the results
+// of the allocating calls.
+TEST(WorkspaceMax, OneBufferServesEveryCall) {
+  ProblemSpec sp;
+  sp.T = 48;
+  sp.P = 400 - 48;
+  sp.Hq = 8;
+  sp.Hkv = 2;
+  sp.d = 32;
+  auto p = make_problem<float>(sp);
+  const AttentionArgs<float> a = p.args();
+  ModeOptions mo(sp.Hq, 8);
+  std::mt19937_64 rng(5);
+  for (const ModeCase& mc : kModes)
+    for (int threads : {1, 2}) {
+      SCOPED_TRACE(std::string(mc.name) + " threads " + std::to_string(threads));
+      const AttentionOptions o = mo.get(mc, threads, 8);
+      const std::size_t n = max_workspace_size(a, o, WorkspaceLimits{400, 48});
+      ASSERT_GT(n, 0u);
+      std::vector<std::byte> buf(n);
+      std::pair<Index, Index> worst{0, 0};
+      EXPECT_EQ(largest_call(a, o, 400, 48, &worst), n);
+      for (int i = 0; i < 12; ++i) {
+        Index L = std::uniform_int_distribution<Index>(1, 400)(rng);
+        Index T =
+            i % 3 == 0 ? 1 : std::uniform_int_distribution<Index>(1, std::min<Index>(48, L))(rng);
+        if (i == 0) std::tie(L, T) = worst;  // the call that needs all of it
+        SCOPED_TRACE("L " + std::to_string(L) + " T " + std::to_string(T));
+        const AttentionArgs<float> c = with_lengths(a, L, T);
+        p.clear_out();
+        ASSERT_TRUE((T == 1 ? decode(c, o, Workspace{buf.data(), n})
+                            : prefill(c, o, Workspace{buf.data(), n}))
+                        .ok());
+        const std::vector<float> got = snapshot(p.out);
+        p.clear_out();
+        ASSERT_TRUE((T == 1 ? decode(c, o) : prefill(c, o)).ok());
+        EXPECT_TRUE(same_bytes(got, snapshot(p.out)));
+      }
+    }
+}
+
+TEST(WorkspaceMax, BadLimitsOrArgumentsGiveZero) {
+  ProblemSpec sp;
+  sp.T = 4;
+  sp.P = 60;
+  sp.Hq = 4;
+  sp.Hkv = 2;
+  sp.d = 16;
+  auto p = make_problem<float>(sp);
+  const AttentionArgs<float> a = p.args();
+  AttentionOptions o;
+  EXPECT_GT(max_workspace_size(a, o, WorkspaceLimits{64, 4}), 0u);
+  EXPECT_EQ(max_workspace_size(a, o, WorkspaceLimits{0, 4}), 0u);
+  EXPECT_EQ(max_workspace_size(a, o, WorkspaceLimits{64, 0}), 0u);
+  EXPECT_EQ(max_workspace_size(a, o, WorkspaceLimits{-1, 1}), 0u);
+  EXPECT_EQ(max_workspace_size(a, o, WorkspaceLimits{Index(INT32_MAX) + 1, 1}), 0u);
+  // A query count above the longest cache is clamped to it, per L.
+  EXPECT_EQ(max_workspace_size(a, o, WorkspaceLimits{64, 1000}),
+            max_workspace_size(a, o, WorkspaceLimits{64, 64}));
+  AttentionArgs<float> bad = a;
+  bad.out.heads = 3;
+  EXPECT_EQ(max_workspace_size(bad, o, WorkspaceLimits{64, 4}), 0u);
+  AttentionOptions topt;
+  topt.mode = AttentionMode::kTopTheta;  // no threshold table
+  EXPECT_EQ(max_workspace_size(a, topt, WorkspaceLimits{64, 4}), 0u);
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kNeon}) {
+    AttentionOptions forced;
+    forced.isa = isa;
+    EXPECT_EQ(max_workspace_size(a, forced, WorkspaceLimits{64, 4}) > 0, isa_supported(isa))
+        << to_string(isa);
+  }
 }
 
 }  // namespace

@@ -55,6 +55,22 @@ inline std::string pad(std::string s, std::size_t width, bool right = true) {
   return right ? std::string(width - s.size(), ' ') + s : s + std::string(width - s.size(), ' ');
 }
 
+/// The differences of one `diff` row: counts them all and lists the first `limit`.
+struct DiffList {
+  explicit DiffList(std::size_t max_listed) : limit(max_listed) {}
+  std::size_t limit, count = 0;
+  std::string listed;
+  void add(const std::string& item) {
+    if (++count <= limit) listed += (listed.empty() ? "" : ", ") + item;
+  }
+  /// "same", or "differs at <count> <what>: <first items>[, ...]".
+  std::string summary(const std::string& what) const {
+    if (count == 0) return "same";
+    return "differs at " + std::to_string(count) + " " + what + ": " + listed +
+           (count > limit ? ", ..." : "");
+  }
+};
+
 /// Exit statuses.
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitRuntime = 1;
@@ -690,16 +706,12 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
                    " entries)");
       const bool same_shape = a.num_layers() == b.num_layers() && a.num_heads() == b.num_heads();
       row("shape", same_shape ? "same" : "differs (A " + shape(a) + ", B " + shape(b) + ")");
-      std::string kdiff;
-      std::size_t nk = 0;
+      DiffList kdiff{8};
       for (Index l = 0; l < std::min(a.num_layers(), b.num_layers()); ++l)
-        if (a.k(l) != b.k(l)) {
-          if (++nk <= 8)
-            kdiff += (kdiff.empty() ? "" : ", ") + std::string("layer ") + std::to_string(l) +
-                     ": " + std::to_string(a.k(l)) + " vs " + std::to_string(b.k(l));
-        }
-      if (nk > 8) kdiff += ", ...";
-      row("k", nk == 0 ? "same" : "differs at " + std::to_string(nk) + " layer(s): " + kdiff);
+        if (a.k(l) != b.k(l))
+          kdiff.add("layer " + std::to_string(l) + ": " + std::to_string(a.k(l)) + " vs " +
+                    std::to_string(b.k(l)));
+      row("k", kdiff.summary("layer(s)"));
       const bool same_placement = a.placement() == b.placement();
       row("placement", same_placement ? std::string("same (") + to_string(a.placement()) + ")"
                                       : std::string("differs (A ") + to_string(a.placement()) +
@@ -728,30 +740,25 @@ inline int run_thresholds_cli(int argc, const char* const* argv, std::ostream& o
       row("samples differ", std::to_string(r.samples_differ) + " entries");
       // The longest calibrated rows (ThresholdTable::max_calibrated_length): not thresholds, but
       // what AttentionCounts::extrapolated_rows counts against.
-      std::string ldiff;
-      std::size_t nl = 0;
+      DiffList ldiff{4};
       for (Index l = 0; l < std::min(a.num_layers(), b.num_layers()); ++l)
         for (Index h = 0; h < std::min(a.num_heads(), b.num_heads()); ++h) {
           const Index la = a.max_calibrated_length(l, h), lb = b.max_calibrated_length(l, h);
-          if (la != lb && ++nl <= 4)
-            ldiff += (ldiff.empty() ? "" : ", ") + std::string("layer ") + std::to_string(l) +
-                     " head " + std::to_string(h) + ": " + std::to_string(la) + " vs " +
-                     std::to_string(lb);
+          if (la != lb)
+            ldiff.add("layer " + std::to_string(l) + " head " + std::to_string(h) + ": " +
+                      std::to_string(la) + " vs " + std::to_string(lb));
         }
-      if (nl > 4) ldiff += ", ...";
-      row("calibrated to",
-          nl == 0 ? "same"
-                  : "differs at " + std::to_string(nl) + " (layer, head) pair(s): " + ldiff);
+      row("calibrated to", ldiff.summary("(layer, head) pair(s)"));
       if (r.sdc_compared || r.sdc_only_one)
         row("max abs sdc diff", (r.sdc_compared ? fmt_g(r.max_sdc_abs, 17) + " (" + r.at_sdc + ")"
                                                 : std::string("-")) +
                                     (r.sdc_only_one ? ", " + std::to_string(r.sdc_only_one) +
                                                           " entries have an SDC term in one file only"
                                                     : std::string()));
-      const bool structural =
-          !same_shape || nk != 0 || !same_placement || geometry_conflict || r.only_a || r.only_b;
-      const bool identical = !structural && r.max_abs == 0.0 && r.samples_differ == 0 && nl == 0 &&
-                             r.max_sdc_abs == 0.0 && r.sdc_only_one == 0;
+      const bool structural = !same_shape || kdiff.count != 0 || !same_placement ||
+                              geometry_conflict || r.only_a || r.only_b;
+      const bool identical = !structural && r.max_abs == 0.0 && r.samples_differ == 0 &&
+                             ldiff.count == 0 && r.max_sdc_abs == 0.0 && r.sdc_only_one == 0;
       row("result", identical ? "identical thresholds" : "different");
       if (tolerance >= 0.0 && (structural || r.max_abs > tolerance)) {
         out << "exceeds --tolerance " << fmt_g(tolerance, 17) << "\n";

@@ -14,6 +14,7 @@
 /// Allocation: none when a workspace of `workspace_size(args, options)` bytes is given.
 
 #include <algorithm>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -112,6 +113,54 @@ std::size_t workspace_size(const AttentionArgs<T, Q>& args, const AttentionOptio
   });
 }
 
+/// Bytes of one workspace that serves every `decode` and `prefill` call of these shapes and
+/// options up to `limits`: the largest `workspace_size` over every cache length
+/// 1 <= L <= limits.max_tokens and every query count 1 <= T <= min(limits.max_query_tokens, L).
+/// For an engine that sizes its scratch once at start-up (the size is not monotone in L, see
+/// `workspace_size`, so the size at the longest context is not enough).
+///
+/// `args` gives everything but L and T: heads, head_dim, storage type, cache layout (contiguous
+/// or paged), layer and head offset; its own L and T are not used, but it must validate.
+/// `options` as for the calls, threads included. A buffer shared by the layers of a model takes
+/// the largest size over the layers (their k_l and thresholds can change the walk a call takes).
+///
+/// Returns 0 when `args` or `options` do not validate (as `workspace_size`), when
+/// `limits.max_tokens` or `limits.max_query_tokens` is below 1, or when `limits.max_tokens`
+/// exceeds the longest cache a call takes (2^31 - 1 tokens).
+/// Exact, by measuring the calls rather than by a formula that could drift from the kernels:
+/// per L, the decode call and the prefill call of the largest T. For a fixed L the size never
+/// decreases with T (T changes the rows per block up to their cap, the block count and the
+/// thread count, each only upwards; tests/test_workspace_bounds.cpp checks it over every T).
+/// Cost: two measures per L, each proportional to the thread count: 0.04 s for
+/// max_tokens = 128k at 2 threads, 0.45 s at 64 (Hq = 32, Hkv = 8, d = 128, -O2, measured);
+/// call it once, not per step.
+template <class T, class Q>
+std::size_t max_workspace_size(const AttentionArgs<T, Q>& args, const AttentionOptions& options,
+                               const WorkspaceLimits& limits) {
+  Isa isa;
+  if (limits.max_tokens < 1 || limits.max_query_tokens < 1 || limits.max_tokens > Index(INT32_MAX))
+    return 0;
+  if (!detail::check_call(args, options, false, &isa).ok()) return 0;
+  return detail::with_call_views(isa, args, [&](auto ops, const auto& kv, const auto& vv) {
+    using Ops = decltype(ops);
+    using View = std::decay_t<decltype(kv)>;
+    // The calls below only plan and measure: they read shapes, never the data.
+    AttentionArgs<T, Q> a = args;
+    View k = kv, v = vv;
+    std::size_t n = 0;
+    for (Index L = 1; L <= limits.max_tokens; ++L) {
+      k.tokens = v.tokens = L;
+      a.q.tokens = a.out.tokens = 1;
+      detail::DecodeCall<Ops, AttentionArgs<T, Q>, View> dc(a, options, k, v);
+      n = std::max(n, detail::measure_call(dc));
+      a.q.tokens = a.out.tokens = std::min(limits.max_query_tokens, L);
+      detail::PrefillCall<Ops, AttentionArgs<T, Q>, View> pc(a, options, k, v);
+      n = std::max(n, detail::measure_call(pc));
+    }
+    return n;
+  });
+}
+
 /// One decode step: q (1, Hq, d) against K/V (L, Hkv, d) that already hold the new token.
 /// Writes out (1, Hq, d). `args.v_sum`, when given, sums V rows 0..L-2 (the rows before the
 /// new token); the kernel adds row L-1.
@@ -164,8 +213,9 @@ Status prefill(const AttentionArgs<T, Q>& args, const AttentionOptions& options)
 }  // namespace toptheta
 
 /// Explicit instantiations of this header's entry points (`decode`, `prefill`, `workspace_size`,
-/// `decode_workspace_size`, with and without a workspace) for one `AttentionArgs<T, Q>`.
-/// `KW` is `extern` for the declarations, empty for the definitions. Use at global scope.
+/// `decode_workspace_size`, `max_workspace_size`, with and without a workspace) for one
+/// `AttentionArgs<T, Q>`. `KW` is `extern` for the declarations, empty for the definitions. Use at
+/// global scope.
 ///
 /// Compiling the kernels once: every entry point instantiates the kernels for each SIMD path
 /// and cache view, which is most of the compile time of a file that calls them (~150 s against
@@ -177,12 +227,12 @@ Status prefill(const AttentionArgs<T, Q>& args, const AttentionOptions& options)
 /// Our own tests, examples and tools build this way (the `toptheta_instances` target of
 /// CMakeLists.txt); the library itself stays header-only.
 #define TOPTHETA_ATTENTION_INSTANCES(KW, T, Q)                                                   \
-  KW template ::toptheta::Status toptheta::decode<T, Q>(                                         \
-      const ::toptheta::AttentionArgs<T, Q>&, const ::toptheta::AttentionOptions&,               \
-      ::toptheta::Workspace);                                                                    \
-  KW template ::toptheta::Status toptheta::prefill<T, Q>(                                        \
-      const ::toptheta::AttentionArgs<T, Q>&, const ::toptheta::AttentionOptions&,               \
-      ::toptheta::Workspace);                                                                    \
+  KW template ::toptheta::Status toptheta::decode<T, Q>(const ::toptheta::AttentionArgs<T, Q>&,  \
+                                                        const ::toptheta::AttentionOptions&,     \
+                                                        ::toptheta::Workspace);                  \
+  KW template ::toptheta::Status toptheta::prefill<T, Q>(const ::toptheta::AttentionArgs<T, Q>&, \
+                                                         const ::toptheta::AttentionOptions&,    \
+                                                         ::toptheta::Workspace);                 \
   KW template ::toptheta::Status toptheta::decode<T, Q>(const ::toptheta::AttentionArgs<T, Q>&,  \
                                                         const ::toptheta::AttentionOptions&);    \
   KW template ::toptheta::Status toptheta::prefill<T, Q>(const ::toptheta::AttentionArgs<T, Q>&, \
@@ -190,7 +240,10 @@ Status prefill(const AttentionArgs<T, Q>& args, const AttentionOptions& options)
   KW template std::size_t toptheta::workspace_size<T, Q>(const ::toptheta::AttentionArgs<T, Q>&, \
                                                          const ::toptheta::AttentionOptions&);   \
   KW template std::size_t toptheta::decode_workspace_size<T, Q>(                                 \
-      const ::toptheta::AttentionArgs<T, Q>&, const ::toptheta::AttentionOptions&);
+      const ::toptheta::AttentionArgs<T, Q>&, const ::toptheta::AttentionOptions&);              \
+  KW template std::size_t toptheta::max_workspace_size<T, Q>(                                    \
+      const ::toptheta::AttentionArgs<T, Q>&, const ::toptheta::AttentionOptions&,               \
+      const ::toptheta::WorkspaceLimits&);
 
 #if defined(TOPTHETA_EXTERN_TEMPLATES)
 #define TOPTHETA_DETAIL_EXTERN_ATTENTION(T, Q) TOPTHETA_ATTENTION_INSTANCES(extern, T, Q)

@@ -17,6 +17,15 @@ struct Workspace {
   std::size_t bytes = 0;      ///< size of the buffer in bytes
 };
 
+/// The calls one workspace must serve, for `max_workspace_size` (attention.hpp).
+struct WorkspaceLimits {
+  /// Longest KV cache of a call: L in tokens, the call's new tokens included (>= 1).
+  Index max_tokens = 0;
+  /// Most query tokens of one prefill call: T (>= 1; 1 sizes decode steps only). An engine
+  /// that prefills in chunks gives its chunk size.
+  Index max_query_tokens = 1;
+};
+
 namespace detail {
 
 inline constexpr std::size_t kWorkspaceAlign = 64;
