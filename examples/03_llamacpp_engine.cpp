@@ -212,13 +212,12 @@ AttentionArgs<T, float> args_for(const LayerCache<T>& c, const float* q, float* 
   return a;
 }
 
-/// Runs a plan on the pool; the workspace is the engine's, sized once per shape.
+/// The engine's scratch for the plans its pool runs: one buffer, sized once for the engine's
+/// limits (as llama.cpp sizes its compute buffers when it creates a context).
 struct Scratch {
   std::vector<std::byte> bytes;
-  Workspace get(std::size_t n) {
-    if (bytes.size() < n) bytes.resize(n);  // grows with the context, never in the steady state
-    return Workspace{bytes.data(), bytes.size()};
-  }
+  explicit Scratch(std::size_t n) : bytes(n) { check(n > 0, "scratch size"); }
+  Workspace get() { return Workspace{bytes.data(), bytes.size()}; }
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -270,7 +269,6 @@ template <class T>
 std::vector<float> generate(const char* name, const ThresholdTable& table, ThreadPool& pool) {
   SyntheticLayer layer(23);
   LayerCache<T> cache;
-  Scratch scratch;
   std::vector<float> q(kPrompt * kHq * kD), out(kPrompt * kHq * kD);
   std::vector<float> q1(kHq * kD), out1(kHq * kD), dense1(kHq * kD), omp1(kHq * kD);
   AttentionStats stats;
@@ -284,12 +282,19 @@ std::vector<float> generate(const char* name, const ThresholdTable& table, Threa
     cache.store(layer);
     layer.query(t, &q[t * kHq * kD]);
   }
+  // [integration:scratch]
+  // Every prefill of up to kPrompt tokens and every decode step, for caches of up to kCtx
+  // tokens on the pool's workers: a size measured once (the need is not monotone in L).
+  const WorkspaceLimits limits{kCtx, kPrompt, 1};
+  const auto like = args_for(cache, q.data(), out.data(), kPrompt);  // shapes and options
+  Scratch scratch(std::max(max_plan_prefill_workspace_size(like, topt, limits, pool.size()),
+                           max_plan_decode_workspace_size(like, topt, limits, pool.size())));
+  // [/integration:scratch]
   {
     // [integration:plan_prefill]
     const auto args = args_for(cache, q.data(), out.data(), kPrompt);  // v_sum: rows 0..P-1 = 0
     AttentionPlan plan;
-    const std::size_t need = plan_prefill_workspace_size(args, topt, pool.size());
-    check(plan_prefill(args, topt, pool.size(), scratch.get(need), &plan), "plan_prefill");
+    check(plan_prefill(args, topt, pool.size(), scratch.get(), &plan), "plan_prefill");
     pool.run(plan);
     check(plan.finish(), "prefill finish");
     // [/integration:plan_prefill]
@@ -318,10 +323,7 @@ std::vector<float> generate(const char* name, const ThresholdTable& table, Threa
     AttentionOptions o = topt;
     o.stats = &step_stats;
     AttentionPlan plan;
-    check(plan_decode(single_sequence(args), o, pool.size(),
-                      scratch.get(plan_decode_workspace_size(single_sequence(args), o, pool.size())),
-                      &plan),
-          "plan_decode");
+    check(plan_decode(single_sequence(args), o, pool.size(), scratch.get(), &plan), "plan_decode");
     pool.run(plan);
     check(plan.finish(), "decode finish");
     // [/integration:plan_decode]

@@ -32,6 +32,7 @@ constexpr Index kBlock = 16;       // tokens per KV block
 constexpr Index kNumBlocks = 640;  // blocks in the pool (10240 tokens)
 constexpr Index kSteps = 12;       // decode steps
 constexpr Index kBudget = 32;
+constexpr Index kMaxSeqs = 8;  // sequences the engine runs at once (vLLM's max_num_seqs)
 
 using Half = Eigen::half;
 
@@ -202,7 +203,7 @@ int main() {
   std::vector<AttentionArgs<Half, float>> args;
   std::vector<AttentionStats> seq_stats;
   std::vector<float> q, out, single;
-  std::vector<std::byte> workspace;
+  std::vector<std::byte> workspace;  // sized once, at the first step, for the engine's limits
   for (Index step = 0; step < kSteps; ++step) {
     const std::size_t n = seqs.size();
     q.assign(n * kHq * kD, 0.f);
@@ -220,8 +221,9 @@ int main() {
       a.v_sum = s.v_sum.data();     // rows 0..L-2
     }
     const DecodeBatch<Half, float> batch{args.data(), Index(n), seq_stats.data()};
-    const std::size_t need = decode_batch_workspace_size(batch, o);
-    if (workspace.size() < need) workspace.resize(need);
+    if (workspace.empty())  // any batch of up to kMaxSeqs sequences that fit in the pool
+      workspace.resize(max_decode_batch_workspace_size(
+          args[0], o, WorkspaceLimits{kNumBlocks * kBlock, 1, kMaxSeqs}));
     check(decode_batch(batch, o, Workspace{workspace.data(), workspace.size()}), "decode_batch");
     // [/integration:batch]
 

@@ -6,7 +6,10 @@
 // allocation of the too-small workspace also catches any write past its end.
 // max_workspace_size: equal to the largest workspace_size of every call within its limits (by
 // brute force over every cache length and query count), for every mode, contiguous and paged
-// caches; one buffer of that size serves every call.
+// caches; one buffer of that size serves every call. The task interface's maxima
+// (max_plan_decode_workspace_size, max_decode_batch_workspace_size,
+// max_plan_prefill_workspace_size): equal to the largest plan of every batch or call within the
+// limits, by brute force over every batch of up to 3 sequences.
 
 #include <gtest/gtest.h>
 
@@ -23,6 +26,7 @@
 #include "test_util.hpp"
 #include "toptheta/attention.hpp"
 #include "toptheta/calibrator.hpp"
+#include "toptheta/plan.hpp"
 
 namespace {
 
@@ -49,6 +53,23 @@ const ModeCase kModes[] = {
     {"calibrate", AttentionMode::kCalibrate, Placement::kPostSoftmax, SdcMode::kNone,
      VmcMode::kOff},
 };
+
+/// Options of mode `mc` (`pre` / `post`: the Top-θ table of each placement). The kernel sums V
+/// (VbarSource::kSumCache), so no v_sum is read.
+AttentionOptions mode_options(const ModeCase& mc, int threads, Index k, const ThresholdTable& pre,
+                              const ThresholdTable& post, Calibrator& cal) {
+  AttentionOptions o;
+  o.mode = mc.mode;
+  o.k = k;
+  o.placement = mc.placement;
+  o.sdc = mc.sdc;
+  o.vmc = mc.vmc;
+  o.vbar = VbarSource::kSumCache;
+  o.thresholds = mc.placement == Placement::kPreSoftmax ? &pre : &post;
+  o.calibrator = &cal;
+  o.threads = threads;
+  return o;
+}
 
 /// Workspace sizes to try below `need`: the edges and a seeded sample in between.
 std::vector<std::size_t> sizes_below(std::size_t need, std::uint64_t seed) {
@@ -89,16 +110,7 @@ void check_problem(Problem<T>& p, bool prefill_call, const char* what) {
   const auto k0 = snapshot(p.k), v0 = snapshot(p.v);
   for (const ModeCase& mc : kModes)
     for (int threads : {1, 2}) {
-      AttentionOptions o;
-      o.mode = mc.mode;
-      o.k = 8;
-      o.placement = mc.placement;
-      o.sdc = mc.sdc;
-      o.vmc = mc.vmc;
-      o.vbar = VbarSource::kSumCache;  // the kernel sums V (a v_sum is not read)
-      o.thresholds = mc.placement == Placement::kPreSoftmax ? &pre : &post;
-      o.calibrator = &cal;
-      o.threads = threads;
+      const AttentionOptions o = mode_options(mc, threads, 8, pre, post, cal);
       const std::size_t need =
           prefill_call ? workspace_size(args, o) : decode_workspace_size(args, o);
       EXPECT_LE(need, workspace_size(args, o));
@@ -233,17 +245,7 @@ struct ModeOptions {
           return co;
         }()) {}
   AttentionOptions get(const ModeCase& mc, int threads, Index k) {
-    AttentionOptions o;
-    o.mode = mc.mode;
-    o.k = k;
-    o.placement = mc.placement;
-    o.sdc = mc.sdc;
-    o.vmc = mc.vmc;
-    o.vbar = VbarSource::kSumCache;
-    o.thresholds = mc.placement == Placement::kPreSoftmax ? &pre : &post;
-    o.calibrator = &cal;
-    o.threads = threads;
-    return o;
+    return mode_options(mc, threads, k, pre, post, cal);
   }
 };
 
@@ -306,43 +308,79 @@ const MaxCase kMaxCases[] = {
      false, 4, 8, 4},
 };
 
+/// The problem of case `c`: its args (paged: blocks of 16 tokens in reverse order, the pools
+/// kept alive here) and per-head statistics for its options.
+struct CaseArgs {
+  ProblemSpec sp;
+  Problem<float> p;
+  std::vector<float> kpool, vpool;
+  std::vector<std::int32_t> table;
+  AttentionArgs<float> a;
+  AttentionStats stats;
+  explicit CaseArgs(const MaxCase& c) : sp(spec_of(c)), p(make_problem<float>(sp)) {
+    a = p.args();
+    a.head_offset = c.head_offset;
+    a.model_heads = c.model_heads;
+    a.model_kv_heads = c.model_kv_heads;
+    stats.enable_per_head(c.model_heads ? c.model_heads : c.Hq);
+    if (!c.paged) return;
+    const Index B = 16, nb = (c.Lmax + B - 1) / B;  // blocks of 16 tokens in reverse order
+    kpool.resize(std::size_t(nb * B * c.Hkv * c.d));
+    vpool.resize(kpool.size());
+    table.resize(std::size_t(nb));
+    for (Index b = 0; b < nb; ++b) table[std::size_t(b)] = std::int32_t(nb - 1 - b);
+    a.paged = PagedKv<float>::token_major(kpool.data(), vpool.data(), nb, table.data(), c.Lmax,
+                                          c.Hkv, c.d, B);
+    a.k = {};
+    a.v = {};
+  }
+  static ProblemSpec spec_of(const MaxCase& c) {
+    ProblemSpec s;
+    s.T = c.Tmax;
+    s.P = c.Lmax - c.Tmax;
+    s.Hq = c.Hq;
+    s.Hkv = c.Hkv;
+    s.d = c.d;
+    s.layout = c.layout;
+    return s;
+  }
+  AttentionOptions options(ModeOptions& mo, const ModeCase& mc, int threads, Index k,
+                           const MaxCase& c) {
+    AttentionOptions o = mo.get(mc, threads, k);
+    o.post_score_tile_bytes = c.post_score_tile_bytes;
+    o.isa = c.isa;
+    if (c.per_head_stats) o.stats = &stats;
+    return o;
+  }
+};
+
+/// Decode args (T = 1) over zeroed contiguous caches of Lmax tokens, for sizing long caches.
+struct DecodeBuffers {
+  std::vector<float> q, out, k, v;
+  AttentionArgs<float> a;
+  DecodeBuffers(Index Hq, Index Hkv, Index d, Index Lmax, Layout layout)
+      : q(std::size_t(Hq * d)), out(q.size()), k(std::size_t(Lmax * Hkv * d)), v(k.size()) {
+    using View = HeadsView<const float>;
+    a.q = View::token_major(q.data(), 1, Hq, d);
+    a.out = HeadsView<float>::token_major(out.data(), 1, Hq, d);
+    a.k = layout == Layout::kHeadMajor ? View::head_major(k.data(), Lmax, Hkv, d)
+                                       : View::token_major(k.data(), Lmax, Hkv, d);
+    a.v = layout == Layout::kHeadMajor ? View::head_major(v.data(), Lmax, Hkv, d)
+                                       : View::token_major(v.data(), Lmax, Hkv, d);
+  }
+};
+
 TEST(WorkspaceMax, EqualsTheLargestWorkspaceOfEveryCallWithinTheLimits) {
   const Index k = 8;
   int non_monotone = 0;  // cases whose largest call is not the one at (Lmax, Tmax)
   for (const MaxCase& c : kMaxCases) {
-    ProblemSpec sp;
-    sp.T = c.Tmax;
-    sp.P = c.Lmax - c.Tmax;
-    sp.Hq = c.Hq;
-    sp.Hkv = c.Hkv;
-    sp.d = c.d;
-    sp.layout = c.layout;
-    auto p = make_problem<float>(sp);
-    AttentionArgs<float> a = p.args();
-    a.head_offset = c.head_offset;
-    a.model_heads = c.model_heads;
-    a.model_kv_heads = c.model_kv_heads;
-    // Paged: blocks of 16 tokens in reverse order.
-    const Index B = 16, nb = (c.Lmax + B - 1) / B;
-    std::vector<float> kpool(std::size_t(nb * B * c.Hkv * c.d)), vpool(kpool.size());
-    std::vector<std::int32_t> table(std::size_t(nb), 0);
-    for (Index b = 0; b < nb; ++b) table[std::size_t(b)] = std::int32_t(nb - 1 - b);
-    if (c.paged) {
-      a.paged = PagedKv<float>::token_major(kpool.data(), vpool.data(), nb, table.data(), c.Lmax,
-                                            c.Hkv, c.d, B);
-      a.k = {};
-      a.v = {};
-    }
-    AttentionStats stats;
-    stats.enable_per_head(c.model_heads ? c.model_heads : c.Hq);
+    CaseArgs ca(c);
+    const AttentionArgs<float>& a = ca.a;
     ModeOptions mo(c.model_heads ? c.model_heads : c.Hq, k);
     for (const ModeCase& mc : kModes)
       for (int threads : {1, 2}) {
         SCOPED_TRACE(std::string(c.name) + " " + mc.name + " threads " + std::to_string(threads));
-        AttentionOptions o = mo.get(mc, threads, k);
-        o.post_score_tile_bytes = c.post_score_tile_bytes;
-        o.isa = c.isa;
-        if (c.per_head_stats) o.stats = &stats;
+        const AttentionOptions o = ca.options(mo, mc, threads, k, c);
         ASSERT_GT(workspace_size(a, o), 0u) << "the case does not validate";
         const std::size_t want = largest_call(a, o, c.Lmax, c.Tmax);
         EXPECT_EQ(max_workspace_size(a, o, WorkspaceLimits{c.Lmax, c.Tmax}), want);
@@ -361,13 +399,8 @@ TEST(WorkspaceMax, EqualsTheLargestWorkspaceOfEveryCallWithinTheLimits) {
 // covers every shorter cache.
 TEST(WorkspaceMax, DecodeCoversShorterCachesThatNeedMore) {
   const Index Hq = 32, Hkv = 8, d = 128, Lmax = 6000;
-  std::vector<float> q(std::size_t(Hq * d)), out(q.size()), kc(std::size_t(Lmax * Hkv * d)),
-      vc(kc.size());
-  AttentionArgs<float> a;
-  a.q = HeadsView<const float>::token_major(q.data(), 1, Hq, d);
-  a.out = HeadsView<float>::token_major(out.data(), 1, Hq, d);
-  a.k = HeadsView<const float>::token_major(kc.data(), Lmax, Hkv, d);
-  a.v = HeadsView<const float>::token_major(vc.data(), Lmax, Hkv, d);
+  const DecodeBuffers buf(Hq, Hkv, d, Lmax, Layout::kTokenMajor);
+  const AttentionArgs<float>& a = buf.a;
   ModeOptions mo(Hq, 64);
   for (const ModeCase& mc : kModes)
     for (int threads : {1, 2}) {
@@ -460,6 +493,247 @@ TEST(WorkspaceMax, BadLimitsOrArgumentsGiveZero) {
     forced.isa = isa;
     EXPECT_EQ(max_workspace_size(a, forced, WorkspaceLimits{64, 4}) > 0, isa_supported(isa))
         << to_string(isa);
+  }
+  // The task interface's maxima (plan.hpp).
+  const WorkspaceLimits ok{64, 4, 2};
+  EXPECT_GT(max_plan_decode_workspace_size(a, o, ok, 2), 0u);
+  EXPECT_GT(max_decode_batch_workspace_size(a, o, ok), 0u);
+  EXPECT_GT(max_plan_prefill_workspace_size(a, o, ok, 2), 0u);
+  for (const WorkspaceLimits& lim :
+       {WorkspaceLimits{0, 4, 2}, WorkspaceLimits{64, 0, 2}, WorkspaceLimits{-1, 1, 1},
+        WorkspaceLimits{Index(INT32_MAX) + 1, 1, 1}}) {
+    EXPECT_EQ(max_plan_decode_workspace_size(a, o, lim, 2), 0u);
+    EXPECT_EQ(max_decode_batch_workspace_size(a, o, lim), 0u);
+    EXPECT_EQ(max_plan_prefill_workspace_size(a, o, lim, 2), 0u);
+  }
+  // Decode batches need a sequence count (the default 0 is none, never one); prefill does not
+  // use it.
+  EXPECT_EQ(max_plan_decode_workspace_size(a, o, WorkspaceLimits{64, 4}, 2), 0u);
+  EXPECT_EQ(max_decode_batch_workspace_size(a, o, WorkspaceLimits{64, 4}), 0u);
+  EXPECT_EQ(max_plan_prefill_workspace_size(a, o, WorkspaceLimits{64, 4}, 2),
+            max_plan_prefill_workspace_size(a, o, ok, 2));
+  // Workers below 1.
+  EXPECT_EQ(max_plan_decode_workspace_size(a, o, ok, 0), 0u);
+  EXPECT_EQ(max_plan_prefill_workspace_size(a, o, ok, -1), 0u);
+  // A size that does not fit in size_t.
+  EXPECT_EQ(max_plan_decode_workspace_size(a, o, WorkspaceLimits{64, 1, Index(1) << 62}, 2), 0u);
+  // Arguments or options that do not validate (`bad` and `topt` above).
+  EXPECT_EQ(max_plan_decode_workspace_size(bad, o, ok, 2), 0u);
+  EXPECT_EQ(max_decode_batch_workspace_size(bad, o, ok), 0u);
+  EXPECT_EQ(max_plan_prefill_workspace_size(bad, o, ok, 2), 0u);
+  EXPECT_EQ(max_plan_decode_workspace_size(a, topt, ok, 2), 0u);
+  EXPECT_EQ(max_plan_prefill_workspace_size(a, topt, ok, 2), 0u);
+}
+
+// ------------------------------------------------------------------------------------------
+// The task interface's maxima (plan.hpp)
+// ------------------------------------------------------------------------------------------
+
+/// A batch of sequences shaped like `a`, with cache lengths `lens`; each writes its own output
+/// (a batch's outputs must not overlap), for sizing only.
+std::vector<AttentionArgs<float>> batch_of(const AttentionArgs<float>& a,
+                                           const std::vector<Index>& lens) {
+  static std::vector<float> outs;
+  const Index per = a.out.heads * a.out.dim;
+  if (outs.size() < lens.size() * std::size_t(per)) outs.resize(lens.size() * std::size_t(per));
+  std::vector<AttentionArgs<float>> seqs;
+  for (std::size_t i = 0; i < lens.size(); ++i) {
+    seqs.push_back(with_lengths(a, lens[i], 1));
+    seqs.back().out = HeadsView<float>::token_major(outs.data() + i * std::size_t(per), 1,
+                                                    a.out.heads, a.out.dim);
+  }
+  return seqs;
+}
+
+std::size_t plan_size(const std::vector<AttentionArgs<float>>& seqs, const AttentionOptions& o,
+                      int workers) {
+  const DecodeBatch<float> b{seqs.data(), Index(seqs.size()), nullptr};
+  return plan_decode_workspace_size(b, o, workers);
+}
+
+/// The largest plan_decode_workspace_size over every batch of 1..N (N <= 3) sequences with
+/// lengths 1..Lmax (every multiset), by brute force.
+std::size_t largest_batch(const AttentionArgs<float>& a, const AttentionOptions& o, Index Lmax,
+                          int N, int workers) {
+  std::size_t n = 0;
+  for (Index x = 1; x <= Lmax; ++x) {
+    n = std::max(n, plan_size(batch_of(a, {x}), o, workers));
+    for (Index y = x; N >= 2 && y <= Lmax; ++y) {
+      n = std::max(n, plan_size(batch_of(a, {x, y}), o, workers));
+      for (Index z = y; N >= 3 && z <= Lmax; ++z)
+        n = std::max(n, plan_size(batch_of(a, {x, y, z}), o, workers));
+    }
+  }
+  return n;
+}
+
+// Head-major G4 with 2 KV heads: 2 workers take one task per KV group, 3 take chunks of tokens
+// (a different task count). Lmax 40 gives up to 3 sequences every multiset of lengths.
+const MaxCase kBatchCases[] = {
+    {"G4", 8, 2, 16, 40, 1, std::size_t(4) << 20},
+    {"G4-head-major", 8, 2, 16, 40, 1, std::size_t(4) << 20, false, Layout::kHeadMajor},
+    {"G2-paged", 4, 2, 16, 34, 1, std::size_t(4) << 20, true},
+    {"G4-head-major-scalar-stats", 8, 2, 16, 30, 1, std::size_t(4) << 20, false, Layout::kHeadMajor,
+     Isa::kScalar, true},
+    {"G2-shard", 4, 2, 16, 30, 1, std::size_t(4) << 20, false, Layout::kTokenMajor, Isa::kAuto,
+     false, 4, 8, 4},
+};
+
+TEST(WorkspaceMax, PlanDecodeEqualsTheLargestBatchWithinTheLimits) {
+  const Index k = 8;
+  for (const MaxCase& c : kBatchCases) {
+    CaseArgs ca(c);
+    ModeOptions mo(c.model_heads ? c.model_heads : c.Hq, k);
+    for (const ModeCase& mc : kModes)
+      for (int workers : {1, 2, 3}) {
+        SCOPED_TRACE(std::string(c.name) + " " + mc.name + " workers " + std::to_string(workers));
+        const AttentionOptions o = ca.options(mo, mc, 1, k, c);
+        for (int N : {1, 2, 3}) {
+          const std::size_t want = largest_batch(ca.a, o, c.Lmax, N, workers);
+          ASSERT_GT(want, 0u);
+          EXPECT_EQ(max_plan_decode_workspace_size(ca.a, o, WorkspaceLimits{c.Lmax, 1, N}, workers),
+                    want)
+              << "N " << N;
+        }
+        // The args' own lengths and the query limit do not matter.
+        EXPECT_EQ(max_plan_decode_workspace_size(with_lengths(ca.a, 5, 1), o,
+                                                 WorkspaceLimits{c.Lmax, 9, 3}, workers),
+                  largest_batch(ca.a, o, c.Lmax, 3, workers));
+      }
+  }
+}
+
+// Long caches (the decode chunk count changes with L, so a shorter cache can need more) and
+// many sequences: the maximum is the batch of N copies of the length that needs the most alone,
+// measured directly, and no sampled batch needs more.
+TEST(WorkspaceMax, PlanDecodeCoversLongCachesAndManySequences) {
+  const Index Hq = 8, Hkv = 2, d = 32, Lmax = 5000;
+  const DecodeBuffers buf(Hq, Hkv, d, Lmax, Layout::kHeadMajor);
+  const AttentionArgs<float>& a = buf.a;
+  ModeOptions mo(Hq, 64);
+  std::mt19937_64 rng(17);
+  for (const ModeCase& mc : kModes)
+    for (int workers : {1, 2}) {
+      SCOPED_TRACE(std::string(mc.name) + " workers " + std::to_string(workers));
+      const AttentionOptions o = mo.get(mc, 1, 64);
+      Index worst = 0;
+      std::size_t one = 0, running = 0;
+      int shorter_needs_more = 0;
+      for (Index L = 1; L <= Lmax; ++L) {
+        const std::size_t s = plan_size(batch_of(a, {L}), o, workers);
+        if (s < running) ++shorter_needs_more;
+        running = std::max(running, s);
+        if (s > one) {
+          one = s;
+          worst = L;
+        }
+      }
+      EXPECT_GT(shorter_needs_more, 0);
+      const Index N = mc.mode == AttentionMode::kCalibrate ? 1 : 48;
+      const std::size_t want =
+          plan_size(batch_of(a, std::vector<Index>(std::size_t(N), worst)), o, workers);
+      const std::size_t got =
+          max_plan_decode_workspace_size(a, o, WorkspaceLimits{Lmax, 1, 48}, workers);
+      EXPECT_EQ(got, want);
+      for (int i = 0; i < 20; ++i) {
+        std::vector<Index> lens(std::size_t(std::uniform_int_distribution<Index>(
+            1, mc.mode == AttentionMode::kCalibrate ? 1 : 48)(rng)));
+        for (Index& L : lens) L = std::uniform_int_distribution<Index>(1, Lmax)(rng);
+        EXPECT_LE(plan_size(batch_of(a, lens), o, workers), got);
+      }
+    }
+}
+
+// decode_batch picks its thread count from the batch's work: one buffer of
+// max_decode_batch_workspace_size runs every batch, with the results of the allocating calls.
+TEST(WorkspaceMax, DecodeBatchBufferServesEveryBatch) {
+  const Index Hq = 8, Hkv = 2, d = 32, Lmax = 3000, N = 4;
+  Rng data_rng(3);
+  auto k = make_heads<float>(Lmax, Hkv, d, Layout::kHeadMajor, 0.0f);
+  auto v = make_heads<float>(Lmax, Hkv, d, Layout::kHeadMajor, 0.0f);
+  fill_normal(k, data_rng);
+  fill_normal(v, data_rng);
+  auto q = make_heads<float>(N, Hq, d, Layout::kTokenMajor, 0.0f);
+  fill_normal(q, data_rng);
+  std::vector<float> out(std::size_t(N * Hq * d));
+  ModeOptions mo(Hq, 16);
+  std::mt19937_64 rng(23);
+  for (const ModeCase& mc : kModes)
+    for (int threads : {1, 2}) {
+      SCOPED_TRACE(std::string(mc.name) + " threads " + std::to_string(threads));
+      const AttentionOptions o = mo.get(mc, threads, 16);
+      const Index n_max = mc.mode == AttentionMode::kCalibrate ? 1 : N;
+      std::vector<AttentionArgs<float>> seqs(static_cast<std::size_t>(n_max));
+      for (Index i = 0; i < n_max; ++i) {
+        AttentionArgs<float>& s = seqs[std::size_t(i)];
+        s.q = q.view.slice_tokens(i, 1);
+        s.out = HeadsView<float>::token_major(out.data() + i * Hq * d, 1, Hq, d);
+        s.k = k.view;
+        s.v = v.view;
+      }
+      const WorkspaceLimits lim{Lmax, 1, N};
+      const std::size_t n = max_decode_batch_workspace_size(seqs[0], o, lim);
+      std::size_t over_workers = 0;
+      for (int w = 1; w <= threads; ++w)
+        over_workers = std::max(over_workers, max_plan_decode_workspace_size(seqs[0], o, lim, w));
+      EXPECT_EQ(n, over_workers);
+      std::vector<std::byte> buf(n);
+      for (int i = 0; i < 10; ++i) {
+        const Index count = std::uniform_int_distribution<Index>(1, n_max)(rng);
+        std::vector<AttentionArgs<float>> b(seqs.begin(), seqs.begin() + count);
+        for (auto& s : b) {
+          const Index L = std::uniform_int_distribution<Index>(1, Lmax)(rng);
+          s.k = k.view.slice_tokens(0, L);
+          s.v = v.view.slice_tokens(0, L);
+        }
+        const DecodeBatch<float> batch{b.data(), count, nullptr};
+        EXPECT_LE(decode_batch_workspace_size(batch, o), n);
+        std::fill(out.begin(), out.end(), 0.0f);
+        ASSERT_TRUE(decode_batch(batch, o, Workspace{buf.data(), n}).ok());
+        const std::vector<float> got = out;
+        std::fill(out.begin(), out.end(), 0.0f);
+        ASSERT_TRUE(decode_batch(batch, o).ok());
+        EXPECT_EQ(std::memcmp(got.data(), out.data(), out.size() * sizeof(float)), 0);
+      }
+    }
+}
+
+TEST(WorkspaceMax, PlanPrefillEqualsTheLargestCallWithinTheLimits) {
+  const Index k = 8;
+  for (const MaxCase& c : kMaxCases) {
+    CaseArgs ca(c);
+    ModeOptions mo(c.model_heads ? c.model_heads : c.Hq, k);
+    for (const ModeCase& mc : kModes)
+      for (int workers : {1, 3}) {
+        SCOPED_TRACE(std::string(c.name) + " " + mc.name + " workers " + std::to_string(workers));
+        const AttentionOptions o = ca.options(mo, mc, 1, k, c);
+        std::size_t want = 0;
+        std::pair<Index, Index> worst{0, 0};
+        for (Index L = 1; L <= c.Lmax; ++L) {
+          std::size_t prev = 0;
+          for (Index T = 1; T <= std::min(c.Tmax, L); ++T) {
+            const std::size_t s = plan_prefill_workspace_size(with_lengths(ca.a, L, T), o, workers);
+            ASSERT_GT(s, 0u) << "L " << L << " T " << T;
+            EXPECT_GE(s, prev) << "L " << L << ": T = " << T << " needs less than T = " << T - 1;
+            prev = s;
+            if (s > want) {
+              want = s;
+              worst = {L, T};
+            }
+          }
+        }
+        const std::size_t got = max_plan_prefill_workspace_size(
+            with_lengths(ca.a, 3, 2), o, WorkspaceLimits{c.Lmax, c.Tmax, 0}, workers);
+        EXPECT_EQ(got, want);
+        // The worst call runs on the engine's threads in a buffer of exactly that size.
+        const AttentionArgs<float> w = with_lengths(ca.a, worst.first, worst.second);
+        std::vector<std::byte> buf(got);
+        AttentionPlan plan;
+        ASSERT_TRUE(plan_prefill(w, o, workers, Workspace{buf.data(), got}, &plan).ok());
+        for (int s = 0; s < plan.num_stages(); ++s)
+          for (Index t = 0; t < plan.num_tasks(s); ++t) plan.run_task(s, t, int(t % workers));
+        EXPECT_TRUE(plan.finish().ok());
+      }
   }
 }
 

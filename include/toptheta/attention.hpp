@@ -138,8 +138,7 @@ template <class T, class Q>
 std::size_t max_workspace_size(const AttentionArgs<T, Q>& args, const AttentionOptions& options,
                                const WorkspaceLimits& limits) {
   Isa isa;
-  if (limits.max_tokens < 1 || limits.max_query_tokens < 1 || limits.max_tokens > Index(INT32_MAX))
-    return 0;
+  if (!detail::limits_valid(limits)) return 0;
   if (!detail::check_call(args, options, false, &isa).ok()) return 0;
   return detail::with_call_views(isa, args, [&](auto ops, const auto& kv, const auto& vv) {
     using Ops = decltype(ops);

@@ -12,6 +12,11 @@
 /// of N sequences is run as one call whose stage s is the concatenation of stage s of the N
 /// single-sequence calls: each sequence's result equals its single `decode` call bit for bit.
 ///
+/// Workspace: `plan_decode_workspace_size`, `plan_prefill_workspace_size` and
+/// `decode_batch_workspace_size` size one call; `max_plan_decode_workspace_size`,
+/// `max_decode_batch_workspace_size` and `max_plan_prefill_workspace_size` size every call up to
+/// an engine's limits (`WorkspaceLimits`), for a buffer allocated once.
+///
 /// Lifetime: a plan lives in the caller's workspace and holds copies of the arguments and
 /// options (not of the caches). The workspace and every buffer the arguments point to (q, K/V or
 /// the pools and block tables, out, v_sum, bias, the threshold table, statistics) must stay alive
@@ -20,6 +25,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <new>
 #include <string>
 #include <type_traits>
@@ -547,6 +553,57 @@ int batch_threads(const DecodeBatch<T, Q>& batch, const AttentionOptions& o) {
   return call_threads(o.threads, macs, items);
 }
 
+/// `a` with a cache of L tokens and Tq query tokens: prefixes of its views, for measuring calls
+/// (a measure reads shapes, never the data).
+template <class T, class Q>
+AttentionArgs<T, Q> with_lengths(AttentionArgs<T, Q> a, Index L, Index Tq) {
+  if (a.paged.empty())
+    a.k.tokens = a.v.tokens = L;
+  else
+    a.paged.tokens = L;
+  a.q.tokens = a.out.tokens = Tq;
+  return a;
+}
+
+/// Bytes `plan_calls` measures for `n` sequences `seqs` (validated by the caller).
+template <template <class, class, class> class CallT, class T, class Q>
+std::size_t measure_plan(Isa isa, const AttentionArgs<T, Q>* seqs, Index n,
+                         const AttentionOptions& o, int workers) {
+  std::size_t bytes = 0;
+  const Status st =
+      plan_calls<CallT>(isa, seqs, n, nullptr, o, workers, Workspace{}, nullptr, &bytes, "");
+  return st.ok() ? bytes : 0;
+}
+
+/// max_plan_decode_workspace_size for a validated template on SIMD path `isa`.
+template <class T, class Q>
+std::size_t max_plan_decode_size(Isa isa, const AttentionArgs<T, Q>& args,
+                                 const AttentionOptions& o, const WorkspaceLimits& limits,
+                                 int workers) {
+  // A plan's size is a fixed part that grows with the sequence count plus each sequence's own
+  // carve and task flags (carve_batch; a measuring arena only adds): the largest batch is
+  // max_sequences copies of the sequence length that needs the most alone.
+  Index worst = 1;
+  std::size_t one = 0;
+  for (Index L = 1; L <= limits.max_tokens; ++L) {
+    const AttentionArgs<T, Q> a = with_lengths(args, L, 1);
+    const std::size_t s = measure_plan<DecodeCall>(isa, &a, 1, o, workers);
+    if (s > one) {
+      one = s;
+      worst = L;
+    }
+  }
+  // Calibration takes one sequence per call (check_batch).
+  const Index n = o.mode == AttentionMode::kCalibrate ? 1 : limits.max_sequences;
+  if (n == 1) return one;
+  const AttentionArgs<T, Q> two[2] = {with_lengths(args, worst, 1), with_lengths(args, worst, 1)};
+  const std::size_t both = measure_plan<DecodeCall>(isa, two, 2, o, workers);
+  if (both <= one) return 0;  // cannot happen: every sequence adds its call
+  const std::size_t per_sequence = both - one;
+  if (per_sequence > (SIZE_MAX - one) / std::size_t(n - 1)) return 0;  // not addressable
+  return one + std::size_t(n - 1) * per_sequence;
+}
+
 }  // namespace detail
 
 /// Bytes of workspace `plan_decode` needs for this batch and `workers` scratch sets (0 when the
@@ -598,6 +655,96 @@ std::size_t decode_batch_workspace_size(const DecodeBatch<T, Q>& batch,
   return plan_decode_workspace_size(batch, options, detail::batch_threads(batch, options));
 }
 
+/// Bytes of one workspace that serves every `plan_decode` call with `workers` scratch sets up
+/// to `limits`: the largest `plan_decode_workspace_size` over every batch of 1 to
+/// `limits.max_sequences` sequences shaped like `args`, each with a cache of 1 to
+/// `limits.max_tokens` tokens (`limits.max_query_tokens` is not used: decode is T = 1). For an
+/// engine that sizes its scratch once (vLLM's max_num_seqs and max_model_len).
+///
+/// `args` gives every sequence's heads, head_dim, storage type, cache layout (contiguous or
+/// paged), layer and head offset (its own L and T are not used, but it must validate as for
+/// `max_workspace_size`); `options` as for the calls. A buffer shared by the layers of a model
+/// takes the largest size over the layers. Per-sequence statistics (`DecodeBatch::seq_stats`)
+/// are sized like `options.stats`: if they keep per-head counts, size with options whose
+/// `stats` keeps them too (a batch that needs more is refused before anything is written).
+/// In AttentionMode::kCalibrate a batch holds one sequence (`plan_decode` rejects more), so the
+/// size is that of one.
+///
+/// Returns 0 when `args` or `options` do not validate, `workers` < 1, `limits.max_tokens` or
+/// `limits.max_sequences` is below 1 (`max_query_tokens` too, as everywhere), `max_tokens`
+/// exceeds 2^31 - 1, or the size does not fit in size_t.
+/// Exact: it measures the decode plan of every length alone; a batch's size is a part per
+/// sequence (its own carve and task flags) plus a fixed part that grows with the count, so the
+/// largest batch is max_sequences copies of the length that needs the most, and that batch is
+/// measured (tests/test_workspace_bounds.cpp checks both against every batch by brute force).
+/// Cost: one measure per L, proportional to `workers`, plus one of two sequences: 0.01-0.06 s
+/// for max_tokens = 128k and 1 to 64 workers (Hq = 32, Hkv = 8, d = 128, -O2, measured).
+/// The sizes are large because each sequence of a batch keeps its own scratch per worker: at
+/// 128k tokens and 256 sequences, 0.41 GB (dense) and 12.7 GB (top-k, which stores every
+/// head's scores) with 2 workers, 4.6 GB and 98 GB with 64.
+template <class T, class Q>
+std::size_t max_plan_decode_workspace_size(const AttentionArgs<T, Q>& args,
+                                           const AttentionOptions& options,
+                                           const WorkspaceLimits& limits, int workers) {
+  Isa isa;
+  if (workers < 1 || !detail::limits_valid(limits) || limits.max_sequences < 1) return 0;
+  if (!detail::check_call(args, options, false, &isa).ok()) return 0;
+  return detail::max_plan_decode_size(isa, args, options, limits, workers);
+}
+
+/// Bytes of one workspace that serves every `decode_batch` call up to `limits` (see
+/// `max_plan_decode_workspace_size` for `args`, `options`, the limits and the errors).
+/// `decode_batch` runs a batch on as many threads as its work allows, up to `options.threads`
+/// (0: OpenMP's count when sized; size again if the engine changes it later, or set
+/// `options.threads`), and its scratch follows that count; this is the largest
+/// `max_plan_decode_workspace_size` over every count from 1 to that cap. It can exceed the
+/// largest real call by a little: a small batch never gets the most threads.
+/// Cost: one `max_plan_decode_workspace_size` per thread count, so it grows with the square of
+/// the cap: 0.02 s at 2 threads, 0.15 s at 8 and 2.5-2.7 s at 64 for max_tokens = 128k (as
+/// above). Call it once at start-up.
+template <class T, class Q>
+std::size_t max_decode_batch_workspace_size(const AttentionArgs<T, Q>& args,
+                                            const AttentionOptions& options,
+                                            const WorkspaceLimits& limits) {
+  Isa isa;
+  if (!detail::limits_valid(limits) || limits.max_sequences < 1) return 0;
+  if (!detail::check_call(args, options, false, &isa).ok()) return 0;
+  std::size_t n = 0;
+  const int cap = std::max(1, resolve_threads(options.threads));
+  for (int w = 1; w <= cap; ++w) {
+    const std::size_t s = detail::max_plan_decode_size(isa, args, options, limits, w);
+    if (s == 0) return 0;
+    n = std::max(n, s);
+  }
+  return n;
+}
+
+/// Bytes of one workspace that serves every `plan_prefill` call with `workers` scratch sets up
+/// to `limits`: the largest `plan_prefill_workspace_size` over every cache length
+/// 1 <= L <= limits.max_tokens and query count 1 <= T <= min(limits.max_query_tokens, L), for
+/// `args` and `options` as in `max_workspace_size` (`limits.max_sequences` is not used; a buffer
+/// shared by the layers takes the largest size over the layers).
+/// Returns 0 in the cases `max_workspace_size` lists and for `workers` < 1.
+/// Exact, like `max_workspace_size`: per L it measures the plan of the largest T (for a fixed L
+/// the size never decreases with T; tests/test_workspace_bounds.cpp checks it over every T).
+/// Cost: one measure per L, proportional to `workers`: 0.02 s for max_tokens = 128k and
+/// max_query_tokens = 4096 at 2 workers, 0.3 s at 64 (as above).
+template <class T, class Q>
+std::size_t max_plan_prefill_workspace_size(const AttentionArgs<T, Q>& args,
+                                            const AttentionOptions& options,
+                                            const WorkspaceLimits& limits, int workers) {
+  Isa isa;
+  if (workers < 1 || !detail::limits_valid(limits)) return 0;
+  if (!detail::check_call(args, options, false, &isa).ok()) return 0;
+  std::size_t n = 0;
+  for (Index L = 1; L <= limits.max_tokens; ++L) {
+    const AttentionArgs<T, Q> a =
+        detail::with_lengths(args, L, std::min(limits.max_query_tokens, L));
+    n = std::max(n, detail::measure_plan<detail::PrefillCall>(isa, &a, 1, options, workers));
+  }
+  return n;
+}
+
 /// Decodes N sequences of different lengths in one call (one query token each), split across
 /// OpenMP threads by sequence and KV chunk. Each sequence's output and statistics equal those of
 /// its own `decode` call bit for bit, for any thread count.
@@ -634,24 +781,33 @@ Status decode_batch(const DecodeBatch<T, Q>& batch, const AttentionOptions& opti
 /// Explicit instantiations of this header's entry points (`plan_decode`, `plan_prefill`,
 /// `decode_batch` and their workspace sizes) for one pair `T, Q`; `KW` as for
 /// `TOPTHETA_ATTENTION_INSTANCES` (attention.hpp), which explains when to use them.
-#define TOPTHETA_PLAN_INSTANCES(KW, T, Q)                                                        \
-  KW template std::size_t toptheta::plan_decode_workspace_size<T, Q>(                            \
-      const ::toptheta::DecodeBatch<T, Q>&, const ::toptheta::AttentionOptions&, int);           \
-  KW template ::toptheta::Status toptheta::plan_decode<T, Q>(                                    \
-      const ::toptheta::DecodeBatch<T, Q>&, const ::toptheta::AttentionOptions&, int,            \
-      ::toptheta::Workspace, ::toptheta::AttentionPlan*);                                        \
-  KW template std::size_t toptheta::plan_prefill_workspace_size<T, Q>(                           \
-      const ::toptheta::AttentionArgs<T, Q>&, const ::toptheta::AttentionOptions&, int);         \
-  KW template ::toptheta::Status toptheta::plan_prefill<T, Q>(                                   \
-      const ::toptheta::AttentionArgs<T, Q>&, const ::toptheta::AttentionOptions&, int,          \
-      ::toptheta::Workspace, ::toptheta::AttentionPlan*);                                        \
-  KW template std::size_t toptheta::decode_batch_workspace_size<T, Q>(                           \
-      const ::toptheta::DecodeBatch<T, Q>&, const ::toptheta::AttentionOptions&);                \
-  KW template ::toptheta::Status toptheta::decode_batch<T, Q>(                                   \
-      const ::toptheta::DecodeBatch<T, Q>&, const ::toptheta::AttentionOptions&,                 \
-      ::toptheta::Workspace);                                                                    \
-  KW template ::toptheta::Status toptheta::decode_batch<T, Q>(                                   \
-      const ::toptheta::DecodeBatch<T, Q>&, const ::toptheta::AttentionOptions&);
+#define TOPTHETA_PLAN_INSTANCES(KW, T, Q)                                                \
+  KW template std::size_t toptheta::plan_decode_workspace_size<T, Q>(                    \
+      const ::toptheta::DecodeBatch<T, Q>&, const ::toptheta::AttentionOptions&, int);   \
+  KW template ::toptheta::Status toptheta::plan_decode<T, Q>(                            \
+      const ::toptheta::DecodeBatch<T, Q>&, const ::toptheta::AttentionOptions&, int,    \
+      ::toptheta::Workspace, ::toptheta::AttentionPlan*);                                \
+  KW template std::size_t toptheta::plan_prefill_workspace_size<T, Q>(                   \
+      const ::toptheta::AttentionArgs<T, Q>&, const ::toptheta::AttentionOptions&, int); \
+  KW template ::toptheta::Status toptheta::plan_prefill<T, Q>(                           \
+      const ::toptheta::AttentionArgs<T, Q>&, const ::toptheta::AttentionOptions&, int,  \
+      ::toptheta::Workspace, ::toptheta::AttentionPlan*);                                \
+  KW template std::size_t toptheta::decode_batch_workspace_size<T, Q>(                   \
+      const ::toptheta::DecodeBatch<T, Q>&, const ::toptheta::AttentionOptions&);        \
+  KW template ::toptheta::Status toptheta::decode_batch<T, Q>(                           \
+      const ::toptheta::DecodeBatch<T, Q>&, const ::toptheta::AttentionOptions&,         \
+      ::toptheta::Workspace);                                                            \
+  KW template ::toptheta::Status toptheta::decode_batch<T, Q>(                           \
+      const ::toptheta::DecodeBatch<T, Q>&, const ::toptheta::AttentionOptions&);        \
+  KW template std::size_t toptheta::max_plan_decode_workspace_size<T, Q>(                \
+      const ::toptheta::AttentionArgs<T, Q>&, const ::toptheta::AttentionOptions&,       \
+      const ::toptheta::WorkspaceLimits&, int);                                          \
+  KW template std::size_t toptheta::max_decode_batch_workspace_size<T, Q>(               \
+      const ::toptheta::AttentionArgs<T, Q>&, const ::toptheta::AttentionOptions&,       \
+      const ::toptheta::WorkspaceLimits&);                                               \
+  KW template std::size_t toptheta::max_plan_prefill_workspace_size<T, Q>(               \
+      const ::toptheta::AttentionArgs<T, Q>&, const ::toptheta::AttentionOptions&,       \
+      const ::toptheta::WorkspaceLimits&, int);
 
 /// Defines the compiled instances of every entry point (attention.hpp and plan.hpp) for one
 /// `AttentionArgs<T, Q>` pair, in the one file that compiles them for a project built with

@@ -17,18 +17,31 @@ struct Workspace {
   std::size_t bytes = 0;      ///< size of the buffer in bytes
 };
 
-/// The calls one workspace must serve, for `max_workspace_size` (attention.hpp).
+/// The calls one workspace must serve, for `max_workspace_size` (attention.hpp) and the task
+/// interface's maximum sizes (plan.hpp): an engine's vLLM-style max_model_len,
+/// max_num_batched_tokens (per prefill call) and max_num_seqs.
 struct WorkspaceLimits {
   /// Longest KV cache of a call: L in tokens, the call's new tokens included (>= 1).
   Index max_tokens = 0;
   /// Most query tokens of one prefill call: T (>= 1; 1 sizes decode steps only). An engine
   /// that prefills in chunks gives its chunk size.
   Index max_query_tokens = 1;
+  /// Most sequences of one decode batch (`max_plan_decode_workspace_size`,
+  /// `max_decode_batch_workspace_size` in plan.hpp; >= 1). 0, the default, makes those return 0,
+  /// so a forgotten field is never a size for one sequence. The single-call sizes ignore it.
+  Index max_sequences = 0;
 };
 
 namespace detail {
 
 inline constexpr std::size_t kWorkspaceAlign = 64;
+
+/// True when `limits` name at least one call and no cache longer than a call takes (2^31 - 1
+/// tokens); `max_sequences` is checked by the batch sizes that use it.
+inline bool limits_valid(const WorkspaceLimits& limits) {
+  return limits.max_tokens >= 1 && limits.max_query_tokens >= 1 &&
+         limits.max_tokens <= Index(INT32_MAX);
+}
 
 /// Bump allocator over a Workspace. `measure` mode (null base) only counts bytes.
 ///
