@@ -673,10 +673,12 @@ std::size_t decode_batch_workspace_size(const DecodeBatch<T, Q>& batch,
 /// Returns 0 when `args` or `options` do not validate, `workers` < 1, `limits.max_tokens` or
 /// `limits.max_sequences` is below 1 (`max_query_tokens` too, as everywhere), `max_tokens`
 /// exceeds 2^31 - 1, or the size does not fit in size_t.
-/// Exact: it measures the decode plan of every length alone; a batch's size is a part per
-/// sequence (its own carve and task flags) plus a fixed part that grows with the count, so the
-/// largest batch is max_sequences copies of the length that needs the most, and that batch is
-/// measured (tests/test_workspace_bounds.cpp checks both against every batch by brute force).
+/// Exact: it measures the decode plan of every length alone. A batch's size is a part per
+/// sequence (its own carve and task flags) plus a fixed part that grows linearly with the count,
+/// so the largest batch is max_sequences copies of the length that needs the most: its size is
+/// that of one copy plus (max_sequences - 1) times the difference between two copies and one,
+/// both measured (tests/test_workspace_bounds.cpp checks it against every batch of up to three
+/// sequences by brute force, and against a measured batch of 48).
 /// Cost: one measure per L, proportional to `workers`, plus one of two sequences: 0.01-0.06 s
 /// for max_tokens = 128k and 1 to 64 workers (Hq = 32, Hkv = 8, d = 128, -O2, measured).
 /// The sizes are large because each sequence of a batch keeps its own scratch per worker: at
@@ -698,7 +700,8 @@ std::size_t max_plan_decode_workspace_size(const AttentionArgs<T, Q>& args,
 /// (0: OpenMP's count when sized; size again if the engine changes it later, or set
 /// `options.threads`), and its scratch follows that count; this is the largest
 /// `max_plan_decode_workspace_size` over every count from 1 to that cap. It can exceed the
-/// largest real call by a little: a small batch never gets the most threads.
+/// largest real call, by up to the scratch of the extra workers: it lets every batch have every
+/// thread count, while a batch with little work runs on fewer threads.
 /// Cost: one `max_plan_decode_workspace_size` per thread count, so it grows with the square of
 /// the cap: 0.02 s at 2 threads, 0.15 s at 8 and 2.5-2.7 s at 64 for max_tokens = 128k (as
 /// above). Call it once at start-up.
