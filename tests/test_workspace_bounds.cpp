@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <memory>
 #include <random>
 #include <string>
@@ -370,26 +371,39 @@ struct DecodeBuffers {
   }
 };
 
-TEST(WorkspaceMax, EqualsTheLargestWorkspaceOfEveryCallWithinTheLimits) {
+/// Runs body(c, ca, o, n) for every case of `cases`, every mode and every count n of `counts`,
+/// traced, with k = 8: `o` runs on n threads when `counts_threads`, else on 1 (n is then the
+/// plan's workers).
+template <std::size_t N, class Body>
+void for_each_case(const MaxCase (&cases)[N], std::initializer_list<int> counts,
+                   bool counts_threads, Body&& body) {
   const Index k = 8;
-  int non_monotone = 0;  // cases whose largest call is not the one at (Lmax, Tmax)
-  for (const MaxCase& c : kMaxCases) {
+  for (const MaxCase& c : cases) {
     CaseArgs ca(c);
-    const AttentionArgs<float>& a = ca.a;
     ModeOptions mo(c.model_heads ? c.model_heads : c.Hq, k);
     for (const ModeCase& mc : kModes)
-      for (int threads : {1, 2}) {
-        SCOPED_TRACE(std::string(c.name) + " " + mc.name + " threads " + std::to_string(threads));
-        const AttentionOptions o = ca.options(mo, mc, threads, k, c);
-        ASSERT_GT(workspace_size(a, o), 0u) << "the case does not validate";
-        const std::size_t want = largest_call(a, o, c.Lmax, c.Tmax);
-        EXPECT_EQ(max_workspace_size(a, o, WorkspaceLimits{c.Lmax, c.Tmax}), want);
-        // The args' own L and T do not matter.
-        EXPECT_EQ(max_workspace_size(with_lengths(a, 3, 2), o, WorkspaceLimits{c.Lmax, c.Tmax}),
-                  want);
-        if (want > workspace_size(a, o)) ++non_monotone;
+      for (int n : counts) {
+        SCOPED_TRACE(std::string(c.name) + " " + mc.name +
+                     (counts_threads ? " threads " : " workers ") + std::to_string(n));
+        body(c, ca, ca.options(mo, mc, counts_threads ? n : 1, k, c), n);
       }
   }
+}
+
+TEST(WorkspaceMax, EqualsTheLargestWorkspaceOfEveryCallWithinTheLimits) {
+  int non_monotone = 0;  // cases whose largest call is not the one at (Lmax, Tmax)
+  for_each_case(kMaxCases, {1, 2}, true,
+                [&](const MaxCase& c, const CaseArgs& ca, const AttentionOptions& o, int) {
+                  const AttentionArgs<float>& a = ca.a;
+                  ASSERT_GT(workspace_size(a, o), 0u) << "the case does not validate";
+                  const std::size_t want = largest_call(a, o, c.Lmax, c.Tmax);
+                  EXPECT_EQ(max_workspace_size(a, o, WorkspaceLimits{c.Lmax, c.Tmax}), want);
+                  // The args' own L and T do not matter.
+                  EXPECT_EQ(
+                      max_workspace_size(with_lengths(a, 3, 2), o, WorkspaceLimits{c.Lmax, c.Tmax}),
+                      want);
+                  if (want > workspace_size(a, o)) ++non_monotone;
+                });
   // The test would also pass for "the size at (Lmax, Tmax)" if no case had a larger call below.
   EXPECT_GT(non_monotone, 0);
 }
@@ -580,14 +594,9 @@ const MaxCase kBatchCases[] = {
 };
 
 TEST(WorkspaceMax, PlanDecodeEqualsTheLargestBatchWithinTheLimits) {
-  const Index k = 8;
-  for (const MaxCase& c : kBatchCases) {
-    CaseArgs ca(c);
-    ModeOptions mo(c.model_heads ? c.model_heads : c.Hq, k);
-    for (const ModeCase& mc : kModes)
-      for (int workers : {1, 2, 3}) {
-        SCOPED_TRACE(std::string(c.name) + " " + mc.name + " workers " + std::to_string(workers));
-        const AttentionOptions o = ca.options(mo, mc, 1, k, c);
+  for_each_case(
+      kBatchCases, {1, 2, 3}, false,
+      [](const MaxCase& c, const CaseArgs& ca, const AttentionOptions& o, int workers) {
         for (int N : {1, 2, 3}) {
           const std::size_t want = largest_batch(ca.a, o, c.Lmax, N, workers);
           ASSERT_GT(want, 0u);
@@ -599,13 +608,15 @@ TEST(WorkspaceMax, PlanDecodeEqualsTheLargestBatchWithinTheLimits) {
         EXPECT_EQ(max_plan_decode_workspace_size(with_lengths(ca.a, 5, 1), o,
                                                  WorkspaceLimits{c.Lmax, 9, 3}, workers),
                   largest_batch(ca.a, o, c.Lmax, 3, workers));
-      }
-  }
+      });
 }
 
 // Long caches (the decode chunk count changes with L, so a shorter cache can need more) and
-// many sequences: the maximum is the batch of N copies of the length that needs the most alone,
-// measured directly, and no sampled batch needs more.
+// many sequences. A batch of n > 1 keeps one scratch set per worker, as large as its calls'
+// largest, so its size is A + (n - 1) D + max(own + sets) + (n - 1) max(own) over its lengths.
+// Measured per length from batches of two and three copies (3 - 2 copies: D + own; 2 * two -
+// three: A + own + sets), the oracle is max(2 * two - three) + (N - 1) max(three - two); a
+// batch of N sequences reaches it, and no sampled batch needs more.
 TEST(WorkspaceMax, PlanDecodeCoversLongCachesAndManySequences) {
   const Index Hq = 8, Hkv = 2, d = 32, Lmax = 5000;
   const DecodeBuffers buf(Hq, Hkv, d, Lmax, Layout::kHeadMajor);
@@ -616,32 +627,69 @@ TEST(WorkspaceMax, PlanDecodeCoversLongCachesAndManySequences) {
     for (int workers : {1, 2}) {
       SCOPED_TRACE(std::string(mc.name) + " workers " + std::to_string(workers));
       const AttentionOptions o = mo.get(mc, 1, 64);
-      Index worst = 0;
-      std::size_t one = 0, running = 0;
+      const bool calibrate = mc.mode == AttentionMode::kCalibrate;
+      const Index N = calibrate ? 1 : 48;
+      std::size_t one = 0, running = 0, best_all = 0, best_own = 0;
+      Index la = 0, lo = 0;
       int shorter_needs_more = 0;
       for (Index L = 1; L <= Lmax; ++L) {
         const std::size_t s = plan_size(batch_of(a, {L}), o, workers);
         if (s < running) ++shorter_needs_more;
         running = std::max(running, s);
-        if (s > one) {
-          one = s;
-          worst = L;
+        one = std::max(one, s);
+        if (calibrate) continue;
+        const std::size_t two = plan_size(batch_of(a, {L, L}), o, workers);
+        const std::size_t three = plan_size(batch_of(a, {L, L, L}), o, workers);
+        ASSERT_GT(three, two);
+        ASSERT_GT(2 * two, three);
+        if (2 * two - three > best_all) {
+          best_all = 2 * two - three;
+          la = L;
+        }
+        if (three - two > best_own) {
+          best_own = three - two;
+          lo = L;
         }
       }
       EXPECT_GT(shorter_needs_more, 0);
-      const Index N = mc.mode == AttentionMode::kCalibrate ? 1 : 48;
-      const std::size_t want =
-          plan_size(batch_of(a, std::vector<Index>(std::size_t(N), worst)), o, workers);
       const std::size_t got =
           max_plan_decode_workspace_size(a, o, WorkspaceLimits{Lmax, 1, 48}, workers);
-      EXPECT_EQ(got, want);
+      if (calibrate) {
+        EXPECT_EQ(got, one);
+      } else {
+        EXPECT_EQ(got, best_all + std::size_t(N - 1) * best_own);
+        std::vector<Index> lens(std::size_t(N), lo);
+        lens[0] = la;
+        EXPECT_EQ(plan_size(batch_of(a, lens), o, workers), got) << "La " << la << " Lo " << lo;
+      }
       for (int i = 0; i < 20; ++i) {
-        std::vector<Index> lens(std::size_t(std::uniform_int_distribution<Index>(
-            1, mc.mode == AttentionMode::kCalibrate ? 1 : 48)(rng)));
+        std::vector<Index> lens(std::size_t(std::uniform_int_distribution<Index>(1, N)(rng)));
         for (Index& L : lens) L = std::uniform_int_distribution<Index>(1, Lmax)(rng);
         EXPECT_LE(plan_size(batch_of(a, lens), o, workers), got);
       }
     }
+}
+
+// The sequences of a batch share the workers' scratch sets: a worker added to a batch of two
+// two-pass calls costs about what it costs one call (its statistics sinks are per call), not
+// twice as much.
+TEST(WorkspaceMax, BatchSharesTheWorkersScratch) {
+  const Index Hq = 8, Hkv = 2, d = 32, L = 2000;
+  const DecodeBuffers buf(Hq, Hkv, d, L, Layout::kHeadMajor);
+  ModeOptions mo(Hq, 64);
+  for (const ModeCase& mc : kModes) {
+    if (mc.mode == AttentionMode::kCalibrate) continue;
+    SCOPED_TRACE(mc.name);
+    const AttentionOptions o = mo.get(mc, 1, 64);
+    const auto added = [&](const std::vector<Index>& lens) {
+      return plan_size(batch_of(buf.a, lens), o, 4) - plan_size(batch_of(buf.a, lens), o, 1);
+    };
+    const std::size_t one = added({L}), two = added({L, L}), three = added({L, L - 900, 17});
+    EXPECT_LT(two, one + one / 4);
+    EXPECT_LT(three, one + one / 4);
+    // The sets are as large as the longest sequence's: L first or last.
+    EXPECT_EQ(plan_size(batch_of(buf.a, {17, L}), o, 3), plan_size(batch_of(buf.a, {L, 17}), o, 3));
+  }
 }
 
 // decode_batch picks its thread count from the batch's work: one buffer of
@@ -699,14 +747,9 @@ TEST(WorkspaceMax, DecodeBatchBufferServesEveryBatch) {
 }
 
 TEST(WorkspaceMax, PlanPrefillEqualsTheLargestCallWithinTheLimits) {
-  const Index k = 8;
-  for (const MaxCase& c : kMaxCases) {
-    CaseArgs ca(c);
-    ModeOptions mo(c.model_heads ? c.model_heads : c.Hq, k);
-    for (const ModeCase& mc : kModes)
-      for (int workers : {1, 3}) {
-        SCOPED_TRACE(std::string(c.name) + " " + mc.name + " workers " + std::to_string(workers));
-        const AttentionOptions o = ca.options(mo, mc, 1, k, c);
+  for_each_case(
+      kMaxCases, {1, 3}, false,
+      [](const MaxCase& c, const CaseArgs& ca, const AttentionOptions& o, int workers) {
         std::size_t want = 0;
         std::pair<Index, Index> worst{0, 0};
         for (Index L = 1; L <= c.Lmax; ++L) {
@@ -733,8 +776,7 @@ TEST(WorkspaceMax, PlanPrefillEqualsTheLargestCallWithinTheLimits) {
         for (int s = 0; s < plan.num_stages(); ++s)
           for (Index t = 0; t < plan.num_tasks(s); ++t) plan.run_task(s, t, int(t % workers));
         EXPECT_TRUE(plan.finish().ok());
-      }
-  }
+      });
 }
 
 }  // namespace

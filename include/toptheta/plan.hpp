@@ -318,14 +318,41 @@ struct BatchCall {
   }
 };
 
+/// True for the call types whose per-worker scratch the calls of a batch share (DecodeCall:
+/// SharedWorkerScratch in kernels/decode.hpp).
+template <class Call, class = void>
+struct SharesWorkerScratch : std::false_type {};
+template <class Call>
+struct SharesWorkerScratch<
+    Call, std::void_t<decltype(std::declval<const Call&>().worker_scratch_bytes())>>
+    : std::true_type {};
+
+/// What one sequence adds to a batch of several (carve_batch measures it for a batch of one):
+/// its call's own buffers and task flags, and its worker scratch set, of which the batch keeps
+/// one per worker, as large as the largest set of its calls.
+struct BatchSequenceParts {
+  std::size_t own = 0;      ///< bytes the call takes besides its worker sets, task flags included
+  std::size_t scratch = 0;  ///< bytes of one worker set (0: the call type shares none)
+};
+
 /// Plans N calls of type Call into `ws` (or, with a null workspace, only measures): carves the
 /// batch header, the argument / option copies, the calls and their buffers, and prepares each
 /// call. `make(args_i, opts_i, workers)` constructs a call. Returns the bytes used.
+///
+/// A batch of several decode calls carves one scratch set per worker, as large as the largest
+/// set of its calls, and every call's worker i uses set i (SharedWorkerScratch): the batch then
+/// needs the sum of its calls' own buffers plus `workers` sets, rather than `workers` sets per
+/// call. So its size is a fixed part affine in n, plus each sequence's `BatchSequenceParts::own`,
+/// plus one block of `workers` times the largest `scratch` (max_plan_decode_size relies on
+/// this). A batch of one carves as `decode` does. With `parts` (n = 1, measuring), the call's
+/// parts are returned there.
 template <class Call, class Args, class Make>
 std::size_t carve_batch(Arena& ar, const Args* seqs, Index n, const AttentionOptions& options,
                         AttentionStats* seq_stats, int workers, Make&& make,
-                        BatchCall<Call, Args>** out) {
+                        BatchCall<Call, Args>** out, BatchSequenceParts* parts = nullptr) {
   static_assert(std::is_trivially_destructible_v<Call>, "plans never run destructors");
+  constexpr bool kCanShare = SharesWorkerScratch<Call>::value;
+  const bool share = kCanShare && n > 1;
   auto* b = ar.template take<BatchCall<Call, Args>>(1);
   Call* calls = ar.template take<Call>(n);
   Args* args = ar.template take<Args>(n);
@@ -334,24 +361,66 @@ std::size_t carve_batch(Arena& ar, const Args* seqs, Index n, const AttentionOpt
   const bool real = b != nullptr;
   int stages = 0;
   Index tasks = 0;  // of every stage of every call
-  const auto count_tasks = [&tasks](const Call& c) {
-    for (int s = 0; s < c.num_stages(); ++s) tasks += c.num_tasks(s);
+  const auto tasks_of = [](const Call& c) {
+    Index t = 0;
+    for (int s = 0; s < c.num_stages(); ++s) t += c.num_tasks(s);
+    return t;
   };
-  for (Index i = 0; i < n; ++i) {
+  const auto options_of = [&](Index i) {
     AttentionOptions oi = options;
     oi.stats = seq_stats ? &seq_stats[i] : options.stats;
-    if (real) {
-      args[i] = seqs[i];
-      opts[i] = oi;
-      Call* c = new (&calls[i]) Call(make(args[i], opts[i], workers));
-      c->carve(ar);
-      stages = std::max(stages, c->num_stages());
-      count_tasks(*c);
+    return oi;
+  };
+  const auto scratch_of = [](const Call& c) -> std::size_t {
+    if constexpr (kCanShare) {
+      return c.worker_scratch_bytes();
     } else {
-      Call c = make(seqs[i], oi, workers);
-      c.carve(ar);
-      count_tasks(c);
+      (void)c;
+      return 0;
     }
+  };
+  const auto carve_call = [&](Call& c, std::byte* base, std::size_t stride) {
+    if constexpr (kCanShare) {
+      c.carve(ar, SharedWorkerScratch{share, base, stride});
+    } else {
+      (void)base;
+      (void)stride;
+      c.carve(ar);
+    }
+  };
+  std::size_t stride = 0;  // of the shared worker sets
+  if (real) {
+    for (Index i = 0; i < n; ++i) {
+      args[i] = seqs[i];
+      opts[i] = options_of(i);
+      new (&calls[i]) Call(make(args[i], opts[i], workers));
+      if (share) stride = std::max(stride, scratch_of(calls[i]));
+    }
+    std::byte* base =
+        share ? ar.template take<std::byte>(Index(std::size_t(workers) * stride)) : nullptr;
+    if (share && base == nullptr) return ar.used();  // overflowed: the caller checks
+    for (Index i = 0; i < n; ++i) {
+      carve_call(calls[i], base, stride);
+      stages = std::max(stages, calls[i].num_stages());
+      tasks += tasks_of(calls[i]);
+    }
+  } else {
+    for (Index i = 0; i < n; ++i) {
+      Call c = make(seqs[i], options_of(i), workers);
+      carve_call(c, nullptr, 0);
+      tasks += tasks_of(c);
+      if (share) stride = std::max(stride, scratch_of(c));
+      if (parts && n == 1) {
+        Arena own;
+        if constexpr (kCanShare)
+          c.carve(own, SharedWorkerScratch{true, nullptr, 0});
+        else
+          c.carve(own);
+        parts->own = own.used() + sizeof(std::atomic<unsigned char>) * std::size_t(tasks_of(c));
+        parts->scratch = scratch_of(c);
+      }
+    }
+    if (share) ar.template take<std::byte>(Index(std::size_t(workers) * stride));
   }
   auto* runs = ar.template take<std::atomic<unsigned char>>(tasks);
   if (real && !ar.overflowed()) {
@@ -490,7 +559,7 @@ View v_view(const AttentionArgs<T, Q>& a) {
 template <template <class, class, class> class CallT, class T, class Q>
 Status plan_calls(Isa isa, const AttentionArgs<T, Q>* seqs, Index n, AttentionStats* seq_stats,
                   const AttentionOptions& o, int workers, Workspace ws, AttentionPlan* plan,
-                  std::size_t* bytes, const char* sizing) {
+                  std::size_t* bytes, const char* sizing, BatchSequenceParts* parts = nullptr) {
   using Args = AttentionArgs<T, Q>;
   if (workers < 1)
     return Status::invalid_argument("workers must be >= 1, got " + std::to_string(workers));
@@ -502,7 +571,8 @@ Status plan_calls(Isa isa, const AttentionArgs<T, Q>* seqs, Index n, AttentionSt
     };
     Arena measure;
     BatchCall<Call, Args>* b = nullptr;
-    const std::size_t need = carve_batch<Call>(measure, seqs, n, o, seq_stats, workers, make, &b);
+    const std::size_t need =
+        carve_batch<Call>(measure, seqs, n, o, seq_stats, workers, make, &b, parts);
     if (bytes) *bytes = need;
     if (!plan) return {};
     if (ws.data == nullptr || ws.bytes < need)
@@ -565,13 +635,15 @@ AttentionArgs<T, Q> with_lengths(AttentionArgs<T, Q> a, Index L, Index Tq) {
   return a;
 }
 
-/// Bytes `plan_calls` measures for `n` sequences `seqs` (validated by the caller).
+/// Bytes `plan_calls` measures for `n` sequences `seqs` (validated by the caller); with
+/// `parts` (n = 1), what the sequence adds to a batch of several.
 template <template <class, class, class> class CallT, class T, class Q>
 std::size_t measure_plan(Isa isa, const AttentionArgs<T, Q>* seqs, Index n,
-                         const AttentionOptions& o, int workers) {
+                         const AttentionOptions& o, int workers,
+                         BatchSequenceParts* parts = nullptr) {
   std::size_t bytes = 0;
   const Status st =
-      plan_calls<CallT>(isa, seqs, n, nullptr, o, workers, Workspace{}, nullptr, &bytes, "");
+      plan_calls<CallT>(isa, seqs, n, nullptr, o, workers, Workspace{}, nullptr, &bytes, "", parts);
   return st.ok() ? bytes : 0;
 }
 
@@ -580,28 +652,40 @@ template <class T, class Q>
 std::size_t max_plan_decode_size(Isa isa, const AttentionArgs<T, Q>& args,
                                  const AttentionOptions& o, const WorkspaceLimits& limits,
                                  int workers) {
-  // A plan's size is a fixed part that grows with the sequence count plus each sequence's own
-  // carve and task flags (carve_batch; a measuring arena only adds): the largest batch is
-  // max_sequences copies of the sequence length that needs the most alone.
-  Index worst = 1;
-  std::size_t one = 0;
+  // A batch of one is measured at every length. A batch of n > 1 takes A(n) (affine in n) plus
+  // each sequence's own part plus `workers` times the largest worker set (carve_batch; a
+  // measuring arena only adds). The largest batch of N > 1 is therefore one sequence of the
+  // length La with the largest own + workers * scratch, and N - 1 of the length Lo with the
+  // largest own: any batch's sum of own parts and largest set is at most that. Its size is
+  // affine in the copies of Lo, measured at one and two.
+  Index la = 1, lo = 1;
+  std::size_t one = 0, best_all = 0, best_own = 0;
   for (Index L = 1; L <= limits.max_tokens; ++L) {
     const AttentionArgs<T, Q> a = with_lengths(args, L, 1);
-    const std::size_t s = measure_plan<DecodeCall>(isa, &a, 1, o, workers);
-    if (s > one) {
-      one = s;
-      worst = L;
+    BatchSequenceParts p;
+    one = std::max(one, measure_plan<DecodeCall>(isa, &a, 1, o, workers, &p));
+    const std::size_t all = p.own + std::size_t(workers) * p.scratch;
+    if (all > best_all) {
+      best_all = all;
+      la = L;
+    }
+    if (p.own > best_own) {
+      best_own = p.own;
+      lo = L;
     }
   }
   // Calibration takes one sequence per call (check_batch).
   const Index n = o.mode == AttentionMode::kCalibrate ? 1 : limits.max_sequences;
   if (n == 1) return one;
-  const AttentionArgs<T, Q> two[2] = {with_lengths(args, worst, 1), with_lengths(args, worst, 1)};
-  const std::size_t both = measure_plan<DecodeCall>(isa, two, 2, o, workers);
-  if (both <= one) return 0;  // cannot happen: every sequence adds its call
-  const std::size_t per_sequence = both - one;
-  if (per_sequence > (SIZE_MAX - one) / std::size_t(n - 1)) return 0;  // not addressable
-  return one + std::size_t(n - 1) * per_sequence;
+  const AttentionArgs<T, Q> three[3] = {with_lengths(args, la, 1), with_lengths(args, lo, 1),
+                                        with_lengths(args, lo, 1)};
+  const std::size_t two_seqs = measure_plan<DecodeCall>(isa, three, 2, o, workers);
+  if (n == 2) return two_seqs;
+  const std::size_t three_seqs = measure_plan<DecodeCall>(isa, three, 3, o, workers);
+  if (three_seqs <= two_seqs) return 0;  // cannot happen: every sequence adds its call
+  const std::size_t per_sequence = three_seqs - two_seqs;
+  if (per_sequence > (SIZE_MAX - two_seqs) / std::size_t(n - 2)) return 0;  // not addressable
+  return two_seqs + std::size_t(n - 2) * per_sequence;
 }
 
 }  // namespace detail
@@ -673,17 +757,21 @@ std::size_t decode_batch_workspace_size(const DecodeBatch<T, Q>& batch,
 /// Returns 0 when `args` or `options` do not validate, `workers` < 1, `limits.max_tokens` or
 /// `limits.max_sequences` is below 1 (`max_query_tokens` too, as everywhere), `max_tokens`
 /// exceeds 2^31 - 1, or the size does not fit in size_t.
-/// Exact: it measures the decode plan of every length alone. A batch's size is a part per
-/// sequence (its own carve and task flags) plus a fixed part that grows linearly with the count,
-/// so the largest batch is max_sequences copies of the length that needs the most: its size is
-/// that of one copy plus (max_sequences - 1) times the difference between two copies and one,
-/// both measured (tests/test_workspace_bounds.cpp checks it against every batch of up to three
-/// sequences by brute force, and against a measured batch of 48).
-/// Cost: one measure per L, proportional to `workers`, plus one of two sequences: 0.01-0.06 s
-/// for max_tokens = 128k and 1 to 64 workers (Hq = 32, Hkv = 8, d = 128, -O2, measured).
-/// The sizes are large because each sequence of a batch keeps its own scratch per worker: at
-/// 128k tokens and 256 sequences, 0.41 GB (dense) and 12.7 GB (top-k, which stores every
-/// head's scores) with 2 workers, 4.6 GB and 98 GB with 64.
+/// Exact: it measures the decode plan of every length alone. The sequences of a batch of two or
+/// more share the workers' scratch sets (one per worker, as large as the largest of its calls';
+/// the statistics sinks stay per sequence), so a batch's size is a fixed part that grows
+/// linearly with the count, plus each sequence's own part (its buffers and task flags), plus
+/// `workers` sets. The largest batch is one sequence of the length with the largest own part
+/// plus `workers` sets, and max_sequences - 1 of the length with the largest own part; its size
+/// is measured with one and two of the latter and extended linearly
+/// (tests/test_workspace_bounds.cpp checks it against every batch of up to three sequences by
+/// brute force, and against a measured batch of 48).
+/// Cost: one measure per L, proportional to `workers`, plus two batches: 0.01-0.06 s for
+/// max_tokens = 128k and 1 to 64 workers (Hq = 32, Hkv = 8, d = 128, -O2, measured).
+/// Sizes at 128k tokens and 256 sequences (f32, as above): dense 0.28 GB with 2 workers and
+/// 0.30 GB with 64; top-k (k = 64; a two-pass mode stores every head's scores, weights and
+/// kept rows per sequence) 9.95 GB with 2 and 10.3 GB with 64. Before the sets were shared
+/// (each sequence with its own set per worker) they were 0.41 and 4.6 GB, 12.7 and 98 GB.
 template <class T, class Q>
 std::size_t max_plan_decode_workspace_size(const AttentionArgs<T, Q>& args,
                                            const AttentionOptions& options,
@@ -703,7 +791,7 @@ std::size_t max_plan_decode_workspace_size(const AttentionArgs<T, Q>& args,
 /// largest real call, by up to the scratch of the extra workers: it lets every batch have every
 /// thread count, while a batch with little work runs on fewer threads.
 /// Cost: one `max_plan_decode_workspace_size` per thread count, so it grows with the square of
-/// the cap: 0.02 s at 2 threads, 0.15 s at 8 and 2.5-2.7 s at 64 for max_tokens = 128k (as
+/// the cap: 0.02 s at 2 threads, 0.15 s at 8 and 1.8-2.7 s at 64 for max_tokens = 128k (as
 /// above). Call it once at start-up.
 template <class T, class Q>
 std::size_t max_decode_batch_workspace_size(const AttentionArgs<T, Q>& args,

@@ -180,6 +180,19 @@ inline StatSink carve_sink(Arena& ar, Index Hq, bool per_head) {
   return s;
 }
 
+/// Per-worker scratch shared by the calls of a decode batch (carve_batch in plan.hpp): worker
+/// i's set of every call is carved from [base + i * stride, base + (i + 1) * stride). Sound
+/// because every buffer of a call's worker set is transient within one task (written before it
+/// is read, in the same task; `mark` is zeroed at the start of each task that uses it) and a
+/// worker runs one task at a time (AttentionPlan's contract): the sets of the batch's calls can
+/// overlap. The statistics sinks stay per call (they add up across the call's tasks).
+/// `on` with a null `base` measures (the call carves no worker sets from its own arena).
+struct SharedWorkerScratch {
+  bool on = false;
+  std::byte* base = nullptr;
+  std::size_t stride = 0;  ///< bytes per worker: the largest worker_scratch_bytes() of the calls
+};
+
 /// One decode call: planned from the arguments, carved from a workspace, run as stages of
 /// independent tasks (kernels/parallel.hpp).
 template <class Ops, class Args, class KView>
@@ -230,9 +243,20 @@ class DecodeCall {
 
   int threads() const { return threads_; }
 
-  /// Carves the buffers from `ar` (a null-based arena only measures).
-  void carve(Arena& ar) {
-    const Index nc = nc_, Hq = Hq_, d = d_, L = L_, G = G_, CH = chunk_;
+  /// Bytes of one worker's scratch set (the buffers of `Worker` but its statistics sink), as a
+  /// measuring arena counts them, rounded up to the workspace alignment.
+  std::size_t worker_scratch_bytes() const {
+    Arena measure;
+    Worker w{};
+    carve_worker_scratch(measure, w);
+    const std::size_t b = measure.used();
+    return (b + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign;
+  }
+
+  /// Carves the buffers from `ar` (a null-based arena only measures); with `shared.on`, the
+  /// workers' scratch sets from `shared` instead (SharedWorkerScratch).
+  void carve(Arena& ar, const SharedWorkerScratch& shared = {}) {
+    const Index nc = nc_, Hq = Hq_, d = d_, L = L_, G = G_;
     q_ = ar.take<Acc>(Hq * d);
     if (need_vbar_) vbar_ = ar.take<Acc>(Hkv_ * d);
     part_acc_ = ar.take<Acc>(nc * Hq * d);
@@ -255,23 +279,15 @@ class DecodeCall {
       coeff_ = ar.take<Acc>(Hq);
     }
     workers_ = ar.take<Worker>(threads_);
+    shared_scratch_ = shared.on;
     for (int i = 0; i < threads_; ++i) {
       Worker w{};
-      if (fused_) {
-        w.sc = ar.take<Acc>(Hq * sc_stride_);
-        if (sparse_fused_) {
-          w.kept = ar.take<std::int32_t>(G * CH);
-          w.uni = ar.take<std::int32_t>(CH);
-          w.mark = ar.take<std::uint8_t>(CH);
-          w.wc = ar.take<Acc>(CH * G);
-        }
-      } else {
-        w.ex = ar.take<Acc>(CH);
-        w.rs.a = ar.take<Acc>(L);
-        w.rs.probs = ar.take<Acc>(L);
-        w.kept = ar.take<std::int32_t>(G * L);
-        w.wrow = ar.take<Acc>(G * L);
-        w.mark = ar.take<std::uint8_t>(L);
+      if (!shared.on) {
+        carve_worker_scratch(ar, w);
+      } else if (shared.base) {
+        Arena set(Workspace{shared.base + std::size_t(i) * shared.stride, shared.stride});
+        carve_worker_scratch(set, w);
+        TOPTHETA_ASSERT(!set.overflowed(), "shared worker scratch smaller than a call's set");
       }
       w.sink = carve_sink(ar, Hq, per_head_stats_);
       if (workers_) workers_[i] = w;
@@ -288,7 +304,10 @@ class DecodeCall {
     }
     for (int i = 0; i < threads_; ++i) {
       workers_[i].sink.zero(Hq_);
-      if (workers_[i].mark) std::memset(workers_[i].mark, 0, std::size_t(fused_ ? chunk_ : L_));
+      // Shared sets are zeroed by each task that uses them (another call's task may have
+      // written over them).
+      if (workers_[i].mark && !shared_scratch_)
+        std::memset(workers_[i].mark, 0, std::size_t(fused_ ? chunk_ : L_));
     }
     if (sparse_fused_)
       for (Index h = 0; h < Hq_; ++h) {
@@ -344,6 +363,27 @@ class DecodeCall {
     RowScratch<Acc> rs{};
     StatSink sink;
   };
+
+  /// One worker's scratch set (every buffer of `Worker` but the sink) from `ar`.
+  void carve_worker_scratch(Arena& ar, Worker& w) const {
+    const Index L = L_, G = G_, CH = chunk_;
+    if (fused_) {
+      w.sc = ar.take<Acc>(Hq_ * sc_stride_);
+      if (sparse_fused_) {
+        w.kept = ar.take<std::int32_t>(G * CH);
+        w.uni = ar.take<std::int32_t>(CH);
+        w.mark = ar.take<std::uint8_t>(CH);
+        w.wc = ar.take<Acc>(CH * G);
+      }
+    } else {
+      w.ex = ar.take<Acc>(CH);
+      w.rs.a = ar.take<Acc>(L);
+      w.rs.probs = ar.take<Acc>(L);
+      w.kept = ar.take<std::int32_t>(G * L);
+      w.wrow = ar.take<Acc>(G * L);
+      w.mark = ar.take<std::uint8_t>(L);
+    }
+  }
 
   /// Post-softmax Top-θ whose every head keeps every key of the row: theta < 0 for all heads
   /// (a head declared dense in the table gives -inf), so p_j >= 0 > theta for all j < L, and no
@@ -539,6 +579,7 @@ class DecodeCall {
       return;
     }
     // Top-θ, pre-softmax: keep s_j > theta_h, exp-weights relative to the chunk max.
+    if (shared_scratch_) std::memset(w.mark, 0, std::size_t(n));  // kept_union's zero marks
     for (Index g = 0; g < Hkv_; ++g) {
       const std::int32_t* kept_ptr[kMaxGroup];
       Index counts[kMaxGroup];
@@ -782,6 +823,7 @@ class DecodeCall {
     } else {
       dense_g_[g] = 0;
       std::int32_t* uni = uni_ + g * L;
+      if (shared_scratch_) std::memset(w.mark, 0, std::size_t(L));  // kept_union's zero marks
       const Index nu = kept_union(G, kept_ptr, counts, L, w.mark, uni);
       compact_weights(G, kept_ptr, w_ptr, counts, uni, nu, wc);
       nuni_[g] = nu;
@@ -874,6 +916,7 @@ class DecodeCall {
        selective_ = false,  // a selection (Top-θ, top-k, calibration) that does not keep every key
        need_vbar_ = false,
        need_mz_ = false, per_head_stats_ = false;
+  bool shared_scratch_ = false;  // the worker sets are shared with a batch's other calls
   int threads_ = 1;
   Acc* q_ = nullptr;
   Acc* vbar_ = nullptr;
