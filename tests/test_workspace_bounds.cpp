@@ -687,7 +687,7 @@ TEST(WorkspaceMax, BatchSharesTheWorkersScratch) {
     const std::size_t one = added({L}), two = added({L, L}), three = added({L, L - 900, 17});
     EXPECT_LT(two, one + one / 4);
     EXPECT_LT(three, one + one / 4);
-    // The sets are as large as the longest sequence's: L first or last.
+    // The sets are as large as the largest set of any call, wherever that call is in the batch.
     EXPECT_EQ(plan_size(batch_of(buf.a, {17, L}), o, 3), plan_size(batch_of(buf.a, {L, 17}), o, 3));
   }
 }

@@ -183,7 +183,7 @@ inline StatSink carve_sink(Arena& ar, Index Hq, bool per_head) {
 /// Per-worker scratch shared by the calls of a decode batch (carve_batch in plan.hpp): worker
 /// i's set of every call is carved from [base + i * stride, base + (i + 1) * stride). Sound
 /// because every buffer of a call's worker set is transient within one task (written before it
-/// is read, in the same task; `mark` is zeroed at the start of each task that uses it) and a
+/// is read, in the same task; `mark` is zeroed before each kept_union of a task) and a
 /// worker runs one task at a time (AttentionPlan's contract): the sets of the batch's calls can
 /// overlap. The statistics sinks stay per call (they add up across the call's tasks).
 /// `on` with a null `base` measures (the call carves no worker sets from its own arena).
