@@ -692,6 +692,37 @@ TEST(WorkspaceMax, BatchSharesTheWorkersScratch) {
   }
 }
 
+// A batch's shared worker sets are one block of workers x the largest set: with a long cache, a
+// large GQA group and many workers it passes what a pointer difference holds. The size
+// saturates (no workspace has it) instead of wrapping to a small one that a plan would overrun.
+// The cache is 2^31 - 1 tokens of one physical block repeated through the block table (a
+// measure reads shapes only).
+TEST(WorkspaceMax, HugeSharedScratchSaturatesInsteadOfWrapping) {
+  const Index Hq = 256, Hkv = 1, d = 4, B = Index(1) << 16, L = (Index(1) << 31) - 1;
+  const Index nb = (L + B - 1) / B;
+  std::vector<float> pool(std::size_t(B * Hkv * d)), q(std::size_t(Hq * d)), out(2 * q.size());
+  const std::vector<std::int32_t> table(std::size_t(nb), 0);
+  AttentionArgs<float> seqs[2];
+  for (int i = 0; i < 2; ++i) {
+    seqs[i].q = HeadsView<const float>::token_major(q.data(), 1, Hq, d);
+    seqs[i].out = HeadsView<float>::token_major(out.data() + i * Hq * d, 1, Hq, d);
+    seqs[i].paged =
+        PagedKv<float>::token_major(pool.data(), pool.data(), 1, table.data(), L, Hkv, d, B);
+  }
+  AttentionOptions o;
+  o.mode = AttentionMode::kTopK;  // two-pass: a set holds G rows of L weights and indices
+  o.k = 64;
+  const int workers = 1 << 21;  // 2^21 sets of about 2^42 bytes
+  const DecodeBatch<float> batch{seqs, 2, nullptr};
+  const std::size_t one = plan_decode_workspace_size(DecodeBatch<float>{seqs, 1, nullptr}, o, 1);
+  ASSERT_GT(one, std::size_t(L) * std::size_t(Hq) * sizeof(float));
+  EXPECT_GE(plan_decode_workspace_size(batch, o, workers), std::size_t(1) << 61);
+  std::vector<std::byte> small(1 << 12);
+  AttentionPlan plan;
+  EXPECT_EQ(plan_decode(batch, o, workers, Workspace{small.data(), small.size()}, &plan).code(),
+            StatusCode::kInvalidArgument);
+}
+
 // decode_batch picks its thread count from the batch's work: one buffer of
 // max_decode_batch_workspace_size runs every batch, with the results of the allocating calls.
 TEST(WorkspaceMax, DecodeBatchBufferServesEveryBatch) {

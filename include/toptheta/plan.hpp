@@ -26,6 +26,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <new>
 #include <string>
 #include <type_traits>
@@ -327,6 +328,15 @@ struct SharesWorkerScratch<
     Call, std::void_t<decltype(std::declval<const Call&>().worker_scratch_bytes())>>
     : std::true_type {};
 
+/// Bytes of the block of `workers` shared worker sets of `stride` bytes each, saturated at
+/// PTRDIFF_MAX / 2 (a size no workspace has: a plan that large is refused as too small a
+/// workspace, and a measure never wraps to a small one).
+inline Index shared_sets_bytes(int workers, std::size_t stride) {
+  constexpr std::size_t kCap = std::size_t(std::numeric_limits<Index>::max()) / 2;
+  if (stride != 0 && std::size_t(workers) > kCap / stride) return Index(kCap);
+  return Index(std::size_t(workers) * stride);
+}
+
 /// What one sequence adds to a batch of several (carve_batch measures it for a batch of one):
 /// its call's own buffers and task flags, and its worker scratch set, of which the batch keeps
 /// one per worker, as large as the largest set of its calls.
@@ -397,7 +407,7 @@ std::size_t carve_batch(Arena& ar, const Args* seqs, Index n, const AttentionOpt
       if (share) stride = std::max(stride, scratch_of(calls[i]));
     }
     std::byte* base =
-        share ? ar.template take<std::byte>(Index(std::size_t(workers) * stride)) : nullptr;
+        share ? ar.template take<std::byte>(shared_sets_bytes(workers, stride)) : nullptr;
     if (share && base == nullptr) return ar.used();  // overflowed: the caller checks
     for (Index i = 0; i < n; ++i) {
       carve_call(calls[i], base, stride);
@@ -420,7 +430,7 @@ std::size_t carve_batch(Arena& ar, const Args* seqs, Index n, const AttentionOpt
         parts->scratch = scratch_of(c);
       }
     }
-    if (share) ar.template take<std::byte>(Index(std::size_t(workers) * stride));
+    if (share) ar.template take<std::byte>(shared_sets_bytes(workers, stride));
   }
   auto* runs = ar.template take<std::atomic<unsigned char>>(tasks);
   if (real && !ar.overflowed()) {
@@ -664,7 +674,7 @@ std::size_t max_plan_decode_size(Isa isa, const AttentionArgs<T, Q>& args,
     const AttentionArgs<T, Q> a = with_lengths(args, L, 1);
     BatchSequenceParts p;
     one = std::max(one, measure_plan<DecodeCall>(isa, &a, 1, o, workers, &p));
-    const std::size_t all = p.own + std::size_t(workers) * p.scratch;
+    const std::size_t all = p.own + std::size_t(shared_sets_bytes(workers, p.scratch));
     if (all > best_all) {
       best_all = all;
       la = L;
