@@ -670,9 +670,9 @@ TEST(WorkspaceMax, PlanDecodeCoversLongCachesAndManySequences) {
     }
 }
 
-// The sequences of a batch share the workers' scratch sets: a worker added to a batch of two
-// two-pass calls costs about what it costs one call (its statistics sinks are per call), not
-// twice as much.
+// The sequences of a batch share the workers' scratch sets: in every mode (single- and
+// two-pass), a worker added to a batch of two or three calls costs about what it costs one call
+// (its statistics sinks are per call), not two or three times as much.
 TEST(WorkspaceMax, BatchSharesTheWorkersScratch) {
   const Index Hq = 8, Hkv = 2, d = 32, L = 2000;
   const DecodeBuffers buf(Hq, Hkv, d, L, Layout::kHeadMajor);
@@ -721,6 +721,50 @@ TEST(WorkspaceMax, HugeSharedScratchSaturatesInsteadOfWrapping) {
   AttentionPlan plan;
   EXPECT_EQ(plan_decode(batch, o, workers, Workspace{small.data(), small.size()}, &plan).code(),
             StatusCode::kInvalidArgument);
+  // A call of its own carves a set per worker: 2^26 of them pass 2^64 bytes. The measure counts
+  // one worker's takes 2^26 times at once (carve_workers) and saturates instead of wrapping.
+  const DecodeBatch<float> alone{seqs, 1, nullptr};
+  const int many = 1 << 26;
+  EXPECT_GE(plan_decode_workspace_size(alone, o, many), std::size_t(1) << 61);
+  EXPECT_EQ(plan_decode(alone, o, many, Workspace{small.data(), small.size()}, &plan).code(),
+            StatusCode::kInvalidArgument);
+}
+
+// A measuring arena counts the workers' buffers by measuring one worker and multiplying
+// (carve_workers): the count equals that of carving each worker, a real carve into a buffer of
+// the measured size fits, and a count past what a pointer difference holds saturates.
+TEST(WorkspaceMax, MeasuredWorkersEqualEachWorkerCarved) {
+  const auto carve_one = [](detail::Arena& a, int i) {
+    a.take<float>(37);
+    a.take<std::uint8_t>(3);
+    a.take<double>(i >= 0 ? 5 : 0);
+  };
+  for (const int workers : {0, 1, 2, 3, 64, 1000}) {
+    SCOPED_TRACE(workers);
+    detail::Arena fast, each;
+    fast.take<char>(11);
+    each.take<char>(11);
+    detail::carve_workers(fast, workers, carve_one);
+    for (int i = 0; i < workers; ++i) carve_one(each, i);
+    EXPECT_EQ(fast.used(), each.used());
+    std::vector<std::byte> buf(fast.used() + 1);
+    detail::Arena real(Workspace{buf.data() + 1, fast.used()});  // an odd address
+    real.take<char>(11);
+    int carved = 0;
+    detail::carve_workers(real, workers, [&](detail::Arena& a, int i) {
+      EXPECT_EQ(i, carved++);
+      carve_one(a, i);
+    });
+    EXPECT_EQ(carved, workers);
+    EXPECT_FALSE(real.overflowed());
+    EXPECT_LE(real.used(), fast.used());
+  }
+  detail::Arena huge;
+  detail::carve_workers(huge, 1 << 30,
+                        [](detail::Arena& a, int) { a.take<double>(Index(1) << 40); });
+  EXPECT_EQ(huge.used(), detail::kSaturatedBytes);
+  huge.take<char>(1);  // later takes add to the saturated count without wrapping
+  EXPECT_GT(huge.used(), detail::kSaturatedBytes);
 }
 
 // decode_batch picks its thread count from the batch's work: one buffer of

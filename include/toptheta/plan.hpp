@@ -26,7 +26,6 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
-#include <limits>
 #include <new>
 #include <string>
 #include <type_traits>
@@ -329,11 +328,10 @@ struct SharesWorkerScratch<
     : std::true_type {};
 
 /// Bytes of the block of `workers` shared worker sets of `stride` bytes each, saturated at
-/// PTRDIFF_MAX / 2 (a size no workspace has: a plan that large is refused as too small a
-/// workspace, and a measure never wraps to a small one).
+/// kSaturatedBytes (workspace.hpp: a plan that large is refused as too small a workspace, and a
+/// measure never wraps to a small one).
 inline Index shared_sets_bytes(int workers, std::size_t stride) {
-  constexpr std::size_t kCap = std::size_t(std::numeric_limits<Index>::max()) / 2;
-  if (stride != 0 && std::size_t(workers) > kCap / stride) return Index(kCap);
+  if (stride != 0 && std::size_t(workers) > kSaturatedBytes / stride) return Index(kSaturatedBytes);
   return Index(std::size_t(workers) * stride);
 }
 
@@ -687,11 +685,12 @@ std::size_t max_plan_decode_size(Isa isa, const AttentionArgs<T, Q>& args,
   // Calibration takes one sequence per call (check_batch).
   const Index n = o.mode == AttentionMode::kCalibrate ? 1 : limits.max_sequences;
   if (n == 1) return one;
-  const AttentionArgs<T, Q> three[3] = {with_lengths(args, la, 1), with_lengths(args, lo, 1),
-                                        with_lengths(args, lo, 1)};
-  const std::size_t two_seqs = measure_plan<DecodeCall>(isa, three, 2, o, workers);
+  // The largest batch of two is its first two sequences, of three all three.
+  const AttentionArgs<T, Q> worst_batch[3] = {with_lengths(args, la, 1), with_lengths(args, lo, 1),
+                                              with_lengths(args, lo, 1)};
+  const std::size_t two_seqs = measure_plan<DecodeCall>(isa, worst_batch, 2, o, workers);
   if (n == 2) return two_seqs;
-  const std::size_t three_seqs = measure_plan<DecodeCall>(isa, three, 3, o, workers);
+  const std::size_t three_seqs = measure_plan<DecodeCall>(isa, worst_batch, 3, o, workers);
   if (three_seqs <= two_seqs) return 0;  // cannot happen: every sequence adds its call
   const std::size_t per_sequence = three_seqs - two_seqs;
   if (per_sequence > (SIZE_MAX - two_seqs) / std::size_t(n - 2)) return 0;  // not addressable
@@ -776,8 +775,9 @@ std::size_t decode_batch_workspace_size(const DecodeBatch<T, Q>& batch,
 /// is measured with one and two of the latter and extended linearly
 /// (tests/test_workspace_bounds.cpp checks it against every batch of up to three sequences by
 /// brute force, and against a measured batch of 48).
-/// Cost: one measure per L, proportional to `workers`, plus two batches: 0.01-0.06 s for
-/// max_tokens = 128k and 1 to 64 workers (Hq = 32, Hkv = 8, d = 128, -O2, measured).
+/// Cost: one measure per L (which counts the workers' buffers by measuring one worker's, so it
+/// does not grow with `workers`), plus two batches: 0.01 s for max_tokens = 128k and 1 to 192
+/// workers (Hq = 32, Hkv = 8, d = 128, -O2, measured).
 /// Sizes at 128k tokens and 256 sequences (f32, as above): dense 0.28 GB with 2 workers and
 /// 0.30 GB with 64; top-k (k = 64; a two-pass mode stores every head's scores, weights and
 /// kept rows per sequence) 9.95 GB with 2 and 10.3 GB with 64. Before the sets were shared
@@ -800,9 +800,9 @@ std::size_t max_plan_decode_workspace_size(const AttentionArgs<T, Q>& args,
 /// `max_plan_decode_workspace_size` over every count from 1 to that cap. It can exceed the
 /// largest real call, by up to the scratch of the extra workers: it lets every batch have every
 /// thread count, while a batch with little work runs on fewer threads.
-/// Cost: one `max_plan_decode_workspace_size` per thread count, so it grows with the square of
-/// the cap: 0.02 s at 2 threads, 0.15 s at 8 and 1.8-2.7 s at 64 for max_tokens = 128k (as
-/// above). Call it once at start-up.
+/// Cost: one `max_plan_decode_workspace_size` per thread count, so it grows with the cap:
+/// 0.03 s at 2 threads, 0.1 s at 8, 0.75-0.9 s at 64 and 2.3-4 s at 192 for max_tokens = 128k
+/// (as above). Call it once at start-up.
 template <class T, class Q>
 std::size_t max_decode_batch_workspace_size(const AttentionArgs<T, Q>& args,
                                             const AttentionOptions& options,
@@ -828,8 +828,8 @@ std::size_t max_decode_batch_workspace_size(const AttentionArgs<T, Q>& args,
 /// Returns 0 in the cases `max_workspace_size` lists and for `workers` < 1.
 /// Exact, like `max_workspace_size`: per L it measures the plan of the largest T (for a fixed L
 /// the size never decreases with T; tests/test_workspace_bounds.cpp checks it over every T).
-/// Cost: one measure per L, proportional to `workers`: 0.02 s for max_tokens = 128k and
-/// max_query_tokens = 4096 at 2 workers, 0.3 s at 64 (as above).
+/// Cost: one measure per L, whatever `workers` (as above): 0.01 s for max_tokens = 128k and
+/// max_query_tokens = 4096 at 2 to 192 workers.
 template <class T, class Q>
 std::size_t max_plan_prefill_workspace_size(const AttentionArgs<T, Q>& args,
                                             const AttentionOptions& options,

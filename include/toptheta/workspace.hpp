@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 
 #include "types.hpp"
 
@@ -35,6 +36,11 @@ struct WorkspaceLimits {
 namespace detail {
 
 inline constexpr std::size_t kWorkspaceAlign = 64;
+
+/// Where a measure that would pass what a pointer difference holds stops: PTRDIFF_MAX / 2, a
+/// size no workspace has, so the call is refused as "workspace too small" instead of a wrapped,
+/// small measure letting it overrun.
+inline constexpr std::size_t kSaturatedBytes = std::size_t(std::numeric_limits<Index>::max()) / 2;
 
 /// True when `limits` name at least one call and no cache longer than a call takes (2^31 - 1
 /// tokens); `max_sequences` is checked by the batch sizes that use it.
@@ -74,6 +80,20 @@ class Arena {
   }
   /// Bytes taken so far, including alignment padding.
   std::size_t used() const { return used_; }
+  /// True for a measuring arena (null base): take() only counts.
+  bool measuring() const { return base_ == nullptr; }
+  /// Measuring only (a no-op on a real buffer): counts `times` more repeats of what the
+  /// measuring arena `one` counted, exactly as that many repeats of its takes would count
+  /// (a measure adds kWorkspaceAlign + bytes per take, whatever came before). Saturates at
+  /// kSaturatedBytes instead of wrapping.
+  void count_repeats(const Arena& one, Index times) {
+    if (base_ || times <= 0) return;
+    const std::size_t room = kSaturatedBytes - std::min(used_, kSaturatedBytes);
+    if (one.used_ > room / std::size_t(times))
+      used_ = std::max(used_, kSaturatedBytes);
+    else
+      used_ += one.used_ * std::size_t(times);
+  }
   /// True when a request did not fit a real buffer (its pointer was null).
   bool overflowed() const { return overflowed_; }
 
@@ -83,6 +103,21 @@ class Arena {
   std::size_t used_ = 0;
   bool overflowed_ = false;
 };
+
+/// Carves `count` workers' buffers: `carve_one(arena, i)` carves worker i's (and stores their
+/// pointers when the arena is real). A measuring arena measures worker 0 once and counts it
+/// `count` times, so measuring is O(1) in the worker count, which the maximum sizes of plan.hpp
+/// evaluate for every count up to the thread limit; the workers' takes must not depend on i.
+template <class CarveOne>
+void carve_workers(Arena& ar, int count, CarveOne&& carve_one) {
+  if (ar.measuring()) {
+    Arena one;
+    carve_one(one, 0);
+    ar.count_repeats(one, count);
+    return;
+  }
+  for (int i = 0; i < count; ++i) carve_one(ar, i);
+}
 
 }  // namespace detail
 }  // namespace toptheta

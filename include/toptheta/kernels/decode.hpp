@@ -280,18 +280,18 @@ class DecodeCall {
     }
     workers_ = ar.take<Worker>(threads_);
     shared_scratch_ = shared.on;
-    for (int i = 0; i < threads_; ++i) {
+    carve_workers(ar, threads_, [&](Arena& wa, int i) {
       Worker w{};
       if (!shared.on) {
-        carve_worker_scratch(ar, w);
+        carve_worker_scratch(wa, w);
       } else if (shared.base) {
         Arena set(Workspace{shared.base + std::size_t(i) * shared.stride, shared.stride});
         carve_worker_scratch(set, w);
         TOPTHETA_ASSERT(!set.overflowed(), "shared worker scratch smaller than a call's set");
       }
-      w.sink = carve_sink(ar, Hq, per_head_stats_);
+      w.sink = carve_sink(wa, Hq, per_head_stats_);
       if (workers_) workers_[i] = w;
-    }
+    });
   }
 
   /// Set-up that must precede the stages (single-threaded, O(Hq d)).

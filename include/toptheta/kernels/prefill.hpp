@@ -115,36 +115,36 @@ class PrefillCall {
     const Index d = d_, L = L_, G = G_, Mp = Mp_, N = kKeyTile;
     if (need_vbar_) vprefix_ = ar.take<Acc>(nb_ * Hkv_ * d);
     workers_ = ar.take<Worker>(threads_);
-    for (int i = 0; i < threads_; ++i) {
+    carve_workers(ar, threads_, [&](Arena& wa, int i) {
       Worker w{};
-      w.qt = ar.take<Acc>(d * Mp);
-      w.st = ar.take<Acc>(N * Mp);
-      w.kf = ar.take<Acc>(N * d);
-      w.vsum = ar.take<Acc>(d);
-      w.vbar = ar.take<Acc>(d);
+      w.qt = wa.take<Acc>(d * Mp);
+      w.st = wa.take<Acc>(N * Mp);
+      w.kf = wa.take<Acc>(N * d);
+      w.vsum = wa.take<Acc>(d);
+      w.vbar = wa.take<Acc>(d);
       if (flash_) {
-        w.vf = ar.take<Acc>(N * ldv_);
-        w.o = ar.take<Acc>(M_ * d);
-        w.state = ar.take<Acc>((post_ ? 10 + Ops::kLanes : 9) * Mp);
-        if (store_scores_) w.sblk = ar.take<Acc>((L + N) * Mp);
-        w.keep = ar.take<std::uint64_t>(N);
-        w.rows_any = ar.take<std::uint64_t>(N);
-        w.unions = ar.take<Index>(R_);
-        w.wc = ar.take<Acc>(N * G);
+        w.vf = wa.take<Acc>(N * ldv_);
+        w.o = wa.take<Acc>(M_ * d);
+        w.state = wa.take<Acc>((post_ ? 10 + Ops::kLanes : 9) * Mp);
+        if (store_scores_) w.sblk = wa.take<Acc>((L + N) * Mp);
+        w.keep = wa.take<std::uint64_t>(N);
+        w.rows_any = wa.take<std::uint64_t>(N);
+        w.unions = wa.take<Index>(R_);
+        w.wc = wa.take<Acc>(N * G);
       } else {
-        w.s = ar.take<Acc>(M_ * (L + kKeyTile));
-        w.rs.a = ar.take<Acc>(L);
-        w.rs.probs = ar.take<Acc>(L);
-        w.kept = ar.take<std::int32_t>(G * L);
-        w.wrow = ar.take<Acc>(G * L);
-        w.mark = ar.take<std::uint8_t>(L);
-        w.uni = ar.take<std::int32_t>(L);
-        w.wc = ar.take<Acc>(L * G);
-        w.packed = ar.take<Acc>(G * d);
+        w.s = wa.take<Acc>(M_ * (L + kKeyTile));
+        w.rs.a = wa.take<Acc>(L);
+        w.rs.probs = wa.take<Acc>(L);
+        w.kept = wa.take<std::int32_t>(G * L);
+        w.wrow = wa.take<Acc>(G * L);
+        w.mark = wa.take<std::uint8_t>(L);
+        w.uni = wa.take<std::int32_t>(L);
+        w.wc = wa.take<Acc>(L * G);
+        w.packed = wa.take<Acc>(G * d);
       }
-      w.sink = carve_sink(ar, Hq_, per_head_stats_);
+      w.sink = carve_sink(wa, Hq_, per_head_stats_);
       if (workers_) workers_[i] = w;
-    }
+    });
   }
 
   void prepare() {
