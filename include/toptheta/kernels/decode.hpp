@@ -323,7 +323,19 @@ class DecodeCall {
     if (group_tasks_) return Hkv_;
     return stage == 0 || stage == 2 ? nc_ : Hkv_;
   }
-  bool dynamic_schedule(int) const { return group_tasks_; }  // group tasks differ in size
+  /// Tasks are handed out one by one, chunk tasks as well as group tasks (which differ in size):
+  /// a worker that another process slows takes fewer of them. Each task writes its own chunk's
+  /// or group's partials and the final step reads them in chunk order, so the results are the
+  /// same bits under any schedule (as batches and AttentionPlan's pool already run them). The
+  /// static split this replaces gave each thread a fixed half of the chunks, so a thread
+  /// sharing its core made a 2-thread call wait for its half. A/B on a shared 2-core host with
+  /// another process running (bench decode_paired, 3 alternating runs, 2 threads): pre-softmax
+  /// + SDC over top-k (whose head-major two-pass tasks were already dynamic) at L = 16k f16
+  /// head-major 0.91-1.14 -> 1.07-1.10, at L = 64k 0.92-1.05 -> 1.09-1.14; 2 threads over 1,
+  /// dense, L = 64k f16 head-major 1.30-1.94 -> 1.56-2.38. The cost, where 4 chunks leave
+  /// nothing to balance (L = 1024 token-major, 6 alternating runs): 2-thread calls ~2% slower,
+  /// recommended Top-θ over dense 1.02-1.03 -> 1.01 (medians). One thread runs tasks in order.
+  bool dynamic_schedule(int) const { return true; }
 
   void run_task(int stage, Index task, int worker) {
     Worker& w = workers_[worker];
