@@ -332,7 +332,7 @@ class DecodeCall {
   /// another process running (bench decode_paired, 3 alternating runs, 2 threads): pre-softmax
   /// + SDC over top-k (whose head-major two-pass tasks were already dynamic) at L = 16k f16
   /// head-major 0.91-1.14 -> 1.07-1.10, at L = 64k 0.92-1.05 -> 1.09-1.14; 2 threads over 1,
-  /// dense, L = 64k f16 head-major 1.30-1.94 -> 1.56-2.38. The cost, where 4 chunks leave
+  /// dense, L = 64k f16 head-major (6 runs) 1.30-1.94 -> 1.56-2.38. The cost, where 4 chunks leave
   /// nothing to balance (L = 1024 token-major, 6 alternating runs): 2-thread calls ~2% slower,
   /// recommended Top-θ over dense 1.02-1.03 -> 1.01 (medians). One thread runs tasks in order.
   bool dynamic_schedule(int) const { return true; }
