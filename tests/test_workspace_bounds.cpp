@@ -822,6 +822,37 @@ TEST(WorkspaceMax, DecodeBatchBufferServesEveryBatch) {
     }
 }
 
+// max_decode_batch_workspace_size measures two worker counts, the cap and the largest count
+// below it that does not divide the KV heads; here against every count up to the cap, for
+// caches whose KV heads 1..12 workers divide and do not divide, one sequence and 48.
+TEST(WorkspaceMax, DecodeBatchEqualsTheLargestOverEveryWorkerCount) {
+  const Index Hq = 12, d = 16, Lmax = 1800;
+  const int kMaxCap = 12;
+  for (const Index Hkv : {3, 4, 6})
+    for (const Layout layout : {Layout::kHeadMajor, Layout::kTokenMajor}) {
+      const DecodeBuffers buf(Hq, Hkv, d, Lmax, layout);
+      ModeOptions mo(Hq, 8);
+      for (const ModeCase& mc : kModes)
+        for (const Index seqs : {Index(1), Index(48)}) {
+          SCOPED_TRACE(std::string(mc.name) + " Hkv " + std::to_string(Hkv) +
+                       (layout == Layout::kHeadMajor ? " head-major" : " token-major") +
+                       " sequences " + std::to_string(seqs));
+          const WorkspaceLimits lim{Lmax, 1, seqs};
+          std::vector<std::size_t> at(kMaxCap + 1, 0);  // at[w]: the plan size for w workers
+          for (int w = 1; w <= kMaxCap; ++w) {
+            at[std::size_t(w)] = max_plan_decode_workspace_size(buf.a, mo.get(mc, 1, 8), lim, w);
+            ASSERT_GT(at[std::size_t(w)], 0u) << "workers " << w;
+          }
+          for (int cap = 1; cap <= kMaxCap; ++cap) {
+            const int threads = resolve_threads(cap);  // 1 without OpenMP
+            const std::size_t want = *std::max_element(at.begin() + 1, at.begin() + threads + 1);
+            EXPECT_EQ(max_decode_batch_workspace_size(buf.a, mo.get(mc, cap, 8), lim), want)
+                << "cap " << cap;
+          }
+        }
+    }
+}
+
 TEST(WorkspaceMax, PlanPrefillEqualsTheLargestCallWithinTheLimits) {
   for_each_case(
       kMaxCases, {1, 3}, false,

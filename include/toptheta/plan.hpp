@@ -800,9 +800,17 @@ std::size_t max_plan_decode_workspace_size(const AttentionArgs<T, Q>& args,
 /// `max_plan_decode_workspace_size` over every count from 1 to that cap. It can exceed the
 /// largest real call, by up to the scratch of the extra workers: it lets every batch have every
 /// thread count, while a batch with little work runs on fewer threads.
-/// Cost: one `max_plan_decode_workspace_size` per thread count, so it grows with the cap:
-/// 0.03 s at 2 threads, 0.1 s at 8, 0.75-0.9 s at 64 and 2.3-4 s at 192 for max_tokens = 128k
-/// (as above). Call it once at start-up.
+/// Cost: two `max_plan_decode_workspace_size` measures at most, whatever the cap. A plan's size
+/// grows with its worker count (each worker adds its scratch set, and to every sequence a
+/// statistics sink and a slot; a measuring arena only adds) except for the task flags: a
+/// two-pass decode on a head-major cache runs one task per KV group, so fewer tasks, when the
+/// workers divide the KV heads (kernels/decode.hpp, group tasks). So the largest size over
+/// counts 1..cap is that of the cap or of the largest count below it that does not divide the
+/// KV heads, and both are measured (in every case measured the cap's was the larger: one more
+/// worker outweighs the flags a sequence saves; tests/test_workspace_bounds.cpp checks the
+/// result against every count up to 12). Measured (top-k, f32, Hq = 32, Hkv = 8, d = 128,
+/// max_tokens = 128k, 256 sequences, -O2): 0.021-0.029 s for caps of 2 to 192, where one
+/// measure per count took 0.044 s at 2, 0.11 s at 8, 1.45 s at 64 and 4.2 s at 192.
 template <class T, class Q>
 std::size_t max_decode_batch_workspace_size(const AttentionArgs<T, Q>& args,
                                             const AttentionOptions& options,
@@ -810,13 +818,17 @@ std::size_t max_decode_batch_workspace_size(const AttentionArgs<T, Q>& args,
   Isa isa;
   if (!detail::limits_valid(limits) || limits.max_sequences < 1) return 0;
   if (!detail::check_call(args, options, false, &isa).ok()) return 0;
-  std::size_t n = 0;
   const int cap = std::max(1, resolve_threads(options.threads));
-  for (int w = 1; w <= cap; ++w) {
-    const std::size_t s = detail::max_plan_decode_size(isa, args, options, limits, w);
-    if (s == 0) return 0;
-    n = std::max(n, s);
-  }
+  std::size_t n = detail::max_plan_decode_size(isa, args, options, limits, cap);
+  if (n == 0) return 0;
+  const Index kv_heads = args.cache_heads();
+  for (int w = cap - 1; w >= 1; --w)
+    if (kv_heads % w != 0) {
+      const std::size_t s = detail::max_plan_decode_size(isa, args, options, limits, w);
+      if (s == 0) return 0;
+      n = std::max(n, s);
+      break;
+    }
   return n;
 }
 
